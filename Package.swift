@@ -1,0 +1,101 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strictSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "agentmesh",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "agentmesh", targets: ["agentmesh"]),
+        .library(name: "MeshTransport", targets: ["MeshTransport"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // The only target that touches C: libsodium 1.0.18 as shipped by Debian.
+        .systemLibrary(
+            name: "CSodium",
+            pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]
+        ),
+        // Small typed Swift face over libsodium: keys, signatures, AEAD, hashes. Secrets are wiped on drop.
+        .target(name: "MeshCrypto", dependencies: ["CSodium"], swiftSettings: strictSettings),
+        // Pure state machines and codecs: no sockets, no files, no wall clock.
+        .target(
+            name: "MeshCore",
+            dependencies: ["MeshCrypto"],
+            swiftSettings: strictSettings
+        ),
+        // Frames and messages <-> ByteBuffer (NIOCore only).
+        .target(
+            name: "MeshWire",
+            dependencies: ["MeshCore", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strictSettings
+        ),
+        // The NIO shell: listener, dialer, connection manager, control API, node service.
+        .target(
+            name: "MeshTransport",
+            dependencies: [
+                "MeshWire", "MeshCore", "MeshCrypto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "agentmesh",
+            dependencies: [
+                "MeshTransport", "MeshCore", "MeshCrypto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // Test support, not shipped: seeded RNG and the fuzz harnesses shared by tests and scripts/fuzz.
+        .target(name: "MeshTestKit", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strictSettings),
+        // libFuzzer entry point (built by scripts/fuzz with --sanitize fuzzer); otherwise replays inputs from files.
+        .executableTarget(name: "mesh-fuzz", dependencies: ["MeshTestKit"], swiftSettings: strictSettings),
+
+        .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strictSettings),
+        .testTarget(
+            name: "MeshCoreTests",
+            dependencies: ["MeshCore", "MeshCrypto", "MeshTestKit"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MeshWireTests",
+            dependencies: ["MeshWire", "MeshCore", "MeshTestKit", .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOEmbedded", package: "swift-nio")],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MeshIntegrationTests",
+            dependencies: [
+                "MeshTransport", "MeshCore", "MeshCrypto", "MeshTestKit",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "agentmeshTests",
+            dependencies: ["agentmesh", "MeshCore"],
+            swiftSettings: strictSettings
+        ),
+    ]
+)
