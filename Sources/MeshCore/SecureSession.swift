@@ -1,0 +1,164 @@
+/// The transport phase of a connection: every frame is sealed with the sending cipher state and opened with the
+/// receiving one (one per direction, from Noise `Split`).
+///
+/// A frame on the wire is a 2-byte big-endian length and a ciphertext of at most 65,535 bytes (Noise §13). The
+/// plaintext of a frame is one type byte and data:
+///
+/// | type | meaning |
+/// |------|---------|
+/// | 0 | a chunk of a message; more chunks follow |
+/// | 1 | the last (or only) chunk of a message |
+/// | 2 | close: one reason code byte and a UTF-8 reason |
+///
+/// Messages longer than one frame are chunked; reassembly is capped by ``maximumMessageLength``. A frame that fails
+/// to open is fatal for the session. The close frame is authenticated, so a truncated stream (a reset or an EOF
+/// without it) is never mistaken for a clean close.
+public struct SecureSession: Sendable {
+    public static let maximumFrameLength = 65_535
+    public static let frameOverhead = Noise.tagLength + 1
+    public static let maximumChunkLength = maximumFrameLength - frameOverhead
+    public static let defaultMaximumMessageLength = 16 * 1024 * 1024
+
+    enum FrameType: UInt8 {
+        case chunk = 0
+        case final = 1
+        case close = 2
+    }
+
+    public enum Inbound: Equatable, Sendable {
+        /// A whole message.
+        case message([UInt8])
+        /// The peer closed the session cleanly.
+        case closed(CloseReason)
+    }
+
+    public struct CloseReason: Equatable, Sendable, CustomStringConvertible {
+        public let code: UInt8
+        public let text: String
+
+        public static let normal = CloseReason(code: 0, text: "closing")
+        public static let shuttingDown = CloseReason(code: 1, text: "node is shutting down")
+        public static let duplicateConnection = CloseReason(code: 2, text: "duplicate connection")
+        public static let protocolViolation = CloseReason(code: 3, text: "protocol violation")
+
+        public init(code: UInt8, text: String) {
+            self.code = code
+            self.text = String(text.utf8.prefix(200)) ?? String(text.prefix(200))
+        }
+
+        public var description: String { "\(self.text) (code \(self.code))" }
+    }
+
+    public enum Error: Swift.Error, Equatable, CustomStringConvertible {
+        case decryptionFailed
+        case frameTooShort(Int)
+        case unknownFrameType(UInt8)
+        case messageTooLarge(limit: Int)
+        case sessionClosed
+        case nonceExhausted
+
+        public var description: String {
+            switch self {
+            case .decryptionFailed: return "frame failed to decrypt (tampered, reordered or replayed)"
+            case .frameTooShort(let n): return "frame of \(n) bytes is shorter than its tag"
+            case .unknownFrameType(let t): return "unknown frame type \(t)"
+            case .messageTooLarge(let limit): return "message exceeds the \(limit)-byte limit"
+            case .sessionClosed: return "session is closed"
+            case .nonceExhausted: return "session nonce space exhausted"
+            }
+        }
+    }
+
+    public let peer: PeerIdentity
+    public let peerListenAddress: String
+    public let decision: TrustPolicy.Decision
+    public let role: Noise.Role
+    public let maximumMessageLength: Int
+    private var sender: Noise.CipherState
+    private var receiver: Noise.CipherState
+    private var reassembly: [UInt8] = []
+    public private(set) var isClosed = false
+
+    public init(_ established: EstablishedSession, maximumMessageLength: Int = defaultMaximumMessageLength) {
+        self.peer = established.peer
+        self.peerListenAddress = established.peerListenAddress
+        self.decision = established.decision
+        self.role = established.role
+        self.sender = established.send
+        self.receiver = established.receive
+        self.maximumMessageLength = maximumMessageLength
+    }
+
+    /// Seals a message into one or more frame ciphertexts, to be written in order.
+    public mutating func seal(message: [UInt8]) throws(Error) -> [[UInt8]] {
+        guard !self.isClosed else { throw .sessionClosed }
+        guard message.count <= self.maximumMessageLength else { throw .messageTooLarge(limit: self.maximumMessageLength) }
+        var frames: [[UInt8]] = []
+        var offset = 0
+        repeat {
+            let end = min(offset + Self.maximumChunkLength, message.count)
+            let type: FrameType = end == message.count ? .final : .chunk
+            frames.append(try self.sealFrame(type, message[offset..<end]))
+            offset = end
+        } while offset < message.count
+        return frames
+    }
+
+    /// Seals the close frame. After it, the session sends nothing more.
+    public mutating func sealClose(_ reason: CloseReason) throws(Error) -> [UInt8] {
+        guard !self.isClosed else { throw .sessionClosed }
+        let frame = try self.sealFrame(.close, [reason.code] + Array(reason.text.utf8))
+        self.isClosed = true
+        return frame
+    }
+
+    /// Opens one frame ciphertext. Returns nil while a chunked message is incomplete.
+    public mutating func open(frame: [UInt8]) throws(Error) -> Inbound? {
+        guard !self.isClosed else { throw .sessionClosed }
+        guard frame.count >= Self.frameOverhead else { throw .frameTooShort(frame.count) }
+        let plaintext: [UInt8]
+        do {
+            plaintext = try self.receiver.decrypt(associatedData: [], ciphertext: frame)
+        } catch {
+            self.isClosed = true
+            throw error == .nonceExhausted ? .nonceExhausted : .decryptionFailed
+        }
+        guard let type = FrameType(rawValue: plaintext[0]) else {
+            self.isClosed = true
+            throw .unknownFrameType(plaintext[0])
+        }
+        let data = plaintext[1...]
+        switch type {
+        case .chunk, .final:
+            guard self.reassembly.count + data.count <= self.maximumMessageLength else {
+                self.isClosed = true
+                self.reassembly = []
+                throw .messageTooLarge(limit: self.maximumMessageLength)
+            }
+            if type == .chunk {
+                self.reassembly += data
+                return nil
+            }
+            if self.reassembly.isEmpty { return .message(Array(data)) }
+            let message = self.reassembly + data
+            self.reassembly = []
+            return .message(message)
+        case .close:
+            self.isClosed = true
+            let code = data.first ?? 0
+            return .closed(CloseReason(code: code, text: String(decoding: data.dropFirst(), as: UTF8.self)))
+        }
+    }
+
+    private mutating func sealFrame(_ type: FrameType, _ data: ArraySlice<UInt8>) throws(Error) -> [UInt8] {
+        var plaintext = [UInt8]()
+        plaintext.reserveCapacity(data.count + 1)
+        plaintext.append(type.rawValue)
+        plaintext += data
+        do {
+            return try self.sender.encrypt(associatedData: [], plaintext: plaintext)
+        } catch {
+            throw .nonceExhausted
+        }
+    }
+}
