@@ -80,10 +80,10 @@ public struct TrustPolicy: Sendable {
             // The descriptor pins the Noise static key too: a peer whose identity key leaked but whose static
             // key did not cannot be impersonated with a new static key.
             guard descriptor.identity.staticKey == peer.staticKey else {
-                return .refused("its x25519 key differs from the one in its peer descriptor")
+                return .refused("x25519 key differs from the one in the peer descriptor")
             }
             return .trusted
         }
-        return self.isOpen ? .admittedByOpenMode : .refused("it is not in the trusted peers (peers/) and the node is not --open")
+        return self.isOpen ? .admittedByOpenMode : .refused("not a trusted peer (no descriptor in peers/) and the node does not run with --open")
     }
 }

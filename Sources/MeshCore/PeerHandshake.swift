@@ -152,6 +152,12 @@ public struct EstablishedSession: Sendable {
     public let handshakeHash: [UInt8]
     let send: Noise.CipherState
     let receive: Noise.CipherState
+
+    func with(decision: TrustPolicy.Decision) -> EstablishedSession {
+        EstablishedSession(
+            peer: self.peer, peerListenAddress: self.peerListenAddress, decision: decision, role: self.role,
+            handshakeHash: self.handshakeHash, send: self.send, receive: self.receive)
+    }
 }
 
 // MARK: - Initiator
@@ -307,13 +313,26 @@ public struct ResponderHandshake: Sendable {
             do { payloadBytes = try noise.readMessage(message) } catch { throw HandshakeError(error) }
             let payload = try HandshakePayload(decoding: payloadBytes)
             let peer = try payload.verifiedPeer(remoteStatic: noise.remoteStatic)
-            let decision = try InitiatorHandshake.admit(peer, localIdentity: self.credentials.identity, trust: trust)
-            return .success(
-                try InitiatorHandshake.establish(noise, peer: peer, address: payload.listenAddress, decision: decision))
+            let session = try InitiatorHandshake.establish(
+                noise, peer: peer, address: payload.listenAddress, decision: .trusted)
+            do {
+                let decision = try InitiatorHandshake.admit(peer, localIdentity: self.credentials.identity, trust: trust)
+                return .success(session.with(decision: decision))
+            } catch {
+                // The peer proved who it is; tell it why it is refused, sealed so that nobody else can forge it.
+                var farewell = SecureSession(session)
+                let why: String
+                if case .refused(_, let reason) = error { why = reason } else { why = error.description }
+                self.refusalNotice = try? farewell.sealClose(.refused(why))
+                throw error
+            }
         } catch {
             return .failure(error)
         }
     }
+
+    /// After a refusal of an authenticated peer: a sealed close frame that tells it why. Send it, then close.
+    public private(set) var refusalNotice: [UInt8]?
 }
 
 // MARK: - Replay cache

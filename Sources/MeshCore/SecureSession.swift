@@ -40,6 +40,10 @@ public struct SecureSession: Sendable {
         public static let shuttingDown = CloseReason(code: 1, text: "node is shutting down")
         public static let duplicateConnection = CloseReason(code: 2, text: "duplicate connection")
         public static let protocolViolation = CloseReason(code: 3, text: "protocol violation")
+        public static let refusedCode: UInt8 = 4
+
+        /// The responder refused an authenticated initiator (trust policy); `why` is shown to that peer.
+        public static func refused(_ why: String) -> CloseReason { CloseReason(code: refusedCode, text: why) }
 
         public init(code: UInt8, text: String) {
             self.code = code

@@ -92,6 +92,30 @@ import Testing
         #expect(peer == a.identity.publicIdentity)
     }
 
+    @Test func refusedInitiatorReceivesASealedReason() throws {
+        let a = Node("stranger", network: network)
+        let b = Node("b", network: network)
+        var cache = ReplayCache()
+        var initiator = InitiatorHandshake(credentials: a.credentials)
+        var responder = ResponderHandshake(credentials: b.credentials)
+        let msg2 = try responder.receiveHello(initiator.hello, replayCache: &cache).get()
+        let (msg3, established) = try initiator.receiveResponse(msg2, trust: TrustPolicy(trusted: [b.descriptor])).get()
+        let refusal = responder.receiveFinish(msg3, trust: TrustPolicy())
+        guard case .refused = refusal.error else {
+            Issue.record("expected refusal, got \(refusal)")
+            return
+        }
+        let notice = try #require(responder.refusalNotice)
+        var session = SecureSession(established)
+        let inbound = try session.open(frame: notice)
+        guard case .closed(let reason)? = inbound else {
+            Issue.record("expected a close frame, got \(String(describing: inbound))")
+            return
+        }
+        #expect(reason.code == SecureSession.CloseReason.refusedCode)
+        #expect(reason.text.contains("not a trusted peer"))
+    }
+
     @Test func unlistedResponderIsRefusedByTheInitiator() {
         let a = Node("a", network: network)
         let b = Node("stranger", network: network)

@@ -1,0 +1,138 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A small blocking HTTP/1.1 client for the control socket, used by the CLI's client commands. One request per
+/// connection (`Connection: close`), so the response ends at EOF and no connection state is kept.
+public struct ControlClient: Sendable {
+    public let socketPath: String
+
+    public init(socketPath: String) { self.socketPath = socketPath }
+
+    public enum Error: Swift.Error, CustomStringConvertible {
+        case notRunning(String)
+        case staleSocket(String)
+        case io(String)
+        case badResponse(String)
+        case api(status: Int, message: String)
+
+        public var description: String {
+            switch self {
+            case .notRunning(let path): return "no node is running here (\(path) does not exist); start one with 'agentmesh run'"
+            case .staleSocket(let path): return "no node answers on \(path) (it is left over from a node that stopped)"
+            case .io(let why): return "control socket error: \(why)"
+            case .badResponse(let why): return "the node sent a malformed response: \(why)"
+            case .api(let status, let message): return "the node refused the request (HTTP \(status)): \(message)"
+            }
+        }
+    }
+
+    public struct Response: Sendable {
+        public let status: Int
+        public let body: [UInt8]
+    }
+
+    /// True when a live node accepts connections on the socket.
+    func isAnswering() -> Bool {
+        guard let fd = try? self.connect() else { return false }
+        close(fd)
+        return true
+    }
+
+    public func request(method: String, path: String, body: [UInt8] = [], timeout: Duration = .seconds(30)) throws(Error)
+        -> Response
+    {
+        let fd = try self.connect()
+        defer { close(fd) }
+        var tv = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let head =
+            "\(method) \(path) HTTP/1.1\r\nHost: agentmesh\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            + "Content-Length: \(body.count)\r\n\r\n"
+        try Self.writeAll(fd, Array(head.utf8) + body)
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .io(errno == EAGAIN ? "no answer within \(timeout)" : String(cString: strerror(errno)))
+            }
+            if count == 0 { break }
+            received += chunk[0..<count]
+        }
+        return try Self.parse(received)
+    }
+
+    /// Decodes a JSON response of type `T`, or throws the node's error message.
+    public func get<T: Decodable>(_ path: String, as type: T.Type) throws(Error) -> T {
+        try self.decode(self.request(method: "GET", path: path), as: type)
+    }
+
+    public func decode<T: Decodable>(_ response: Response, as type: T.Type) throws(Error) -> T {
+        guard (200..<300).contains(response.status) else {
+            let message = (try? ControlAPI.decoder().decode(ControlAPI.ErrorBody.self, from: Data(response.body)))?.error
+            throw .api(status: response.status, message: message ?? String(decoding: response.body, as: UTF8.self))
+        }
+        do {
+            return try ControlAPI.decoder().decode(T.self, from: Data(response.body))
+        } catch {
+            throw .badResponse("\(error)")
+        }
+    }
+
+    private func connect() throws(Error) -> Int32 {
+        guard FileManager.default.fileExists(atPath: self.socketPath) else { throw .notRunning(self.socketPath) }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw .io(String(cString: strerror(errno))) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(self.socketPath.utf8)
+        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            close(fd)
+            throw .io("socket path is too long: \(self.socketPath)")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: pathBytes)
+            raw[pathBytes.count] = 0
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard result == 0 else {
+            let code = errno
+            close(fd)
+            if code == ECONNREFUSED || code == ENOENT { throw .staleSocket(self.socketPath) }
+            throw .io(String(cString: strerror(code)))
+        }
+        return fd
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws(Error) {
+        var offset = 0
+        while offset < bytes.count {
+            let count = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .io(String(cString: strerror(errno)))
+            }
+            offset += count
+        }
+    }
+
+    private static func parse(_ bytes: [UInt8]) throws(Error) -> Response {
+        let separator: [UInt8] = [13, 10, 13, 10]
+        guard let headEnd = bytes.firstRange(of: separator) else { throw .badResponse("no header terminator") }
+        let head = String(decoding: bytes[..<headEnd.lowerBound], as: UTF8.self)
+        let statusLine = head.split(separator: "\r\n").first ?? ""
+        let parts = statusLine.split(separator: " ")
+        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]) else {
+            throw .badResponse("bad status line '\(statusLine)'")
+        }
+        return Response(status: status, body: Array(bytes[headEnd.upperBound...]))
+    }
+}

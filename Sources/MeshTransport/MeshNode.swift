@@ -1,0 +1,460 @@
+import Foundation
+public import Logging
+public import MeshCore
+public import MeshCrypto
+import MeshWire
+import NIOCore
+import NIOPosix
+public import ServiceLifecycle
+import Synchronization
+
+/// One AgentMesh node: accepts and dials authenticated connections, keeps one session per peer, re-dials its join
+/// addresses with back-off, and serves the control API. Call ``bind()`` first (it fails fast, for example when the
+/// port is taken), then run it as a `Service`.
+public actor MeshNode: Service {
+    public nonisolated let home: NodeHome
+    public nonisolated let identity: NodeIdentity
+    public nonisolated let settings: NodeSettings
+    private nonisolated let networkKey: NetworkKey
+    private nonisolated let logger: Logger
+    private nonisolated let group: any EventLoopGroup
+    private nonisolated let trustStore: TrustStore
+    private nonisolated let pendingHandshakes: PendingHandshakes
+    private nonisolated let replayGuard: ReplayGuard
+    /// Set once the listener is bound (the advertised address needs the real port). NIO may accept a connection
+    /// before that; such a connection is closed.
+    private nonisolated let credentialsBox = Mutex<HandshakeCredentials?>(nil)
+
+    private enum State {
+        case created
+        case bound(Bound)
+        case running(Bound)
+        case stopped
+    }
+
+    private struct Bound {
+        let listener: NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never>
+        let control: ControlServer
+        let address: HostAndPort
+        let startedAt: Date
+    }
+
+    private enum Origin: Sendable {
+        case accepted
+        case dialled(HostAndPort)
+
+        var isAccepted: Bool {
+            if case .accepted = self { return true }
+            return false
+        }
+    }
+
+    private struct PeerConnection {
+        let number: UInt64
+        let peer: EstablishedPeer
+        let channel: any Channel
+        let origin: Origin
+        let since: Date
+
+        /// Which node dialled this connection.
+        func initiator(local: NodeID) -> NodeID {
+            self.peer.role == .initiator ? local : self.peer.identity.nodeID
+        }
+    }
+
+    private var state: State = .created
+    private var connections: [NodeID: PeerConnection] = [:]
+    private var connectionCount: UInt64 = 0
+
+    public init(
+        home: NodeHome, identity: NodeIdentity, networkKey: NetworkKey, settings: NodeSettings, logger: Logger
+    ) {
+        self.home = home
+        self.identity = identity
+        self.networkKey = networkKey
+        self.settings = settings
+        self.logger = logger
+        self.group = MultiThreadedEventLoopGroup.singleton
+        self.trustStore = TrustStore(home: home, isOpen: settings.isOpen, logger: logger)
+        self.pendingHandshakes = PendingHandshakes(limit: settings.maximumPendingHandshakes)
+        self.replayGuard = ReplayGuard(capacity: settings.replayCacheCapacity)
+    }
+
+    public enum StartError: Error, CustomStringConvertible {
+        case cannotListen(HostAndPort, String)
+        case alreadyStarted
+
+        public var description: String {
+            switch self {
+            case .cannotListen(let address, let why): return "cannot listen on \(address): \(why)"
+            case .alreadyStarted: return "the node was already started"
+            }
+        }
+    }
+
+    // MARK: - Start and stop
+
+    /// Opens the peer listener and the control socket; returns the address peers can dial.
+    @discardableResult
+    public func bind() async throws -> HostAndPort {
+        guard case .created = self.state else { throw StartError.alreadyStarted }
+        let listener: NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never>
+        do {
+            listener = try await self.makeListener()
+        } catch let error as IOError {
+            throw StartError.cannotListen(self.settings.listen, String(cString: strerror(error.errnoCode)))
+        } catch {
+            throw StartError.cannotListen(self.settings.listen, "\(error)")
+        }
+        let port = listener.channel.localAddress?.port ?? self.settings.listen.port
+        let address = HostAndPort(host: self.settings.listen.host, port: port)
+        let control: ControlServer
+        do {
+            control = try await ControlServer.bind(
+                socketPath: self.home.controlSocketPath, group: self.group, logger: self.logger)
+        } catch {
+            try? await listener.channel.close()
+            throw error
+        }
+        self.credentialsBox.withLock {
+            $0 = HandshakeCredentials(
+                identity: self.identity, networkKey: self.networkKey, listenAddress: address.description)
+        }
+        self.state = .bound(Bound(listener: listener, control: control, address: address, startedAt: Date()))
+        self.logger.info("listening", metadata: [
+            "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
+            "trusted-peers": "\(self.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
+        ])
+        return address
+    }
+
+    public func run() async throws {
+        if case .created = self.state { try await self.bind() }
+        guard case .bound(let bound) = self.state else { throw StartError.alreadyStarted }
+        self.state = .running(bound)
+        let joins = self.settings.joins
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await self.acceptConnections(on: bound.listener) }
+            group.addTask { await bound.control.run(handler: { await self.handleControl($0) }) }
+            for join in joins {
+                group.addTask { await self.maintainConnection(to: join) }
+            }
+            // Runs until SIGTERM/SIGINT (graceful shutdown) or cancellation; then closes everything in order.
+            try? await gracefulShutdown()
+            await self.stop()
+            group.cancelAll()
+        }
+        self.logger.info("stopped")
+    }
+
+    /// Sends every peer an authenticated close, then closes the listener and the control socket.
+    private func stop() async {
+        guard case .running(let bound) = self.state else { return }
+        self.state = .stopped
+        self.logger.info("shutting down", metadata: ["peers": "\(self.connections.count)"])
+        let closing = self.connections.values.map { $0.channel }
+        self.connections.removeAll()
+        for channel in closing {
+            try? await channel.triggerUserOutboundEvent(CloseRequest(.shuttingDown)).get()
+            try? await channel.close()
+        }
+        try? await bound.listener.channel.close()
+        await bound.control.close()
+    }
+
+    // MARK: - Connections
+
+    private func makeListener() async throws -> NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never> {
+        let logger = self.logger
+        return try await ServerBootstrap(group: self.group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ListenerErrorHandler(logger: logger))
+                }
+            }
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .bind(host: self.settings.listen.host, port: self.settings.listen.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try self.prepareAcceptedChannel(channel)
+                    return try NIOAsyncChannel<SessionEvent, WireMessage>(wrappingChannelSynchronously: channel)
+                }
+            }
+    }
+
+    private nonisolated func prepareAcceptedChannel(_ channel: any Channel) throws {
+        let pending = self.pendingHandshakes
+        guard let credentials = self.credentialsBox.withLock({ $0 }) else {
+            channel.close(promise: nil)
+            return
+        }
+        guard pending.tryBegin() else {
+            self.logger.info("refused connection", metadata: [
+                "remote": "\(channel.remoteAddress.display)",
+                "reason": "\(TransportError.tooManyPendingHandshakes(limit: pending.limit))",
+            ])
+            channel.close(promise: nil)
+            return
+        }
+        try self.addSecureHandler(
+            to: channel, role: .responder(ResponderHandshake(credentials: credentials), self.replayGuard),
+            releaseSlot: { pending.end() })
+    }
+
+    private nonisolated func addSecureHandler(
+        to channel: any Channel, role: SecureChannelHandler.Role, releaseSlot: (@Sendable () -> Void)?
+    ) throws {
+        let trustStore = self.trustStore
+        let configuration = SecureChannelHandler.Configuration(
+            handshakeTimeout: TimeAmount(self.settings.handshakeTimeout),
+            keepaliveInterval: TimeAmount(self.settings.keepaliveInterval),
+            idleTimeout: TimeAmount(self.settings.idleTimeout),
+            maximumMessageLength: self.settings.maximumMessageLength)
+        try channel.pipeline.syncOperations.addHandler(SecureChannelHandler(
+            role: role, configuration: configuration, trust: { trustStore.current() },
+            releaseHandshakeSlot: releaseSlot))
+    }
+
+    private nonisolated func acceptConnections(
+        on listener: NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never>
+    ) async {
+        do {
+            try await withThrowingDiscardingTaskGroup { group in
+                try await listener.executeThenClose { inbound in
+                    for try await connection in inbound {
+                        group.addTask {
+                            let remote = connection.channel.remoteAddress
+                            do {
+                                _ = try await self.serve(connection, origin: .accepted)
+                            } catch {
+                                self.logger.info("refused connection", metadata: [
+                                    "remote": "\(remote.display)", "reason": "\(error)",
+                                ])
+                            }
+                        }
+                    }
+                }
+            }
+        } catch is CancellationError {
+        } catch {
+            self.logger.error("listener stopped", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Keeps a connection to a join address: dials, serves the session until it ends, and dials again after a
+    /// back-off. While the peer is connected through another connection (it dialled us), it only watches.
+    private nonisolated func maintainConnection(to address: HostAndPort) async {
+        var backoff = Backoff(initial: self.settings.redialInitialDelay, maximum: self.settings.redialMaximumDelay)
+        var random = SystemRandomNumberGenerator()
+        while !Task.isCancelled {
+            do {
+                let connection = try await self.dial(address)
+                let outcome = try await self.serve(connection, origin: .dialled(address))
+                if outcome.wasRegistered { backoff.reset() }
+                if let peer = outcome.peer {
+                    while !Task.isCancelled, await self.isConnected(to: peer) {
+                        try await Task.sleep(for: self.settings.redialInitialDelay * 4)
+                    }
+                }
+            } catch is CancellationError {
+                return
+            } catch {
+                self.logger.notice("cannot reach join address", metadata: [
+                    "address": "\(address)", "reason": "\(error)", "attempt": "\(backoff.failures + 1)",
+                ])
+            }
+            do {
+                try await Task.sleep(for: backoff.nextDelay(using: &random))
+            } catch {
+                return
+            }
+        }
+    }
+
+    private nonisolated func dial(_ address: HostAndPort) async throws -> NIOAsyncChannel<SessionEvent, WireMessage> {
+        guard let credentials = self.credentialsBox.withLock({ $0 }) else { throw CancellationError() }
+        return try await ClientBootstrap(group: self.group)
+            .connectTimeout(TimeAmount(self.settings.connectTimeout))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(host: address.host, port: address.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try self.addSecureHandler(
+                        to: channel, role: .initiator(InitiatorHandshake(credentials: credentials)), releaseSlot: nil)
+                    return try NIOAsyncChannel<SessionEvent, WireMessage>(wrappingChannelSynchronously: channel)
+                }
+            }
+    }
+
+    private struct ServeOutcome {
+        let peer: NodeID?
+        let wasRegistered: Bool
+    }
+
+    /// Runs one connection from handshake to close. Throws the transport error that ended it badly.
+    private nonisolated func serve(
+        _ connection: NIOAsyncChannel<SessionEvent, WireMessage>, origin: Origin
+    ) async throws -> ServeOutcome {
+        try await connection.executeThenClose { inbound, _ in
+            var events = inbound.makeAsyncIterator()
+            guard case .established(let peer)? = try await events.next() else {
+                return ServeOutcome(peer: nil, wasRegistered: false)
+            }
+            let peerID = peer.identity.nodeID
+            guard let number = await self.register(peer, channel: connection.channel, origin: origin) else {
+                return ServeOutcome(peer: peerID, wasRegistered: false)
+            }
+            var ending = "connection lost (no close frame)"
+            do {
+                while let event = try await events.next() {
+                    switch event {
+                    case .established:
+                        break
+                    case .message(let message):
+                        self.logger.trace("message", metadata: ["peer": "\(peerID.short)", "kind": "\(message.kind)"])
+                    case .unknownMessage(let kind):
+                        self.logger.debug("ignored message of unknown kind", metadata: [
+                            "peer": "\(peerID.short)", "kind": "\(kind)",
+                        ])
+                    case .closed(let reason):
+                        ending = "peer closed: \(reason)"
+                    }
+                }
+            } catch {
+                ending = "\(error)"
+            }
+            await self.unregister(number, peer: peerID, reason: ending)
+            return ServeOutcome(peer: peerID, wasRegistered: true)
+        }
+    }
+
+    /// Records an authenticated session. Returns nil when it lost to an existing connection with the same peer.
+    private func register(_ peer: EstablishedPeer, channel: any Channel, origin: Origin) -> UInt64? {
+        guard case .running = self.state else {
+            channel.close(promise: nil)
+            return nil
+        }
+        self.connectionCount += 1
+        let candidate = PeerConnection(
+            number: self.connectionCount, peer: peer, channel: channel, origin: origin, since: Date())
+        let peerID = peer.identity.nodeID
+        if let existing = self.connections[peerID] {
+            let local = self.identity.nodeID
+            let keepNew = ConnectionArbiter.keepsNewConnection(
+                existingInitiator: existing.initiator(local: local), newInitiator: candidate.initiator(local: local))
+            let loser = keepNew ? existing : candidate
+            loser.channel.triggerUserOutboundEvent(CloseRequest(.duplicateConnection), promise: nil)
+            loser.channel.close(promise: nil)
+            self.logger.debug("closed duplicate connection", metadata: ["peer": "\(peerID.short)"])
+            guard keepNew else { return nil }
+        }
+        self.connections[peerID] = candidate
+        self.logger.info("peer authenticated", metadata: [
+            "peer": "\(peer.identity.name) \(peerID.short)", "address": "\(peer.listenAddress)",
+            "remote": "\(channel.remoteAddress.display)",
+            "direction": "\(origin.isAccepted ? "inbound" : "outbound")", "trust": "\(peer.decision.label)",
+        ])
+        return candidate.number
+    }
+
+    private func unregister(_ number: UInt64, peer: NodeID, reason: String) {
+        guard let connection = self.connections[peer], connection.number == number else { return }
+        self.connections[peer] = nil
+        self.logger.info("peer disconnected", metadata: [
+            "peer": "\(connection.peer.identity.name) \(peer.short)", "reason": "\(reason)",
+        ])
+    }
+
+    private func isConnected(to peer: NodeID) -> Bool { self.connections[peer] != nil }
+
+    // MARK: - Control API
+
+    /// This node and its authenticated peers.
+    public func members() -> ControlAPI.Members {
+        var members: [ControlAPI.Member] = []
+        let address: String
+        let startedAt: Date
+        switch self.state {
+        case .bound(let bound), .running(let bound):
+            address = bound.address.description
+            startedAt = bound.startedAt
+        case .created, .stopped:
+            address = self.settings.listen.description
+            startedAt = Date()
+        }
+        members.append(ControlAPI.Member(
+            id: self.identity.nodeID.description, name: self.identity.name, address: address, remoteAddress: nil,
+            connection: "self", trust: "self", since: startedAt))
+        for connection in self.connections.values.sorted(by: { $0.peer.identity.name < $1.peer.identity.name }) {
+            members.append(ControlAPI.Member(
+                id: connection.peer.identity.nodeID.description, name: connection.peer.identity.name,
+                address: connection.peer.listenAddress,
+                remoteAddress: connection.channel.remoteAddress.display,
+                connection: connection.origin.isAccepted ? "inbound" : "outbound", trust: connection.peer.decision.label,
+                since: connection.since))
+        }
+        return ControlAPI.Members(members: members)
+    }
+
+    public func nodeInfo() -> ControlAPI.NodeInfo {
+        let bound: Bound?
+        switch self.state {
+        case .bound(let b), .running(let b): bound = b
+        case .created, .stopped: bound = nil
+        }
+        return ControlAPI.NodeInfo(
+            id: self.identity.nodeID.description, name: self.identity.name,
+            listen: bound?.address.description ?? self.settings.listen.description,
+            identityLine: IdentityLine.render(self.identity.publicIdentity), open: self.settings.isOpen,
+            startedAt: bound?.startedAt ?? Date())
+    }
+
+    private func handleControl(_ request: ControlRequest) -> ControlResponse {
+        switch (request.method, request.path) {
+        case ("GET", "/v1/members"): return .json(self.members())
+        case ("GET", "/v1/node"): return .json(self.nodeInfo())
+        case (_, "/v1/members"), (_, "/v1/node"): return .error(405, "\(request.method) is not allowed on \(request.path)")
+        default: return .error(404, "no such endpoint: \(request.path)")
+        }
+    }
+}
+
+extension TrustPolicy.Decision {
+    var label: String {
+        switch self {
+        case .trusted: return "trusted"
+        case .admittedByOpenMode: return "open"
+        case .refused: return "refused"
+        }
+    }
+}
+
+extension Optional where Wrapped == SocketAddress {
+    /// `127.0.0.1:51234` or `[::1]:51234`, for logs and the members table.
+    var display: String {
+        guard let address = self, let ip = address.ipAddress, let port = address.port else { return "?" }
+        return HostAndPort(host: ip, port: port).description
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        self = .nanoseconds(Int64(duration.seconds * 1e9))
+    }
+}
+
+/// Sits in the listener's pipeline and keeps errors (EMFILE under a connection flood, a child channel that failed
+/// to initialise) from reaching the async accept stream, where any error would end the accept loop for good.
+final class ListenerErrorHandler: ChannelInboundHandler {
+    typealias InboundIn = Any
+    private let logger: Logger
+
+    init(logger: Logger) { self.logger = logger }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.logger.warning("listener error (still accepting)", metadata: ["error": "\(error)"])
+    }
+}
+
+@available(*, unavailable)
+extension ListenerErrorHandler: Sendable {}

@@ -1,0 +1,212 @@
+import Foundation
+public import MeshCore
+public import MeshCrypto
+
+/// The node's home folder (DESIGN.md): identity, network key, trusted peers, control socket.
+/// Every path a command touches comes from here.
+public struct NodeHome: Sendable {
+    public let path: String
+
+    public init(path: String) { self.path = path }
+
+    /// `--home`, else `$AGENTMESH_HOME`, else `~/.agentmesh`.
+    public static func resolve(_ explicit: String?, environment: [String: String]? = nil) -> NodeHome {
+        let environment = environment ?? ProcessInfo.processInfo.environment
+        if let explicit, !explicit.isEmpty { return NodeHome(path: explicit) }
+        if let fromEnvironment = environment["AGENTMESH_HOME"], !fromEnvironment.isEmpty {
+            return NodeHome(path: fromEnvironment)
+        }
+        return NodeHome(path: NSHomeDirectory() + "/.agentmesh")
+    }
+
+    public var identityKeyPath: String { self.path + "/identity.key" }
+    public var identityPublicPath: String { self.path + "/identity.pub" }
+    public var networkKeyPath: String { self.path + "/network.key" }
+    public var peersDirectory: String { self.path + "/peers" }
+    public var controlSocketPath: String { self.path + "/control.sock" }
+
+    // MARK: - init
+
+    /// Creates the identity (and a network key unless one is given). Refuses to touch an existing identity.
+    public func initialize(name: String?, networkKeyFile: String?) throws(HomeError) -> NodeIdentity {
+        if FileManager.default.fileExists(atPath: self.identityKeyPath) {
+            throw .identityExists(self.identityKeyPath)
+        }
+        let networkKey = try networkKeyFile.map { file throws(HomeError) in try Self.readNetworkKey(at: file) }
+        if let name, !NodeName.isValid(name) {
+            throw .invalidName(name)
+        }
+        let provisional = NodeIdentity(name: "provisional")
+        let identity = NodeIdentity(
+            name: name ?? "node-\(provisional.nodeID.description.prefix(8))", signingKey: provisional.signingKey,
+            staticKey: provisional.staticKey)
+
+        try FileSystem.createDirectory(self.path, mode: 0o700)
+        try FileSystem.createDirectory(self.peersDirectory, mode: 0o700)
+        if let networkKey {
+            try self.writeNetworkKey(networkKey)
+        } else if !FileManager.default.fileExists(atPath: self.networkKeyPath) {
+            try self.writeNetworkKey(NetworkKey.generate())
+        }
+        var ed25519 = identity.signingKey.exportSecretKey()
+        var x25519 = identity.staticKey.exportSecretKey()
+        defer {
+            wipe(&ed25519)
+            wipe(&x25519)
+        }
+        let keyFile = """
+            # AgentMesh node identity. SECRET: whoever holds this file can act as this node.
+            name = \(TOMLDocument.quoted(identity.name))
+            ed25519-secret = \(TOMLDocument.quoted(Hex.encode(ed25519)))
+            x25519-secret = \(TOMLDocument.quoted(Hex.encode(x25519)))
+
+            """
+        try FileSystem.writeAtomically(Array(keyFile.utf8), to: self.identityKeyPath, mode: 0o600)
+        try FileSystem.writeAtomically(
+            Array((IdentityLine.render(identity.publicIdentity) + "\n").utf8), to: self.identityPublicPath, mode: 0o644)
+        return identity
+    }
+
+    private func writeNetworkKey(_ key: NetworkKey) throws(HomeError) {
+        var bytes = key.exportKey()
+        defer { wipe(&bytes) }
+        try FileSystem.writeAtomically(bytes, to: self.networkKeyPath, mode: 0o600)
+    }
+
+    // MARK: - Loading
+
+    public func loadIdentity() throws(HomeError) -> NodeIdentity {
+        guard FileManager.default.fileExists(atPath: self.identityKeyPath) else { throw .noIdentity(self.path) }
+        let text = try FileSystem.readText(self.identityKeyPath)
+        let document: TOMLDocument
+        do { document = try TOMLDocument(parsing: text) } catch {
+            throw .malformed(self.identityKeyPath, error.description)
+        }
+        func secret(_ key: String, length: Int) throws(HomeError) -> SecretBytes {
+            guard case .string(let hex)? = document["", key], let bytes = Hex.decode(hex), bytes.count == length else {
+                throw .malformed(self.identityKeyPath, "'\(key)' must be \(length * 2) hex digits")
+            }
+            return SecretBytes(copying: bytes)
+        }
+        guard case .string(let name)? = document["", "name"], NodeName.isValid(name) else {
+            throw .malformed(self.identityKeyPath, "'name' is missing or invalid")
+        }
+        do {
+            return NodeIdentity(
+                name: name,
+                signingKey: try Ed25519SigningKey(secretKey: try secret("ed25519-secret", length: 64)),
+                staticKey: try X25519KeyPair(secretKey: try secret("x25519-secret", length: 32)))
+        } catch let error as HomeError {
+            throw error
+        } catch {
+            throw .malformed(self.identityKeyPath, "the ed25519 secret key is damaged (its halves do not match)")
+        }
+    }
+
+    public func loadNetworkKey() throws(HomeError) -> NetworkKey {
+        guard FileManager.default.fileExists(atPath: self.networkKeyPath) else { throw .noNetworkKey(self.networkKeyPath) }
+        return try Self.readNetworkKey(at: self.networkKeyPath)
+    }
+
+    /// A network key file holds 32 raw bytes; 64 hex digits (with an optional newline) are accepted too, so a key
+    /// can travel through a terminal.
+    static func readNetworkKey(at path: String) throws(HomeError) -> NetworkKey {
+        var bytes = try FileSystem.readBytes(path)
+        defer { wipe(&bytes) }
+        if bytes.count != NetworkKey.byteCount {
+            let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard let decoded = Hex.decode(text), decoded.count == NetworkKey.byteCount else {
+                throw .invalidNetworkKey(path, found: bytes.count)
+            }
+            bytes = decoded
+        }
+        return try! NetworkKey(key: SecretBytes(copying: bytes))  // the length was checked above
+    }
+
+    /// Every readable descriptor in `peers/`, plus a sentence for each file that could not be used.
+    public func loadTrustedPeers() -> (descriptors: [PeerDescriptor], problems: [String]) {
+        let files: [String]
+        do {
+            files = try FileManager.default.contentsOfDirectory(atPath: self.peersDirectory).sorted()
+        } catch {
+            return ([], FileManager.default.fileExists(atPath: self.peersDirectory)
+                ? ["cannot list \(self.peersDirectory): \(error.localizedDescription)"] : [])
+        }
+        var descriptors: [PeerDescriptor] = []
+        var problems: [String] = []
+        for file in files where file.hasSuffix(".toml") {
+            let path = self.peersDirectory + "/" + file
+            do {
+                descriptors.append(try PeerDescriptor(parsing: try FileSystem.readText(path)))
+            } catch let error as PeerDescriptor.ParseError {
+                problems.append("ignoring peer descriptor \(path): \(error)")
+            } catch {
+                problems.append("ignoring peer descriptor \(path): \(error)")
+            }
+        }
+        return (descriptors, problems)
+    }
+
+    /// The modification time of `peers/`, so a running node can notice `agentmesh trust` without polling files.
+    func peersDirectoryStamp() -> Date? {
+        (try? FileManager.default.attributesOfItem(atPath: self.peersDirectory))?[.modificationDate] as? Date
+    }
+
+    // MARK: - trust
+
+    public enum TrustOutcome: Equatable, Sendable {
+        case added(path: String)
+        case updated(path: String)
+        case unchanged(path: String)
+    }
+
+    /// Writes a descriptor for `peer` into `peers/`.
+    public func trust(_ peer: PeerIdentity) throws(HomeError) -> TrustOutcome {
+        if let own = try? self.loadIdentity(), own.signingKey.publicKey == peer.identityKey {
+            throw .trustingSelf
+        }
+        try FileSystem.createDirectory(self.peersDirectory, mode: 0o700)
+        let descriptor = PeerDescriptor(identity: peer)
+        let path = self.peersDirectory + "/" + descriptor.fileName
+        let existing = try? PeerDescriptor(parsing: FileSystem.readText(path))
+        if existing == descriptor { return .unchanged(path: path) }
+        try FileSystem.writeAtomically(Array(descriptor.render().utf8), to: path, mode: 0o644)
+        return existing == nil ? .added(path: path) : .updated(path: path)
+    }
+}
+
+/// What can go wrong with a home folder, each worded as the one sentence the CLI prints.
+public enum HomeError: Error, CustomStringConvertible, Equatable {
+    case identityExists(String)
+    case noIdentity(String)
+    case noNetworkKey(String)
+    case invalidName(String)
+    case invalidNetworkKey(String, found: Int)
+    case malformed(String, String)
+    case unreadable(String, String)
+    case writeFailed(String, String)
+    case trustingSelf
+
+    public var description: String {
+        switch self {
+        case .identityExists(let path):
+            return "\(path) already exists; refusing to overwrite this node's identity"
+        case .noIdentity(let home):
+            return "no identity in \(home); create one with 'agentmesh init --home \(home)'"
+        case .noNetworkKey(let path):
+            return "no network key at \(path); copy the mesh's network.key there or run 'agentmesh init'"
+        case .invalidName(let name):
+            return "invalid node name '\(name)': use 1 to 64 characters from A-Z a-z 0-9 . _ -"
+        case .invalidNetworkKey(let path, let found):
+            return "\(path) is not a network key: expected 32 bytes or 64 hex digits, found \(found) bytes"
+        case .malformed(let path, let why):
+            return "\(path) is malformed: \(why)"
+        case .unreadable(let path, let why):
+            return "cannot read \(path): \(why)"
+        case .writeFailed(let path, let why):
+            return "cannot write \(path): \(why)"
+        case .trustingSelf:
+            return "that is this node's own identity; a node needs no descriptor for itself"
+        }
+    }
+}

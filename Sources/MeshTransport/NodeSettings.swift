@@ -1,0 +1,43 @@
+public import MeshCore
+
+/// Everything `agentmesh run` can tune. Defaults suit a LAN; ``localTesting(listen:)`` shortens the timers for
+/// tests on loopback.
+public struct NodeSettings: Sendable {
+    /// Where to accept peer connections. Port 0 picks a free port.
+    public var listen: HostAndPort
+    /// Peers to dial at start-up and re-dial whenever the connection drops.
+    public var joins: [HostAndPort] = []
+    /// Accept any peer that holds the network key, not only those in `peers/`.
+    public var isOpen = false
+    /// A connection that has not finished the handshake by then is closed.
+    public var handshakeTimeout: Duration = .seconds(5)
+    /// Handshakes in flight on the listener at once; further connections are closed at once.
+    public var maximumPendingHandshakes = 64
+    /// How many recent msg1 ephemeral keys are remembered to refuse replays.
+    public var replayCacheCapacity = 65_536
+    /// How often an idle session sends a keepalive ping.
+    public var keepaliveInterval: Duration = .seconds(5)
+    /// A session that receives nothing (not even a pong) for this long is closed.
+    public var idleTimeout: Duration = .seconds(20)
+    /// Dial timeout for one attempt.
+    public var connectTimeout: Duration = .seconds(5)
+    /// First and largest delay between re-dials of a join address.
+    public var redialInitialDelay: Duration = .milliseconds(250)
+    public var redialMaximumDelay: Duration = .seconds(30)
+    /// Largest message a peer may send (reassembled from frames).
+    public var maximumMessageLength = SecureSession.defaultMaximumMessageLength
+
+    public init(listen: HostAndPort) { self.listen = listen }
+
+    /// Fast timers for loopback tests.
+    public static func localTesting(listen: HostAndPort = HostAndPort(host: "127.0.0.1", port: 0)) -> NodeSettings {
+        var settings = NodeSettings(listen: listen)
+        settings.handshakeTimeout = .seconds(2)
+        settings.keepaliveInterval = .milliseconds(500)
+        settings.idleTimeout = .seconds(3)
+        settings.connectTimeout = .seconds(2)
+        settings.redialInitialDelay = .milliseconds(50)
+        settings.redialMaximumDelay = .seconds(1)
+        return settings
+    }
+}

@@ -1,0 +1,389 @@
+public import MeshCore
+public import MeshWire
+import NIOCore
+
+/// What a secure connection delivers to the node, in order: `established` once, then messages, then (maybe) the
+/// peer's authenticated close. A stream that ends without `closed` was cut (reset, EOF, or an error).
+public enum SessionEvent: Sendable {
+    case established(EstablishedPeer)
+    case message(WireMessage)
+    case unknownMessage(kind: UInt8)
+    case closed(SecureSession.CloseReason)
+}
+
+/// The authenticated peer at the other end of a connection.
+public struct EstablishedPeer: Sendable {
+    public let identity: PeerIdentity
+    public let listenAddress: String
+    public let decision: TrustPolicy.Decision
+    public let role: Noise.Role
+}
+
+/// Sent with `triggerUserOutboundEvent` before closing, so the close frame says why.
+public struct CloseRequest: Sendable {
+    public let reason: SecureSession.CloseReason
+    public init(_ reason: SecureSession.CloseReason) { self.reason = reason }
+}
+
+/// The per-connection shell around ``InitiatorHandshake``/``ResponderHandshake`` and ``SecureSession``:
+/// frames bytes, enforces the handshake timeout and the per-state length caps, answers keepalive pings, and turns
+/// every failure into a typed error followed by a close. Lives on its channel's event loop.
+final class SecureChannelHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = SessionEvent
+    typealias OutboundIn = WireMessage
+    typealias OutboundOut = ByteBuffer
+
+    struct Configuration: Sendable {
+        var handshakeTimeout: TimeAmount
+        var keepaliveInterval: TimeAmount
+        var idleTimeout: TimeAmount
+        var maximumMessageLength: Int
+    }
+
+    enum Role {
+        case initiator(InitiatorHandshake)
+        case responder(ResponderHandshake, ReplayGuard)
+    }
+
+    private enum Phase {
+        case idle(Role)
+        case awaitingResponse(InitiatorHandshake)
+        /// Initiator only: Noise is done, but the responder has yet to accept (``WireMessage/welcome``) or refuse.
+        case awaitingWelcome(SecureSession)
+        case awaitingHello(ResponderHandshake, ReplayGuard)
+        case awaitingFinish(ResponderHandshake)
+        case established(SecureSession)
+        case closed
+    }
+
+    private var phase: Phase
+    private let configuration: Configuration
+    private let trust: @Sendable () -> TrustPolicy
+    private var releaseHandshakeSlot: (@Sendable () -> Void)?
+    private var cumulation: ByteBuffer?
+    private var handshakeTimeout: Scheduled<Void>?
+    private var keepalive: Scheduled<Void>?
+    private var lastInbound = NIODeadline.now()
+    private var closeReason = SecureSession.CloseReason.normal
+    private var pingNonce: UInt64 = 0
+
+    init(
+        role: Role, configuration: Configuration, trust: @escaping @Sendable () -> TrustPolicy,
+        releaseHandshakeSlot: (@Sendable () -> Void)? = nil
+    ) {
+        self.phase = .idle(role)
+        self.configuration = configuration
+        self.trust = trust
+        self.releaseHandshakeSlot = releaseHandshakeSlot
+    }
+
+    // MARK: Lifecycle
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.start(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.start(context: context)
+        context.fireChannelActive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard case .idle(let role) = self.phase else { return }
+        let timeout = self.configuration.handshakeTimeout
+        self.handshakeTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+            self.fail(context: context, .handshakeTimedOut(seconds: Double(timeout.nanoseconds) / 1e9))
+        }
+        switch role {
+        case .initiator(let initiator):
+            self.phase = .awaitingResponse(initiator)
+            self.writeFrame(initiator.hello, context: context)
+            context.flush()
+        case .responder(let responder, let replayGuard):
+            self.phase = .awaitingHello(responder, replayGuard)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        switch self.phase {
+        case .idle, .awaitingResponse, .awaitingWelcome, .awaitingHello, .awaitingFinish:
+            self.phase = .closed
+            self.stopTimers()
+            self.finishHandshakeSlot()
+            context.fireErrorCaught(TransportError.closedDuringHandshake)
+        case .established, .closed:
+            self.phase = .closed
+            self.stopTimers()
+        }
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.stopTimers()
+        self.finishHandshakeSlot()
+    }
+
+    // MARK: Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = self.unwrapInboundIn(data)
+        if case .closed = self.phase { return }
+        self.lastInbound = .now()
+        if self.cumulation == nil {
+            self.cumulation = bytes
+        } else {
+            self.cumulation!.writeBuffer(&bytes)
+        }
+        self.processFrames(context: context)
+        if let readable = self.cumulation?.readableBytes, readable == 0 {
+            self.cumulation = nil
+        } else {
+            self.cumulation?.discardReadBytes()
+        }
+    }
+
+    private var maximumFrameLength: Int {
+        switch self.phase {
+        case .awaitingHello: return HandshakeProtocol.helloLength
+        case .awaitingResponse, .awaitingFinish: return HandshakeProtocol.maximumMessageLength
+        case .awaitingWelcome, .established: return FrameCodec.maximumFrameLength
+        case .idle, .closed: return 0
+        }
+    }
+
+    private func processFrames(context: ChannelHandlerContext) {
+        while self.cumulation != nil {
+            if case .closed = self.phase { return }
+            let frame: ByteBuffer?
+            do {
+                frame = try FrameCodec.nextFrame(from: &self.cumulation!, maximumLength: self.maximumFrameLength)
+            } catch {
+                self.fail(context: context, .frame(error))
+                return
+            }
+            guard let frame else { return }
+            self.handle(frame: Array(frame.readableBytesView), context: context)
+        }
+    }
+
+    private func handle(frame: [UInt8], context: ChannelHandlerContext) {
+        switch self.phase {
+        case .idle, .closed:
+            return
+
+        case .awaitingHello(var responder, let replayGuard):
+            switch replayGuard.receiveHello(frame, into: &responder) {
+            case .success(let response):
+                self.phase = .awaitingFinish(responder)
+                self.writeFrame(response, context: context)
+                context.flush()
+            case .failure(let error):
+                self.fail(context: context, .handshake(error))
+            }
+
+        case .awaitingFinish(var responder):
+            switch responder.receiveFinish(frame, trust: self.trust()) {
+            case .success(let established):
+                self.phase = .established(
+                    SecureSession(established, maximumMessageLength: self.configuration.maximumMessageLength))
+                self.send(.welcome, context: context, promise: nil)
+                context.flush()
+                // `send` advanced the session's nonce; establish with that state.
+                guard case .established(let session) = self.phase else { return }
+                self.establish(session, context: context)
+            case .failure(let error):
+                if let notice = responder.refusalNotice {
+                    self.writeFrame(notice, context: context)
+                    context.flush()
+                }
+                self.fail(context: context, .handshake(error))
+            }
+
+        case .awaitingResponse(var initiator):
+            switch initiator.receiveResponse(frame, trust: self.trust()) {
+            case .success(let (finish, established)):
+                self.writeFrame(finish, context: context)
+                context.flush()
+                self.phase = .awaitingWelcome(
+                    SecureSession(established, maximumMessageLength: self.configuration.maximumMessageLength))
+            case .failure(let error):
+                self.fail(context: context, .handshake(error))
+            }
+
+        case .awaitingWelcome(var session):
+            let inbound: SecureSession.Inbound?
+            do {
+                inbound = try session.open(frame: frame)
+            } catch {
+                self.fail(context: context, .session(error))
+                return
+            }
+            switch inbound {
+            case .message(let bytes) where (try? WireMessage(decoding: bytes)) == .welcome:
+                self.establish(session, context: context)
+            case .closed(let reason):
+                self.fail(context: context, .refusedByPeer(session.peer, reason))
+            case .message, nil:
+                self.fail(context: context, .protocolViolation("expected the responder's welcome"))
+            }
+
+        case .established(var session):
+            let inbound: SecureSession.Inbound?
+            do {
+                inbound = try session.open(frame: frame)
+            } catch {
+                self.fail(context: context, .session(error))
+                return
+            }
+            self.phase = .established(session)
+            switch inbound {
+            case nil:
+                return
+            case .message(let bytes):
+                self.deliver(bytes, context: context)
+            case .closed(let reason):
+                self.phase = .closed
+                self.stopTimers()
+                context.fireChannelRead(self.wrapInboundOut(.closed(reason)))
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    private func establish(_ session: SecureSession, context: ChannelHandlerContext) {
+        self.handshakeTimeout?.cancel()
+        self.handshakeTimeout = nil
+        self.finishHandshakeSlot()
+        self.phase = .established(session)
+        self.scheduleKeepalive(context: context)
+        let peer = EstablishedPeer(
+            identity: session.peer, listenAddress: session.peerListenAddress, decision: session.decision,
+            role: session.role)
+        context.fireChannelRead(self.wrapInboundOut(.established(peer)))
+    }
+
+    private func deliver(_ bytes: [UInt8], context: ChannelHandlerContext) {
+        do {
+            let message = try WireMessage(decoding: bytes)
+            switch message {
+            case .ping(let nonce):
+                self.send(.pong(nonce: nonce), context: context, promise: nil)
+                context.flush()
+            case .pong:
+                return  // its arrival already refreshed `lastInbound`
+            case .welcome:
+                self.fail(context: context, .protocolViolation("welcome after the session was established"))
+            }
+        } catch .unknownKind(let kind) {
+            // A newer peer may speak kinds this build does not know; the node decides what to do with that.
+            context.fireChannelRead(self.wrapInboundOut(.unknownMessage(kind: kind)))
+        } catch {
+            self.fail(context: context, .malformedMessage(error))
+        }
+    }
+
+    private func scheduleKeepalive(context: ChannelHandlerContext) {
+        self.keepalive = context.eventLoop.assumeIsolated().scheduleTask(in: self.configuration.keepaliveInterval) {
+            self.keepaliveTick(context: context)
+        }
+    }
+
+    private func keepaliveTick(context: ChannelHandlerContext) {
+        guard case .established = self.phase else { return }
+        let silence = NIODeadline.now() - self.lastInbound
+        if silence > self.configuration.idleTimeout {
+            self.fail(context: context, .peerSilent(seconds: Double(silence.nanoseconds) / 1e9))
+            return
+        }
+        self.pingNonce &+= 1
+        self.send(.ping(nonce: self.pingNonce), context: context, promise: nil)
+        context.flush()
+        self.scheduleKeepalive(context: context)
+    }
+
+    // MARK: Outbound
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        self.send(self.unwrapOutboundIn(data), context: context, promise: promise)
+    }
+
+    private func send(_ message: WireMessage, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        guard case .established(var session) = self.phase else {
+            promise?.fail(TransportError.notEstablished)
+            return
+        }
+        do {
+            let frames = try session.seal(message: message.encoded())
+            self.phase = .established(session)
+            var buffer = context.channel.allocator.buffer(
+                capacity: frames.reduce(0) { $0 + $1.count + FrameCodec.lengthPrefixSize })
+            for frame in frames { FrameCodec.write(frame: frame, to: &buffer) }
+            context.write(self.wrapOutboundOut(buffer), promise: promise)
+        } catch {
+            promise?.fail(TransportError.session(error))
+        }
+    }
+
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        if let request = event as? CloseRequest {
+            self.closeReason = request.reason
+            promise?.succeed()
+        } else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+        }
+    }
+
+    /// Every close from this side of an established session first sends the authenticated close frame, so the peer
+    /// can tell a deliberate close from a cut connection.
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard case .established(var session) = self.phase, mode == .all else {
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        self.phase = .closed
+        self.stopTimers()
+        guard let frame = try? session.sealClose(self.closeReason) else {
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        var buffer = context.channel.allocator.buffer(capacity: frame.count + FrameCodec.lengthPrefixSize)
+        FrameCodec.write(frame: frame, to: &buffer)
+        context.writeAndFlush(self.wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in
+            context.close(mode: mode, promise: promise)
+        }
+    }
+
+    // MARK: Helpers
+
+    private func writeFrame(_ frame: [UInt8], context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: frame.count + FrameCodec.lengthPrefixSize)
+        FrameCodec.write(frame: frame, to: &buffer)
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
+    }
+
+    private func fail(context: ChannelHandlerContext, _ error: TransportError) {
+        if case .closed = self.phase { return }
+        self.phase = .closed
+        self.stopTimers()
+        self.finishHandshakeSlot()
+        self.cumulation = nil
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
+    }
+
+    private func stopTimers() {
+        self.handshakeTimeout?.cancel()
+        self.handshakeTimeout = nil
+        self.keepalive?.cancel()
+        self.keepalive = nil
+    }
+
+    private func finishHandshakeSlot() {
+        self.releaseHandshakeSlot?()
+        self.releaseHandshakeSlot = nil
+    }
+}
+
+@available(*, unavailable)
+extension SecureChannelHandler: Sendable {}

@@ -1,0 +1,41 @@
+public import MeshCore
+public import MeshWire
+
+/// Why a connection ended badly. Each case is something a peer (or the network) did; none of them stops the node.
+public enum TransportError: Error, CustomStringConvertible, Sendable {
+    case handshake(HandshakeError)
+    case handshakeTimedOut(seconds: Double)
+    case closedDuringHandshake
+    case tooManyPendingHandshakes(limit: Int)
+    case frame(FrameCodec.Error)
+    case session(SecureSession.Error)
+    case refusedByPeer(PeerIdentity, SecureSession.CloseReason)
+    case protocolViolation(String)
+    case malformedMessage(WireMessage.DecodeError)
+    case peerSilent(seconds: Double)
+    case notEstablished
+
+    public var description: String {
+        switch self {
+        case .handshake(let error): return error.description
+        case .handshakeTimedOut(let seconds): return "handshake did not finish within \(seconds) s"
+        case .closedDuringHandshake: return "connection closed during the handshake"
+        case .tooManyPendingHandshakes(let limit): return "\(limit) handshakes already pending"
+        case .frame(let error): return error.description
+        case .session(let error): return error.description
+        case .refusedByPeer(let peer, let reason):
+            return "\(peer.name) (\(peer.nodeID.short)) refused this node: \(reason.text)"
+        case .protocolViolation(let what): return "protocol violation: \(what)"
+        case .malformedMessage(let error): return error.description
+        case .peerSilent(let seconds): return "peer sent nothing for \(seconds) s"
+        case .notEstablished: return "session is not established"
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (seconds, attoseconds) = self.components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}

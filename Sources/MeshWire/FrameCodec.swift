@@ -1,0 +1,44 @@
+public import NIOCore
+
+/// The outer framing of every AgentMesh connection: a 2-byte big-endian length, then that many bytes
+/// (a handshake message, or a transport ciphertext). See SECURITY.md and Noise §13.
+public enum FrameCodec {
+    public static let lengthPrefixSize = 2
+    public static let maximumFrameLength = Int(UInt16.max)
+
+    public enum Error: Swift.Error, Equatable, CustomStringConvertible {
+        /// A length prefix larger than the current state allows, refused before the body is read.
+        case frameTooLong(length: Int, maximum: Int)
+        case emptyFrame
+
+        public var description: String {
+            switch self {
+            case .frameTooLong(let length, let maximum):
+                return "frame length \(length) exceeds the \(maximum) allowed at this point"
+            case .emptyFrame: return "empty frame"
+            }
+        }
+    }
+
+    /// Takes the next whole frame off the front of `buffer`, or returns nil when more bytes are needed.
+    /// `maximumLength` is checked as soon as the prefix is visible, so an over-long prefix costs nothing.
+    public static func nextFrame(
+        from buffer: inout ByteBuffer, maximumLength: Int
+    ) throws(FrameCodec.Error) -> ByteBuffer? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self).map(Int.init) else {
+            return nil
+        }
+        guard length > 0 else { throw .emptyFrame }
+        guard length <= maximumLength else { throw .frameTooLong(length: length, maximum: maximumLength) }
+        guard buffer.readableBytes >= lengthPrefixSize + length else { return nil }
+        buffer.moveReaderIndex(forwardBy: lengthPrefixSize)
+        return buffer.readSlice(length: length)
+    }
+
+    /// Appends one frame. The caller guarantees `1...65_535` bytes (the session and handshake never produce more).
+    public static func write(frame: [UInt8], to buffer: inout ByteBuffer) {
+        precondition((1...maximumFrameLength).contains(frame.count), "frame length out of range")
+        buffer.writeInteger(UInt16(frame.count))
+        buffer.writeBytes(frame)
+    }
+}

@@ -1,0 +1,66 @@
+/// Messages carried inside a secure session, one per sealed message.
+///
+/// Encoding: one kind byte, then the body. Kind codes are part of the protocol: ONLY APPEND to ``Kind``
+/// (memberlist's rule). Integers are big-endian.
+public enum WireMessage: Equatable, Sendable {
+    /// Liveness check on an established connection; answered by ``pong(nonce:)`` with the same nonce.
+    case ping(nonce: UInt64)
+    case pong(nonce: UInt64)
+    /// The responder's first transport message: it checked the initiator's identity and accepts the session.
+    /// (In Noise XX the initiator finishes first; without this it could not tell acceptance from refusal.)
+    case welcome
+
+    public enum Kind: UInt8, Sendable {
+        case ping = 1
+        case pong = 2
+        case welcome = 3
+    }
+
+    public enum DecodeError: Error, Equatable, CustomStringConvertible {
+        case empty
+        case unknownKind(UInt8)
+        case malformed(Kind)
+
+        public var description: String {
+            switch self {
+            case .empty: return "empty message"
+            case .unknownKind(let kind): return "unknown message kind \(kind)"
+            case .malformed(let kind): return "malformed \(kind) message"
+            }
+        }
+    }
+
+    public var kind: Kind {
+        switch self {
+        case .ping: return .ping
+        case .pong: return .pong
+        case .welcome: return .welcome
+        }
+    }
+
+    public func encoded() -> [UInt8] {
+        var bytes: [UInt8] = [self.kind.rawValue]
+        switch self {
+        case .ping(let nonce), .pong(let nonce):
+            withUnsafeBytes(of: nonce.bigEndian) { bytes += $0 }
+        case .welcome:
+            break
+        }
+        return bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(DecodeError) {
+        guard let first = bytes.first else { throw .empty }
+        guard let kind = Kind(rawValue: first) else { throw .unknownKind(first) }
+        let body = bytes.dropFirst()
+        switch kind {
+        case .ping, .pong:
+            guard body.count == 8 else { throw .malformed(kind) }
+            let nonce = body.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            self = kind == .ping ? .ping(nonce: nonce) : .pong(nonce: nonce)
+        case .welcome:
+            guard body.isEmpty else { throw .malformed(kind) }
+            self = .welcome
+        }
+    }
+}

@@ -1,0 +1,79 @@
+import ArgumentParser
+import MeshCore
+import MeshTransport
+
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create this node's identity (and a new network key unless one is given).")
+
+    @OptionGroup var options: HomeOptions
+
+    @Option(help: "A name for this node (A-Z a-z 0-9 . _ -). Default: node-<id prefix>.")
+    var name: String?
+
+    @Option(help: ArgumentHelp("Join an existing mesh: copy its network key from this file.", valueName: "FILE"))
+    var networkKeyFile: String?
+
+    func run() throws {
+        let home = self.options.resolved.home
+        let identity = try reporting { try home.initialize(name: self.name, networkKeyFile: self.networkKeyFile) }
+        print("Created node \(identity.name) (\(identity.nodeID)) in \(home.path)")
+        print("Its identity line, for 'agentmesh trust' on other nodes:")
+        print(IdentityLine.render(identity.publicIdentity))
+    }
+}
+
+struct Id: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print this node's identity line.")
+
+    @OptionGroup var options: HomeOptions
+
+    func run() throws {
+        let identity = try reporting { try self.options.resolved.home.loadIdentity() }
+        print(IdentityLine.render(identity.publicIdentity))
+    }
+}
+
+struct Trust: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Trust a peer: write its descriptor into DIR/peers.",
+        discussion: "Takes the peer's identity line (from 'agentmesh id'), or a file holding one or a descriptor.")
+
+    @OptionGroup var options: HomeOptions
+
+    @Argument(help: ArgumentHelp("An identity line, or a file with one (identity.pub) or a peer descriptor.",
+                                 valueName: "IDENTITY-LINE | FILE"))
+    var peer: String
+
+    func run() throws {
+        let home = self.options.resolved.home
+        let identity = try reporting { try Self.identity(from: self.peer) }
+        let outcome = try reporting { try home.trust(identity) }
+        switch outcome {
+        case .added(let path): print("Trusted \(identity.name) (\(identity.nodeID)): \(path)")
+        case .updated(let path): print("Updated \(identity.name) (\(identity.nodeID)): \(path)")
+        case .unchanged(let path): print("Already trusted \(identity.name) (\(identity.nodeID)): \(path)")
+        }
+    }
+
+    static func identity(from argument: String) throws -> PeerIdentity {
+        let trimmed = argument.trimmingCharacters(in: .whitespacesAndNewlines)
+        if trimmed.hasPrefix(IdentityLine.tag) { return try IdentityLine.parse(trimmed) }
+        guard FileManager.default.fileExists(atPath: argument) else {
+            throw CLIError("'\(argument)' is neither an identity line (starting with '\(IdentityLine.tag)') nor a file")
+        }
+        guard let data = FileManager.default.contents(atPath: argument), data.count <= 1 << 20 else {
+            throw CLIError("cannot read \(argument)")
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        let content = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        do {
+            if content.hasPrefix(IdentityLine.tag) { return try IdentityLine.parse(content) }
+            return try PeerDescriptor(parsing: text).identity
+        } catch {
+            throw CLIError("\(argument) holds no usable identity: \(error)")
+        }
+    }
+}
+
+import Foundation

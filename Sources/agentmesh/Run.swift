@@ -1,0 +1,75 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MeshCore
+import MeshTransport
+import ServiceLifecycle
+import UnixSignals
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the node in the foreground (SIGINT or SIGTERM stops it cleanly).")
+
+    @OptionGroup var options: HomeOptions
+
+    @Option(help: ArgumentHelp("Where to accept peers; port 0 picks a free port.", valueName: "HOST:PORT"))
+    var listen: String
+
+    @Option(help: ArgumentHelp("A peer to dial, and re-dial whenever the connection drops. Repeatable.",
+                               valueName: "HOST:PORT"))
+    var join: [String] = []
+
+    @Flag(help: "Accept any node holding the network key, not only the peers in DIR/peers.")
+    var open = false
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        _ = try self.parsedListen()
+        _ = try self.parsedJoins()
+        guard Logger.Level(rawValue: self.logLevel) != nil else {
+            throw ValidationError("unknown log level '\(self.logLevel)'")
+        }
+    }
+
+    private func parsedListen() throws -> HostAndPort {
+        do { return try HostAndPort(parsing: self.listen) } catch { throw ValidationError("--listen: \(error)") }
+    }
+
+    private func parsedJoins() throws -> [HostAndPort] {
+        try self.join.map { text in
+            do { return try HostAndPort(parsing: text) } catch { throw ValidationError("--join: \(error)") }
+        }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: self.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "agentmesh")
+        let home = self.options.resolved.home
+        let identity = try reporting { try home.loadIdentity() }
+        let networkKey = try reporting { try home.loadNetworkKey() }
+        var settings = NodeSettings(listen: try self.parsedListen())
+        settings.joins = try self.parsedJoins()
+        settings.isOpen = self.open
+
+        let node = MeshNode(home: home, identity: identity, networkKey: networkKey, settings: settings, logger: logger)
+        let address: HostAndPort
+        do {
+            address = try await node.bind()
+        } catch {
+            throw CLIError(String(describing: error))
+        }
+        // One line on stdout that scripts can wait for; everything else is the log on stderr.
+        FileHandle.standardOutput.write(
+            Data("agentmesh \(identity.name) \(identity.nodeID) listening on \(address)\n".utf8))
+        let group = ServiceGroup(configuration: .init(
+            services: [node], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
