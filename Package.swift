@@ -66,7 +66,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // Test support, not shipped: seeded RNG and the fuzz harnesses shared by tests and scripts/fuzz.
-        .target(name: "MeshTestKit", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strictSettings),
+        .target(
+            name: "MeshTestKit",
+            dependencies: ["MeshCore", "MeshCrypto", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         // libFuzzer entry point (built by scripts/fuzz with --sanitize fuzzer); otherwise replays inputs from files.
         .executableTarget(name: "mesh-fuzz", dependencies: ["MeshTestKit"], swiftSettings: strictSettings),
 
@@ -86,10 +90,9 @@ let package = Package(
         .testTarget(
             name: "MeshIntegrationTests",
             dependencies: [
-                "MeshTransport", "MeshCore", "MeshCrypto", "MeshTestKit",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                "MeshTransport", "MeshCore", "MeshCrypto", "MeshWire", "MeshTestKit",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strictSettings
         ),

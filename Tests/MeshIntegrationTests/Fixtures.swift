@@ -1,0 +1,149 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshCrypto
+import MeshTestKit
+import MeshTransport
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A folder of node homes for one test, removed at the end. Paths stay short: Unix socket paths are limited.
+final class TestMesh: Sendable {
+    let directory: String
+    let networkKeyFile: String
+
+    init() throws {
+        self.directory = "/tmp/amt-" + Hex.encode(secureRandomBytes(5))
+        try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
+        self.networkKeyFile = self.directory + "/network.key"
+        _ = FileManager.default.createFile(atPath: self.networkKeyFile, contents: Data(NetworkKey.generate().exportKey()))
+    }
+
+    func node(_ name: String, networkKeyFile: String? = nil) throws -> TestNode {
+        let home = NodeHome(path: self.directory + "/" + name)
+        _ = try home.initialize(name: name, networkKeyFile: networkKeyFile ?? self.networkKeyFile)
+        return TestNode(home: home, identity: try home.loadIdentity(), networkKey: try home.loadNetworkKey())
+    }
+
+    /// A network key that no other node here shares.
+    func foreignNetworkKeyFile() -> String {
+        let path = self.directory + "/foreign.key"
+        _ = FileManager.default.createFile(atPath: path, contents: Data(NetworkKey.generate().exportKey()))
+        return path
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: self.directory) }
+}
+
+struct TestNode: Sendable {
+    let home: NodeHome
+    let identity: NodeIdentity
+    let networkKey: NetworkKey
+    let logs = LogCapture(echo: ProcessInfo.processInfo.environment["AGENTMESH_TEST_LOGS"] != nil)
+
+    var id: NodeID { self.identity.nodeID }
+
+    func trust(_ others: TestNode...) throws {
+        for other in others { _ = try self.home.trust(other.identity.publicIdentity) }
+    }
+
+    func start(_ configure: (inout NodeSettings) -> Void = { _ in }) async throws -> RunningNode {
+        var settings = NodeSettings.localTesting()
+        configure(&settings)
+        let node = MeshNode(
+            home: self.home, identity: self.identity, networkKey: self.networkKey, settings: settings,
+            logger: self.logs.logger(label: self.identity.name))
+        let address = try await node.bind()
+        // The same path as `agentmesh run`: a ServiceGroup, stopped by graceful shutdown (what SIGTERM triggers).
+        let group = ServiceGroup(configuration: .init(services: [node], logger: self.logs.logger(label: "lifecycle")))
+        let task = Task { try await group.run() }
+        return RunningNode(node: node, address: address, group: group, task: task)
+    }
+}
+
+struct RunningNode: Sendable {
+    let node: MeshNode
+    let address: HostAndPort
+    let group: ServiceGroup
+    let task: Task<Void, any Error>
+
+    /// Peers (not counting the node itself) in `members`.
+    func peerIDs() async -> Set<String> {
+        Set(await self.node.members().members.filter { $0.connection != "self" }.map(\.id))
+    }
+
+    func stop() async {
+        await self.group.triggerGracefulShutdown()
+        _ = try? await self.task.value
+    }
+}
+
+/// A plain TCP client for feeding a node bytes no real peer would send.
+struct RawConnection {
+    let fd: Int32
+
+    init(to address: HostAndPort) throws {
+        self.fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = in_port_t(UInt16(address.port).bigEndian)
+        inet_pton(AF_INET, address.host, &sin.sin_addr)
+        let result = withUnsafePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard result == 0 else {
+            close(self.fd)
+            throw CLIStyleError("connect failed: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(self.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    func sendFrame(_ bytes: [UInt8]) {
+        self.send([UInt8(bytes.count >> 8), UInt8(bytes.count & 0xff)] + bytes)
+    }
+
+    /// Reads until the node closes the connection; true if it did so within `timeout`.
+    func closedByPeer(within timeout: Duration) -> Bool {
+        var tv = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: Int(timeout.components.attoseconds / 1_000_000_000_000))
+        setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { recv(self.fd, $0.baseAddress, $0.count, 0) }
+            if count == 0 { return true }
+            if count < 0 { return errno == ECONNRESET }
+        }
+    }
+
+    /// Reads one length-prefixed frame (for a handshake response).
+    func readFrame(within timeout: Duration) -> [UInt8]? {
+        var tv = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: 0)
+        setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        func read(_ count: Int) -> [UInt8]? {
+            var out: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: count)
+            while out.count < count {
+                let n = buffer.withUnsafeMutableBytes { recv(self.fd, $0.baseAddress, count - out.count, 0) }
+                if n <= 0 { return nil }
+                out += buffer[0..<n]
+            }
+            return out
+        }
+        guard let prefix = read(2) else { return nil }
+        return read(Int(prefix[0]) << 8 | Int(prefix[1]))
+    }
+
+    func shut() { close(self.fd) }
+}
+
+struct CLIStyleError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
