@@ -88,6 +88,15 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "MeshTransportTests",
+            dependencies: [
+                "MeshTransport", "MeshCore", "MeshCrypto", "MeshWire", "MeshTestKit",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "MeshIntegrationTests",
             dependencies: [
                 "MeshTransport", "MeshCore", "MeshCrypto", "MeshWire", "MeshTestKit",

@@ -64,7 +64,8 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     private var cumulation: ByteBuffer?
     private var handshakeTimeout: Scheduled<Void>?
     private var keepalive: Scheduled<Void>?
-    private var lastInbound = NIODeadline.now()
+    /// Event-loop time of the last bytes received (the loop's clock, so tests can drive it).
+    private var lastInbound = NIODeadline.uptimeNanoseconds(0)
     private var closeReason = SecureSession.CloseReason.normal
     private var pingNonce: UInt64 = 0
 
@@ -129,7 +130,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = self.unwrapInboundIn(data)
         if case .closed = self.phase { return }
-        self.lastInbound = .now()
+        self.lastInbound = context.eventLoop.now
         if self.cumulation == nil {
             self.cumulation = bytes
         } else {
@@ -256,6 +257,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
         self.handshakeTimeout = nil
         self.finishHandshakeSlot()
         self.phase = .established(session)
+        self.lastInbound = context.eventLoop.now
         self.scheduleKeepalive(context: context)
         let peer = EstablishedPeer(
             identity: session.peer, listenAddress: session.peerListenAddress, decision: session.decision,
@@ -291,7 +293,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
 
     private func keepaliveTick(context: ChannelHandlerContext) {
         guard case .established = self.phase else { return }
-        let silence = NIODeadline.now() - self.lastInbound
+        let silence = context.eventLoop.now - self.lastInbound
         if silence > self.configuration.idleTimeout {
             self.fail(context: context, .peerSilent(seconds: Double(silence.nanoseconds) / 1e9))
             return
