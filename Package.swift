@@ -68,13 +68,23 @@ let package = Package(
         // Test support, not shipped: seeded RNG and the fuzz harnesses shared by tests and scripts/fuzz.
         .target(
             name: "MeshTestKit",
-            dependencies: ["MeshCore", "MeshCrypto", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "MeshCore", "MeshCrypto", "MeshWire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: strictSettings
         ),
         // libFuzzer entry point (built by scripts/fuzz with --sanitize fuzzer); otherwise replays inputs from files.
         .executableTarget(name: "mesh-fuzz", dependencies: ["MeshTestKit"], swiftSettings: strictSettings),
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strictSettings),
+        .testTarget(
+            name: "MeshFuzzRegressionTests",
+            dependencies: ["MeshTestKit"],
+            resources: [.copy("Corpus")],
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "MeshCoreTests",
             dependencies: ["MeshCore", "MeshCrypto", "MeshTestKit"],
@@ -107,7 +117,7 @@ let package = Package(
         ),
         .testTarget(
             name: "agentmeshTests",
-            dependencies: ["agentmesh", "MeshCore"],
+            dependencies: ["agentmesh", "MeshCore", "MeshTransport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSettings
         ),
     ]

@@ -45,11 +45,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let level = Logger.Level(rawValue: self.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap { _ in LineLogHandler(logLevel: level) }
         let logger = Logger(label: "agentmesh")
         let home = self.options.resolved.home
         let identity = try reporting { try home.loadIdentity() }

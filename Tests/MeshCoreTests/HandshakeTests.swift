@@ -276,6 +276,13 @@ import Testing
         #expect(outcome8 == .outOfTurn)
     }
 
+    /// The sizes the wire protocol document states (Sources/MeshWire/MeshWire.docc/WireProtocol.md).
+    @Test func messageSizesMatchTheSpecification() {
+        #expect(HandshakeProtocol.helloLength == 65)
+        #expect(HandshakeProtocol.maximumMessageLength == 514)
+        #expect(SecureSession.maximumChunkLength == 65_518)
+    }
+
     @Test func payloadRoundTripsAndRejectsGarbage() throws {
         let identity = NodeIdentity(name: "node-7")
         let payload = HandshakePayload(

@@ -1,0 +1,78 @@
+import MeshCore
+import MeshCrypto
+import MeshWire
+import NIOCore
+
+/// Entry points for fuzzing every decoder that reads a peer's or a user's bytes. Each one must return normally for
+/// any input: a trap here is a bug. Used by `mesh-fuzz` (libFuzzer, scripts/fuzz) and by the regression tests that
+/// replay saved crashers and seeds.
+public enum FuzzTargets {
+    public static let names = ["frames", "hello", "finish", "response", "payload", "message", "identity-line", "toml"]
+
+    /// Runs the named target; false if there is no such target.
+    public static func run(_ name: String, _ data: [UInt8]) -> Bool {
+        switch name {
+        case "frames": frames(data)
+        case "hello": hello(data)
+        case "finish": finish(data)
+        case "response": response(data)
+        case "payload": _ = try? HandshakePayload(decoding: data)
+        case "message": _ = try? WireMessage(decoding: data)
+        case "identity-line": _ = try? IdentityLine.parse(String(decoding: data, as: UTF8.self))
+        case "toml": _ = try? PeerDescriptor(parsing: String(decoding: data, as: UTF8.self))
+        default: return false
+        }
+        return true
+    }
+
+    /// Fixed keys, so that inputs replay exactly.
+    private static let network = try! NetworkKey(key: SecretBytes(copying: [UInt8](repeating: 7, count: 32)))
+    private static let responderCredentials = HandshakeCredentials(
+        identity: NodeIdentity(name: "fuzz-responder"), networkKey: network, listenAddress: "127.0.0.1:1")
+    private static let initiatorCredentials = HandshakeCredentials(
+        identity: NodeIdentity(name: "fuzz-initiator"), networkKey: network, listenAddress: "127.0.0.1:2")
+
+    /// A session whose peer is a real initiator: transport frames from the input are opened with it.
+    private static let receivingSession: SecureSession = {
+        var cache = ReplayCache()
+        var initiator = InitiatorHandshake(credentials: initiatorCredentials)
+        var responder = ResponderHandshake(credentials: responderCredentials)
+        let msg2 = try! responder.receiveHello(initiator.hello, replayCache: &cache).get()
+        let (msg3, _) = try! initiator.receiveResponse(msg2, trust: TrustPolicy(isOpen: true)).get()
+        return SecureSession(try! responder.receiveFinish(msg3, trust: TrustPolicy(isOpen: true)).get())
+    }()
+
+    /// The byte stream of an established connection: frame decoding, then decryption and reassembly.
+    static func frames(_ data: [UInt8]) {
+        var buffer = ByteBuffer(bytes: data)
+        var session = receivingSession
+        while let frame = try? FrameCodec.nextFrame(from: &buffer, maximumLength: FrameCodec.maximumFrameLength) {
+            guard (try? session.open(frame: Array(frame.readableBytesView))) != nil else { return }
+        }
+    }
+
+    /// A responder's first message as a stranger would send it (gate, version, replay, Noise).
+    static func hello(_ data: [UInt8]) {
+        var cache = ReplayCache(capacity: 4)
+        var responder = ResponderHandshake(credentials: responderCredentials)
+        _ = responder.receiveHello(data, replayCache: &cache)
+    }
+
+    /// Past the gate: the input's first 33 bytes become a correctly gated msg1, the rest is msg3. This reaches the
+    /// Noise decryption and the identity payload decoder.
+    static func finish(_ data: [UInt8]) {
+        guard data.count >= 33 else { return }
+        let gated = Array(data.prefix(33))
+        let hello = gated + MessageAuthenticator.tag(for: gated, key: responderCredentials.gateKey)
+        var cache = ReplayCache(capacity: 4)
+        var responder = ResponderHandshake(credentials: responderCredentials)
+        guard case .success = responder.receiveHello(hello, replayCache: &cache) else { return }
+        _ = responder.receiveFinish(Array(data.dropFirst(33)), trust: TrustPolicy(isOpen: true))
+    }
+
+    /// An initiator reading a responder's msg2.
+    static func response(_ data: [UInt8]) {
+        var initiator = InitiatorHandshake(credentials: initiatorCredentials)
+        _ = initiator.receiveResponse(data, trust: TrustPolicy(isOpen: true))
+    }
+}

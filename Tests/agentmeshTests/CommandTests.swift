@@ -1,0 +1,148 @@
+import ArgumentParser
+import Foundation
+import MeshCore
+import MeshTransport
+import Testing
+
+@testable import agentmesh
+
+@Suite struct CommandParsingTests {
+    @Test func runParsesListenJoinsAndFlags() throws {
+        let command = try AgentMesh.parseAsRoot([
+            "run", "--home", "/tmp/x", "--listen", "127.0.0.1:0", "--join", "127.0.0.1:7001", "--join", "[::1]:7002",
+            "--open", "--log-level", "debug",
+        ])
+        let run = try #require(command as? Run)
+        #expect(run.listen == "127.0.0.1:0")
+        #expect(run.join == ["127.0.0.1:7001", "[::1]:7002"])
+        #expect(run.open)
+        #expect(run.options.home == "/tmp/x")
+    }
+
+    @Test(arguments: [
+        ["run", "--listen", "nonsense"], ["run", "--listen", "127.0.0.1:70000"], ["run"],
+        ["run", "--listen", "127.0.0.1:1", "--join", "host"], ["run", "--listen", "127.0.0.1:1", "--log-level", "loud"],
+    ])
+    func badRunArgumentsAreRejected(arguments: [String]) {
+        #expect(throws: (any Error).self) { try AgentMesh.parseAsRoot(arguments) }
+    }
+
+    @Test func membersAndTrustParse() throws {
+        let members = try #require(try AgentMesh.parseAsRoot(["members", "--json"]) as? Members)
+        #expect(members.json)
+        let trust = try #require(try AgentMesh.parseAsRoot(["trust", "line-or-file"]) as? Trust)
+        #expect(trust.peer == "line-or-file")
+    }
+
+    @Test func trustReadsLinesFilesAndDescriptors() throws {
+        let identity = NodeIdentity(name: "peer-1").publicIdentity
+        let line = IdentityLine.render(identity)
+        #expect(try Trust.identity(from: line) == identity)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("am-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let lineFile = directory.appendingPathComponent("identity.pub")
+        try (line + "\n").write(to: lineFile, atomically: true, encoding: .utf8)
+        #expect(try Trust.identity(from: lineFile.path) == identity)
+        let descriptorFile = directory.appendingPathComponent("peer.toml")
+        try PeerDescriptor(identity: identity).render().write(to: descriptorFile, atomically: true, encoding: .utf8)
+        #expect(try Trust.identity(from: descriptorFile.path) == identity)
+        let garbage = directory.appendingPathComponent("garbage")
+        try "hello".write(to: garbage, atomically: true, encoding: .utf8)
+        #expect(throws: CLIError.self) { try Trust.identity(from: garbage.path) }
+        #expect(throws: CLIError.self) { try Trust.identity(from: "no-such-file-or-line") }
+    }
+
+    @Test func tablesAlignColumns() {
+        let table = renderTable(header: ["A", "LONGER"], rows: [["xyz", "1"], ["q", "22"]])
+        #expect(table == "A    LONGER\nxyz  1\nq    22")
+    }
+}
+
+/// The built binary, as a user runs it: one sentence on stderr and a non-zero exit for every mistake.
+@Suite(.serialized) struct CommandLineTests {
+    /// The test runner lives in the build folder, next to the `agentmesh` binary that `swift build` made.
+    static var binary: String {
+        let runner = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: runner).deletingLastPathComponent().appendingPathComponent("agentmesh").path
+    }
+
+    struct Outcome {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+    }
+
+    static func agentmesh(_ arguments: String...) throws -> Outcome {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: self.binary)
+        process.arguments = arguments
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Outcome(
+            status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+            stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    @Test func homeLifecycleAndMistakes() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary), "build agentmesh first: \(Self.binary)")
+        let root = "/tmp/am-cli-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+
+        let created = try Self.agentmesh("init", "--home", root + "/a", "--name", "alpha")
+        #expect(created.status == 0)
+        #expect(created.stdout.contains("agentmesh-id/1 name=alpha"))
+        let keyMode = try FileManager.default.attributesOfItem(atPath: root + "/a/identity.key")[.posixPermissions] as? Int
+        #expect(keyMode == 0o600)
+        let networkMode = try FileManager.default.attributesOfItem(atPath: root + "/a/network.key")[.posixPermissions] as? Int
+        #expect(networkMode == 0o600)
+        #expect(try FileManager.default.attributesOfItem(atPath: root + "/a/network.key")[.size] as? Int == 32)
+
+        let again = try Self.agentmesh("init", "--home", root + "/a")
+        #expect(again.status != 0)
+        #expect(again.stderr.contains("refusing to overwrite"))
+
+        let line = try Self.agentmesh("id", "--home", root + "/a").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(line.hasPrefix("agentmesh-id/1 name=alpha"))
+        #expect(try Self.agentmesh("init", "--home", root + "/b", "--network-key-file", root + "/a/network.key").status == 0)
+        let trusted = try Self.agentmesh("trust", "--home", root + "/b", line)
+        #expect(trusted.status == 0)
+        #expect(trusted.stdout.contains("Trusted alpha"))
+        #expect(try Self.agentmesh("trust", "--home", root + "/b", line).stdout.contains("Already trusted"))
+
+        let mangled = try Self.agentmesh("trust", "--home", root + "/b", "agentmesh-id/1 name=x id=12")
+        #expect(mangled.status != 0)
+        #expect(mangled.stderr.contains("invalid 'id'"))
+
+        let selfTrust = try Self.agentmesh("trust", "--home", root + "/a", line)
+        #expect(selfTrust.status != 0)
+        #expect(selfTrust.stderr.contains("own identity"))
+
+        let badKey = try Self.agentmesh("init", "--home", root + "/c", "--network-key-file", root + "/a/identity.pub")
+        #expect(badKey.status != 0)
+        #expect(badKey.stderr.contains("is not a network key"))
+        #expect(!FileManager.default.fileExists(atPath: root + "/c/identity.key"), "no half-created home")
+
+        let missingKeyFile = try Self.agentmesh("init", "--home", root + "/d", "--network-key-file", root + "/nope")
+        #expect(missingKeyFile.status != 0)
+        #expect(missingKeyFile.stderr.contains("no such file"))
+
+        let noHome = try Self.agentmesh("run", "--home", root + "/missing", "--listen", "127.0.0.1:0")
+        #expect(noHome.status != 0)
+        #expect(noHome.stderr.contains("no identity in"))
+
+        let notRunning = try Self.agentmesh("members", "--home", root + "/a")
+        #expect(notRunning.status != 0)
+        #expect(notRunning.stderr.contains("no node is running"))
+
+        let badName = try Self.agentmesh("init", "--home", root + "/e", "--name", "has space")
+        #expect(badName.status != 0)
+        #expect(badName.stderr.contains("invalid node name"))
+    }
+}
