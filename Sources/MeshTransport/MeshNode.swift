@@ -197,9 +197,14 @@ public actor MeshNode: Service {
             channel.close(promise: nil)
             return
         }
-        try self.addSecureHandler(
-            to: channel, role: .responder(ResponderHandshake(credentials: credentials), self.replayGuard),
-            releaseSlot: { pending.end() })
+        do {
+            try self.addSecureHandler(
+                to: channel, role: .responder(ResponderHandshake(credentials: credentials), self.replayGuard),
+                releaseSlot: { pending.end() })
+        } catch {
+            pending.end()
+            throw error
+        }
     }
 
     private nonisolated func addSecureHandler(

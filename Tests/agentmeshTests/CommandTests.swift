@@ -145,4 +145,42 @@ import Testing
         #expect(badName.status != 0)
         #expect(badName.stderr.contains("invalid node name"))
     }
+
+    @Test func runReportsItsPortRefusesATakenOneAndStopsCleanlyOnSIGTERM() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary), "build agentmesh first: \(Self.binary)")
+        let root = "/tmp/am-run-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        #expect(try Self.agentmesh("init", "--home", root + "/a").status == 0)
+        #expect(try Self.agentmesh("init", "--home", root + "/b").status == 0)
+
+        let node = Process()
+        node.executableURL = URL(fileURLWithPath: Self.binary)
+        node.arguments = ["run", "--home", root + "/a", "--listen", "127.0.0.1:0"]
+        let out = Pipe()
+        node.standardOutput = out
+        node.standardError = FileHandle.nullDevice
+        try node.run()
+        defer { if node.isRunning { node.terminate() } }
+        // The first stdout line names the port it picked.
+        var firstLine = ""
+        while !firstLine.contains("\n") {
+            let data = out.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            firstLine += String(decoding: data, as: UTF8.self)
+        }
+        let address = try #require(firstLine.components(separatedBy: "listening on ").last?
+            .trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(address.hasPrefix("127.0.0.1:") && !address.hasSuffix(":0"))
+
+        let taken = try Self.agentmesh("run", "--home", root + "/b", "--listen", address)
+        #expect(taken.status != 0)
+        #expect(taken.stderr.contains("cannot listen on \(address)"))
+        #expect(taken.stderr.lowercased().contains("in use"))
+
+        kill(node.processIdentifier, SIGTERM)
+        node.waitUntilExit()
+        #expect(node.terminationReason == .exit)
+        #expect(node.terminationStatus == 0)
+        #expect(!FileManager.default.fileExists(atPath: root + "/a/control.sock"))
+    }
 }
