@@ -33,6 +33,7 @@ public enum HandshakeError: Error, Equatable, CustomStringConvertible, Sendable 
     case unsupportedVersion(UInt8)
     case replayedHello
     case unexpectedLength(Int)
+    case truncatedMessage
     case decryptionFailed
     case invalidPublicKey
     case malformedPayload(String)
@@ -47,6 +48,7 @@ public enum HandshakeError: Error, Equatable, CustomStringConvertible, Sendable 
         case .unsupportedVersion(let v): return "peer speaks protocol version \(v), this node speaks \(HandshakeProtocol.version)"
         case .replayedHello: return "first message is a replay of one already seen"
         case .unexpectedLength(let n): return "handshake message has an unexpected length of \(n) bytes"
+        case .truncatedMessage: return "handshake message is truncated"
         case .decryptionFailed: return "handshake message failed to decrypt (tampered, or a different network)"
         case .invalidPublicKey: return "peer sent an invalid public key"
         case .malformedPayload(let why): return "malformed identity payload: \(why)"
@@ -59,7 +61,7 @@ public enum HandshakeError: Error, Equatable, CustomStringConvertible, Sendable 
 
     init(_ error: Noise.Error) {
         switch error {
-        case .truncatedMessage: self = .unexpectedLength(0)
+        case .truncatedMessage: self = .truncatedMessage
         case .decryptionFailed: self = .decryptionFailed
         case .invalidPublicKey: self = .invalidPublicKey
         case .nonceExhausted, .outOfTurn: self = .outOfTurn

@@ -36,10 +36,9 @@ public struct NodeHome: Sendable {
         if let name, !NodeName.isValid(name) {
             throw .invalidName(name)
         }
-        let provisional = NodeIdentity(name: "provisional")
+        let signingKey = Ed25519SigningKey()
         let identity = NodeIdentity(
-            name: name ?? "node-\(provisional.nodeID.description.prefix(8))", signingKey: provisional.signingKey,
-            staticKey: provisional.staticKey)
+            name: name ?? "node-\(NodeID(identityKey: signingKey.publicKey).description.prefix(8))", signingKey: signingKey)
 
         try FileSystem.createDirectory(self.path, mode: 0o700)
         try FileSystem.createDirectory(self.peersDirectory, mode: 0o700)

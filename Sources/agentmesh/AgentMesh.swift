@@ -1,4 +1,5 @@
 import ArgumentParser
+import MeshTransport
 
 @main
 struct AgentMesh: AsyncParsableCommand {
@@ -19,5 +20,6 @@ struct HomeOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("The node's home folder.", valueName: "DIR"))
     var home: String?
 
-    var resolved: NodeHomeReference { NodeHomeReference(path: self.home) }
+    /// `--home`, else `$AGENTMESH_HOME`, else `~/.agentmesh`.
+    var nodeHome: NodeHome { NodeHome.resolve(self.home) }
 }

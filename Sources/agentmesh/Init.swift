@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import MeshCore
 import MeshTransport
@@ -15,7 +16,7 @@ struct Init: ParsableCommand {
     var networkKeyFile: String?
 
     func run() throws {
-        let home = self.options.resolved.home
+        let home = self.options.nodeHome
         let identity = try reporting { try home.initialize(name: self.name, networkKeyFile: self.networkKeyFile) }
         print("Created node \(identity.name) (\(identity.nodeID)) in \(home.path)")
         print("Its identity line, for 'agentmesh trust' on other nodes:")
@@ -29,7 +30,7 @@ struct Id: ParsableCommand {
     @OptionGroup var options: HomeOptions
 
     func run() throws {
-        let identity = try reporting { try self.options.resolved.home.loadIdentity() }
+        let identity = try reporting { try self.options.nodeHome.loadIdentity() }
         print(IdentityLine.render(identity.publicIdentity))
     }
 }
@@ -46,7 +47,7 @@ struct Trust: ParsableCommand {
     var peer: String
 
     func run() throws {
-        let home = self.options.resolved.home
+        let home = self.options.nodeHome
         let identity = try reporting { try Self.identity(from: self.peer) }
         let outcome = try reporting { try home.trust(identity) }
         switch outcome {
@@ -75,5 +76,3 @@ struct Trust: ParsableCommand {
         }
     }
 }
-
-import Foundation

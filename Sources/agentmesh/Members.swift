@@ -10,7 +10,7 @@ struct Members: ParsableCommand {
     var json = false
 
     func run() throws {
-        let client = ControlClient(socketPath: self.options.resolved.home.controlSocketPath)
+        let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
         let members = try reporting { try client.get("/v1/members", as: ControlAPI.Members.self) }
         if self.json {
             try printJSON(members)

@@ -1,11 +1,6 @@
 import Foundation
 import MeshTransport
 
-struct NodeHomeReference {
-    let path: String?
-    var home: NodeHome { NodeHome.resolve(self.path) }
-}
-
 /// Errors the CLI reports as one sentence on stderr with a non-zero exit.
 struct CLIError: Error, CustomStringConvertible {
     let description: String

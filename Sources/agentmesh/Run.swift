@@ -47,7 +47,7 @@ struct Run: AsyncParsableCommand {
         let level = Logger.Level(rawValue: self.logLevel) ?? .info
         LoggingSystem.bootstrap { _ in LineLogHandler(logLevel: level) }
         let logger = Logger(label: "agentmesh")
-        let home = self.options.resolved.home
+        let home = self.options.nodeHome
         let identity = try reporting { try home.loadIdentity() }
         let networkKey = try reporting { try home.loadNetworkKey() }
         var settings = NodeSettings(listen: try self.parsedListen())
