@@ -2,24 +2,44 @@ public import MeshCrypto
 
 /// A node's id: the first 16 bytes of SHA-256 over a domain tag and its Ed25519 public key, in hex.
 /// It is a name for humans and file names; the key itself is what the handshake authenticates.
+/// Stored inline (two words) because every node keeps one per member: a 10,000-node simulation holds 10^8.
 public struct NodeID: Hashable, Sendable, Comparable, CustomStringConvertible {
     public static let byteCount = 16
-    public let bytes: [UInt8]
+    public let high: UInt64
+    public let low: UInt64
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
 
     public init(identityKey: Ed25519PublicKey) {
-        self.bytes = Array(SHA256.hash(Array("agentmesh-node-id-v1".utf8), identityKey.bytes).prefix(Self.byteCount))
+        self.init(bytes: SHA256.hash(Array("agentmesh-node-id-v1".utf8), identityKey.bytes).prefix(Self.byteCount))!
+    }
+
+    /// Exactly 16 bytes, big-endian.
+    public init?(bytes: some Collection<UInt8>) {
+        guard bytes.count == Self.byteCount else { return nil }
+        let array = Array(bytes)
+        self.high = array[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
+        self.low = array[8..<16].reduce(0) { $0 << 8 | UInt64($1) }
     }
 
     public init?(hex: some StringProtocol) {
-        guard let bytes = Hex.decode(hex), bytes.count == Self.byteCount else { return nil }
-        self.bytes = bytes
+        guard let bytes = Hex.decode(hex) else { return nil }
+        self.init(bytes: bytes)
+    }
+
+    public var bytes: [UInt8] {
+        (0..<8).map { UInt8(truncatingIfNeeded: self.high >> (56 - 8 * $0)) }
+            + (0..<8).map { UInt8(truncatingIfNeeded: self.low >> (56 - 8 * $0)) }
     }
 
     public var description: String { Hex.encode(self.bytes) }
     /// The first 12 hex digits: enough to tell peers apart in a table.
     public var short: String { String(self.description.prefix(12)) }
 
-    public static func < (lhs: NodeID, rhs: NodeID) -> Bool { lhs.bytes.lexicographicallyPrecedes(rhs.bytes) }
+    public static func < (lhs: NodeID, rhs: NodeID) -> Bool { (lhs.high, lhs.low) < (rhs.high, rhs.low) }
 }
 
 /// Node names: 1 to 64 characters from `[A-Za-z0-9._-]`, so they are safe in identity lines, logs and tables.

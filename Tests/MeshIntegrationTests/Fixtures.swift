@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import Logging
 import MeshCore
@@ -82,7 +83,7 @@ struct RunningNode: Sendable {
 }
 
 /// A plain TCP client for feeding a node bytes no real peer would send.
-struct RawConnection {
+struct RawConnection: Sendable {
     let fd: Int32
 
     init(to address: HostAndPort) throws {
@@ -141,6 +142,14 @@ struct RawConnection {
     }
 
     func shut() { close(self.fd) }
+}
+
+/// Runs blocking work (a raw socket read, the blocking control client) on a GCD thread. On a 2-core machine the
+/// Swift concurrency pool has two threads; blocking them would starve the very node the test is waiting for.
+func offloaded<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
+    }
 }
 
 struct CLIStyleError: Error, CustomStringConvertible {

@@ -1,3 +1,4 @@
+import MeshCore
 import MeshTestKit
 import MeshWire
 import NIOCore
