@@ -77,6 +77,8 @@ let package = Package(
         ),
         // libFuzzer entry point (built by scripts/fuzz with --sanitize fuzzer); otherwise replays inputs from files.
         .executableTarget(name: "mesh-fuzz", dependencies: ["MeshTestKit"], swiftSettings: strictSettings),
+        // The membership simulator at scale (scripts/simulate): 1,000 and 10,000 nodes in one process.
+        .executableTarget(name: "mesh-sim", dependencies: ["MeshTestKit", "MeshCore"], swiftSettings: strictSettings),
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strictSettings),
         .testTarget(

@@ -117,7 +117,14 @@ public struct Membership: Sendable {
     public private(set) var localHealth = 0
     private var hasLeft = false
 
+    /// A shuffled pass over the live members, walked by `probeCursor`; also the pool for random sampling.
     private var probeOrder: [NodeID] = []
+    private var probeCursor = 0
+    /// Bookkeeping kept in step with `members` by ``store(_:for:)`` so that no timer has to scan every member:
+    /// at 10,000 members per node a scan per tick is what would make a simulation impossible.
+    private var liveMembers = 0
+    private var suspects: Set<NodeID> = []
+    private var departed: Set<NodeID> = []
     private var probe: Probe?
     private var relays: [UInt32: Relay] = [:]
     private var recentPings = RecentRequests()
@@ -244,9 +251,7 @@ public struct Membership: Sendable {
     public func member(_ id: NodeID) -> MemberView? { self.members[id]?.view }
 
     /// Members believed alive or suspect, plus this node: the N in every log N.
-    public var liveCount: Int {
-        1 + self.members.values.reduce(0) { $0 + ($1.status == .alive || $1.status == .suspect ? 1 : 0) }
-    }
+    public var liveCount: Int { 1 + self.liveMembers }
 
     public var pendingBroadcasts: Int { self.broadcasts.count }
 
@@ -255,8 +260,9 @@ public struct Membership: Sendable {
     public mutating func assumeMembers(_ records: [MemberRecord], now: Duration) {
         self.members.reserveCapacity(records.count)
         for record in records where record.nodeID != self.nodeID {
-            self.members[record.nodeID] = Member(
-                record: record, status: .alive, incarnation: record.incarnation, trouble: nil, lastChange: now)
+            self.store(
+                Member(record: record, status: .alive, incarnation: record.incarnation, trouble: nil, lastChange: now),
+                for: record.nodeID)
         }
     }
 
@@ -294,7 +300,7 @@ public struct Membership: Sendable {
         self.hasLeft = true
         let claim = StatusClaim(
             kind: .left, target: self.nodeID, incarnation: self.local.incarnation, accuser: self.nodeID, signer: self.signer)
-        for member in self.members.values where member.status == .alive || member.status == .suspect {
+        for member in self.sortedMembers() where member.status == .alive || member.status == .suspect {
             directives.append(.send(
                 .gossip(updates: [.claim(claim)]), to: member.record.nodeID, address: member.record.address))
         }
@@ -324,8 +330,8 @@ public struct Membership: Sendable {
         }
         if now >= self.nextReconnect {
             self.nextReconnect = now + self.settings.reconnectInterval
-            let dead = self.members.values.filter { $0.status == .dead }.map(\.record).sorted { $0.nodeID < $1.nodeID }
-            if let record = dead.randomElement(using: &self.random) {
+            let dead = self.departed.sorted().filter { self.members[$0]?.status == .dead }
+            if let id = dead.randomElement(using: &self.random), let record = self.members[id]?.record {
                 directives.append(.send(
                     .pushPull(isReply: false, updates: self.fullState()), to: record.nodeID, address: record.address))
             }
@@ -463,20 +469,57 @@ public struct Membership: Sendable {
     /// Round robin over a shuffled list, reshuffled each pass (SWIM §4.3): every member is probed within a bounded
     /// time, and failures are found as fast as random selection would on average.
     private mutating func nextProbeTarget() -> NodeID? {
-        while true {
-            if self.probeOrder.isEmpty {
-                self.probeOrder = self.members.values
-                    .filter { $0.status == .alive || $0.status == .suspect }
-                    .map(\.record.nodeID)
-                    .sorted()
-                self.probeOrder.shuffle(using: &self.random)
-                if self.probeOrder.isEmpty { return nil }
+        for _ in 0..<2 {
+            while self.probeCursor < self.probeOrder.count {
+                let candidate = self.probeOrder[self.probeCursor]
+                self.probeCursor += 1
+                if self.isLive(candidate) { return candidate }
             }
-            let candidate = self.probeOrder.removeLast()
-            if let member = self.members[candidate], member.status == .alive || member.status == .suspect {
-                return candidate
-            }
+            self.rebuildProbeOrder()
+            if self.probeOrder.isEmpty { return nil }
         }
+        return nil
+    }
+
+    private mutating func rebuildProbeOrder() {
+        // Sorted before shuffling: dictionary order differs between processes, and a seed must replay anywhere.
+        self.probeOrder = self.members.compactMap { id, member in
+            member.status == .alive || member.status == .suspect ? id : nil
+        }.sorted()
+        self.probeOrder.shuffle(using: &self.random)
+        self.probeCursor = 0
+    }
+
+    private func isLive(_ id: NodeID) -> Bool {
+        guard let status = self.members[id]?.status else { return false }
+        return status == .alive || status == .suspect
+    }
+
+    /// Every write to `members` goes through here, so the counters, sets and probe order stay in step.
+    private mutating func store(_ member: Member?, for id: NodeID) {
+        let old: MemberStatus?
+        if let member {
+            old = self.members.updateValue(member, forKey: id)?.status
+        } else {
+            old = self.members.removeValue(forKey: id)?.status
+        }
+        let new = member?.status
+        let wasLive = old == .alive || old == .suspect
+        let isLive = new == .alive || new == .suspect
+        if wasLive != isLive { self.liveMembers += isLive ? 1 : -1 }
+        if old == .suspect { self.suspects.remove(id) }
+        if new == .suspect { self.suspects.insert(id) }
+        if old == .dead || old == .left { self.departed.remove(id) }
+        if new == .dead || new == .left { self.departed.insert(id) }
+        if !wasLive, isLive, !self.probeOrder.isEmpty {
+            // A new or recovered member joins the current pass at a random place still ahead of the cursor.
+            let position = Int.random(in: self.probeCursor...self.probeOrder.count, using: &self.random)
+            self.probeOrder.insert(id, at: position)
+        }
+    }
+
+    private func sortedMembers() -> [Member] {
+        self.members.sorted { $0.key < $1.key }.map(\.value)
     }
 
     private mutating func randomLiveMembers(count: Int, excluding: Set<NodeID>) -> [NodeID] {
@@ -487,17 +530,21 @@ public struct Membership: Sendable {
             !excluding.contains(id) && (self.members[id].map { $0.status == .alive || $0.status == .suspect } ?? false)
         }.sorted()
         if pool.count < count {
-            let others = self.members.values.filter { member in
-                (member.status == .alive || member.status == .suspect) && !excluding.contains(member.record.nodeID)
-                    && !self.connected.contains(member.record.nodeID)
-            }.map(\.record.nodeID).sorted()
-            pool += Array(others.shuffled(using: &self.random).prefix(count - pool.count))
+            if self.probeOrder.isEmpty { self.rebuildProbeOrder() }
+            // Sample the probe order (a permutation of the live members) instead of scanning every member.
+            var attempts = 8 * count
+            while pool.count < count, attempts > 0, let candidate = self.probeOrder.randomElement(using: &self.random) {
+                attempts -= 1
+                if self.isLive(candidate), !excluding.contains(candidate), !pool.contains(candidate) {
+                    pool.append(candidate)
+                }
+            }
         }
         return Array(pool.shuffled(using: &self.random).prefix(count))
     }
 
     private mutating func expireRelays(now: Duration, into directives: inout [MembershipDirective]) {
-        for (sequence, relay) in self.relays where now >= relay.deadline {
+        for (sequence, relay) in self.relays.sorted(by: { $0.key < $1.key }) where now >= relay.deadline {
             self.relays[sequence] = nil
             let address = self.members[relay.requester]?.record.address ?? ""
             directives.append(.send(
@@ -524,16 +571,18 @@ public struct Membership: Sendable {
         return max(minimum, timeout)
     }
 
+    /// Our own probe failed: suspect the member, or, if it is already suspect, add our independent confirmation
+    /// (Lifeguard: confirmations are what shorten a suspicion from its maximum towards its minimum).
     private mutating func suspect(_ target: NodeID, now: Duration, into directives: inout [MembershipDirective]) {
-        guard let member = self.members[target], member.status == .alive else { return }
+        guard let member = self.members[target], member.status == .alive || member.status == .suspect else { return }
         let claim = StatusClaim(
             kind: .suspect, target: target, incarnation: member.incarnation, accuser: self.nodeID, signer: self.signer)
         self.apply(.claim(claim), from: self.nodeID, now: now, into: &directives)
     }
 
     private mutating func expireSuspicions(now: Duration, into directives: inout [MembershipDirective]) {
-        for (id, member) in self.members where member.status == .suspect {
-            guard let suspicion = member.trouble?.suspicion, now >= suspicion.deadline else { continue }
+        for id in self.suspects.sorted() {
+            guard let member = self.members[id], let suspicion = member.trouble?.suspicion, now >= suspicion.deadline else { continue }
             let claim = StatusClaim(
                 kind: .dead, target: id, incarnation: member.incarnation, accuser: self.nodeID, signer: self.signer)
             self.apply(.claim(claim), from: self.nodeID, now: now, into: &directives)
@@ -588,8 +637,9 @@ public struct Membership: Sendable {
             return
         }
         guard existing != nil || self.admits(record) else { return }
-        self.members[record.nodeID] = Member(
-            record: record, status: .alive, incarnation: record.incarnation, trouble: nil, lastChange: now)
+        self.store(
+            Member(record: record, status: .alive, incarnation: record.incarnation, trouble: nil, lastChange: now),
+            for: record.nodeID)
         self.enqueue(.alive(record))
         switch existing?.status {
         case nil: directives.append(.changed(.joined(record)))
@@ -655,7 +705,7 @@ public struct Membership: Sendable {
                 suspicion.confirmers.insert(claim.accuser)
                 suspicion.deadline = suspicion.started + self.suspicionTimeout(confirmations: suspicion.confirmers.count - 1)
                 member.trouble = Trouble(claim: trouble.claim, suspicion: suspicion)
-                self.members[claim.target] = member
+                self.store(member, for: claim.target)
                 self.enqueue(.claim(claim), key: claim.target)
                 directives.append(.changed(.confirmed(claim.target, by: claim.accuser, confirmations: suspicion.confirmers.count)))
                 return
@@ -679,7 +729,7 @@ public struct Membership: Sendable {
             member.lastChange = now
             directives.append(.changed(.left(claim.target)))
         }
-        self.members[claim.target] = member
+        self.store(member, for: claim.target)
         self.enqueue(.claim(claim), key: claim.target)
     }
 
@@ -692,9 +742,9 @@ public struct Membership: Sendable {
     }
 
     private mutating func reap(now: Duration, into directives: inout [MembershipDirective]) {
-        for (id, member) in self.members where member.status == .dead || member.status == .left {
-            guard now - member.lastChange >= self.settings.reapAfter else { continue }
-            self.members[id] = nil
+        for id in self.departed.sorted() {
+            guard let member = self.members[id], now - member.lastChange >= self.settings.reapAfter else { continue }
+            self.store(nil, for: id)
             self.broadcasts[id] = nil
             directives.append(.changed(.reaped(id)))
         }
@@ -744,7 +794,7 @@ public struct Membership: Sendable {
     private func fullState() -> [MembershipUpdate] {
         var updates: [MembershipUpdate] = [.alive(self.local)]
         updates.reserveCapacity(self.members.count + 1)
-        for member in self.members.values {
+        for member in self.sortedMembers() {
             updates.append(.alive(member.record))
             if let claim = member.trouble?.claim, member.status != .alive { updates.append(.claim(claim)) }
         }
