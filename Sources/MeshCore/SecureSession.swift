@@ -41,6 +41,8 @@ public struct SecureSession: Sendable {
         public static let duplicateConnection = CloseReason(code: 2, text: "duplicate connection")
         public static let protocolViolation = CloseReason(code: 3, text: "protocol violation")
         public static let refusedCode: UInt8 = 4
+        /// Closed to keep the node's connection count bounded; the peer should not re-dial at once.
+        public static let pruned = CloseReason(code: 5, text: "connection pruned to keep connections bounded")
 
         /// The responder refused an authenticated initiator (trust policy); `why` is shown to that peer.
         public static func refused(_ why: String) -> CloseReason { CloseReason(code: refusedCode, text: why) }

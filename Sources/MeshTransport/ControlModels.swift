@@ -1,4 +1,5 @@
 public import Foundation
+import MeshCore
 
 /// JSON documents of the control API. `agentmesh` decodes the same types it serves, so client and server cannot
 /// drift apart.
@@ -12,18 +13,39 @@ public enum ControlAPI {
         public let startedAt: Date
     }
 
+    public struct CapabilityInfo: Codable, Sendable, Equatable {
+        public let name: String
+        public let capacity: Int
+
+        init(_ capability: Capability) {
+            self.name = capability.name
+            self.capacity = Int(capability.capacity)
+        }
+    }
+
     public struct Member: Codable, Sendable, Equatable {
         public let id: String
         public let name: String
-        /// The address the member listens on (what it advertised in the handshake).
+        /// The address the member listens on, from its signed record.
         public let address: String
-        /// The remote end of the TCP connection, for peers.
+        /// `alive`, `suspect`, `dead` or `left`.
+        public let status: String
+        public let incarnation: UInt64
+        public let capabilities: [CapabilityInfo]
+        /// Tasks running on the member.
+        public let load: UInt32
+        /// When this node last learned anything about the member.
+        public let lastHeard: Date
+        /// Who claimed the member suspect or dead.
+        public let accuser: String?
+        /// The remote end of the TCP session, when one is open.
         public let remoteAddress: String?
-        /// `self`, `inbound` (the peer dialled us) or `outbound` (we dialled it).
+        /// `self`, `inbound` (the member dialled us), `outbound` (we dialled it) or `none`.
         public let connection: String
         /// `trusted` (descriptor in peers/), `open` (admitted by --open) or `self`.
         public let trust: String
-        public let since: Date
+        /// Since when the session has been open.
+        public let since: Date?
     }
 
     public struct Members: Codable, Sendable, Equatable {

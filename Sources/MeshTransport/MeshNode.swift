@@ -40,11 +40,20 @@ public actor MeshNode: Service {
     }
 
     private enum Origin: Sendable {
+        /// The peer dialled us.
         case accepted
+        /// We dialled a join address (kept, re-dialled).
         case dialled(HostAndPort)
+        /// We dialled a member to send it membership traffic (pruned first when over the bound).
+        case onDemand(NodeID)
 
         var isAccepted: Bool {
             if case .accepted = self { return true }
+            return false
+        }
+
+        var isJoin: Bool {
+            if case .dialled = self { return true }
             return false
         }
     }
@@ -55,6 +64,7 @@ public actor MeshNode: Service {
         let channel: any Channel
         let origin: Origin
         let since: Date
+        var lastActivity: ContinuousClock.Instant
 
         /// Which node dialled this connection.
         func initiator(local: NodeID) -> NodeID {
@@ -65,6 +75,19 @@ public actor MeshNode: Service {
     private var state: State = .created
     private var connections: [NodeID: PeerConnection] = [:]
     private var connectionCount: UInt64 = 0
+
+    /// The SWIM state machine; created at bind, when the advertised address is known.
+    private var membership: Membership?
+    private nonisolated let clockOrigin = ContinuousClock.now
+    private nonisolated let wallClockOrigin = Date()
+    /// Membership messages waiting for an on-demand dial to finish (bounded per peer; membership tolerates loss).
+    private var pendingSends: [NodeID: [MembershipMessage]] = [:]
+    private static let maximumPendingSends = 32
+    private nonisolated let dials: (stream: AsyncStream<(NodeID, HostAndPort)>, continuation: AsyncStream<(NodeID, HostAndPort)>.Continuation)
+    private nonisolated let leaveSignal: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
+    private var dialing: Set<NodeID> = []
+    /// When each member last sent this node a membership message (direct evidence it is alive).
+    private var lastHeardFrom: [NodeID: Date] = [:]
 
     public init(
         home: NodeHome, identity: NodeIdentity, networkKey: NetworkKey, settings: NodeSettings, logger: Logger
@@ -78,7 +101,12 @@ public actor MeshNode: Service {
         self.trustStore = TrustStore(home: home, isOpen: settings.isOpen, logger: logger)
         self.pendingHandshakes = PendingHandshakes(limit: settings.maximumPendingHandshakes)
         self.replayGuard = ReplayGuard(capacity: settings.replayCacheCapacity)
+        self.dials = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
+        self.leaveSignal = AsyncStream.makeStream()
     }
+
+    /// Core time: a monotonic duration since this node started, immune to wall-clock jumps.
+    private nonisolated var now: Duration { ContinuousClock.now - self.clockOrigin }
 
     public enum StartError: Error, CustomStringConvertible {
         case cannotListen(HostAndPort, String)
@@ -107,7 +135,7 @@ public actor MeshNode: Service {
             throw StartError.cannotListen(self.settings.listen, "\(error)")
         }
         let port = listener.channel.localAddress?.port ?? self.settings.listen.port
-        let address = HostAndPort(host: self.settings.listen.host, port: port)
+        let address = self.settings.advertise ?? HostAndPort(host: self.settings.listen.host, port: port)
         let control: ControlServer
         do {
             control = try await ControlServer.bind(
@@ -121,6 +149,11 @@ public actor MeshNode: Service {
                 identity: self.identity, networkKey: self.networkKey, listenAddress: address.description)
         }
         self.state = .bound(Bound(listener: listener, control: control, address: address, startedAt: Date()))
+        var seed = SystemRandomNumberGenerator()
+        self.membership = Membership(
+            identity: self.identity.publicIdentity, address: address.description,
+            capabilities: self.settings.capabilities.map(\.capability), trust: self.trustStore.current(),
+            signer: .ed25519(self.identity), settings: self.settings.membership, seed: seed.next(), now: self.now)
         self.logger.info("listening", metadata: [
             "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
             "trusted-peers": "\(self.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
@@ -136,15 +169,49 @@ public actor MeshNode: Service {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { await self.acceptConnections(on: bound.listener) }
             group.addTask { await bound.control.run(handler: { await self.handleControl($0) }) }
+            group.addTask { await self.runMembershipTimer() }
             for join in joins {
                 group.addTask { await self.maintainConnection(to: join) }
             }
-            // Runs until SIGTERM/SIGINT (graceful shutdown) or cancellation; then closes everything in order.
-            try? await gracefulShutdown()
+            group.addTask {
+                await withDiscardingTaskGroup { dialling in
+                    for await (peer, address) in self.dials.stream {
+                        dialling.addTask { await self.dialOnDemand(peer, at: address) }
+                    }
+                }
+            }
+            // Runs until SIGTERM/SIGINT (graceful shutdown), `agentmesh leave`, or cancellation.
+            await withTaskGroup(of: Void.self) { waiters in
+                waiters.addTask { try? await gracefulShutdown() }
+                waiters.addTask { for await _ in self.leaveSignal.stream { return } }
+                await waiters.next()
+                waiters.cancelAll()
+            }
+            await self.announceLeave()
             await self.stop()
+            self.dials.continuation.finish()
             group.cancelAll()
         }
         self.logger.info("stopped")
+    }
+
+    /// `agentmesh leave`: announce the leave, then stop as on SIGTERM.
+    public nonisolated func requestLeave() {
+        self.leaveSignal.continuation.yield()
+    }
+
+    /// Tells every live member this node is leaving, and gives the messages a moment to go out, so the mesh marks
+    /// it "left" at once instead of suspecting it for seconds.
+    private func announceLeave() async {
+        guard case .running = self.state, var membership = self.membership else { return }
+        let directives = membership.leave(now: self.now)
+        self.membership = membership
+        self.handle(directives)
+        let deadline = ContinuousClock.now + .seconds(1)
+        while !self.pendingSends.isEmpty, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        try? await Task.sleep(for: .milliseconds(50))
     }
 
     /// Sends every peer an authenticated close, then closes the listener and the control socket.
@@ -257,6 +324,13 @@ public actor MeshNode: Service {
                 let connection = try await self.dial(address)
                 let outcome = try await self.serve(connection, origin: .dialled(address))
                 if outcome.wasRegistered { backoff.reset() }
+                if outcome.closeReason?.code == SecureSession.CloseReason.pruned.code {
+                    // The peer sheds connections to stay bounded; membership reaches it on demand. Re-join only
+                    // if this node has lost sight of every member.
+                    while !Task.isCancelled, await self.liveMemberCount() > 0 {
+                        try await Task.sleep(for: self.settings.redialMaximumDelay)
+                    }
+                }
                 if let peer = outcome.peer {
                     while !Task.isCancelled, await self.isConnected(to: peer) {
                         try await Task.sleep(for: self.settings.redialInitialDelay * 4)
@@ -294,6 +368,7 @@ public actor MeshNode: Service {
     private struct ServeOutcome {
         let peer: NodeID?
         let wasRegistered: Bool
+        var closeReason: SecureSession.CloseReason? = nil
     }
 
     /// Runs one connection from handshake to close. Throws the transport error that ended it badly.
@@ -310,11 +385,14 @@ public actor MeshNode: Service {
                 return ServeOutcome(peer: peerID, wasRegistered: false)
             }
             var ending = "connection lost (no close frame)"
+            var closeReason: SecureSession.CloseReason?
             do {
                 while let event = try await events.next() {
                     switch event {
                     case .established:
                         break
+                    case .message(.membership(let message)):
+                        await self.receiveMembership(message, from: peerID)
                     case .message(let message):
                         self.logger.trace("message", metadata: ["peer": "\(peerID.short)", "kind": "\(message.kind)"])
                     case .unknownMessage(let kind):
@@ -323,13 +401,14 @@ public actor MeshNode: Service {
                         ])
                     case .closed(let reason):
                         ending = "peer closed: \(reason)"
+                        closeReason = reason
                     }
                 }
             } catch {
                 ending = "\(error)"
             }
             await self.unregister(number, peer: peerID, reason: ending)
-            return ServeOutcome(peer: peerID, wasRegistered: true)
+            return ServeOutcome(peer: peerID, wasRegistered: true, closeReason: closeReason)
         }
     }
 
@@ -339,10 +418,18 @@ public actor MeshNode: Service {
             channel.close(promise: nil)
             return nil
         }
+        let peerID = peer.identity.nodeID
+        if case .onDemand(let expected) = origin, expected != peerID {
+            self.logger.warning("dialled member answered with another identity", metadata: [
+                "expected": "\(expected.short)", "answered": "\(peer.identity.name) \(peerID.short)",
+            ])
+            channel.close(promise: nil)
+            return nil
+        }
         self.connectionCount += 1
         let candidate = PeerConnection(
-            number: self.connectionCount, peer: peer, channel: channel, origin: origin, since: Date())
-        let peerID = peer.identity.nodeID
+            number: self.connectionCount, peer: peer, channel: channel, origin: origin, since: Date(),
+            lastActivity: .now)
         if let existing = self.connections[peerID] {
             let local = self.identity.nodeID
             let keepNew = ConnectionArbiter.keepsNewConnection(
@@ -356,47 +443,213 @@ public actor MeshNode: Service {
         self.connections[peerID] = candidate
         self.logger.info("peer authenticated", metadata: [
             "peer": "\(peer.identity.name) \(peerID.short)", "address": "\(peer.listenAddress)",
-            "remote": "\(channel.remoteAddress.display)",
-            "direction": "\(origin.isAccepted ? "inbound" : "outbound")", "trust": "\(peer.decision.label)",
+            "remote": "\(channel.remoteAddress.display)", "direction": "\(origin.isAccepted ? "inbound" : "outbound")",
+            "trust": "\(peer.decision.label)",
         ])
+        if var membership = self.membership {
+            let directives = membership.connected(to: peerID, address: peer.listenAddress, now: self.now)
+            self.membership = membership
+            self.handle(directives)
+        }
+        self.dialing.remove(peerID)
+        for message in self.pendingSends.removeValue(forKey: peerID) ?? [] {
+            self.write(message, to: peerID)
+        }
+        self.pruneConnections(keeping: peerID)
         return candidate.number
+    }
+
+    /// Keeps at most `maximumConnections` sessions: closes the least recently active on-demand or accepted ones.
+    /// Join connections are never pruned here (their loop would only dial again).
+    private func pruneConnections(keeping newest: NodeID) {
+        let excess = self.connections.count - self.settings.maximumConnections
+        guard excess > 0 else { return }
+        let victims = self.connections.values
+            .filter { !$0.origin.isJoin && $0.peer.identity.nodeID != newest }
+            .sorted { $0.lastActivity < $1.lastActivity }
+            .prefix(excess)
+        for victim in victims {
+            victim.channel.triggerUserOutboundEvent(CloseRequest(.pruned), promise: nil)
+            victim.channel.close(promise: nil)
+        }
     }
 
     private func unregister(_ number: UInt64, peer: NodeID, reason: String) {
         guard let connection = self.connections[peer], connection.number == number else { return }
         self.connections[peer] = nil
+        self.membership?.disconnected(from: peer)
         self.logger.info("peer disconnected", metadata: [
             "peer": "\(connection.peer.identity.name) \(peer.short)", "reason": "\(reason)",
         ])
     }
 
+    private func liveMemberCount() -> Int { (self.membership?.liveCount ?? 1) - 1 }
+
     private func isConnected(to peer: NodeID) -> Bool { self.connections[peer] != nil }
+
+    // MARK: - Membership
+
+    private nonisolated func runMembershipTimer() async {
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: self.settings.membershipTick) } catch { return }
+            await self.membershipTick()
+        }
+    }
+
+    private func membershipTick() {
+        guard case .running = self.state, var membership = self.membership else { return }
+        let directives = membership.tick(now: self.now)
+        self.membership = membership
+        self.handle(directives)
+    }
+
+    private func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {
+        guard case .running = self.state, var membership = self.membership else { return }
+        self.connections[peer]?.lastActivity = .now
+        self.lastHeardFrom[peer] = Date()
+        let directives = membership.receive(message, from: peer, now: self.now)
+        self.membership = membership
+        self.handle(directives)
+    }
+
+    /// Carries out the membership machine's directives: sends (dialling on demand), logs, misbehaviour reports.
+    private func handle(_ directives: [MembershipDirective]) {
+        for directive in directives {
+            switch directive {
+            case .send(let message, let peer, let address):
+                if self.connections[peer] != nil {
+                    self.write(message, to: peer)
+                } else {
+                    self.queue(message, for: peer, address: address)
+                }
+            case .changed(let event):
+                self.log(event)
+            case .misbehaving(let peer, let reason):
+                self.logger.warning("peer misbehaved", metadata: ["peer": "\(peer.short)", "reason": "\(reason)"])
+            }
+        }
+    }
+
+    /// Membership is loss-tolerant: a session that cannot take more (a slow peer) drops the message rather than
+    /// queueing without bound.
+    private func write(_ message: MembershipMessage, to peer: NodeID) {
+        guard var connection = self.connections[peer] else { return }
+        guard connection.channel.isWritable else {
+            self.logger.debug("dropped membership message to a slow peer", metadata: ["peer": "\(peer.short)"])
+            return
+        }
+        connection.lastActivity = .now
+        self.connections[peer] = connection
+        connection.channel.writeAndFlush(WireMessage.membership(message), promise: nil)
+    }
+
+    private func queue(_ message: MembershipMessage, for peer: NodeID, address: String) {
+        guard let target = try? HostAndPort(parsing: address) else { return }
+        var pending = self.pendingSends[peer, default: []]
+        guard pending.count < Self.maximumPendingSends else { return }
+        pending.append(message)
+        self.pendingSends[peer] = pending
+        if self.dialing.insert(peer).inserted {
+            self.dials.continuation.yield((peer, target))
+        }
+    }
+
+    private nonisolated func dialOnDemand(_ peer: NodeID, at address: HostAndPort) async {
+        do {
+            let connection = try await self.dial(address)
+            _ = try await self.serve(connection, origin: .onDemand(peer))
+        } catch {
+            self.logger.debug("cannot reach member", metadata: [
+                "peer": "\(peer.short)", "address": "\(address)", "reason": "\(error)",
+            ])
+        }
+        await self.dialEnded(peer)
+    }
+
+    private func dialEnded(_ peer: NodeID) {
+        self.dialing.remove(peer)
+        if self.connections[peer] == nil { self.pendingSends[peer] = nil }
+    }
+
+    private func log(_ event: MembershipEvent) {
+        switch event {
+        case .joined(let record):
+            self.logger.info("member joined", metadata: [
+                "member": "\(record.name) \(record.nodeID.short)", "address": "\(record.address)",
+                "capabilities": "\(record.capabilities.map(\.description).joined(separator: ","))",
+            ])
+        case .updated(let record):
+            self.logger.debug("member updated", metadata: [
+                "member": "\(record.name) \(record.nodeID.short)", "incarnation": "\(record.incarnation)",
+            ])
+        case .suspected(let id, let incarnation, let accuser):
+            self.logger.notice("member suspected", metadata: [
+                "member": "\(self.memberName(id))", "incarnation": "\(incarnation)", "accuser": "\(self.memberName(accuser))",
+            ])
+        case .confirmed(let id, let by, let confirmations):
+            self.logger.debug("suspicion confirmed", metadata: [
+                "member": "\(self.memberName(id))", "by": "\(self.memberName(by))", "confirmations": "\(confirmations)",
+            ])
+        case .recovered(let id, let incarnation):
+            self.logger.info("member alive again", metadata: [
+                "member": "\(self.memberName(id))", "incarnation": "\(incarnation)",
+            ])
+        case .died(let id, let incarnation, let accuser):
+            self.logger.notice("member declared dead", metadata: [
+                "member": "\(self.memberName(id))", "incarnation": "\(incarnation)", "accuser": "\(self.memberName(accuser))",
+            ])
+        case .left(let id):
+            self.logger.info("member left", metadata: ["member": "\(self.memberName(id))"])
+        case .reaped(let id):
+            self.lastHeardFrom[id] = nil
+            self.logger.debug("member forgotten", metadata: ["member": "\(id.short)"])
+        case .refuted(let claim, let by, let incarnation):
+            self.logger.notice("refuted a claim against this node", metadata: [
+                "claim": "\(claim)", "by": "\(self.memberName(by))", "incarnation": "\(incarnation)",
+            ])
+        }
+    }
+
+    private func memberName(_ id: NodeID) -> String {
+        if id == self.identity.nodeID { return "\(self.identity.name) \(id.short)" }
+        guard let name = self.membership?.member(id)?.record.name else { return id.short }
+        return "\(name) \(id.short)"
+    }
 
     // MARK: - Control API
 
-    /// This node and its authenticated peers.
+    /// This node and every member it knows, with the session to each, if any.
     public func members() -> ControlAPI.Members {
         var members: [ControlAPI.Member] = []
-        let address: String
         let startedAt: Date
         switch self.state {
-        case .bound(let bound), .running(let bound):
-            address = bound.address.description
-            startedAt = bound.startedAt
-        case .created, .stopped:
-            address = self.settings.listen.description
-            startedAt = Date()
+        case .bound(let bound), .running(let bound): startedAt = bound.startedAt
+        case .created, .stopped: startedAt = Date()
         }
+        let local = self.membership?.local
         members.append(ControlAPI.Member(
-            id: self.identity.nodeID.description, name: self.identity.name, address: address, remoteAddress: nil,
-            connection: "self", trust: "self", since: startedAt))
-        for connection in self.connections.values.sorted(by: { $0.peer.identity.name < $1.peer.identity.name }) {
+            id: self.identity.nodeID.description, name: self.identity.name,
+            address: local?.address ?? self.settings.listen.description, status: "alive",
+            incarnation: local?.incarnation ?? 0, capabilities: (local?.capabilities ?? []).map(ControlAPI.CapabilityInfo.init),
+            load: local?.load ?? 0, lastHeard: Date(), accuser: nil, remoteAddress: nil, connection: "self", trust: "self",
+            since: startedAt))
+        for view in (self.membership?.view ?? []).sorted(by: { $0.record.name < $1.record.name }) {
+            let connection = self.connections[view.record.nodeID]
+            let trust: String
+            switch self.trustStore.current().decision(for: view.record.identity) {
+            case .trusted: trust = "trusted"
+            case .admittedByOpenMode: trust = "open"
+            case .refused: trust = "refused"
+            }
             members.append(ControlAPI.Member(
-                id: connection.peer.identity.nodeID.description, name: connection.peer.identity.name,
-                address: connection.peer.listenAddress,
-                remoteAddress: connection.channel.remoteAddress.display,
-                connection: connection.origin.isAccepted ? "inbound" : "outbound", trust: connection.peer.decision.label,
-                since: connection.since))
+                id: view.record.nodeID.description, name: view.record.name, address: view.record.address,
+                status: view.status.rawValue, incarnation: view.incarnation,
+                capabilities: view.record.capabilities.map(ControlAPI.CapabilityInfo.init), load: view.record.load,
+                lastHeard: max(self.lastHeardFrom[view.record.nodeID] ?? .distantPast, self.wallClockOrigin + view.lastChange.seconds),
+                accuser: view.accuser?.description,
+                remoteAddress: connection.map { $0.channel.remoteAddress.display },
+                connection: connection.map { $0.origin.isAccepted ? "inbound" : "outbound" } ?? "none", trust: trust,
+                since: connection?.since))
         }
         return ControlAPI.Members(members: members)
     }
@@ -418,7 +671,11 @@ public actor MeshNode: Service {
         switch (request.method, request.path) {
         case ("GET", "/v1/members"): return .json(self.members())
         case ("GET", "/v1/node"): return .json(self.nodeInfo())
-        case (_, "/v1/members"), (_, "/v1/node"): return .error(405, "\(request.method) is not allowed on \(request.path)")
+        case ("POST", "/v1/leave"):
+            self.requestLeave()
+            return .json(["leaving": true], status: 202)
+        case (_, "/v1/members"), (_, "/v1/node"), (_, "/v1/leave"):
+            return .error(405, "\(request.method) is not allowed on \(request.path)")
         default: return .error(404, "no such endpoint: \(request.path)")
         }
     }

@@ -5,8 +5,20 @@ public import MeshCore
 public struct NodeSettings: Sendable {
     /// Where to accept peer connections. Port 0 picks a free port.
     public var listen: HostAndPort
+    /// The address other members dial (defaults to the listen address with the bound port). Needed when listening
+    /// on 0.0.0.0 or behind NAT.
+    public var advertise: HostAndPort?
     /// Peers to dial at start-up and re-dial whenever the connection drops.
     public var joins: [HostAndPort] = []
+    /// What this node offers, advertised in its signed member record.
+    public var capabilities: [CapabilitySpec] = []
+    /// Membership timers (probe, suspicion, gossip, push-pull).
+    public var membership = MembershipSettings.lan
+    /// How often the membership timers are checked.
+    public var membershipTick: Duration = .milliseconds(50)
+    /// Sessions kept open at once. Beyond it the least recently active on-demand or accepted session is closed
+    /// (join connections are kept), so per-node traffic stays flat as the mesh grows.
+    public var maximumConnections = 16
     /// Accept any peer that holds the network key, not only those in `peers/`.
     public var isOpen = false
     /// A connection that has not finished the handshake by then is closed.
@@ -38,6 +50,8 @@ public struct NodeSettings: Sendable {
         settings.connectTimeout = .seconds(2)
         settings.redialInitialDelay = .milliseconds(50)
         settings.redialMaximumDelay = .seconds(1)
+        settings.membership = .localTesting
+        settings.membershipTick = .milliseconds(20)
         return settings
     }
 }

@@ -276,6 +276,8 @@ final class SecureChannelHandler: ChannelDuplexHandler {
                 return  // its arrival already refreshed `lastInbound`
             case .welcome:
                 self.fail(context: context, .protocolViolation("welcome after the session was established"))
+            case .membership:
+                context.fireChannelRead(self.wrapInboundOut(.message(message)))
             }
         } catch .unknownKind(let kind) {
             // A newer peer may speak kinds this build does not know; the node decides what to do with that.

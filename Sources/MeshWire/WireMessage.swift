@@ -1,3 +1,5 @@
+public import MeshCore
+
 /// Messages carried inside a secure session, one per sealed message.
 ///
 /// Encoding: one kind byte, then the body. Kind codes are part of the protocol: ONLY APPEND to ``Kind``
@@ -9,23 +11,28 @@ public enum WireMessage: Equatable, Sendable {
     /// The responder's first transport message: it checked the initiator's identity and accepts the session.
     /// (In Noise XX the initiator finishes first; without this it could not tell acceptance from refusal.)
     case welcome
+    /// SWIM membership traffic (probes, acks, gossip, push-pull).
+    case membership(MembershipMessage)
 
     public enum Kind: UInt8, Sendable {
         case ping = 1
         case pong = 2
         case welcome = 3
+        case membership = 4
     }
 
     public enum DecodeError: Error, Equatable, CustomStringConvertible {
         case empty
         case unknownKind(UInt8)
         case malformed(Kind)
+        case membership(MembershipMessage.DecodeError)
 
         public var description: String {
             switch self {
             case .empty: return "empty message"
             case .unknownKind(let kind): return "unknown message kind \(kind)"
             case .malformed(let kind): return "malformed \(kind) message"
+            case .membership(let error): return error.description
             }
         }
     }
@@ -35,6 +42,7 @@ public enum WireMessage: Equatable, Sendable {
         case .ping: return .ping
         case .pong: return .pong
         case .welcome: return .welcome
+        case .membership: return .membership
         }
     }
 
@@ -45,6 +53,8 @@ public enum WireMessage: Equatable, Sendable {
             withUnsafeBytes(of: nonce.bigEndian) { bytes += $0 }
         case .welcome:
             break
+        case .membership(let message):
+            bytes += message.encoded()
         }
         return bytes
     }
@@ -61,6 +71,8 @@ public enum WireMessage: Equatable, Sendable {
         case .welcome:
             guard body.isEmpty else { throw .malformed(kind) }
             self = .welcome
+        case .membership:
+            do { self = .membership(try MembershipMessage(decoding: Array(body))) } catch { throw .membership(error) }
         }
     }
 }

@@ -14,7 +14,7 @@ struct LineLogHandler: LogHandler {
 
     func log(event: LogEvent) {
         let merged = self.metadata.merging(event.metadata ?? [:]) { $1 }
-        var line = "\(Date().formatted(.iso8601)) \(event.level.rawValue.padding(toLength: 6, withPad: " ", startingAt: 0))"
+        var line = "\(Date().formatted(.iso8601)) \(event.level.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0))"
             + "\(event.message)"
         for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
             let text = "\(value)"

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import MeshTransport
 
 struct Members: ParsableCommand {
@@ -16,11 +17,51 @@ struct Members: ParsableCommand {
             try printJSON(members)
             return
         }
+        let now = Date()
         print(renderTable(
-            header: ["NAME", "ID", "ADDRESS", "CONNECTION", "TRUST", "SINCE"],
+            header: ["NAME", "ID", "ADDRESS", "STATUS", "INC", "CAPABILITIES", "LOAD", "LAST HEARD", "SESSION"],
             rows: members.members.map { member in
-                [member.name, String(member.id.prefix(12)), member.address, member.connection, member.trust,
-                 member.since.timeOfDay]
+                [
+                    member.name, String(member.id.prefix(12)), member.address, member.status, "\(member.incarnation)",
+                    member.capabilities.isEmpty ? "-" : member.capabilities.map { "\($0.name)×\($0.capacity)" }
+                        .joined(separator: ","),
+                    "\(member.load)", member.connection == "self" ? "-" : ago(member.lastHeard, now: now),
+                    member.connection,
+                ]
             }))
+    }
+}
+
+/// "4s ago", "3m ago", "2h ago".
+func ago(_ date: Date, now: Date) -> String {
+    let seconds = max(0, Int(now.timeIntervalSince(date)))
+    switch seconds {
+    case ..<120: return "\(seconds)s ago"
+    case ..<7200: return "\(seconds / 60)m ago"
+    default: return "\(seconds / 3600)h ago"
+    }
+}
+
+struct Leave: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Leave the mesh gracefully and stop the node (members see it as 'left' at once).")
+
+    @OptionGroup var options: HomeOptions
+
+    func run() throws {
+        let home = self.options.nodeHome
+        let client = ControlClient(socketPath: home.controlSocketPath)
+        let response = try reporting { try client.request(method: "POST", path: "/v1/leave") }
+        guard response.status == 202 else {
+            throw CLIError("the node refused to leave (HTTP \(response.status))")
+        }
+        // The node removes its control socket as the last step of stopping.
+        for _ in 0..<100 where FileManager.default.fileExists(atPath: home.controlSocketPath) {
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        guard !FileManager.default.fileExists(atPath: home.controlSocketPath) else {
+            throw CLIError("the node announced its leave but has not stopped after 10 s")
+        }
+        print("left the mesh; the node has stopped")
     }
 }

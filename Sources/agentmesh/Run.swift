@@ -22,12 +22,22 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Accept any node holding the network key, not only the peers in DIR/peers.")
     var open = false
 
+    @Option(help: ArgumentHelp(
+        "A capability to offer: builtin:echo, exec:COMMAND ARGS or http:URL as the executor. Repeatable.",
+        valueName: "NAME=EXECUTOR"))
+    var capability: [String] = []
+
+    @Option(help: ArgumentHelp("The address other nodes dial (default: the listen address).", valueName: "HOST:PORT"))
+    var advertise: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
     func validate() throws {
         _ = try self.parsedListen()
         _ = try self.parsedJoins()
+        _ = try self.parsedCapabilities()
+        _ = try self.parsedAdvertise()
         guard Logger.Level(rawValue: self.logLevel) != nil else {
             throw ValidationError("unknown log level '\(self.logLevel)'")
         }
@@ -43,6 +53,21 @@ struct Run: AsyncParsableCommand {
         }
     }
 
+    private func parsedCapabilities() throws -> [CapabilitySpec] {
+        let specs = try self.capability.map { text in
+            do { return try CapabilitySpec(parsing: text) } catch { throw ValidationError("--capability: \(error)") }
+        }
+        guard Set(specs.map(\.name)).count == specs.count else {
+            throw ValidationError("--capability: each capability name may appear once")
+        }
+        return specs
+    }
+
+    private func parsedAdvertise() throws -> HostAndPort? {
+        guard let advertise else { return nil }
+        do { return try HostAndPort(parsing: advertise) } catch { throw ValidationError("--advertise: \(error)") }
+    }
+
     func run() async throws {
         let level = Logger.Level(rawValue: self.logLevel) ?? .info
         LoggingSystem.bootstrap { _ in LineLogHandler(logLevel: level) }
@@ -53,6 +78,8 @@ struct Run: AsyncParsableCommand {
         var settings = NodeSettings(listen: try self.parsedListen())
         settings.joins = try self.parsedJoins()
         settings.isOpen = self.open
+        settings.capabilities = try self.parsedCapabilities()
+        settings.advertise = try self.parsedAdvertise()
 
         let node = MeshNode(home: home, identity: identity, networkKey: networkKey, settings: settings, logger: logger)
         let address: HostAndPort
@@ -64,8 +91,10 @@ struct Run: AsyncParsableCommand {
         // One line on stdout that scripts can wait for; everything else is the log on stderr.
         FileHandle.standardOutput.write(
             Data("agentmesh \(identity.name) \(identity.nodeID) listening on \(address)\n".utf8))
+        // `agentmesh leave` ends the node's run; that is a clean stop of the whole group, not a failure.
         let group = ServiceGroup(configuration: .init(
-            services: [node], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            services: [.init(service: node, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }

@@ -71,9 +71,14 @@ struct RunningNode: Sendable {
     let group: ServiceGroup
     let task: Task<Void, any Error>
 
-    /// Peers (not counting the node itself) in `members`.
+    /// Peers with an open session to this node.
     func peerIDs() async -> Set<String> {
-        Set(await self.node.members().members.filter { $0.connection != "self" }.map(\.id))
+        Set(await self.node.members().members.filter { $0.connection == "inbound" || $0.connection == "outbound" }.map(\.id))
+    }
+
+    /// Members (not counting the node itself) by status, as `agentmesh members` shows them.
+    func members(_ status: String) async -> Set<String> {
+        Set(await self.node.members().members.filter { $0.connection != "self" && $0.status == status }.map(\.name))
     }
 
     func stop() async {

@@ -1,0 +1,66 @@
+/// `--capability NAME=EXECUTOR`: a capability this node offers and how it runs it.
+public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
+    /// How many tasks of one capability run at once unless the user says otherwise.
+    public static let defaultConcurrency: UInt16 = 4
+
+    public enum Executor: Sendable, Equatable, CustomStringConvertible {
+        /// Returns its input.
+        case builtinEcho
+        /// Runs a command with the task input as JSON on stdin; stdout is the result.
+        case exec(command: String, arguments: [String])
+        /// POSTs the task as JSON; a 2xx JSON body is the result.
+        case http(url: String)
+
+        public var description: String {
+            switch self {
+            case .builtinEcho: return "builtin:echo"
+            case .exec(let command, let arguments): return "exec:" + ([command] + arguments).joined(separator: " ")
+            case .http(let url): return "http:" + url
+            }
+        }
+    }
+
+    public let name: String
+    public let executor: Executor
+    public let concurrency: UInt16
+
+    public init(name: String, executor: Executor, concurrency: UInt16 = defaultConcurrency) {
+        self.name = name
+        self.executor = executor
+        self.concurrency = concurrency
+    }
+
+    public var capability: Capability { Capability(name: self.name, capacity: self.concurrency) }
+    public var description: String { "\(self.name)=\(self.executor)" }
+
+    public struct ParseError: Error, Equatable, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Parses `NAME=builtin:echo`, `NAME=exec:COMMAND ARGS…` (split on spaces) or `NAME=http:URL`.
+    public init(parsing text: String) throws(ParseError) {
+        guard let equals = text.firstIndex(of: "=") else {
+            throw ParseError(description: "'\(text)' is not NAME=EXECUTOR (for example echo=builtin:echo)")
+        }
+        let name = String(text[..<equals])
+        let executor = String(text[text.index(after: equals)...])
+        guard Capability.isValidName(name) else {
+            throw ParseError(description: "capability name '\(name)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
+        }
+        if executor == "builtin:echo" {
+            self.init(name: name, executor: .builtinEcho)
+        } else if executor.hasPrefix("exec:") {
+            let words = executor.dropFirst(5).split(separator: " ").map(String.init)
+            guard let command = words.first else { throw ParseError(description: "'\(text)': exec: needs a command") }
+            self.init(name: name, executor: .exec(command: command, arguments: Array(words.dropFirst())))
+        } else if executor.hasPrefix("http:") {
+            let url = String(executor.dropFirst(5))
+            guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
+                throw ParseError(description: "'\(text)': http: needs a URL such as http://127.0.0.1:8080/run")
+            }
+            self.init(name: name, executor: .http(url: url))
+        } else {
+            throw ParseError(description: "'\(executor)' is not an executor: use builtin:echo, exec:COMMAND or http:URL")
+        }
+    }
+}
