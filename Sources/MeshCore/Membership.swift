@@ -266,6 +266,21 @@ public struct Membership: Sendable {
         }
     }
 
+    /// When ``tick(now:)`` next has timed work to do, so the shell can sleep until then instead of polling.
+    /// Gossip of news queued later is not included: the shell caps its sleep at `gossipInterval` for that.
+    public var nextDeadline: Duration {
+        var deadline = min(self.nextProbe, self.nextPushPull, self.nextReconnect, self.nextReap)
+        if !self.broadcasts.isEmpty { deadline = min(deadline, self.nextGossip) }
+        if let probe = self.probe {
+            deadline = min(deadline, probe.indirectSent || probe.acknowledged ? probe.periodEnd : probe.timeout)
+        }
+        for id in self.suspects {
+            if let suspicion = self.members[id]?.trouble?.suspicion { deadline = min(deadline, suspicion.deadline) }
+        }
+        for relay in self.relays.values { deadline = min(deadline, relay.deadline) }
+        return deadline
+    }
+
     // MARK: - Events from the shell
 
     /// A session with `peer` is up. A peer we know nothing about gets a full state exchange at once: that is how a

@@ -86,6 +86,8 @@ public actor MeshNode: Service {
     private nonisolated let dials: (stream: AsyncStream<(NodeID, HostAndPort)>, continuation: AsyncStream<(NodeID, HostAndPort)>.Continuation)
     private nonisolated let leaveSignal: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
     private var dialing: Set<NodeID> = []
+    /// Why this node closed a session itself (pruned, duplicate), so its end is logged truthfully.
+    private var closedHere: [UInt64: String] = [:]
     /// When each member last sent this node a membership message (direct evidence it is alive).
     private var lastHeardFrom: [NodeID: Date] = [:]
 
@@ -435,6 +437,7 @@ public actor MeshNode: Service {
             let keepNew = ConnectionArbiter.keepsNewConnection(
                 existingInitiator: existing.initiator(local: local), newInitiator: candidate.initiator(local: local))
             let loser = keepNew ? existing : candidate
+            if keepNew { self.closedHere[existing.number] = "closed here: duplicate connection" }
             loser.channel.triggerUserOutboundEvent(CloseRequest(.duplicateConnection), promise: nil)
             loser.channel.close(promise: nil)
             self.logger.debug("closed duplicate connection", metadata: ["peer": "\(peerID.short)"])
@@ -469,12 +472,14 @@ public actor MeshNode: Service {
             .sorted { $0.lastActivity < $1.lastActivity }
             .prefix(excess)
         for victim in victims {
+            self.closedHere[victim.number] = "closed here: pruned to keep at most \(self.settings.maximumConnections) sessions"
             victim.channel.triggerUserOutboundEvent(CloseRequest(.pruned), promise: nil)
             victim.channel.close(promise: nil)
         }
     }
 
     private func unregister(_ number: UInt64, peer: NodeID, reason: String) {
+        let reason = self.closedHere.removeValue(forKey: number) ?? reason
         guard let connection = self.connections[peer], connection.number == number else { return }
         self.connections[peer] = nil
         self.membership?.disconnected(from: peer)
@@ -489,18 +494,24 @@ public actor MeshNode: Service {
 
     // MARK: - Membership
 
+    /// Sleeps until the membership machine's next deadline (at most one gossip interval, so news queued meanwhile
+    /// waits no longer than that), then runs its timers. An idle node wakes a few times a second, not fifty.
     private nonisolated func runMembershipTimer() async {
+        var sleep = self.settings.membershipTick
         while !Task.isCancelled {
-            do { try await Task.sleep(for: self.settings.membershipTick) } catch { return }
-            await self.membershipTick()
+            do { try await Task.sleep(for: sleep) } catch { return }
+            sleep = await self.membershipTick()
         }
     }
 
-    private func membershipTick() {
-        guard case .running = self.state, var membership = self.membership else { return }
-        let directives = membership.tick(now: self.now)
+    private func membershipTick() -> Duration {
+        let cap = self.settings.membership.gossipInterval
+        guard case .running = self.state, var membership = self.membership else { return cap }
+        let now = self.now
+        let directives = membership.tick(now: now)
         self.membership = membership
         self.handle(directives)
+        return min(max(membership.nextDeadline - now, self.settings.membershipTick), cap)
     }
 
     private func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {

@@ -14,8 +14,8 @@ public struct NodeSettings: Sendable {
     public var capabilities: [CapabilitySpec] = []
     /// Membership timers (probe, suspicion, gossip, push-pull).
     public var membership = MembershipSettings.lan
-    /// How often the membership timers are checked.
-    public var membershipTick: Duration = .milliseconds(50)
+    /// The finest granularity of the membership timers (the shortest sleep between two runs of them).
+    public var membershipTick: Duration = .milliseconds(10)
     /// Sessions kept open at once. Beyond it the least recently active on-demand or accepted session is closed
     /// (join connections are kept), so per-node traffic stays flat as the mesh grows.
     public var maximumConnections = 16
@@ -51,7 +51,6 @@ public struct NodeSettings: Sendable {
         settings.redialInitialDelay = .milliseconds(50)
         settings.redialMaximumDelay = .seconds(1)
         settings.membership = .localTesting
-        settings.membershipTick = .milliseconds(20)
         return settings
     }
 }

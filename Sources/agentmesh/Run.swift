@@ -30,6 +30,14 @@ struct Run: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The address other nodes dial (default: the listen address).", valueName: "HOST:PORT"))
     var advertise: String?
 
+    @Option(help: ArgumentHelp(
+        "Timer preset: lan (probe every 1 s, memberlist's LAN defaults) or local (probe every 200 ms, for one host).",
+        valueName: "lan|local"))
+    var timers: String = "lan"
+
+    @Option(help: "Sessions kept open at once; beyond it the least recently active are closed.")
+    var maxConnections: Int = 16
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -38,6 +46,8 @@ struct Run: AsyncParsableCommand {
         _ = try self.parsedJoins()
         _ = try self.parsedCapabilities()
         _ = try self.parsedAdvertise()
+        guard ["lan", "local"].contains(self.timers) else { throw ValidationError("--timers takes lan or local") }
+        guard self.maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
         guard Logger.Level(rawValue: self.logLevel) != nil else {
             throw ValidationError("unknown log level '\(self.logLevel)'")
         }
@@ -75,7 +85,9 @@ struct Run: AsyncParsableCommand {
         let home = self.options.nodeHome
         let identity = try reporting { try home.loadIdentity() }
         let networkKey = try reporting { try home.loadNetworkKey() }
-        var settings = NodeSettings(listen: try self.parsedListen())
+        var settings = self.timers == "local"
+            ? NodeSettings.localTesting(listen: try self.parsedListen()) : NodeSettings(listen: try self.parsedListen())
+        settings.maximumConnections = self.maxConnections
         settings.joins = try self.parsedJoins()
         settings.isOpen = self.open
         settings.capabilities = try self.parsedCapabilities()
