@@ -710,40 +710,41 @@ public struct Membership: Sendable {
             return
         }
 
+        if claim.kind == .suspect, member.status == .suspect, claim.incarnation == member.incarnation,
+            let trouble = member.trouble, var suspicion = trouble.suspicion
+        {
+            // A confirmation from another accuser shortens the suspicion (Lifeguard).
+            guard !suspicion.confirmers.contains(claim.accuser) else { return }
+            suspicion.confirmers.insert(claim.accuser)
+            suspicion.deadline = suspicion.started + self.suspicionTimeout(confirmations: suspicion.confirmers.count - 1)
+            member.trouble = Trouble(claim: trouble.claim, suspicion: suspicion)
+            self.store(member, for: claim.target)
+            self.enqueue(.claim(claim), key: claim.target)
+            directives.append(.changed(.confirmed(claim.target, by: claim.accuser, confirmations: suspicion.confirmers.count)))
+            return
+        }
+        let status: MemberStatus
+        let event: MembershipEvent
         switch claim.kind {
         case .suspect:
-            if member.status == .suspect, claim.incarnation == member.incarnation, let trouble = member.trouble,
-                var suspicion = trouble.suspicion
-            {
-                // A confirmation from another accuser shortens the suspicion (Lifeguard).
-                guard !suspicion.confirmers.contains(claim.accuser) else { return }
-                suspicion.confirmers.insert(claim.accuser)
-                suspicion.deadline = suspicion.started + self.suspicionTimeout(confirmations: suspicion.confirmers.count - 1)
-                member.trouble = Trouble(claim: trouble.claim, suspicion: suspicion)
-                self.store(member, for: claim.target)
-                self.enqueue(.claim(claim), key: claim.target)
-                directives.append(.changed(.confirmed(claim.target, by: claim.accuser, confirmations: suspicion.confirmers.count)))
-                return
-            }
-            member.status = .suspect
-            member.incarnation = claim.incarnation
-            member.trouble = Trouble(claim: claim, suspicion: Suspicion(
-                started: now, confirmers: [claim.accuser], deadline: now + self.suspicionTimeout(confirmations: 0)))
-            member.lastChange = now
-            directives.append(.changed(.suspected(claim.target, incarnation: claim.incarnation, accuser: claim.accuser)))
+            status = .suspect
+            event = .suspected(claim.target, incarnation: claim.incarnation, accuser: claim.accuser)
         case .dead:
-            member.status = .dead
-            member.incarnation = claim.incarnation
-            member.trouble = Trouble(claim: claim, suspicion: nil)
-            member.lastChange = now
-            directives.append(.changed(.died(claim.target, incarnation: claim.incarnation, accuser: claim.accuser)))
+            status = .dead
+            event = .died(claim.target, incarnation: claim.incarnation, accuser: claim.accuser)
         case .left:
-            member.status = .left
-            member.incarnation = claim.incarnation
-            member.trouble = Trouble(claim: claim, suspicion: nil)
-            member.lastChange = now
-            directives.append(.changed(.left(claim.target)))
+            status = .left
+            event = .left(claim.target)
         }
+        member.status = status
+        member.incarnation = claim.incarnation
+        member.trouble = Trouble(
+            claim: claim,
+            suspicion: status == .suspect
+                ? Suspicion(started: now, confirmers: [claim.accuser], deadline: now + self.suspicionTimeout(confirmations: 0))
+                : nil)
+        member.lastChange = now
+        directives.append(.changed(event))
         self.store(member, for: claim.target)
         self.enqueue(.claim(claim), key: claim.target)
     }

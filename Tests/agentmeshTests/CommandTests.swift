@@ -73,7 +73,9 @@ import Testing
         let stderr: String
     }
 
-    static func agentmesh(_ arguments: String...) throws -> Outcome {
+    static func agentmesh(_ arguments: String...) throws -> Outcome { try self.agentmesh(arguments) }
+
+    static func agentmesh(_ arguments: [String]) throws -> Outcome {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: self.binary)
         process.arguments = arguments
