@@ -32,6 +32,10 @@ public struct MembershipSimulation {
     public private(set) var events: [(node: Int, time: Duration, event: MembershipEvent)] = []
     /// Misbehaviour reports; an honest simulation must produce none.
     public private(set) var misbehaviour: [(node: Int, peer: NodeID, reason: String)] = []
+    /// Kept even when the event log is off: when each member was first suspected, and which members anyone
+    /// declared dead (with when), which is all the large experiments need.
+    public private(set) var firstSuspicion: [NodeID: Duration] = [:]
+    public private(set) var declaredDead: [NodeID: Duration] = [:]
 
     private var index: [NodeID: Int] = [:]
     private var crashed: Set<Int> = []
@@ -175,6 +179,11 @@ public struct MembershipSimulation {
                 self.queue.push(Delivery(time: self.now + delay, order: self.messagesSent, from: node, to: to, message: message))
             case .changed(let event):
                 if self.recordEvents { self.events.append((node, self.now, event)) }
+                switch event {
+                case .suspected(let id, _, _): if self.firstSuspicion[id] == nil { self.firstSuspicion[id] = self.now }
+                case .died(let id, _, _): if self.declaredDead[id] == nil { self.declaredDead[id] = self.now }
+                default: break
+                }
             case .misbehaving(let peer, let reason):
                 self.misbehaviour.append((node, peer, reason))
             }
@@ -195,16 +204,11 @@ public struct MembershipSimulation {
         return total == 0 ? 1 : Double(matching) / Double(total)
     }
 
-    /// Distinct live nodes that some live node has declared dead: false positives when nothing crashed.
+    /// Distinct live nodes that some node has declared dead: false positives when nothing crashed.
     public func liveNodesDeclaredDead() -> Set<Int> {
-        var declared: Set<Int> = []
-        for (node, _, event) in self.events {
-            guard !self.crashed.contains(node), case .died(let id, _, _) = event, let subject = self.index[id],
-                !self.crashed.contains(subject)
-            else { continue }
-            declared.insert(subject)
-        }
-        return declared
+        Set(self.declaredDead.keys.compactMap { id in
+            self.index[id].flatMap { self.crashed.contains($0) ? nil : $0 }
+        })
     }
 }
 

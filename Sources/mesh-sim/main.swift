@@ -48,22 +48,21 @@ do {
 
 // A crash: rounds until the first suspicion, and until every live member lists it as dead.
 do {
-    var mesh = MembershipSimulation(configuration())
+    var mesh = MembershipSimulation(configuration(), recordEvents: false)
     mesh.run(for: .seconds(2))
     let victim = nodes / 2
     let crashedAt = mesh.now
     mesh.crash(victim)
     let victimID = mesh.nodeID(victim)
     let done = mesh.run(until: crashedAt + .seconds(600)) { $0.fraction(seeing: victim) { $0?.status == .dead } == 1 }
-    let firstSuspicion = mesh.events.first { if case .suspected(let id, _, _) = $0.event { return id == victimID }; return false }
-    results["death_first_suspicion_rounds"] = firstSuspicion.map { rounds($0.time - crashedAt) } ?? .infinity
+    results["death_first_suspicion_rounds"] = mesh.firstSuspicion[victimID].map { rounds($0 - crashedAt) } ?? .infinity
     results["death_rounds"] = done ? rounds(mesh.now - crashedAt) : .infinity
     log("death: \(results["death_rounds"]!) rounds (\(Date().timeIntervalSince(started)) s so far)")
 }
 
 // Loss: a healthy mesh for 60 rounds; every live member declared dead by anyone is a false positive.
 for loss in [0.01, 0.05] {
-    var mesh = MembershipSimulation(configuration(loss: loss))
+    var mesh = MembershipSimulation(configuration(loss: loss), recordEvents: false)
     mesh.run(for: .seconds(60))
     let key = "false_deaths_loss_\(Int(loss * 100))pct"
     results[key] = Double(mesh.liveNodesDeclaredDead().count)
