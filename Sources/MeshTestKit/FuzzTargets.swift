@@ -7,7 +7,9 @@ import NIOCore
 /// any input: a trap here is a bug. Used by `mesh-fuzz` (libFuzzer, scripts/fuzz) and by the regression tests that
 /// replay saved crashers and seeds.
 public enum FuzzTargets {
-    public static let names = ["frames", "hello", "finish", "response", "payload", "message", "identity-line", "toml"]
+    public static let names = [
+        "frames", "hello", "finish", "response", "payload", "message", "membership", "identity-line", "toml",
+    ]
 
     /// Runs the named target; false if there is no such target.
     public static func run(_ name: String, _ data: [UInt8]) -> Bool {
@@ -18,6 +20,7 @@ public enum FuzzTargets {
         case "response": response(data)
         case "payload": _ = try? HandshakePayload(decoding: data)
         case "message": _ = try? WireMessage(decoding: data)
+        case "membership": membership(data)
         case "identity-line": _ = try? IdentityLine.parse(String(decoding: data, as: UTF8.self))
         case "toml": _ = try? PeerDescriptor(parsing: String(decoding: data, as: UTF8.self))
         default: return false
@@ -68,6 +71,20 @@ public enum FuzzTargets {
         var responder = ResponderHandshake(credentials: responderCredentials)
         guard case .success = responder.receiveHello(hello, replayCache: &cache) else { return }
         _ = responder.receiveFinish(Array(data.dropFirst(33)), trust: TrustPolicy(isOpen: true))
+    }
+
+    /// A membership message from a peer, decoded and then applied to a node that knows one member: decoding and
+    /// every merge rule must cope with whatever arrives.
+    static func membership(_ data: [UInt8]) {
+        guard let message = try? MembershipMessage(decoding: data) else { return }
+        var node = Membership(
+            identity: responderCredentials.identity.publicIdentity, address: "127.0.0.1:1", trust: TrustPolicy(isOpen: true),
+            signer: .unsigned, settings: .localTesting, seed: 1, now: .zero)
+        let peer = initiatorCredentials.identity.publicIdentity
+        let record = MemberRecord(identity: peer, address: "127.0.0.1:2", incarnation: 0, capabilities: [], load: 0, signer: .unsigned)
+        _ = node.receive(.gossip(updates: [.alive(record)]), from: peer.nodeID, now: .zero)
+        _ = node.receive(message, from: peer.nodeID, now: .milliseconds(1))
+        _ = node.tick(now: .seconds(60))
     }
 
     /// An initiator reading a responder's msg2.
