@@ -1,0 +1,187 @@
+/// A task's id: 16 random bytes chosen by the submitting node, written as 32 hex digits. It makes every step of
+/// the task protocol idempotent: a repeated offer, result or acknowledgement for the same id and epoch is harmless.
+public struct TaskID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public let high: UInt64
+    public let low: UInt64
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    public init(using generator: inout some RandomNumberGenerator) {
+        self.init(high: generator.next(), low: generator.next())
+    }
+
+    public init?(hex: some StringProtocol) {
+        guard let bytes = Hex.decode(hex), bytes.count == 16 else { return nil }
+        self.high = bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
+        self.low = bytes[8..<16].reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    public var description: String {
+        Hex.encode((0..<8).map { UInt8(truncatingIfNeeded: self.high >> (56 - 8 * $0)) }
+            + (0..<8).map { UInt8(truncatingIfNeeded: self.low >> (56 - 8 * $0)) })
+    }
+
+    public static func < (lhs: TaskID, rhs: TaskID) -> Bool { (lhs.high, lhs.low) < (rhs.high, rhs.low) }
+}
+
+/// Why an executor would not take a task. The submitter routes the task elsewhere.
+public enum DeclineReason: UInt8, Sendable, Equatable, CustomStringConvertible {
+    case busy = 1
+    case rateLimited = 2
+    case unknownCapability = 3
+    case draining = 4
+    /// The offer's epoch is older than one the executor already accepted for this task.
+    case staleEpoch = 5
+
+    public var description: String {
+        switch self {
+        case .busy: return "busy"
+        case .rateLimited: return "rate_limited"
+        case .unknownCapability: return "unknown_capability"
+        case .draining: return "draining"
+        case .staleEpoch: return "stale_epoch"
+        }
+    }
+}
+
+/// How one run of a task ended.
+public enum TaskOutcome: Sendable, Equatable {
+    /// The executor's output (JSON for every built-in executor).
+    case success([UInt8])
+    case failure(String)
+    case canceled
+}
+
+/// An offer of a task to a capable member. `epoch` numbers the attempts: a newer epoch supersedes older ones.
+/// `timeRemaining` is relative, so the two nodes' clocks never have to agree.
+public struct TaskOffer: Sendable, Equatable {
+    public let id: TaskID
+    public let epoch: UInt32
+    public let capability: String
+    public let input: [UInt8]
+    public let timeRemaining: Duration
+
+    public init(id: TaskID, epoch: UInt32, capability: String, input: [UInt8], timeRemaining: Duration) {
+        self.id = id
+        self.epoch = epoch
+        self.capability = capability
+        self.input = input
+        self.timeRemaining = timeRemaining
+    }
+}
+
+/// The peer-to-peer task protocol: offers go from the submitting node to an executor, results come straight
+/// back, and both ends keep what they need until the other acknowledges it.
+public enum TaskMessage: Sendable, Equatable {
+    case offer(TaskOffer)
+    /// The executor has persisted the task and commits to run it.
+    case accept(TaskID, epoch: UInt32)
+    case decline(TaskID, epoch: UInt32, reason: DeclineReason)
+    case result(TaskID, epoch: UInt32, outcome: TaskOutcome)
+    /// The submitter has persisted the result; the executor may forget it.
+    case resultAck(TaskID, epoch: UInt32)
+    case cancel(TaskID, epoch: UInt32)
+
+    public static let maximumInputLength = 16 * 1024 * 1024 - 1024
+
+    public var taskID: TaskID {
+        switch self {
+        case .offer(let offer): return offer.id
+        case .accept(let id, _), .decline(let id, _, _), .result(let id, _, _), .resultAck(let id, _), .cancel(let id, _):
+            return id
+        }
+    }
+
+    public func encoded() -> [UInt8] {
+        var writer = ByteWriter(capacity: 64)
+        func header(_ tag: UInt8, _ id: TaskID, _ epoch: UInt32) {
+            writer.u8(tag)
+            writer.u64(id.high)
+            writer.u64(id.low)
+            writer.u32(epoch)
+        }
+        switch self {
+        case .offer(let offer):
+            header(1, offer.id, offer.epoch)
+            writer.shortString(offer.capability)
+            writer.u64(UInt64(max(0, offer.timeRemaining.components.seconds)) * 1000
+                + UInt64(max(0, offer.timeRemaining.components.attoseconds) / 1_000_000_000_000_000))
+            writer.longBytes(offer.input)
+        case .accept(let id, let epoch):
+            header(2, id, epoch)
+        case .decline(let id, let epoch, let reason):
+            header(3, id, epoch)
+            writer.u8(reason.rawValue)
+        case .result(let id, let epoch, let outcome):
+            header(4, id, epoch)
+            switch outcome {
+            case .success(let output):
+                writer.u8(1)
+                writer.longBytes(output)
+            case .failure(let message):
+                writer.u8(2)
+                writer.longBytes(Array(message.utf8))
+            case .canceled:
+                writer.u8(3)
+            }
+        case .resultAck(let id, let epoch):
+            header(5, id, epoch)
+        case .cancel(let id, let epoch):
+            header(6, id, epoch)
+        }
+        return writer.bytes
+    }
+
+    public struct DecodeError: Error, Equatable, CustomStringConvertible {
+        public let description: String
+    }
+
+    public init(decoding bytes: [UInt8]) throws(DecodeError) {
+        var reader = ByteReader(bytes)
+        do {
+            let tag = try reader.u8("tag")
+            let id = TaskID(high: try reader.u64("task id"), low: try reader.u64("task id"))
+            let epoch = try reader.u32("epoch")
+            switch tag {
+            case 1:
+                let capability = try reader.shortString("capability")
+                guard Capability.isValidName(capability) else { throw DecodeError(description: "invalid capability name") }
+                let milliseconds = try reader.u64("time remaining")
+                let input = try reader.longBytes("input", limit: Self.maximumInputLength)
+                self = .offer(TaskOffer(
+                    id: id, epoch: epoch, capability: capability, input: input,
+                    timeRemaining: .milliseconds(Int64(min(milliseconds, UInt64(Int64.max / 1_000_000))))))
+            case 2:
+                self = .accept(id, epoch: epoch)
+            case 3:
+                guard let reason = DeclineReason(rawValue: try reader.u8("reason")) else {
+                    throw DecodeError(description: "unknown decline reason")
+                }
+                self = .decline(id, epoch: epoch, reason: reason)
+            case 4:
+                switch try reader.u8("outcome") {
+                case 1: self = .result(id, epoch: epoch, outcome: .success(try reader.longBytes("output", limit: Self.maximumInputLength)))
+                case 2:
+                    let message = try reader.longBytes("error", limit: 64 * 1024)
+                    self = .result(id, epoch: epoch, outcome: .failure(String(decoding: message, as: UTF8.self)))
+                case 3: self = .result(id, epoch: epoch, outcome: .canceled)
+                default: throw DecodeError(description: "unknown outcome")
+                }
+            case 5:
+                self = .resultAck(id, epoch: epoch)
+            case 6:
+                self = .cancel(id, epoch: epoch)
+            default:
+                throw DecodeError(description: "unknown task message tag \(tag)")
+            }
+            guard reader.isAtEnd else { throw DecodeError(description: "\(reader.remaining) trailing bytes") }
+        } catch let error as DecodeError {
+            throw error
+        } catch {
+            throw DecodeError(description: "malformed task message: \(error)")
+        }
+    }
+}

@@ -1,0 +1,344 @@
+/// The lifecycle states of a task as its submitting node sees them.
+public enum TaskState: String, Sendable, Equatable, CaseIterable, CustomStringConvertible {
+    case submitted, offered, running, completed, failed, canceled, expired
+
+    public var isTerminal: Bool {
+        switch self {
+        case .completed, .failed, .canceled, .expired: return true
+        case .submitted, .offered, .running: return false
+        }
+    }
+
+    public var description: String { self.rawValue }
+}
+
+/// The submitting side of the task protocol, as a pure state machine: the node that takes a task from a client owns
+/// it until it ends. It picks a capable member by capability and load, offers the task with an attempt epoch,
+/// moves to the next candidate on a decline, retries with exponential back-off and jitter after a timeout or a
+/// failure, keeps a circuit breaker per peer, re-offers at once when membership declares the executor dead, and
+/// ignores results from superseded epochs, so a slow peer can never overwrite a newer outcome.
+public struct TaskSubmitter: Sendable {
+    public struct Settings: Sendable {
+        /// An offer with neither accept nor decline by then counts as a failed attempt.
+        public var offerTimeout: Duration = .seconds(2)
+        public var retryInitialDelay: Duration = .milliseconds(100)
+        public var retryMaximumDelay: Duration = .seconds(5)
+        /// Consecutive failed attempts on one peer that open its breaker, and how long it stays open.
+        public var breakerThreshold = 3
+        public var breakerCooldown: Duration = .seconds(30)
+        public init() {}
+    }
+
+    /// A member that could run tasks: its capabilities (name → capacity) and current load.
+    public struct Candidate: Sendable, Equatable {
+        public let id: NodeID
+        public let capabilities: [String: Int]
+        public let load: Int
+
+        public init(id: NodeID, capabilities: [String: Int], load: Int) {
+            self.id = id
+            self.capabilities = capabilities
+            self.load = load
+        }
+    }
+
+    public enum AttemptOutcome: Sendable, Equatable {
+        case declined(DeclineReason)
+        case timedOut
+        case peerDied
+        case completed
+        case failed(String)
+        case canceled
+        case superseded
+    }
+
+    /// One offer of the task to one peer.
+    public struct Attempt: Sendable, Equatable {
+        public let epoch: UInt32
+        public let peer: NodeID
+        public let offeredAt: Duration
+        public internal(set) var acceptedAt: Duration?
+        public internal(set) var endedAt: Duration?
+        public internal(set) var outcome: AttemptOutcome?
+    }
+
+    public struct SubmittedTask: Sendable, Equatable {
+        public let id: TaskID
+        public let capability: String
+        public let input: [UInt8]
+        public let submittedAt: Duration
+        public let deadline: Duration
+        public let maximumAttempts: Int
+        public internal(set) var state: TaskState
+        public internal(set) var attempts: [Attempt]
+        public internal(set) var outcome: TaskOutcome?
+        /// Why the task failed or expired, in one sentence.
+        public internal(set) var error: String?
+        var nextOfferAt: Duration?
+        var failures = 0
+        /// Peers that declined in the current round; skipped until the round starts over.
+        var declinedBy: Set<NodeID> = []
+
+        public var currentAttempt: Attempt? { self.attempts.last }
+    }
+
+    public enum Directive: Sendable, Equatable {
+        case send(TaskMessage, to: NodeID)
+        /// Make the task's new state durable (before the client or the executor is told anything that depends on it).
+        case persist(SubmittedTask)
+        /// The task reached a terminal state: wake whoever waits for it.
+        case finished(SubmittedTask)
+    }
+
+    public let settings: Settings
+    public let local: NodeID
+    private var candidates: [Candidate] = []
+    private var tasks: [TaskID: SubmittedTask] = [:]
+    private var breakers: [NodeID: (failures: Int, openUntil: Duration?)] = [:]
+    private var random: SplitMix64
+
+    public init(local: NodeID, settings: Settings = .init(), seed: UInt64) {
+        self.local = local
+        self.settings = settings
+        self.random = SplitMix64(seed: seed)
+    }
+
+    public func task(_ id: TaskID) -> SubmittedTask? { self.tasks[id] }
+    public var allTasks: [SubmittedTask] { self.tasks.values.sorted { $0.submittedAt < $1.submittedAt } }
+
+    // MARK: - Events
+
+    /// A client submitted a task. The first directive persists it; the shell answers the client after that.
+    public mutating func submit(
+        id: TaskID, capability: String, input: [UInt8], timeout: Duration, maximumAttempts: Int, now: Duration
+    ) -> [Directive] {
+        guard self.tasks[id] == nil else { return [] }  // a repeated submission of the same id is the same task
+        let task = SubmittedTask(
+            id: id, capability: capability, input: input, submittedAt: now, deadline: now + timeout,
+            maximumAttempts: max(1, maximumAttempts), state: .submitted, attempts: [], outcome: nil, error: nil,
+            nextOfferAt: now)
+        self.tasks[id] = task
+        var directives: [Directive] = [.persist(task)]
+        self.offer(id, now: now, into: &directives)
+        return directives
+    }
+
+    /// The members that could run tasks changed (membership or load). Waiting tasks get another chance.
+    public mutating func candidatesChanged(_ candidates: [Candidate], now: Duration) -> [Directive] {
+        self.candidates = candidates.sorted { $0.id < $1.id }
+        var directives: [Directive] = []
+        for id in self.tasks.keys.sorted() where self.tasks[id]?.state == .submitted {
+            if let next = self.tasks[id]?.nextOfferAt, next <= now { self.offer(id, now: now, into: &directives) }
+        }
+        return directives
+    }
+
+    /// Membership declared `peer` dead: every task offered to or running on it is re-offered at once.
+    public mutating func peerDied(_ peer: NodeID, now: Duration) -> [Directive] {
+        self.candidates.removeAll { $0.id == peer }
+        var directives: [Directive] = []
+        for id in self.tasks.keys.sorted() {
+            guard let task = self.tasks[id], !task.state.isTerminal, task.currentAttempt?.peer == peer,
+                task.currentAttempt?.outcome == nil
+            else { continue }
+            self.endAttempt(id, .peerDied, now: now)
+            self.tasks[id]?.nextOfferAt = now
+            self.offer(id, now: now, into: &directives)
+        }
+        return directives
+    }
+
+    public mutating func receive(_ message: TaskMessage, from peer: NodeID, now: Duration) -> [Directive] {
+        var directives: [Directive] = []
+        let id = message.taskID
+        guard var task = self.tasks[id] else {
+            // A result for a task this node never offered: acknowledge nothing, change nothing.
+            return directives
+        }
+        let current = task.currentAttempt
+        switch message {
+        case .accept(_, let epoch):
+            guard let current, current.epoch == epoch, current.peer == peer, task.state == .offered else { break }
+            task.state = .running
+            task.attempts[task.attempts.count - 1].acceptedAt = now
+            self.tasks[id] = task
+            directives.append(.persist(task))
+
+        case .decline(_, let epoch, let reason):
+            guard let current, current.epoch == epoch, current.peer == peer, current.outcome == nil else { break }
+            self.endAttempt(id, .declined(reason), now: now)
+            self.tasks[id]?.declinedBy.insert(peer)
+            self.tasks[id]?.nextOfferAt = now
+            self.offer(id, now: now, into: &directives)
+
+        case .result(_, let epoch, let outcome):
+            // Acknowledge every result from the peer that ran it, so it can forget it, even a superseded one.
+            guard let attempt = task.attempts.last(where: { $0.epoch == epoch }), attempt.peer == peer else { break }
+            if task.state.isTerminal || epoch != current?.epoch {
+                directives.append(.send(.resultAck(id, epoch: epoch), to: peer))
+                break
+            }
+            switch outcome {
+            case .success:
+                self.endAttempt(id, .completed, now: now)
+                self.breakers[peer] = nil
+                self.finish(id, .completed, outcome: outcome, error: nil, into: &directives)
+            case .canceled:
+                self.endAttempt(id, .canceled, now: now)
+                self.finish(id, .canceled, outcome: outcome, error: nil, into: &directives)
+            case .failure(let message):
+                self.endAttempt(id, .failed(message), now: now)
+                self.recordFailure(of: peer, now: now)
+                if self.tasks[id]!.attempts.count >= task.maximumAttempts {
+                    self.finish(id, .failed, outcome: outcome, error: message, into: &directives)
+                } else {
+                    self.scheduleRetry(id, now: now)
+                    directives.append(.persist(self.tasks[id]!))
+                }
+            }
+            directives.append(.send(.resultAck(id, epoch: epoch), to: peer))
+
+        case .offer, .resultAck, .cancel:
+            break  // executor-side messages
+        }
+        return directives
+    }
+
+    /// The client cancelled: a running attempt is told to stop; the task ends as canceled either way.
+    public mutating func cancel(_ id: TaskID, now: Duration) -> [Directive] {
+        guard let task = self.tasks[id], !task.state.isTerminal else { return [] }
+        var directives: [Directive] = []
+        if let current = task.currentAttempt, current.outcome == nil {
+            directives.append(.send(.cancel(id, epoch: current.epoch), to: current.peer))
+            self.endAttempt(id, .canceled, now: now)
+        }
+        self.finish(id, .canceled, outcome: .canceled, error: nil, into: &directives)
+        return directives
+    }
+
+    /// Offer timeouts, due retries and deadlines.
+    public mutating func tick(now: Duration) -> [Directive] {
+        var directives: [Directive] = []
+        for id in self.tasks.keys.sorted() {
+            guard let task = self.tasks[id], !task.state.isTerminal else { continue }
+            if now >= task.deadline {
+                if let current = task.currentAttempt, current.outcome == nil {
+                    directives.append(.send(.cancel(id, epoch: current.epoch), to: current.peer))
+                    self.endAttempt(id, .timedOut, now: now)
+                }
+                let reason = self.hasCandidate(for: task.capability)
+                    ? "deadline passed after \(task.attempts.count) attempt(s)"
+                    : "no member offers \(task.capability)"
+                self.finish(id, .expired, outcome: nil, error: reason, into: &directives)
+                continue
+            }
+            if task.state == .offered, let current = task.currentAttempt, now - current.offeredAt >= self.settings.offerTimeout {
+                self.endAttempt(id, .timedOut, now: now)
+                self.recordFailure(of: current.peer, now: now)
+                self.scheduleRetry(id, now: now)
+            }
+            if self.tasks[id]?.state == .submitted, let next = self.tasks[id]?.nextOfferAt, now >= next {
+                self.offer(id, now: now, into: &directives)
+            }
+        }
+        return directives
+    }
+
+    // MARK: - Offering
+
+    private func hasCandidate(for capability: String) -> Bool {
+        self.candidates.contains { $0.capabilities[capability] != nil }
+    }
+
+    /// Least loaded relative to capacity first; this node only when strictly better than every other member.
+    private mutating func choose(for task: SubmittedTask, now: Duration) -> NodeID? {
+        let usable = self.candidates.filter { candidate in
+            guard let capacity = candidate.capabilities[task.capability], capacity > 0 else { return false }
+            if task.declinedBy.contains(candidate.id) { return false }
+            if let openUntil = self.breakers[candidate.id]?.openUntil, now < openUntil { return false }
+            return true
+        }
+        func score(_ candidate: Candidate) -> Double {
+            Double(candidate.load) / Double(candidate.capabilities[task.capability] ?? 1)
+        }
+        guard let best = usable.map(score).min() else { return nil }
+        let remote = usable.filter { $0.id != self.local && score($0) == best }
+        if let pick = remote.randomElement(using: &self.random) { return pick.id }
+        return usable.first { $0.id == self.local && score($0) == best }?.id
+    }
+
+    private mutating func offer(_ id: TaskID, now: Duration, into directives: inout [Directive]) {
+        guard var task = self.tasks[id], !task.state.isTerminal else { return }
+        if task.attempts.count >= task.maximumAttempts {
+            let last = task.error ?? "no attempt succeeded"
+            self.finish(id, .failed, outcome: nil, error: "gave up after \(task.attempts.count) attempts: \(last)", into: &directives)
+            return
+        }
+        let peer = self.choose(for: task, now: now)
+        if peer == nil, !task.declinedBy.isEmpty {
+            // Everyone declined this round: start a new round after a back-off.
+            task.declinedBy = []
+            self.tasks[id] = task
+            self.scheduleRetry(id, now: now)
+            return
+        }
+        guard let chosen = peer else {
+            task.state = .submitted
+            task.nextOfferAt = now + self.settings.retryMaximumDelay
+            self.tasks[id] = task
+            return
+        }
+        let epoch = UInt32(task.attempts.count + 1)
+        task.attempts.append(Attempt(epoch: epoch, peer: chosen, offeredAt: now))
+        task.state = .offered
+        task.nextOfferAt = nil
+        self.tasks[id] = task
+        directives.append(.persist(task))
+        directives.append(.send(
+            .offer(TaskOffer(
+                id: id, epoch: epoch, capability: task.capability, input: task.input, timeRemaining: task.deadline - now)),
+            to: chosen))
+    }
+
+    private mutating func scheduleRetry(_ id: TaskID, now: Duration) {
+        guard var task = self.tasks[id] else { return }
+        var backoff = Backoff(initial: self.settings.retryInitialDelay, maximum: self.settings.retryMaximumDelay)
+        for _ in 0..<task.failures { _ = backoff.nextDelay(using: &self.random) }
+        task.failures += 1
+        task.state = .submitted
+        task.nextOfferAt = now + backoff.nextDelay(using: &self.random)
+        self.tasks[id] = task
+    }
+
+    private mutating func endAttempt(_ id: TaskID, _ outcome: AttemptOutcome, now: Duration) {
+        guard var task = self.tasks[id], !task.attempts.isEmpty, task.attempts[task.attempts.count - 1].outcome == nil
+        else { return }
+        task.attempts[task.attempts.count - 1].outcome = outcome
+        task.attempts[task.attempts.count - 1].endedAt = now
+        if case .failed(let message) = outcome { task.error = message }
+        self.tasks[id] = task
+    }
+
+    private mutating func recordFailure(of peer: NodeID, now: Duration) {
+        var breaker = self.breakers[peer] ?? (0, nil)
+        breaker.failures += 1
+        if breaker.failures >= self.settings.breakerThreshold {
+            breaker.openUntil = now + self.settings.breakerCooldown
+            breaker.failures = 0
+        }
+        self.breakers[peer] = breaker
+    }
+
+    private mutating func finish(
+        _ id: TaskID, _ state: TaskState, outcome: TaskOutcome?, error: String?, into directives: inout [Directive]
+    ) {
+        guard var task = self.tasks[id] else { return }
+        task.state = state
+        task.outcome = outcome
+        if let error { task.error = error }
+        task.nextOfferAt = nil
+        self.tasks[id] = task
+        directives.append(.persist(task))
+        directives.append(.finished(task))
+    }
+}

@@ -1,0 +1,277 @@
+import MeshCore
+import MeshTestKit
+import Testing
+
+/// The submitter and executors pumped against each other in memory, with a manual clock.
+@Suite struct TaskProtocolTests {
+    static let a = NodeID(high: 1, low: 1)
+    static let b = NodeID(high: 2, low: 2)
+    static let c = NodeID(high: 3, low: 3)
+
+    struct Mesh {
+        var submitter = TaskSubmitter(local: TaskProtocolTests.a, seed: 1)
+        var runners: [NodeID: TaskRunner] = [:]
+        var now: Duration = .zero
+        /// Peers that receive nothing (dead or unreachable).
+        var silent: Set<NodeID> = []
+        var executed: [(NodeID, TaskID, UInt32)] = []
+        var persisted: [TaskSubmitter.SubmittedTask] = []
+        var finished: [TaskSubmitter.SubmittedTask] = []
+        /// Runs that started but have not finished, by executor.
+        var inFlight: [(NodeID, TaskID)] = []
+        var stopped: [(NodeID, TaskID)] = []
+
+        init(runners: [NodeID: [String: Int]]) {
+            for (id, capacity) in runners { self.runners[id] = TaskRunner(capacity: capacity) }
+            let candidates = runners.map { TaskSubmitter.Candidate(id: $0.key, capabilities: $0.value, load: 0) }
+            _ = self.submitter.candidatesChanged(candidates, now: .zero)
+        }
+
+        mutating func apply(_ directives: [TaskSubmitter.Directive]) {
+            var queue: [(TaskMessage, NodeID, NodeID)] = []  // message, from, to
+            for directive in directives {
+                switch directive {
+                case .send(let message, let to): queue.append((message, TaskProtocolTests.a, to))
+                case .persist(let task): self.persisted.append(task)
+                case .finished(let task): self.finished.append(task)
+                }
+            }
+            self.deliver(queue)
+        }
+
+        mutating func deliver(_ initial: [(TaskMessage, NodeID, NodeID)]) {
+            var queue = initial
+            while !queue.isEmpty {
+                let (message, from, to) = queue.removeFirst()
+                guard !self.silent.contains(to), !self.silent.contains(from) else { continue }
+                if to == TaskProtocolTests.a {
+                    for directive in self.submitter.receive(message, from: from, now: self.now) {
+                        switch directive {
+                        case .send(let reply, let target): queue.append((reply, TaskProtocolTests.a, target))
+                        case .persist(let task): self.persisted.append(task)
+                        case .finished(let task): self.finished.append(task)
+                        }
+                    }
+                } else if var runner = self.runners[to] {
+                    let directives = runner.receive(message, from: from, now: self.now)
+                    self.runners[to] = runner
+                    queue += self.runnerEffects(directives, at: to)
+                }
+            }
+        }
+
+        mutating func runnerEffects(_ directives: [TaskRunner.Directive], at node: NodeID) -> [(TaskMessage, NodeID, NodeID)] {
+            var out: [(TaskMessage, NodeID, NodeID)] = []
+            for directive in directives {
+                switch directive {
+                case .send(let message, let to): out.append((message, node, to))
+                case .start(let task):
+                    self.executed.append((node, task.id, task.epoch))
+                    self.inFlight.append((node, task.id))
+                case .stop(let id):
+                    self.stopped.append((node, id))
+                    var runner = self.runners[node]!
+                    out += self.runnerEffects(runner.finished(id, outcome: .canceled, now: self.now), at: node)
+                    self.runners[node] = runner
+                case .persistAccepted, .persistResult, .forget: break
+                }
+            }
+            return out
+        }
+
+        /// Completes every run in flight with `output`.
+        mutating func completeRuns(output: [UInt8] = Array("{\"ok\":true}".utf8)) {
+            let runs = self.inFlight
+            self.inFlight = []
+            for (node, id) in runs where !self.silent.contains(node) {
+                var runner = self.runners[node]!
+                let directives = runner.finished(id, outcome: .success(output), now: self.now)
+                self.runners[node] = runner
+                self.deliver(self.runnerEffects(directives, at: node))
+            }
+        }
+
+        mutating func advance(_ duration: Duration) {
+            let end = self.now + duration
+            while self.now < end {
+                self.now += .milliseconds(10)
+                self.apply(self.submitter.tick(now: self.now))
+                for node in self.runners.keys.sorted() where !self.silent.contains(node) {
+                    var runner = self.runners[node]!
+                    let directives = runner.tick(now: self.now)
+                    self.runners[node] = runner
+                    self.deliver(self.runnerEffects(directives, at: node))
+                }
+            }
+        }
+
+        mutating func submit(capability: String = "echo", timeout: Duration = .seconds(30), attempts: Int = 5) -> TaskID {
+            var rng = SeededGenerator(seed: UInt64(self.persisted.count + 1))
+            let id = TaskID(using: &rng)
+            self.apply(self.submitter.submit(
+                id: id, capability: capability, input: Array("{}".utf8), timeout: timeout, maximumAttempts: attempts,
+                now: self.now))
+            return id
+        }
+    }
+
+    @Test func aTaskRunsOnACapablePeerAndItsResultComesBack() {
+        var mesh = Mesh(runners: [Self.b: [:], Self.c: ["echo": 2]])
+        let id = mesh.submit()
+        #expect(mesh.submitter.task(id)?.state == .running)
+        #expect(mesh.executed.map(\.0) == [Self.c])
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(id)?.state == .completed)
+        #expect(mesh.submitter.task(id)?.outcome == .success(Array("{\"ok\":true}".utf8)))
+        #expect(mesh.finished.map(\.id) == [id])
+        #expect(mesh.runners[Self.c]!.task(id) == nil, "the acknowledged result was forgotten")
+        #expect(mesh.persisted.first?.state == .submitted, "persisted before anything else happened")
+    }
+
+    @Test func aDeclineMovesTheTaskToTheNextCandidate() {
+        var mesh = Mesh(runners: [Self.b: ["echo": 1], Self.c: ["echo": 8]])
+        // Fill b so it declines as busy.
+        var busy = mesh.runners[Self.b]!
+        _ = busy.receive(.offer(TaskOffer(id: TaskID(high: 9, low: 9), epoch: 1, capability: "echo", input: [], timeRemaining: .seconds(60))), from: Self.c, now: .zero)
+        mesh.runners[Self.b] = busy
+        for _ in 0..<6 {
+            let id = mesh.submit()
+            #expect(mesh.submitter.task(id)?.state == .running)
+            #expect(mesh.submitter.task(id)?.currentAttempt?.peer == Self.c)
+        }
+        let declines = mesh.submitter.allTasks.flatMap(\.attempts).filter { $0.outcome == .declined(.busy) }
+        #expect(!declines.isEmpty)
+        #expect(declines.allSatisfy { $0.peer == Self.b })
+    }
+
+    @Test func anOfferWithNoAnswerTimesOutAndIsRetriedWithBackoff() {
+        var mesh = Mesh(runners: [Self.b: ["echo": 4], Self.c: ["echo": 4]])
+        mesh.silent = [Self.b, Self.c]
+        let id = mesh.submit(timeout: .seconds(60), attempts: 10)
+        mesh.advance(.seconds(9))
+        let attempts = mesh.submitter.task(id)!.attempts
+        #expect(attempts.count >= 3)
+        #expect(attempts.dropLast().allSatisfy { $0.outcome == .timedOut })
+        let gaps = zip(attempts.dropFirst(), attempts).map { $0.offeredAt - ($1.endedAt ?? $1.offeredAt) }
+        #expect(gaps.allSatisfy { $0 > .zero }, "retries wait for a back-off")
+        mesh.silent = []
+        mesh.advance(.seconds(8))
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(id)?.state == .completed)
+    }
+
+    @Test func aDeadExecutorsTaskIsReofferedAtOnceWithANewEpoch() {
+        var mesh = Mesh(runners: [Self.b: ["echo": 4], Self.c: ["echo": 4]])
+        let id = mesh.submit()
+        let first = mesh.submitter.task(id)!.currentAttempt!
+        mesh.silent = [first.peer]
+        mesh.apply(mesh.submitter.peerDied(first.peer, now: mesh.now))
+        let second = mesh.submitter.task(id)!.currentAttempt!
+        #expect(second.peer != first.peer)
+        #expect(second.epoch == first.epoch + 1)
+        #expect(mesh.submitter.task(id)!.attempts.first?.outcome == .peerDied)
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(id)?.state == .completed)
+    }
+
+    @Test func aResultFromASupersededEpochIsIgnoredButAcknowledged() {
+        var mesh = Mesh(runners: [Self.b: ["echo": 4], Self.c: ["echo": 4]])
+        let id = mesh.submit()
+        let first = mesh.submitter.task(id)!.currentAttempt!
+        // The first executor is wrongly declared dead; the task moves on; then the slow first result arrives.
+        mesh.apply(mesh.submitter.peerDied(first.peer, now: mesh.now))
+        let stale = mesh.submitter.receive(.result(id, epoch: first.epoch, outcome: .success([1])), from: first.peer, now: mesh.now)
+        #expect(stale == [TaskSubmitter.Directive.send(.resultAck(id, epoch: first.epoch), to: first.peer)])
+        #expect(mesh.submitter.task(id)?.state == .running)
+        #expect(mesh.submitter.task(id)?.outcome == nil)
+    }
+
+    @Test func anExecutorRefusesAStaleEpochAndNeverRunsATaskTwice() {
+        var runner = TaskRunner(capacity: ["echo": 4])
+        let id = TaskID(high: 5, low: 5)
+        func offer(_ epoch: UInt32) -> TaskMessage {
+            .offer(TaskOffer(id: id, epoch: epoch, capability: "echo", input: [], timeRemaining: .seconds(10)))
+        }
+        let first = runner.receive(offer(2), from: Self.a, now: .zero)
+        #expect(first.filter { if case .start = $0 { return true }; return false }.count == 1)
+        let stale = runner.receive(offer(1), from: Self.a, now: .zero)
+        #expect(stale == [.send(.decline(id, epoch: 1, reason: .staleEpoch), to: Self.a)])
+        let again = runner.receive(offer(3), from: Self.a, now: .zero)
+        #expect(!again.contains { if case .start = $0 { return true }; return false }, "no second run")
+        // Finished: a re-offer is answered from the stored result.
+        _ = runner.finished(id, outcome: .success([7]), now: .zero)
+        let replay = runner.receive(offer(4), from: Self.a, now: .zero)
+        #expect(replay.contains(.send(.result(id, epoch: 4, outcome: .success([7])), to: Self.a)))
+    }
+
+    @Test func resultsAreResentUntilAcknowledged() {
+        var runner = TaskRunner(capacity: ["echo": 1])
+        let id = TaskID(high: 6, low: 6)
+        _ = runner.receive(.offer(TaskOffer(id: id, epoch: 1, capability: "echo", input: [], timeRemaining: .seconds(60))), from: Self.a, now: .zero)
+        _ = runner.finished(id, outcome: .success([1]), now: .zero)
+        #expect(runner.tick(now: .seconds(1)).isEmpty)
+        #expect(runner.tick(now: .seconds(3)) == [.send(.result(id, epoch: 1, outcome: .success([1])), to: Self.a)])
+        #expect(runner.reconnected(to: Self.a, now: .seconds(3)).count == 1)
+        #expect(runner.receive(.resultAck(id, epoch: 1), from: Self.a, now: .seconds(4)) == [.forget(id)])
+        #expect(runner.tick(now: .seconds(10)).isEmpty)
+    }
+
+    @Test func cancelStopsTheRunningAttempt() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        let id = mesh.submit()
+        mesh.apply(mesh.submitter.cancel(id, now: mesh.now))
+        #expect(mesh.submitter.task(id)?.state == .canceled)
+        #expect(mesh.stopped.map(\.1) == [id], "the executor stopped its run")
+        #expect(mesh.runners[Self.c]!.task(id) == nil, "and forgot it once the canceled result was acknowledged")
+    }
+
+    @Test func aCapabilityNobodyOffersExpiresWithAClearReason() {
+        var mesh = Mesh(runners: [Self.b: ["echo": 1]])
+        let id = mesh.submit(capability: "translate", timeout: .seconds(3))
+        mesh.advance(.seconds(4))
+        #expect(mesh.submitter.task(id)?.state == .expired)
+        #expect(mesh.submitter.task(id)?.error == "no member offers translate")
+    }
+
+    @Test func aRunPastItsDeadlineIsStoppedByTheExecutor() {
+        var runner = TaskRunner(capacity: ["echo": 1])
+        let id = TaskID(high: 8, low: 8)
+        _ = runner.receive(.offer(TaskOffer(id: id, epoch: 1, capability: "echo", input: [], timeRemaining: .seconds(2))), from: Self.a, now: .zero)
+        #expect(runner.tick(now: .seconds(1)).isEmpty)
+        #expect(runner.tick(now: .seconds(2)) == [.stop(id)])
+    }
+
+    @Test func theLocalNodeIsChosenOnlyWhenStrictlyBest() {
+        var submitter = TaskSubmitter(local: Self.a, seed: 3)
+        _ = submitter.candidatesChanged([
+            .init(id: Self.a, capabilities: ["echo": 4], load: 0), .init(id: Self.b, capabilities: ["echo": 4], load: 0),
+        ], now: .zero)
+        var rng = SeededGenerator(seed: 1)
+        for _ in 0..<10 {
+            let id = TaskID(using: &rng)
+            _ = submitter.submit(id: id, capability: "echo", input: [], timeout: .seconds(5), maximumAttempts: 1, now: .zero)
+            #expect(submitter.task(id)?.currentAttempt?.peer == Self.b)
+        }
+        _ = submitter.candidatesChanged([
+            .init(id: Self.a, capabilities: ["echo": 4], load: 0), .init(id: Self.b, capabilities: ["echo": 4], load: 3),
+        ], now: .zero)
+        let id = TaskID(using: &rng)
+        _ = submitter.submit(id: id, capability: "echo", input: [], timeout: .seconds(5), maximumAttempts: 1, now: .zero)
+        #expect(submitter.task(id)?.currentAttempt?.peer == Self.a)
+    }
+
+    @Test func messagesRoundTripAndGarbageIsRefused() throws {
+        let id = TaskID(high: 0xdead, low: 0xbeef)
+        let messages: [TaskMessage] = [
+            .offer(TaskOffer(id: id, epoch: 3, capability: "echo", input: Array("{\"a\":1}".utf8), timeRemaining: .milliseconds(1500))),
+            .accept(id, epoch: 3), .decline(id, epoch: 3, reason: .rateLimited),
+            .result(id, epoch: 3, outcome: .success([1, 2])), .result(id, epoch: 3, outcome: .failure("boom")),
+            .result(id, epoch: 3, outcome: .canceled), .resultAck(id, epoch: 3), .cancel(id, epoch: 3),
+        ]
+        for message in messages { #expect(try TaskMessage(decoding: message.encoded()) == message) }
+        #expect(TaskID(hex: id.description) == id)
+        var rng = SeededGenerator(seed: 11)
+        for _ in 0..<2000 { _ = try? TaskMessage(decoding: rng.bytes(Int.random(in: 0...80, using: &rng))) }
+        #expect(throws: TaskMessage.DecodeError.self) { try TaskMessage(decoding: [1] + [UInt8](repeating: 0, count: 20) + [0xff, 0xff, 0xff, 0xff]) }
+    }
+}
