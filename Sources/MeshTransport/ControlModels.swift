@@ -52,6 +52,98 @@ public enum ControlAPI {
         public let members: [Member]
     }
 
+    /// Any JSON value, carried through Codable documents unchanged (task inputs and results).
+    public struct JSONValue: Codable, @unchecked Sendable, Equatable {
+        public let value: Any
+
+        public init(_ value: Any) { self.value = value }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.singleValueContainer()
+            if container.decodeNil() {
+                self.value = NSNull()
+            } else if let bool = try? container.decode(Bool.self) {
+                self.value = bool
+            } else if let number = try? container.decode(Double.self) {
+                self.value = number
+            } else if let string = try? container.decode(String.self) {
+                self.value = string
+            } else if let array = try? container.decode([JSONValue].self) {
+                self.value = array.map(\.value)
+            } else {
+                self.value = try container.decode([String: JSONValue].self).mapValues(\.value)
+            }
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
+            // Swift Bools and JSONSerialization's NSNumbers both bridge to Bool and to NSNumber, so tell them apart
+            // by their real type: otherwise 1 would come back as true.
+            if let bool = self.value as? Bool, type(of: self.value) == Bool.self {
+                try container.encode(bool)
+                return
+            }
+            switch self.value {
+            case is NSNull: try container.encodeNil()
+            case let number as NSNumber:
+                switch String(cString: number.objCType) {
+                case "c", "B": try container.encode(number.boolValue)
+                case "d", "f": try container.encode(number.doubleValue)
+                default: try container.encode(number.int64Value)
+                }
+            case let string as String: try container.encode(string)
+            case let array as [Any]: try container.encode(array.map(JSONValue.init))
+            case let object as [String: Any]: try container.encode(object.mapValues(JSONValue.init))
+            default: try container.encodeNil()
+            }
+        }
+
+        public static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
+            (try? JSONSerialization.data(withJSONObject: lhs.value, options: [.fragmentsAllowed, .sortedKeys]))
+                == (try? JSONSerialization.data(withJSONObject: rhs.value, options: [.fragmentsAllowed, .sortedKeys]))
+        }
+    }
+
+    public struct SubmitRequest: Codable, Sendable {
+        public let capability: String
+        public let input: JSONValue
+        public let timeoutSeconds: Double?
+        public let maxAttempts: Int?
+
+        public init(capability: String, input: JSONValue, timeoutSeconds: Double?, maxAttempts: Int?) {
+            self.capability = capability
+            self.input = input
+            self.timeoutSeconds = timeoutSeconds
+            self.maxAttempts = maxAttempts
+        }
+    }
+
+    public struct AttemptInfo: Codable, Sendable, Equatable {
+        public let epoch: Int
+        public let peer: String
+        public let peerName: String
+        public let offeredAt: Date
+        public let acceptedAt: Date?
+        public let endedAt: Date?
+        public let outcome: String?
+    }
+
+    public struct TaskInfo: Codable, Sendable, Equatable {
+        public let id: String
+        public let capability: String
+        public let state: String
+        public let submittedAt: Date
+        public let deadline: Date
+        public let attempts: [AttemptInfo]
+        public let executedBy: String?
+        public let result: JSONValue?
+        public let error: String?
+    }
+
+    public struct TaskList: Codable, Sendable, Equatable {
+        public let tasks: [TaskInfo]
+    }
+
     public struct ErrorBody: Codable, Sendable {
         public let error: String
         public init(error: String) { self.error = error }

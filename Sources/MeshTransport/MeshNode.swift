@@ -16,7 +16,7 @@ public actor MeshNode: Service {
     public nonisolated let identity: NodeIdentity
     public nonisolated let settings: NodeSettings
     private nonisolated let networkKey: NetworkKey
-    private nonisolated let logger: Logger
+    nonisolated let logger: Logger
     private nonisolated let group: any EventLoopGroup
     private nonisolated let trustStore: TrustStore
     private nonisolated let pendingHandshakes: PendingHandshakes
@@ -73,19 +73,36 @@ public actor MeshNode: Service {
     }
 
     private var state: State = .created
+    var isRunning: Bool {
+        if case .running = self.state { return true }
+        return false
+    }
     private var connections: [NodeID: PeerConnection] = [:]
     private var connectionCount: UInt64 = 0
 
     /// The SWIM state machine; created at bind, when the advertised address is known.
-    private var membership: Membership?
+    var membership: Membership?
     private nonisolated let clockOrigin = ContinuousClock.now
     private nonisolated let wallClockOrigin = Date()
-    /// Membership messages waiting for an on-demand dial to finish (bounded per peer; membership tolerates loss).
-    private var pendingSends: [NodeID: [MembershipMessage]] = [:]
+
+    /// Core time as a wall-clock date, for display only.
+    nonisolated func wallClockDate(for time: Duration) -> Date { self.wallClockOrigin + time.seconds }
+    /// Messages waiting for an on-demand dial to finish (bounded per peer; both protocols tolerate loss).
+    private var pendingSends: [NodeID: [WireMessage]] = [:]
     private static let maximumPendingSends = 32
     private nonisolated let dials: (stream: AsyncStream<(NodeID, HostAndPort)>, continuation: AsyncStream<(NodeID, HostAndPort)>.Continuation)
     private nonisolated let leaveSignal: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
     private var dialing: Set<NodeID> = []
+
+    /// The two ends of the task protocol; created at bind.
+    var submitter: TaskSubmitter?
+    var runner: TaskRunner?
+    /// Executor runs in progress, so a cancel or a deadline can stop them.
+    var executions: [TaskID: Task<Void, Never>] = [:]
+    /// Clients long-polling for a task to end.
+    var waiters: [TaskID: [UUID: CheckedContinuation<Void, Never>]] = [:]
+    var advertisedLoad = 0
+    var loadAdvertisedAt: Duration = .zero
     /// Why this node closed a session itself (pruned, duplicate), so its end is logged truthfully.
     private var closedHere: [UInt64: String] = [:]
     /// When each member last sent this node a membership message (direct evidence it is alive).
@@ -108,7 +125,7 @@ public actor MeshNode: Service {
     }
 
     /// Core time: a monotonic duration since this node started, immune to wall-clock jumps.
-    private nonisolated var now: Duration { ContinuousClock.now - self.clockOrigin }
+    nonisolated var now: Duration { ContinuousClock.now - self.clockOrigin }
 
     public enum StartError: Error, CustomStringConvertible {
         case cannotListen(HostAndPort, String)
@@ -156,6 +173,9 @@ public actor MeshNode: Service {
             identity: self.identity.publicIdentity, address: address.description,
             capabilities: self.settings.capabilities.map(\.capability), trust: self.trustStore.current(),
             signer: .ed25519(self.identity), settings: self.settings.membership, seed: seed.next(), now: self.now)
+        self.submitter = TaskSubmitter(local: self.identity.nodeID, seed: seed.next())
+        self.runner = TaskRunner(capacity: Dictionary(
+            self.settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
         self.logger.info("listening", metadata: [
             "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
             "trusted-peers": "\(self.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
@@ -221,6 +241,8 @@ public actor MeshNode: Service {
         guard case .running(let bound) = self.state else { return }
         self.state = .stopped
         self.logger.info("shutting down", metadata: ["peers": "\(self.connections.count)"])
+        for execution in self.executions.values { execution.cancel() }
+        self.wakeAllWaiters()
         let closing = self.connections.values.map { $0.channel }
         self.connections.removeAll()
         for channel in closing {
@@ -395,6 +417,8 @@ public actor MeshNode: Service {
                         break
                     case .message(.membership(let message)):
                         await self.receiveMembership(message, from: peerID)
+                    case .message(.task(let message)):
+                        await self.receiveTask(message, from: peerID)
                     case .message(let message):
                         self.logger.trace("message", metadata: ["peer": "\(peerID.short)", "kind": "\(message.kind)"])
                     case .unknownMessage(let kind):
@@ -458,6 +482,7 @@ public actor MeshNode: Service {
         for message in self.pendingSends.removeValue(forKey: peerID) ?? [] {
             self.write(message, to: peerID)
         }
+        self.submitterReconnected(peerID)
         self.pruneConnections(keeping: peerID)
         return candidate.number
     }
@@ -511,6 +536,7 @@ public actor MeshNode: Service {
         let directives = membership.tick(now: now)
         self.membership = membership
         self.handle(directives)
+        self.taskTick(now: now)
         return min(max(membership.nextDeadline - now, self.settings.membershipTick), cap)
     }
 
@@ -528,11 +554,7 @@ public actor MeshNode: Service {
         for directive in directives {
             switch directive {
             case .send(let message, let peer, let address):
-                if self.connections[peer] != nil {
-                    self.write(message, to: peer)
-                } else {
-                    self.queue(message, for: peer, address: address)
-                }
+                self.send(.membership(message), to: peer, address: address)
             case .changed(let event):
                 self.log(event)
             case .misbehaving(let peer, let reason):
@@ -541,9 +563,17 @@ public actor MeshNode: Service {
         }
     }
 
-    /// Membership is loss-tolerant: a session that cannot take more (a slow peer) drops the message rather than
-    /// queueing without bound.
-    private func write(_ message: MembershipMessage, to peer: NodeID) {
+    func send(_ message: WireMessage, to peer: NodeID, address: String) {
+        if self.connections[peer] != nil {
+            self.write(message, to: peer)
+        } else {
+            self.queue(message, for: peer, address: address)
+        }
+    }
+
+    /// Both protocols are loss-tolerant (probes repeat, offers time out, results are re-sent until acknowledged):
+    /// a session that cannot take more (a slow peer) drops the message rather than queueing without bound.
+    private func write(_ message: WireMessage, to peer: NodeID) {
         guard var connection = self.connections[peer] else { return }
         guard connection.channel.isWritable else {
             self.logger.debug("dropped membership message to a slow peer", metadata: ["peer": "\(peer.short)"])
@@ -551,10 +581,10 @@ public actor MeshNode: Service {
         }
         connection.lastActivity = .now
         self.connections[peer] = connection
-        connection.channel.writeAndFlush(WireMessage.membership(message), promise: nil)
+        connection.channel.writeAndFlush(message, promise: nil)
     }
 
-    private func queue(_ message: MembershipMessage, for peer: NodeID, address: String) {
+    private func queue(_ message: WireMessage, for peer: NodeID, address: String) {
         guard let target = try? HostAndPort(parsing: address) else { return }
         var pending = self.pendingSends[peer, default: []]
         guard pending.count < Self.maximumPendingSends else { return }
@@ -606,6 +636,7 @@ public actor MeshNode: Service {
                 "member": "\(self.memberName(id))", "incarnation": "\(incarnation)",
             ])
         case .died(let id, let incarnation, let accuser):
+            self.executorDied(id)
             self.logger.notice("member declared dead", metadata: [
                 "member": "\(self.memberName(id))", "incarnation": "\(incarnation)", "accuser": "\(self.memberName(accuser))",
             ])
@@ -678,13 +709,15 @@ public actor MeshNode: Service {
             startedAt: bound?.startedAt ?? Date())
     }
 
-    private func handleControl(_ request: ControlRequest) -> ControlResponse {
+    private func handleControl(_ request: ControlRequest) async -> ControlResponse {
         switch (request.method, request.path) {
         case ("GET", "/v1/members"): return .json(self.members())
         case ("GET", "/v1/node"): return .json(self.nodeInfo())
         case ("POST", "/v1/leave"):
             self.requestLeave()
             return .json(["leaving": true], status: 202)
+        case (_, let path) where path == "/v1/tasks" || path.hasPrefix("/v1/tasks/"):
+            return await self.handleTaskRequest(request)
         case (_, "/v1/members"), (_, "/v1/node"), (_, "/v1/leave"):
             return .error(405, "\(request.method) is not allowed on \(request.path)")
         default: return .error(404, "no such endpoint: \(request.path)")

@@ -36,6 +36,8 @@ public struct NodeSettings: Sendable {
     /// First and largest delay between re-dials of a join address.
     public var redialInitialDelay: Duration = .milliseconds(250)
     public var redialMaximumDelay: Duration = .seconds(30)
+    /// Largest task input a client may submit, in bytes of JSON.
+    public var maximumTaskInput = 1024 * 1024
     /// Largest message a peer may send (reassembled from frames).
     public var maximumMessageLength = SecureSession.defaultMaximumMessageLength
 

@@ -276,7 +276,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
                 return  // its arrival already refreshed `lastInbound`
             case .welcome:
                 self.fail(context: context, .protocolViolation("welcome after the session was established"))
-            case .membership:
+            case .membership, .task:
                 context.fireChannelRead(self.wrapInboundOut(.message(message)))
             }
         } catch .unknownKind(let kind) {

@@ -13,12 +13,15 @@ public enum WireMessage: Equatable, Sendable {
     case welcome
     /// SWIM membership traffic (probes, acks, gossip, push-pull).
     case membership(MembershipMessage)
+    /// The task protocol: offers, accepts, declines, results, acknowledgements, cancels.
+    case task(TaskMessage)
 
     public enum Kind: UInt8, Sendable {
         case ping = 1
         case pong = 2
         case welcome = 3
         case membership = 4
+        case task = 5
     }
 
     public enum DecodeError: Error, Equatable, CustomStringConvertible {
@@ -26,6 +29,7 @@ public enum WireMessage: Equatable, Sendable {
         case unknownKind(UInt8)
         case malformed(Kind)
         case membership(MembershipMessage.DecodeError)
+        case task(TaskMessage.DecodeError)
 
         public var description: String {
             switch self {
@@ -33,6 +37,7 @@ public enum WireMessage: Equatable, Sendable {
             case .unknownKind(let kind): return "unknown message kind \(kind)"
             case .malformed(let kind): return "malformed \(kind) message"
             case .membership(let error): return error.description
+            case .task(let error): return error.description
             }
         }
     }
@@ -43,6 +48,7 @@ public enum WireMessage: Equatable, Sendable {
         case .pong: return .pong
         case .welcome: return .welcome
         case .membership: return .membership
+        case .task: return .task
         }
     }
 
@@ -54,6 +60,8 @@ public enum WireMessage: Equatable, Sendable {
         case .welcome:
             break
         case .membership(let message):
+            bytes += message.encoded()
+        case .task(let message):
             bytes += message.encoded()
         }
         return bytes
@@ -73,6 +81,8 @@ public enum WireMessage: Equatable, Sendable {
             self = .welcome
         case .membership:
             do { self = .membership(try MembershipMessage(decoding: Array(body))) } catch { throw .membership(error) }
+        case .task:
+            do { self = .task(try TaskMessage(decoding: Array(body))) } catch { throw .task(error) }
         }
     }
 }

@@ -11,7 +11,10 @@ struct AgentMesh: AsyncParsableCommand {
             shared network key; the client commands talk to the running node through DIR/control.sock.
             """,
         version: "0.1.0",
-        subcommands: [Init.self, Id.self, Trust.self, Run.self, Members.self, Leave.self]
+        subcommands: [
+            Init.self, Id.self, Trust.self, Run.self, Members.self, Submit.self, Tasks.self, TaskCommand.self,
+            Cancel.self, Leave.self,
+        ]
     )
 }
 

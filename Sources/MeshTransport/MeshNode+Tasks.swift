@@ -1,0 +1,268 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshWire
+
+/// The node's part in the task protocol: it drives ``TaskSubmitter`` for tasks clients submit here and
+/// ``TaskRunner`` for tasks peers offer, delivers offers to itself without the network, runs executors, and serves
+/// the task endpoints of the control API.
+extension MeshNode {
+    // MARK: - Events
+
+    func receiveTask(_ message: TaskMessage, from peer: NodeID) {
+        guard self.isRunning else { return }
+        switch message {
+        case .offer, .resultAck, .cancel:
+            self.runTaskRunner { $0.receive(message, from: peer, now: self.now) }
+        case .accept, .decline, .result:
+            self.runSubmitter { $0.receive(message, from: peer, now: self.now) }
+        }
+    }
+
+    func taskTick(now: Duration) {
+        self.runSubmitter { submitter in
+            submitter.candidatesChanged(self.taskCandidates(), now: now) + submitter.tick(now: now)
+        }
+        self.runTaskRunner { $0.tick(now: now) }
+        self.advertiseLoadIfChanged(now: now)
+    }
+
+    /// Membership declared a member dead: tasks it was running are offered elsewhere at once.
+    func executorDied(_ peer: NodeID) {
+        self.runSubmitter { $0.peerDied(peer, now: self.now) }
+    }
+
+    /// A session with a submitter is back: it gets every result it has not acknowledged.
+    func submitterReconnected(_ peer: NodeID) {
+        self.runTaskRunner { $0.reconnected(to: peer, now: self.now) }
+    }
+
+    /// Alive members and their capabilities, with this node's own live load.
+    private func taskCandidates() -> [TaskSubmitter.Candidate] {
+        var candidates: [TaskSubmitter.Candidate] = []
+        if let runner = self.runner, !runner.capacity.isEmpty {
+            candidates.append(.init(id: self.identity.nodeID, capabilities: runner.capacity, load: runner.load))
+        }
+        for view in self.membership?.view ?? [] where view.status == .alive && !view.record.capabilities.isEmpty {
+            candidates.append(.init(
+                id: view.record.nodeID,
+                capabilities: Dictionary(
+                    view.record.capabilities.map { ($0.name, Int($0.capacity)) }, uniquingKeysWith: { first, _ in first }),
+                load: Int(view.record.load)))
+        }
+        return candidates
+    }
+
+    /// Load travels in the signed member record; re-signing on every task would flood gossip, so at most once a second.
+    private func advertiseLoadIfChanged(now: Duration) {
+        guard let load = self.runner?.load, load != self.advertisedLoad, now - self.loadAdvertisedAt >= .seconds(1),
+            var membership = self.membership
+        else { return }
+        self.advertisedLoad = load
+        self.loadAdvertisedAt = now
+        _ = membership.updateLocal(load: UInt32(load))
+        self.membership = membership
+    }
+
+    // MARK: - Driving the machines
+
+    private func runSubmitter(_ event: (inout TaskSubmitter) -> [TaskSubmitter.Directive]) {
+        guard var submitter = self.submitter else { return }
+        let directives = event(&submitter)
+        self.submitter = submitter
+        for directive in directives {
+            switch directive {
+            case .send(let message, let peer):
+                self.deliver(message, to: peer)
+            case .persist:
+                break  // durable storage arrives with the task store
+            case .finished(let task):
+                self.logger.info("task finished", metadata: [
+                    "task": "\(task.id)", "state": "\(task.state)", "attempts": "\(task.attempts.count)",
+                    "error": "\(task.error ?? "-")",
+                ])
+                self.wakeWaiters(for: task.id)
+            }
+        }
+    }
+
+    private func runTaskRunner(_ event: (inout TaskRunner) -> [TaskRunner.Directive]) {
+        guard var runner = self.runner else { return }
+        let directives = event(&runner)
+        self.runner = runner
+        for directive in directives {
+            switch directive {
+            case .send(let message, let peer):
+                self.deliver(message, to: peer)
+            case .start(let task):
+                self.startExecution(task)
+            case .stop(let id):
+                self.executions[id]?.cancel()
+            case .persistAccepted, .persistResult, .forget:
+                break  // durable storage arrives with the task store
+            }
+        }
+    }
+
+    /// Offers to this node go to its own runner, and its results to its own submitter, without the network.
+    private func deliver(_ message: TaskMessage, to peer: NodeID) {
+        if peer == self.identity.nodeID {
+            self.receiveTask(message, from: peer)
+            return
+        }
+        let address = self.membership?.member(peer)?.record.address ?? ""
+        self.send(.task(message), to: peer, address: address)
+    }
+
+    private func startExecution(_ task: TaskRunner.AcceptedTask) {
+        guard let spec = self.settings.capabilities.first(where: { $0.name == task.capability }) else {
+            self.runTaskRunner { $0.finished(task.id, outcome: .failure("no executor for \(task.capability)"), now: self.now) }
+            return
+        }
+        let timeout = task.deadline - self.now
+        self.executions[task.id] = Task {
+            let outcome = await TaskExecution.run(spec.executor, input: task.input, timeout: timeout)
+            self.executionFinished(task.id, outcome: outcome)
+        }
+    }
+
+    private func executionFinished(_ id: TaskID, outcome: TaskOutcome) {
+        self.executions[id] = nil
+        self.runTaskRunner { $0.finished(id, outcome: outcome, now: self.now) }
+    }
+
+    // MARK: - Waiting
+
+    private func wakeWaiters(for id: TaskID) {
+        for continuation in self.waiters.removeValue(forKey: id)?.values ?? [:].values { continuation.resume() }
+    }
+
+    func wakeAllWaiters() {
+        for id in Array(self.waiters.keys) { self.wakeWaiters(for: id) }
+    }
+
+    /// Waits until the task ends or `timeout` passes, whichever is first.
+    private func waitForTask(_ id: TaskID, timeout: Duration) async {
+        guard let task = self.submitter?.task(id), !task.state.isTerminal, timeout > .zero else { return }
+        let token = UUID()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            self.waiters[id, default: [:]][token] = continuation
+            Task {
+                try? await Task.sleep(for: timeout)
+                self.expireWaiter(id, token)
+            }
+        }
+    }
+
+    private func expireWaiter(_ id: TaskID, _ token: UUID) {
+        self.waiters[id]?.removeValue(forKey: token)?.resume()
+    }
+
+    // MARK: - Control API
+
+    func handleTaskRequest(_ request: ControlRequest) async -> ControlResponse {
+        let parts = request.path.split(separator: "/").map(String.init)  // ["v1", "tasks", id?, "cancel"?]
+        switch (request.method, parts.count) {
+        case ("POST", 2):
+            return self.submitTask(request.body)
+        case ("GET", 2):
+            let state = request.query["state"]
+            if let state, TaskState(rawValue: state) == nil {
+                return .error(400, "unknown state '\(state)': use one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let tasks = (self.submitter?.allTasks ?? []).filter { state == nil || $0.state.rawValue == state }
+            return .json(ControlAPI.TaskList(tasks: tasks.map(self.taskInfo)))
+        case ("GET", 3):
+            guard let id = TaskID(hex: parts[2]) else { return .error(400, "'\(parts[2])' is not a task id") }
+            guard self.submitter?.task(id) != nil else { return .error(404, "no task \(parts[2]) on this node") }
+            if let wait = request.query["wait"] {
+                guard let seconds = Double(wait), seconds >= 0, seconds <= 3600 else {
+                    return .error(400, "wait must be a number of seconds from 0 to 3600")
+                }
+                await self.waitForTask(id, timeout: .milliseconds(Int64(seconds * 1000)))
+            }
+            guard let task = self.submitter?.task(id) else { return .error(404, "no task \(parts[2]) on this node") }
+            return .json(self.taskInfo(task))
+        case ("POST", 4) where parts[3] == "cancel":
+            guard let id = TaskID(hex: parts[2]), self.submitter?.task(id) != nil else {
+                return .error(404, "no task \(parts[2]) on this node")
+            }
+            self.runSubmitter { $0.cancel(id, now: self.now) }
+            return .json(self.taskInfo(self.submitter!.task(id)!))
+        default:
+            return .error(404, "no such endpoint: \(request.method) \(request.path)")
+        }
+    }
+
+    private func submitTask(_ body: [UInt8]) -> ControlResponse {
+        let request: ControlAPI.SubmitRequest
+        do {
+            request = try ControlAPI.decoder().decode(ControlAPI.SubmitRequest.self, from: Data(body))
+        } catch {
+            return .error(400, "the request is not a task: send JSON like {\"capability\": \"NAME\", \"input\": {…}}")
+        }
+        guard Capability.isValidName(request.capability) else {
+            return .error(400, "capability name '\(request.capability)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
+        }
+        let input: Data
+        do {
+            input = try JSONSerialization.data(withJSONObject: request.input.value, options: [.fragmentsAllowed, .sortedKeys])
+        } catch {
+            return .error(400, "the input is not JSON")
+        }
+        guard input.count <= self.settings.maximumTaskInput else {
+            return .error(413, "the input has \(input.count) bytes; this node accepts at most \(self.settings.maximumTaskInput)")
+        }
+        let timeout = request.timeoutSeconds ?? 60
+        guard timeout > 0, timeout <= 86_400 else { return .error(400, "timeout_seconds must be between 0 and 86400") }
+        let attempts = request.maxAttempts ?? 5
+        guard (1...100).contains(attempts) else { return .error(400, "max_attempts must be between 1 and 100") }
+        var generator = SystemRandomNumberGenerator()
+        let id = TaskID(using: &generator)
+        self.runSubmitter {
+            $0.submit(
+                id: id, capability: request.capability, input: Array(input),
+                timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, now: self.now)
+        }
+        guard let task = self.submitter?.task(id) else { return .error(500, "the task was not recorded") }
+        return .json(self.taskInfo(task), status: 202)
+    }
+
+    private func taskInfo(_ task: TaskSubmitter.SubmittedTask) -> ControlAPI.TaskInfo {
+        func date(_ time: Duration?) -> Date? { time.map { self.wallClockDate(for: $0) } }
+        func name(_ id: NodeID) -> String {
+            id == self.identity.nodeID ? self.identity.name : (self.membership?.member(id)?.record.name ?? id.short)
+        }
+        let result: ControlAPI.JSONValue?
+        switch task.outcome {
+        case .success(let output)?:
+            result = (try? JSONSerialization.jsonObject(with: Data(output), options: [.fragmentsAllowed]))
+                .map(ControlAPI.JSONValue.init) ?? ControlAPI.JSONValue(String(decoding: output, as: UTF8.self))
+        case .failure?, .canceled?, nil:
+            result = nil
+        }
+        return ControlAPI.TaskInfo(
+            id: task.id.description, capability: task.capability, state: task.state.rawValue,
+            submittedAt: self.wallClockDate(for: task.submittedAt), deadline: self.wallClockDate(for: task.deadline),
+            attempts: task.attempts.map { attempt in
+                ControlAPI.AttemptInfo(
+                    epoch: Int(attempt.epoch), peer: attempt.peer.description, peerName: name(attempt.peer),
+                    offeredAt: self.wallClockDate(for: attempt.offeredAt), acceptedAt: date(attempt.acceptedAt),
+                    endedAt: date(attempt.endedAt), outcome: attempt.outcome.map(Self.describe))
+            },
+            executedBy: task.state == .completed ? task.currentAttempt.map { name($0.peer) } : nil,
+            result: result, error: task.error)
+    }
+
+    private static func describe(_ outcome: TaskSubmitter.AttemptOutcome) -> String {
+        switch outcome {
+        case .declined(let reason): return "declined: \(reason)"
+        case .timedOut: return "timed out"
+        case .peerDied: return "peer died"
+        case .completed: return "completed"
+        case .failed(let message): return "failed: \(message)"
+        case .canceled: return "canceled"
+        case .superseded: return "superseded"
+        }
+    }
+}
