@@ -19,8 +19,10 @@ public struct MembershipSettings: Sendable {
     public var suspicionMultiplier = 4
     /// ...and starts at this multiple of that minimum, shrinking as independent confirmations arrive (Lifeguard §IV-C).
     public var suspicionMaximumMultiplier = 6
-    /// Each update is piggybacked `retransmitMultiplier × ⌈log10(N + 1)⌉` times (SWIM's λ log N).
-    public var retransmitMultiplier = 4
+    /// Each update is piggybacked `retransmitMultiplier × ⌈log10(N + 1)⌉` times (SWIM's λ log N). memberlist uses 4;
+    /// push gossip then misses a given (member, update) pair with probability about e^-8, which at 50 nodes joining
+    /// at once (2,450 pairs) leaves a straggler in most runs until the next push-pull. 6 makes it about e^-12.
+    public var retransmitMultiplier = 6
     /// How often pending updates are pushed to `gossipFanout` members without waiting for a probe.
     public var gossipInterval: Duration = .milliseconds(200)
     public var gossipFanout = 3
@@ -537,25 +539,29 @@ public struct Membership: Sendable {
         self.members.sorted { $0.key < $1.key }.map(\.value)
     }
 
+    /// Random live members for gossip, indirect probes and push-pull. Members with an open session are cheaper to
+    /// reach, but choosing among them confines news to the (bounded, often star-shaped) session graph, where an
+    /// epidemic can die out before it reaches everyone — a convergence tail until the next push-pull. Drawing
+    /// every target uniformly costs a dial for most sends, and the handshake storm while many nodes join starves
+    /// small hosts. So a third of a choice (and any single choice) is drawn uniformly, the rest from sessions.
     private mutating func randomLiveMembers(count: Int, excluding: Set<NodeID>) -> [NodeID] {
         guard count > 0 else { return [] }
-        // Prefer members with an open session: bounded connections keep gossip cheap, and sessions rotate as
-        // probes dial on demand.
-        var pool = self.connected.filter { id in
-            !excluding.contains(id) && (self.members[id].map { $0.status == .alive || $0.status == .suspect } ?? false)
-        }.sorted()
-        if pool.count < count {
-            if self.probeOrder.isEmpty { self.rebuildProbeOrder() }
-            // Sample the probe order (a permutation of the live members) instead of scanning every member.
-            var attempts = 8 * count
-            while pool.count < count, attempts > 0, let candidate = self.probeOrder.randomElement(using: &self.random) {
-                attempts -= 1
-                if self.isLive(candidate), !excluding.contains(candidate), !pool.contains(candidate) {
-                    pool.append(candidate)
-                }
+        var chosen: [NodeID] = []
+        let fromSessions = count - max(1, count / 3)
+        if fromSessions > 0 {
+            let connected = self.connected.filter { !excluding.contains($0) && self.isLive($0) }.sorted()
+            chosen = Array(connected.shuffled(using: &self.random).prefix(fromSessions))
+        }
+        if self.probeOrder.isEmpty { self.rebuildProbeOrder() }
+        // Sample the probe order (a permutation of the live members) instead of scanning every member.
+        var attempts = 8 * count
+        while chosen.count < count, attempts > 0, let candidate = self.probeOrder.randomElement(using: &self.random) {
+            attempts -= 1
+            if self.isLive(candidate), !excluding.contains(candidate), !chosen.contains(candidate) {
+                chosen.append(candidate)
             }
         }
-        return Array(pool.shuffled(using: &self.random).prefix(count))
+        return chosen
     }
 
     private mutating func expireRelays(now: Duration, into directives: inout [MembershipDirective]) {
