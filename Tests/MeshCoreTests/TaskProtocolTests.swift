@@ -274,4 +274,23 @@ import Testing
         for _ in 0..<2000 { _ = try? TaskMessage(decoding: rng.bytes(Int.random(in: 0...80, using: &rng))) }
         #expect(throws: TaskMessage.DecodeError.self) { try TaskMessage(decoding: [1] + [UInt8](repeating: 0, count: 20) + [0xff, 0xff, 0xff, 0xff]) }
     }
+
+    @Test func taskFailuresDoNotOpenThePeersBreakerButUnansweredOffersDo() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 8]])
+        // Four tasks fail on c through their own fault: c stays usable.
+        for _ in 0..<4 {
+            let id = mesh.submit(attempts: 1)
+            mesh.apply(mesh.submitter.receive(.result(id, epoch: 1, outcome: .failure("bad input")), from: Self.c, now: mesh.now))
+            #expect(mesh.submitter.task(id)?.state == .failed)
+        }
+        let next = mesh.submit()
+        #expect(mesh.submitter.task(next)?.currentAttempt?.peer == Self.c)
+        // Three offers c never answers open its breaker: a new task then finds no usable member.
+        mesh.silent = [Self.c]
+        for _ in 0..<3 { _ = mesh.submit(attempts: 1) }
+        mesh.advance(.seconds(3))
+        let blocked = mesh.submit()
+        #expect(mesh.submitter.task(blocked)?.attempts.isEmpty == true)
+        #expect(mesh.submitter.task(blocked)?.state == .submitted)
+    }
 }

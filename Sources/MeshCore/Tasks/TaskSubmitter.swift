@@ -23,7 +23,7 @@ public struct TaskSubmitter: Sendable {
         public var offerTimeout: Duration = .seconds(2)
         public var retryInitialDelay: Duration = .milliseconds(100)
         public var retryMaximumDelay: Duration = .seconds(5)
-        /// Consecutive failed attempts on one peer that open its breaker, and how long it stays open.
+        /// Consecutive unanswered offers to one peer that open its breaker, and how long it stays open.
         public var breakerThreshold = 3
         public var breakerCooldown: Duration = .seconds(30)
         public init() {}
@@ -187,8 +187,9 @@ public struct TaskSubmitter: Sendable {
                 self.endAttempt(id, .canceled, now: now)
                 self.finish(id, .canceled, outcome: outcome, error: nil, into: &directives)
             case .failure(let message):
+                // The executor answered: a task that fails on its input says nothing about the peer's health, so
+                // the breaker is left alone (only unanswered offers count against a peer).
                 self.endAttempt(id, .failed(message), now: now)
-                self.recordFailure(of: peer, now: now)
                 if self.tasks[id]!.attempts.count >= task.maximumAttempts {
                     self.finish(id, .failed, outcome: outcome, error: message, into: &directives)
                 } else {

@@ -1,0 +1,154 @@
+import Foundation
+import MeshCore
+import MeshTestKit
+import Testing
+
+@testable import MeshTransport
+
+/// Tasks submitted to one node run on another, through the control API, with real executors.
+@Suite(.serialized) struct TaskIntegrationTests {
+    static func submit(_ node: RunningNode, _ capability: String, _ input: Any, timeout: Double = 20, attempts: Int = 3) async throws
+        -> String
+    {
+        let body = try JSONSerialization.data(withJSONObject: [
+            "capability": capability, "input": input, "timeout_seconds": timeout, "max_attempts": attempts,
+        ])
+        let response = await node.node.handleTaskRequest(ControlRequest(
+            method: "POST", path: "/v1/tasks", query: [:], body: Array(body)))
+        #expect(response.status == 202, "\(String(decoding: response.body, as: UTF8.self))")
+        let task = try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(response.body))
+        return task.id
+    }
+
+    static func wait(_ node: RunningNode, _ id: String, seconds: Int = 20) async throws -> ControlAPI.TaskInfo {
+        let response = await node.node.handleTaskRequest(ControlRequest(
+            method: "GET", path: "/v1/tasks/\(id)", query: ["wait": "\(seconds)"], body: []))
+        return try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(response.body))
+    }
+
+    @Test func tasksSubmittedToOneNodeRunOnTheNodeWithTheCapability() async throws {
+        let mesh = try TestMesh()
+        let worker = mesh.directory + "/worker.py"
+        try """
+            import json, sys
+            task = json.load(sys.stdin)
+            if task.get("fail"):
+                print("worker refused: fail was set", file=sys.stderr)
+                sys.exit(3)
+            print(json.dumps({"upper": task["text"].upper()}))
+            """.write(toFile: worker, atomically: true, encoding: .utf8)
+        let a = try mesh.node("a")
+        let b = try mesh.node("b")
+        let c = try mesh.node("c")
+        let runningA = try await a.start { $0.isOpen = true }
+        let runningB = try await b.start {
+            $0.isOpen = true
+            $0.joins = [runningA.address]
+        }
+        let runningC = try await c.start {
+            $0.isOpen = true
+            $0.joins = [runningA.address]
+            $0.capabilities = [
+                CapabilitySpec(name: "echo", executor: .builtinEcho),
+                CapabilitySpec(name: "upper", executor: .exec(command: "python3", arguments: [worker])),
+                CapabilitySpec(name: "slow", executor: .exec(command: "sleep", arguments: ["30"])),
+                CapabilitySpec(name: "missing", executor: .exec(command: "no-such-command-here", arguments: [])),
+            ]
+        }
+        #expect(await eventually {
+            (await runningA.node.members().members.first { $0.name == "c" }?.capabilities.count) == 4
+        })
+
+        // Many echo tasks to A: every one completes on C with its own input.
+        var ids: [(String, Int)] = []
+        for number in 0..<50 { ids.append((try await Self.submit(runningA, "echo", ["n": number]), number)) }
+        for (id, number) in ids {
+            let task = try await Self.wait(runningA, id)
+            #expect(task.state == "completed")
+            #expect(task.executedBy == "c")
+            #expect(task.result == ControlAPI.JSONValue(["n": number]))
+        }
+
+        let upper = try await Self.wait(runningA, try await Self.submit(runningA, "upper", ["text": "mesh"]))
+        #expect(upper.result == ControlAPI.JSONValue(["upper": "MESH"]))
+
+        let failing = try await Self.wait(runningA, try await Self.submit(runningA, "upper", ["fail": true], attempts: 2))
+        #expect(failing.state == "failed")
+        #expect(failing.error?.contains("exited with status 3: worker refused: fail was set") == true)
+        #expect(failing.attempts.count == 2)
+
+        let missing = try await Self.wait(runningA, try await Self.submit(runningA, "missing", [:], attempts: 1))
+        #expect(missing.error == "no-such-command-here: command not found")
+
+        let slowID = try await Self.submit(runningA, "slow", [:])
+        let running = await eventually { (try? await Self.wait(runningA, slowID, seconds: 0))?.state == "running" }
+        let seen = try await Self.wait(runningA, slowID, seconds: 0)
+        #expect(running, "slow task: \(seen.state) \(seen.error ?? "") \(seen.attempts.map { $0.outcome ?? "-" })")
+        _ = await runningA.node.handleTaskRequest(ControlRequest(method: "POST", path: "/v1/tasks/\(slowID)/cancel", query: [:], body: []))
+        #expect(try await Self.wait(runningA, slowID).state == "canceled")
+        #expect(await eventually { (await runningC.node.runner?.load) == 0 }, "the executor stopped the run")
+
+        let nobody = try await Self.wait(runningA, try await Self.submit(runningA, "translate", [:], timeout: 1))
+        #expect(nobody.state == "expired")
+        #expect(nobody.error == "no member offers translate")
+
+        let garbage = await runningA.node.handleTaskRequest(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array("{nope".utf8)))
+        #expect(garbage.status == 400)
+
+        await runningC.stop()
+        await runningB.stop()
+        await runningA.stop()
+    }
+
+    @Test func anHTTPExecutorPostsTheInputAndReturnsItsJSON() async throws {
+        let mesh = try TestMesh()
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        let script = """
+            import http.server, json, sys
+            class H(http.server.BaseHTTPRequestHandler):
+                def do_POST(self):
+                    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                    if self.path == "/bad":
+                        self.send_response(500); self.end_headers(); self.wfile.write(b"kaput"); return
+                    out = json.dumps({"got": body}).encode() if self.path == "/run" else b"not json"
+                    self.send_response(200); self.send_header("Content-Length", str(len(out))); self.end_headers()
+                    self.wfile.write(out)
+                def log_message(self, *args): pass
+            s = http.server.HTTPServer(("127.0.0.1", 0), H)
+            s.timeout = 30
+            print(s.server_address[1], flush=True)
+            for _ in range(3):  # exactly the requests the test makes; then it exits by itself
+                s.handle_request()
+            """
+        server.arguments = ["python3", "-c", script]
+        let out = Pipe()
+        server.standardOutput = out
+        // Not the test's own stderr: a child that outlived the test would hold `swift test`'s pipe open.
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { kill(server.processIdentifier, SIGKILL) }
+        let port = try await offloaded {
+            String(decoding: out.fileHandleForReading.availableData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let a = try mesh.node("a")
+        let runningA = try await a.start {
+            $0.capabilities = [
+                CapabilitySpec(name: "svc", executor: .http(url: "http://127.0.0.1:\(port)/run")),
+                CapabilitySpec(name: "broken", executor: .http(url: "http://127.0.0.1:\(port)/bad")),
+                CapabilitySpec(name: "garbled", executor: .http(url: "http://127.0.0.1:\(port)/garbled")),
+                CapabilitySpec(name: "down", executor: .http(url: "http://127.0.0.1:1/run")),
+            ]
+        }
+        let ok = try await Self.wait(runningA, try await Self.submit(runningA, "svc", ["q": 1]))
+        #expect(ok.state == "completed")
+        #expect(ok.result == ControlAPI.JSONValue(["got": ["q": 1]]))
+        let broken = try await Self.wait(runningA, try await Self.submit(runningA, "broken", [:], attempts: 1))
+        #expect(broken.error?.contains("answered HTTP 500: kaput") == true)
+        let garbled = try await Self.wait(runningA, try await Self.submit(runningA, "garbled", [:], attempts: 1))
+        #expect(garbled.error?.contains("not JSON") == true)
+        let down = try await Self.wait(runningA, try await Self.submit(runningA, "down", [:], attempts: 1))
+        #expect(down.error?.contains("unreachable") == true)
+        await runningA.stop()
+    }
+}
