@@ -25,7 +25,8 @@ ensure_packages() {
 
 ensure_build_dependencies() {
     command -v swift >/dev/null || die "Swift is not installed (https://www.swift.org/install/linux/)"
-    ensure_packages libsodium-dev pkg-config
+    # libcurl4: the http: executor (FoundationNetworking) loads it at run time.
+    ensure_packages libsodium-dev pkg-config libcurl4
 }
 
 # Builds the agentmesh binary (debug unless CONFIGURATION=release) and prints its path.
