@@ -52,6 +52,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            exclude: ["openapi.yaml"],  // the control API's description, checked by scripts/check-openapi
             swiftSettings: strictSettings
         ),
         .executableTarget(
