@@ -293,4 +293,16 @@ import Testing
         #expect(mesh.submitter.task(blocked)?.attempts.isEmpty == true)
         #expect(mesh.submitter.task(blocked)?.state == .submitted)
     }
+
+    @Test func aResultForATaskNeverOfferedChangesNothing() {
+        var mesh = Mesh(runners: [Self.b: ["echo": 1], Self.c: ["echo": 1]])
+        let id = mesh.submit()
+        let executor = mesh.submitter.task(id)!.currentAttempt!.peer
+        let other = executor == Self.b ? Self.c : Self.b
+        // A task id this node never issued, and a real task's result from a peer that was not asked to run it.
+        #expect(mesh.submitter.receive(.result(TaskID(high: 77, low: 77), epoch: 1, outcome: .success([1])), from: other, now: .zero).isEmpty)
+        #expect(mesh.submitter.receive(.result(id, epoch: 1, outcome: .success([9])), from: other, now: .zero).isEmpty)
+        #expect(mesh.submitter.task(id)?.state == .running)
+        #expect(mesh.submitter.task(id)?.outcome == nil)
+    }
 }
