@@ -122,6 +122,17 @@ public struct HandshakePayload: Equatable, Sendable {
             listenAddress: listenAddress)
     }
 
+    /// Reads msg2 or msg3: bounds its length, decrypts it, decodes the identity payload and checks its binding.
+    static func read(
+        _ message: [UInt8], with noise: inout Noise.HandshakeState
+    ) throws(HandshakeError) -> (HandshakePayload, PeerIdentity) {
+        guard message.count <= HandshakeProtocol.maximumMessageLength else { throw .unexpectedLength(message.count) }
+        let bytes: [UInt8]
+        do { bytes = try noise.readMessage(message) } catch { throw HandshakeError(error) }
+        let payload = try HandshakePayload(decoding: bytes)
+        return (payload, try payload.verifiedPeer(remoteStatic: noise.remoteStatic))
+    }
+
     /// Checks the payload against the static key that Noise authenticated and returns the peer it proves.
     func verifiedPeer(remoteStatic: [UInt8]?) throws(HandshakeError) -> PeerIdentity {
         guard let remoteStatic else { throw .outOfTurn }
@@ -198,13 +209,7 @@ public struct InitiatorHandshake: Sendable {
         guard case .awaitingResponse(var noise) = self.state else { return .failure(.outOfTurn) }
         self.state = .finished
         do throws(HandshakeError) {
-            guard message.count <= HandshakeProtocol.maximumMessageLength else {
-                throw .unexpectedLength(message.count)
-            }
-            let payloadBytes: [UInt8]
-            do { payloadBytes = try noise.readMessage(message) } catch { throw HandshakeError(error) }
-            let payload = try HandshakePayload(decoding: payloadBytes)
-            let peer = try payload.verifiedPeer(remoteStatic: noise.remoteStatic)
+            let (payload, peer) = try HandshakePayload.read(message, with: &noise)
             let decision = try Self.admit(peer, localIdentity: self.credentials.identity, trust: trust)
             let finish: [UInt8]
             do {
@@ -308,13 +313,7 @@ public struct ResponderHandshake: Sendable {
         guard case .awaitingFinish(var noise) = self.state else { return .failure(.outOfTurn) }
         self.state = .finished
         do throws(HandshakeError) {
-            guard message.count <= HandshakeProtocol.maximumMessageLength else {
-                throw .unexpectedLength(message.count)
-            }
-            let payloadBytes: [UInt8]
-            do { payloadBytes = try noise.readMessage(message) } catch { throw HandshakeError(error) }
-            let payload = try HandshakePayload(decoding: payloadBytes)
-            let peer = try payload.verifiedPeer(remoteStatic: noise.remoteStatic)
+            let (payload, peer) = try HandshakePayload.read(message, with: &noise)
             let session = try InitiatorHandshake.establish(
                 noise, peer: peer, address: payload.listenAddress, decision: .trusted)
             do {

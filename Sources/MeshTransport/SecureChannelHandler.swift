@@ -213,13 +213,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             }
 
         case .awaitingWelcome(var session):
-            let inbound: SecureSession.Inbound?
-            do {
-                inbound = try session.open(frame: frame)
-            } catch {
-                self.fail(context: context, .session(error))
-                return
-            }
+            guard let inbound = self.open(frame, with: &session, context: context) else { return }
             switch inbound {
             case .message(let bytes) where (try? WireMessage(decoding: bytes)) == .welcome:
                 self.establish(session, context: context)
@@ -230,13 +224,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             }
 
         case .established(var session):
-            let inbound: SecureSession.Inbound?
-            do {
-                inbound = try session.open(frame: frame)
-            } catch {
-                self.fail(context: context, .session(error))
-                return
-            }
+            guard let inbound = self.open(frame, with: &session, context: context) else { return }
             self.phase = .established(session)
             switch inbound {
             case nil:
@@ -249,6 +237,19 @@ final class SecureChannelHandler: ChannelDuplexHandler {
                 context.fireChannelRead(self.wrapInboundOut(.closed(reason)))
                 context.close(promise: nil)
             }
+        }
+    }
+
+    /// Opens a transport frame. A frame that fails to open ends the connection (`nil`); `.some(nil)` means a
+    /// chunked message is still incomplete.
+    private func open(
+        _ frame: [UInt8], with session: inout SecureSession, context: ChannelHandlerContext
+    ) -> SecureSession.Inbound?? {
+        do {
+            return .some(try session.open(frame: frame))
+        } catch {
+            self.fail(context: context, .session(error))
+            return nil
         }
     }
 
