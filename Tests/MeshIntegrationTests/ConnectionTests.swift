@@ -9,10 +9,7 @@ import Testing
 @Suite(.serialized) struct ConnectionTests {
     @Test func twoTrustedNodesAuthenticateAndListEachOther() async throws {
         let mesh = try TestMesh()
-        let a = try mesh.node("a")
-        let b = try mesh.node("b")
-        try a.trust(b)
-        try b.trust(a)
+        let (a, b) = try mesh.trustedPair()
         let runningA = try await a.start()
         let runningB = try await b.start { $0.joins = [runningA.address] }
         #expect(await eventually { await runningA.peerIDs() == [b.id.description] })
@@ -89,10 +86,7 @@ import Testing
     /// Every kind of bad first bytes is refused with its reason, and a trusted peer still gets in afterwards.
     @Test func badBytesAreRefusedAndNeverBlockARealPeer() async throws {
         let mesh = try TestMesh()
-        let a = try mesh.node("a")
-        let b = try mesh.node("b")
-        try a.trust(b)
-        try b.trust(a)
+        let (a, b) = try mesh.trustedPair()
         let runningA = try await a.start()
         let credentials = HandshakeCredentials(identity: b.identity, networkKey: b.networkKey, listenAddress: "")
         var rng = SeededGenerator(seed: 42)
@@ -157,10 +151,7 @@ import Testing
 
     @Test func silentConnectionsTimeOutAndPendingHandshakesAreCapped() async throws {
         let mesh = try TestMesh()
-        let a = try mesh.node("a")
-        let b = try mesh.node("b")
-        try a.trust(b)
-        try b.trust(a)
+        let (a, b) = try mesh.trustedPair()
         let runningA = try await a.start {
             $0.maximumPendingHandshakes = 3
             $0.handshakeTimeout = .seconds(1)
@@ -187,10 +178,7 @@ import Testing
 
     @Test func stoppingANodeSendsAnAuthenticatedClose() async throws {
         let mesh = try TestMesh()
-        let a = try mesh.node("a")
-        let b = try mesh.node("b")
-        try a.trust(b)
-        try b.trust(a)
+        let (a, b) = try mesh.trustedPair()
         let runningA = try await a.start()
         let runningB = try await b.start { $0.joins = [runningA.address] }
         #expect(await eventually { await runningA.peerIDs().count == 1 })
@@ -204,10 +192,7 @@ import Testing
 
     @Test func dialerReconnectsWhenThePeerComesBack() async throws {
         let mesh = try TestMesh()
-        let a = try mesh.node("a")
-        let b = try mesh.node("b")
-        try a.trust(b)
-        try b.trust(a)
+        let (a, b) = try mesh.trustedPair()
         let firstA = try await a.start()
         let runningB = try await b.start { $0.joins = [firstA.address] }
         #expect(await eventually { await runningB.peerIDs().count == 1 })
@@ -221,10 +206,7 @@ import Testing
 
     @Test func nodesThatDialEachOtherKeepOneConnection() async throws {
         let mesh = try TestMesh()
-        let a = try mesh.node("a")
-        let b = try mesh.node("b")
-        try a.trust(b)
-        try b.trust(a)
+        let (a, b) = try mesh.trustedPair()
         let runningA = try await a.start()
         let runningB = try await b.start { $0.joins = [runningA.address] }
         #expect(await eventually { await runningA.peerIDs().count == 1 })

@@ -29,6 +29,15 @@ final class TestMesh: Sendable {
         return TestNode(home: home, identity: try home.loadIdentity(), networkKey: try home.loadNetworkKey())
     }
 
+    /// Nodes "a" and "b", each with the other's descriptor in its peers/ folder.
+    func trustedPair() throws -> (TestNode, TestNode) {
+        let a = try self.node("a")
+        let b = try self.node("b")
+        try a.trust(b)
+        try b.trust(a)
+        return (a, b)
+    }
+
     /// A network key that no other node here shares.
     func foreignNetworkKeyFile() -> String {
         let path = self.directory + "/foreign.key"
