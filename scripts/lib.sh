@@ -26,7 +26,8 @@ ensure_packages() {
 ensure_build_dependencies() {
     command -v swift >/dev/null || die "Swift is not installed (https://www.swift.org/install/linux/)"
     # libcurl4: the http: executor (FoundationNetworking) loads it at run time.
-    ensure_packages libsodium-dev pkg-config libcurl4
+    # libsqlite3-dev: the task store (GRDB over the system SQLite).
+    ensure_packages libsodium-dev libsqlite3-dev pkg-config libcurl4
 }
 
 # Builds the agentmesh binary (debug unless CONFIGURATION=release) and prints its path.

@@ -12,9 +12,9 @@ extension MeshNode {
     func receiveTask(_ message: TaskMessage, from peer: NodeID) {
         guard self.isRunning else { return }
         switch message {
-        case .offer, .resultAck, .cancel:
+        case .offer, .resultAck, .cancel, .resume:
             self.runTaskRunner { $0.receive(message, from: peer, now: self.now) }
-        case .accept, .decline, .result:
+        case .accept, .decline, .result, .held:
             self.runSubmitter { $0.receive(message, from: peer, now: self.now) }
         }
     }
@@ -66,41 +66,186 @@ extension MeshNode {
 
     // MARK: - Driving the machines
 
-    private func runSubmitter(_ event: (inout TaskSubmitter) -> [TaskSubmitter.Directive]) {
+    /// What the machines asked for, held back until the store has committed every change queued before it: nothing
+    /// leaves this node (an accept, an offer, an acknowledgement, a client's answer) before what it depends on is
+    /// durable. Group commit keeps the wait to one fsync per batch.
+    enum DeferredTaskAction: Sendable {
+        case submitter(TaskSubmitter.Directive)
+        case runner(TaskRunner.Directive)
+    }
+
+    struct DeferredTaskActions: Sendable {
+        let sequence: UInt64
+        let actions: [DeferredTaskAction]
+    }
+
+    func runSubmitter(_ event: (inout TaskSubmitter) -> [TaskSubmitter.Directive]) {
         guard var submitter = self.submitter else { return }
         let directives = event(&submitter)
         self.submitter = submitter
+        var changes: [TaskStore.Change] = []
+        var actions: [DeferredTaskAction] = []
         for directive in directives {
             switch directive {
-            case .send(let message, let peer):
-                self.deliver(message, to: peer)
-            case .persist:
-                break  // durable storage arrives with the task store
-            case .finished(let task):
-                self.logger.info("task finished", metadata: [
-                    "task": "\(task.id)", "state": "\(task.state)", "attempts": "\(task.attempts.count)",
-                    "error": "\(task.error ?? "-")",
+            case .persist(let task): changes.append(.submitted(task))
+            case .forget(let id): changes.append(.forgetSubmitted(id))
+            case .send, .finished: actions.append(.submitter(directive))
+            }
+        }
+        self.afterCommit(of: changes, perform: actions)
+    }
+
+    func runTaskRunner(_ event: (inout TaskRunner) -> [TaskRunner.Directive]) {
+        guard var runner = self.runner else { return }
+        let directives = event(&runner)
+        self.runner = runner
+        var changes: [TaskStore.Change] = []
+        var actions: [DeferredTaskAction] = []
+        for directive in directives {
+            switch directive {
+            case .persistAccepted(let task): changes.append(.accepted(task))
+            case .persistResult(let id, _, _):
+                if let task = runner.task(id) { changes.append(.accepted(task)) }
+            case .forget(let id): changes.append(.forgetAccepted(id))
+            case .send, .start, .stop: actions.append(.runner(directive))
+            }
+        }
+        self.afterCommit(of: changes, perform: actions)
+    }
+
+    private func afterCommit(of changes: [TaskStore.Change], perform actions: [DeferredTaskAction]) {
+        guard let store = self.taskStore else { return }
+        let sequence = store.enqueue(changes)
+        guard !actions.isEmpty else { return }
+        if sequence <= self.storeCommitted, self.deferredTaskActions.isEmpty {
+            actions.forEach(self.perform)
+        } else {
+            self.deferredTaskActions.append(DeferredTaskActions(sequence: sequence, actions: actions))
+        }
+    }
+
+    private func perform(_ action: DeferredTaskAction) {
+        switch action {
+        case .submitter(.send(let message, let peer)):
+            // An offer whose attempt ended while it waited (the task was abandoned or moved on) stays unsent.
+            if case .offer(let offer) = message {
+                guard let attempt = self.submitter?.task(offer.id)?.currentAttempt, attempt.epoch == offer.epoch,
+                    attempt.peer == peer, attempt.outcome == nil
+                else { return }
+            }
+            self.deliver(message, to: peer)
+        case .submitter(.finished(let task)):
+            self.logger.info("task finished", metadata: [
+                "task": "\(task.id)", "state": "\(task.state)", "attempts": "\(task.attempts.count)",
+                "error": "\(task.error ?? "-")",
+            ])
+            self.wakeWaiters(for: task.id)
+        case .runner(.send(let message, let peer)):
+            if case .accept(let id, let epoch) = message, self.runner?.task(id)?.epoch != epoch { return }
+            self.deliver(message, to: peer)
+        case .runner(.start(let task)):
+            guard let current = self.runner?.task(task.id), current.outcome == nil, !current.isHeld,
+                self.executions[task.id] == nil
+            else { return }
+            self.startExecution(current)
+        case .runner(.stop(let id)):
+            self.executions[id]?.cancel()
+        case .submitter(.persist), .submitter(.forget), .runner(.persistAccepted), .runner(.persistResult),
+            .runner(.forget):
+            break  // store changes never wait
+        }
+    }
+
+    // MARK: - The store
+
+    /// Restores both machines from the store and follows its commits from now on.
+    func openTaskStore(
+        _ store: TaskStore, restoring stored: (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask])
+    ) {
+        self.taskStore = store
+        self.storeCommitted = store.lastQueued
+        store.onProgress { progress in Task { await self.storeProgressed(progress) } }
+        self.submitter?.restore(stored.submitted, now: self.now)
+        self.runTaskRunner { $0.restore(stored.accepted, now: self.now) }
+        if !stored.submitted.isEmpty || !stored.accepted.isEmpty {
+            self.logger.info("restored tasks", metadata: [
+                "submitted": "\(stored.submitted.count)",
+                "unfinished": "\(stored.submitted.filter { !$0.state.isTerminal }.count)",
+                "accepted": "\(stored.accepted.count)",
+            ])
+        }
+    }
+
+    private func storeProgressed(_ progress: TaskStore.Progress) {
+        switch progress {
+        case .committed(let through):
+            self.storeCommitted = max(self.storeCommitted, through)
+            if !self.isStoreWritable {
+                self.isStoreWritable = true
+                self.runner?.setStorageAvailable(true)
+                self.logger.notice("the task store is writable again; taking new tasks")
+            }
+            var released = 0
+            for batch in self.deferredTaskActions {
+                guard batch.sequence <= self.storeCommitted else { break }
+                released += 1
+                batch.actions.forEach(self.perform)
+            }
+            self.deferredTaskActions.removeFirst(released)
+            let (ready, waiting) = (
+                self.durabilityWaiters.filter { $0.sequence <= self.storeCommitted },
+                self.durabilityWaiters.filter { $0.sequence > self.storeCommitted })
+            self.durabilityWaiters = waiting
+            for waiter in ready { waiter.continuation.resume(returning: nil) }
+        case .failed(let error):
+            if self.isStoreWritable {
+                self.isStoreWritable = false
+                self.runner?.setStorageAvailable(false)
+                self.logger.error("cannot write the task store; refusing new tasks until it can", metadata: [
+                    "store": "\(self.taskStore?.path ?? "-")", "error": "\(error.description)",
                 ])
-                self.wakeWaiters(for: task.id)
+            }
+            self.abandonUnstartedTasks()
+            let waiting = self.durabilityWaiters
+            self.durabilityWaiters = []
+            for waiter in waiting { waiter.continuation.resume(returning: error) }
+        }
+    }
+
+    /// Offers accepted in memory whose accept is still waiting for the failing store are given back (declined), so
+    /// the submitter places them elsewhere instead of waiting for this disk.
+    private func abandonUnstartedTasks() {
+        let unstarted = self.deferredTaskActions.flatMap(\.actions).compactMap { action -> TaskID? in
+            if case .runner(.start(let task)) = action { return task.id }
+            return nil
+        }
+        guard var runner = self.runner, !unstarted.isEmpty else { return }
+        var directives: [TaskRunner.Directive] = []
+        for id in unstarted { directives += runner.abandon(id) }
+        self.runner = runner
+        for directive in directives {
+            switch directive {
+            case .forget(let id): self.taskStore?.enqueue([.forgetAccepted(id)])
+            case .send(let message, let peer): self.deliver(message, to: peer)  // a refusal needs nothing durable
+            default: break
             }
         }
     }
 
-    private func runTaskRunner(_ event: (inout TaskRunner) -> [TaskRunner.Directive]) {
-        guard var runner = self.runner else { return }
-        let directives = event(&runner)
-        self.runner = runner
-        for directive in directives {
-            switch directive {
-            case .send(let message, let peer):
-                self.deliver(message, to: peer)
-            case .start(let task):
-                self.startExecution(task)
-            case .stop(let id):
-                self.executions[id]?.cancel()
-            case .persistAccepted, .persistResult, .forget:
-                break  // durable storage arrives with the task store
-            }
+    /// Waits until the change with this sequence number is durable; returns the store's error if it cannot be.
+    private func awaitDurable(_ sequence: UInt64) async -> TaskStore.StoreError? {
+        guard sequence > self.storeCommitted else { return nil }
+        return await withCheckedContinuation { continuation in
+            self.durabilityWaiters.append((sequence, continuation))
+        }
+    }
+
+    /// At shutdown: lets queued changes reach the disk.
+    func flushTaskStore() async {
+        guard let store = self.taskStore else { return }
+        let deadline = ContinuousClock.now + .seconds(2)
+        while store.lastQueued > self.storeCommitted, self.isStoreWritable, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
         }
     }
 
@@ -128,6 +273,8 @@ extension MeshNode {
 
     private func executionFinished(_ id: TaskID, outcome: TaskOutcome) {
         self.executions[id] = nil
+        // A run stopped by shutdown is not an outcome: the restarted node holds the task and asks to run it again.
+        guard self.isRunning else { return }
         self.runTaskRunner { $0.finished(id, outcome: outcome, now: self.now) }
     }
 
@@ -164,7 +311,7 @@ extension MeshNode {
         let parts = request.path.split(separator: "/").map(String.init)  // ["v1", "tasks", id?, "cancel"?]
         switch (request.method, parts.count) {
         case ("POST", 2):
-            return self.submitTask(request.body)
+            return await self.submitTask(request.body)
         case ("GET", 2):
             let state = request.query["state"]
             if let state, TaskState(rawValue: state) == nil {
@@ -194,7 +341,7 @@ extension MeshNode {
         }
     }
 
-    private func submitTask(_ body: [UInt8]) -> ControlResponse {
+    private func submitTask(_ body: [UInt8]) async -> ControlResponse {
         let request: ControlAPI.SubmitRequest
         do {
             request = try ControlAPI.decoder().decode(ControlAPI.SubmitRequest.self, from: Data(body))
@@ -217,12 +364,20 @@ extension MeshNode {
         guard timeout > 0, timeout <= 86_400 else { return .error(400, "timeout_seconds must be between 0 and 86400") }
         let attempts = request.maxAttempts ?? 5
         guard (1...100).contains(attempts) else { return .error(400, "max_attempts must be between 1 and 100") }
+        guard self.isStoreWritable else {
+            return .error(507, "this node cannot store new tasks now (\(self.taskStore?.path ?? "its task store") is not writable); try another node")
+        }
         var generator = SystemRandomNumberGenerator()
         let id = TaskID(using: &generator)
         self.runSubmitter {
             $0.submit(
                 id: id, capability: request.capability, input: Array(input),
                 timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, now: self.now)
+        }
+        // The client hears "accepted" only once the task is durable.
+        if let error = await self.awaitDurable(self.taskStore?.lastQueued ?? 0) {
+            self.runSubmitter { $0.abandon(id) }
+            return .error(507, "the task could not be stored: \(error.description); nothing was submitted")
         }
         guard let task = self.submitter?.task(id) else { return .error(500, "the task was not recorded") }
         return .json(self.taskInfo(task), status: 202)

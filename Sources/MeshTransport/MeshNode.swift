@@ -87,6 +87,7 @@ public actor MeshNode: Service {
 
     /// Core time as a wall-clock date, for display only.
     nonisolated func wallClockDate(for time: Duration) -> Date { self.wallClockOrigin + time.seconds }
+    nonisolated var timeBase: TaskStore.TimeBase { TaskStore.TimeBase(origin: self.wallClockOrigin) }
     /// Messages waiting for an on-demand dial to finish (bounded per peer; both protocols tolerate loss).
     private var pendingSends: [NodeID: [WireMessage]] = [:]
     private static let maximumPendingSends = 32
@@ -101,6 +102,15 @@ public actor MeshNode: Service {
     var executions: [TaskID: Task<Void, Never>] = [:]
     /// Clients long-polling for a task to end.
     var waiters: [TaskID: [UUID: CheckedContinuation<Void, Never>]] = [:]
+    /// Durable task state (`DIR/node.sqlite`); opened at bind.
+    var taskStore: TaskStore?
+    /// Every store change up to this sequence number is durable.
+    var storeCommitted: UInt64 = 0
+    var isStoreWritable = true
+    /// Task directives waiting for the store to commit what came before them, oldest first.
+    var deferredTaskActions: [DeferredTaskActions] = []
+    /// Submissions waiting for their task to be durable before the client is answered.
+    var durabilityWaiters: [(sequence: UInt64, continuation: CheckedContinuation<TaskStore.StoreError?, Never>)] = []
     var advertisedLoad = 0
     var loadAdvertisedAt: Duration = .zero
     /// Why this node closed a session itself (pruned, duplicate), so its end is logged truthfully.
@@ -130,11 +140,13 @@ public actor MeshNode: Service {
     public enum StartError: Error, CustomStringConvertible {
         case cannotListen(HostAndPort, String)
         case alreadyStarted
+        case taskStore(String)
 
         public var description: String {
             switch self {
             case .cannotListen(let address, let why): return "cannot listen on \(address): \(why)"
             case .alreadyStarted: return "the node was already started"
+            case .taskStore(let why): return why
             }
         }
     }
@@ -145,6 +157,15 @@ public actor MeshNode: Service {
     @discardableResult
     public func bind() async throws -> HostAndPort {
         guard case .created = self.state else { throw StartError.alreadyStarted }
+        let store: TaskStore
+        let stored: (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask])
+        do {
+            store = try TaskStore(
+                path: self.home.taskStorePath, timeBase: self.timeBase, maximumPages: self.settings.taskStoreMaximumPages)
+            stored = try store.load()
+        } catch {
+            throw StartError.taskStore(error.description)
+        }
         let listener: NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never>
         do {
             listener = try await self.makeListener()
@@ -176,6 +197,7 @@ public actor MeshNode: Service {
         self.submitter = TaskSubmitter(local: self.identity.nodeID, seed: seed.next())
         self.runner = TaskRunner(capacity: Dictionary(
             self.settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
+        self.openTaskStore(store, restoring: stored)
         self.logger.info("listening", metadata: [
             "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
             "trusted-peers": "\(self.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
@@ -243,6 +265,7 @@ public actor MeshNode: Service {
         self.logger.info("shutting down", metadata: ["peers": "\(self.connections.count)"])
         for execution in self.executions.values { execution.cancel() }
         self.wakeAllWaiters()
+        await self.flushTaskStore()
         let closing = self.connections.values.map { $0.channel }
         self.connections.removeAll()
         for channel in closing {

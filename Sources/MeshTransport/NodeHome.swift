@@ -24,6 +24,7 @@ public struct NodeHome: Sendable {
     public var networkKeyPath: String { self.path + "/network.key" }
     public var peersDirectory: String { self.path + "/peers" }
     public var controlSocketPath: String { self.path + "/control.sock" }
+    public var taskStorePath: String { self.path + "/node.sqlite" }
 
     // MARK: - init
 

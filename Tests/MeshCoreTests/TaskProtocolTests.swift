@@ -20,6 +20,9 @@ import Testing
         /// Runs that started but have not finished, by executor.
         var inFlight: [(NodeID, TaskID)] = []
         var stopped: [(NodeID, TaskID)] = []
+        /// What each node's store holds, as the persist and forget directives left it.
+        var storedSubmitted: [TaskID: TaskSubmitter.SubmittedTask] = [:]
+        var storedAccepted: [NodeID: [TaskID: TaskRunner.AcceptedTask]] = [:]
 
         init(runners: [NodeID: [String: Int]]) {
             for (id, capacity) in runners { self.runners[id] = TaskRunner(capacity: capacity) }
@@ -30,11 +33,8 @@ import Testing
         mutating func apply(_ directives: [TaskSubmitter.Directive]) {
             var queue: [(TaskMessage, NodeID, NodeID)] = []  // message, from, to
             for directive in directives {
-                switch directive {
-                case .send(let message, let to): queue.append((message, TaskProtocolTests.a, to))
-                case .persist(let task): self.persisted.append(task)
-                case .finished(let task): self.finished.append(task)
-                }
+                if case .send(let message, let to) = directive { queue.append((message, TaskProtocolTests.a, to)) }
+                self.record(directive)
             }
             self.deliver(queue)
         }
@@ -46,17 +46,25 @@ import Testing
                 guard !self.silent.contains(to), !self.silent.contains(from) else { continue }
                 if to == TaskProtocolTests.a {
                     for directive in self.submitter.receive(message, from: from, now: self.now) {
-                        switch directive {
-                        case .send(let reply, let target): queue.append((reply, TaskProtocolTests.a, target))
-                        case .persist(let task): self.persisted.append(task)
-                        case .finished(let task): self.finished.append(task)
-                        }
+                        if case .send(let reply, let target) = directive { queue.append((reply, TaskProtocolTests.a, target)) }
+                        self.record(directive)
                     }
                 } else if var runner = self.runners[to] {
                     let directives = runner.receive(message, from: from, now: self.now)
                     self.runners[to] = runner
                     queue += self.runnerEffects(directives, at: to)
                 }
+            }
+        }
+
+        mutating func record(_ directive: TaskSubmitter.Directive) {
+            switch directive {
+            case .send: break
+            case .persist(let task):
+                self.persisted.append(task)
+                self.storedSubmitted[task.id] = task
+            case .finished(let task): self.finished.append(task)
+            case .forget(let id): self.storedSubmitted[id] = nil
             }
         }
 
@@ -71,12 +79,32 @@ import Testing
                 case .stop(let id):
                     self.stopped.append((node, id))
                     var runner = self.runners[node]!
-                    out += self.runnerEffects(runner.finished(id, outcome: .canceled, now: self.now), at: node)
+                    let finished = runner.finished(id, outcome: .canceled, now: self.now)
                     self.runners[node] = runner
-                case .persistAccepted, .persistResult, .forget: break
+                    out += self.runnerEffects(finished, at: node)
+                case .persistAccepted(let task): self.storedAccepted[node, default: [:]][task.id] = task
+                case .persistResult(let id, _, _):
+                    self.storedAccepted[node, default: [:]][id] = self.runners[node]?.task(id)
+                case .forget(let id): self.storedAccepted[node]?[id] = nil
                 }
             }
             return out
+        }
+
+        /// kill -9 and restart of an executor: its runs die, its store survives.
+        mutating func restartRunner(_ node: NodeID, capacity: [String: Int] = ["echo": 4]) {
+            self.inFlight.removeAll { $0.0 == node }
+            var runner = TaskRunner(capacity: capacity)
+            let directives = runner.restore(Array((self.storedAccepted[node] ?? [:]).values), now: self.now)
+            self.runners[node] = runner
+            self.deliver(self.runnerEffects(directives, at: node))
+        }
+
+        /// kill -9 and restart of the submitter: only its store survives.
+        mutating func restartSubmitter(candidates: [TaskSubmitter.Candidate]) {
+            self.submitter = TaskSubmitter(local: TaskProtocolTests.a, seed: 2)
+            self.submitter.restore(Array(self.storedSubmitted.values), now: self.now)
+            self.apply(self.submitter.candidatesChanged(candidates, now: self.now))
         }
 
         /// Completes every run in flight with `output`.
@@ -266,7 +294,7 @@ import Testing
             .offer(TaskOffer(id: id, epoch: 3, capability: "echo", input: Array("{\"a\":1}".utf8), timeRemaining: .milliseconds(1500))),
             .accept(id, epoch: 3), .decline(id, epoch: 3, reason: .rateLimited),
             .result(id, epoch: 3, outcome: .success([1, 2])), .result(id, epoch: 3, outcome: .failure("boom")),
-            .result(id, epoch: 3, outcome: .canceled), .resultAck(id, epoch: 3), .cancel(id, epoch: 3),
+            .result(id, epoch: 3, outcome: .canceled), .resultAck(id, epoch: 3), .cancel(id, epoch: 3), .held(id, epoch: 3), .resume(id, epoch: 3),
         ]
         for message in messages { #expect(try TaskMessage(decoding: message.encoded()) == message) }
         #expect(TaskID(hex: id.description) == id)
@@ -304,5 +332,144 @@ import Testing
         #expect(mesh.submitter.receive(.result(id, epoch: 1, outcome: .success([9])), from: other, now: .zero).isEmpty)
         #expect(mesh.submitter.task(id)?.state == .running)
         #expect(mesh.submitter.task(id)?.outcome == nil)
+    }
+
+    // MARK: - Restarts (the store survives, the process does not)
+
+    @Test func aRestartedExecutorAsksBeforeRunningItsUnfinishedTaskAgain() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 4]])
+        let id = mesh.submit()
+        #expect(mesh.storedAccepted[Self.c]?[id] != nil, "accepted tasks are stored")
+        mesh.restartRunner(Self.c)
+        // held → resume → the same epoch runs again, after the first run died.
+        #expect(mesh.executed.map(\.2) == [1, 1])
+        #expect(mesh.runners[Self.c]!.task(id)?.isHeld == false)
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(id)?.state == .completed)
+        #expect(mesh.submitter.task(id)?.attempts.count == 1)
+        #expect(mesh.storedAccepted[Self.c]?[id] == nil)
+    }
+
+    @Test func aRestartedExecutorDropsATaskThatMovedOnAndNeverRunsItBesideTheNewPeer() {
+        var mesh = Mesh(runners: [Self.b: ["echo": 4], Self.c: ["echo": 4]])
+        let id = mesh.submit()
+        let first = mesh.submitter.task(id)!.currentAttempt!.peer
+        let other = first == Self.b ? Self.c : Self.b
+        mesh.silent = [first]
+        mesh.inFlight.removeAll { $0.0 == first }
+        mesh.apply(mesh.submitter.peerDied(first, now: mesh.now))
+        #expect(mesh.submitter.task(id)?.currentAttempt?.peer == other)
+        mesh.silent = []
+        mesh.restartRunner(first)
+        #expect(mesh.executed.filter { $0.0 == first }.count == 1, "the old epoch never starts again")
+        #expect(mesh.runners[first]!.task(id) == nil)
+        #expect(mesh.storedAccepted[first]?[id] == nil)
+        #expect(mesh.runners[first]!.load == 0)
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(id)?.state == .completed)
+    }
+
+    @Test func aHeldTaskIsAnnouncedAgainUntilTheSubmitterAnswersAndDroppedAtItsDeadline() {
+        var runner = TaskRunner(capacity: ["echo": 1])
+        let id = TaskID(high: 7, low: 7)
+        let stored = TaskRunner.AcceptedTask(
+            id: id, epoch: 3, submitter: Self.a, capability: "echo", input: [], deadline: .seconds(5), outcome: nil)
+        #expect(runner.restore([stored], now: .zero) == [.send(.held(id, epoch: 3), to: Self.a)])
+        #expect(runner.load == 1, "a held task keeps its slot")
+        #expect(runner.tick(now: .seconds(1)).isEmpty)
+        #expect(runner.tick(now: .seconds(2)) == [.send(.held(id, epoch: 3), to: Self.a)])
+        #expect(runner.receive(.resume(id, epoch: 2), from: Self.a, now: .seconds(3)).isEmpty, "wrong epoch")
+        #expect(runner.receive(.resume(id, epoch: 3), from: Self.b, now: .seconds(3)).isEmpty, "wrong peer")
+        #expect(runner.tick(now: .seconds(5)) == [.forget(id)])
+        #expect(runner.load == 0)
+    }
+
+    @Test func aRestartedSubmitterResendsAnOfferInFlightWithTheSameEpochOnceThePeerIsBack() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 4]])
+        mesh.silent = [Self.c]  // the offer is lost, then the submitter dies
+        let id = mesh.submit()
+        #expect(mesh.storedSubmitted[id]?.state == .offered)
+        mesh.silent = []
+        mesh.restartSubmitter(candidates: [])
+        mesh.advance(.seconds(3))
+        #expect(mesh.submitter.task(id)?.state == .offered, "waits for its peer, not the usual offer timeout")
+        mesh.apply(mesh.submitter.candidatesChanged(
+            [.init(id: Self.c, capabilities: ["echo": 4], load: 0)], now: mesh.now))
+        #expect(mesh.submitter.task(id)?.state == .running)
+        #expect(mesh.submitter.task(id)?.attempts.count == 1, "the same attempt, not a new epoch")
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(id)?.state == .completed)
+    }
+
+    @Test func aRestartedSubmitterGivesUpOnAPeerThatNeverReturnsAfterTheGrace() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 4], Self.b: ["echo": 4]])
+        mesh.silent = [Self.b, Self.c]
+        let id = mesh.submit(timeout: .seconds(60))
+        let first = mesh.submitter.task(id)!.currentAttempt!.peer
+        let other = first == Self.b ? Self.c : Self.b
+        mesh.silent = [first]
+        mesh.restartSubmitter(candidates: [.init(id: other, capabilities: ["echo": 4], load: 0)])
+        mesh.advance(.seconds(11))
+        #expect(mesh.submitter.task(id)?.attempts.first?.outcome == .timedOut)
+        #expect(mesh.submitter.task(id)?.currentAttempt?.peer == other)
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(id)?.state == .completed)
+    }
+
+    @Test func aRestartedSubmitterReceivesTheResultOfARunningTask() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 4]])
+        let id = mesh.submit()
+        mesh.silent = [Self.a]  // the result is lost with the submitter
+        mesh.completeRuns()
+        mesh.silent = []
+        mesh.restartSubmitter(candidates: [.init(id: Self.c, capabilities: ["echo": 4], load: 0)])
+        #expect(mesh.submitter.task(id)?.state == .running)
+        mesh.advance(.seconds(3))  // the executor re-sends unacknowledged results
+        #expect(mesh.submitter.task(id)?.state == .completed)
+        #expect(mesh.storedSubmitted[id]?.state == .completed)
+        #expect(mesh.storedAccepted[Self.c]?[id] == nil)
+    }
+
+    @Test func aHeldTaskTheSubmitterNeverHeardOfIsCanceled() {
+        var submitter = TaskSubmitter(local: Self.a, seed: 1)
+        let id = TaskID(high: 8, low: 8)
+        #expect(submitter.receive(.held(id, epoch: 1), from: Self.c, now: .zero) == [.send(.cancel(id, epoch: 1), to: Self.c)])
+    }
+
+    @Test func finishedTasksAreForgottenAfterTheirRetention() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 4]])
+        var settings = TaskSubmitter.Settings()
+        settings.finishedRetention = .seconds(1)
+        mesh.submitter = TaskSubmitter(local: Self.a, settings: settings, seed: 1)
+        _ = mesh.submitter.candidatesChanged([.init(id: Self.c, capabilities: ["echo": 4], load: 0)], now: .zero)
+        let id = mesh.submit()
+        mesh.completeRuns()
+        mesh.advance(.milliseconds(900))
+        #expect(mesh.submitter.task(id)?.state == .completed)
+        mesh.advance(.milliseconds(200))
+        #expect(mesh.submitter.task(id) == nil)
+        #expect(mesh.storedSubmitted[id] == nil)
+    }
+
+    @Test func anExecutorThatCannotStoreDeclinesAndGivesBackWhatItCouldNotStore() {
+        var runner = TaskRunner(capacity: ["echo": 2])
+        let first = TaskID(high: 1, low: 2)
+        let offer = { (id: TaskID) in TaskMessage.offer(TaskOffer(id: id, epoch: 1, capability: "echo", input: [], timeRemaining: .seconds(9))) }
+        _ = runner.receive(offer(first), from: Self.a, now: .zero)
+        runner.setStorageAvailable(false)
+        #expect(runner.abandon(first) == [.forget(first), .send(.decline(first, epoch: 1, reason: .storageUnavailable), to: Self.a)])
+        #expect(runner.load == 0)
+        let second = TaskID(high: 3, low: 4)
+        #expect(runner.receive(offer(second), from: Self.a, now: .zero)
+            == [.send(.decline(second, epoch: 1, reason: .storageUnavailable), to: Self.a)])
+    }
+
+    @Test func aSubmissionThatCannotBeStoredIsAbandonedWithoutATrace() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 4]])
+        mesh.silent = [Self.c]
+        let id = mesh.submit()
+        #expect(mesh.submitter.abandon(id) == [.forget(id)])
+        #expect(mesh.submitter.task(id) == nil)
+        #expect(mesh.submitter.abandon(id).isEmpty)
     }
 }

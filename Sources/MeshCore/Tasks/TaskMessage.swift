@@ -35,6 +35,8 @@ public enum DeclineReason: UInt8, Sendable, Equatable, CustomStringConvertible {
     case draining = 4
     /// The offer's epoch is older than one the executor already accepted for this task.
     case staleEpoch = 5
+    /// The executor cannot make the task durable (its disk is full or its store is failing).
+    case storageUnavailable = 6
 
     public var description: String {
         switch self {
@@ -43,6 +45,7 @@ public enum DeclineReason: UInt8, Sendable, Equatable, CustomStringConvertible {
         case .unknownCapability: return "unknown_capability"
         case .draining: return "draining"
         case .staleEpoch: return "stale_epoch"
+        case .storageUnavailable: return "storage_unavailable"
         }
     }
 }
@@ -84,13 +87,20 @@ public enum TaskMessage: Sendable, Equatable {
     /// The submitter has persisted the result; the executor may forget it.
     case resultAck(TaskID, epoch: UInt32)
     case cancel(TaskID, epoch: UInt32)
+    /// From an executor that restarted holding this unfinished task: may it run it? Answered with `resume` when the
+    /// epoch is still current, with `cancel` when the task moved on, so a restarted executor never runs a task
+    /// concurrently with the peer it was re-offered to.
+    case held(TaskID, epoch: UInt32)
+    /// The submitter's go-ahead for a held task.
+    case resume(TaskID, epoch: UInt32)
 
     public static let maximumInputLength = 16 * 1024 * 1024 - 1024
 
     public var taskID: TaskID {
         switch self {
         case .offer(let offer): return offer.id
-        case .accept(let id, _), .decline(let id, _, _), .result(let id, _, _), .resultAck(let id, _), .cancel(let id, _):
+        case .accept(let id, _), .decline(let id, _, _), .result(let id, _, _), .resultAck(let id, _), .cancel(let id, _),
+            .held(let id, _), .resume(let id, _):
             return id
         }
     }
@@ -131,6 +141,10 @@ public enum TaskMessage: Sendable, Equatable {
             header(5, id, epoch)
         case .cancel(let id, let epoch):
             header(6, id, epoch)
+        case .held(let id, let epoch):
+            header(7, id, epoch)
+        case .resume(let id, let epoch):
+            header(8, id, epoch)
         }
         return writer.bytes
     }
@@ -174,6 +188,10 @@ public enum TaskMessage: Sendable, Equatable {
                 self = .resultAck(id, epoch: epoch)
             case 6:
                 self = .cancel(id, epoch: epoch)
+            case 7:
+                self = .held(id, epoch: epoch)
+            case 8:
+                self = .resume(id, epoch: epoch)
             default:
                 throw DecodeError(description: "unknown task message tag \(tag)")
             }

@@ -23,7 +23,23 @@ public struct TaskRunner: Sendable {
         public let deadline: Duration
         /// Set once the run ended; kept until acknowledged.
         public internal(set) var outcome: TaskOutcome?
+        /// Restored after a restart and not yet confirmed by the submitter: it does not run until `resume`.
+        public internal(set) var isHeld = false
         var lastSent: Duration?
+
+        /// A task as the store kept it.
+        public init(
+            id: TaskID, epoch: UInt32, submitter: NodeID, capability: String, input: [UInt8], deadline: Duration,
+            outcome: TaskOutcome?
+        ) {
+            self.id = id
+            self.epoch = epoch
+            self.submitter = submitter
+            self.capability = capability
+            self.input = input
+            self.deadline = deadline
+            self.outcome = outcome
+        }
     }
 
     public enum Directive: Sendable, Equatable {
@@ -32,7 +48,7 @@ public struct TaskRunner: Sendable {
         case persistAccepted(AcceptedTask)
         /// Make the result durable before it is sent.
         case persistResult(TaskID, epoch: UInt32, outcome: TaskOutcome)
-        /// The submitter acknowledged the result: drop the task from storage.
+        /// The submitter acknowledged the result (or the task moved on): drop the task from storage.
         case forget(TaskID)
         /// Run the executor for this task.
         case start(AcceptedTask)
@@ -44,6 +60,8 @@ public struct TaskRunner: Sendable {
     /// How many tasks of each capability may run at once.
     public let capacity: [String: Int]
     public private(set) var isDraining = false
+    /// False while the store cannot make accepted tasks durable: new offers are declined.
+    public private(set) var isStorageAvailable = true
     private var tasks: [TaskID: AcceptedTask] = [:]
     private var running: [String: Int] = [:]
 
@@ -60,20 +78,31 @@ public struct TaskRunner: Sendable {
     /// Stop taking new offers (before a planned shutdown); running tasks finish.
     public mutating func drain() { self.isDraining = true }
 
-    /// Reloads tasks from storage after a restart. Finished ones wait for their acknowledgement; unfinished ones
-    /// are started again (the run in progress died with the process).
+    public mutating func setStorageAvailable(_ available: Bool) { self.isStorageAvailable = available }
+
+    /// Reloads tasks from storage after a restart. Finished ones wait for their acknowledgement. Unfinished ones are
+    /// held: the run in progress died with the process, and the submitter may since have re-offered the task
+    /// elsewhere, so each is announced with `held` and starts again only on the submitter's `resume`.
     public mutating func restore(_ stored: [AcceptedTask], now: Duration) -> [Directive] {
         var directives: [Directive] = []
         for task in stored.sorted(by: { $0.id < $1.id }) {
             var task = task
-            task.lastSent = nil
+            task.lastSent = now
+            task.isHeld = task.outcome == nil
             self.tasks[task.id] = task
-            if task.outcome == nil {
+            if task.isHeld {
                 self.running[task.capability, default: 0] += 1
-                directives.append(.start(task))
+                directives.append(.send(.held(task.id, epoch: task.epoch), to: task.submitter))
             }
         }
         return directives
+    }
+
+    /// The store could not make a just-accepted task durable: give it up before it starts, and tell the submitter.
+    public mutating func abandon(_ id: TaskID) -> [Directive] {
+        guard let task = self.tasks[id], task.outcome == nil else { return [] }
+        self.release(task)
+        return [.forget(id), .send(.decline(id, epoch: task.epoch, reason: .storageUnavailable), to: task.submitter)]
     }
 
     public mutating func receive(_ message: TaskMessage, from peer: NodeID, now: Duration) -> [Directive] {
@@ -87,10 +116,20 @@ public struct TaskRunner: Sendable {
                 directives.append(.forget(id))
             }
         case .cancel(let id, let epoch):
-            if let task = self.tasks[id], task.submitter == peer, task.outcome == nil, epoch >= task.epoch {
+            guard let task = self.tasks[id], task.submitter == peer, task.outcome == nil, epoch >= task.epoch else { break }
+            if task.isHeld {
+                // The submitter moved on while this node was down: nothing ran, nothing to report.
+                self.release(task)
+                directives.append(.forget(id))
+            } else {
                 directives.append(.stop(id))
             }
-        case .accept, .decline, .result:
+        case .resume(let id, let epoch):
+            guard var task = self.tasks[id], task.submitter == peer, task.isHeld, epoch == task.epoch else { break }
+            task.isHeld = false
+            self.tasks[id] = task
+            directives.append(.start(task))
+        case .accept, .decline, .result, .held:
             break  // submitter-side messages; a confused peer's are ignored here
         }
         return directives
@@ -104,11 +143,15 @@ public struct TaskRunner: Sendable {
                 directives.append(.send(.decline(offer.id, epoch: offer.epoch, reason: .staleEpoch), to: peer))
                 return
             }
-            // The same task again (a retry after a lost accept, or a newer epoch): never a second run.
+            // The same task again (a retry after a lost accept, or a newer epoch): never a second run. A held task
+            // re-offered is confirmed by the offer itself.
+            let wasHeld = existing.isHeld
             existing.epoch = offer.epoch
+            existing.isHeld = false
             self.tasks[offer.id] = existing
             directives.append(.persistAccepted(existing))
             directives.append(.send(.accept(offer.id, epoch: offer.epoch), to: peer))
+            if wasHeld { directives.append(.start(existing)) }
             if let outcome = existing.outcome {
                 directives.append(.send(.result(offer.id, epoch: offer.epoch, outcome: outcome), to: peer))
                 self.tasks[offer.id]?.lastSent = now
@@ -117,6 +160,10 @@ public struct TaskRunner: Sendable {
         }
         guard !self.isDraining else {
             directives.append(.send(.decline(offer.id, epoch: offer.epoch, reason: .draining), to: peer))
+            return
+        }
+        guard self.isStorageAvailable else {
+            directives.append(.send(.decline(offer.id, epoch: offer.epoch, reason: .storageUnavailable), to: peer))
             return
         }
         guard let limit = self.capacity[offer.capability] else {
@@ -129,7 +176,7 @@ public struct TaskRunner: Sendable {
         }
         let task = AcceptedTask(
             id: offer.id, epoch: offer.epoch, submitter: peer, capability: offer.capability, input: offer.input,
-            deadline: now + offer.timeRemaining, outcome: nil, lastSent: nil)
+            deadline: now + offer.timeRemaining, outcome: nil)
         self.tasks[offer.id] = task
         self.running[offer.capability, default: 0] += 1
         directives.append(.persistAccepted(task))
@@ -139,7 +186,7 @@ public struct TaskRunner: Sendable {
 
     /// The executor finished (or was stopped). Persist, then send the result.
     public mutating func finished(_ id: TaskID, outcome: TaskOutcome, now: Duration) -> [Directive] {
-        guard var task = self.tasks[id], task.outcome == nil else { return [] }
+        guard var task = self.tasks[id], task.outcome == nil, !task.isHeld else { return [] }
         task.outcome = outcome
         task.lastSent = now
         self.tasks[id] = task
@@ -150,14 +197,18 @@ public struct TaskRunner: Sendable {
         ]
     }
 
-    /// Deadlines and re-sends of unacknowledged results.
+    /// Deadlines, re-sends of unacknowledged results and of `held` announcements.
     public mutating func tick(now: Duration) -> [Directive] {
         var directives: [Directive] = []
         for (id, task) in self.tasks.sorted(by: { $0.key < $1.key }) {
-            if let outcome = task.outcome {
+            if task.isHeld, now >= task.deadline {
+                // Never confirmed before its deadline: the submitter has expired it.
+                self.release(task)
+                directives.append(.forget(id))
+            } else if task.outcome != nil || task.isHeld {
                 if let sent = task.lastSent, now - sent < self.settings.resultResendInterval { continue }
                 self.tasks[id]?.lastSent = now
-                directives.append(.send(.result(id, epoch: task.epoch, outcome: outcome), to: task.submitter))
+                directives.append(.send(Self.pendingReport(task), to: task.submitter))
             } else if now >= task.deadline {
                 directives.append(.stop(id))
             }
@@ -165,14 +216,25 @@ public struct TaskRunner: Sendable {
         return directives
     }
 
-    /// A session with the submitter is back: send it every result it has not acknowledged, now.
+    /// A session with the submitter is back: send it every result it has not acknowledged and every held task, now.
     public mutating func reconnected(to submitter: NodeID, now: Duration) -> [Directive] {
         var directives: [Directive] = []
         for (id, task) in self.tasks.sorted(by: { $0.key < $1.key }) where task.submitter == submitter {
-            guard let outcome = task.outcome else { continue }
+            guard task.outcome != nil || task.isHeld else { continue }
             self.tasks[id]?.lastSent = now
-            directives.append(.send(.result(id, epoch: task.epoch, outcome: outcome), to: submitter))
+            directives.append(.send(Self.pendingReport(task), to: submitter))
         }
         return directives
+    }
+
+    /// What the submitter still has to hear about a task: its result, or that this node holds it.
+    private static func pendingReport(_ task: AcceptedTask) -> TaskMessage {
+        if let outcome = task.outcome { return .result(task.id, epoch: task.epoch, outcome: outcome) }
+        return .held(task.id, epoch: task.epoch)
+    }
+
+    private mutating func release(_ task: AcceptedTask) {
+        self.tasks[task.id] = nil
+        if task.outcome == nil { self.running[task.capability, default: 1] -= 1 }
     }
 }

@@ -26,6 +26,10 @@ public struct TaskSubmitter: Sendable {
         /// Consecutive unanswered offers to one peer that open its breaker, and how long it stays open.
         public var breakerThreshold = 3
         public var breakerCooldown: Duration = .seconds(30)
+        /// After a restart, how long an offer in flight waits for its peer to reappear before it counts as timed out.
+        public var restoreGrace: Duration = .seconds(10)
+        /// How long a finished task stays listed (and stored) before it is forgotten.
+        public var finishedRetention: Duration = .seconds(24 * 3600)
         public init() {}
     }
 
@@ -60,6 +64,18 @@ public struct TaskSubmitter: Sendable {
         public internal(set) var acceptedAt: Duration?
         public internal(set) var endedAt: Duration?
         public internal(set) var outcome: AttemptOutcome?
+
+        public init(
+            epoch: UInt32, peer: NodeID, offeredAt: Duration, acceptedAt: Duration? = nil, endedAt: Duration? = nil,
+            outcome: AttemptOutcome? = nil
+        ) {
+            self.epoch = epoch
+            self.peer = peer
+            self.offeredAt = offeredAt
+            self.acceptedAt = acceptedAt
+            self.endedAt = endedAt
+            self.outcome = outcome
+        }
     }
 
     public struct SubmittedTask: Sendable, Equatable {
@@ -74,12 +90,40 @@ public struct TaskSubmitter: Sendable {
         public internal(set) var outcome: TaskOutcome?
         /// Why the task failed or expired, in one sentence.
         public internal(set) var error: String?
-        var nextOfferAt: Duration?
-        var failures = 0
+        public internal(set) var finishedAt: Duration?
+        /// When a waiting task is offered next.
+        public internal(set) var nextOfferAt: Duration?
+        /// Attempts that ended without a result, for the retry back-off.
+        public internal(set) var failures = 0
         /// Peers that declined in the current round; skipped until the round starts over.
         var declinedBy: Set<NodeID> = []
+        /// When the current offer was (re)sent; the offer timeout counts from here.
+        var offerSentAt: Duration?
+        /// Restored with an offer in flight: the offer is sent again once its peer is back among the candidates.
+        var isAwaitingPeer = false
 
         public var currentAttempt: Attempt? { self.attempts.last }
+
+        /// A task as the store kept it.
+        public init(
+            id: TaskID, capability: String, input: [UInt8], submittedAt: Duration, deadline: Duration,
+            maximumAttempts: Int, state: TaskState, attempts: [Attempt], outcome: TaskOutcome?, error: String?,
+            finishedAt: Duration?, nextOfferAt: Duration?, failures: Int
+        ) {
+            self.id = id
+            self.capability = capability
+            self.input = input
+            self.submittedAt = submittedAt
+            self.deadline = deadline
+            self.maximumAttempts = maximumAttempts
+            self.state = state
+            self.attempts = attempts
+            self.outcome = outcome
+            self.error = error
+            self.finishedAt = finishedAt
+            self.nextOfferAt = nextOfferAt
+            self.failures = failures
+        }
     }
 
     public enum Directive: Sendable, Equatable {
@@ -88,6 +132,8 @@ public struct TaskSubmitter: Sendable {
         case persist(SubmittedTask)
         /// The task reached a terminal state: wake whoever waits for it.
         case finished(SubmittedTask)
+        /// Drop the task from storage (past its retention, or abandoned because it could not be stored).
+        case forget(TaskID)
     }
 
     public let settings: Settings
@@ -116,19 +162,47 @@ public struct TaskSubmitter: Sendable {
         let task = SubmittedTask(
             id: id, capability: capability, input: input, submittedAt: now, deadline: now + timeout,
             maximumAttempts: max(1, maximumAttempts), state: .submitted, attempts: [], outcome: nil, error: nil,
-            nextOfferAt: now)
+            finishedAt: nil, nextOfferAt: now, failures: 0)
         self.tasks[id] = task
         var directives: [Directive] = [.persist(task)]
         self.offer(id, now: now, into: &directives)
         return directives
     }
 
+    /// The store could not make a just-submitted task durable: the client gets an error, the task never existed.
+    public mutating func abandon(_ id: TaskID) -> [Directive] {
+        guard self.tasks.removeValue(forKey: id) != nil else { return [] }
+        return [.forget(id)]
+    }
+
+    /// Reloads tasks from storage after a restart. Waiting tasks are offered again; an offer that was in flight is
+    /// sent again, with the same epoch, once its peer reappears (so an executor that already holds the task answers
+    /// it instead of a second peer running it); a running task waits for its executor's result or `held`.
+    public mutating func restore(_ stored: [SubmittedTask], now: Duration) {
+        for var task in stored {
+            task.declinedBy = []
+            task.offerSentAt = now
+            task.isAwaitingPeer = task.state == .offered
+            if task.state == .submitted { task.nextOfferAt = min(task.nextOfferAt ?? now, now) }
+            self.tasks[task.id] = task
+        }
+    }
+
     /// The members that could run tasks changed (membership or load). Waiting tasks get another chance.
     public mutating func candidatesChanged(_ candidates: [Candidate], now: Duration) -> [Directive] {
         self.candidates = candidates.sorted { $0.id < $1.id }
         var directives: [Directive] = []
-        for id in self.tasks.keys.sorted() where self.tasks[id]?.state == .submitted {
-            if let next = self.tasks[id]?.nextOfferAt, next <= now { self.offer(id, now: now, into: &directives) }
+        for id in self.tasks.keys.sorted() {
+            guard let task = self.tasks[id] else { continue }
+            if task.state == .submitted, let next = task.nextOfferAt, next <= now {
+                self.offer(id, now: now, into: &directives)
+            } else if task.isAwaitingPeer, let attempt = task.currentAttempt,
+                self.candidates.contains(where: { $0.id == attempt.peer })
+            {
+                self.tasks[id]?.isAwaitingPeer = false
+                self.tasks[id]?.offerSentAt = now
+                directives.append(self.offerMessage(task, epoch: attempt.epoch, now: now, to: attempt.peer))
+            }
         }
         return directives
     }
@@ -152,7 +226,8 @@ public struct TaskSubmitter: Sendable {
         var directives: [Directive] = []
         let id = message.taskID
         guard var task = self.tasks[id] else {
-            // A result for a task this node never offered: acknowledge nothing, change nothing.
+            // A task this node never offered (or forgot): a holder is told to drop it; anything else changes nothing.
+            if case .held(_, let epoch) = message { directives.append(.send(.cancel(id, epoch: epoch), to: peer)) }
             return directives
         }
         let current = task.currentAttempt
@@ -160,6 +235,7 @@ public struct TaskSubmitter: Sendable {
         case .accept(_, let epoch):
             guard let current, current.epoch == epoch, current.peer == peer, task.state == .offered else { break }
             task.state = .running
+            task.isAwaitingPeer = false
             task.attempts[task.attempts.count - 1].acceptedAt = now
             self.tasks[id] = task
             directives.append(.persist(task))
@@ -182,16 +258,16 @@ public struct TaskSubmitter: Sendable {
             case .success:
                 self.endAttempt(id, .completed, now: now)
                 self.breakers[peer] = nil
-                self.finish(id, .completed, outcome: outcome, error: nil, into: &directives)
+                self.finish(id, .completed, outcome: outcome, error: nil, now: now, into: &directives)
             case .canceled:
                 self.endAttempt(id, .canceled, now: now)
-                self.finish(id, .canceled, outcome: outcome, error: nil, into: &directives)
+                self.finish(id, .canceled, outcome: outcome, error: nil, now: now, into: &directives)
             case .failure(let message):
                 // The executor answered: a task that fails on its input says nothing about the peer's health, so
                 // the breaker is left alone (only unanswered offers count against a peer).
                 self.endAttempt(id, .failed(message), now: now)
                 if self.tasks[id]!.attempts.count >= task.maximumAttempts {
-                    self.finish(id, .failed, outcome: outcome, error: message, into: &directives)
+                    self.finish(id, .failed, outcome: outcome, error: message, now: now, into: &directives)
                 } else {
                     self.scheduleRetry(id, now: now)
                     directives.append(.persist(self.tasks[id]!))
@@ -199,7 +275,24 @@ public struct TaskSubmitter: Sendable {
             }
             directives.append(.send(.resultAck(id, epoch: epoch), to: peer))
 
-        case .offer, .resultAck, .cancel:
+        case .held(_, let epoch):
+            // An executor restarted holding this task: it may run it only if its attempt is still the current one.
+            guard let current, current.epoch == epoch, current.peer == peer, current.outcome == nil,
+                !task.state.isTerminal
+            else {
+                directives.append(.send(.cancel(id, epoch: epoch), to: peer))
+                break
+            }
+            if task.state == .offered {
+                task.state = .running
+                task.isAwaitingPeer = false
+                task.attempts[task.attempts.count - 1].acceptedAt = now
+                self.tasks[id] = task
+                directives.append(.persist(task))
+            }
+            directives.append(.send(.resume(id, epoch: epoch), to: peer))
+
+        case .offer, .resultAck, .cancel, .resume:
             break  // executor-side messages
         }
         return directives
@@ -213,7 +306,7 @@ public struct TaskSubmitter: Sendable {
             directives.append(.send(.cancel(id, epoch: current.epoch), to: current.peer))
             self.endAttempt(id, .canceled, now: now)
         }
-        self.finish(id, .canceled, outcome: .canceled, error: nil, into: &directives)
+        self.finish(id, .canceled, outcome: .canceled, error: nil, now: now, into: &directives)
         return directives
     }
 
@@ -221,7 +314,14 @@ public struct TaskSubmitter: Sendable {
     public mutating func tick(now: Duration) -> [Directive] {
         var directives: [Directive] = []
         for id in self.tasks.keys.sorted() {
-            guard let task = self.tasks[id], !task.state.isTerminal else { continue }
+            guard let task = self.tasks[id] else { continue }
+            if task.state.isTerminal {
+                if let finishedAt = task.finishedAt, now - finishedAt >= self.settings.finishedRetention {
+                    self.tasks[id] = nil
+                    directives.append(.forget(id))
+                }
+                continue
+            }
             if now >= task.deadline {
                 if let current = task.currentAttempt, current.outcome == nil {
                     directives.append(.send(.cancel(id, epoch: current.epoch), to: current.peer))
@@ -230,10 +330,12 @@ public struct TaskSubmitter: Sendable {
                 let reason = self.hasCandidate(for: task.capability)
                     ? "deadline passed after \(task.attempts.count) attempt(s)"
                     : "no member offers \(task.capability)"
-                self.finish(id, .expired, outcome: nil, error: reason, into: &directives)
+                self.finish(id, .expired, outcome: nil, error: reason, now: now, into: &directives)
                 continue
             }
-            if task.state == .offered, let current = task.currentAttempt, now - current.offeredAt >= self.settings.offerTimeout {
+            let offerWait = task.isAwaitingPeer ? self.settings.restoreGrace : self.settings.offerTimeout
+            if task.state == .offered, let current = task.currentAttempt, now - (task.offerSentAt ?? current.offeredAt) >= offerWait {
+                self.tasks[id]?.isAwaitingPeer = false
                 self.endAttempt(id, .timedOut, now: now)
                 self.recordFailure(of: current.peer, now: now)
                 self.scheduleRetry(id, now: now)
@@ -272,7 +374,7 @@ public struct TaskSubmitter: Sendable {
         guard var task = self.tasks[id], !task.state.isTerminal else { return }
         if task.attempts.count >= task.maximumAttempts {
             let last = task.error ?? "no attempt succeeded"
-            self.finish(id, .failed, outcome: nil, error: "gave up after \(task.attempts.count) attempts: \(last)", into: &directives)
+            self.finish(id, .failed, outcome: nil, error: "gave up after \(task.attempts.count) attempts: \(last)", now: now, into: &directives)
             return
         }
         let peer = self.choose(for: task, now: now)
@@ -293,12 +395,18 @@ public struct TaskSubmitter: Sendable {
         task.attempts.append(Attempt(epoch: epoch, peer: chosen, offeredAt: now))
         task.state = .offered
         task.nextOfferAt = nil
+        task.offerSentAt = now
         self.tasks[id] = task
         directives.append(.persist(task))
-        directives.append(.send(
+        directives.append(self.offerMessage(task, epoch: epoch, now: now, to: chosen))
+    }
+
+    private func offerMessage(_ task: SubmittedTask, epoch: UInt32, now: Duration, to peer: NodeID) -> Directive {
+        .send(
             .offer(TaskOffer(
-                id: id, epoch: epoch, capability: task.capability, input: task.input, timeRemaining: task.deadline - now)),
-            to: chosen))
+                id: task.id, epoch: epoch, capability: task.capability, input: task.input,
+                timeRemaining: task.deadline - now)),
+            to: peer)
     }
 
     private mutating func scheduleRetry(_ id: TaskID, now: Duration) {
@@ -331,13 +439,15 @@ public struct TaskSubmitter: Sendable {
     }
 
     private mutating func finish(
-        _ id: TaskID, _ state: TaskState, outcome: TaskOutcome?, error: String?, into directives: inout [Directive]
+        _ id: TaskID, _ state: TaskState, outcome: TaskOutcome?, error: String?, now: Duration,
+        into directives: inout [Directive]
     ) {
         guard var task = self.tasks[id] else { return }
         task.state = state
         task.outcome = outcome
         if let error { task.error = error }
         task.nextOfferAt = nil
+        task.finishedAt = now
         self.tasks[id] = task
         directives.append(.persist(task))
         directives.append(.finished(task))

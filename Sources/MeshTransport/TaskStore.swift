@@ -1,0 +1,358 @@
+import Foundation
+import GRDB
+import Logging
+import MeshCore
+import Synchronization
+
+/// The node's durable task state in `DIR/node.sqlite`: the tasks clients submitted here and the tasks this node
+/// accepted from peers, in SQLite (WAL, `synchronous=FULL`) through GRDB.
+///
+/// Writes are group-committed: callers queue changes and get a sequence number; one writer thread commits
+/// everything queued so far in a single transaction (one fsync) while new changes queue behind it, so a burst of
+/// tasks costs one sync per batch, not per task. The node releases whatever depended on a change (an accept, an
+/// answer to a client) only once ``committedThrough`` has passed its sequence number. A failed commit (a full disk)
+/// keeps its changes queued and is retried; nothing is dropped.
+final class TaskStore: Sendable {
+    enum Change: Sendable {
+        case submitted(TaskSubmitter.SubmittedTask)
+        case accepted(TaskRunner.AcceptedTask)
+        case forgetSubmitted(TaskID)
+        case forgetAccepted(TaskID)
+
+        fileprivate var key: Key {
+            switch self {
+            case .submitted(let task): return Key(table: .submitted, id: task.id)
+            case .forgetSubmitted(let id): return Key(table: .submitted, id: id)
+            case .accepted(let task): return Key(table: .accepted, id: task.id)
+            case .forgetAccepted(let id): return Key(table: .accepted, id: id)
+            }
+        }
+    }
+
+    struct StoreError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// Commit progress, reported on the writer thread after every commit attempt.
+    enum Progress: Sendable {
+        case committed(through: UInt64)
+        case failed(StoreError)
+    }
+
+    fileprivate struct Key: Hashable {
+        enum Table { case submitted, accepted }
+        let table: Table
+        let id: TaskID
+    }
+
+    private struct Queue {
+        /// The newest change per task, in the order first queued.
+        var pending: [Key: (change: Change, order: UInt64)] = [:]
+        var lastQueued: UInt64 = 0
+        var isWriting = false
+        var isRetryScheduled = false
+    }
+
+    let path: String
+    private let database: DatabaseQueue
+    private let timeBase: TimeBase
+    private let writer = DispatchQueue(label: "agentmesh.task-store")
+    private let queue = Mutex(Queue())
+    private let progressHandler = Mutex<(@Sendable (Progress) -> Void)?>(nil)
+    private let retryDelay: Duration
+
+    /// Core time (a duration since the node started) to and from wall-clock seconds, which outlive the process.
+    struct TimeBase: Sendable {
+        let origin: Date
+        func wall(_ time: Duration) -> Double { self.origin.timeIntervalSince1970 + time.seconds }
+        func core(_ wall: Double) -> Duration { .milliseconds(Int64(((wall - self.origin.timeIntervalSince1970) * 1000).rounded())) }
+    }
+
+    /// Opens (creating if needed) the store. `maximumPages` caps the database size, for testing a full disk.
+    init(path: String, timeBase: TimeBase, retryDelay: Duration = .seconds(1), maximumPages: Int? = nil) throws(StoreError) {
+        self.path = path
+        self.timeBase = timeBase
+        self.retryDelay = retryDelay
+        var configuration = Configuration()
+        configuration.journalMode = .wal
+        configuration.label = "agentmesh.tasks"
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+            if let maximumPages { try db.execute(sql: "PRAGMA max_page_count = \(maximumPages)") }
+        }
+        do {
+            self.database = try DatabaseQueue(path: path, configuration: configuration)
+            try Self.migrator.migrate(self.database)
+        } catch {
+            throw StoreError(description: "cannot open the task store \(path): \(Self.explain(error))")
+        }
+    }
+
+    private static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("tasks-v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE submitted_task (
+                    id TEXT PRIMARY KEY NOT NULL,
+                    capability TEXT NOT NULL,
+                    input BLOB NOT NULL,
+                    submitted_at REAL NOT NULL,
+                    deadline REAL NOT NULL,
+                    max_attempts INTEGER NOT NULL,
+                    state TEXT NOT NULL,
+                    attempts TEXT NOT NULL,
+                    outcome_kind INTEGER,
+                    outcome BLOB,
+                    error TEXT,
+                    finished_at REAL,
+                    next_offer_at REAL,
+                    failures INTEGER NOT NULL
+                );
+                CREATE TABLE accepted_task (
+                    id TEXT PRIMARY KEY NOT NULL,
+                    epoch INTEGER NOT NULL,
+                    submitter TEXT NOT NULL,
+                    capability TEXT NOT NULL,
+                    input BLOB NOT NULL,
+                    deadline REAL NOT NULL,
+                    outcome_kind INTEGER,
+                    outcome BLOB
+                );
+                """)
+        }
+        return migrator
+    }
+
+    /// Called on the writer thread after each commit attempt.
+    func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
+        self.progressHandler.withLock { $0 = handler }
+    }
+
+    // MARK: - Loading
+
+    /// Everything stored, for ``TaskSubmitter/restore(_:now:)`` and ``TaskRunner/restore(_:now:)``. A row that
+    /// cannot be read is an error naming it: the node refuses to start on a store it would silently misread.
+    func load() throws(StoreError) -> (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask]) {
+        do {
+            return try self.database.read { db in
+                let submitted = try Row.fetchAll(db, sql: "SELECT * FROM submitted_task ORDER BY submitted_at")
+                    .map(self.submittedTask)
+                let accepted = try Row.fetchAll(db, sql: "SELECT * FROM accepted_task ORDER BY id").map(self.acceptedTask)
+                return (submitted, accepted)
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(description: "cannot read the task store \(self.path): \(Self.explain(error))")
+        }
+    }
+
+    private func submittedTask(_ row: Row) throws -> TaskSubmitter.SubmittedTask {
+        let idText: String = row["id"]
+        guard let id = TaskID(hex: idText), let state = TaskState(rawValue: row["state"]),
+            let attempts = try? JSONDecoder().decode([StoredAttempt].self, from: Data((row["attempts"] as String).utf8))
+        else { throw StoreError(description: "submitted task \(idText) in \(self.path) is corrupted") }
+        return TaskSubmitter.SubmittedTask(
+            id: id, capability: row["capability"], input: Array(row["input"] as Data),
+            submittedAt: self.timeBase.core(row["submitted_at"]), deadline: self.timeBase.core(row["deadline"]),
+            maximumAttempts: row["max_attempts"], state: state,
+            attempts: try attempts.map { try $0.attempt(self.timeBase, task: idText) },
+            outcome: try Self.outcome(kind: row["outcome_kind"], bytes: row["outcome"], task: idText),
+            error: row["error"], finishedAt: (row["finished_at"] as Double?).map(self.timeBase.core),
+            nextOfferAt: (row["next_offer_at"] as Double?).map(self.timeBase.core), failures: row["failures"])
+    }
+
+    private func acceptedTask(_ row: Row) throws -> TaskRunner.AcceptedTask {
+        let idText: String = row["id"]
+        guard let id = TaskID(hex: idText), let submitter = NodeID(hex: row["submitter"] as String) else {
+            throw StoreError(description: "accepted task \(idText) in \(self.path) is corrupted")
+        }
+        return TaskRunner.AcceptedTask(
+            id: id, epoch: row["epoch"], submitter: submitter, capability: row["capability"],
+            input: Array(row["input"] as Data), deadline: self.timeBase.core(row["deadline"]),
+            outcome: try Self.outcome(kind: row["outcome_kind"], bytes: row["outcome"], task: idText))
+    }
+
+    private static func outcome(kind: Int?, bytes: Data?, task: String) throws -> TaskOutcome? {
+        switch kind {
+        case nil: return nil
+        case 1?: return .success(Array(bytes ?? Data()))
+        case 2?: return .failure(String(decoding: bytes ?? Data(), as: UTF8.self))
+        case 3?: return .canceled
+        default: throw StoreError(description: "task \(task) has an unknown outcome kind \(kind!)")
+        }
+    }
+
+    private static func columns(_ outcome: TaskOutcome?) -> (Int?, Data?) {
+        switch outcome {
+        case nil: return (nil, nil)
+        case .success(let bytes)?: return (1, Data(bytes))
+        case .failure(let message)?: return (2, Data(message.utf8))
+        case .canceled?: return (3, nil)
+        }
+    }
+
+    // MARK: - Writing
+
+    /// Queues changes for the next commit; returns the sequence number to wait for with ``committedThrough``.
+    @discardableResult
+    func enqueue(_ changes: [Change]) -> UInt64 {
+        guard !changes.isEmpty else { return self.queue.withLock { $0.lastQueued } }
+        let (sequence, startWriter) = self.queue.withLock { queue -> (UInt64, Bool) in
+            for change in changes {
+                queue.lastQueued += 1
+                queue.pending[change.key] = (change, queue.lastQueued)
+            }
+            let start = !queue.isWriting && !queue.isRetryScheduled
+            if start { queue.isWriting = true }
+            return (queue.lastQueued, start)
+        }
+        if startWriter { self.writer.async { self.drain() } }
+        return sequence
+    }
+
+    /// The sequence number of the newest queued change (committed or not).
+    var lastQueued: UInt64 { self.queue.withLock { $0.lastQueued } }
+
+    /// Commits batches until nothing is queued. Runs on the writer thread only.
+    private func drain() {
+        while true {
+            let (batch, through) = self.queue.withLock { queue -> ([(Key, Change, UInt64)], UInt64) in
+                let batch = queue.pending.map { ($0.key, $0.value.change, $0.value.order) }.sorted { $0.2 < $1.2 }
+                queue.pending.removeAll(keepingCapacity: true)
+                if batch.isEmpty { queue.isWriting = false }
+                return (batch, queue.lastQueued)
+            }
+            guard !batch.isEmpty else { return }
+            do {
+                try self.database.write { db in
+                    for (_, change, _) in batch { try self.apply(change, in: db) }
+                }
+                self.report(.committed(through: through))
+            } catch {
+                // Put the batch back (a newer change to the same task wins) and try again later.
+                self.queue.withLock { queue in
+                    for (key, change, order) in batch where queue.pending[key] == nil {
+                        queue.pending[key] = (change, order)
+                    }
+                    queue.isWriting = false
+                    queue.isRetryScheduled = true
+                }
+                self.report(.failed(StoreError(description: Self.explain(error))))
+                let delay = self.retryDelay.seconds
+                self.writer.asyncAfter(deadline: .now() + delay) {
+                    let start = self.queue.withLock { queue -> Bool in
+                        queue.isRetryScheduled = false
+                        guard !queue.isWriting else { return false }
+                        queue.isWriting = true
+                        return true
+                    }
+                    if start { self.drain() }
+                }
+                return
+            }
+        }
+    }
+
+    private func report(_ progress: Progress) {
+        self.progressHandler.withLock { $0 }?(progress)
+    }
+
+    private func apply(_ change: Change, in db: Database) throws {
+        switch change {
+        case .submitted(let task):
+            let (kind, outcome) = Self.columns(task.outcome)
+            let attempts = try JSONEncoder().encode(task.attempts.map { StoredAttempt($0, self.timeBase) })
+            try db.cachedStatement(sql: """
+                INSERT OR REPLACE INTO submitted_task
+                (id, capability, input, submitted_at, deadline, max_attempts, state, attempts, outcome_kind, outcome,
+                 error, finished_at, next_offer_at, failures)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """).execute(arguments: [
+                    task.id.description, task.capability, Data(task.input), self.timeBase.wall(task.submittedAt),
+                    self.timeBase.wall(task.deadline), task.maximumAttempts, task.state.rawValue,
+                    String(decoding: attempts, as: UTF8.self), kind, outcome, task.error,
+                    task.finishedAt.map(self.timeBase.wall), task.nextOfferAt.map(self.timeBase.wall), task.failures,
+                ])
+        case .accepted(let task):
+            let (kind, outcome) = Self.columns(task.outcome)
+            try db.cachedStatement(sql: """
+                INSERT OR REPLACE INTO accepted_task (id, epoch, submitter, capability, input, deadline, outcome_kind, outcome)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """).execute(arguments: [
+                    task.id.description, Int64(task.epoch), task.submitter.description, task.capability,
+                    Data(task.input), self.timeBase.wall(task.deadline), kind, outcome,
+                ])
+        case .forgetSubmitted(let id):
+            try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE id = ?").execute(arguments: [id.description])
+        case .forgetAccepted(let id):
+            try db.cachedStatement(sql: "DELETE FROM accepted_task WHERE id = ?").execute(arguments: [id.description])
+        }
+    }
+
+    /// SQLite's own words for the common failures, with what they mean for the node.
+    private static func explain(_ error: any Error) -> String {
+        guard let error = error as? DatabaseError else { return "\(error)" }
+        switch error.resultCode {
+        case .SQLITE_FULL: return "the disk (or the store's size limit) is full"
+        case .SQLITE_CORRUPT, .SQLITE_NOTADB: return "the file is not a valid task store (\(error.message ?? "corrupt"))"
+        case .SQLITE_READONLY, .SQLITE_PERM, .SQLITE_CANTOPEN: return "no permission to write it (\(error.message ?? "read-only"))"
+        case .SQLITE_BUSY, .SQLITE_LOCKED: return "another process holds it (is a node already running on this home?)"
+        default: return error.message ?? "\(error)"
+        }
+    }
+}
+
+/// One attempt as JSON in the `attempts` column.
+private struct StoredAttempt: Codable {
+    var epoch: UInt32
+    var peer: String
+    var offeredAt: Double
+    var acceptedAt: Double?
+    var endedAt: Double?
+    var outcome: String?
+    var detail: String?
+
+    init(_ attempt: TaskSubmitter.Attempt, _ time: TaskStore.TimeBase) {
+        self.epoch = attempt.epoch
+        self.peer = attempt.peer.description
+        self.offeredAt = time.wall(attempt.offeredAt)
+        self.acceptedAt = attempt.acceptedAt.map(time.wall)
+        self.endedAt = attempt.endedAt.map(time.wall)
+        switch attempt.outcome {
+        case nil: break
+        case .declined(let reason)?: (self.outcome, self.detail) = ("declined", String(reason.rawValue))
+        case .timedOut?: self.outcome = "timed_out"
+        case .peerDied?: self.outcome = "peer_died"
+        case .completed?: self.outcome = "completed"
+        case .failed(let message)?: (self.outcome, self.detail) = ("failed", message)
+        case .canceled?: self.outcome = "canceled"
+        case .superseded?: self.outcome = "superseded"
+        }
+    }
+
+    func attempt(_ time: TaskStore.TimeBase, task: String) throws -> TaskSubmitter.Attempt {
+        guard let peer = NodeID(hex: self.peer) else {
+            throw TaskStore.StoreError(description: "task \(task) names a peer that is not a node id")
+        }
+        let outcome: TaskSubmitter.AttemptOutcome?
+        switch (self.outcome, self.detail) {
+        case (nil, _): outcome = nil
+        case ("declined", let raw?):
+            guard let reason = UInt8(raw).flatMap(DeclineReason.init(rawValue:)) else {
+                throw TaskStore.StoreError(description: "task \(task) has an unknown decline reason \(raw)")
+            }
+            outcome = .declined(reason)
+        case ("timed_out", _): outcome = .timedOut
+        case ("peer_died", _): outcome = .peerDied
+        case ("completed", _): outcome = .completed
+        case ("failed", let message): outcome = .failed(message ?? "")
+        case ("canceled", _): outcome = .canceled
+        case ("superseded", _): outcome = .superseded
+        case (let other?, _): throw TaskStore.StoreError(description: "task \(task) has an unknown attempt outcome \(other)")
+        }
+        return TaskSubmitter.Attempt(
+            epoch: self.epoch, peer: peer, offeredAt: time.core(self.offeredAt), acceptedAt: self.acceptedAt.map(time.core),
+            endedAt: self.endedAt.map(time.core), outcome: outcome)
+    }
+}
