@@ -151,4 +151,83 @@ import Testing
         #expect(down.error?.contains("unreachable") == true)
         await runningA.stop()
     }
+
+    static func post(_ node: RunningNode, _ capability: String, _ input: Any) async throws -> ControlResponse {
+        let body = try JSONSerialization.data(withJSONObject: ["capability": capability, "input": input, "timeout_seconds": 60])
+        return await node.node.handleTaskRequest(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array(body)))
+    }
+
+    @Test func aFullStoreRefusesNewTasksKeepsServingAndLosesNothingItAcknowledged() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        var runningA = try await a.start { $0.taskStoreMaximumPages = 40 }  // 160 KiB; nobody offers "echo" yet
+        let padding = String(repeating: "x", count: 20_000)
+        var acknowledged: [(id: String, number: Int)] = []
+        var refusal: ControlResponse?
+        for number in 0..<100 {
+            let response = try await Self.post(runningA, "echo", ["n": number, "pad": padding])
+            guard response.status == 202 else {
+                refusal = response
+                break
+            }
+            let task = try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(response.body))
+            acknowledged.append((task.id, number))
+        }
+        #expect(refusal?.status == 507)
+        let refusalText = String(decoding: refusal?.body ?? [], as: UTF8.self)
+        #expect(refusalText.contains("is full"), "\(refusalText)")
+        #expect(acknowledged.count >= 3)
+        #expect(!a.logs.matching("cannot write the task store; refusing new tasks until it can", ["error": "is full"]).isEmpty)
+
+        // Still serving: reads work, and the next submission is refused at once with the reason.
+        let again = try await Self.post(runningA, "echo", ["n": -1])
+        #expect(again.status == 507)
+        let list = await runningA.node.handleTaskRequest(ControlRequest(method: "GET", path: "/v1/tasks", query: [:], body: []))
+        #expect(list.status == 200)
+        #expect(try ControlAPI.decoder().decode(ControlAPI.TaskList.self, from: Data(list.body)).tasks.count == acknowledged.count)
+        await runningA.stop()
+
+        // With room again (and the capability), every acknowledged task is still there and completes.
+        runningA = try await a.start { $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)] }
+        for (id, number) in acknowledged {
+            let task = try await Self.wait(runningA, id)
+            #expect(task.state == "completed")
+            #expect(task.result == ControlAPI.JSONValue(["n": number, "pad": padding]))
+        }
+        await runningA.stop()
+    }
+
+    @Test func anExecutorThatCannotStoreDeclinesAndTheTaskRunsElsewhere() async throws {
+        let mesh = try TestMesh()
+        let (a, b, c) = (try mesh.node("a"), try mesh.node("b"), try mesh.node("c"))
+        let runningA = try await a.start { $0.isOpen = true }
+        let echo = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+        let runningB = try await b.start {
+            $0.isOpen = true
+            $0.joins = [runningA.address]
+            $0.capabilities = echo
+        }
+        let runningC = try await c.start {
+            $0.isOpen = true
+            $0.joins = [runningA.address]
+            $0.capabilities = echo
+            $0.taskStoreMaximumPages = 30  // smaller than one task's input
+        }
+        #expect(await eventually { await runningA.members("alive") == ["b", "c"] })
+        let padding = String(repeating: "y", count: 200_000)
+        var ids: [String] = []
+        for number in 0..<10 { ids.append(try await Self.submit(runningA, "echo", ["n": number, "pad": padding])) }
+        var declined = 0
+        for id in ids {
+            let task = try await Self.wait(runningA, id)
+            #expect(task.state == "completed")
+            #expect(task.executedBy == "b")
+            declined += task.attempts.filter { $0.outcome == "declined: storage_unavailable" }.count as Int
+        }
+        #expect(declined > 0, "c never declined; did its store fill?")
+        #expect(!c.logs.matching("cannot write the task store; refusing new tasks until it can").isEmpty)
+        await runningC.stop()
+        await runningB.stop()
+        await runningA.stop()
+    }
 }

@@ -1,0 +1,123 @@
+import Foundation
+import MeshCore
+import Synchronization
+import Testing
+
+@testable import MeshTransport
+
+@Suite struct TaskStoreTests {
+    static let timeBase = TaskStore.TimeBase(origin: Date(timeIntervalSince1970: 1_800_000_000))
+
+    static func temporaryPath() -> String {
+        let directory = "/tmp/am-store-" + UUID().uuidString.prefix(8)
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return directory + "/node.sqlite"
+    }
+
+    /// Waits (off the test's thread) until everything queued is committed, or reports the failure.
+    static func commit(_ store: TaskStore, _ changes: [TaskStore.Change]) async -> TaskStore.Progress {
+        let last = Mutex<TaskStore.Progress?>(nil)
+        store.onProgress { progress in last.withLock { $0 = progress } }
+        let sequence = store.enqueue(changes)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            switch last.withLock({ $0 }) {
+            case .committed(let through)? where through >= sequence: return .committed(through: through)
+            case .failed(let error)?: return .failed(error)
+            default: try? await Task.sleep(for: .milliseconds(2))
+            }
+        }
+        return .failed(.init(description: "no commit within 10 s"))
+    }
+
+    @Test func everyFieldSurvivesAReopen() async throws {
+        let path = Self.temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let peer = NodeID(high: 0xabc, low: 0xdef)
+        let submitted = TaskSubmitter.SubmittedTask(
+            id: TaskID(high: 1, low: 2), capability: "summarize", input: Array("{\"text\":\"é\"}".utf8),
+            submittedAt: .milliseconds(1_500), deadline: .milliseconds(61_500), maximumAttempts: 4, state: .failed,
+            attempts: [
+                .init(epoch: 1, peer: peer, offeredAt: .milliseconds(1_600), endedAt: .milliseconds(1_700), outcome: .declined(.busy)),
+                .init(epoch: 2, peer: peer, offeredAt: .milliseconds(1_800), acceptedAt: .milliseconds(1_810),
+                      endedAt: .milliseconds(2_000), outcome: .failed("exit 3")),
+            ],
+            outcome: .failure("exit 3"), error: "exit 3", finishedAt: .milliseconds(2_000), nextOfferAt: nil, failures: 1)
+        let waiting = TaskSubmitter.SubmittedTask(
+            id: TaskID(high: 3, low: 4), capability: "echo", input: [], submittedAt: .milliseconds(-5_000),
+            deadline: .milliseconds(9_000), maximumAttempts: 1, state: .submitted, attempts: [], outcome: nil, error: nil,
+            finishedAt: nil, nextOfferAt: .milliseconds(3_000), failures: 0)
+        let accepted = TaskRunner.AcceptedTask(
+            id: TaskID(high: 5, low: 6), epoch: 7, submitter: peer, capability: "echo", input: [0, 1, 2],
+            deadline: .milliseconds(30_000), outcome: .success(Array("{\"ok\":1}".utf8)))
+        let canceled = TaskRunner.AcceptedTask(
+            id: TaskID(high: 7, low: 8), epoch: 1, submitter: peer, capability: "echo", input: [],
+            deadline: .milliseconds(30_000), outcome: .canceled)
+        let forgotten = TaskRunner.AcceptedTask(
+            id: TaskID(high: 9, low: 9), epoch: 1, submitter: peer, capability: "echo", input: [],
+            deadline: .milliseconds(30_000), outcome: nil)
+
+        let store = try TaskStore(path: path, timeBase: Self.timeBase)
+        guard case .committed = await Self.commit(store, [
+            .submitted(waiting), .submitted(submitted), .accepted(accepted), .accepted(canceled), .accepted(forgotten),
+            .forgetAccepted(forgotten.id),
+        ]) else { Issue.record("the commit failed"); return }
+
+        let reopened = try TaskStore(path: path, timeBase: Self.timeBase).load()
+        #expect(reopened.submitted == [waiting, submitted])
+        #expect(reopened.accepted == [accepted, canceled])
+    }
+
+    @Test func aFileThatIsNotAStoreIsNamedAndRefused() throws {
+        let path = Self.temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        try Data(repeating: 0x41, count: 8192).write(to: URL(fileURLWithPath: path))
+        #expect {
+            _ = try TaskStore(path: path, timeBase: Self.timeBase)
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains(path) && text.contains("not a valid task store")
+        }
+    }
+
+    @Test func aRowThatCannotBeReadStopsTheLoadAndNamesTheTask() async throws {
+        let path = Self.temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let store = try TaskStore(path: path, timeBase: Self.timeBase)
+        let task = TaskSubmitter.SubmittedTask(
+            id: TaskID(high: 1, low: 1), capability: "echo", input: [], submittedAt: .zero, deadline: .seconds(1),
+            maximumAttempts: 1, state: .submitted, attempts: [], outcome: nil, error: nil, finishedAt: nil,
+            nextOfferAt: nil, failures: 0)
+        _ = await Self.commit(store, [.submitted(task)])
+        let sqlite = Process()
+        sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        sqlite.arguments = ["python3", "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE submitted_task SET state='dancing'\"); c.commit()", path]
+        sqlite.standardOutput = FileHandle.nullDevice
+        sqlite.standardError = FileHandle.nullDevice
+        try sqlite.run()
+        sqlite.waitUntilExit()
+        #expect {
+            _ = try TaskStore(path: path, timeBase: Self.timeBase).load()
+        } throws: { error in "\(error)".contains("submitted task \(task.id) in \(path) is corrupted") }
+    }
+
+    @Test func aFullStoreFailsTheCommitAndKeepsTheChangeForTheRetry() async throws {
+        let path = Self.temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let store = try TaskStore(path: path, timeBase: Self.timeBase, retryDelay: .milliseconds(50), maximumPages: 8)
+        let big = TaskRunner.AcceptedTask(
+            id: TaskID(high: 2, low: 2), epoch: 1, submitter: NodeID(high: 1, low: 1), capability: "echo",
+            input: Array(repeating: 7, count: 100_000), deadline: .seconds(5), outcome: nil)
+        guard case .failed(let error) = await Self.commit(store, [.accepted(big)]) else {
+            Issue.record("a 100 kB row fit in 8 pages")
+            return
+        }
+        #expect(error.description.contains("is full"))
+        // Giving the task back replaces the queued write: the retry commits and the store is usable again.
+        guard case .committed = await Self.commit(store, [.forgetAccepted(big.id)]) else {
+            Issue.record("the retry did not commit")
+            return
+        }
+        #expect(try store.load().accepted.isEmpty)
+    }
+}
