@@ -27,51 +27,22 @@ enum TaskExecution {
 
     // MARK: exec
 
-    /// Nothing here blocks a Swift concurrency thread: pipe I/O runs on GCD threads, the exit is observed through
-    /// the termination handler, and cancellation signals the process. (On two cores, two blocked pool threads
-    /// would freeze the whole node.)
+    /// Nothing here blocks a Swift concurrency thread: pipe I/O and the wait for the exit run on GCD threads, and
+    /// cancellation signals the process group. (On two cores, two blocked pool threads would freeze the whole node.)
     private static func runProcess(command: String, arguments: [String], input: [UInt8], timeout: Duration) async
         -> TaskOutcome
     {
-        let process = Process()
-        if command.contains("/") {
-            process.executableURL = URL(fileURLWithPath: command)
-            process.arguments = arguments
-        } else {
-            // Resolve through PATH like a shell would, but without a shell: arguments are never re-interpreted.
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = [command] + arguments
-        }
-        let stdin = Pipe()
-        let stdout = Pipe()
-        let stderr = Pipe()
-        process.standardInput = stdin
-        process.standardOutput = stdout
-        process.standardError = stderr
-        let exit = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        process.terminationHandler = { _ in
-            exit.continuation.yield()
-            exit.continuation.finish()
-        }
+        let process: ChildProcess
         do {
-            try process.run()
+            process = try ChildProcess(command: command, arguments: arguments, input: input)
         } catch {
-            return .failure("cannot start \(command): \(error.localizedDescription)")
+            return .failure(error.description)
         }
-        let pid = process.processIdentifier
-        Self.onIOThread {
-            // A process that exits without reading its input closes the pipe: not an error of ours.
-            signal(SIGPIPE, SIG_IGN)
-            try? stdin.fileHandleForWriting.write(contentsOf: Data(input))
-            try? stdin.fileHandleForWriting.close()
-        }
-        async let output = Self.readToEnd(stdout.fileHandleForReading)
-        async let errors = Self.readToEnd(stderr.fileHandleForReading)
-
+        async let output = process.collectOutput(limit: TaskMessage.maximumInputLength, tailLength: Self.stderrTailLength)
         let ending = await withTaskCancellationHandler {
             await withTaskGroup(of: Ending.self) { group in
                 group.addTask {
-                    for await _ in exit.stream { return .exited }
+                    await process.waitForExit()
                     return Task.isCancelled ? .canceled : .exited
                 }
                 group.addTask {
@@ -83,47 +54,38 @@ enum TaskExecution {
                 return first
             }
         } onCancel: {
-            kill(pid, SIGTERM)
+            process.send(SIGTERM)
         }
         if ending != .exited {
-            kill(pid, SIGTERM)
-            try? await Task.sleep(for: .milliseconds(200))
-            if process.isRunning { kill(pid, SIGKILL) }
+            process.send(SIGTERM)
+            for _ in 0..<40 where !process.hasExited { try? await Task.sleep(for: .milliseconds(5)) }
+            process.send(SIGKILL)
+            await process.waitForExit()
         }
-        let (stdoutBytes, stderrBytes) = await (output, errors)
-        while process.isRunning { try? await Task.sleep(for: .milliseconds(5)) }
+        let termination = process.reap()
+        let (stdout, stderrTail) = await output
         switch ending {
         case .canceled: return .canceled
         case .timedOut:
             return .failure("timed out after \(String(format: "%.1f", timeout.seconds)) s; \(command) was killed")
         case .exited: break
         }
-        let tail = String(decoding: stderrBytes.suffix(Self.stderrTailLength), as: UTF8.self)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
-        guard process.terminationReason == .exit, process.terminationStatus == 0 else {
-            if process.terminationReason == .exit, process.terminationStatus == 127,
-                process.executableURL?.path == "/usr/bin/env"
-            {
-                return .failure("\(command): command not found")
+        let tail = String(decoding: stderrTail, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let how: String
+        switch termination {
+        case .exited(0):
+            guard let stdout else {
+                return .failure("\(command) wrote more than \(TaskMessage.maximumInputLength) bytes to stdout")
             }
-            let how = process.terminationReason == .exit
-                ? "exited with status \(process.terminationStatus)" : "was killed by signal \(process.terminationStatus)"
-            return .failure("\(command) \(how)" + (tail.isEmpty ? "" : ": \(tail)"))
+            return .success(stdout)
+        case .exited(let status): how = "exited with status \(status)"
+        case .signaled(let signal): how = "was killed by signal \(signal)"
+        case .unknown: how = "ended with an unknown status"
         }
-        return .success(stdoutBytes)
+        return .failure("\(command) \(how)" + (tail.isEmpty ? "" : ": \(tail)"))
     }
 
     private enum Ending: Sendable { case exited, timedOut, canceled }
-
-    private static func onIOThread(_ work: @escaping @Sendable () -> Void) {
-        DispatchQueue.global().async(execute: work)
-    }
-
-    private static func readToEnd(_ handle: FileHandle) async -> [UInt8] {
-        await withCheckedContinuation { continuation in
-            Self.onIOThread { continuation.resume(returning: Array((try? handle.readToEnd()) ?? Data())) }
-        }
-    }
 
     // MARK: http
 
