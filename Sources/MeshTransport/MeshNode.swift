@@ -35,6 +35,8 @@ public actor MeshNode: Service {
     private struct Bound {
         let listener: NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never>
         let control: ControlServer
+        /// The control API over TCP (`run --http`), if asked for.
+        let httpControl: ControlServer?
         let address: HostAndPort
         let startedAt: Date
     }
@@ -137,6 +139,14 @@ public actor MeshNode: Service {
     /// Core time: a monotonic duration since this node started, immune to wall-clock jumps.
     nonisolated var now: Duration { ContinuousClock.now - self.clockOrigin }
 
+    /// The TCP port of the control API when it listens over HTTP (`run --http`).
+    public var httpControlPort: Int? {
+        switch self.state {
+        case .bound(let bound), .running(let bound): return bound.httpControl?.port
+        case .created, .stopped: return nil
+        }
+    }
+
     public enum StartError: Error, CustomStringConvertible {
         case cannotListen(HostAndPort, String)
         case alreadyStarted
@@ -184,11 +194,23 @@ public actor MeshNode: Service {
             try? await listener.channel.close()
             throw error
         }
+        var httpControl: ControlServer?
+        if let http = self.settings.httpControl {
+            do {
+                let token = try self.home.loadOrCreateControlToken()
+                httpControl = try await ControlServer.bind(http: http, token: token, group: self.group, logger: self.logger)
+            } catch {
+                try? await listener.channel.close()
+                await control.close()
+                throw error
+            }
+        }
         self.credentialsBox.withLock {
             $0 = HandshakeCredentials(
                 identity: self.identity, networkKey: self.networkKey, listenAddress: address.description)
         }
-        self.state = .bound(Bound(listener: listener, control: control, address: address, startedAt: Date()))
+        self.state = .bound(Bound(
+            listener: listener, control: control, httpControl: httpControl, address: address, startedAt: Date()))
         var seed = SystemRandomNumberGenerator()
         self.membership = Membership(
             identity: self.identity.publicIdentity, address: address.description,
@@ -201,6 +223,7 @@ public actor MeshNode: Service {
         self.logger.info("listening", metadata: [
             "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
             "trusted-peers": "\(self.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
+            "http-control": "\(httpControl.map { "\(self.settings.httpControl!.host):\($0.port ?? 0) (token in \(self.home.controlTokenPath))" } ?? "off")",
         ])
         return address
     }
@@ -213,6 +236,9 @@ public actor MeshNode: Service {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { await self.acceptConnections(on: bound.listener) }
             group.addTask { await bound.control.run(handler: { await self.handleControl($0) }) }
+            if let http = bound.httpControl {
+                group.addTask { await http.run(handler: { await self.handleControl($0) }) }
+            }
             group.addTask { await self.runMembershipTimer() }
             for join in joins {
                 group.addTask { await self.maintainConnection(to: join) }
@@ -274,6 +300,7 @@ public actor MeshNode: Service {
         }
         try? await bound.listener.channel.close()
         await bound.control.close()
+        await bound.httpControl?.close()
     }
 
     // MARK: - Connections

@@ -25,6 +25,7 @@ public struct NodeHome: Sendable {
     public var peersDirectory: String { self.path + "/peers" }
     public var controlSocketPath: String { self.path + "/control.sock" }
     public var taskStorePath: String { self.path + "/node.sqlite" }
+    public var controlTokenPath: String { self.path + "/control.token" }
 
     // MARK: - init
 
@@ -121,6 +122,23 @@ public struct NodeHome: Sendable {
             bytes = decoded
         }
         return try! NetworkKey(key: SecretBytes(copying: bytes))  // the length was checked above
+    }
+
+    /// The bearer token that guards the control API over TCP (`run --http`): read from `control.token`, or created
+    /// there (32 random bytes as hex, mode 0600) on first use.
+    public func loadOrCreateControlToken() throws(HomeError) -> String {
+        if FileManager.default.fileExists(atPath: self.controlTokenPath) {
+            let token = String(decoding: try FileSystem.readBytes(self.controlTokenPath), as: UTF8.self)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            guard token.count >= 16, token.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
+                throw .malformed(self.controlTokenPath, "a control token is one line of at least 16 printable characters")
+            }
+            return token
+        }
+        var generator = SystemRandomNumberGenerator()
+        let token = Hex.encode((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+        try FileSystem.writeAtomically(Array((token + "\n").utf8), to: self.controlTokenPath, mode: 0o600)
+        return token
     }
 
     /// Every readable descriptor in `peers/`, plus a sentence for each file that could not be used.

@@ -38,6 +38,9 @@ public struct NodeSettings: Sendable {
     public var redialMaximumDelay: Duration = .seconds(30)
     /// Largest task input a client may submit, in bytes of JSON.
     public var maximumTaskInput = 1024 * 1024
+    /// Also serve the control API over HTTP on this address (keep it on loopback); every request needs the bearer
+    /// token in `DIR/control.token`, created on first use.
+    public var httpControl: HostAndPort?
     /// Caps the task store at this many 4 KiB pages (nil: only the disk limits it). A store that is full behaves
     /// like a full disk: new tasks are refused with a clear error and nothing stored is lost.
     public var taskStoreMaximumPages: Int?

@@ -38,6 +38,11 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Sessions kept open at once; beyond it the least recently active are closed.")
     var maxConnections: Int = 16
 
+    @Option(help: ArgumentHelp(
+        "Also serve the control API over HTTP here (keep it on loopback); requests need 'Authorization: Bearer' with the token in DIR/control.token.",
+        valueName: "HOST:PORT"))
+    var http: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -46,6 +51,7 @@ struct Run: AsyncParsableCommand {
         _ = try self.parsedJoins()
         _ = try self.parsedCapabilities()
         _ = try self.parsedAdvertise()
+        _ = try self.parsedHTTP()
         guard ["lan", "local"].contains(self.timers) else { throw ValidationError("--timers takes lan or local") }
         guard self.maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
         guard Logger.Level(rawValue: self.logLevel) != nil else {
@@ -78,6 +84,11 @@ struct Run: AsyncParsableCommand {
         do { return try HostAndPort(parsing: advertise) } catch { throw ValidationError("--advertise: \(error)") }
     }
 
+    private func parsedHTTP() throws -> HostAndPort? {
+        guard let http else { return nil }
+        do { return try HostAndPort(parsing: http) } catch { throw ValidationError("--http: \(error)") }
+    }
+
     func run() async throws {
         let level = Logger.Level(rawValue: self.logLevel) ?? .info
         LoggingSystem.bootstrap { _ in LineLogHandler(logLevel: level) }
@@ -92,6 +103,7 @@ struct Run: AsyncParsableCommand {
         settings.isOpen = self.open
         settings.capabilities = try self.parsedCapabilities()
         settings.advertise = try self.parsedAdvertise()
+        settings.httpControl = try self.parsedHTTP()
 
         let node = MeshNode(home: home, identity: identity, networkKey: networkKey, settings: settings, logger: logger)
         let address: HostAndPort

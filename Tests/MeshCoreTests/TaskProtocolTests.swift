@@ -473,3 +473,19 @@ import Testing
         #expect(mesh.submitter.abandon(id).isEmpty)
     }
 }
+
+extension TaskProtocolTests {
+    @Test func declinesDoNotUseUpAttemptsSoABurstBeyondCapacityWaits() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        let first = mesh.submit(attempts: 2)
+        let second = mesh.submit(attempts: 2)
+        mesh.advance(.seconds(10))  // c stays busy with the first task: the second is declined round after round
+        #expect(mesh.submitter.task(second)!.attempts.count > 2)
+        #expect(mesh.submitter.task(second)?.state.isTerminal == false)
+        mesh.completeRuns()
+        mesh.advance(.seconds(6))
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(first)?.state == .completed)
+        #expect(mesh.submitter.task(second)?.state == .completed)
+    }
+}

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import MeshCore
 import MeshTestKit
 import Testing
@@ -229,5 +232,40 @@ import Testing
         await runningC.stop()
         await runningB.stop()
         await runningA.stop()
+    }
+
+    @Test func theControlAPIOverHTTPAnswersOnlyTheBearerOfTheToken() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let running = try await a.start {
+            $0.httpControl = HostAndPort(host: "127.0.0.1", port: 0)
+            $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+        }
+        let port = try #require(await running.node.httpControlPort)
+        let token = try String(contentsOfFile: a.home.controlTokenPath, encoding: .utf8).trimmingCharacters(in: .newlines)
+        let mode = try FileManager.default.attributesOfItem(atPath: a.home.controlTokenPath)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        func call(_ method: String, _ path: String, token: String?, body: String? = nil) async throws -> (Int, String) {
+            var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+            request.httpMethod = method
+            if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+            request.httpBody = body.map { Data($0.utf8) }
+            let (data, response) = try await URLSession.shared.data(for: request)
+            return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+        }
+        #expect(try await call("GET", "/v1/node", token: nil).0 == 401)
+        #expect(try await call("GET", "/v1/node", token: String(token.reversed())).0 == 401)
+        #expect(try await call("GET", "/v1/node", token: token + "x").0 == 401)
+        let (status, body) = try await call("GET", "/v1/node", token: token)
+        #expect(status == 200)
+        #expect(body.contains("\"name\""))
+        let (submitted, task) = try await call(
+            "POST", "/v1/tasks", token: token, body: #"{"capability": "echo", "input": {"hi": 1}}"#)
+        #expect(submitted == 202, "\(task)")
+        await running.stop()
+        // The token survives restarts.
+        let again = try await a.start { $0.httpControl = HostAndPort(host: "127.0.0.1", port: 0) }
+        #expect(try String(contentsOfFile: a.home.controlTokenPath, encoding: .utf8).trimmingCharacters(in: .newlines) == token)
+        await again.stop()
     }
 }

@@ -11,11 +11,11 @@ import Testing
 
         init(home: String) { self.home = home }
 
-        func start(join: String?) throws {
+        func start(join: String?, capabilities: [String] = []) throws {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
             process.arguments = ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", "local"]
-                + (join.map { ["--join", $0] } ?? [])
+                + (join.map { ["--join", $0] } ?? []) + capabilities.flatMap { ["--capability", $0] }
             let out = Pipe()
             process.standardOutput = out
             process.standardError = FileHandle(forWritingAtPath: "/dev/null")
@@ -38,10 +38,78 @@ import Testing
 
         func status(of name: String) -> ControlAPI.Member? { self.members().first { $0.name == name } }
 
+        var client: ControlClient { ControlClient(socketPath: self.home + "/control.sock") }
+
+        /// Submits `{"n": number}`; returns the task id once the node acknowledged it.
+        func submit(_ capability: String, number: Int) throws -> String {
+            let body = try JSONSerialization.data(withJSONObject: [
+                "capability": capability, "input": ["n": number], "timeout_seconds": 120, "max_attempts": 10,
+            ])
+            let response = try self.client.request(method: "POST", path: "/v1/tasks", body: Array(body))
+            guard response.status == 202 else { throw CLIFailure(String(decoding: response.body, as: UTF8.self)) }
+            return try self.client.decode(response, as: ControlAPI.TaskInfo.self).id
+        }
+
+        func tasks() throws -> [ControlAPI.TaskInfo] {
+            try self.client.get("/v1/tasks", as: ControlAPI.TaskList.self).tasks
+        }
+
         func signal(_ signal: Int32) {
             guard let process, process.isRunning else { return }
             kill(process.processIdentifier, signal)
             process.waitUntilExit()
+        }
+    }
+
+    struct CLIFailure: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    /// A worker for `exec:` that notes when each run starts and ends (CLOCK_MONOTONIC is shared by all processes),
+    /// so a test can prove no task ever ran twice at the same time.
+    static let recorder = """
+        import json, os, sys, time
+        task = json.load(sys.stdin)
+        def note(kind):
+            with open(sys.argv[1], "a") as log:
+                log.write(f"{kind} {task['n']} {sys.argv[2]} {os.getpid()} {time.monotonic()}\\n")
+        note("start")
+        time.sleep(float(sys.argv[3]))
+        note("end")
+        print(json.dumps(task))
+        """
+
+    /// Runs per task number as (start, end) intervals; a run that never ended lasts forever.
+    static func runs(in log: String) -> [Int: [(start: Double, end: Double)]] {
+        let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
+        var open: [String: (Int, Double)] = [:]
+        var runs: [Int: [(start: Double, end: Double)]] = [:]
+        for line in lines {
+            let fields = line.split(separator: " ")
+            guard fields.count == 5, let number = Int(fields[1]), let time = Double(fields[4]) else { continue }
+            let key = "\(fields[2])/\(fields[3])"
+            if fields[0] == "start" { open[key] = (number, time) }
+            if fields[0] == "end", let (started, at) = open.removeValue(forKey: key) {
+                runs[started, default: []].append((at, time))
+            }
+        }
+        for (number, at) in open.values { runs[number, default: []].append((at, .infinity)) }
+        return runs
+    }
+
+    static func overlapping(_ runs: [Int: [(start: Double, end: Double)]]) -> [Int] {
+        runs.compactMap { number, intervals in
+            let sorted = intervals.sorted { $0.start < $1.start }
+            return zip(sorted, sorted.dropFirst()).contains { $0.end > $1.start } ? number : nil
+        }.sorted()
+    }
+
+    static func initHomes(_ root: String, _ names: [String]) throws {
+        for name in names {
+            let arguments = ["init", "--home", "\(root)/\(name)", "--name", name]
+                + (name == names[0] ? [] : ["--network-key-file", "\(root)/\(names[0])/network.key"])
+            #expect(try CommandLineTests.agentmesh(arguments).status == 0)
         }
     }
 
@@ -94,5 +162,101 @@ import Testing
         #expect(back, "b did not come back alive with a higher incarnation")
         for node in nodes.values { node.signal(SIGTERM) }
         #expect(nodes.values.allSatisfy { $0.process?.terminationStatus == 0 }, "a node did not stop cleanly")
+    }
+
+    // MARK: - Tasks across real processes
+
+    @Test func fiveHundredTasksSubmittedToANodeWithoutTheCapabilityAllCompleteOnTheOneThatHasIt() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-proc-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try Self.initHomes(root, ["a", "b", "c"])
+        let (a, b, c) = (Node(home: "\(root)/a"), Node(home: "\(root)/b"), Node(home: "\(root)/c"))
+        defer { for node in [a, b, c] { node.signal(SIGKILL) } }
+        try a.start(join: nil)
+        try b.start(join: a.address)
+        try c.start(join: a.address, capabilities: ["echo=builtin:echo"])
+        #expect(Self.waitUntil { a.status(of: "c")?.capabilities.isEmpty == false && a.status(of: "b")?.status == "alive" })
+
+        let ids = try (0..<500).map { try a.submit("echo", number: $0) }
+        #expect(Self.waitUntil(90) { (try? a.tasks())?.filter { $0.state == "completed" }.count == 500 })
+        let tasks = Dictionary(uniqueKeysWithValues: try a.tasks().map { ($0.id, $0) })
+        for (number, id) in ids.enumerated() {
+            #expect(tasks[id]?.state == "completed")
+            #expect(tasks[id]?.executedBy == "c")
+            #expect(tasks[id]?.result == ControlAPI.JSONValue(["n": number]))
+        }
+        for node in [a, b, c] { node.signal(SIGTERM) }
+    }
+
+    @Test func killingAnExecutorMidBurstLosesNoTaskAndNeverRunsOneTwiceAtOnce() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-proc-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try Self.initHomes(root, ["a", "b", "c"])
+        let worker = root + "/recorder.py"
+        let log = root + "/runs.log"
+        try Self.recorder.write(toFile: worker, atomically: true, encoding: .utf8)
+        let (a, b, c) = (Node(home: "\(root)/a"), Node(home: "\(root)/b"), Node(home: "\(root)/c"))
+        defer { for node in [a, b, c] { node.signal(SIGKILL) } }
+        try a.start(join: nil)
+        try b.start(join: a.address, capabilities: ["echo=exec:python3 \(worker) \(log) b 0.02"])
+        try c.start(join: a.address, capabilities: ["echo=exec:python3 \(worker) \(log) c 0.02"])
+        #expect(Self.waitUntil { ["b", "c"].allSatisfy { a.status(of: $0)?.capabilities.isEmpty == false } })
+
+        let ids = try (0..<150).map { try a.submit("echo", number: $0) }
+        // Kill c while it is busy, bring it back on the same home.
+        #expect(Self.waitUntil { (Self.runs(in: log).values.joined().count) >= 40 })
+        c.signal(SIGKILL)
+        Thread.sleep(forTimeInterval: 0.5)
+        try c.start(join: a.address, capabilities: ["echo=exec:python3 \(worker) \(log) c 0.02"])
+
+        let ended = Self.waitUntil(120) { (try? a.tasks())?.allSatisfy { ["completed", "failed", "expired", "canceled"].contains($0.state) } == true }
+        let tasks = Dictionary(uniqueKeysWithValues: try a.tasks().map { ($0.id, $0) })
+        #expect(ended, "\(tasks.values.filter { $0.state != "completed" }.count) tasks did not end")
+        #expect(tasks.count == 150, "every acknowledged task is listed")
+        for (number, id) in ids.enumerated() {
+            #expect(tasks[id]?.state == "completed", "task \(number): \(tasks[id]?.state ?? "missing") \(tasks[id]?.error ?? "")")
+            #expect(tasks[id]?.result == ControlAPI.JSONValue(["n": number]))
+        }
+        let runs = Self.runs(in: log)
+        #expect(Self.overlapping(runs) == [], "tasks that ran twice at the same time")
+        #expect(runs.count == 150, "every task ran")
+        for node in [a, b, c] { node.signal(SIGTERM) }
+    }
+
+    @Test func killingTheSubmitterWithTasksInFlightStillEndsEveryTask() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-proc-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try Self.initHomes(root, ["c", "a"])
+        let worker = root + "/recorder.py"
+        let log = root + "/runs.log"
+        try Self.recorder.write(toFile: worker, atomically: true, encoding: .utf8)
+        let (a, c) = (Node(home: "\(root)/a"), Node(home: "\(root)/c"))
+        defer { for node in [a, c] { node.signal(SIGKILL) } }
+        try c.start(join: nil, capabilities: ["echo=exec:python3 \(worker) \(log) c 0.1"])
+        try a.start(join: c.address)
+        #expect(Self.waitUntil { a.status(of: "c")?.capabilities.isEmpty == false })
+
+        let ids = try (0..<80).map { try a.submit("echo", number: $0) }
+        #expect(Self.waitUntil { (Self.runs(in: log).values.joined().count) >= 10 })
+        a.signal(SIGKILL)
+        let runsAtKill = Self.runs(in: log).values.joined().count
+        try a.start(join: c.address)
+
+        let ended = Self.waitUntil(120) {
+            let tasks = (try? a.tasks()) ?? []
+            return tasks.count == 80 && tasks.allSatisfy { ["completed", "failed", "expired", "canceled"].contains($0.state) }
+        }
+        let tasks = Dictionary(uniqueKeysWithValues: try a.tasks().map { ($0.id, $0) })
+        #expect(ended, "\(tasks.values.filter { $0.state != "completed" }.count) of \(tasks.count) tasks did not end")
+        #expect(runsAtKill < 80, "the kill came after every task had run; the test proved nothing")
+        for (number, id) in ids.enumerated() {
+            #expect(tasks[id]?.state == "completed", "task \(number): \(tasks[id]?.state ?? "missing") \(tasks[id]?.error ?? "")")
+            #expect(tasks[id]?.result == ControlAPI.JSONValue(["n": number]))
+        }
+        #expect(Self.overlapping(Self.runs(in: log)) == [])
+        for node in [a, c] { node.signal(SIGTERM) }
     }
 }

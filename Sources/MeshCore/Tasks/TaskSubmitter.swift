@@ -104,6 +104,12 @@ public struct TaskSubmitter: Sendable {
 
         public var currentAttempt: Attempt? { self.attempts.last }
 
+        /// Attempts that count against `maximumAttempts`: a decline (busy, rate limited…) only routes the task on,
+        /// so a burst larger than the mesh's capacity waits instead of giving up.
+        public var triedAttempts: Int {
+            self.attempts.count { if case .declined? = $0.outcome { return false } else { return true } }
+        }
+
         /// A task as the store kept it.
         public init(
             id: TaskID, capability: String, input: [UInt8], submittedAt: Duration, deadline: Duration,
@@ -266,7 +272,7 @@ public struct TaskSubmitter: Sendable {
                 // The executor answered: a task that fails on its input says nothing about the peer's health, so
                 // the breaker is left alone (only unanswered offers count against a peer).
                 self.endAttempt(id, .failed(message), now: now)
-                if self.tasks[id]!.attempts.count >= task.maximumAttempts {
+                if self.tasks[id]!.triedAttempts >= task.maximumAttempts {
                     self.finish(id, .failed, outcome: outcome, error: message, now: now, into: &directives)
                 } else {
                     self.scheduleRetry(id, now: now)
@@ -274,6 +280,7 @@ public struct TaskSubmitter: Sendable {
                 }
             }
             directives.append(.send(.resultAck(id, epoch: epoch), to: peer))
+            self.offerWaitingTask(freedBy: peer, capability: task.capability, now: now, into: &directives)
 
         case .held(_, let epoch):
             // An executor restarted holding this task: it may run it only if its attempt is still the current one.
@@ -372,9 +379,9 @@ public struct TaskSubmitter: Sendable {
 
     private mutating func offer(_ id: TaskID, now: Duration, into directives: inout [Directive]) {
         guard var task = self.tasks[id], !task.state.isTerminal else { return }
-        if task.attempts.count >= task.maximumAttempts {
+        if task.triedAttempts >= task.maximumAttempts {
             let last = task.error ?? "no attempt succeeded"
-            self.finish(id, .failed, outcome: nil, error: "gave up after \(task.attempts.count) attempts: \(last)", now: now, into: &directives)
+            self.finish(id, .failed, outcome: nil, error: "gave up after \(task.triedAttempts) attempts: \(last)", now: now, into: &directives)
             return
         }
         let peer = self.choose(for: task, now: now)
@@ -407,6 +414,19 @@ public struct TaskSubmitter: Sendable {
                 id: task.id, epoch: epoch, capability: task.capability, input: task.input,
                 timeRemaining: task.deadline - now)),
             to: peer)
+    }
+
+    /// A run just ended on `peer`, so it has a free slot: the oldest task waiting out a back-off for the same
+    /// capability is offered now instead of at its next retry.
+    private mutating func offerWaitingTask(
+        freedBy peer: NodeID, capability: String, now: Duration, into directives: inout [Directive]
+    ) {
+        let waiting = self.tasks.values.filter { task in
+            task.state == .submitted && task.capability == capability && (task.nextOfferAt ?? now) > now
+        }
+        guard let oldest = waiting.min(by: { ($0.submittedAt, $0.id) < ($1.submittedAt, $1.id) }) else { return }
+        self.tasks[oldest.id]?.declinedBy = []
+        self.offer(oldest.id, now: now, into: &directives)
     }
 
     private mutating func scheduleRetry(_ id: TaskID, now: Duration) {
