@@ -148,6 +148,18 @@ import Testing
         #expect(badName.stderr.contains("invalid node name"))
     }
 
+    @Test func runRefusesATaskStoreItCannotReadAndSaysWhich() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary), "build agentmesh first: \(Self.binary)")
+        let root = "/tmp/am-run-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        #expect(try Self.agentmesh("init", "--home", root + "/a").status == 0)
+        try Data(repeating: 0x5a, count: 4096).write(to: URL(fileURLWithPath: root + "/a/node.sqlite"))
+        let refused = try Self.agentmesh("run", "--home", root + "/a", "--listen", "127.0.0.1:0")
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("\(root)/a/node.sqlite"))
+        #expect(refused.stderr.contains("not a valid task store"), "\(refused.stderr)")
+    }
+
     @Test func runReportsItsPortRefusesATakenOneAndStopsCleanlyOnSIGTERM() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.binary), "build agentmesh first: \(Self.binary)")
         let root = "/tmp/am-run-" + UUID().uuidString.prefix(8)
