@@ -185,13 +185,12 @@ extension MeshNode {
                 self.runner?.setStorageAvailable(true)
                 self.logger.notice("the task store is writable again; taking new tasks")
             }
-            var released = 0
-            for batch in self.deferredTaskActions {
-                guard batch.sequence <= self.storeCommitted else { break }
-                released += 1
+            // One at a time: performing a batch can queue more (a task offered to this node itself), which must
+            // line up behind it.
+            while let batch = self.deferredTaskActions.first, batch.sequence <= self.storeCommitted {
+                self.deferredTaskActions.removeFirst()
                 batch.actions.forEach(self.perform)
             }
-            self.deferredTaskActions.removeFirst(released)
             let (ready, waiting) = (
                 self.durabilityWaiters.filter { $0.sequence <= self.storeCommitted },
                 self.durabilityWaiters.filter { $0.sequence > self.storeCommitted })
