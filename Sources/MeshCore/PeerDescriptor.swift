@@ -3,8 +3,13 @@ public import MeshCrypto
 /// A trusted peer, as written in `DIR/peers/<node id>.toml` (format: peers/README.md).
 public struct PeerDescriptor: Sendable, Equatable {
     public let identity: PeerIdentity
+    /// Limits for this peer that replace the node-wide ones (`[limits]`, `CLASS = "RATE/s[:BURST]"`).
+    public let limits: [LimitClass: Rate]
 
-    public init(identity: PeerIdentity) { self.identity = identity }
+    public init(identity: PeerIdentity, limits: [LimitClass: Rate] = [:]) {
+        self.identity = identity
+        self.limits = limits
+    }
 
     public enum ParseError: Error, Equatable, CustomStringConvertible {
         case syntax(TOMLDocument.ParseError)
@@ -30,7 +35,29 @@ public struct PeerDescriptor: Sendable, Equatable {
         ed25519 = \(TOMLDocument.quoted(Hex.encode(self.identity.identityKey.bytes)))
         x25519 = \(TOMLDocument.quoted(Hex.encode(self.identity.staticKey)))
 
-        """
+        """ + Self.renderLimits(self.limits)
+    }
+
+    /// A `[limits]` table, or nothing when there are no limits.
+    public static func renderLimits(_ limits: [LimitClass: Rate]) -> String {
+        guard !limits.isEmpty else { return "" }
+        return "\n[limits]\n" + limits.sorted { $0.key < $1.key }
+            .map { "\($0.key) = \(TOMLDocument.quoted($0.value.description))\n" }.joined()
+    }
+
+    /// Reads a `[limits]` table: each key a limit class, each value a quoted `RATE/s[:BURST]`.
+    public static func parseLimits(_ document: TOMLDocument) throws(ParseError) -> [LimitClass: Rate] {
+        var limits: [LimitClass: Rate] = [:]
+        for (key, value) in document.tables["limits"] ?? [:] {
+            guard let limitClass = LimitClass(rawValue: key) else {
+                throw .invalidKey("limits.\(key)", reason: "not a limit class (use \(LimitClass.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            guard case .string(let text) = value else {
+                throw .invalidKey("limits.\(key)", reason: "expected a quoted rate like \"20/s:40\"")
+            }
+            do { limits[limitClass] = try Rate(parsing: text) } catch { throw .invalidKey("limits.\(key)", reason: error.description) }
+        }
+        return limits
     }
 
     public init(parsing text: String) throws(ParseError) {
@@ -56,6 +83,7 @@ public struct PeerDescriptor: Sendable, Equatable {
             throw .invalidKey("id", reason: "does not match the ed25519 key")
         }
         self.identity = identity
+        self.limits = try Self.parseLimits(document)
     }
 }
 

@@ -43,6 +43,9 @@ public struct SecureSession: Sendable {
         public static let refusedCode: UInt8 = 4
         /// Closed to keep the node's connection count bounded; the peer should not re-dial at once.
         public static let pruned = CloseReason(code: 5, text: "connection pruned to keep connections bounded")
+        public static let bannedCode: UInt8 = 6
+        /// The peer went over its limits (or misbehaved) and is cut off for a while; `why` says until when.
+        public static func banned(_ why: String) -> CloseReason { CloseReason(code: bannedCode, text: why) }
 
         /// The responder refused an authenticated initiator (trust policy); `why` is shown to that peer.
         public static func refused(_ why: String) -> CloseReason { CloseReason(code: refusedCode, text: why) }
@@ -79,6 +82,8 @@ public struct SecureSession: Sendable {
     public let peerListenAddress: String
     public let decision: TrustPolicy.Decision
     public let role: Noise.Role
+    /// The Noise handshake hash: names this session, and both ends know it.
+    public let handshakeHash: [UInt8]
     public let maximumMessageLength: Int
     private var sender: Noise.CipherState
     private var receiver: Noise.CipherState
@@ -90,6 +95,7 @@ public struct SecureSession: Sendable {
         self.peerListenAddress = established.peerListenAddress
         self.decision = established.decision
         self.role = established.role
+        self.handshakeHash = established.handshakeHash
         self.sender = established.send
         self.receiver = established.receive
         self.maximumMessageLength = maximumMessageLength

@@ -52,6 +52,35 @@ public enum ControlAPI {
         public let members: [Member]
     }
 
+    /// One limited class of one peer: its budget and what the peer did with it.
+    public struct LimitUsage: Codable, Sendable, Equatable {
+        /// `gossip`, `offers`, `results` or `bytes`.
+        public let limitClass: String
+        /// `RATE/s:BURST`.
+        public let rate: String
+        public let tokensLeft: Double
+        public let accepted: UInt64
+        /// Declined (offers) or dropped (everything else).
+        public let refused: UInt64
+    }
+
+    public struct PeerLimits: Codable, Sendable, Equatable {
+        public let id: String
+        public let name: String
+        public let connected: Bool
+        /// The end of the current ban, if the peer is banned now.
+        public let bannedUntil: Date?
+        /// How many times the peer has been banned since this node started.
+        public let bans: Int
+        public let classes: [LimitUsage]
+    }
+
+    public struct Limits: Codable, Sendable, Equatable {
+        /// Node-wide rates by class (`run --limit`, `config.toml`), before per-peer overrides.
+        public let defaults: [String: String]
+        public let peers: [PeerLimits]
+    }
+
     /// Any JSON value, carried through Codable documents unchanged (task inputs and results).
     public struct JSONValue: Codable, @unchecked Sendable, Equatable {
         public let value: Any

@@ -75,8 +75,15 @@ extension MeshNode {
     }
 
     struct DeferredTaskActions: Sendable {
+        /// The task store's sequence number the actions wait for.
         let sequence: UInt64
+        /// The audit log's: a received message is acted on only once its record is durable.
+        let auditSequence: UInt64
         let actions: [DeferredTaskAction]
+
+        func isReady(storeCommitted: UInt64, auditCommitted: UInt64) -> Bool {
+            self.sequence <= storeCommitted && self.auditSequence <= auditCommitted
+        }
     }
 
     func runSubmitter(_ event: (inout TaskSubmitter) -> [TaskSubmitter.Directive]) {
@@ -117,10 +124,14 @@ extension MeshNode {
         guard let store = self.taskStore else { return }
         let sequence = store.enqueue(changes)
         guard !actions.isEmpty else { return }
-        if sequence <= self.storeCommitted, self.deferredTaskActions.isEmpty {
+        let batch = DeferredTaskActions(
+            sequence: sequence, auditSequence: self.auditLog?.lastQueued ?? 0, actions: actions)
+        if self.deferredTaskActions.isEmpty,
+            batch.isReady(storeCommitted: self.storeCommitted, auditCommitted: self.auditCommitted)
+        {
             actions.forEach(self.perform)
         } else {
-            self.deferredTaskActions.append(DeferredTaskActions(sequence: sequence, actions: actions))
+            self.deferredTaskActions.append(batch)
         }
     }
 
@@ -182,15 +193,10 @@ extension MeshNode {
             self.storeCommitted = max(self.storeCommitted, through)
             if !self.isStoreWritable {
                 self.isStoreWritable = true
-                self.runner?.setStorageAvailable(true)
                 self.logger.notice("the task store is writable again; taking new tasks")
+                self.storageAvailabilityChanged()
             }
-            // One at a time: performing a batch can queue more (a task offered to this node itself), which must
-            // line up behind it.
-            while let batch = self.deferredTaskActions.first, batch.sequence <= self.storeCommitted {
-                self.deferredTaskActions.removeFirst()
-                batch.actions.forEach(self.perform)
-            }
+            self.releaseDeferredTaskActions()
             let (ready, waiting) = (
                 self.durabilityWaiters.filter { $0.sequence <= self.storeCommitted },
                 self.durabilityWaiters.filter { $0.sequence > self.storeCommitted })
@@ -199,19 +205,37 @@ extension MeshNode {
         case .failed(let error):
             if self.isStoreWritable {
                 self.isStoreWritable = false
-                self.runner?.setStorageAvailable(false)
                 self.logger.error("cannot write the task store; refusing new tasks until it can", metadata: [
                     "store": "\(self.taskStore?.path ?? "-")", "error": "\(error.description)",
                 ])
+                self.storageAvailabilityChanged()
             }
-            self.abandonUnstartedTasks()
             let waiting = self.durabilityWaiters
             self.durabilityWaiters = []
             for waiter in waiting { waiter.continuation.resume(returning: error) }
         }
     }
 
-    /// Offers accepted in memory whose accept is still waiting for the failing store are given back (declined), so
+    /// Performs the deferred batches whose changes and audit records are durable, oldest first. One at a time:
+    /// performing a batch can queue more (a task offered to this node itself), which must line up behind it.
+    func releaseDeferredTaskActions() {
+        while let batch = self.deferredTaskActions.first,
+            batch.isReady(storeCommitted: self.storeCommitted, auditCommitted: self.auditCommitted)
+        {
+            self.deferredTaskActions.removeFirst()
+            batch.actions.forEach(self.perform)
+        }
+    }
+
+    /// The node takes peers' tasks only while both the task store and the audit log can be written: work that
+    /// could not be made durable, or would go unaudited, is declined `storage_unavailable`.
+    func storageAvailabilityChanged() {
+        let available = self.isStoreWritable && self.isAuditWritable
+        self.runner?.setStorageAvailable(available)
+        if !available { self.abandonUnstartedTasks() }
+    }
+
+    /// Offers accepted in memory whose accept is still waiting for the failing disk are given back (declined), so
     /// the submitter places them elsewhere instead of waiting for this disk.
     private func abandonUnstartedTasks() {
         let unstarted = self.deferredTaskActions.flatMap(\.actions).compactMap { action -> TaskID? in
@@ -365,6 +389,9 @@ extension MeshNode {
         guard (1...100).contains(attempts) else { return .error(400, "max_attempts must be between 1 and 100") }
         guard self.isStoreWritable else {
             return .error(507, "this node cannot store new tasks now (\(self.taskStore?.path ?? "its task store") is not writable); try another node")
+        }
+        guard self.isAuditWritable else {
+            return .error(507, "this node cannot audit new work now (\(self.auditLog?.directory ?? "its audit log") is not writable); try another node")
         }
         var generator = SystemRandomNumberGenerator()
         let id = TaskID(using: &generator)

@@ -18,7 +18,7 @@ public actor MeshNode: Service {
     private nonisolated let networkKey: NetworkKey
     nonisolated let logger: Logger
     private nonisolated let group: any EventLoopGroup
-    private nonisolated let trustStore: TrustStore
+    nonisolated let trustStore: TrustStore
     private nonisolated let pendingHandshakes: PendingHandshakes
     private nonisolated let replayGuard: ReplayGuard
     /// Set once the listener is bound (the advertised address needs the real port). NIO may accept a connection
@@ -41,7 +41,7 @@ public actor MeshNode: Service {
         let startedAt: Date
     }
 
-    private enum Origin: Sendable {
+    enum Origin: Sendable {
         /// The peer dialled us.
         case accepted
         /// We dialled a join address (kept, re-dialled).
@@ -60,7 +60,7 @@ public actor MeshNode: Service {
         }
     }
 
-    private struct PeerConnection {
+    struct PeerConnection {
         let number: UInt64
         let peer: EstablishedPeer
         let channel: any Channel
@@ -79,7 +79,7 @@ public actor MeshNode: Service {
         if case .running = self.state { return true }
         return false
     }
-    private var connections: [NodeID: PeerConnection] = [:]
+    var connections: [NodeID: PeerConnection] = [:]
     private var connectionCount: UInt64 = 0
 
     /// The SWIM state machine; created at bind, when the advertised address is known.
@@ -116,9 +116,21 @@ public actor MeshNode: Service {
     var advertisedLoad = 0
     var loadAdvertisedAt: Duration = .zero
     /// Why this node closed a session itself (pruned, duplicate), so its end is logged truthfully.
-    private var closedHere: [UInt64: String] = [:]
+    var closedHere: [UInt64: String] = [:]
     /// When each member last sent this node a membership message (direct evidence it is alive).
     private var lastHeardFrom: [NodeID: Date] = [:]
+    /// Per-peer budgets (authenticated peers), with escalation to bans.
+    var limiter: PeerLimiter<NodeID>
+    /// Connection attempts per source address, before anyone is authenticated; refuses, never bans.
+    nonisolated let connectionLimiter: Mutex<PeerLimiter<String>>
+    /// The per-peer audit logs (`DIR/audit/`); opened at bind.
+    var auditLog: AuditLog?
+    /// Every audit entry up to this sequence number is durable.
+    var auditCommitted: UInt64 = 0
+    var isAuditWritable = true
+    /// Per authenticated session (by connection number): what the audit needs to follow it.
+    var sessions: [UInt64: SessionAudit] = [:]
+    var auditCheckpointRequestedAt: Duration = .zero
 
     public init(
         home: NodeHome, identity: NodeIdentity, networkKey: NetworkKey, settings: NodeSettings, logger: Logger
@@ -132,6 +144,10 @@ public actor MeshNode: Service {
         self.trustStore = TrustStore(home: home, isOpen: settings.isOpen, logger: logger)
         self.pendingHandshakes = PendingHandshakes(limit: settings.maximumPendingHandshakes)
         self.replayGuard = ReplayGuard(capacity: settings.replayCacheCapacity)
+        self.limiter = PeerLimiter(settings: settings.limits)
+        var addressSettings = PeerLimiter<String>.Settings(rates: settings.limits.rates.filter { $0.key == .connections })
+        addressSettings.refusalsBeforeBan = .max
+        self.connectionLimiter = Mutex(PeerLimiter(settings: addressSettings))
         self.dials = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
         self.leaveSignal = AsyncStream.makeStream()
     }
@@ -151,12 +167,14 @@ public actor MeshNode: Service {
         case cannotListen(HostAndPort, String)
         case alreadyStarted
         case taskStore(String)
+        case auditLog(String)
 
         public var description: String {
             switch self {
             case .cannotListen(let address, let why): return "cannot listen on \(address): \(why)"
             case .alreadyStarted: return "the node was already started"
             case .taskStore(let why): return why
+            case .auditLog(let why): return "\(why) (start with --set-aside-broken-audit to move it aside and begin a new log)"
             }
         }
     }
@@ -175,6 +193,14 @@ public actor MeshNode: Service {
             stored = try store.load()
         } catch {
             throw StartError.taskStore(error.description)
+        }
+        let audit: AuditLog
+        do {
+            audit = try AuditLog(
+                directory: self.home.auditDirectory, identity: self.identity,
+                setAsideBroken: self.settings.setAsideBrokenAuditLogs)
+        } catch {
+            throw StartError.auditLog(error.description)
         }
         let listener: NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never>
         do {
@@ -220,6 +246,7 @@ public actor MeshNode: Service {
         self.runner = TaskRunner(capacity: Dictionary(
             self.settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
         self.openTaskStore(store, restoring: stored)
+        self.openAuditLog(audit)
         self.logger.info("listening", metadata: [
             "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
             "trusted-peers": "\(self.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
@@ -292,6 +319,7 @@ public actor MeshNode: Service {
         for execution in self.executions.values { execution.cancel() }
         self.wakeAllWaiters()
         await self.flushTaskStore()
+        await self.flushAuditLog()
         let closing = self.connections.values.map { $0.channel }
         self.connections.removeAll()
         for channel in closing {
@@ -327,6 +355,10 @@ public actor MeshNode: Service {
     private nonisolated func prepareAcceptedChannel(_ channel: any Channel) throws {
         let pending = self.pendingHandshakes
         guard let credentials = self.credentialsBox.withLock({ $0 }) else {
+            channel.close(promise: nil)
+            return
+        }
+        guard self.admitConnection(from: channel.remoteAddress) else {
             channel.close(promise: nil)
             return
         }
@@ -377,6 +409,7 @@ public actor MeshNode: Service {
                                 self.logger.info("refused connection", metadata: [
                                     "remote": "\(remote.display)", "reason": "\(error)",
                                 ])
+                                await self.auditConnectionFailure(error)
                             }
                         }
                     }
@@ -413,6 +446,7 @@ public actor MeshNode: Service {
             } catch is CancellationError {
                 return
             } catch {
+                await self.auditConnectionFailure(error)
                 self.logger.notice("cannot reach join address", metadata: [
                     "address": "\(address)", "reason": "\(error)", "attempt": "\(backoff.failures + 1)",
                 ])
@@ -465,12 +499,8 @@ public actor MeshNode: Service {
                     switch event {
                     case .established:
                         break
-                    case .message(.membership(let message)):
-                        await self.receiveMembership(message, from: peerID)
-                    case .message(.task(let message)):
-                        await self.receiveTask(message, from: peerID)
-                    case .message(let message):
-                        self.logger.trace("message", metadata: ["peer": "\(peerID.short)", "kind": "\(message.kind)"])
+                    case .message(let message, let bytes):
+                        await self.receive(message, bytes: bytes, from: peerID, session: number)
                     case .unknownMessage(let kind):
                         self.logger.debug("ignored message of unknown kind", metadata: [
                             "peer": "\(peerID.short)", "kind": "\(kind)",
@@ -495,6 +525,7 @@ public actor MeshNode: Service {
             return nil
         }
         let peerID = peer.identity.nodeID
+        guard self.admitSession(peer, channel: channel) else { return nil }
         if case .onDemand(let expected) = origin, expected != peerID {
             self.logger.warning("dialled member answered with another identity", metadata: [
                 "expected": "\(expected.short)", "answered": "\(peer.identity.name) \(peerID.short)",
@@ -518,6 +549,7 @@ public actor MeshNode: Service {
             guard keepNew else { return nil }
         }
         self.connections[peerID] = candidate
+        self.sessionStarted(candidate)
         self.logger.info("peer authenticated", metadata: [
             "peer": "\(peer.identity.name) \(peerID.short)", "address": "\(peer.listenAddress)",
             "remote": "\(channel.remoteAddress.display)", "direction": "\(origin.isAccepted ? "inbound" : "outbound")",
@@ -555,6 +587,7 @@ public actor MeshNode: Service {
 
     private func unregister(_ number: UInt64, peer: NodeID, reason: String) {
         let reason = self.closedHere.removeValue(forKey: number) ?? reason
+        self.sessionEnded(number, peer: peer, reason: reason)
         guard let connection = self.connections[peer], connection.number == number else { return }
         self.connections[peer] = nil
         self.membership?.disconnected(from: peer)
@@ -587,10 +620,11 @@ public actor MeshNode: Service {
         self.membership = membership
         self.handle(directives)
         self.taskTick(now: now)
+        self.auditTick(now: now)
         return min(max(membership.nextDeadline - now, self.settings.membershipTick), cap)
     }
 
-    private func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {
+    func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {
         guard case .running = self.state, var membership = self.membership else { return }
         self.connections[peer]?.lastActivity = .now
         self.lastHeardFrom[peer] = Date()
@@ -608,12 +642,14 @@ public actor MeshNode: Service {
             case .changed(let event):
                 self.log(event)
             case .misbehaving(let peer, let reason):
-                self.logger.warning("peer misbehaved", metadata: ["peer": "\(peer.short)", "reason": "\(reason)"])
+                self.peerMisbehaved(peer, reason: reason)
             }
         }
     }
 
     func send(_ message: WireMessage, to peer: NodeID, address: String) {
+        // A banned peer is cut off both ways until its ban ends.
+        guard self.limiter.bannedUntil(peer, now: self.now) == nil else { return }
         if self.connections[peer] != nil {
             self.write(message, to: peer)
         } else {
@@ -623,15 +659,17 @@ public actor MeshNode: Service {
 
     /// Both protocols are loss-tolerant (probes repeat, offers time out, results are re-sent until acknowledged):
     /// a session that cannot take more (a slow peer) drops the message rather than queueing without bound.
-    private func write(_ message: WireMessage, to peer: NodeID) {
+    func write(_ message: WireMessage, to peer: NodeID) {
         guard var connection = self.connections[peer] else { return }
         guard connection.channel.isWritable else {
-            self.logger.debug("dropped membership message to a slow peer", metadata: ["peer": "\(peer.short)"])
+            self.logger.debug("dropped a message to a slow peer", metadata: ["peer": "\(peer.short)", "kind": "\(message.kind)"])
             return
         }
         connection.lastActivity = .now
         self.connections[peer] = connection
         connection.channel.writeAndFlush(message, promise: nil)
+        // After the write: a transcript checkpoint this may trigger must follow the message it covers.
+        if case .task(let task) = message { self.auditSent(task, bytes: message.encoded(), on: connection) }
     }
 
     private func queue(_ message: WireMessage, for peer: NodeID, address: String) {
@@ -650,6 +688,7 @@ public actor MeshNode: Service {
             let connection = try await self.dial(address)
             _ = try await self.serve(connection, origin: .onDemand(peer))
         } catch {
+            await self.auditConnectionFailure(error)
             self.logger.debug("cannot reach member", metadata: [
                 "peer": "\(peer.short)", "address": "\(address)", "reason": "\(error)",
             ])
@@ -702,7 +741,7 @@ public actor MeshNode: Service {
         }
     }
 
-    private func memberName(_ id: NodeID) -> String {
+    func memberName(_ id: NodeID) -> String {
         if id == self.identity.nodeID { return "\(self.identity.name) \(id.short)" }
         guard let name = self.membership?.member(id)?.record.name else { return id.short }
         return "\(name) \(id.short)"
@@ -763,12 +802,13 @@ public actor MeshNode: Service {
         switch (request.method, request.path) {
         case ("GET", "/v1/members"): return .json(self.members())
         case ("GET", "/v1/node"): return .json(self.nodeInfo())
+        case ("GET", "/v1/limits"): return .json(self.limitsReport())
         case ("POST", "/v1/leave"):
             self.requestLeave()
             return .json(["leaving": true], status: 202)
         case (_, let path) where path == "/v1/tasks" || path.hasPrefix("/v1/tasks/"):
             return await self.handleTaskRequest(request)
-        case (_, "/v1/members"), (_, "/v1/node"), (_, "/v1/leave"):
+        case (_, "/v1/members"), (_, "/v1/node"), (_, "/v1/leave"), (_, "/v1/limits"):
             return .error(405, "\(request.method) is not allowed on \(request.path)")
         default: return .error(404, "no such endpoint: \(request.path)")
         }

@@ -26,6 +26,8 @@ public struct NodeHome: Sendable {
     public var controlSocketPath: String { self.path + "/control.sock" }
     public var taskStorePath: String { self.path + "/node.sqlite" }
     public var controlTokenPath: String { self.path + "/control.token" }
+    public var auditDirectory: String { self.path + "/audit" }
+    public var configPath: String { self.path + "/config.toml" }
 
     // MARK: - init
 
@@ -75,6 +77,24 @@ public struct NodeHome: Sendable {
     }
 
     // MARK: - Loading
+
+    /// Node-wide limits from `DIR/config.toml` (`[limits]`, `CLASS = "RATE/s[:BURST]"`); none when the file is absent.
+    public func loadConfiguredLimits() throws(HomeError) -> [LimitClass: Rate] {
+        guard FileManager.default.fileExists(atPath: self.configPath) else { return [:] }
+        let text = try FileSystem.readText(self.configPath)
+        do {
+            let document = try TOMLDocument(parsing: text)
+            let unknown = Set(document.tables.keys).subtracting(["", "limits"])
+            guard unknown.isEmpty, document.tables[""]?.isEmpty ?? true else {
+                throw HomeError.malformed(self.configPath, "it may only hold a [limits] table")
+            }
+            return try PeerDescriptor.parseLimits(document)
+        } catch let error as HomeError {
+            throw error
+        } catch {
+            throw .malformed(self.configPath, "\(error)")
+        }
+    }
 
     public func loadIdentity() throws(HomeError) -> NodeIdentity {
         guard FileManager.default.fileExists(atPath: self.identityKeyPath) else { throw .noIdentity(self.path) }
@@ -184,9 +204,10 @@ public struct NodeHome: Sendable {
             throw .trustingSelf
         }
         try FileSystem.createDirectory(self.peersDirectory, mode: 0o700)
-        let descriptor = PeerDescriptor(identity: peer)
+        let existing = try? PeerDescriptor(parsing: FileSystem.readText(self.peersDirectory + "/\(peer.nodeID).toml"))
+        // Re-trusting a peer keeps the limits written in its descriptor.
+        let descriptor = PeerDescriptor(identity: peer, limits: existing?.limits ?? [:])
         let path = self.peersDirectory + "/" + descriptor.fileName
-        let existing = try? PeerDescriptor(parsing: FileSystem.readText(path))
         if existing == descriptor { return .unchanged(path: path) }
         try FileSystem.writeAtomically(Array(descriptor.render().utf8), to: path, mode: 0o644)
         return existing == nil ? .added(path: path) : .updated(path: path)

@@ -44,6 +44,15 @@ public struct NodeSettings: Sendable {
     /// Caps the task store at this many 4 KiB pages (nil: only the disk limits it). A store that is full behaves
     /// like a full disk: new tasks are refused with a clear error and nothing stored is lost.
     public var taskStoreMaximumPages: Int?
+    /// Node-wide per-peer limits (`run --limit`, `DIR/config.toml`); a peer's descriptor may override them.
+    public var limits = PeerLimiter<NodeID>.Settings()
+    /// Count connections from this host (127.0.0.0/8, ::1) against the per-address `connections` limit too. Off by
+    /// default: every node on the host shares the address, so a local mesh would throttle itself.
+    public var limitsLoopbackConnections = false
+    /// How often every audit log with unsigned records gets a signed checkpoint (also every 256 records).
+    public var auditCheckpointInterval: Duration = .seconds(5)
+    /// Start even when an audit log is broken: the broken file is renamed `*.broken-TIME` and a new log begun.
+    public var setAsideBrokenAuditLogs = false
     /// Largest message a peer may send (reassembled from frames).
     public var maximumMessageLength = SecureSession.defaultMaximumMessageLength
 

@@ -6,7 +6,8 @@ import NIOCore
 /// peer's authenticated close. A stream that ends without `closed` was cut (reset, EOF, or an error).
 public enum SessionEvent: Sendable {
     case established(EstablishedPeer)
-    case message(WireMessage)
+    /// A message and its exact bytes (audit digests and byte limits use them).
+    case message(WireMessage, bytes: [UInt8])
     case unknownMessage(kind: UInt8)
     case closed(SecureSession.CloseReason)
 }
@@ -17,6 +18,7 @@ public struct EstablishedPeer: Sendable {
     public let listenAddress: String
     public let decision: TrustPolicy.Decision
     public let role: Noise.Role
+    public let handshakeHash: [UInt8]
 }
 
 /// Sent with `triggerUserOutboundEvent` before closing, so the close frame says why.
@@ -262,7 +264,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
         self.scheduleKeepalive(context: context)
         let peer = EstablishedPeer(
             identity: session.peer, listenAddress: session.peerListenAddress, decision: session.decision,
-            role: session.role)
+            role: session.role, handshakeHash: session.handshakeHash)
         context.fireChannelRead(self.wrapInboundOut(.established(peer)))
     }
 
@@ -277,8 +279,8 @@ final class SecureChannelHandler: ChannelDuplexHandler {
                 return  // its arrival already refreshed `lastInbound`
             case .welcome:
                 self.fail(context: context, .protocolViolation("welcome after the session was established"))
-            case .membership, .task:
-                context.fireChannelRead(self.wrapInboundOut(.message(message)))
+            case .membership, .task, .transcript:
+                context.fireChannelRead(self.wrapInboundOut(.message(message, bytes: bytes)))
             }
         } catch .unknownKind(let kind) {
             // A newer peer may speak kinds this build does not know; the node decides what to do with that.

@@ -15,6 +15,8 @@ public enum WireMessage: Equatable, Sendable {
     case membership(MembershipMessage)
     /// The task protocol: offers, accepts, declines, results, acknowledgements, cancels.
     case task(TaskMessage)
+    /// The sender's signature over the task messages it sent in this session so far (kept in audit logs).
+    case transcript(TranscriptCheckpoint)
 
     public enum Kind: UInt8, Sendable {
         case ping = 1
@@ -22,6 +24,7 @@ public enum WireMessage: Equatable, Sendable {
         case welcome = 3
         case membership = 4
         case task = 5
+        case transcript = 6
     }
 
     public enum DecodeError: Error, Equatable, CustomStringConvertible {
@@ -49,6 +52,7 @@ public enum WireMessage: Equatable, Sendable {
         case .welcome: return .welcome
         case .membership: return .membership
         case .task: return .task
+        case .transcript: return .transcript
         }
     }
 
@@ -63,6 +67,8 @@ public enum WireMessage: Equatable, Sendable {
             bytes += message.encoded()
         case .task(let message):
             bytes += message.encoded()
+        case .transcript(let checkpoint):
+            bytes += checkpoint.encoded()
         }
         return bytes
     }
@@ -83,6 +89,9 @@ public enum WireMessage: Equatable, Sendable {
             do { self = .membership(try MembershipMessage(decoding: Array(body))) } catch { throw .membership(error) }
         case .task:
             do { self = .task(try TaskMessage(decoding: Array(body))) } catch { throw .task(error) }
+        case .transcript:
+            guard let checkpoint = TranscriptCheckpoint(decoding: Array(body)) else { throw .malformed(kind) }
+            self = .transcript(checkpoint)
         }
     }
 }

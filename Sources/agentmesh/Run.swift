@@ -43,6 +43,14 @@ struct Run: AsyncParsableCommand {
         valueName: "HOST:PORT"))
     var http: String?
 
+    @Option(help: ArgumentHelp(
+        "A node-wide per-peer limit, for example offers=20/s:20 (classes: gossip, offers, results, bytes, connections). Repeatable; overrides DIR/config.toml.",
+        valueName: "CLASS=RATE/s[:BURST]"))
+    var limit: [String] = []
+
+    @Flag(help: "Start even if an audit log is broken: rename it *.broken-TIME and begin a new one (the node says which).")
+    var setAsideBrokenAudit = false
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -52,6 +60,7 @@ struct Run: AsyncParsableCommand {
         _ = try self.parsedCapabilities()
         _ = try self.parsedAdvertise()
         _ = try self.parsedHTTP()
+        _ = try self.parsedLimits()
         guard ["lan", "local"].contains(self.timers) else { throw ValidationError("--timers takes lan or local") }
         guard self.maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
         guard Logger.Level(rawValue: self.logLevel) != nil else {
@@ -89,6 +98,19 @@ struct Run: AsyncParsableCommand {
         do { return try HostAndPort(parsing: http) } catch { throw ValidationError("--http: \(error)") }
     }
 
+    private func parsedLimits() throws -> [LimitClass: Rate] {
+        var limits: [LimitClass: Rate] = [:]
+        for text in self.limit {
+            do {
+                let (limitClass, rate) = try Rate.parseLimit(text)
+                limits[limitClass] = rate
+            } catch {
+                throw ValidationError("--limit: \(error)")
+            }
+        }
+        return limits
+    }
+
     func run() async throws {
         let level = Logger.Level(rawValue: self.logLevel) ?? .info
         LoggingSystem.bootstrap { _ in LineLogHandler(logLevel: level) }
@@ -104,6 +126,10 @@ struct Run: AsyncParsableCommand {
         settings.capabilities = try self.parsedCapabilities()
         settings.advertise = try self.parsedAdvertise()
         settings.httpControl = try self.parsedHTTP()
+        let configured = try reporting { try home.loadConfiguredLimits() }
+        settings.limits.rates.merge(configured) { _, new in new }
+        settings.limits.rates.merge(try self.parsedLimits()) { _, new in new }
+        settings.setAsideBrokenAuditLogs = self.setAsideBrokenAudit
 
         let node = MeshNode(home: home, identity: identity, networkKey: networkKey, settings: settings, logger: logger)
         let address: HostAndPort

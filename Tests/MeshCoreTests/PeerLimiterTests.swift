@@ -90,11 +90,11 @@ import Testing
         #expect((0..<3).allSatisfy { _ in limiter.admit("trusted", .offers, now: .zero) == .accepted })
         #expect(limiter.admit("other", .offers, now: .zero) == .accepted)
         #expect(limiter.admit("other", .offers, now: .zero) == .refused)
-        let usage = limiter.usage(now: .zero).first { $0.key == "trusted" }
+        let usage = limiter.usage(of: "trusted", now: .zero).first
         #expect(usage?.rate == Rate(perSecond: 100, burst: 3))
         #expect(usage?.accepted == 3)
         #expect(usage.map { $0.tokensLeft < 0.01 } == true)
-        #expect(limiter.usage(now: .seconds(1)).first { $0.key == "trusted" }?.tokensLeft == 3)
+        #expect(limiter.usage(of: "trusted", now: .seconds(1)).first?.tokensLeft == 3)
     }
 
     @Test(arguments: [

@@ -208,19 +208,24 @@ public struct PeerLimiter<Key: Hashable & Sendable>: Sendable {
         return .banned(until: now + length)
     }
 
-    /// Every limited class of every peer seen, for `agentmesh limits`.
-    public func usage(now: Duration) -> [Usage] {
-        self.buckets.flatMap { key, classes in
-            classes.compactMap { limitClass, bucket -> Usage? in
-                guard let rate = self.rate(limitClass, for: key) else { return nil }
-                let ahead = max(.zero, bucket.theoreticalArrival - now)
-                let tokens = max(0, rate.burst - ahead.secondsValue * rate.perSecond)
-                return Usage(
-                    key: key, limitClass: limitClass, rate: rate, tokensLeft: tokens, accepted: bucket.accepted,
-                    refused: bucket.refused)
-            }
+    /// One peer's standing in every limited class (full buckets for classes it has not used), for `agentmesh limits`.
+    public func usage(of key: Key, now: Duration) -> [Usage] {
+        LimitClass.allCases.compactMap { limitClass -> Usage? in
+            guard let rate = self.rate(limitClass, for: key) else { return nil }
+            let bucket = self.buckets[key]?[limitClass] ?? Bucket()
+            let ahead = max(.zero, bucket.theoreticalArrival - now)
+            return Usage(
+                key: key, limitClass: limitClass, rate: rate,
+                tokensLeft: max(0, rate.burst - ahead.secondsValue * rate.perSecond), accepted: bucket.accepted,
+                refused: bucket.refused)
         }
     }
+
+    /// How many times the peer has been banned.
+    public func banCount(_ key: Key) -> Int { self.standings[key]?.bans ?? 0 }
+
+    /// Every peer the limiter has counted or banned.
+    public var keys: Set<Key> { Set(self.buckets.keys).union(self.standings.keys) }
 }
 
 extension Duration {

@@ -96,6 +96,35 @@ public enum TaskMessage: Sendable, Equatable {
 
     public static let maximumInputLength = 16 * 1024 * 1024 - 1024
 
+    /// The message's tag on the wire (1 offer … 8 resume).
+    public var tag: UInt8 { self.encodedHeaderTag }
+
+    public static func name(ofTag tag: UInt8) -> String {
+        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume"][Int(tag) < 9 ? Int(tag) : 0]
+    }
+
+    public var epoch: UInt32 {
+        switch self {
+        case .offer(let offer): return offer.epoch
+        case .accept(_, let epoch), .decline(_, let epoch, _), .result(_, let epoch, _), .resultAck(_, let epoch),
+            .cancel(_, let epoch), .held(_, let epoch), .resume(_, let epoch):
+            return epoch
+        }
+    }
+
+    private var encodedHeaderTag: UInt8 {
+        switch self {
+        case .offer: return 1
+        case .accept: return 2
+        case .decline: return 3
+        case .result: return 4
+        case .resultAck: return 5
+        case .cancel: return 6
+        case .held: return 7
+        case .resume: return 8
+        }
+    }
+
     public var taskID: TaskID {
         switch self {
         case .offer(let offer): return offer.id
@@ -107,26 +136,26 @@ public enum TaskMessage: Sendable, Equatable {
 
     public func encoded() -> [UInt8] {
         var writer = ByteWriter(capacity: 64)
-        func header(_ tag: UInt8, _ id: TaskID, _ epoch: UInt32) {
-            writer.u8(tag)
+        func header(_ id: TaskID, _ epoch: UInt32) {
+            writer.u8(self.tag)
             writer.u64(id.high)
             writer.u64(id.low)
             writer.u32(epoch)
         }
         switch self {
         case .offer(let offer):
-            header(1, offer.id, offer.epoch)
+            header(offer.id, offer.epoch)
             writer.shortString(offer.capability)
             writer.u64(UInt64(max(0, offer.timeRemaining.components.seconds)) * 1000
                 + UInt64(max(0, offer.timeRemaining.components.attoseconds) / 1_000_000_000_000_000))
             writer.longBytes(offer.input)
         case .accept(let id, let epoch):
-            header(2, id, epoch)
+            header(id, epoch)
         case .decline(let id, let epoch, let reason):
-            header(3, id, epoch)
+            header(id, epoch)
             writer.u8(reason.rawValue)
         case .result(let id, let epoch, let outcome):
-            header(4, id, epoch)
+            header(id, epoch)
             switch outcome {
             case .success(let output):
                 writer.u8(1)
@@ -138,13 +167,13 @@ public enum TaskMessage: Sendable, Equatable {
                 writer.u8(3)
             }
         case .resultAck(let id, let epoch):
-            header(5, id, epoch)
+            header(id, epoch)
         case .cancel(let id, let epoch):
-            header(6, id, epoch)
+            header(id, epoch)
         case .held(let id, let epoch):
-            header(7, id, epoch)
+            header(id, epoch)
         case .resume(let id, let epoch):
-            header(8, id, epoch)
+            header(id, epoch)
         }
         return writer.bytes
     }

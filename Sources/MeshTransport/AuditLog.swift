@@ -1,0 +1,372 @@
+import Foundation
+import Logging
+public import MeshCore
+import MeshCrypto
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The node's audit logs: one append-only, hash-chained file per peer in `DIR/audit/<peer id>.log` (format:
+/// ``AuditRecord``, ``AuditReader``).
+///
+/// Appends are group-committed like the task store: callers queue entries and get a sequence number; one writer
+/// thread appends everything queued so far (one `write` and one `fdatasync` per file touched) while new entries
+/// queue behind it, and signs a checkpoint every ``checkpointEvery`` records or when asked (every few seconds). An
+/// entry is acknowledged once ``Progress/committed(through:)`` passes its sequence number. A failed append (a full
+/// disk) cuts the file back to its last durable length, keeps the entries queued and retries; nothing is dropped.
+final class AuditLog: Sendable {
+    struct AuditError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    enum Progress: Sendable {
+        case committed(through: UInt64)
+        case failed(AuditError)
+    }
+
+    /// What opening the logs found and did, for the node's log.
+    struct Recovery: Sendable {
+        var logs = 0
+        var records: UInt64 = 0
+        /// Incomplete records cut off the end of a file: (file, bytes).
+        var truncatedTails: [(file: String, bytes: Int)] = []
+        /// Broken logs moved aside because the node was told to start anyway: (file, new name, why).
+        var setAside: [(file: String, movedTo: String, why: String)] = []
+    }
+
+    static let checkpointEvery = 256
+
+    private struct Pending: Sendable {
+        let peer: PeerIdentity
+        let entry: AuditEntry
+        let sequence: UInt64
+    }
+
+    private struct Queue {
+        var pending: [Pending] = []
+        var lastQueued: UInt64 = 0
+        var isWriting = false
+        var isRetryScheduled = false
+        var checkpointRequested = false
+    }
+
+    private struct OpenLog {
+        var chain: AuditChain
+        let descriptor: Int32
+        var durableLength: Int
+    }
+
+    let directory: String
+    private let signingKey: Ed25519SigningKey
+    private let writer = DispatchQueue(label: "agentmesh.audit")
+    private let queue = Mutex(Queue())
+    /// Touched only on the writer queue (and in `init`).
+    private let logs: Mutex<[NodeID: OpenLog]>
+    private let progressHandler = Mutex<(@Sendable (Progress) -> Void)?>(nil)
+    private let retryDelay: Duration
+
+    /// Opens every log in `directory` (creating it if needed), verifying each one. An incomplete record at the end of
+    /// a file is cut off and reported; any other damage stops the node with the file and the record's index, unless
+    /// `setAsideBroken` is true, in which case the broken file is renamed and a new log started.
+    init(
+        directory: String, identity: NodeIdentity, setAsideBroken: Bool = false, retryDelay: Duration = .seconds(1)
+    ) throws(AuditError) {
+        self.directory = directory
+        self.signingKey = identity.signingKey
+        self.retryDelay = retryDelay
+        do {
+            try FileSystem.createDirectory(directory, mode: 0o700)
+        } catch {
+            throw AuditError(description: "cannot create the audit folder: \(error)")
+        }
+        var opened: [NodeID: OpenLog] = [:]
+        var recovery = Recovery()
+        var tailRecords: [(PeerIdentity, AuditEntry)] = []
+        for file in Self.logFiles(in: directory) {
+            let path = directory + "/" + file
+            do throws(AuditError) {
+                let report = try Self.verifiedReport(path: path, localKey: identity.signingKey.publicKey)
+                let descriptor = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+                guard descriptor >= 0 else {
+                    throw AuditError(description: "cannot open \(path) for appending: \(FileSystem.lastError())")
+                }
+                if report.incompleteTail > 0 {
+                    guard ftruncate(descriptor, off_t(report.validLength)) == 0, fsync(descriptor) == 0 else {
+                        let why = FileSystem.lastError()
+                        close(descriptor)
+                        throw AuditError(description: "cannot cut the incomplete tail off \(path): \(why)")
+                    }
+                    recovery.truncatedTails.append((path, report.incompleteTail))
+                    let peer = PeerIdentity(name: report.header.peerName, identityKey: report.header.peer, staticKey: [])
+                    tailRecords.append((peer, AuditEntry(
+                        .tailTruncated, time: Self.wallClockMilliseconds(),
+                        detail: "recovery cut \(report.incompleteTail) bytes of an incomplete record at byte \(report.validLength)")))
+                }
+                opened[report.header.peerID] = OpenLog(
+                    chain: AuditChain(resuming: report), descriptor: descriptor, durableLength: report.validLength)
+                recovery.logs += 1
+                recovery.records += report.recordCount
+            } catch {
+                guard setAsideBroken else {
+                    for log in opened.values { close(log.descriptor) }
+                    throw error
+                }
+                let movedTo = path + ".broken-\(Int(Date().timeIntervalSince1970))"
+                guard rename(path, movedTo) == 0 else {
+                    for log in opened.values { close(log.descriptor) }
+                    throw AuditError(description: "cannot move the broken log \(path) aside: \(FileSystem.lastError())")
+                }
+                recovery.setAside.append((path, movedTo, error.description))
+            }
+        }
+        self.logs = Mutex(opened)
+        self.recovery = recovery
+        for (peer, entry) in tailRecords { self.append(entry, peer: peer) }
+    }
+
+    let recovery: Recovery
+
+    deinit {
+        self.logs.withLock { logs in for log in logs.values { close(log.descriptor) } }
+    }
+
+    /// Called on the writer thread after every append attempt.
+    func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
+        self.progressHandler.withLock { $0 = handler }
+    }
+
+    var lastQueued: UInt64 { self.queue.withLock { $0.lastQueued } }
+
+    /// Queues one entry for `peer`'s log; returns its sequence number.
+    @discardableResult
+    func append(_ entry: AuditEntry, peer: PeerIdentity) -> UInt64 {
+        let (sequence, start) = self.queue.withLock { queue -> (UInt64, Bool) in
+            queue.lastQueued += 1
+            queue.pending.append(Pending(peer: peer, entry: entry, sequence: queue.lastQueued))
+            return (queue.lastQueued, Self.claimWriter(&queue))
+        }
+        if start { self.writer.async { self.drain() } }
+        return sequence
+    }
+
+    /// Signs a checkpoint in every log with records not yet covered by one.
+    func requestCheckpoints() {
+        let start = self.queue.withLock { queue -> Bool in
+            queue.checkpointRequested = true
+            return Self.claimWriter(&queue)
+        }
+        if start { self.writer.async { self.drain() } }
+    }
+
+    private static func claimWriter(_ queue: inout Queue) -> Bool {
+        guard !queue.isWriting, !queue.isRetryScheduled else { return false }
+        queue.isWriting = true
+        return true
+    }
+
+    /// Runs on the writer queue until nothing is pending.
+    private func drain() {
+        while true {
+            let (batch, checkpoint) = self.queue.withLock { queue -> ([Pending], Bool) in
+                defer {
+                    queue.pending = []
+                    queue.checkpointRequested = false
+                }
+                return (queue.pending, queue.checkpointRequested)
+            }
+            if batch.isEmpty, !checkpoint {
+                let done = self.queue.withLock { queue -> Bool in
+                    guard queue.pending.isEmpty, !queue.checkpointRequested else { return false }
+                    queue.isWriting = false
+                    return true
+                }
+                if done { return }
+                continue
+            }
+            if let error = self.write(batch, checkpointAll: checkpoint) {
+                self.queue.withLock { queue in
+                    queue.pending = error.unwritten + queue.pending
+                    queue.checkpointRequested = queue.checkpointRequested || checkpoint
+                    queue.isWriting = false
+                    queue.isRetryScheduled = true
+                }
+                self.report(.failed(error.error))
+                self.writer.asyncAfter(deadline: .now() + .milliseconds(Int(self.retryDelay.seconds * 1000))) {
+                    let start = self.queue.withLock { queue -> Bool in
+                        queue.isRetryScheduled = false
+                        return Self.claimWriter(&queue)
+                    }
+                    if start { self.drain() }
+                }
+                return
+            }
+            if let last = batch.last { self.report(.committed(through: last.sequence)) }
+        }
+    }
+
+    private struct WriteFailure {
+        let error: AuditError
+        let unwritten: [Pending]
+    }
+
+    /// Appends a batch, one write and one fdatasync per file. On failure, the failing file is cut back to its
+    /// durable length and every entry not yet durable is returned.
+    private func write(_ batch: [Pending], checkpointAll: Bool) -> WriteFailure? {
+        var order: [NodeID] = []
+        var byPeer: [NodeID: [Pending]] = [:]
+        for pending in batch {
+            let id = pending.peer.nodeID
+            if byPeer[id] == nil { order.append(id) }
+            byPeer[id, default: []].append(pending)
+        }
+        if checkpointAll {
+            for id in self.logs.withLock({ Array($0.keys) }) where byPeer[id] == nil {
+                order.append(id)
+                byPeer[id] = []
+            }
+        }
+        for (position, id) in order.enumerated() {
+            let entries = byPeer[id] ?? []
+            do {
+                try self.appendToLog(id, peer: entries.first?.peer, entries: entries.map(\.entry), checkpoint: checkpointAll)
+            } catch {
+                let unwritten = order[position...].flatMap { byPeer[$0] ?? [] }.sorted { $0.sequence < $1.sequence }
+                return WriteFailure(error: error, unwritten: unwritten)
+            }
+        }
+        return nil
+    }
+
+    private func appendToLog(_ id: NodeID, peer: PeerIdentity?, entries: [AuditEntry], checkpoint: Bool) throws(AuditError) {
+        var log: OpenLog
+        if let existing = self.logs.withLock({ $0[id] }) {
+            log = existing
+        } else {
+            guard let peer else { return }
+            log = try self.createLog(for: peer)
+        }
+        var chain = log.chain
+        var bytes: [UInt8] = []
+        for entry in entries {
+            bytes += chain.append(entry).framed()
+            if chain.unsigned >= Self.checkpointEvery {
+                bytes += chain.checkpoint(time: Self.wallClockMilliseconds(), signingKey: self.signingKey).framed()
+            }
+        }
+        if checkpoint, chain.unsigned > 0 {
+            bytes += chain.checkpoint(time: Self.wallClockMilliseconds(), signingKey: self.signingKey).framed()
+        }
+        guard !bytes.isEmpty else { return }
+        let path = self.path(for: id)
+        if let why = Self.writeAll(bytes, to: log.descriptor) ?? (fdatasync(log.descriptor) == 0 ? nil : FileSystem.lastError()) {
+            // Whatever part reached the file is not acknowledged: cut it off so the retry appends at a clean end.
+            _ = ftruncate(log.descriptor, off_t(log.durableLength))
+            throw AuditError(description: "cannot append to \(path): \(why)")
+        }
+        log.chain = chain
+        log.durableLength += bytes.count
+        self.logs.withLock { $0[id] = log }
+    }
+
+    /// A new log starts as a complete header written atomically (temp file, fsync, rename, fsync of the folder).
+    private func createLog(for peer: PeerIdentity) throws(AuditError) -> OpenLog {
+        let header = AuditHeader(local: self.signingKey.publicKey, peer: peer.identityKey, peerName: peer.name)
+        let path = self.path(for: peer.nodeID)
+        let bytes = header.encoded()
+        do {
+            try FileSystem.writeAtomically(bytes, to: path, mode: 0o600)
+        } catch {
+            throw AuditError(description: "cannot create \(path): \(error)")
+        }
+        let descriptor = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+        guard descriptor >= 0 else { throw AuditError(description: "cannot open \(path): \(FileSystem.lastError())") }
+        return OpenLog(chain: AuditChain(header: header), descriptor: descriptor, durableLength: bytes.count)
+    }
+
+    private static func writeAll(_ bytes: [UInt8], to descriptor: Int32) -> String? {
+        var written = 0
+        while written < bytes.count {
+            let result = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + written, $0.count - written) }
+            if result < 0 {
+                if errno == EINTR { continue }
+                return FileSystem.lastError()
+            }
+            written += result
+        }
+        return nil
+    }
+
+    private func report(_ progress: Progress) {
+        self.progressHandler.withLock { $0 }?(progress)
+    }
+
+    func path(for peer: NodeID) -> String { self.directory + "/\(peer).log" }
+
+    static func wallClockMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+
+    // MARK: - Reading (also used offline by `agentmesh audit`)
+
+    static func logFiles(in directory: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
+    }
+
+    static func readFile(_ path: String) throws(AuditError) -> [UInt8] {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw AuditError(description: "cannot read \(path): \(FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")")
+        }
+        defer { try? handle.close() }
+        do {
+            return Array(try handle.readToEnd() ?? Data())
+        } catch {
+            throw AuditError(description: "cannot read \(path): \(error.localizedDescription)")
+        }
+    }
+
+    /// Reads and verifies one log of this node; any damage other than an incomplete tail is an error naming the
+    /// file and the first bad record.
+    private static func verifiedReport(path: String, localKey: Ed25519PublicKey) throws(AuditError) -> AuditReader.Report {
+        let bytes = try Self.readFile(path)
+        let report: AuditReader.Report
+        do {
+            report = try AuditReader.read(bytes, keepRecords: false)
+        } catch {
+            throw AuditError(description: "the audit log \(path) is not usable: \(error)")
+        }
+        guard report.header.local == localKey else {
+            throw AuditError(description: "the audit log \(path) was written by another node")
+        }
+        guard (path as NSString).lastPathComponent == "\(report.header.peerID).log" else {
+            throw AuditError(description: "the audit log \(path) is about peer \(report.header.peerID), not the one its name says")
+        }
+        if let problem = report.problem {
+            throw AuditError(description: "the audit log \(path) is broken at \(problem)")
+        }
+        return report
+    }
+}
+
+/// Offline access to a home's audit logs, for `agentmesh audit` (it needs no running node, so an auditor can check
+/// a copied home folder).
+public enum AuditFolder {
+    public struct Log: Sendable {
+        public let file: String
+        /// The verified prefix of the log, or nil when the file could not be read as a log at all.
+        public let report: AuditReader.Report?
+        public let error: String?
+    }
+
+    /// Reads every `*.log` in `directory`; a missing folder is an empty list.
+    public static func read(_ directory: String, keepRecords: Bool) -> [Log] {
+        AuditLog.logFiles(in: directory).map { file in
+            let path = directory + "/" + file
+            do {
+                let bytes = try AuditLog.readFile(path)
+                return Log(file: path, report: try AuditReader.read(bytes, keepRecords: keepRecords), error: nil)
+            } catch {
+                return Log(file: path, report: nil, error: "\(error)")
+            }
+        }
+    }
+}

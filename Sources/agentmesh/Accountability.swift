@@ -1,0 +1,214 @@
+import ArgumentParser
+import Foundation
+import MeshCore
+import MeshCrypto
+import MeshTransport
+
+struct Limits: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show each peer's limits: rate, tokens left, accepted, declined or dropped, and any ban.")
+
+    @OptionGroup var options: HomeOptions
+
+    @Flag(help: "One JSON document instead of a table.")
+    var json = false
+
+    func run() throws {
+        let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+        let limits = try reporting { try client.get("/v1/limits", as: ControlAPI.Limits.self) }
+        if self.json {
+            try printJSON(limits)
+            return
+        }
+        let defaults = limits.defaults.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        print("node-wide limits: \(defaults)")
+        guard !limits.peers.isEmpty else {
+            print("no peer has sent anything yet")
+            return
+        }
+        print(renderTable(
+            header: ["PEER", "ID", "CLASS", "RATE", "TOKENS", "ACCEPTED", "REFUSED", "BAN"],
+            rows: limits.peers.flatMap { peer in
+                peer.classes.map { usage in
+                    let ban: String
+                    if let until = peer.bannedUntil {
+                        ban = "until \(until.timeOfDay) (ban \(peer.bans))"
+                    } else {
+                        ban = peer.bans > 0 ? "none now (\(peer.bans) so far)" : "-"
+                    }
+                    return [
+                        peer.name, String(peer.id.prefix(12)), usage.limitClass, usage.rate,
+                        String(format: "%.1f", usage.tokensLeft), "\(usage.accepted)", "\(usage.refused)", ban,
+                    ]
+                }
+            }))
+    }
+}
+
+struct Audit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the per-peer audit logs (newest first), or verify them.",
+        discussion: """
+            Reads DIR/audit directly: it needs no running node, so an auditor can check a copied home folder.
+            --verify checks every record's framing, sequence number and hash chain, this node's checkpoint
+            signatures and the peers' transcript signatures, and exits non-zero naming the peer and the index of
+            the first bad record. An incomplete record at the very end (a crash mid-append) is reported, not fatal.
+            """)
+
+    @OptionGroup var options: HomeOptions
+
+    @Option(help: ArgumentHelp("Only this peer: its node id (or a prefix of it) or its name.", valueName: "ID"))
+    var peer: String?
+
+    @Flag(help: "Verify the logs instead of showing them.")
+    var verify = false
+
+    @Option(help: "Show at most this many records (0: all).")
+    var last = 50
+
+    @Flag(help: "JSON instead of a table.")
+    var json = false
+
+    func validate() throws {
+        guard self.last >= 0 else { throw ValidationError("--last must be 0 or more") }
+    }
+
+    func run() throws {
+        let home = self.options.nodeHome
+        var logs = AuditFolder.read(home.auditDirectory, keepRecords: !self.verify)
+        if let peer = self.peer {
+            logs = logs.filter { log in
+                let name = (log.file as NSString).lastPathComponent
+                return name.hasPrefix(peer.lowercased()) || log.report?.header.peerName == peer
+            }
+            guard !logs.isEmpty else { throw CLIError("no audit log in \(home.auditDirectory) for peer '\(peer)'") }
+        }
+        if self.verify {
+            try self.verify(logs, home: home)
+        } else {
+            try self.show(logs)
+        }
+    }
+
+    private func verify(_ logs: [AuditFolder.Log], home: NodeHome) throws {
+        let localKey = try? home.loadIdentity().signingKey.publicKey
+        var failures: [String] = []
+        var results: [VerifyResult] = []
+        for log in logs {
+            guard let report = log.report else {
+                failures.append("\(log.file): \(log.error ?? "unreadable")")
+                results.append(VerifyResult(file: log.file, peerID: nil, peerName: nil, ok: false, records: 0,
+                                            checkpoints: 0, peerCheckpoints: 0, unsignedAtEnd: 0, incompleteTail: 0,
+                                            problem: log.error))
+                continue
+            }
+            let peer = "\(report.header.peerName) (\(report.header.peerID))"
+            var problem = report.problem.map { "peer \(peer): \($0)" }
+            if problem == nil, let localKey, report.header.local != localKey {
+                problem = "peer \(peer): the log was written by another node than the one in \(home.path)"
+            }
+            if let problem { failures.append(problem) }
+            results.append(VerifyResult(
+                file: log.file, peerID: report.header.peerID.description, peerName: report.header.peerName,
+                ok: problem == nil, records: report.recordCount, checkpoints: report.checkpoints,
+                peerCheckpoints: report.peerCheckpoints, unsignedAtEnd: report.unsignedAtEnd,
+                incompleteTail: report.incompleteTail, problem: problem))
+        }
+        if self.json {
+            try printJSON(results)
+        } else {
+            for result in results {
+                let who = "\(result.peerName ?? "?") \(result.peerID.map { String($0.prefix(12)) } ?? (result.file as NSString).lastPathComponent)"
+                if result.ok {
+                    var line = "ok    \(who): \(result.records) records, \(result.checkpoints) checkpoints, \(result.peerCheckpoints) peer checkpoints, \(result.unsignedAtEnd) records after the last checkpoint"
+                    if result.incompleteTail > 0 {
+                        line += "; an incomplete record of \(result.incompleteTail) bytes at the end (a crash mid-append; the node cuts it off when it starts)"
+                    }
+                    print(line)
+                } else {
+                    print("FAIL  \(who): \(result.problem ?? "broken")")
+                }
+            }
+            if logs.isEmpty { print("no audit logs in \(home.auditDirectory)") }
+        }
+        if let first = failures.first {
+            throw CLIError(failures.count == 1 ? "audit log broken: \(first)" : "\(failures.count) audit logs broken; first: \(first)")
+        }
+    }
+
+    private func show(_ logs: [AuditFolder.Log]) throws {
+        var rows: [ShownRecord] = []
+        for log in logs {
+            guard let report = log.report else {
+                FileHandle.standardError.write(Data("warning: \(log.file): \(log.error ?? "unreadable")\n".utf8))
+                continue
+            }
+            if let problem = report.problem {
+                FileHandle.standardError.write(Data("warning: \(log.file): broken at \(problem); showing the records before it (run 'agentmesh audit --verify')\n".utf8))
+            }
+            for record in report.records {
+                rows.append(ShownRecord(peerID: report.header.peerID.description, peerName: report.header.peerName, record: record))
+            }
+        }
+        rows.sort { ($0.time, $0.index) > ($1.time, $1.index) }
+        if self.last > 0 { rows = Array(rows.prefix(self.last)) }
+        if self.json {
+            try printJSON(rows)
+            return
+        }
+        guard !rows.isEmpty else {
+            print("no audit records")
+            return
+        }
+        print(renderTable(
+            header: ["TIME", "PEER", "#", "EVENT", "MESSAGE", "TASK", "DETAIL"],
+            rows: rows.map { row in
+                [
+                    Date(timeIntervalSince1970: Double(row.time) / 1000).timeOfDay, row.peerName, "\(row.index)", row.event,
+                    row.message ?? "-", row.task.map { "\(String($0.prefix(12)))#\(row.epoch)" } ?? "-", row.detail,
+                ]
+            }))
+    }
+
+    struct VerifyResult: Encodable {
+        let file: String
+        let peerID: String?
+        let peerName: String?
+        let ok: Bool
+        let records: UInt64
+        let checkpoints: Int
+        let peerCheckpoints: Int
+        let unsignedAtEnd: Int
+        let incompleteTail: Int
+        let problem: String?
+    }
+
+    struct ShownRecord: Encodable {
+        let peerID: String
+        let peerName: String
+        let index: UInt64
+        let time: Int64
+        let event: String
+        let session: UInt64
+        let message: String?
+        let task: String?
+        let epoch: UInt32
+        let digest: String?
+        let detail: String
+
+        init(peerID: String, peerName: String, record: AuditRecord) {
+            let entry = record.entry
+            self.peerID = peerID
+            self.peerName = peerName
+            self.index = record.index
+            self.time = entry.time
+            self.event = entry.event.description
+            self.session = entry.session
+            self.message = entry.message == 0 ? nil : TaskMessage.name(ofTag: entry.message)
+            self.task = entry.task?.description
+            self.epoch = entry.epoch
+            self.digest = entry.digest.isEmpty ? nil : Hex.encode(entry.digest)
+            self.detail = entry.detail
+        }
+    }
+}
