@@ -165,9 +165,14 @@ public struct AuditRecord: Sendable, Equatable {
             let entry = AuditEntry(
                 event, time: time, session: session, message: message, task: hasTask == 1 ? task : nil, epoch: epoch,
                 digest: digest, detail: detail, extra: extra)
-            let record = AuditRecord(index: index, previous: previous, entry: entry)
-            guard record.hash == storedHash else { throw MalformedBody(why: "its hash does not match its content") }
-            return record
+            guard Self.chainHash(previous: previous, index: index, body: body) == storedHash else {
+                throw MalformedBody(why: "its hash does not match its content")
+            }
+            // Bytes the fields do not use (a task id after a zero flag) must be zero: one entry, one encoding.
+            guard Self.body(index: index, previous: previous, entry: entry) == body else {
+                throw MalformedBody(why: "it is not in canonical form")
+            }
+            return AuditRecord(index: index, previous: previous, entry: entry)
         } catch let error as MalformedBody {
             throw error
         } catch {
