@@ -173,6 +173,7 @@ extension MeshNode {
 
     func sessionStarted(_ connection: PeerConnection) {
         let peer = connection.peer
+        self.authenticatedPeers[peer.identity.nodeID] = peer.identity
         self.sessions[connection.number] = SessionAudit(peer: peer.identity, handshakeHash: peer.handshakeHash)
         self.audit(AuditEntry(
             .connected, time: AuditLog.wallClockMilliseconds(), session: connection.number,
@@ -246,9 +247,7 @@ extension MeshNode {
     /// Queues an entry for a peer's log. The peer's identity comes from its session or its member record; a peer
     /// this node knows nothing about cannot have a log.
     func audit(_ entry: AuditEntry, peer: NodeID) {
-        guard let identity = self.sessions.values.first(where: { $0.peer.nodeID == peer })?.peer
-            ?? self.connections[peer]?.peer.identity ?? self.membership?.member(peer)?.record.identity
-        else { return }
+        guard let identity = self.authenticatedPeers[peer] ?? self.membership?.member(peer)?.record.identity else { return }
         self.audit(entry, identity: identity)
     }
 
@@ -319,7 +318,7 @@ extension MeshNode {
             peers: peers.map { peer in
                 ControlAPI.PeerLimits(
                     id: peer.description,
-                    name: self.connections[peer]?.peer.identity.name ?? self.membership?.member(peer)?.record.name ?? peer.short,
+                    name: self.authenticatedPeers[peer]?.name ?? self.membership?.member(peer)?.record.name ?? peer.short,
                     connected: self.connections[peer] != nil,
                     bannedUntil: self.limiter.bannedUntil(peer, now: now).map(self.wallClockDate(for:)),
                     bans: self.limiter.banCount(peer),

@@ -130,6 +130,9 @@ public actor MeshNode: Service {
     var isAuditWritable = true
     /// Per authenticated session (by connection number): what the audit needs to follow it.
     var sessions: [UInt64: SessionAudit] = [:]
+    /// Every peer that has completed a handshake with this node since it started (names and keys for audit
+    /// records and `agentmesh limits`, also after the session is gone).
+    var authenticatedPeers: [NodeID: PeerIdentity] = [:]
     var auditCheckpointRequestedAt: Duration = .zero
 
     public init(
@@ -743,7 +746,9 @@ public actor MeshNode: Service {
 
     func memberName(_ id: NodeID) -> String {
         if id == self.identity.nodeID { return "\(self.identity.name) \(id.short)" }
-        guard let name = self.membership?.member(id)?.record.name else { return id.short }
+        guard let name = self.membership?.member(id)?.record.name ?? self.authenticatedPeers[id]?.name else {
+            return id.short
+        }
         return "\(name) \(id.short)"
     }
 

@@ -4,8 +4,12 @@ import Logging
 import MeshCore
 import MeshCrypto
 import MeshTestKit
-import MeshTransport
+import MeshWire
+import NIOCore
+import NIOPosix
 import ServiceLifecycle
+
+@testable import MeshTransport
 
 #if canImport(Glibc)
 import Glibc
@@ -71,6 +75,25 @@ struct TestNode: Sendable {
         let group = ServiceGroup(configuration: .init(services: [node], logger: self.logs.logger(label: "lifecycle")))
         let task = Task { try await group.run() }
         return RunningNode(node: node, address: address, group: group, task: task)
+    }
+}
+
+extension TestNode {
+    /// An authenticated session driven by the test itself, to send what a real node would not.
+    func openSession(to address: HostAndPort) async throws -> NIOAsyncChannel<SessionEvent, WireMessage> {
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: address.host, port: address.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(SecureChannelHandler(
+                        role: .initiator(InitiatorHandshake(credentials: HandshakeCredentials(
+                            identity: self.identity, networkKey: self.networkKey, listenAddress: "127.0.0.1:9"))),
+                        configuration: .init(
+                            handshakeTimeout: .seconds(2), keepaliveInterval: .seconds(1), idleTimeout: .seconds(5),
+                            maximumMessageLength: 1 << 20),
+                        trust: { TrustPolicy(isOpen: true) }))
+                    return try NIOAsyncChannel<SessionEvent, WireMessage>(wrappingChannelSynchronously: channel)
+                }
+            }
     }
 }
 

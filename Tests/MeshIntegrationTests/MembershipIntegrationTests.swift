@@ -71,19 +71,7 @@ import Testing
         let forged = MemberRecord(
             identity: victim.identity.publicIdentity, address: "127.0.0.1:1", incarnation: 5, capabilities: [],
             load: 0, signer: .ed25519(mallory.identity))
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connect(host: runningA.address.host, port: runningA.address.port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(SecureChannelHandler(
-                        role: .initiator(InitiatorHandshake(credentials: HandshakeCredentials(
-                            identity: mallory.identity, networkKey: mallory.networkKey, listenAddress: "127.0.0.1:9"))),
-                        configuration: .init(
-                            handshakeTimeout: .seconds(2), keepaliveInterval: .seconds(1), idleTimeout: .seconds(5),
-                            maximumMessageLength: 1 << 20),
-                        trust: { TrustPolicy(isOpen: true) }))
-                    return try NIOAsyncChannel<SessionEvent, WireMessage>(wrappingChannelSynchronously: channel)
-                }
-            }
+        let channel = try await mallory.openSession(to: runningA.address)
         try await channel.executeThenClose { inbound, outbound in
             var events = inbound.makeAsyncIterator()
             guard case .established? = try await events.next() else {

@@ -222,7 +222,26 @@ import Testing
         let runs = Self.runs(in: log)
         #expect(Self.overlapping(runs) == [], "tasks that ran twice at the same time")
         #expect(runs.count == 150, "every task ran")
+        let cID = try #require(a.status(of: "c")?.id)
         for node in [a, b, c] { node.signal(SIGTERM) }
+
+        // c's audit logs survived the kill: they verify, and every offer c accepted is in its log of a (c sends
+        // an accept only once the record of the offer is durable).
+        let verify = try CommandLineTests.agentmesh("audit", "--verify", "--home", c.home)
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+        let shown = try CommandLineTests.agentmesh("audit", "--home", c.home, "--peer", "a", "--last", "0", "--json")
+        let records = try JSONSerialization.jsonObject(with: Data(shown.stdout.utf8)) as? [[String: Any]] ?? []
+        let offersReceived = Set(records.compactMap { record -> String? in
+            guard record["event"] as? String == "received", record["message"] as? String == "offer",
+                let task = record["task"] as? String, let epoch = record["epoch"] as? Int
+            else { return nil }
+            return "\(task)#\(epoch)"
+        })
+        let acceptedByC = tasks.values.flatMap { task in
+            task.attempts.filter { $0.peer == cID && $0.acceptedAt != nil }.map { "\(task.id)#\($0.epoch)" }
+        }
+        #expect(!acceptedByC.isEmpty)
+        #expect(acceptedByC.filter { !offersReceived.contains($0) } == [], "offers c accepted but has no record of")
     }
 
     @Test func killingTheSubmitterWithTasksInFlightStillEndsEveryTask() throws {

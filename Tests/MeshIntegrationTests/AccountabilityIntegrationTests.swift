@@ -1,0 +1,147 @@
+import Foundation
+import MeshCore
+import MeshCrypto
+import MeshTestKit
+import MeshWire
+import NIOCore
+import Testing
+
+@testable import MeshTransport
+
+/// Per-peer limits and audit logs between real nodes on loopback.
+@Suite(.serialized) struct AccountabilityIntegrationTests {
+    /// One trusted peer floods task offers at 10× its limit: its offers are declined `rate_limited`, then it is
+    /// cut off and banned; an honest peer's tasks keep completing; every step is in the flooder's audit log, and
+    /// the honest peer's log holds its signed transcripts.
+    @Test func aPeerFloodingOffersIsDeclinedThenBannedWhileOthersKeepWorking() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let honest = try mesh.node("honest")
+        let flooder = try mesh.node("flooder")
+        try a.trust(honest, flooder)
+        try honest.trust(a)
+        let runningA = try await a.start {
+            $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+            $0.limits.rates[.offers] = Rate(perSecond: 20, burst: 20)
+        }
+        let runningHonest = try await honest.start { $0.joins = [runningA.address] }
+        #expect(await eventually { await runningHonest.members("alive").contains("a") })
+
+        // The honest peer submits 10 tasks a second throughout the flood.
+        let honestTasks = Task {
+            var ids: [String] = []
+            for number in 0..<30 {
+                ids.append(try await TaskIntegrationTests.submit(runningHonest, "echo", ["n": number], attempts: 10))
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            return ids
+        }
+
+        // The flooder: 200 offers a second (10× the limit of 20/s) until a closes the session.
+        let session = try await flooder.openSession(to: runningA.address)
+        var declinedRateLimited = 0
+        var closeReason: SecureSession.CloseReason?
+        var sent = 0
+        try await session.executeThenClose { inbound, outbound in
+            var events = inbound.makeAsyncIterator()
+            guard case .established? = try await events.next() else {
+                Issue.record("the flooder's session was not established")
+                return
+            }
+            let reader = Task {
+                var declined = 0
+                var reason: SecureSession.CloseReason?
+                while let event = try await events.next() {
+                    switch event {
+                    case .message(.task(.decline(_, _, .rateLimited)), _): declined += 1
+                    case .closed(let why): reason = why
+                    default: break
+                    }
+                }
+                return (declined, reason)
+            }
+            let start = ContinuousClock.now
+            while sent < 1000, ContinuousClock.now - start < .seconds(5) {
+                var random = SystemRandomNumberGenerator()
+                let offer = TaskOffer(
+                    id: TaskID(using: &random), epoch: 1, capability: "echo", input: Array("{}".utf8),
+                    timeRemaining: .seconds(30))
+                do { try await outbound.write(.task(.offer(offer))) } catch { break }
+                sent += 1
+                try await Task.sleep(until: start + .milliseconds(5 * sent))
+            }
+            (declinedRateLimited, closeReason) = try await reader.value
+        }
+        #expect(declinedRateLimited > 0, "offers over the limit are declined rate_limited")
+        #expect(closeReason?.code == SecureSession.CloseReason.bannedCode, "the flooder is cut off with the reason: \(String(describing: closeReason))")
+        #expect(sent < 1000, "the session ended before the flood did")
+
+        // Banned: a new session is refused with the same reason.
+        let retry = try await flooder.openSession(to: runningA.address)
+        let refusal = try await retry.executeThenClose { inbound, _ in
+            var reason: SecureSession.CloseReason?
+            for try await event in inbound { if case .closed(let why) = event { reason = why } }
+            return reason
+        }
+        #expect(refusal?.code == SecureSession.CloseReason.bannedCode)
+
+        let limits = await runningA.node.limitsReport()
+        let flooderLimits = try #require(limits.peers.first { $0.name == "flooder" })
+        #expect(flooderLimits.bannedUntil != nil)
+        #expect(flooderLimits.bans == 1)
+
+        // The honest peer's tasks all complete.
+        for id in try await honestTasks.value {
+            let task = try await TaskIntegrationTests.wait(runningHonest, id, seconds: 30)
+            #expect(task.state == "completed", "\(id): \(task.error ?? task.state)")
+        }
+        await runningHonest.stop()
+        await runningA.stop()
+
+        // Every step is in the flooder's audit log, and both logs verify.
+        let logs = AuditFolder.read(a.home.auditDirectory, keepRecords: true)
+        for log in logs {
+            #expect(log.report?.problem == nil, "\(log.file): \(log.report?.problem?.description ?? log.error ?? "")")
+        }
+        let flooderLog = try #require(logs.first { $0.report?.header.peerName == "flooder" }?.report)
+        let events = flooderLog.records.map(\.entry.event)
+        #expect(events.filter { $0 == .received }.count == sent, "every offer the flooder sent is recorded")
+        #expect(events.contains(.rateLimited))
+        #expect(events.contains(.banned))
+        #expect(events.contains(.handshakeRefused), "the refused retry is recorded")
+        #expect(events.contains(.connected) && events.contains(.disconnected))
+        let declinesSent = flooderLog.records.filter { $0.entry.event == .sent && $0.entry.message == 3 }.count
+        #expect(declinesSent >= declinedRateLimited)
+        let honestLog = try #require(logs.first { $0.report?.header.peerName == "honest" }?.report)
+        #expect(honestLog.peerCheckpoints >= 1, "the honest peer signed what it sent")
+        #expect(honestLog.checkpoints >= 1, "the node signed its log at shutdown")
+        #expect(!a.logs.matching("peer banned", ["peer": "flooder \(flooder.id.short)"]).isEmpty)
+    }
+
+    /// A peer whose signed transcript does not match what it sent is reported, and the mismatch is audited.
+    @Test func aTranscriptThatDoesNotMatchIsMisbehaviour() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let liar = try mesh.node("liar")
+        try a.trust(liar)
+        let runningA = try await a.start { $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)] }
+        let session = try await liar.openSession(to: runningA.address)
+        try await session.executeThenClose { inbound, outbound in
+            var events = inbound.makeAsyncIterator()
+            guard case .established(let peer)? = try await events.next() else {
+                Issue.record("no session")
+                return
+            }
+            var transcript = Transcript()
+            transcript.append(digest: SHA256.hash([1]))  // a message it never sent
+            try await outbound.write(.transcript(TranscriptCheckpoint(
+                signing: transcript, handshakeHash: peer.handshakeHash, with: liar.identity.signingKey)))
+            #expect(await eventually { !a.logs.matching("peer misbehaved", ["peer": "liar \(liar.id.short)"]).isEmpty })
+        }
+        await runningA.stop()
+        let log = try #require(AuditFolder.read(a.home.auditDirectory, keepRecords: true).first?.report)
+        #expect(log.problem == nil)
+        #expect(log.records.contains { $0.entry.event == .misbehaved && $0.entry.detail.contains("transcript") })
+        #expect(log.peerCheckpoints == 0)
+    }
+}
