@@ -218,7 +218,7 @@ extension MeshNode {
         }
     }
 
-    private func signTranscript(of connection: PeerConnection) {
+    func signTranscript(of connection: PeerConnection) {
         guard var session = self.sessions[connection.number], session.sent.count > session.sentSigned else { return }
         let checkpoint = TranscriptCheckpoint(
             signing: session.sent, handshakeHash: session.handshakeHash, with: self.identity.signingKey)

@@ -321,14 +321,19 @@ public actor MeshNode: Service {
         self.logger.info("shutting down", metadata: ["peers": "\(self.connections.count)"])
         for execution in self.executions.values { execution.cancel() }
         self.wakeAllWaiters()
+        // Each peer gets this node's signature over what it sent, then the close; both are in the audit log.
+        let closing = Array(self.connections.values)
+        self.connections.removeAll()
+        for connection in closing {
+            self.signTranscript(of: connection)
+            self.sessionEnded(connection.number, peer: connection.peer.identity.nodeID, reason: "closed here: node is shutting down")
+        }
+        for connection in closing {
+            try? await connection.channel.triggerUserOutboundEvent(CloseRequest(.shuttingDown)).get()
+            try? await connection.channel.close()
+        }
         await self.flushTaskStore()
         await self.flushAuditLog()
-        let closing = self.connections.values.map { $0.channel }
-        self.connections.removeAll()
-        for channel in closing {
-            try? await channel.triggerUserOutboundEvent(CloseRequest(.shuttingDown)).get()
-            try? await channel.close()
-        }
         try? await bound.listener.channel.close()
         await bound.control.close()
         await bound.httpControl?.close()

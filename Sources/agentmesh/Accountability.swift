@@ -38,7 +38,7 @@ struct Limits: ParsableCommand {
                     }
                     return [
                         peer.name, String(peer.id.prefix(12)), usage.limitClass, usage.rate,
-                        String(format: "%.1f", usage.tokensLeft), "\(usage.accepted)", "\(usage.refused)", ban,
+                        Rate.format(usage.tokensLeft), "\(usage.accepted)", "\(usage.refused)", ban,
                     ]
                 }
             }))
@@ -120,7 +120,7 @@ struct Audit: ParsableCommand {
             for result in results {
                 let who = "\(result.peerName ?? "?") \(result.peerID.map { String($0.prefix(12)) } ?? (result.file as NSString).lastPathComponent)"
                 if result.ok {
-                    var line = "ok    \(who): \(result.records) records, \(result.checkpoints) checkpoints, \(result.peerCheckpoints) peer checkpoints, \(result.unsignedAtEnd) records after the last checkpoint"
+                    var line = "ok    \(who): \(result.records) records; checkpoints signed by this node: \(result.checkpoints); transcripts signed by the peer: \(result.peerCheckpoints); records after the last checkpoint: \(result.unsignedAtEnd)"
                     if result.incompleteTail > 0 {
                         line += "; an incomplete record of \(result.incompleteTail) bytes at the end (a crash mid-append; the node cuts it off when it starts)"
                     }

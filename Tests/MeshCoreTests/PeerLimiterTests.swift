@@ -99,6 +99,7 @@ import Testing
 
     @Test(arguments: [
         ("offers=20/s:40", LimitClass.offers, 20.0, 40.0), ("gossip=5/s", .gossip, 5, 5), ("bytes=0.5/s:2", .bytes, 0.5, 2),
+        ("bytes=64M/s:1G", .bytes, 64 * 1024 * 1024, 1024 * 1024 * 1024), ("bytes=8K/s", .bytes, 8192, 8192),
     ])
     func limitsParse(text: String, limitClass: LimitClass, rate: Double, burst: Double) throws {
         let (parsedClass, parsed) = try Rate.parseLimit(text)
@@ -107,8 +108,10 @@ import Testing
     }
 
     @Test(arguments: ["offers", "offers=", "offers=20", "offers=20/m", "offers=-1/s", "offers=1/s:0", "offers=1/s:x",
-                      "nope=1/s", "=1/s", "offers=nan/s", "offers=1/s:2:3"])
+                      "nope=1/s", "=1/s", "offers=nan/s", "offers=1/s:2:3", "bytes=M/s", "bytes=1X/s"])
     func malformedLimitsSayWhatIsWrong(text: String) {
+        #expect(Rate(perSecond: 64 * 1024 * 1024, burst: 1536).description == "64M/s:1536")
+        #expect(Rate(perSecond: 2.5).description == "2.5/s:2.5")
         #expect(throws: Rate.ParseError.self) { try Rate.parseLimit(text) }
     }
 }

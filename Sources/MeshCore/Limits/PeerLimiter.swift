@@ -36,11 +36,11 @@ public struct Rate: Sendable, Equatable, CustomStringConvertible {
     public init(parsing text: String) throws(ParseError) {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         guard (1...2).contains(parts.count), parts[0].hasSuffix("/s"),
-            let rate = Double(parts[0].dropLast(2)), rate.isFinite, rate > 0
-        else { throw ParseError(description: "'\(text)' is not a rate: write RATE/s or RATE/s:BURST, for example 20/s:40") }
+            let rate = Self.number(parts[0].dropLast(2)), rate > 0
+        else { throw ParseError(description: "'\(text)' is not a rate: write RATE/s or RATE/s:BURST, for example 20/s:40 or 64M/s:128M") }
         var burst: Double?
         if parts.count == 2 {
-            guard let value = Double(parts[1]), value.isFinite, value >= 1 else {
+            guard let value = Self.number(parts[1]), value >= 1 else {
                 throw ParseError(description: "'\(text)': the burst after ':' must be a number of at least 1")
             }
             burst = value
@@ -58,12 +58,32 @@ public struct Rate: Sendable, Equatable, CustomStringConvertible {
         return (limitClass, try Rate(parsing: String(parts[1])))
     }
 
-    public var description: String {
-        func number(_ value: Double) -> String {
-            value == value.rounded() ? String(Int(value)) : String(value)
+    /// A number with an optional binary suffix: `K` (×1024), `M` (×1024²) or `G` (×1024³), handy for `bytes`.
+    private static func number(_ text: Substring) -> Double? {
+        let scale: Double
+        var digits = text
+        switch text.last {
+        case "K": scale = 1024
+        case "M": scale = 1024 * 1024
+        case "G": scale = 1024 * 1024 * 1024
+        default: scale = 1
         }
-        return "\(number(self.perSecond))/s:\(number(self.burst))"
+        if scale > 1 { digits = digits.dropLast() }
+        guard let value = Double(digits), value.isFinite else { return nil }
+        return value * scale
     }
+
+    /// `20`, `0.5`, `64M`: the inverse of the parser's numbers.
+    public static func format(_ value: Double) -> String {
+        for (suffix, scale) in [("G", 1024.0 * 1024 * 1024), ("M", 1024.0 * 1024), ("K", 1024.0)]
+        where value >= scale && (value / scale) == (value / scale).rounded() {
+            return "\(Int(value / scale))\(suffix)"
+        }
+        if value == value.rounded() { return String(Int(value)) }
+        return String((value * 10).rounded() / 10)
+    }
+
+    public var description: String { "\(Self.format(self.perSecond))/s:\(Self.format(self.burst))" }
 }
 
 /// Per-peer rate limits with escalation, as a pure state machine with an injected clock.
