@@ -8,6 +8,21 @@ import Testing
 
 @testable import MeshTransport
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Root may mount a small tmpfs: a real file system that fills up.
+let canMountTmpfs: Bool = {
+    guard getuid() == 0 else { return false }
+    let probe = "/tmp/amt-mount-probe-\(getpid())"
+    try? FileManager.default.createDirectory(atPath: probe, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: probe) }
+    guard mount("tmpfs", probe, "tmpfs", 0, "size=64k") == 0 else { return false }
+    umount(probe)
+    return true
+}()
+
 /// Per-peer limits and audit logs between real nodes on loopback.
 @Suite(.serialized) struct AccountabilityIntegrationTests {
     /// One trusted peer floods task offers at 10× its limit: its offers are declined `rate_limited`, then it is
@@ -143,5 +158,72 @@ import Testing
         #expect(log.problem == nil)
         #expect(log.records.contains { $0.entry.event == .misbehaved && $0.entry.detail.contains("transcript") })
         #expect(log.peerCheckpoints == 0)
+    }
+
+    /// The audit folder on a file system that fills up: the node refuses work that would go unaudited (peers' offers
+    /// are declined `storage_unavailable`, its own clients get 507), loses no record, and takes work again once
+    /// there is room.
+    @Test(.enabled(if: canMountTmpfs, "needs root to mount a small tmpfs"))
+    func aFullAuditDiskRefusesUnauditedWorkAndRecovers() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let b = try mesh.node("b")
+        try a.trust(b)
+        try b.trust(a)
+        let auditFolder = a.home.auditDirectory
+        try FileManager.default.createDirectory(atPath: auditFolder, withIntermediateDirectories: true)
+        try #require(mount("tmpfs", auditFolder, "tmpfs", 0, "size=1m") == 0)
+        defer { umount(auditFolder) }
+        let runningA = try await a.start { $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)] }
+        let runningB = try await b.start { $0.joins = [runningA.address] }
+        #expect(await eventually { await runningB.members("alive").contains("a") })
+        let first = try await TaskIntegrationTests.submit(runningB, "echo", ["n": 0])
+        #expect(try await TaskIntegrationTests.wait(runningB, first).state == "completed")
+
+        // Fill the file system to the last byte.
+        let filler = auditFolder + "/filler"
+        let descriptor = open(filler, O_WRONLY | O_CREAT, 0o600)
+        let chunk = [UInt8](repeating: 0, count: 4096)
+        while chunk.withUnsafeBytes({ write(descriptor, $0.baseAddress!, 4096) }) > 0 {}
+        while chunk.withUnsafeBytes({ write(descriptor, $0.baseAddress!, 1) }) > 0 {}
+        close(descriptor)
+
+        // The log's last page still has room for a few records; tasks keep coming until an append fails.
+        var submitted: [String] = []
+        let filled = try await eventually(timeout: .seconds(20), interval: .milliseconds(50)) {
+            submitted.append(try await TaskIntegrationTests.submit(runningB, "echo", ["n": submitted.count], timeout: 60, attempts: 50))
+            return !a.logs.matching("cannot write the audit log; refusing work that would go unaudited until it can").isEmpty
+        }
+        #expect(filled)
+        #expect(await eventually(timeout: .seconds(15)) {
+            var declined = false
+            for id in submitted {
+                let task = try? await TaskIntegrationTests.wait(runningB, id, seconds: 0)
+                declined = declined || task?.attempts.contains { $0.outcome == "declined: storage_unavailable" } == true
+            }
+            return declined
+        }, "a declines work it cannot audit")
+        let refused = try await TaskIntegrationTests.post(runningA, "echo", ["n": 2])
+        #expect(refused.status == 507)
+        #expect(String(decoding: refused.body, as: UTF8.self).contains("audit"))
+
+        try FileManager.default.removeItem(atPath: filler)
+        for id in submitted {
+            let task = try await TaskIntegrationTests.wait(runningB, id, seconds: 30)
+            #expect(task.state == "completed", "\(task.error ?? task.state)")
+        }
+        #expect(!a.logs.matching("the audit log is writable again; taking new tasks").isEmpty)
+        await runningB.stop()
+        await runningA.stop()
+        for log in AuditFolder.read(auditFolder, keepRecords: true) {
+            let report = try #require(log.report, "\(log.file): \(log.error ?? "")")
+            #expect(report.problem == nil, "\(log.file): \(report.problem?.description ?? "")")
+            #expect(report.incompleteTail == 0)
+            if report.header.peerName == "b" {
+                let offered = Set(report.records.filter { $0.entry.event == .received && $0.entry.message == 1 }
+                    .compactMap { $0.entry.task?.description })
+                #expect(Set(submitted).isSubset(of: offered), "every offer, also those received while the disk was full, is recorded")
+            }
+        }
     }
 }
