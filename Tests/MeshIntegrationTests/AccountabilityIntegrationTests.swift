@@ -160,6 +160,63 @@ let canMountTmpfs: Bool = {
         #expect(log.peerCheckpoints == 0)
     }
 
+    /// Three forged records in a row: strikes add up to a ban, with the reason in the close frame and the log.
+    @Test func repeatedMisbehaviourIsBanned() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let victim = try mesh.node("victim")
+        let mallory = try mesh.node("mallory")
+        try a.trust(mallory)
+        let runningA = try await a.start()
+        let session = try await mallory.openSession(to: runningA.address)
+        let reason = try await session.executeThenClose { inbound, outbound in
+            var events = inbound.makeAsyncIterator()
+            guard case .established? = try await events.next() else { return SecureSession.CloseReason?.none }
+            for incarnation in 1...3 {
+                let forged = MemberRecord(
+                    identity: victim.identity.publicIdentity, address: "127.0.0.1:1", incarnation: UInt64(incarnation),
+                    capabilities: [], load: 0, signer: .ed25519(mallory.identity))
+                try await outbound.write(.membership(.gossip(updates: [.alive(forged)])))
+            }
+            while let event = try await events.next() {
+                if case .closed(let why) = event { return why }
+            }
+            return nil
+        }
+        #expect(reason?.code == SecureSession.CloseReason.bannedCode)
+        #expect(reason?.text.contains("misbehaved") == true, "\(String(describing: reason))")
+        await runningA.stop()
+        let log = try #require(AuditFolder.read(a.home.auditDirectory, keepRecords: true).first?.report)
+        #expect(log.records.filter { $0.entry.event == .misbehaved }.count == 3)
+        #expect(log.records.contains { $0.entry.event == .banned })
+    }
+
+    /// Before anyone is authenticated, connection attempts are counted per source address: a burst beyond the
+    /// limit is closed at once, and a real peer gets in once the bucket refills.
+    @Test func connectionsOverThePerAddressLimitAreClosedAtOnce() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let b = try mesh.node("b")
+        try a.trust(b)
+        let runningA = try await a.start {
+            $0.limitsLoopbackConnections = true
+            $0.limits.rates[.connections] = Rate(perSecond: 5, burst: 5)
+        }
+        let connections = try (0..<30).map { _ in try RawConnection(to: runningA.address) }
+        let closedAtOnce = try await offloaded { connections.filter { $0.closedByPeer(within: .milliseconds(300)) }.count }
+        for connection in connections { connection.shut() }
+        #expect(closedAtOnce >= 20, "only \(closedAtOnce) of 30 connections were refused")
+        try await Task.sleep(for: .seconds(1.5))
+        let session = try await b.openSession(to: runningA.address)
+        let established = try await session.executeThenClose { inbound, _ in
+            var events = inbound.makeAsyncIterator()
+            if case .established? = try await events.next() { return true }
+            return false
+        }
+        #expect(established, "a real peer gets in once the bucket refills")
+        await runningA.stop()
+    }
+
     /// The audit folder on a file system that fills up: the node refuses work that would go unaudited (peers' offers
     /// are declined `storage_unavailable`, its own clients get 507), loses no record, and takes work again once
     /// there is room.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MeshCore
+import MeshCrypto
 import MeshTransport
 import Testing
 
@@ -158,6 +159,105 @@ import Testing
         #expect(refused.status != 0)
         #expect(refused.stderr.contains("\(root)/a/node.sqlite"))
         #expect(refused.stderr.contains("not a valid task store"), "\(refused.stderr)")
+    }
+
+    /// A log for a made-up peer, written as the node would: three records, signed at the end.
+    static func writeAuditLog(home: NodeHome, peer: PeerIdentity) throws -> (path: String, offsets: [Int]) {
+        let local = try home.loadIdentity()
+        var chain = AuditChain(header: AuditHeader(local: local.signingKey.publicKey, peer: peer.identityKey, peerName: peer.name))
+        var bytes = chain.header.encoded()
+        var offsets: [Int] = []
+        for entry in [
+            AuditEntry(.connected, time: 1, session: 1, extra: [UInt8](repeating: 7, count: 32)),
+            AuditEntry(.received, time: 2, session: 1, message: 1, task: TaskID(high: 1, low: 2), epoch: 1, digest: [UInt8](repeating: 1, count: 32)),
+            AuditEntry(.disconnected, time: 3, session: 1, detail: "peer closed"),
+        ] {
+            offsets.append(bytes.count)
+            bytes += chain.append(entry).framed()
+        }
+        offsets.append(bytes.count)
+        bytes += chain.checkpoint(time: 4, signingKey: local.signingKey).framed()
+        try FileManager.default.createDirectory(atPath: home.auditDirectory, withIntermediateDirectories: true)
+        let path = home.auditDirectory + "/\(peer.nodeID).log"
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        return (path, offsets)
+    }
+
+    @Test func auditVerifyNamesThePeerAndTheFirstBadRecordAndRunRefusesTheLog() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary), "build agentmesh first: \(Self.binary)")
+        let root = "/tmp/am-audit-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        #expect(try Self.agentmesh("init", "--home", root + "/a").status == 0)
+        let home = NodeHome(path: root + "/a")
+        let peer = NodeIdentity(name: "mallory").publicIdentity
+        let (path, offsets) = try Self.writeAuditLog(home: home, peer: peer)
+
+        let clean = try Self.agentmesh("audit", "--verify", "--home", home.path)
+        #expect(clean.status == 0, "\(clean.stderr)")
+        #expect(clean.stdout.contains("ok    mallory"))
+        let shown = try Self.agentmesh("audit", "--home", home.path, "--peer", "mallory")
+        #expect(shown.stdout.contains("received") && shown.stdout.contains("offer"))
+        let firstLine = shown.stdout.split(separator: "\n").dropFirst().first.map(String.init) ?? ""
+        #expect(firstLine.contains("checkpoint"), "newest first: \(shown.stdout)")
+
+        // A torn tail is reported, not fatal.
+        var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: path)))
+        try Data(bytes + [0, 0, 0, 40, 1]).write(to: URL(fileURLWithPath: path))
+        let torn = try Self.agentmesh("audit", "--verify", "--home", home.path)
+        #expect(torn.status == 0)
+        #expect(torn.stdout.contains("incomplete record of 5 bytes"))
+
+        // A flipped byte in record 1 fails verification, naming the peer and the record; run refuses the log.
+        bytes[offsets[1] + 20] ^= 1
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let broken = try Self.agentmesh("audit", "--verify", "--home", home.path)
+        #expect(broken.status != 0)
+        #expect(broken.stdout.contains("FAIL  mallory"))
+        #expect(broken.stderr.contains("peer mallory (\(peer.nodeID))") && broken.stderr.contains("record 1"), "\(broken.stderr)")
+        let refused = try Self.agentmesh("run", "--home", home.path, "--listen", "127.0.0.1:0")
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains(path) && refused.stderr.contains("record 1"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("--set-aside-broken-audit"))
+
+        let garbage = home.auditDirectory + "/0123.log"
+        try Data("not a log".utf8).write(to: URL(fileURLWithPath: garbage))
+        let notALog = try Self.agentmesh("audit", "--verify", "--home", home.path, "--peer", "0123")
+        #expect(notALog.status != 0)
+        #expect(notALog.stderr.contains("0123.log") && notALog.stderr.contains("magic"))
+    }
+
+    @Test func limitsComeFromConfigAndDescriptorsAndBadOnesAreNamed() throws {
+        let root = "/tmp/am-limits-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let home = NodeHome(path: root + "/a")
+        _ = try home.initialize(name: "a", networkKeyFile: nil)
+        #expect(try home.loadConfiguredLimits().isEmpty, "no config.toml: no limits of its own")
+        try "[limits]\noffers = \"20/s:20\"\nbytes = \"8M/s\"\n".write(toFile: home.configPath, atomically: true, encoding: .utf8)
+        #expect(try home.loadConfiguredLimits() == [.offers: Rate(perSecond: 20, burst: 20), .bytes: Rate(perSecond: 8 * 1024 * 1024)])
+        for bad in ["[limits]\noffers = \"fast\"\n", "[limits]\nnope = \"1/s\"\n", "name = \"x\"\n", "[limits\n"] {
+            try bad.write(toFile: home.configPath, atomically: true, encoding: .utf8)
+            #expect(throws: HomeError.self) { try home.loadConfiguredLimits() }
+        }
+        let refused = try Self.agentmesh("run", "--home", home.path, "--listen", "127.0.0.1:0")
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains(home.configPath), "\(refused.stderr)")
+        let badFlag = try Self.agentmesh("run", "--home", home.path, "--listen", "127.0.0.1:0", "--limit", "offers=lots")
+        #expect(badFlag.status != 0)
+        #expect(badFlag.stderr.contains("--limit"))
+
+        // A peer's descriptor may carry its own limits; re-trusting keeps them; a malformed one names the key.
+        let peer = NodeIdentity(name: "b").publicIdentity
+        _ = try home.trust(peer)
+        let descriptorPath = home.peersDirectory + "/\(peer.nodeID).toml"
+        let text = try String(contentsOfFile: descriptorPath, encoding: .utf8)
+        try (text + "\n[limits]\noffers = \"5/s:10\"\n").write(toFile: descriptorPath, atomically: true, encoding: .utf8)
+        #expect(home.loadTrustedPeers().descriptors.first?.limits == [.offers: Rate(perSecond: 5, burst: 10)])
+        #expect(try home.trust(peer) == .unchanged(path: descriptorPath))
+        #expect(home.loadTrustedPeers().descriptors.first?.limits == [.offers: Rate(perSecond: 5, burst: 10)])
+        try (text + "\n[limits]\noffers = \"5/m\"\n").write(toFile: descriptorPath, atomically: true, encoding: .utf8)
+        let (descriptors, problems) = home.loadTrustedPeers()
+        #expect(descriptors.isEmpty)
+        #expect(problems.first?.contains(descriptorPath) == true && problems.first?.contains("limits.offers") == true, "\(problems)")
     }
 
     @Test func runReportsItsPortRefusesATakenOneAndStopsCleanlyOnSIGTERM() throws {
