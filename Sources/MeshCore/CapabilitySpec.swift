@@ -37,28 +37,41 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
         public let description: String
     }
 
-    /// Parses `NAME=builtin:echo`, `NAME=exec:COMMAND ARGS…` (split on spaces) or `NAME=http:URL`.
+    /// Parses `NAME=builtin:echo`, `NAME=exec:COMMAND ARGS…` (split on spaces) or `NAME=http:URL`; `NAME*N=…` runs
+    /// up to N at once (default 4).
     public init(parsing text: String) throws(ParseError) {
         guard let equals = text.firstIndex(of: "=") else {
             throw ParseError(description: "'\(text)' is not NAME=EXECUTOR (for example echo=builtin:echo)")
         }
-        let name = String(text[..<equals])
+        var name = String(text[..<equals])
+        var concurrency = Self.defaultConcurrency
+        if let star = name.firstIndex(of: "*") {
+            guard let count = UInt16(name[name.index(after: star)...]), count >= 1 else {
+                throw ParseError(description: "'\(name)': after '*' comes how many may run at once, 1 to 65535")
+            }
+            concurrency = count
+            name = String(name[..<star])
+        }
         let executor = String(text[text.index(after: equals)...])
         guard Capability.isValidName(name) else {
             throw ParseError(description: "capability name '\(name)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
         }
+        try self.init(name: name, executor: Self.executor(executor, in: text), concurrency: concurrency)
+    }
+
+    private static func executor(_ executor: String, in text: String) throws(ParseError) -> Executor {
         if executor == "builtin:echo" {
-            self.init(name: name, executor: .builtinEcho)
+            return .builtinEcho
         } else if executor.hasPrefix("exec:") {
             let words = executor.dropFirst(5).split(separator: " ").map(String.init)
             guard let command = words.first else { throw ParseError(description: "'\(text)': exec: needs a command") }
-            self.init(name: name, executor: .exec(command: command, arguments: Array(words.dropFirst())))
+            return .exec(command: command, arguments: Array(words.dropFirst()))
         } else if executor.hasPrefix("http:") {
             let url = String(executor.dropFirst(5))
             guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
                 throw ParseError(description: "'\(text)': http: needs a URL such as http://127.0.0.1:8080/run")
             }
-            self.init(name: name, executor: .http(url: url))
+            return .http(url: url)
         } else {
             throw ParseError(description: "'\(executor)' is not an executor: use builtin:echo, exec:COMMAND or http:URL")
         }

@@ -38,6 +38,16 @@ final class AuditLog: Sendable {
 
     static let checkpointEvery = 256
 
+    /// What appending has cost so far, for measuring the audit's share of a task (`GET /v1/node`).
+    struct Statistics: Sendable {
+        var records: UInt64 = 0
+        var bytes: UInt64 = 0
+        /// `fdatasync` calls (one per file per batch).
+        var syncs: UInt64 = 0
+        /// Time the writer thread spent building, hashing, signing, writing and syncing.
+        var busy: Duration = .zero
+    }
+
     private struct Pending: Sendable {
         let peer: PeerIdentity
         let entry: AuditEntry
@@ -66,6 +76,9 @@ final class AuditLog: Sendable {
     private let logs: Mutex<[NodeID: OpenLog]>
     private let progressHandler = Mutex<(@Sendable (Progress) -> Void)?>(nil)
     private let retryDelay: Duration
+    private let counters = Mutex(Statistics())
+
+    var statistics: Statistics { self.counters.withLock { $0 } }
 
     /// Opens every log in `directory` (creating it if needed), verifying each one. An incomplete record at the end of
     /// a file is cut off and reported; any other damage stops the node with the file and the record's index, unless
@@ -185,7 +198,11 @@ final class AuditLog: Sendable {
                 if done { return }
                 continue
             }
-            if let error = self.write(batch, checkpointAll: checkpoint) {
+            let started = ContinuousClock.now
+            let failure = self.write(batch, checkpointAll: checkpoint)
+            let elapsed = ContinuousClock.now - started
+            self.counters.withLock { $0.busy += elapsed }
+            if let error = failure {
                 self.queue.withLock { queue in
                     queue.pending = error.unwritten + queue.pending
                     queue.checkpointRequested = queue.checkpointRequested || checkpoint
@@ -264,6 +281,11 @@ final class AuditLog: Sendable {
             // Whatever part reached the file is not acknowledged: cut it off so the retry appends at a clean end.
             _ = ftruncate(log.descriptor, off_t(log.durableLength))
             throw AuditError(description: "cannot append to \(path): \(why)")
+        }
+        self.counters.withLock { counters in
+            counters.records += chain.nextIndex - log.chain.nextIndex
+            counters.bytes += UInt64(bytes.count)
+            counters.syncs += 1
         }
         log.chain = chain
         log.durableLength += bytes.count

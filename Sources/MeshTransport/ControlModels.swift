@@ -11,6 +11,16 @@ public enum ControlAPI {
         public let identityLine: String
         public let open: Bool
         public let startedAt: Date
+        /// What the audit log has cost since the node started.
+        public let audit: AuditCost?
+    }
+
+    public struct AuditCost: Codable, Sendable, Equatable {
+        public let records: UInt64
+        public let bytes: UInt64
+        public let syncs: UInt64
+        /// Seconds the audit writer thread was busy (building, hashing, signing, writing, syncing records).
+        public let writerBusySeconds: Double
     }
 
     public struct CapabilityInfo: Codable, Sendable, Equatable {

@@ -334,7 +334,14 @@ extension MeshNode {
         let parts = request.path.split(separator: "/").map(String.init)  // ["v1", "tasks", id?, "cancel"?]
         switch (request.method, parts.count) {
         case ("POST", 2):
-            return await self.submitTask(request.body)
+            var wait: Duration?
+            if let text = request.query["wait"] {
+                guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
+                    return .error(400, "wait must be a number of seconds from 0 to 3600")
+                }
+                wait = .milliseconds(Int64(seconds * 1000))
+            }
+            return await self.submitTask(request.body, wait: wait)
         case ("GET", 2):
             let state = request.query["state"]
             if let state, TaskState(rawValue: state) == nil {
@@ -364,7 +371,8 @@ extension MeshNode {
         }
     }
 
-    private func submitTask(_ body: [UInt8]) async -> ControlResponse {
+    /// Submits a task; with `wait`, answers once it ends (200) or when `wait` runs out (202), saving a round trip.
+    private func submitTask(_ body: [UInt8], wait: Duration?) async -> ControlResponse {
         let request: ControlAPI.SubmitRequest
         do {
             request = try ControlAPI.decoder().decode(ControlAPI.SubmitRequest.self, from: Data(body))
@@ -405,8 +413,9 @@ extension MeshNode {
             self.runSubmitter { $0.abandon(id) }
             return .error(507, "the task could not be stored: \(error.description); nothing was submitted")
         }
+        if let wait { await self.waitForTask(id, timeout: wait) }
         guard let task = self.submitter?.task(id) else { return .error(500, "the task was not recorded") }
-        return .json(self.taskInfo(task), status: 202)
+        return .json(self.taskInfo(task), status: task.state.isTerminal ? 200 : 202)
     }
 
     private func taskInfo(_ task: TaskSubmitter.SubmittedTask) -> ControlAPI.TaskInfo {

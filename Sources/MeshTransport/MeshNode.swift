@@ -134,6 +134,7 @@ public actor MeshNode: Service {
     /// records and `agentmesh limits`, also after the session is gone).
     var authenticatedPeers: [NodeID: PeerIdentity] = [:]
     var auditCheckpointRequestedAt: Duration = .zero
+    private var taskTickedAt: Duration = .zero
 
     public init(
         home: NodeHome, identity: NodeIdentity, networkKey: NetworkKey, settings: NodeSettings, logger: Logger
@@ -627,8 +628,12 @@ public actor MeshNode: Service {
         let directives = membership.tick(now: now)
         self.membership = membership
         self.handle(directives)
-        self.taskTick(now: now)
-        self.auditTick(now: now)
+        // Task timers (offer time-outs, retries, deadlines) need no finer grain than this.
+        if now - self.taskTickedAt >= .milliseconds(50) {
+            self.taskTickedAt = now
+            self.taskTick(now: now)
+            self.auditTick(now: now)
+        }
         return min(max(membership.nextDeadline - now, self.settings.membershipTick), cap)
     }
 
@@ -805,7 +810,13 @@ public actor MeshNode: Service {
             id: self.identity.nodeID.description, name: self.identity.name,
             listen: bound?.address.description ?? self.settings.listen.description,
             identityLine: IdentityLine.render(self.identity.publicIdentity), open: self.settings.isOpen,
-            startedAt: bound?.startedAt ?? Date())
+            startedAt: bound?.startedAt ?? Date(),
+            audit: self.auditLog.map { log in
+                let statistics = log.statistics
+                return ControlAPI.AuditCost(
+                    records: statistics.records, bytes: statistics.bytes, syncs: statistics.syncs,
+                    writerBusySeconds: statistics.busy.seconds)
+            })
     }
 
     private func handleControl(_ request: ControlRequest) async -> ControlResponse {

@@ -13,7 +13,7 @@ struct AgentMesh: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             Init.self, Id.self, Trust.self, Run.self, Members.self, Submit.self, Tasks.self, TaskCommand.self,
-            Cancel.self, Limits.self, Audit.self, Leave.self,
+            Cancel.self, Limits.self, Audit.self, Bench.self, Leave.self,
         ]
     )
 }

@@ -98,3 +98,21 @@ import Testing
         #expect(cache.count == 3)
     }
 }
+
+@Suite struct CapabilitySpecTests {
+    @Test func capabilitiesParseWithTheirConcurrency() throws {
+        let echo = try CapabilitySpec(parsing: "echo=builtin:echo")
+        #expect(echo.name == "echo" && echo.executor == .builtinEcho && echo.concurrency == 4)
+        let wide = try CapabilitySpec(parsing: "echo*64=builtin:echo")
+        #expect(wide.name == "echo" && wide.concurrency == 64)
+        let worker = try CapabilitySpec(parsing: "summarize*2=exec:python3 worker.py --fast")
+        #expect(worker.executor == .exec(command: "python3", arguments: ["worker.py", "--fast"]) && worker.concurrency == 2)
+        #expect(try CapabilitySpec(parsing: "agent=http:http://127.0.0.1:8080/run").executor == .http(url: "http://127.0.0.1:8080/run"))
+    }
+
+    @Test(arguments: ["echo", "echo*0=builtin:echo", "echo*=builtin:echo", "echo*x=builtin:echo", "echo*70000=builtin:echo",
+                      "bad name=builtin:echo", "echo=exec:", "echo=http:ftp://x", "echo=magic:x"])
+    func badCapabilitiesSayWhy(text: String) {
+        #expect(throws: CapabilitySpec.ParseError.self) { try CapabilitySpec(parsing: text) }
+    }
+}

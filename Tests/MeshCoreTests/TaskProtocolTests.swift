@@ -275,11 +275,16 @@ import Testing
             .init(id: Self.a, capabilities: ["echo": 4], load: 0), .init(id: Self.b, capabilities: ["echo": 4], load: 0),
         ], now: .zero)
         var rng = SeededGenerator(seed: 1)
-        for _ in 0..<10 {
+        // A tie goes to the remote member; this node's own open tasks there count as load, so the next one is
+        // strictly better placed here, and so on, alternating.
+        var placed: [NodeID?] = []
+        for _ in 0..<6 {
             let id = TaskID(using: &rng)
             _ = submitter.submit(id: id, capability: "echo", input: [], timeout: .seconds(5), maximumAttempts: 1, now: .zero)
-            #expect(submitter.task(id)?.currentAttempt?.peer == Self.b)
+            placed.append(submitter.task(id)?.currentAttempt?.peer)
         }
+        #expect(placed == [Self.b, Self.a, Self.b, Self.a, Self.b, Self.a])
+        submitter = TaskSubmitter(local: Self.a, seed: 3)
         _ = submitter.candidatesChanged([
             .init(id: Self.a, capabilities: ["echo": 4], load: 0), .init(id: Self.b, capabilities: ["echo": 4], load: 3),
         ], now: .zero)
@@ -475,8 +480,27 @@ import Testing
 }
 
 extension TaskProtocolTests {
+    /// The submitter offers a member no more tasks than the capacity it advertises; the rest wait for a slot, with
+    /// no offers (and no declines) meanwhile, and go in order as slots free up.
+    @Test func aBurstBeyondCapacityWaitsForSlotsWithoutOffers() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 2]])
+        let burst = (0..<6).map { _ in mesh.submit(attempts: 1) }
+        #expect(burst.map { mesh.submitter.task($0)!.attempts.count } == [1, 1, 0, 0, 0, 0])
+        mesh.advance(.seconds(3))
+        #expect(burst.dropFirst(2).allSatisfy { mesh.submitter.task($0)!.attempts.isEmpty })
+        for _ in 0..<3 {
+            mesh.completeRuns()
+            mesh.advance(.milliseconds(10))
+        }
+        #expect(burst.allSatisfy { mesh.submitter.task($0)?.state == .completed })
+        #expect(burst.allSatisfy { mesh.submitter.task($0)!.attempts.count == 1 }, "no task was declined")
+    }
+
+    /// Busy declines (another submitter filled the member) route a task on without using up its attempts.
     @Test func declinesDoNotUseUpAttemptsSoABurstBeyondCapacityWaits() {
         var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        // c advertises more room than it has (another submitter's task is running there).
+        _ = mesh.submitter.candidatesChanged([.init(id: Self.c, capabilities: ["echo": 4], load: 0)], now: .zero)
         let first = mesh.submit(attempts: 2)
         let second = mesh.submit(attempts: 2)
         mesh.advance(.seconds(10))  // c stays busy with the first task: the second is declined round after round

@@ -146,6 +146,20 @@ public struct TaskSubmitter: Sendable {
     public let local: NodeID
     private var candidates: [Candidate] = []
     private var tasks: [TaskID: SubmittedTask] = [:]
+    /// Tasks not yet finished: the timers and membership changes only look at these, so a node that keeps a day of
+    /// finished tasks does not pay for them on every tick.
+    private var unfinished: Set<TaskID> = []
+    /// Finished tasks in the order they finished, for forgetting them after the retention period.
+    private var finishedOrder: [(id: TaskID, at: Duration)] = []
+    private var finishedOrderStart = 0
+    /// Attempts of this node's tasks still open (offered or running) per peer and capability: a peer is offered no
+    /// more than the capacity it advertises, so a burst queues here instead of drawing `busy` declines (and a
+    /// flood of re-offers that the peer's rate limit would count against this node).
+    private var inFlight: [NodeID: [String: Int]] = [:]
+    /// Tasks waiting for one of those slots, first come first served, per capability.
+    private var waitingForSlot: [String: TaskQueue] = [:]
+    /// Capabilities whose slots opened during the current event; refilled before it returns.
+    private var freedSlots: Set<String> = []
     private var breakers: [NodeID: (failures: Int, openUntil: Duration?)] = [:]
     private var random: SplitMix64
 
@@ -170,6 +184,7 @@ public struct TaskSubmitter: Sendable {
             maximumAttempts: max(1, maximumAttempts), state: .submitted, attempts: [], outcome: nil, error: nil,
             finishedAt: nil, nextOfferAt: now, failures: 0)
         self.tasks[id] = task
+        self.unfinished.insert(id)
         var directives: [Directive] = [.persist(task)]
         self.offer(id, now: now, into: &directives)
         return directives
@@ -177,7 +192,9 @@ public struct TaskSubmitter: Sendable {
 
     /// The store could not make a just-submitted task durable: the client gets an error, the task never existed.
     public mutating func abandon(_ id: TaskID) -> [Directive] {
-        guard self.tasks.removeValue(forKey: id) != nil else { return [] }
+        guard let task = self.tasks.removeValue(forKey: id) else { return [] }
+        self.unfinished.remove(id)
+        if let attempt = task.currentAttempt, attempt.outcome == nil { self.releaseSlot(of: attempt.peer, task.capability) }
         return [.forget(id)]
     }
 
@@ -185,7 +202,14 @@ public struct TaskSubmitter: Sendable {
     /// sent again, with the same epoch, once its peer reappears (so an executor that already holds the task answers
     /// it instead of a second peer running it); a running task waits for its executor's result or `held`.
     public mutating func restore(_ stored: [SubmittedTask], now: Duration) {
+        for task in stored.filter(\.state.isTerminal).sorted(by: { ($0.finishedAt ?? now) < ($1.finishedAt ?? now) }) {
+            self.finishedOrder.append((task.id, task.finishedAt ?? now))
+        }
         for var task in stored {
+            if !task.state.isTerminal { self.unfinished.insert(task.id) }
+            if !task.state.isTerminal, let attempt = task.currentAttempt, attempt.outcome == nil {
+                self.inFlight[attempt.peer, default: [:]][task.capability, default: 0] += 1
+            }
             task.declinedBy = []
             task.offerSentAt = now
             task.isAwaitingPeer = task.state == .offered
@@ -198,8 +222,8 @@ public struct TaskSubmitter: Sendable {
     public mutating func candidatesChanged(_ candidates: [Candidate], now: Duration) -> [Directive] {
         self.candidates = candidates.sorted { $0.id < $1.id }
         var directives: [Directive] = []
-        for id in self.tasks.keys.sorted() {
-            guard let task = self.tasks[id] else { continue }
+        for id in self.unfinished.sorted() {
+            guard let task = self.tasks[id], !task.state.isTerminal else { continue }
             if task.state == .submitted, let next = task.nextOfferAt, next <= now {
                 self.offer(id, now: now, into: &directives)
             } else if task.isAwaitingPeer, let attempt = task.currentAttempt,
@@ -210,6 +234,7 @@ public struct TaskSubmitter: Sendable {
                 directives.append(self.offerMessage(task, epoch: attempt.epoch, now: now, to: attempt.peer))
             }
         }
+        self.offerQueuedTasks(now: now, into: &directives, all: true)
         return directives
     }
 
@@ -217,7 +242,7 @@ public struct TaskSubmitter: Sendable {
     public mutating func peerDied(_ peer: NodeID, now: Duration) -> [Directive] {
         self.candidates.removeAll { $0.id == peer }
         var directives: [Directive] = []
-        for id in self.tasks.keys.sorted() {
+        for id in self.unfinished.sorted() {
             guard let task = self.tasks[id], !task.state.isTerminal, task.currentAttempt?.peer == peer,
                 task.currentAttempt?.outcome == nil
             else { continue }
@@ -225,6 +250,7 @@ public struct TaskSubmitter: Sendable {
             self.tasks[id]?.nextOfferAt = now
             self.offer(id, now: now, into: &directives)
         }
+        self.offerQueuedTasks(now: now, into: &directives)
         return directives
     }
 
@@ -302,6 +328,7 @@ public struct TaskSubmitter: Sendable {
         case .offer, .resultAck, .cancel, .resume:
             break  // executor-side messages
         }
+        self.offerQueuedTasks(now: now, into: &directives)
         return directives
     }
 
@@ -314,21 +341,15 @@ public struct TaskSubmitter: Sendable {
             self.endAttempt(id, .canceled, now: now)
         }
         self.finish(id, .canceled, outcome: .canceled, error: nil, now: now, into: &directives)
+        self.offerQueuedTasks(now: now, into: &directives)
         return directives
     }
 
     /// Offer timeouts, due retries and deadlines.
     public mutating func tick(now: Duration) -> [Directive] {
-        var directives: [Directive] = []
-        for id in self.tasks.keys.sorted() {
-            guard let task = self.tasks[id] else { continue }
-            if task.state.isTerminal {
-                if let finishedAt = task.finishedAt, now - finishedAt >= self.settings.finishedRetention {
-                    self.tasks[id] = nil
-                    directives.append(.forget(id))
-                }
-                continue
-            }
+        var directives: [Directive] = self.forgetExpired(now: now)
+        for id in self.unfinished.sorted() {
+            guard let task = self.tasks[id], !task.state.isTerminal else { continue }
             if now >= task.deadline {
                 if let current = task.currentAttempt, current.outcome == nil {
                     directives.append(.send(.cancel(id, epoch: current.epoch), to: current.peer))
@@ -351,6 +372,7 @@ public struct TaskSubmitter: Sendable {
                 self.offer(id, now: now, into: &directives)
             }
         }
+        self.offerQueuedTasks(now: now, into: &directives)
         return directives
     }
 
@@ -360,21 +382,31 @@ public struct TaskSubmitter: Sendable {
         self.candidates.contains { $0.capabilities[capability] != nil }
     }
 
-    /// Least loaded relative to capacity first; this node only when strictly better than every other member.
-    private mutating func choose(for task: SubmittedTask, now: Duration) -> NodeID? {
-        let usable = self.candidates.filter { candidate in
+    private enum Choice {
+        case peer(NodeID)
+        /// Members would take it, but this node already has as many of its tasks there as they have room for.
+        case saturated
+        case nobody
+    }
+
+    /// Least loaded relative to capacity first (counting this node's own open attempts there); this node only when
+    /// strictly better than every other member.
+    private mutating func choose(for task: SubmittedTask, now: Duration) -> Choice {
+        let willing = self.candidates.filter { candidate in
             guard let capacity = candidate.capabilities[task.capability], capacity > 0 else { return false }
             if task.declinedBy.contains(candidate.id) { return false }
             if let openUntil = self.breakers[candidate.id]?.openUntil, now < openUntil { return false }
             return true
         }
+        func open(_ candidate: Candidate) -> Int { self.inFlight[candidate.id]?[task.capability] ?? 0 }
+        let usable = willing.filter { open($0) < $0.capabilities[task.capability] ?? 0 }
         func score(_ candidate: Candidate) -> Double {
-            Double(candidate.load) / Double(candidate.capabilities[task.capability] ?? 1)
+            Double(max(candidate.load, open(candidate))) / Double(candidate.capabilities[task.capability] ?? 1)
         }
-        guard let best = usable.map(score).min() else { return nil }
+        guard let best = usable.map(score).min() else { return willing.isEmpty ? .nobody : .saturated }
         let remote = usable.filter { $0.id != self.local && score($0) == best }
-        if let pick = remote.randomElement(using: &self.random) { return pick.id }
-        return usable.first { $0.id == self.local && score($0) == best }?.id
+        if let pick = remote.randomElement(using: &self.random) { return .peer(pick.id) }
+        return usable.first { $0.id == self.local && score($0) == best }.map { .peer($0.id) } ?? .nobody
     }
 
     private mutating func offer(_ id: TaskID, now: Duration, into directives: inout [Directive]) {
@@ -384,15 +416,23 @@ public struct TaskSubmitter: Sendable {
             self.finish(id, .failed, outcome: nil, error: "gave up after \(task.triedAttempts) attempts: \(last)", now: now, into: &directives)
             return
         }
-        let peer = self.choose(for: task, now: now)
-        if peer == nil, !task.declinedBy.isEmpty {
-            // Everyone declined this round: start a new round after a back-off.
-            task.declinedBy = []
+        let choice = self.choose(for: task, now: now)
+        if case .saturated = choice {
+            // Waits for a slot, without a timer: the next attempt that ends for this capability offers it.
+            task.state = .submitted
+            task.nextOfferAt = nil
             self.tasks[id] = task
-            self.scheduleRetry(id, now: now)
+            self.waitingForSlot[task.capability, default: TaskQueue()].append(id)
             return
         }
-        guard let chosen = peer else {
+        guard case .peer(let chosen) = choice else {
+            if !task.declinedBy.isEmpty {
+                // Everyone declined this round: start a new round after a back-off.
+                task.declinedBy = []
+                self.tasks[id] = task
+                self.scheduleRetry(id, now: now)
+                return
+            }
             task.state = .submitted
             task.nextOfferAt = now + self.settings.retryMaximumDelay
             self.tasks[id] = task
@@ -400,6 +440,7 @@ public struct TaskSubmitter: Sendable {
         }
         let epoch = UInt32(task.attempts.count + 1)
         task.attempts.append(Attempt(epoch: epoch, peer: chosen, offeredAt: now))
+        self.inFlight[chosen, default: [:]][task.capability, default: 0] += 1
         task.state = .offered
         task.nextOfferAt = nil
         task.offerSentAt = now
@@ -421,7 +462,7 @@ public struct TaskSubmitter: Sendable {
     private mutating func offerWaitingTask(
         freedBy peer: NodeID, capability: String, now: Duration, into directives: inout [Directive]
     ) {
-        let waiting = self.tasks.values.filter { task in
+        let waiting = self.unfinished.compactMap { self.tasks[$0] }.filter { task in
             task.state == .submitted && task.capability == capability && (task.nextOfferAt ?? now) > now
         }
         guard let oldest = waiting.min(by: { ($0.submittedAt, $0.id) < ($1.submittedAt, $1.id) }) else { return }
@@ -446,6 +487,31 @@ public struct TaskSubmitter: Sendable {
         task.attempts[task.attempts.count - 1].endedAt = now
         if case .failed(let message) = outcome { task.error = message }
         self.tasks[id] = task
+        self.releaseSlot(of: task.attempts[task.attempts.count - 1].peer, task.capability)
+    }
+
+    private mutating func releaseSlot(of peer: NodeID, _ capability: String) {
+        guard let count = self.inFlight[peer]?[capability], count > 0 else { return }
+        self.inFlight[peer]?[capability] = count > 1 ? count - 1 : nil
+        self.freedSlots.insert(capability)
+    }
+
+    /// Offers tasks waiting for a slot, oldest first, while a member has room for them.
+    private mutating func offerQueuedTasks(now: Duration, into directives: inout [Directive], all: Bool = false) {
+        let capabilities = all ? Set(self.waitingForSlot.keys) : self.freedSlots
+        self.freedSlots = []
+        for capability in capabilities.sorted() {
+            while let id = self.waitingForSlot[capability]?.first {
+                guard let task = self.tasks[id], task.state == .submitted, task.nextOfferAt == nil else {
+                    self.waitingForSlot[capability]?.removeFirst()
+                    continue
+                }
+                guard case .peer = self.choose(for: task, now: now) else { break }
+                self.waitingForSlot[capability]?.removeFirst()
+                self.offer(id, now: now, into: &directives)
+            }
+            if self.waitingForSlot[capability]?.isEmpty == true { self.waitingForSlot[capability] = nil }
+        }
     }
 
     private mutating func recordFailure(of peer: NodeID, now: Duration) {
@@ -456,6 +522,25 @@ public struct TaskSubmitter: Sendable {
             breaker.failures = 0
         }
         self.breakers[peer] = breaker
+    }
+
+    /// Forgets finished tasks past their retention, oldest first.
+    private mutating func forgetExpired(now: Duration) -> [Directive] {
+        var directives: [Directive] = []
+        while self.finishedOrderStart < self.finishedOrder.count {
+            let (id, finishedAt) = self.finishedOrder[self.finishedOrderStart]
+            guard now - finishedAt >= self.settings.finishedRetention else { break }
+            self.finishedOrderStart += 1
+            if let task = self.tasks[id], task.state.isTerminal {
+                self.tasks[id] = nil
+                directives.append(.forget(id))
+            }
+        }
+        if self.finishedOrderStart > 1024, self.finishedOrderStart * 2 > self.finishedOrder.count {
+            self.finishedOrder.removeFirst(self.finishedOrderStart)
+            self.finishedOrderStart = 0
+        }
+        return directives
     }
 
     private mutating func finish(
@@ -469,7 +554,28 @@ public struct TaskSubmitter: Sendable {
         task.nextOfferAt = nil
         task.finishedAt = now
         self.tasks[id] = task
+        self.unfinished.remove(id)
+        self.finishedOrder.append((id, now))
         directives.append(.persist(task))
         directives.append(.finished(task))
+    }
+}
+
+/// A first-in, first-out queue of task ids that pops in O(1).
+struct TaskQueue: Sendable {
+    private var items: [TaskID] = []
+    private var head = 0
+
+    var first: TaskID? { self.head < self.items.count ? self.items[self.head] : nil }
+    var isEmpty: Bool { self.head >= self.items.count }
+
+    mutating func append(_ id: TaskID) { self.items.append(id) }
+
+    mutating func removeFirst() {
+        self.head += 1
+        if self.head > 1024, self.head * 2 > self.items.count {
+            self.items.removeFirst(self.head)
+            self.head = 0
+        }
     }
 }
