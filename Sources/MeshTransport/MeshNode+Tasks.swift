@@ -55,13 +55,11 @@ extension MeshNode {
 
     /// Load travels in the signed member record; re-signing on every task would flood gossip, so at most once a second.
     private func advertiseLoadIfChanged(now: Duration) {
-        guard let load = self.runner?.load, load != self.advertisedLoad, now - self.loadAdvertisedAt >= .seconds(1),
-            var membership = self.membership
+        guard let load = self.runner?.load, load != self.advertisedLoad, now - self.loadAdvertisedAt >= .seconds(1)
         else { return }
         self.advertisedLoad = load
         self.loadAdvertisedAt = now
-        _ = membership.updateLocal(load: UInt32(load))
-        self.membership = membership
+        _ = self.membership?.updateLocal(load: UInt32(load))
     }
 
     // MARK: - Driving the machines
@@ -86,10 +84,11 @@ extension MeshNode {
         }
     }
 
+    /// The machines are mutated in place: a copy taken out and written back would share, and so duplicate, every
+    /// stored task on each event (copy-on-write), which made a busy node slower the more tasks it kept.
     func runSubmitter(_ event: (inout TaskSubmitter) -> [TaskSubmitter.Directive]) {
-        guard var submitter = self.submitter else { return }
-        let directives = event(&submitter)
-        self.submitter = submitter
+        guard self.submitter != nil else { return }
+        let directives = event(&self.submitter!)
         var changes: [TaskStore.Change] = []
         var actions: [DeferredTaskAction] = []
         for directive in directives {
@@ -103,16 +102,15 @@ extension MeshNode {
     }
 
     func runTaskRunner(_ event: (inout TaskRunner) -> [TaskRunner.Directive]) {
-        guard var runner = self.runner else { return }
-        let directives = event(&runner)
-        self.runner = runner
+        guard self.runner != nil else { return }
+        let directives = event(&self.runner!)
         var changes: [TaskStore.Change] = []
         var actions: [DeferredTaskAction] = []
         for directive in directives {
             switch directive {
             case .persistAccepted(let task): changes.append(.accepted(task))
             case .persistResult(let id, _, _):
-                if let task = runner.task(id) { changes.append(.accepted(task)) }
+                if let task = self.runner?.task(id) { changes.append(.accepted(task)) }
             case .forget(let id): changes.append(.forgetAccepted(id))
             // A refusal depends on nothing durable, and must get out even while the disk is full.
             case .send(.decline(let id, let epoch, let reason), let peer):
@@ -245,10 +243,9 @@ extension MeshNode {
             if case .runner(.start(let task)) = action { return task.id }
             return nil
         }
-        guard var runner = self.runner, !unstarted.isEmpty else { return }
+        guard self.runner != nil, !unstarted.isEmpty else { return }
         var directives: [TaskRunner.Directive] = []
-        for id in unstarted { directives += runner.abandon(id) }
-        self.runner = runner
+        for id in unstarted { directives += self.runner!.abandon(id) }
         for directive in directives {
             switch directive {
             case .forget(let id): self.taskStore?.enqueue([.forgetAccepted(id)])

@@ -304,10 +304,8 @@ public actor MeshNode: Service {
     /// Tells every live member this node is leaving, and gives the messages a moment to go out, so the mesh marks
     /// it "left" at once instead of suspecting it for seconds.
     private func announceLeave() async {
-        guard case .running = self.state, var membership = self.membership else { return }
-        let directives = membership.leave(now: self.now)
-        self.membership = membership
-        self.handle(directives)
+        guard case .running = self.state, self.membership != nil else { return }
+        self.handle(self.membership!.leave(now: self.now))
         let deadline = ContinuousClock.now + .seconds(1)
         while !self.pendingSends.isEmpty, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
@@ -564,10 +562,8 @@ public actor MeshNode: Service {
             "remote": "\(channel.remoteAddress.display)", "direction": "\(origin.isAccepted ? "inbound" : "outbound")",
             "trust": "\(peer.decision.label)",
         ])
-        if var membership = self.membership {
-            let directives = membership.connected(to: peerID, address: peer.listenAddress, now: self.now)
-            self.membership = membership
-            self.handle(directives)
+        if self.membership != nil {
+            self.handle(self.membership!.connected(to: peerID, address: peer.listenAddress, now: self.now))
         }
         self.dialing.remove(peerID)
         for message in self.pendingSends.removeValue(forKey: peerID) ?? [] {
@@ -623,27 +619,23 @@ public actor MeshNode: Service {
 
     private func membershipTick() -> Duration {
         let cap = self.settings.membership.gossipInterval
-        guard case .running = self.state, var membership = self.membership else { return cap }
+        guard case .running = self.state, self.membership != nil else { return cap }
         let now = self.now
-        let directives = membership.tick(now: now)
-        self.membership = membership
-        self.handle(directives)
+        self.handle(self.membership!.tick(now: now))
         // Task timers (offer time-outs, retries, deadlines) need no finer grain than this.
         if now - self.taskTickedAt >= .milliseconds(50) {
             self.taskTickedAt = now
             self.taskTick(now: now)
             self.auditTick(now: now)
         }
-        return min(max(membership.nextDeadline - now, self.settings.membershipTick), cap)
+        return min(max((self.membership?.nextDeadline ?? now + cap) - now, self.settings.membershipTick), cap)
     }
 
     func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {
-        guard case .running = self.state, var membership = self.membership else { return }
+        guard case .running = self.state, self.membership != nil else { return }
         self.connections[peer]?.lastActivity = .now
         self.lastHeardFrom[peer] = Date()
-        let directives = membership.receive(message, from: peer, now: self.now)
-        self.membership = membership
-        self.handle(directives)
+        self.handle(self.membership!.receive(message, from: peer, now: self.now))
     }
 
     /// Carries out the membership machine's directives: sends (dialling on demand), logs, misbehaviour reports.

@@ -106,11 +106,12 @@ public struct PeerLimiter<Key: Hashable & Sendable>: Sendable {
 
         public init(rates: [LimitClass: Rate] = Self.defaultRates) { self.rates = rates }
 
-        /// Far above what an honest mesh sends, so they only ever stop a flood.
+        /// Far above what an honest mesh sends (a submitter keeping a fast executor busy sends over a thousand offers a
+        /// second), so they only ever stop a flood.
         public static var defaultRates: [LimitClass: Rate] { [
             .gossip: Rate(perSecond: 200, burst: 400),
-            .offers: Rate(perSecond: 500, burst: 1000),
-            .results: Rate(perSecond: 500, burst: 1000),
+            .offers: Rate(perSecond: 10_000, burst: 20_000),
+            .results: Rate(perSecond: 10_000, burst: 20_000),
             .bytes: Rate(perSecond: 64 * 1024 * 1024, burst: 128 * 1024 * 1024),
             .connections: Rate(perSecond: 20, burst: 40),
         ] }
