@@ -74,7 +74,7 @@ final class AuditLog: Sendable {
     private let queue = Mutex(Queue())
     /// Touched only on the writer queue (and in `init`).
     private let logs: Mutex<[NodeID: OpenLog]>
-    private let progressHandler = Mutex<(@Sendable (Progress) -> Void)?>(nil)
+    private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
     private let retryDelay: Duration
     private let counters = Mutex(Statistics())
 
@@ -147,7 +147,7 @@ final class AuditLog: Sendable {
 
     /// Called on the writer thread after every append attempt.
     func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
-        self.progressHandler.withLock { $0 = handler }
+        self.progressHandler.withLock { $0 = ProgressHandler(handler) }
     }
 
     var lastQueued: UInt64 { self.queue.withLock { $0.lastQueued } }
@@ -321,7 +321,7 @@ final class AuditLog: Sendable {
     }
 
     private func report(_ progress: Progress) {
-        self.progressHandler.withLock { $0 }?(progress)
+        self.progressHandler.withLock { $0 }?.call(progress)
     }
 
     func path(for peer: NodeID) -> String { self.directory + "/\(peer).log" }

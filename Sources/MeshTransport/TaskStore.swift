@@ -58,7 +58,7 @@ final class TaskStore: Sendable {
     private let timeBase: TimeBase
     private let writer = DispatchQueue(label: "agentmesh.task-store")
     private let queue = Mutex(Queue())
-    private let progressHandler = Mutex<(@Sendable (Progress) -> Void)?>(nil)
+    private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
     private let retryDelay: Duration
 
     /// Core time (a duration since the node started) to and from wall-clock seconds, which outlive the process.
@@ -125,7 +125,7 @@ final class TaskStore: Sendable {
 
     /// Called on the writer thread after each commit attempt.
     func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
-        self.progressHandler.withLock { $0 = handler }
+        self.progressHandler.withLock { $0 = ProgressHandler(handler) }
     }
 
     // MARK: - Loading
@@ -255,7 +255,7 @@ final class TaskStore: Sendable {
     }
 
     private func report(_ progress: Progress) {
-        self.progressHandler.withLock { $0 }?(progress)
+        self.progressHandler.withLock { $0 }?.call(progress)
     }
 
     private func apply(_ change: Change, in db: Database) throws {
@@ -355,4 +355,15 @@ private struct StoredAttempt: Codable {
             epoch: self.epoch, peer: peer, offeredAt: time.core(self.offeredAt), acceptedAt: self.acceptedAt.map(time.core),
             endedAt: self.endedAt.map(time.core), outcome: outcome)
     }
+}
+
+/// A progress callback kept behind a reference. Stored directly in a `Mutex`, a closure read out with
+/// `withLock { $0 }` came back wrapped in another pair of reabstraction thunks on every read (the inout write-back),
+/// so each call went through all the earlier wrappers and a busy node slowed down call by call.
+final class ProgressHandler<Progress>: Sendable {
+    private let handler: @Sendable (Progress) -> Void
+
+    init(_ handler: @escaping @Sendable (Progress) -> Void) { self.handler = handler }
+
+    func call(_ progress: Progress) { self.handler(progress) }
 }
