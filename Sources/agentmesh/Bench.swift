@@ -52,6 +52,7 @@ struct Bench: AsyncParsableCommand {
             warmup: self.warmup))
         let progress = ControlLoad.Progress()
         let reporter = Task {
+            guard isatty(STDERR_FILENO) == 1 else { return }  // a progress line only for a person watching
             let started = ContinuousClock.now
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(1))
@@ -68,7 +69,7 @@ struct Bench: AsyncParsableCommand {
             throw CLIError("the benchmark stopped: \(error)")
         }
         reporter.cancel()
-        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+        if isatty(STDERR_FILENO) == 1 { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         if self.json {
             try printJSON(report)
         } else {
