@@ -82,6 +82,8 @@ let package = Package(
         .executableTarget(name: "mesh-fuzz", dependencies: ["MeshTestKit"], swiftSettings: strictSettings),
         // The membership simulator at scale (scripts/simulate): 1,000 and 10,000 nodes in one process.
         .executableTarget(name: "mesh-sim", dependencies: ["MeshTestKit", "MeshCore"], swiftSettings: strictSettings),
+        // Native NATS and Redis clients for the baselines of scripts/bench.
+        .executableTarget(name: "mesh-baseline", dependencies: ["MeshTransport"], swiftSettings: strictSettings),
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strictSettings),
         .testTarget(
@@ -122,7 +124,10 @@ let package = Package(
         ),
         .testTarget(
             name: "agentmeshTests",
-            dependencies: ["agentmesh", "MeshCore", "MeshTransport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "agentmesh", "MeshCore", "MeshTransport", "MeshTestKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strictSettings
         ),
     ]

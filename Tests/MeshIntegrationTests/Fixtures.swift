@@ -8,6 +8,7 @@ import MeshWire
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 @testable import MeshTransport
 
@@ -120,8 +121,9 @@ struct RunningNode: Sendable {
 }
 
 /// A plain TCP client for feeding a node bytes no real peer would send.
-struct RawConnection: Sendable {
+final class RawConnection: Sendable {
     let fd: Int32
+    private let isShut = Mutex(false)
 
     init(to address: HostAndPort) throws {
         self.fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -135,7 +137,7 @@ struct RawConnection: Sendable {
             }
         }
         guard result == 0 else {
-            close(self.fd)
+            self.shut()
             throw CLIStyleError("connect failed: \(String(cString: strerror(errno)))")
         }
     }
@@ -178,7 +180,14 @@ struct RawConnection: Sendable {
         return read(Int(prefix[0]) << 8 | Int(prefix[1]))
     }
 
-    func shut() { close(self.fd) }
+    /// Closes the socket once. A second close could close a descriptor that NIO, in this same process, has just
+    /// been given the same number for (an accepted socket), and NIO stops the process on EBADF.
+    func shut() {
+        guard self.isShut.withLock({ shut in defer { shut = true }; return !shut }) else { return }
+        close(self.fd)
+    }
+
+    deinit { self.shut() }
 }
 
 /// Runs blocking work (a raw socket read, the blocking control client) on a GCD thread. On a 2-core machine the

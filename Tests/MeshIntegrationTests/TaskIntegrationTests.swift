@@ -105,8 +105,6 @@ import Testing
 
     @Test func anHTTPExecutorPostsTheInputAndReturnsItsJSON() async throws {
         let mesh = try TestMesh()
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         let script = """
             import http.server, json, sys
             class H(http.server.BaseHTTPRequestHandler):
@@ -124,15 +122,10 @@ import Testing
             for _ in range(3):  # exactly the requests the test makes; then it exits by itself
                 s.handle_request()
             """
-        server.arguments = ["python3", "-c", script]
-        let out = Pipe()
-        server.standardOutput = out
-        // Not the test's own stderr: a child that outlived the test would hold `swift test`'s pipe open.
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        defer { kill(server.processIdentifier, SIGKILL) }
+        let server = try SpawnedProcess("python3", ["-c", script])
+        defer { server.signal(SIGKILL) }
         let port = try await offloaded {
-            String(decoding: out.fileHandleForReading.availableData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            server.waitForLine { _ in true }?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         }
         let a = try mesh.node("a")
         let runningA = try await a.start {

@@ -1,6 +1,7 @@
 import Foundation
 import MeshCore
 import Synchronization
+import MeshTestKit
 import Testing
 
 @testable import MeshTransport
@@ -89,13 +90,8 @@ import Testing
             maximumAttempts: 1, state: .submitted, attempts: [], outcome: nil, error: nil, finishedAt: nil,
             nextOfferAt: nil, failures: 0)
         _ = await Self.commit(store, [.submitted(task)])
-        let sqlite = Process()
-        sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        sqlite.arguments = ["python3", "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE submitted_task SET state='dancing'\"); c.commit()", path]
-        sqlite.standardOutput = FileHandle.nullDevice
-        sqlite.standardError = FileHandle.nullDevice
-        try sqlite.run()
-        sqlite.waitUntilExit()
+        let corrupt = try SpawnedProcess.run("python3", ["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE submitted_task SET state='dancing'\"); c.commit()", path])
+        #expect(corrupt.status == 0, "\(corrupt.stderr)")
         #expect {
             _ = try TaskStore(path: path, timeBase: Self.timeBase).load()
         } throws: { error in "\(error)".contains("submitted task \(task.id) in \(path) is corrupted") }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import MeshCore
 import MeshCrypto
+import MeshTestKit
 import MeshTransport
 import Testing
 
@@ -77,20 +78,8 @@ import Testing
     static func agentmesh(_ arguments: String...) throws -> Outcome { try self.agentmesh(arguments) }
 
     static func agentmesh(_ arguments: [String]) throws -> Outcome {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: self.binary)
-        process.arguments = arguments
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Outcome(
-            status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
-            stderr: String(decoding: stderr, as: UTF8.self))
+        let (status, stdout, stderr) = try SpawnedProcess.run(self.binary, arguments)
+        return Outcome(status: status, stdout: stdout, stderr: stderr)
     }
 
     @Test func homeLifecycleAndMistakes() throws {
@@ -267,21 +256,9 @@ import Testing
         #expect(try Self.agentmesh("init", "--home", root + "/a").status == 0)
         #expect(try Self.agentmesh("init", "--home", root + "/b").status == 0)
 
-        let node = Process()
-        node.executableURL = URL(fileURLWithPath: Self.binary)
-        node.arguments = ["run", "--home", root + "/a", "--listen", "127.0.0.1:0"]
-        let out = Pipe()
-        node.standardOutput = out
-        node.standardError = FileHandle.nullDevice
-        try node.run()
-        defer { if node.isRunning { node.terminate() } }
+        let node = try SpawnedProcess(Self.binary, ["run", "--home", root + "/a", "--listen", "127.0.0.1:0"])
         // The first stdout line names the port it picked.
-        var firstLine = ""
-        while !firstLine.contains("\n") {
-            let data = out.fileHandleForReading.availableData
-            if data.isEmpty { break }
-            firstLine += String(decoding: data, as: UTF8.self)
-        }
+        let firstLine = try #require(node.waitForLine(containing: "listening on"))
         let address = try #require(firstLine.components(separatedBy: "listening on ").last?
             .trimmingCharacters(in: .whitespacesAndNewlines))
         #expect(address.hasPrefix("127.0.0.1:") && !address.hasSuffix(":0"))
@@ -291,10 +268,8 @@ import Testing
         #expect(taken.stderr.contains("cannot listen on \(address)"))
         #expect(taken.stderr.lowercased().contains("in use"))
 
-        kill(node.processIdentifier, SIGTERM)
-        node.waitUntilExit()
-        #expect(node.terminationReason == .exit)
-        #expect(node.terminationStatus == 0)
+        node.signal(SIGTERM)
+        #expect(node.waitForExit() == 0, "a clean exit, not a signal")
         #expect(!FileManager.default.fileExists(atPath: root + "/a/control.sock"))
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import MeshTestKit
 import MeshTransport
 import Testing
 
@@ -6,27 +7,18 @@ import Testing
 @Suite(.serialized) struct MeshProcessTests {
     final class Node {
         let home: String
-        var process: Process?
+        var process: SpawnedProcess?
         var address = ""
 
         init(home: String) { self.home = home }
 
         func start(join: String?, capabilities: [String] = []) throws {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
-            process.arguments = ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", "local"]
-                + (join.map { ["--join", $0] } ?? []) + capabilities.flatMap { ["--capability", $0] }
-            let out = Pipe()
-            process.standardOutput = out
-            process.standardError = FileHandle(forWritingAtPath: "/dev/null")
-            try process.run()
+            let process = try SpawnedProcess(
+                CommandLineTests.binary,
+                ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", "local"]
+                    + (join.map { ["--join", $0] } ?? []) + capabilities.flatMap { ["--capability", $0] })
             self.process = process
-            var line = ""
-            while !line.contains("\n") {
-                let data = out.fileHandleForReading.availableData
-                if data.isEmpty { break }
-                line += String(decoding: data, as: UTF8.self)
-            }
+            let line = process.waitForLine(containing: "listening on") ?? ""
             self.address = line.components(separatedBy: "listening on ").last?
                 .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         }
@@ -56,8 +48,8 @@ import Testing
 
         func signal(_ signal: Int32) {
             guard let process, process.isRunning else { return }
-            kill(process.processIdentifier, signal)
-            process.waitUntilExit()
+            process.signal(signal)
+            process.waitForExit()
         }
     }
 
@@ -161,7 +153,7 @@ import Testing
         }
         #expect(back, "b did not come back alive with a higher incarnation")
         for node in nodes.values { node.signal(SIGTERM) }
-        #expect(nodes.values.allSatisfy { $0.process?.terminationStatus == 0 }, "a node did not stop cleanly")
+        #expect(nodes.values.allSatisfy { $0.process?.waitForExit() == 0 }, "a node did not stop cleanly")
     }
 
     // MARK: - Tasks across real processes
