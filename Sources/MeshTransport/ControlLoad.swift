@@ -43,6 +43,20 @@ public struct ControlLoad: Sendable {
         public let latencyMicroseconds: Percentiles
         /// The first failure, word for word.
         public let firstFailure: String?
+
+        public init(
+            requests: Int, failures: Int, concurrency: Int, payloadBytes: Int, seconds: Double,
+            requestsPerSecond: Double, latencyMicroseconds: Percentiles, firstFailure: String?
+        ) {
+            self.requests = requests
+            self.failures = failures
+            self.concurrency = concurrency
+            self.payloadBytes = payloadBytes
+            self.seconds = seconds
+            self.requestsPerSecond = requestsPerSecond
+            self.latencyMicroseconds = latencyMicroseconds
+            self.firstFailure = firstFailure
+        }
     }
 
     public struct Percentiles: Sendable, Codable {
@@ -53,7 +67,7 @@ public struct ControlLoad: Sendable {
         public let mean: Double
 
         /// Exact percentiles of the samples (nearest rank).
-        init(_ samples: [Duration]) {
+        public init(_ samples: [Duration]) {
             let sorted = samples.map { Double($0.components.attoseconds) / 1e12 + Double($0.components.seconds) * 1e6 }.sorted()
             func rank(_ fraction: Double) -> Double {
                 sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int((fraction * Double(sorted.count)).rounded(.up)) - 1)]
