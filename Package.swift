@@ -82,8 +82,8 @@ let package = Package(
         .executableTarget(name: "mesh-fuzz", dependencies: ["MeshTestKit"], swiftSettings: strictSettings),
         // The membership simulator at scale (scripts/simulate): 1,000 and 10,000 nodes in one process.
         .executableTarget(name: "mesh-sim", dependencies: ["MeshTestKit", "MeshCore"], swiftSettings: strictSettings),
-        // Native NATS and Redis clients for the baselines of scripts/bench.
-        .executableTarget(name: "mesh-baseline", dependencies: ["MeshTransport"], swiftSettings: strictSettings),
+        // Native NATS and Redis clients for the baselines of scripts/bench, and its handshake load.
+        .executableTarget(name: "mesh-baseline", dependencies: ["MeshTransport", "MeshCore"], swiftSettings: strictSettings),
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strictSettings),
         .testTarget(

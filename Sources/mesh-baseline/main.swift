@@ -4,8 +4,11 @@
 //   mesh-baseline nats-bench PORT REQUESTS CONCURRENCY PAYLOAD WARMUP
 //   mesh-baseline redis-worker PORT WORKERS            a task queue: BRPOP "tasks", LPUSH the payload to its reply list
 //   mesh-baseline redis-bench PORT REQUESTS CONCURRENCY PAYLOAD WARMUP
+//   mesh-baseline handshakes HOME PORT SECONDS         full AgentMesh handshakes (Noise XX, identity check, the
+//                                                      node's welcome) against a node on 127.0.0.1, one at a time
 // The bench commands print one JSON document in the shape of `agentmesh bench --json`.
 import Foundation
+import MeshCore
 import MeshTransport
 
 #if canImport(Glibc)
@@ -48,6 +51,14 @@ final class Connection: @unchecked Sendable {
     }
 
     func send(_ text: String) throws { try self.send(Array(text.utf8)) }
+
+    /// An AgentMesh frame: a 2-byte big-endian length, then the bytes.
+    func sendFrame(_ bytes: [UInt8]) throws { try self.send([UInt8(bytes.count >> 8), UInt8(bytes.count & 0xff)] + bytes) }
+
+    func frame() throws -> [UInt8] {
+        let length = try self.bytes(2)
+        return try self.bytes(Int(length[0]) << 8 | Int(length[1]))
+    }
 
     private func fill() throws {
         if self.start > 0, self.start == self.buffer.count {
@@ -233,12 +244,55 @@ func bench(
     print(String(decoding: try ControlAPI.encoder().encode(report), as: UTF8.self))
 }
 
-let arguments = CommandLine.arguments.dropFirst().map { $0 }
-func number(_ index: Int) -> Int {
-    guard index < arguments.count, let value = Int(arguments[index]) else {
-        FileHandle.standardError.write(Data("usage: see the comment at the top of Sources/mesh-baseline/main.swift\n".utf8))
-        exit(2)
+// MARK: - AgentMesh handshakes
+
+/// One full handshake as a dialling node makes it: msg1, msg2, msg3, then the node's sealed welcome.
+func handshake(port: Int, credentials: HandshakeCredentials) throws {
+    let connection = try Connection(port: port)
+    var initiator = InitiatorHandshake(credentials: credentials)
+    try connection.sendFrame(initiator.hello)
+    switch initiator.receiveResponse(try connection.frame(), trust: TrustPolicy(isOpen: true)) {
+    case .success(let (finish, established)):
+        try connection.sendFrame(finish)
+        var session = SecureSession(established)
+        guard case .message(let welcome)?? = try? session.open(frame: try connection.frame()), welcome == [3] else {
+            throw Failure(description: "the node did not welcome the session")
+        }
+    case .failure(let error):
+        throw Failure(description: "handshake failed: \(error)")
     }
+}
+
+func handshakes(home: String, port: Int, seconds: Int) throws {
+    let nodeHome = NodeHome(path: home)
+    let credentials = HandshakeCredentials(
+        identity: try nodeHome.loadIdentity(), networkKey: try nodeHome.loadNetworkKey(), listenAddress: "127.0.0.1:9")
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    var samples: [Duration] = []
+    let started = ContinuousClock.now
+    while ContinuousClock.now < deadline {
+        let begun = ContinuousClock.now
+        try handshake(port: port, credentials: credentials)
+        samples.append(ContinuousClock.now - begun)
+    }
+    let elapsed = ContinuousClock.now - started
+    let total = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    let report = ControlLoad.Report(
+        requests: samples.count, failures: 0, concurrency: 1, payloadBytes: 0, seconds: total,
+        requestsPerSecond: Double(samples.count) / total, latencyMicroseconds: ControlLoad.Percentiles(samples),
+        firstFailure: nil)
+    print(String(decoding: try ControlAPI.encoder().encode(report), as: UTF8.self))
+}
+
+let arguments = CommandLine.arguments.dropFirst().map { $0 }
+
+func usage() -> Never {
+    FileHandle.standardError.write(Data("usage: see the comment at the top of Sources/mesh-baseline/main.swift\n".utf8))
+    exit(2)
+}
+
+func number(_ index: Int) -> Int {
+    guard index < arguments.count, let value = Int(arguments[index]) else { usage() }
     return value
 }
 
@@ -248,6 +302,9 @@ do {
         try natsResponder(port: number(1))
     case "redis-worker":
         try redisWorkers(port: number(1), count: number(2))
+    case "handshakes":
+        guard arguments.count == 4 else { usage() }
+        try handshakes(home: arguments[1], port: number(2), seconds: number(3))
     case "nats-bench":
         let (port, payload) = (number(1), [UInt8](repeating: UInt8(ascii: "x"), count: number(4)))
         try bench(requests: number(2), concurrency: number(3), warmup: number(5), payload: payload.count) {
@@ -276,8 +333,7 @@ do {
             }
         }
     default:
-        FileHandle.standardError.write(Data("usage: see the comment at the top of Sources/mesh-baseline/main.swift\n".utf8))
-        exit(2)
+        usage()
     }
 } catch {
     FileHandle.standardError.write(Data("mesh-baseline: \(error)\n".utf8))
