@@ -164,9 +164,11 @@ final class AuditLog: Sendable {
         return sequence
     }
 
-    /// Signs a checkpoint in every log with records not yet covered by one.
+    /// Signs a checkpoint in every log with records not yet covered by one. The request takes a sequence number
+    /// like an entry, so waiting for ``lastQueued`` waits for the checkpoints too.
     func requestCheckpoints() {
         let start = self.queue.withLock { queue -> Bool in
+            queue.lastQueued += 1
             queue.checkpointRequested = true
             return Self.claimWriter(&queue)
         }
@@ -182,12 +184,12 @@ final class AuditLog: Sendable {
     /// Runs on the writer queue until nothing is pending.
     private func drain() {
         while true {
-            let (batch, checkpoint) = self.queue.withLock { queue -> ([Pending], Bool) in
+            let (batch, checkpoint, through) = self.queue.withLock { queue -> ([Pending], Bool, UInt64) in
                 defer {
                     queue.pending = []
                     queue.checkpointRequested = false
                 }
-                return (queue.pending, queue.checkpointRequested)
+                return (queue.pending, queue.checkpointRequested, queue.lastQueued)
             }
             if batch.isEmpty, !checkpoint {
                 let done = self.queue.withLock { queue -> Bool in
@@ -219,7 +221,7 @@ final class AuditLog: Sendable {
                 }
                 return
             }
-            if let last = batch.last { self.report(.committed(through: last.sequence)) }
+            self.report(.committed(through: through))
         }
     }
 

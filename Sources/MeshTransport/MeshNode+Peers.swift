@@ -228,8 +228,9 @@ extension MeshNode {
         connection.channel.writeAndFlush(WireMessage.transcript(checkpoint), promise: nil)
     }
 
-    /// Signs transcripts that have waited long enough, and asks the audit log for checkpoints now and then.
-    func auditTick(now: Duration) {
+    /// Signs transcripts that have waited long enough; now and then asks the audit log for checkpoints and forgets
+    /// source addresses whose connection buckets are full again (so a scan from many addresses leaves nothing behind).
+    func accountabilityTick(now: Duration) {
         for connection in self.connections.values {
             guard let since = self.sessions[connection.number]?.firstUnsignedAt,
                 now - since >= Self.transcriptCheckpointDelay
@@ -239,6 +240,7 @@ extension MeshNode {
         if now - self.auditCheckpointRequestedAt >= self.settings.auditCheckpointInterval {
             self.auditCheckpointRequestedAt = now
             self.auditLog?.requestCheckpoints()
+            self.connectionLimiter.withLock { $0.forgetIdle(now: now) }
         }
     }
 
@@ -294,16 +296,6 @@ extension MeshNode {
                 ])
                 self.storageAvailabilityChanged()
             }
-        }
-    }
-
-    /// At shutdown: signs what is unsigned and lets queued entries reach the disk.
-    func flushAuditLog() async {
-        guard let log = self.auditLog else { return }
-        log.requestCheckpoints()
-        let deadline = ContinuousClock.now + .seconds(2)
-        while log.lastQueued > self.auditCommitted, self.isAuditWritable, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(5))
         }
     }
 

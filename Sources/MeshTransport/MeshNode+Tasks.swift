@@ -263,11 +263,15 @@ extension MeshNode {
         }
     }
 
-    /// At shutdown: lets queued changes reach the disk.
-    func flushTaskStore() async {
-        guard let store = self.taskStore else { return }
+    /// At shutdown: signs what the audit logs have unsigned, and gives queued store changes and audit records up to
+    /// 2 s to reach the disk.
+    func flushToDisk() async {
+        self.auditLog?.requestCheckpoints()
         let deadline = ContinuousClock.now + .seconds(2)
-        while store.lastQueued > self.storeCommitted, self.isStoreWritable, ContinuousClock.now < deadline {
+        while ContinuousClock.now < deadline,
+            (self.isStoreWritable && (self.taskStore?.lastQueued ?? 0) > self.storeCommitted)
+                || (self.isAuditWritable && (self.auditLog?.lastQueued ?? 0) > self.auditCommitted)
+        {
             try? await Task.sleep(for: .milliseconds(5))
         }
     }

@@ -331,8 +331,7 @@ public actor MeshNode: Service {
             try? await connection.channel.triggerUserOutboundEvent(CloseRequest(.shuttingDown)).get()
             try? await connection.channel.close()
         }
-        await self.flushTaskStore()
-        await self.flushAuditLog()
+        await self.flushToDisk()
         try? await bound.listener.channel.close()
         await bound.control.close()
         await bound.httpControl?.close()
@@ -626,7 +625,7 @@ public actor MeshNode: Service {
         if now - self.taskTickedAt >= .milliseconds(50) {
             self.taskTickedAt = now
             self.taskTick(now: now)
-            self.auditTick(now: now)
+            self.accountabilityTick(now: now)
         }
         return min(max((self.membership?.nextDeadline ?? now + cap) - now, self.settings.membershipTick), cap)
     }

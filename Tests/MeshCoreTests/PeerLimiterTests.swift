@@ -84,6 +84,24 @@ import Testing
         #expect(limiter.admit("liar", .gossip, now: .seconds(3)) == .banned(until: .seconds(62)))
     }
 
+    /// Keys that would start over the same way are forgotten; a key with a full history is kept.
+    @Test func idleKeysAreForgottenAndOffendersRemembered() {
+        var limiter = Self.limiter([.connections: Rate(perSecond: 1, burst: 2)])
+        _ = limiter.admit("passer-by", .connections, now: .zero)
+        for _ in 0..<3 { _ = limiter.admit("scanner", .connections, now: .zero) }
+        limiter.forgetIdle(now: .milliseconds(500))
+        #expect(limiter.keys == ["passer-by", "scanner"], "buckets not yet full again")
+        limiter.forgetIdle(now: .seconds(5))
+        #expect(limiter.keys == ["scanner"], "its refusal is recent")
+        limiter.forgetIdle(now: .seconds(11))
+        #expect(limiter.keys.isEmpty)
+        _ = limiter.misbehaved("liar", now: .seconds(20))
+        _ = limiter.misbehaved("liar", now: .seconds(20))
+        _ = limiter.misbehaved("liar", now: .seconds(20))
+        limiter.forgetIdle(now: .seconds(3600 * 2))
+        #expect(limiter.keys == ["liar"], "a peer that was banned keeps its record, so its next ban is longer")
+    }
+
     @Test func aPeersOwnRatesReplaceTheNodeWideOnes() {
         var limiter = Self.limiter([.offers: Rate(perSecond: 1, burst: 1)])
         limiter.setOverrides([.offers: Rate(perSecond: 100, burst: 3)], for: "trusted")

@@ -247,6 +247,24 @@ public struct PeerLimiter<Key: Hashable & Sendable>: Sendable {
 
     /// Every peer the limiter has counted or banned.
     public var keys: Set<Key> { Set(self.buckets.keys).union(self.standings.keys) }
+
+    /// Drops the state of keys that would start over the same way: every bucket full again, no ban, no recent
+    /// offence. Keeps memory bounded where keys come and go (source addresses); their counters go with them.
+    public mutating func forgetIdle(now: Duration) {
+        let window = self.settings.escalationWindow
+        for key in self.keys {
+            let idle = (self.buckets[key] ?? [:]).values.allSatisfy { $0.theoreticalArrival <= now }
+            let standing = self.standings[key]
+            let quiet = standing.map { standing in
+                (standing.bannedUntil ?? .zero) <= now && standing.bans == 0
+                    && (standing.recentRefusals + standing.recentStrikes).allSatisfy { now - $0 >= window }
+            } ?? true
+            if idle && quiet {
+                self.buckets[key] = nil
+                self.standings[key] = nil
+            }
+        }
+    }
 }
 
 extension Duration {
