@@ -188,9 +188,10 @@ public enum ControlAPI {
         public init(error: String) { self.error = error }
     }
 
-    public static func encoder() -> JSONEncoder {
+    /// Compact JSON for programs; `pretty` for a person reading a terminal.
+    public static func encoder(pretty: Bool = false) -> JSONEncoder {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .iso8601
         encoder.keyEncodingStrategy = .convertToSnakeCase
         return encoder
@@ -216,16 +217,19 @@ public struct ControlResponse: Sendable {
     public let status: Int
     public let body: [UInt8]
 
+    /// One encoder for every response: building one per response was a measurable share of a task's cost.
+    private static let encoder = ControlAPI.encoder()
+
     public static func json(_ value: some Encodable, status: Int = 200) -> ControlResponse {
         do {
-            return ControlResponse(status: status, body: Array(try ControlAPI.encoder().encode(value)) + [0x0a])
+            return ControlResponse(status: status, body: Array(try Self.encoder.encode(value)) + [0x0a])
         } catch {
             return .error(500, "cannot encode the response: \(error)")
         }
     }
 
     public static func error(_ status: Int, _ message: String) -> ControlResponse {
-        let body = (try? ControlAPI.encoder().encode(ControlAPI.ErrorBody(error: message))) ?? Data()
+        let body = (try? Self.encoder.encode(ControlAPI.ErrorBody(error: message))) ?? Data()
         return ControlResponse(status: status, body: Array(body) + [0x0a])
     }
 }

@@ -9,15 +9,14 @@ import NIOPosix
 /// the node's own user can drive it) and, with `run --http`, on a TCP address where every request must carry the
 /// bearer token from `DIR/control.token`.
 struct ControlServer: Sendable {
-    typealias Handler = @Sendable (ControlRequest) async -> ControlResponse
+    /// Answers one request; called on the server's event loop, which answers by calling `respond` (on any thread).
+    typealias Handler = @Sendable (ControlRequest, _ respond: @escaping @Sendable (ControlResponse) -> Void) -> Void
 
     static let maximumBodyLength = 4 * 1024 * 1024
 
-    let channel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
+    let channel: any Channel
     /// The socket file to remove at the end (Unix socket only).
     let socketPath: String?
-    /// Required as `Authorization: Bearer TOKEN` (TCP only).
-    let bearerToken: String?
     let logger: Logger
 
     enum BindError: Error, CustomStringConvertible {
@@ -34,7 +33,9 @@ struct ControlServer: Sendable {
 
     /// Binds the socket. A leftover socket file from a crashed node is replaced; one that a live node answers on is
     /// an error, so two nodes never share a home.
-    static func bind(socketPath: String, group: any EventLoopGroup, logger: Logger) async throws -> ControlServer {
+    static func bind(
+        socketPath: String, loop: any EventLoop, logger: Logger, handler: @escaping Handler
+    ) async throws -> ControlServer {
         if FileManager.default.fileExists(atPath: socketPath) {
             if ControlClient(socketPath: socketPath).isAnswering() { throw BindError.alreadyRunning(socketPath) }
             try? FileManager.default.removeItem(atPath: socketPath)
@@ -42,46 +43,116 @@ struct ControlServer: Sendable {
         // The socket is created with the process umask; tighten it so no other user can connect in the gap.
         let previousMask = umask(0o077)
         defer { umask(previousMask) }
-        let channel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
+        let channel: any Channel
         do {
-            channel = try await ServerBootstrap(group: group)
-                .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: false) { child in
-                    child.eventLoop.makeCompletedFuture {
-                        try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
-                            wrappingChannelSynchronously: child)
-                    }
-                }
+            channel = try await Self.bootstrap(loop: loop, token: nil, logger: logger, handler: handler)
+                .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: false).get()
         } catch {
             throw BindError.cannotBind(socketPath, "\(error)")
         }
         chmod(socketPath, 0o600)
-        return ControlServer(channel: channel, socketPath: socketPath, bearerToken: nil, logger: logger)
+        return ControlServer(channel: channel, socketPath: socketPath, logger: logger)
     }
 
     /// Binds a TCP listener that answers only requests carrying `token`.
     static func bind(
-        http address: HostAndPort, token: String, group: any EventLoopGroup, logger: Logger
+        http address: HostAndPort, token: String, loop: any EventLoop, logger: Logger, handler: @escaping Handler
     ) async throws -> ControlServer {
-        let channel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
+        let channel: any Channel
         do {
-            channel = try await ServerBootstrap(group: group)
+            channel = try await Self.bootstrap(loop: loop, token: token, logger: logger, handler: handler)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .bind(host: address.host, port: address.port) { child in
-                    child.eventLoop.makeCompletedFuture {
-                        try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
-                            wrappingChannelSynchronously: child)
-                    }
-                }
+                .bind(host: address.host, port: address.port).get()
         } catch {
             throw BindError.cannotBind("http://\(address)", "\(error)")
         }
-        return ControlServer(channel: channel, socketPath: nil, bearerToken: token, logger: logger)
+        return ControlServer(channel: channel, socketPath: nil, logger: logger)
+    }
+
+    private static func bootstrap(
+        loop: any EventLoop, token: String?, logger: Logger, handler: @escaping Handler
+    ) -> ServerBootstrap {
+        ServerBootstrap(group: loop, childGroup: loop)
+            .childChannelInitializer { child in
+                child.eventLoop.makeCompletedFuture {
+                    try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try child.pipeline.syncOperations.addHandler(
+                        ControlHTTPHandler(bearerToken: token, logger: logger, handler: handler))
+                }
+            }
     }
 
     /// The bound TCP port (for `--http 127.0.0.1:0`).
-    var port: Int? { self.channel.channel.localAddress?.port }
+    var port: Int? { self.channel.localAddress?.port }
+
+    /// Waits until the listener is closed; removes the socket file at the end.
+    func run() async {
+        try? await self.channel.closeFuture.get()
+        if let socketPath = self.socketPath { try? FileManager.default.removeItem(atPath: socketPath) }
+    }
+
+    func close() async {
+        try? await self.channel.close()
+    }
+}
+
+/// One control connection: gathers a request (refusing an unauthorised one on its headers, without keeping its
+/// body), hands it to the node and writes the answer. HTTP/1.1 pipelining is serialised by NIO's pipeline handler,
+/// so at most one request per connection is in flight.
+private final class ControlHTTPHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let bearerToken: String?
+    private let logger: Logger
+    private let handler: ControlServer.Handler
+    private var head: HTTPRequestHead?
+    private var body: [UInt8] = []
+    private var refusal: ControlResponse?
+
+    init(bearerToken: String?, logger: Logger, handler: @escaping ControlServer.Handler) {
+        self.bearerToken = bearerToken
+        self.logger = logger
+        self.handler = handler
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            self.body = []
+            self.refusal = self.isAuthorized(head)
+                ? nil : .error(401, "send the token from the node's control.token as 'Authorization: Bearer TOKEN'")
+        case .body(let buffer):
+            guard self.refusal == nil else { return }
+            if self.body.count + buffer.readableBytes > ControlServer.maximumBodyLength {
+                self.refusal = .error(413, "request body exceeds \(ControlServer.maximumBodyLength) bytes")
+                self.body = []
+            } else {
+                self.body += buffer.readableBytesView
+            }
+        case .end:
+            guard let head = self.head else { return }
+            self.head = nil
+            let channel = context.channel
+            let keepAlive = head.isKeepAlive
+            let respond: @Sendable (ControlResponse) -> Void = { response in
+                Self.write(response, keepAlive: keepAlive, to: channel)
+            }
+            if let refusal = self.refusal {
+                respond(refusal)
+            } else {
+                let request = Self.request(head, body: self.body)
+                self.body = []
+                self.handler(request, respond)
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.logger.debug("control connection ended", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
 
     /// Compares in time independent of where the first difference is, so the token cannot be guessed byte by byte.
     private func isAuthorized(_ head: HTTPRequestHead) -> Bool {
@@ -92,68 +163,6 @@ struct ControlServer: Sendable {
         return zip(given, expected).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
     }
 
-    /// Serves until the listener is closed or the task is cancelled; removes the socket file at the end.
-    func run(handler: @escaping Handler) async {
-        defer { if let socketPath = self.socketPath { try? FileManager.default.removeItem(atPath: socketPath) } }
-        do {
-            try await withThrowingDiscardingTaskGroup { group in
-                try await self.channel.executeThenClose { inbound in
-                    for try await connection in inbound {
-                        group.addTask { await self.serve(connection, handler: handler) }
-                    }
-                }
-            }
-        } catch is CancellationError {
-        } catch {
-            self.logger.warning("control socket stopped", metadata: ["error": "\(error)"])
-        }
-    }
-
-    func close() async {
-        try? await self.channel.channel.close()
-    }
-
-    private func serve(
-        _ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, handler: Handler
-    ) async {
-        do {
-            try await connection.executeThenClose { inbound, outbound in
-                var head: HTTPRequestHead?
-                var body: [UInt8] = []
-                var tooLarge = false
-                for try await part in inbound {
-                    switch part {
-                    case .head(let requestHead):
-                        head = requestHead
-                        body = []
-                        tooLarge = false
-                    case .body(let buffer):
-                        if body.count + buffer.readableBytes > Self.maximumBodyLength {
-                            tooLarge = true
-                        } else {
-                            body += buffer.readableBytesView
-                        }
-                    case .end:
-                        guard let requestHead = head else { continue }
-                        let response: ControlResponse
-                        if !self.isAuthorized(requestHead) {
-                            response = .error(401, "send the token from the node's control.token as 'Authorization: Bearer TOKEN'")
-                        } else if tooLarge {
-                            response = .error(413, "request body exceeds \(Self.maximumBodyLength) bytes")
-                        } else {
-                            response = await handler(Self.request(requestHead, body: body))
-                        }
-                        try await Self.write(response, keepAlive: requestHead.isKeepAlive, to: connection.channel)
-                        if !requestHead.isKeepAlive { return }
-                        head = nil
-                    }
-                }
-            }
-        } catch {
-            self.logger.debug("control connection ended", metadata: ["error": "\(error)"])
-        }
-    }
-
     private static func request(_ head: HTTPRequestHead, body: [UInt8]) -> ControlRequest {
         let components = URLComponents(string: head.uri)
         var query: [String: String] = [:]
@@ -162,9 +171,9 @@ struct ControlServer: Sendable {
             method: head.method.rawValue, path: components?.path ?? head.uri, query: query, body: body)
     }
 
-    /// Writes through the channel itself so the last write completes only once the kernel has every byte: closing
-    /// right after an outbound-writer write would drop whatever the socket had not yet taken (a long task list).
-    private static func write(_ response: ControlResponse, keepAlive: Bool, to channel: any Channel) async throws {
+    /// A connection that is not kept alive closes only once the kernel has every byte of the answer: closing
+    /// right after the write would drop whatever the socket had not yet taken (a long task list).
+    private static func write(_ response: ControlResponse, keepAlive: Bool, to channel: any Channel) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "application/json")
         headers.add(name: "Content-Length", value: "\(response.body.count)")
@@ -173,6 +182,10 @@ struct ControlServer: Sendable {
             version: .http1_1, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
         channel.write(HTTPServerResponsePart.head(head), promise: nil)
         channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: response.body))), promise: nil)
-        try await channel.writeAndFlush(HTTPServerResponsePart.end(nil)).get()
+        let written = channel.writeAndFlush(HTTPServerResponsePart.end(nil))
+        if !keepAlive { written.whenComplete { _ in channel.close(promise: nil) } }
     }
 }
+
+@available(*, unavailable)
+extension ControlHTTPHandler: Sendable {}

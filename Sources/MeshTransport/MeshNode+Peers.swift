@@ -261,7 +261,9 @@ extension MeshNode {
     func openAuditLog(_ log: AuditLog) {
         self.auditLog = log
         self.auditCommitted = log.lastQueued
-        log.onProgress { progress in Task { await self.auditProgressed(progress) } }
+        log.onProgress { progress in
+            self.loop.execute { self.assumeIsolated { $0.auditProgressed(progress) } }
+        }
         let recovery = log.recovery
         for (file, bytes) in recovery.truncatedTails {
             self.logger.notice("cut an incomplete record off the end of an audit log (a crash mid-append)", metadata: [

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshWire
+import NIOCore
 
 /// The node's part in the task protocol: it drives ``TaskSubmitter`` for tasks clients submit here and
 /// ``TaskRunner`` for tasks peers offer, delivers offers to itself without the network, runs executors, and serves
@@ -176,7 +177,9 @@ extension MeshNode {
     ) {
         self.taskStore = store
         self.storeCommitted = store.lastQueued
-        store.onProgress { progress in Task { await self.storeProgressed(progress) } }
+        store.onProgress { progress in
+            self.loop.execute { self.assumeIsolated { $0.storeProgressed(progress) } }
+        }
         self.submitter?.restore(stored.submitted, now: self.now)
         self.runTaskRunner { $0.restore(stored.accepted, now: self.now) }
         if !stored.submitted.isEmpty || !stored.accepted.isEmpty {
@@ -292,6 +295,11 @@ extension MeshNode {
             return
         }
         let timeout = task.deadline - self.now
+        if case .builtinEcho = spec.executor, timeout > .zero {
+            // Nothing to wait for: answering in the same turn saves two thread hand-offs per task.
+            self.runTaskRunner { $0.finished(task.id, outcome: .success(task.input), now: self.now) }
+            return
+        }
         self.executions[task.id] = Task {
             let outcome = await TaskExecution.run(spec.executor, input: task.input, timeout: timeout)
             self.executionFinished(task.id, outcome: outcome)
@@ -308,7 +316,10 @@ extension MeshNode {
     // MARK: - Waiting
 
     private func wakeWaiters(for id: TaskID) {
-        for continuation in self.waiters.removeValue(forKey: id)?.values ?? [:].values { continuation.resume() }
+        for waiter in self.waiters.removeValue(forKey: id)?.values ?? [:].values {
+            waiter.expiry.cancel()
+            waiter.continuation.resume()
+        }
     }
 
     func wakeAllWaiters() {
@@ -320,16 +331,15 @@ extension MeshNode {
         guard let task = self.submitter?.task(id), !task.state.isTerminal, timeout > .zero else { return }
         let token = UUID()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            self.waiters[id, default: [:]][token] = continuation
-            Task {
-                try? await Task.sleep(for: timeout)
-                self.expireWaiter(id, token)
+            let expiry = self.loop.scheduleTask(in: TimeAmount(timeout)) {
+                self.assumeIsolated { $0.expireWaiter(id, token) }
             }
+            self.waiters[id, default: [:]][token] = TaskWaiter(continuation: continuation, expiry: expiry)
         }
     }
 
     private func expireWaiter(_ id: TaskID, _ token: UUID) {
-        self.waiters[id]?.removeValue(forKey: token)?.resume()
+        self.waiters[id]?.removeValue(forKey: token)?.continuation.resume()
     }
 
     // MARK: - Control API
@@ -419,7 +429,8 @@ extension MeshNode {
         }
         if let wait { await self.waitForTask(id, timeout: wait) }
         guard let task = self.submitter?.task(id) else { return .error(500, "the task was not recorded") }
-        return .json(self.taskInfo(task), status: task.state.isTerminal ? 200 : 202)
+        // Without `wait` the answer is "accepted" (202) even when a fast executor has already finished the task.
+        return .json(self.taskInfo(task), status: wait != nil && task.state.isTerminal ? 200 : 202)
     }
 
     private func taskInfo(_ task: TaskSubmitter.SubmittedTask) -> ControlAPI.TaskInfo {

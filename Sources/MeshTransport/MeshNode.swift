@@ -17,7 +17,9 @@ public actor MeshNode: Service {
     public nonisolated let settings: NodeSettings
     private nonisolated let networkKey: NetworkKey
     nonisolated let logger: Logger
-    private nonisolated let group: any EventLoopGroup
+    /// The one event loop that runs this node: its state (the actor's executor), its peer connections and its
+    /// control API. A message in, a state-machine step and a message out happen on one thread, in one turn.
+    nonisolated let loop: any EventLoop
     nonisolated let trustStore: TrustStore
     private nonisolated let pendingHandshakes: PendingHandshakes
     private nonisolated let replayGuard: ReplayGuard
@@ -33,7 +35,7 @@ public actor MeshNode: Service {
     }
 
     private struct Bound {
-        let listener: NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never>
+        let listener: any Channel
         let control: ControlServer
         /// The control API over TCP (`run --http`), if asked for.
         let httpControl: ControlServer?
@@ -103,7 +105,7 @@ public actor MeshNode: Service {
     /// Executor runs in progress, so a cancel or a deadline can stop them.
     var executions: [TaskID: Task<Void, Never>] = [:]
     /// Clients long-polling for a task to end.
-    var waiters: [TaskID: [UUID: CheckedContinuation<Void, Never>]] = [:]
+    var waiters: [TaskID: [UUID: TaskWaiter]] = [:]
     /// Durable task state (`DIR/node.sqlite`); opened at bind.
     var taskStore: TaskStore?
     /// Every store change up to this sequence number is durable.
@@ -144,7 +146,7 @@ public actor MeshNode: Service {
         self.networkKey = networkKey
         self.settings = settings
         self.logger = logger
-        self.group = MultiThreadedEventLoopGroup.singleton
+        self.loop = MultiThreadedEventLoopGroup.singleton.next()
         self.trustStore = TrustStore(home: home, isOpen: settings.isOpen, logger: logger)
         self.pendingHandshakes = PendingHandshakes(limit: settings.maximumPendingHandshakes)
         self.replayGuard = ReplayGuard(capacity: settings.replayCacheCapacity)
@@ -155,6 +157,8 @@ public actor MeshNode: Service {
         self.dials = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
         self.leaveSignal = AsyncStream.makeStream()
     }
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { self.loop.executor.asUnownedSerialExecutor() }
 
     /// Core time: a monotonic duration since this node started, immune to wall-clock jumps.
     nonisolated var now: Duration { ContinuousClock.now - self.clockOrigin }
@@ -206,7 +210,7 @@ public actor MeshNode: Service {
         } catch {
             throw StartError.auditLog(error.description)
         }
-        let listener: NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never>
+        let listener: any Channel
         do {
             listener = try await self.makeListener()
         } catch let error as IOError {
@@ -214,23 +218,25 @@ public actor MeshNode: Service {
         } catch {
             throw StartError.cannotListen(self.settings.listen, "\(error)")
         }
-        let port = listener.channel.localAddress?.port ?? self.settings.listen.port
+        let port = listener.localAddress?.port ?? self.settings.listen.port
         let address = self.settings.advertise ?? HostAndPort(host: self.settings.listen.host, port: port)
         let control: ControlServer
         do {
             control = try await ControlServer.bind(
-                socketPath: self.home.controlSocketPath, group: self.group, logger: self.logger)
+                socketPath: self.home.controlSocketPath, loop: self.loop, logger: self.logger,
+                handler: self.controlHandler)
         } catch {
-            try? await listener.channel.close()
+            try? await listener.close()
             throw error
         }
         var httpControl: ControlServer?
         if let http = self.settings.httpControl {
             do {
                 let token = try self.home.loadOrCreateControlToken()
-                httpControl = try await ControlServer.bind(http: http, token: token, group: self.group, logger: self.logger)
+                httpControl = try await ControlServer.bind(
+                    http: http, token: token, loop: self.loop, logger: self.logger, handler: self.controlHandler)
             } catch {
-                try? await listener.channel.close()
+                try? await listener.close()
                 await control.close()
                 throw error
             }
@@ -265,10 +271,9 @@ public actor MeshNode: Service {
         self.state = .running(bound)
         let joins = self.settings.joins
         try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { await self.acceptConnections(on: bound.listener) }
-            group.addTask { await bound.control.run(handler: { await self.handleControl($0) }) }
+            group.addTask { await bound.control.run() }
             if let http = bound.httpControl {
-                group.addTask { await http.run(handler: { await self.handleControl($0) }) }
+                group.addTask { await http.run() }
             }
             group.addTask { await self.runMembershipTimer() }
             for join in joins {
@@ -332,16 +337,16 @@ public actor MeshNode: Service {
             try? await connection.channel.close()
         }
         await self.flushToDisk()
-        try? await bound.listener.channel.close()
+        try? await bound.listener.close()
         await bound.control.close()
         await bound.httpControl?.close()
     }
 
     // MARK: - Connections
 
-    private func makeListener() async throws -> NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never> {
+    private func makeListener() async throws -> any Channel {
         let logger = self.logger
-        return try await ServerBootstrap(group: self.group)
+        return try await ServerBootstrap(group: self.loop, childGroup: self.loop)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
@@ -350,12 +355,11 @@ public actor MeshNode: Service {
                 }
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .bind(host: self.settings.listen.host, port: self.settings.listen.port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try self.prepareAcceptedChannel(channel)
-                    return try NIOAsyncChannel<SessionEvent, WireMessage>(wrappingChannelSynchronously: channel)
-                }
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try self.prepareAcceptedChannel(channel) }
             }
+            .bind(host: self.settings.listen.host, port: self.settings.listen.port)
+            .get()
     }
 
     private nonisolated func prepareAcceptedChannel(_ channel: any Channel) throws {
@@ -376,55 +380,39 @@ public actor MeshNode: Service {
             channel.close(promise: nil)
             return
         }
+        let ended: EventLoopFuture<SessionOutcome>
         do {
-            try self.addSecureHandler(
+            ended = try self.addSessionHandlers(
                 to: channel, role: .responder(ResponderHandshake(credentials: credentials), self.replayGuard),
-                releaseSlot: { pending.end() })
+                origin: .accepted, releaseSlot: { pending.end() })
         } catch {
             pending.end()
             throw error
         }
+        let remote = channel.remoteAddress
+        ended.assumeIsolated().whenFailure { error in
+            self.logger.info("refused connection", metadata: ["remote": "\(remote.display)", "reason": "\(error)"])
+            self.assumeIsolated { $0.auditConnectionFailure(error) }
+        }
     }
 
-    private nonisolated func addSecureHandler(
-        to channel: any Channel, role: SecureChannelHandler.Role, releaseSlot: (@Sendable () -> Void)?
-    ) throws {
+    /// The secure handler and the bridge to this node; the future completes when the connection has ended.
+    private nonisolated func addSessionHandlers(
+        to channel: any Channel, role: SecureChannelHandler.Role, origin: Origin, releaseSlot: (@Sendable () -> Void)?
+    ) throws -> EventLoopFuture<SessionOutcome> {
         let trustStore = self.trustStore
         let configuration = SecureChannelHandler.Configuration(
             handshakeTimeout: TimeAmount(self.settings.handshakeTimeout),
             keepaliveInterval: TimeAmount(self.settings.keepaliveInterval),
             idleTimeout: TimeAmount(self.settings.idleTimeout),
             maximumMessageLength: self.settings.maximumMessageLength)
-        try channel.pipeline.syncOperations.addHandler(SecureChannelHandler(
-            role: role, configuration: configuration, trust: { trustStore.current() },
-            releaseHandshakeSlot: releaseSlot))
-    }
-
-    private nonisolated func acceptConnections(
-        on listener: NIOAsyncChannel<NIOAsyncChannel<SessionEvent, WireMessage>, Never>
-    ) async {
-        do {
-            try await withThrowingDiscardingTaskGroup { group in
-                try await listener.executeThenClose { inbound in
-                    for try await connection in inbound {
-                        group.addTask {
-                            let remote = connection.channel.remoteAddress
-                            do {
-                                _ = try await self.serve(connection, origin: .accepted)
-                            } catch {
-                                self.logger.info("refused connection", metadata: [
-                                    "remote": "\(remote.display)", "reason": "\(error)",
-                                ])
-                                await self.auditConnectionFailure(error)
-                            }
-                        }
-                    }
-                }
-            }
-        } catch is CancellationError {
-        } catch {
-            self.logger.error("listener stopped", metadata: ["error": "\(error)"])
-        }
+        let ended = channel.eventLoop.makePromise(of: SessionOutcome.self)
+        try channel.pipeline.syncOperations.addHandlers(
+            SecureChannelHandler(
+                role: role, configuration: configuration, trust: { trustStore.current() },
+                releaseHandshakeSlot: releaseSlot),
+            SessionBridge(node: self, origin: origin, ended: ended))
+        return ended.futureResult
     }
 
     /// Keeps a connection to a join address: dials, serves the session until it ends, and dials again after a
@@ -434,8 +422,7 @@ public actor MeshNode: Service {
         var random = SystemRandomNumberGenerator()
         while !Task.isCancelled {
             do {
-                let connection = try await self.dial(address)
-                let outcome = try await self.serve(connection, origin: .dialled(address))
+                let outcome = try await self.dial(address, origin: .dialled(address))
                 if outcome.wasRegistered { backoff.reset() }
                 if outcome.closeReason?.code == SecureSession.CloseReason.pruned.code {
                     // The peer sheds connections to stay bounded; membership reaches it on demand. Re-join only
@@ -465,67 +452,25 @@ public actor MeshNode: Service {
         }
     }
 
-    private nonisolated func dial(_ address: HostAndPort) async throws -> NIOAsyncChannel<SessionEvent, WireMessage> {
+    /// Dials `address` and runs the connection from handshake to close. Throws the error that ended it before a
+    /// session was established.
+    private nonisolated func dial(_ address: HostAndPort, origin: Origin) async throws -> SessionOutcome {
         guard let credentials = self.credentialsBox.withLock({ $0 }) else { throw CancellationError() }
-        return try await ClientBootstrap(group: self.group)
+        let ended = try await ClientBootstrap(group: self.loop)
             .connectTimeout(TimeAmount(self.settings.connectTimeout))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connect(host: address.host, port: address.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try self.addSecureHandler(
-                        to: channel, role: .initiator(InitiatorHandshake(credentials: credentials)), releaseSlot: nil)
-                    return try NIOAsyncChannel<SessionEvent, WireMessage>(wrappingChannelSynchronously: channel)
+                    try self.addSessionHandlers(
+                        to: channel, role: .initiator(InitiatorHandshake(credentials: credentials)), origin: origin,
+                        releaseSlot: nil)
                 }
             }
-    }
-
-    private struct ServeOutcome {
-        let peer: NodeID?
-        let wasRegistered: Bool
-        var closeReason: SecureSession.CloseReason? = nil
-    }
-
-    /// Runs one connection from handshake to close. Throws the transport error that ended it badly.
-    private nonisolated func serve(
-        _ connection: NIOAsyncChannel<SessionEvent, WireMessage>, origin: Origin
-    ) async throws -> ServeOutcome {
-        try await connection.executeThenClose { inbound, _ in
-            var events = inbound.makeAsyncIterator()
-            guard case .established(let peer)? = try await events.next() else {
-                return ServeOutcome(peer: nil, wasRegistered: false)
-            }
-            let peerID = peer.identity.nodeID
-            guard let number = await self.register(peer, channel: connection.channel, origin: origin) else {
-                return ServeOutcome(peer: peerID, wasRegistered: false)
-            }
-            var ending = "connection lost (no close frame)"
-            var closeReason: SecureSession.CloseReason?
-            do {
-                while let event = try await events.next() {
-                    switch event {
-                    case .established:
-                        break
-                    case .message(let message, let bytes):
-                        await self.receive(message, bytes: bytes, from: peerID, session: number)
-                    case .unknownMessage(let kind):
-                        self.logger.debug("ignored message of unknown kind", metadata: [
-                            "peer": "\(peerID.short)", "kind": "\(kind)",
-                        ])
-                    case .closed(let reason):
-                        ending = "peer closed: \(reason)"
-                        closeReason = reason
-                    }
-                }
-            } catch {
-                ending = "\(error)"
-            }
-            await self.unregister(number, peer: peerID, reason: ending)
-            return ServeOutcome(peer: peerID, wasRegistered: true, closeReason: closeReason)
-        }
+        return try await ended.get()
     }
 
     /// Records an authenticated session. Returns nil when it lost to an existing connection with the same peer.
-    private func register(_ peer: EstablishedPeer, channel: any Channel, origin: Origin) -> UInt64? {
+    func register(_ peer: EstablishedPeer, channel: any Channel, origin: Origin) -> UInt64? {
         guard case .running = self.state else {
             channel.close(promise: nil)
             return nil
@@ -589,7 +534,7 @@ public actor MeshNode: Service {
         }
     }
 
-    private func unregister(_ number: UInt64, peer: NodeID, reason: String) {
+    func unregister(_ number: UInt64, peer: NodeID, reason: String) {
         let reason = self.closedHere.removeValue(forKey: number) ?? reason
         self.sessionEnded(number, peer: peer, reason: reason)
         guard let connection = self.connections[peer], connection.number == number else { return }
@@ -689,8 +634,7 @@ public actor MeshNode: Service {
 
     private nonisolated func dialOnDemand(_ peer: NodeID, at address: HostAndPort) async {
         do {
-            let connection = try await self.dial(address)
-            _ = try await self.serve(connection, origin: .onDemand(peer))
+            _ = try await self.dial(address, origin: .onDemand(peer))
         } catch {
             await self.auditConnectionFailure(error)
             self.logger.debug("cannot reach member", metadata: [
@@ -810,6 +754,16 @@ public actor MeshNode: Service {
             })
     }
 
+    /// The control servers call this on the node's loop; the answer is computed on the node's executor (the same
+    /// loop), so a request costs no thread hand-off.
+    private nonisolated var controlHandler: ControlServer.Handler {
+        { request, respond in self.assumeIsolated { $0.startControl(request, respond: respond) } }
+    }
+
+    private func startControl(_ request: ControlRequest, respond: @escaping @Sendable (ControlResponse) -> Void) {
+        Task { respond(await self.handleControl(request)) }
+    }
+
     private func handleControl(_ request: ControlRequest) async -> ControlResponse {
         switch (request.method, request.path) {
         case ("GET", "/v1/members"): return .json(self.members())
@@ -825,6 +779,12 @@ public actor MeshNode: Service {
         default: return .error(404, "no such endpoint: \(request.path)")
         }
     }
+}
+
+/// A client long-polling for a task to end, until its wait runs out.
+struct TaskWaiter {
+    let continuation: CheckedContinuation<Void, Never>
+    let expiry: Scheduled<Void>
 }
 
 extension TrustPolicy.Decision {

@@ -30,7 +30,7 @@ func renderTable(header: [String], rows: [[String]]) -> String {
 }
 
 func printJSON(_ value: some Encodable) throws {
-    let data = try ControlAPI.encoder().encode(value)
+    let data = try ControlAPI.encoder(pretty: isatty(STDOUT_FILENO) == 1).encode(value)
     print(String(decoding: data, as: UTF8.self))
 }
 
