@@ -60,6 +60,8 @@ final class AuditLog: Sendable {
         var isWriting = false
         var isRetryScheduled = false
         var checkpointRequested = false
+        /// `.process` durability: logs written since the last background sync.
+        var unsynced: Set<NodeID> = []
     }
 
     private struct OpenLog {
@@ -77,6 +79,7 @@ final class AuditLog: Sendable {
     private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
     private let retryDelay: Duration
     private let counters = Mutex(Statistics())
+    private let durability: NodeSettings.Durability
 
     var statistics: Statistics { self.counters.withLock { $0 } }
 
@@ -84,9 +87,11 @@ final class AuditLog: Sendable {
     /// a file is cut off and reported; any other damage stops the node with the file and the record's index, unless
     /// `setAsideBroken` is true, in which case the broken file is renamed and a new log started.
     init(
-        directory: String, identity: NodeIdentity, setAsideBroken: Bool = false, retryDelay: Duration = .seconds(1)
+        directory: String, identity: NodeIdentity, setAsideBroken: Bool = false,
+        durability: NodeSettings.Durability = .fsync, retryDelay: Duration = .seconds(1)
     ) throws(AuditError) {
         self.directory = directory
+        self.durability = durability
         self.signingKey = identity.signingKey
         self.retryDelay = retryDelay
         do {
@@ -279,7 +284,10 @@ final class AuditLog: Sendable {
         }
         guard !bytes.isEmpty else { return }
         let path = self.path(for: id)
-        if let why = Self.writeAll(bytes, to: log.descriptor) ?? (fdatasync(log.descriptor) == 0 ? nil : FileSystem.lastError()) {
+        let synced = self.durability == .fsync
+        if let why = Self.writeAll(bytes, to: log.descriptor)
+            ?? (!synced || fdatasync(log.descriptor) == 0 ? nil : FileSystem.lastError())
+        {
             // Whatever part reached the file is not acknowledged: cut it off so the retry appends at a clean end.
             _ = ftruncate(log.descriptor, off_t(log.durableLength))
             throw AuditError(description: "cannot append to \(path): \(why)")
@@ -287,11 +295,31 @@ final class AuditLog: Sendable {
         self.counters.withLock { counters in
             counters.records += chain.nextIndex - log.chain.nextIndex
             counters.bytes += UInt64(bytes.count)
-            counters.syncs += 1
+            if synced { counters.syncs += 1 }
         }
         log.chain = chain
         log.durableLength += bytes.count
         self.logs.withLock { $0[id] = log }
+        if !synced { self.syncInBackground(id) }
+    }
+
+    /// `.process` durability: records reach the kernel with each batch and the disk within the sync interval.
+    private func syncInBackground(_ id: NodeID) {
+        let schedule = self.queue.withLock { queue -> Bool in
+            queue.unsynced.insert(id)
+            return queue.unsynced.count == 1
+        }
+        guard schedule else { return }
+        self.writer.asyncAfter(deadline: .now() + NodeSettings.Durability.backgroundSyncInterval.seconds) {
+            let ids = self.queue.withLock { queue -> Set<NodeID> in
+                defer { queue.unsynced = [] }
+                return queue.unsynced
+            }
+            let descriptors = self.logs.withLock { logs in ids.compactMap { logs[$0]?.descriptor } }
+            for descriptor in descriptors where fdatasync(descriptor) == 0 {
+                self.counters.withLock { $0.syncs += 1 }
+            }
+        }
     }
 
     /// A new log starts as a complete header written atomically (temp file, fsync, rename, fsync of the folder).

@@ -197,7 +197,8 @@ public actor MeshNode: Service {
         let stored: (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask])
         do {
             store = try TaskStore(
-                path: self.home.taskStorePath, timeBase: self.timeBase, maximumPages: self.settings.taskStoreMaximumPages)
+                path: self.home.taskStorePath, timeBase: self.timeBase, durability: self.settings.durability,
+                maximumPages: self.settings.taskStoreMaximumPages)
             stored = try store.load()
         } catch {
             throw StartError.taskStore(error.description)
@@ -206,7 +207,7 @@ public actor MeshNode: Service {
         do {
             audit = try AuditLog(
                 directory: self.home.auditDirectory, identity: self.identity,
-                setAsideBroken: self.settings.setAsideBrokenAuditLogs)
+                setAsideBroken: self.settings.setAsideBrokenAuditLogs, durability: self.settings.durability)
         } catch {
             throw StartError.auditLog(error.description)
         }

@@ -55,8 +55,21 @@ public struct NodeSettings: Sendable {
     public var setAsideBrokenAuditLogs = false
     /// Largest message a peer may send (reassembled from frames).
     public var maximumMessageLength = SecureSession.defaultMaximumMessageLength
+    /// When the task store and the audit log count a change as done (`run --durability`).
+    public var durability = Durability.fsync
 
     public init(listen: HostAndPort) { self.listen = listen }
+
+    /// What "stored" means before the node acknowledges a task, accepts an offer or acts on a result.
+    public enum Durability: String, Sendable, CaseIterable {
+        /// On the disk (fsync): survives a power loss. The default.
+        case fsync
+        /// Written to the kernel: survives `kill -9` of the node, not a power loss or a kernel crash. The disk is
+        /// synced in the background at least every ``Durability/backgroundSyncInterval``.
+        case process
+
+        public static let backgroundSyncInterval: Duration = .milliseconds(100)
+    }
 
     /// Fast timers for loopback tests.
     public static func localTesting(listen: HostAndPort = HostAndPort(host: "127.0.0.1", port: 0)) -> NodeSettings {

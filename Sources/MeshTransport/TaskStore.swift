@@ -51,6 +51,8 @@ final class TaskStore: Sendable {
         var lastQueued: UInt64 = 0
         var isWriting = false
         var isRetryScheduled = false
+        /// `.process` durability: a background sync is due.
+        var isSyncScheduled = false
     }
 
     let path: String
@@ -60,6 +62,7 @@ final class TaskStore: Sendable {
     private let queue = Mutex(Queue())
     private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
     private let retryDelay: Duration
+    private let durability: NodeSettings.Durability
 
     /// Core time (a duration since the node started) to and from wall-clock seconds, which outlive the process.
     struct TimeBase: Sendable {
@@ -68,16 +71,22 @@ final class TaskStore: Sendable {
         func core(_ wall: Double) -> Duration { .milliseconds(Int64(((wall - self.origin.timeIntervalSince1970) * 1000).rounded())) }
     }
 
-    /// Opens (creating if needed) the store. `maximumPages` caps the database size, for testing a full disk.
-    init(path: String, timeBase: TimeBase, retryDelay: Duration = .seconds(1), maximumPages: Int? = nil) throws(StoreError) {
+    /// Opens (creating if needed) the store. `maximumPages` caps the database size, for testing a full disk. With
+    /// `.process` durability a commit is done once SQLite has written it to the kernel (`synchronous = NORMAL`: the
+    /// WAL is not synced per commit) and a checkpoint, which syncs the WAL, runs in the background.
+    init(
+        path: String, timeBase: TimeBase, durability: NodeSettings.Durability = .fsync, retryDelay: Duration = .seconds(1),
+        maximumPages: Int? = nil
+    ) throws(StoreError) {
         self.path = path
         self.timeBase = timeBase
         self.retryDelay = retryDelay
+        self.durability = durability
         var configuration = Configuration()
         configuration.journalMode = .wal
         configuration.label = "agentmesh.tasks"
         configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = FULL")
+            try db.execute(sql: durability == .fsync ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL")
             if let maximumPages { try db.execute(sql: "PRAGMA max_page_count = \(maximumPages)") }
         }
         do {
@@ -229,6 +238,7 @@ final class TaskStore: Sendable {
                     for (_, change, _) in batch { try self.apply(change, in: db) }
                 }
                 self.report(.committed(through: through))
+                if self.durability == .process { self.scheduleBackgroundSync() }
             } catch {
                 // Put the batch back (a newer change to the same task wins) and try again later.
                 self.queue.withLock { queue in
@@ -256,6 +266,22 @@ final class TaskStore: Sendable {
 
     private func report(_ progress: Progress) {
         self.progressHandler.withLock { $0 }?.call(progress)
+    }
+
+    /// `.process` durability: commits reach the kernel at once and the disk within the sync interval. A checkpoint
+    /// syncs the WAL before copying it into the database (`synchronous = NORMAL`).
+    private func scheduleBackgroundSync() {
+        let schedule = self.queue.withLock { queue -> Bool in
+            guard !queue.isSyncScheduled else { return false }
+            queue.isSyncScheduled = true
+            return true
+        }
+        guard schedule else { return }
+        self.writer.asyncAfter(deadline: .now() + NodeSettings.Durability.backgroundSyncInterval.seconds) {
+            self.queue.withLock { $0.isSyncScheduled = false }
+            // A failure (a full disk) is reported by the next commit; the sync is tried again after it.
+            _ = try? self.database.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(PASSIVE)") }
+        }
     }
 
     private func apply(_ change: Change, in db: Database) throws {

@@ -48,6 +48,11 @@ struct Run: AsyncParsableCommand {
         valueName: "CLASS=RATE/s[:BURST]"))
     var limit: [String] = []
 
+    @Option(help: ArgumentHelp(
+        "When a task step counts as stored: fsync (on disk, survives power loss; the default) or process (written to the kernel, survives kill -9 of the node; the disk is synced every 100 ms).",
+        valueName: "fsync|process"))
+    var durability: String = "fsync"
+
     @Flag(help: "Start even if an audit log is broken: rename it *.broken-TIME and begin a new one (the node says which).")
     var setAsideBrokenAudit = false
 
@@ -58,6 +63,7 @@ struct Run: AsyncParsableCommand {
         _ = try self.parsedListen()
         _ = try self.parsedJoins()
         _ = try self.parsedCapabilities()
+        _ = try self.parsedDurability()
         _ = try self.parsedAdvertise()
         _ = try self.parsedHTTP()
         _ = try self.parsedLimits()
@@ -98,6 +104,13 @@ struct Run: AsyncParsableCommand {
         do { return try HostAndPort(parsing: http) } catch { throw ValidationError("--http: \(error)") }
     }
 
+    private func parsedDurability() throws -> NodeSettings.Durability {
+        guard let durability = NodeSettings.Durability(rawValue: self.durability) else {
+            throw ValidationError("--durability must be fsync or process, not '\(self.durability)'")
+        }
+        return durability
+    }
+
     private func parsedLimits() throws -> [LimitClass: Rate] {
         var limits: [LimitClass: Rate] = [:]
         for text in self.limit {
@@ -130,6 +143,7 @@ struct Run: AsyncParsableCommand {
         settings.limits.rates.merge(configured) { _, new in new }
         settings.limits.rates.merge(try self.parsedLimits()) { _, new in new }
         settings.setAsideBrokenAuditLogs = self.setAsideBrokenAudit
+        settings.durability = try self.parsedDurability()
 
         let node = MeshNode(home: home, identity: identity, networkKey: networkKey, settings: settings, logger: logger)
         let address: HostAndPort

@@ -233,6 +233,9 @@ import Testing
         let badFlag = try Self.agentmesh("run", "--home", home.path, "--listen", "127.0.0.1:0", "--limit", "offers=lots")
         #expect(badFlag.status != 0)
         #expect(badFlag.stderr.contains("--limit"))
+        let badDurability = try Self.agentmesh("run", "--home", home.path, "--listen", "127.0.0.1:0", "--durability", "maybe")
+        #expect(badDurability.status != 0)
+        #expect(badDurability.stderr.contains("--durability must be fsync or process"), "\(badDurability.stderr)")
 
         // A peer's descriptor may carry its own limits; re-trusting keeps them; a malformed one names the key.
         let peer = NodeIdentity(name: "b").publicIdentity

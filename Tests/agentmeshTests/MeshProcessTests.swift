@@ -7,15 +7,20 @@ import Testing
 @Suite(.serialized) struct MeshProcessTests {
     final class Node {
         let home: String
+        let durability: String
         var process: SpawnedProcess?
         var address = ""
 
-        init(home: String) { self.home = home }
+        init(home: String, durability: String = "fsync") {
+            self.home = home
+            self.durability = durability
+        }
 
         func start(join: String?, capabilities: [String] = []) throws {
             let process = try SpawnedProcess(
                 CommandLineTests.binary,
-                ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", "local"]
+                ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", "local",
+                 "--durability", self.durability]
                     + (join.map { ["--join", $0] } ?? []) + capabilities.flatMap { ["--capability", $0] })
             self.process = process
             let line = process.waitForLine(containing: "listening on") ?? ""
@@ -181,7 +186,9 @@ import Testing
         for node in [a, b, c] { node.signal(SIGTERM) }
     }
 
-    @Test func killingAnExecutorMidBurstLosesNoTaskAndNeverRunsOneTwiceAtOnce() throws {
+    /// Both durability modes promise to survive `kill -9` of the node (`process` only loses to a power cut).
+    @Test(arguments: ["fsync", "process"])
+    func killingAnExecutorMidBurstLosesNoTaskAndNeverRunsOneTwiceAtOnce(durability: String) throws {
         try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
         let root = "/tmp/am-proc-" + UUID().uuidString.prefix(8)
         defer { try? FileManager.default.removeItem(atPath: root) }
@@ -189,7 +196,9 @@ import Testing
         let worker = root + "/recorder.py"
         let log = root + "/runs.log"
         try Self.recorder.write(toFile: worker, atomically: true, encoding: .utf8)
-        let (a, b, c) = (Node(home: "\(root)/a"), Node(home: "\(root)/b"), Node(home: "\(root)/c"))
+        let (a, b, c) = (
+            Node(home: "\(root)/a", durability: durability), Node(home: "\(root)/b", durability: durability),
+            Node(home: "\(root)/c", durability: durability))
         defer { for node in [a, b, c] { node.signal(SIGKILL) } }
         try a.start(join: nil)
         try b.start(join: a.address, capabilities: ["echo=exec:python3 \(worker) \(log) b 0.02"])
@@ -236,7 +245,8 @@ import Testing
         #expect(acceptedByC.filter { !offersReceived.contains($0) } == [], "offers c accepted but has no record of")
     }
 
-    @Test func killingTheSubmitterWithTasksInFlightStillEndsEveryTask() throws {
+    @Test(arguments: ["fsync", "process"])
+    func killingTheSubmitterWithTasksInFlightStillEndsEveryTask(durability: String) throws {
         try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
         let root = "/tmp/am-proc-" + UUID().uuidString.prefix(8)
         defer { try? FileManager.default.removeItem(atPath: root) }
@@ -244,7 +254,7 @@ import Testing
         let worker = root + "/recorder.py"
         let log = root + "/runs.log"
         try Self.recorder.write(toFile: worker, atomically: true, encoding: .utf8)
-        let (a, c) = (Node(home: "\(root)/a"), Node(home: "\(root)/c"))
+        let (a, c) = (Node(home: "\(root)/a", durability: durability), Node(home: "\(root)/c", durability: durability))
         defer { for node in [a, c] { node.signal(SIGKILL) } }
         try c.start(join: nil, capabilities: ["echo=exec:python3 \(worker) \(log) c 0.1"])
         try a.start(join: c.address)
