@@ -260,7 +260,6 @@ extension MeshNode {
 
     func openAuditLog(_ log: AuditLog) {
         self.auditLog = log
-        self.auditCommitted = log.lastQueued
         log.onProgress { progress in
             self.loop.execute { self.assumeIsolated { $0.auditProgressed(progress) } }
         }
@@ -283,16 +282,13 @@ extension MeshNode {
     private func auditProgressed(_ progress: AuditLog.Progress) {
         switch progress {
         case .committed(let through):
-            self.auditCommitted = max(self.auditCommitted, through)
-            if !self.isAuditWritable {
-                self.isAuditWritable = true
+            if self.commitGate.auditCommitted(through: through).availabilityChanged {
                 self.logger.notice("the audit log is writable again; taking new tasks")
                 self.storageAvailabilityChanged()
             }
             self.releaseDeferredTaskActions()
         case .failed(let error):
-            if self.isAuditWritable {
-                self.isAuditWritable = false
+            if self.commitGate.auditFailed().availabilityChanged {
                 self.logger.error("cannot write the audit log; refusing work that would go unaudited until it can", metadata: [
                     "error": "\(error.description)",
                 ])

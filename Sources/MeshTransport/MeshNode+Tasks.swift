@@ -65,24 +65,10 @@ extension MeshNode {
 
     // MARK: - Driving the machines
 
-    /// What the machines asked for, held back until the store has committed every change queued before it: nothing
-    /// leaves this node (an accept, an offer, an acknowledgement, a client's answer) before what it depends on is
-    /// durable. Group commit keeps the wait to one fsync per batch.
+    /// What the machines asked for; ``CommitGate`` holds it until what it depends on is stored.
     enum DeferredTaskAction: Sendable {
         case submitter(TaskSubmitter.Directive)
         case runner(TaskRunner.Directive)
-    }
-
-    struct DeferredTaskActions: Sendable {
-        /// The task store's sequence number the actions wait for.
-        let sequence: UInt64
-        /// The audit log's: a received message is acted on only once its record is durable.
-        let auditSequence: UInt64
-        let actions: [DeferredTaskAction]
-
-        func isReady(storeCommitted: UInt64, auditCommitted: UInt64) -> Bool {
-            self.sequence <= storeCommitted && self.auditSequence <= auditCommitted
-        }
     }
 
     /// The machines are mutated in place: a copy taken out and written back would share, and so duplicate, every
@@ -126,15 +112,8 @@ extension MeshNode {
         guard let store = self.taskStore else { return }
         let sequence = store.enqueue(changes)
         guard !actions.isEmpty else { return }
-        let batch = DeferredTaskActions(
-            sequence: sequence, auditSequence: self.auditLog?.lastQueued ?? 0, actions: actions)
-        if self.deferredTaskActions.isEmpty,
-            batch.isReady(storeCommitted: self.storeCommitted, auditCommitted: self.auditCommitted)
-        {
-            actions.forEach(self.perform)
-        } else {
-            self.deferredTaskActions.append(batch)
-        }
+        self.commitGate.submit(actions, afterStore: sequence, audit: self.auditLog?.lastQueued ?? 0)
+            .forEach(self.perform)
     }
 
     private func perform(_ action: DeferredTaskAction) {
@@ -176,7 +155,6 @@ extension MeshNode {
         _ store: TaskStore, restoring stored: (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask])
     ) {
         self.taskStore = store
-        self.storeCommitted = store.lastQueued
         store.onProgress { progress in
             self.loop.execute { self.assumeIsolated { $0.storeProgressed(progress) } }
         }
@@ -194,47 +172,37 @@ extension MeshNode {
     private func storeProgressed(_ progress: TaskStore.Progress) {
         switch progress {
         case .committed(let through):
-            self.storeCommitted = max(self.storeCommitted, through)
-            if !self.isStoreWritable {
-                self.isStoreWritable = true
+            let progress = self.commitGate.storeCommitted(through: through)
+            if progress.availabilityChanged {
                 self.logger.notice("the task store is writable again; taking new tasks")
                 self.storageAvailabilityChanged()
             }
             self.releaseDeferredTaskActions()
-            let (ready, waiting) = (
-                self.durabilityWaiters.filter { $0.sequence <= self.storeCommitted },
-                self.durabilityWaiters.filter { $0.sequence > self.storeCommitted })
-            self.durabilityWaiters = waiting
-            for waiter in ready { waiter.continuation.resume(returning: nil) }
+            for waiter in progress.waiters { waiter.resume(returning: nil) }
         case .failed(let error):
-            if self.isStoreWritable {
-                self.isStoreWritable = false
+            let progress = self.commitGate.storeFailed()
+            if progress.availabilityChanged {
                 self.logger.error("cannot write the task store; refusing new tasks until it can", metadata: [
                     "store": "\(self.taskStore?.path ?? "-")", "error": "\(error.description)",
                 ])
                 self.storageAvailabilityChanged()
             }
-            let waiting = self.durabilityWaiters
-            self.durabilityWaiters = []
-            for waiter in waiting { waiter.continuation.resume(returning: error) }
+            for waiter in progress.waiters { waiter.resume(returning: error) }
         }
     }
 
     /// Performs the deferred batches whose changes and audit records are durable, oldest first. One at a time:
     /// performing a batch can queue more (a task offered to this node itself), which must line up behind it.
     func releaseDeferredTaskActions() {
-        while let batch = self.deferredTaskActions.first,
-            batch.isReady(storeCommitted: self.storeCommitted, auditCommitted: self.auditCommitted)
-        {
-            self.deferredTaskActions.removeFirst()
-            batch.actions.forEach(self.perform)
+        while let actions = self.commitGate.nextReady() {
+            actions.forEach(self.perform)
         }
     }
 
     /// The node takes peers' tasks only while both the task store and the audit log can be written: work that
     /// could not be made durable, or would go unaudited, is declined `storage_unavailable`.
     func storageAvailabilityChanged() {
-        let available = self.isStoreWritable && self.isAuditWritable
+        let available = self.commitGate.isWritable
         self.runner?.setStorageAvailable(available)
         if !available { self.abandonUnstartedTasks() }
     }
@@ -242,7 +210,7 @@ extension MeshNode {
     /// Offers accepted in memory whose accept is still waiting for the failing disk are given back (declined), so
     /// the submitter places them elsewhere instead of waiting for this disk.
     private func abandonUnstartedTasks() {
-        let unstarted = self.deferredTaskActions.flatMap(\.actions).compactMap { action -> TaskID? in
+        let unstarted = self.commitGate.heldActions.compactMap { action -> TaskID? in
             if case .runner(.start(let task)) = action { return task.id }
             return nil
         }
@@ -260,9 +228,9 @@ extension MeshNode {
 
     /// Waits until the change with this sequence number is durable; returns the store's error if it cannot be.
     private func awaitDurable(_ sequence: UInt64) async -> TaskStore.StoreError? {
-        guard sequence > self.storeCommitted else { return nil }
+        guard sequence > self.commitGate.storeCommitted else { return nil }
         return await withCheckedContinuation { continuation in
-            self.durabilityWaiters.append((sequence, continuation))
+            if !self.commitGate.wait(forStore: sequence, continuation) { continuation.resume(returning: nil) }
         }
     }
 
@@ -272,8 +240,8 @@ extension MeshNode {
         self.auditLog?.requestCheckpoints()
         let deadline = ContinuousClock.now + .seconds(2)
         while ContinuousClock.now < deadline,
-            (self.isStoreWritable && (self.taskStore?.lastQueued ?? 0) > self.storeCommitted)
-                || (self.isAuditWritable && (self.auditLog?.lastQueued ?? 0) > self.auditCommitted)
+            (self.commitGate.isStoreWritable && (self.taskStore?.lastQueued ?? 0) > self.commitGate.storeCommitted)
+                || (self.commitGate.isAuditWritable && (self.auditLog?.lastQueued ?? 0) > self.commitGate.auditCommitted)
         {
             try? await Task.sleep(for: .milliseconds(5))
         }
@@ -409,10 +377,10 @@ extension MeshNode {
         guard timeout > 0, timeout <= 86_400 else { return .error(400, "timeout_seconds must be between 0 and 86400") }
         let attempts = request.maxAttempts ?? 5
         guard (1...100).contains(attempts) else { return .error(400, "max_attempts must be between 1 and 100") }
-        guard self.isStoreWritable else {
+        guard self.commitGate.isStoreWritable else {
             return .error(507, "this node cannot store new tasks now (\(self.taskStore?.path ?? "its task store") is not writable); try another node")
         }
-        guard self.isAuditWritable else {
+        guard self.commitGate.isAuditWritable else {
             return .error(507, "this node cannot audit new work now (\(self.auditLog?.directory ?? "its audit log") is not writable); try another node")
         }
         var generator = SystemRandomNumberGenerator()

@@ -108,13 +108,9 @@ public actor MeshNode: Service {
     var waiters: [TaskID: [UUID: TaskWaiter]] = [:]
     /// Durable task state (`DIR/node.sqlite`); opened at bind.
     var taskStore: TaskStore?
-    /// Every store change up to this sequence number is durable.
-    var storeCommitted: UInt64 = 0
-    var isStoreWritable = true
-    /// Task directives waiting for the store to commit what came before them, oldest first.
-    var deferredTaskActions: [DeferredTaskActions] = []
-    /// Submissions waiting for their task to be durable before the client is answered.
-    var durabilityWaiters: [(sequence: UInt64, continuation: CheckedContinuation<TaskStore.StoreError?, Never>)] = []
+    /// Task actions and client answers held until the store and the audit log have committed what they need.
+    var commitGate = CommitGate<DeferredTaskAction, CheckedContinuation<TaskStore.StoreError?, Never>>(
+        storeCommitted: 0, auditCommitted: 0)
     var advertisedLoad = 0
     var loadAdvertisedAt: Duration = .zero
     /// Why this node closed a session itself (pruned, duplicate), so its end is logged truthfully.
@@ -127,9 +123,6 @@ public actor MeshNode: Service {
     nonisolated let connectionLimiter: Mutex<PeerLimiter<String>>
     /// The per-peer audit logs (`DIR/audit/`); opened at bind.
     var auditLog: AuditLog?
-    /// Every audit entry up to this sequence number is durable.
-    var auditCommitted: UInt64 = 0
-    var isAuditWritable = true
     /// Per authenticated session (by connection number): what the audit needs to follow it.
     var sessions: [UInt64: SessionAudit] = [:]
     /// Every peer that has completed a handshake with this node since it started (names and keys for audit
@@ -256,6 +249,8 @@ public actor MeshNode: Service {
         self.submitter = TaskSubmitter(local: self.identity.nodeID, seed: seed.next())
         self.runner = TaskRunner(capacity: Dictionary(
             self.settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
+        // Records the writers queued while opening (a recovered log's note) gate nothing.
+        self.commitGate = CommitGate(storeCommitted: store.lastQueued, auditCommitted: audit.lastQueued)
         self.openTaskStore(store, restoring: stored)
         self.openAuditLog(audit)
         self.logger.info("listening", metadata: [
