@@ -304,10 +304,9 @@ public struct Membership: Sendable {
     }
 
     /// This node's capabilities or load changed: re-sign and spread the record.
-    public mutating func updateLocal(capabilities: [Capability]? = nil, load: UInt32? = nil) -> [MembershipDirective] {
+    public mutating func updateLocal(capabilities: [Capability]? = nil, load: UInt32? = nil) {
         self.local = self.local.updated(capabilities: capabilities, load: load, signer: self.signer)
         self.enqueue(.alive(self.local))
-        return []
     }
 
     /// Graceful leave: a signed "left" claim, pushed to every live member at once (not just piggybacked), so the

@@ -306,8 +306,9 @@ final class AuditLog: Sendable {
     /// `.process` durability: records reach the kernel with each batch and the disk within the sync interval.
     private func syncInBackground(_ id: NodeID) {
         let schedule = self.queue.withLock { queue -> Bool in
+            let isFirst = queue.unsynced.isEmpty
             queue.unsynced.insert(id)
-            return queue.unsynced.count == 1
+            return isFirst
         }
         guard schedule else { return }
         self.writer.asyncAfter(deadline: .now() + NodeSettings.Durability.backgroundSyncInterval.seconds) {

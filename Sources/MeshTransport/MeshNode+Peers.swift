@@ -81,7 +81,9 @@ extension MeshNode {
             if case .task(.offer(let offer)) = message {
                 entry.detail = "\(limitClass) over \(self.limiter.rate(limitClass, for: peer)?.description ?? "?"): declined rate_limited"
                 self.audit(entry, peer: peer)
-                self.write(.task(.decline(offer.id, epoch: offer.epoch, reason: .rateLimited)), to: peer)
+                if let connection = self.connections[peer] {
+                    self.write(.task(.decline(offer.id, epoch: offer.epoch, reason: .rateLimited)), to: connection)
+                }
             } else {
                 entry.detail = "\(limitClass) over \(self.limiter.rate(limitClass, for: peer)?.description ?? "?"): dropped \(message.kind)"
                 self.audit(entry, peer: peer)
@@ -131,9 +133,8 @@ extension MeshNode {
         ])
         self.audit(AuditEntry(.banned, time: AuditLog.wallClockMilliseconds(), detail: reason), peer: peer)
         guard let connection = self.connections[peer] else { return }
-        self.closedHere[connection.number] = "closed here: \(reason)"
-        connection.channel.triggerUserOutboundEvent(CloseRequest(.banned(reason)), promise: nil)
-        connection.channel.close(promise: nil)
+        self.connections.closing(connection.number, because: reason)
+        Self.close(connection.channel, .banned(reason))
     }
 
     // MARK: - Sessions
@@ -172,7 +173,7 @@ extension MeshNode {
     }
 
     func sessionStarted(_ connection: PeerConnection) {
-        let peer = connection.peer
+        let peer = connection.established
         self.authenticatedPeers[peer.identity.nodeID] = peer.identity
         self.sessions[connection.number] = SessionAudit(peer: peer.identity, handshakeHash: peer.handshakeHash)
         self.audit(AuditEntry(
@@ -208,7 +209,7 @@ extension MeshNode {
         let digest = SHA256.hash(bytes)
         self.audit(AuditEntry(
             .sent, time: AuditLog.wallClockMilliseconds(), session: connection.number, message: task.tag,
-            task: task.taskID, epoch: task.epoch, digest: digest), identity: connection.peer.identity)
+            task: task.taskID, epoch: task.epoch, digest: digest), identity: connection.established.identity)
         guard var session = self.sessions[connection.number] else { return }
         session.sent.append(digest: digest)
         if session.firstUnsignedAt == nil { session.firstUnsignedAt = self.now }
@@ -231,7 +232,7 @@ extension MeshNode {
     /// Signs transcripts that have waited long enough; now and then asks the audit log for checkpoints and forgets
     /// source addresses whose connection buckets are full again (so a scan from many addresses leaves nothing behind).
     func accountabilityTick(now: Duration) {
-        for connection in self.connections.values {
+        for connection in self.connections.all.values {
             guard let since = self.sessions[connection.number]?.firstUnsignedAt,
                 now - since >= Self.transcriptCheckpointDelay
             else { continue }
@@ -302,7 +303,7 @@ extension MeshNode {
     /// `agentmesh limits`: every connected or counted peer, class by class.
     func limitsReport() -> ControlAPI.Limits {
         let now = self.now
-        let peers = self.limiter.keys.union(self.connections.keys).sorted { self.memberName($0) < self.memberName($1) }
+        let peers = self.limiter.keys.union(self.connections.all.keys).sorted { self.memberName($0) < self.memberName($1) }
         return ControlAPI.Limits(
             defaults: Dictionary(uniqueKeysWithValues: self.limiter.settings.rates.map { ($0.key.rawValue, $0.value.description) }),
             peers: peers.map { peer in

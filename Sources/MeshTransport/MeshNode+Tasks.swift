@@ -60,7 +60,7 @@ extension MeshNode {
         else { return }
         self.advertisedLoad = load
         self.loadAdvertisedAt = now
-        _ = self.membership?.updateLocal(load: UInt32(load))
+        self.membership?.updateLocal(load: UInt32(load))
     }
 
     // MARK: - Driving the machines

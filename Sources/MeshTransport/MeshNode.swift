@@ -43,46 +43,17 @@ public actor MeshNode: Service {
         let startedAt: Date
     }
 
-    enum Origin: Sendable {
-        /// The peer dialled us.
-        case accepted
-        /// We dialled a join address (kept, re-dialled).
-        case dialled(HostAndPort)
-        /// We dialled a member to send it membership traffic (pruned first when over the bound).
-        case onDemand(NodeID)
-
-        var isAccepted: Bool {
-            if case .accepted = self { return true }
-            return false
-        }
-
-        var isJoin: Bool {
-            if case .dialled = self { return true }
-            return false
-        }
-    }
-
-    struct PeerConnection {
-        let number: UInt64
-        let peer: EstablishedPeer
-        let channel: any Channel
-        let origin: Origin
-        let since: Date
-        var lastActivity: ContinuousClock.Instant
-
-        /// Which node dialled this connection.
-        func initiator(local: NodeID) -> NodeID {
-            self.peer.role == .initiator ? local : self.peer.identity.nodeID
-        }
-    }
+    typealias Connections = ConnectionTable<PeerSession, WireMessage>
+    typealias Origin = Connections.Origin
+    typealias PeerConnection = Connections.Connection
 
     private var state: State = .created
     var isRunning: Bool {
         if case .running = self.state { return true }
         return false
     }
-    var connections: [NodeID: PeerConnection] = [:]
-    private var connectionCount: UInt64 = 0
+    /// One session per peer, bounded, with the messages waiting for on-demand dials.
+    var connections: Connections
 
     /// The SWIM state machine; created at bind, when the advertised address is known.
     var membership: Membership?
@@ -92,12 +63,8 @@ public actor MeshNode: Service {
     /// Core time as a wall-clock date, for display only.
     nonisolated func wallClockDate(for time: Duration) -> Date { self.wallClockOrigin + time.seconds }
     nonisolated var timeBase: TaskStore.TimeBase { TaskStore.TimeBase(origin: self.wallClockOrigin) }
-    /// Messages waiting for an on-demand dial to finish (bounded per peer; both protocols tolerate loss).
-    private var pendingSends: [NodeID: [WireMessage]] = [:]
-    private static let maximumPendingSends = 32
     private nonisolated let dials: (stream: AsyncStream<(NodeID, HostAndPort)>, continuation: AsyncStream<(NodeID, HostAndPort)>.Continuation)
     private nonisolated let leaveSignal: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
-    private var dialing: Set<NodeID> = []
 
     /// The two ends of the task protocol; created at bind.
     var submitter: TaskSubmitter?
@@ -113,8 +80,6 @@ public actor MeshNode: Service {
         storeCommitted: 0, auditCommitted: 0)
     var advertisedLoad = 0
     var loadAdvertisedAt: Duration = .zero
-    /// Why this node closed a session itself (pruned, duplicate), so its end is logged truthfully.
-    var closedHere: [UInt64: String] = [:]
     /// When each member last sent this node a membership message (direct evidence it is alive).
     private var lastHeardFrom: [NodeID: Date] = [:]
     /// Per-peer budgets (authenticated peers), with escalation to bans.
@@ -144,6 +109,7 @@ public actor MeshNode: Service {
         self.pendingHandshakes = PendingHandshakes(limit: settings.maximumPendingHandshakes)
         self.replayGuard = ReplayGuard(capacity: settings.replayCacheCapacity)
         self.limiter = PeerLimiter(settings: settings.limits)
+        self.connections = Connections(local: identity.nodeID, maximumConnections: settings.maximumConnections)
         var addressSettings = PeerLimiter<String>.Settings(rates: settings.limits.rates.filter { $0.key == .connections })
         addressSettings.refusalsBeforeBan = .max
         self.connectionLimiter = Mutex(PeerLimiter(settings: addressSettings))
@@ -308,7 +274,7 @@ public actor MeshNode: Service {
         guard case .running = self.state, self.membership != nil else { return }
         self.handle(self.membership!.leave(now: self.now))
         let deadline = ContinuousClock.now + .seconds(1)
-        while !self.pendingSends.isEmpty, ContinuousClock.now < deadline {
+        while self.connections.hasPendingSends, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
         try? await Task.sleep(for: .milliseconds(50))
@@ -322,11 +288,10 @@ public actor MeshNode: Service {
         for execution in self.executions.values { execution.cancel() }
         self.wakeAllWaiters()
         // Each peer gets this node's signature over what it sent, then the close; both are in the audit log.
-        let closing = Array(self.connections.values)
-        self.connections.removeAll()
+        let closing = self.connections.removeAll()
         for connection in closing {
             self.signTranscript(of: connection)
-            self.sessionEnded(connection.number, peer: connection.peer.identity.nodeID, reason: "closed here: node is shutting down")
+            self.sessionEnded(connection.number, peer: connection.peer, reason: "closed here: node is shutting down")
         }
         for connection in closing {
             try? await connection.channel.triggerUserOutboundEvent(CloseRequest(.shuttingDown)).get()
@@ -473,30 +438,35 @@ public actor MeshNode: Service {
         }
         let peerID = peer.identity.nodeID
         guard self.admitSession(peer, channel: channel) else { return nil }
-        if case .onDemand(let expected) = origin, expected != peerID {
+        let session = PeerSession(channel: channel, peer: peer, since: Date())
+        let initiator = peer.role == .initiator ? self.identity.nodeID : peerID
+        let number: UInt64
+        let pending: [WireMessage]
+        switch self.connections.register(peer: peerID, handle: session, origin: origin, initiator: initiator, now: self.now) {
+        case .wrongPeer(let expected):
             self.logger.warning("dialled member answered with another identity", metadata: [
                 "expected": "\(expected.short)", "answered": "\(peer.identity.name) \(peerID.short)",
             ])
             channel.close(promise: nil)
             return nil
-        }
-        self.connectionCount += 1
-        let candidate = PeerConnection(
-            number: self.connectionCount, peer: peer, channel: channel, origin: origin, since: Date(),
-            lastActivity: .now)
-        if let existing = self.connections[peerID] {
-            let local = self.identity.nodeID
-            let keepNew = ConnectionArbiter.keepsNewConnection(
-                existingInitiator: existing.initiator(local: local), newInitiator: candidate.initiator(local: local))
-            let loser = keepNew ? existing : candidate
-            if keepNew { self.closedHere[existing.number] = "closed here: duplicate connection" }
-            loser.channel.triggerUserOutboundEvent(CloseRequest(.duplicateConnection), promise: nil)
-            loser.channel.close(promise: nil)
+        case .duplicate:
+            Self.close(channel, .duplicateConnection)
             self.logger.debug("closed duplicate connection", metadata: ["peer": "\(peerID.short)"])
-            guard keepNew else { return nil }
+            return nil
+        case .registered(let registered, let close, let queued):
+            for (handle, cause) in close {
+                switch cause {
+                case .duplicate:
+                    Self.close(handle.channel, .duplicateConnection)
+                    self.logger.debug("closed duplicate connection", metadata: ["peer": "\(peerID.short)"])
+                case .pruned:
+                    Self.close(handle.channel, .pruned)
+                }
+            }
+            (number, pending) = (registered, queued)
         }
-        self.connections[peerID] = candidate
-        self.sessionStarted(candidate)
+        guard let connection = self.connections[peerID] else { return nil }
+        self.sessionStarted(connection)
         self.logger.info("peer authenticated", metadata: [
             "peer": "\(peer.identity.name) \(peerID.short)", "address": "\(peer.listenAddress)",
             "remote": "\(channel.remoteAddress.display)", "direction": "\(origin.isAccepted ? "inbound" : "outbound")",
@@ -505,40 +475,24 @@ public actor MeshNode: Service {
         if self.membership != nil {
             self.handle(self.membership!.connected(to: peerID, address: peer.listenAddress, now: self.now))
         }
-        self.dialing.remove(peerID)
-        for message in self.pendingSends.removeValue(forKey: peerID) ?? [] {
-            self.write(message, to: peerID)
-        }
+        for message in pending { self.write(message, to: connection) }
         self.submitterReconnected(peerID)
-        self.pruneConnections(keeping: peerID)
-        return candidate.number
+        return number
     }
 
-    /// Keeps at most `maximumConnections` sessions: closes the least recently active on-demand or accepted ones.
-    /// Join connections are never pruned here (their loop would only dial again).
-    private func pruneConnections(keeping newest: NodeID) {
-        let excess = self.connections.count - self.settings.maximumConnections
-        guard excess > 0 else { return }
-        let victims = self.connections.values
-            .filter { !$0.origin.isJoin && $0.peer.identity.nodeID != newest }
-            .sorted { $0.lastActivity < $1.lastActivity }
-            .prefix(excess)
-        for victim in victims {
-            self.closedHere[victim.number] = "closed here: pruned to keep at most \(self.settings.maximumConnections) sessions"
-            victim.channel.triggerUserOutboundEvent(CloseRequest(.pruned), promise: nil)
-            victim.channel.close(promise: nil)
-        }
+    /// Closes a session from this side; the close frame says why.
+    static func close(_ channel: any Channel, _ reason: SecureSession.CloseReason) {
+        channel.triggerUserOutboundEvent(CloseRequest(reason), promise: nil)
+        channel.close(promise: nil)
     }
 
     func unregister(_ number: UInt64, peer: NodeID, reason: String) {
-        let reason = self.closedHere.removeValue(forKey: number) ?? reason
+        let (closedHere, wasCurrent) = self.connections.ended(number, peer: peer)
+        let reason = closedHere ?? reason
         self.sessionEnded(number, peer: peer, reason: reason)
-        guard let connection = self.connections[peer], connection.number == number else { return }
-        self.connections[peer] = nil
+        guard wasCurrent else { return }
         self.membership?.disconnected(from: peer)
-        self.logger.info("peer disconnected", metadata: [
-            "peer": "\(connection.peer.identity.name) \(peer.short)", "reason": "\(reason)",
-        ])
+        self.logger.info("peer disconnected", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
     }
 
     private func liveMemberCount() -> Int { (self.membership?.liveCount ?? 1) - 1 }
@@ -573,7 +527,7 @@ public actor MeshNode: Service {
 
     func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {
         guard case .running = self.state, self.membership != nil else { return }
-        self.connections[peer]?.lastActivity = .now
+        self.connections.heard(from: peer, now: self.now)
         self.lastHeardFrom[peer] = Date()
         self.handle(self.membership!.receive(message, from: peer, now: self.now))
     }
@@ -595,37 +549,30 @@ public actor MeshNode: Service {
     func send(_ message: WireMessage, to peer: NodeID, address: String) {
         // A banned peer is cut off both ways until its ban ends.
         guard self.limiter.bannedUntil(peer, now: self.now) == nil else { return }
-        if self.connections[peer] != nil {
-            self.write(message, to: peer)
-        } else {
-            self.queue(message, for: peer, address: address)
+        guard self.connections[peer] != nil || (try? HostAndPort(parsing: address)) != nil else { return }
+        switch self.connections.route(message, to: peer, now: self.now) {
+        case .write:
+            self.write(message, to: self.connections[peer]!)
+        case .dial:
+            if let target = try? HostAndPort(parsing: address) { self.dials.continuation.yield((peer, target)) }
+        case .queued, .dropped:
+            break
         }
     }
 
     /// Both protocols are loss-tolerant (probes repeat, offers time out, results are re-sent until acknowledged):
     /// a session that cannot take more (a slow peer) drops the message rather than queueing without bound.
-    func write(_ message: WireMessage, to peer: NodeID) {
-        guard var connection = self.connections[peer] else { return }
-        guard connection.channel.isWritable else {
-            self.logger.debug("dropped a message to a slow peer", metadata: ["peer": "\(peer.short)", "kind": "\(message.kind)"])
+    func write(_ message: WireMessage, to connection: PeerConnection) {
+        let channel = connection.channel
+        guard channel.isWritable else {
+            self.logger.debug("dropped a message to a slow peer", metadata: [
+                "peer": "\(connection.peer.short)", "kind": "\(message.kind)",
+            ])
             return
         }
-        connection.lastActivity = .now
-        self.connections[peer] = connection
-        connection.channel.writeAndFlush(message, promise: nil)
+        channel.writeAndFlush(message, promise: nil)
         // After the write: a transcript checkpoint this may trigger must follow the message it covers.
         if case .task(let task) = message { self.auditSent(task, bytes: message.encoded(), on: connection) }
-    }
-
-    private func queue(_ message: WireMessage, for peer: NodeID, address: String) {
-        guard let target = try? HostAndPort(parsing: address) else { return }
-        var pending = self.pendingSends[peer, default: []]
-        guard pending.count < Self.maximumPendingSends else { return }
-        pending.append(message)
-        self.pendingSends[peer] = pending
-        if self.dialing.insert(peer).inserted {
-            self.dials.continuation.yield((peer, target))
-        }
     }
 
     private nonisolated func dialOnDemand(_ peer: NodeID, at address: HostAndPort) async {
@@ -641,8 +588,7 @@ public actor MeshNode: Service {
     }
 
     private func dialEnded(_ peer: NodeID) {
-        self.dialing.remove(peer)
-        if self.connections[peer] == nil { self.pendingSends[peer] = nil }
+        self.connections.dialEnded(peer)
     }
 
     private func log(_ event: MembershipEvent) {
@@ -775,6 +721,19 @@ public actor MeshNode: Service {
         default: return .error(404, "no such endpoint: \(request.path)")
         }
     }
+}
+
+/// What the node keeps of a session it registered.
+struct PeerSession {
+    let channel: any Channel
+    let peer: EstablishedPeer
+    let since: Date
+}
+
+extension ConnectionTable.Connection where Handle == PeerSession {
+    var channel: any Channel { self.handle.channel }
+    var established: EstablishedPeer { self.handle.peer }
+    var since: Date { self.handle.since }
 }
 
 /// A client long-polling for a task to end, until its wait runs out.

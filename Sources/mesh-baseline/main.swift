@@ -1,12 +1,8 @@
-// The baselines of scripts/bench, as native clients (compiled, blocking sockets, one thread per connection), so the
-// comparison with AgentMesh is not a comparison with an interpreter:
-//   mesh-baseline nats-responder PORT                  answers requests on subject "echo" with their payload
-//   mesh-baseline nats-bench PORT REQUESTS CONCURRENCY PAYLOAD WARMUP
-//   mesh-baseline redis-worker PORT WORKERS            a task queue: BRPOP "tasks", LPUSH the payload to its reply list
-//   mesh-baseline redis-bench PORT REQUESTS CONCURRENCY PAYLOAD WARMUP
+// The parts of scripts/bench that need an AgentMesh client of their own:
 //   mesh-baseline handshakes HOME PORT SECONDS         full AgentMesh handshakes (Noise XX, identity check, the
 //                                                      node's welcome) against a node on 127.0.0.1, one at a time
-// The bench commands print one JSON document in the shape of `agentmesh bench --json`.
+// It prints one JSON document in the shape of `agentmesh bench --json`. The NATS and Redis anchors are measured with
+// their official clients (scripts/baselines/).
 import Foundation
 import MeshCore
 import MeshTransport
@@ -50,8 +46,6 @@ final class Connection: @unchecked Sendable {
         }
     }
 
-    func send(_ text: String) throws { try self.send(Array(text.utf8)) }
-
     /// An AgentMesh frame: a 2-byte big-endian length, then the bytes.
     func sendFrame(_ bytes: [UInt8]) throws { try self.send([UInt8(bytes.count >> 8), UInt8(bytes.count & 0xff)] + bytes) }
 
@@ -72,17 +66,6 @@ final class Connection: @unchecked Sendable {
     }
 
     /// One line without its CRLF.
-    func line() throws -> String {
-        while true {
-            if let end = self.buffer[self.start...].firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: self.buffer[self.start..<end].dropLast(), as: UTF8.self)
-                self.start = end + 1
-                return line
-            }
-            try self.fill()
-        }
-    }
-
     func bytes(_ count: Int) throws -> [UInt8] {
         while self.buffer.count - self.start < count { try self.fill() }
         defer { self.start += count }
@@ -91,158 +74,6 @@ final class Connection: @unchecked Sendable {
 }
 
 // MARK: - NATS (text protocol: INFO/CONNECT/SUB/PUB/MSG/PING/PONG)
-
-func natsConnect(_ port: Int) throws -> Connection {
-    let connection = try Connection(port: port)
-    _ = try connection.line()  // INFO {...}
-    try connection.send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
-    return connection
-}
-
-/// Reads until the next MSG, answering the server's PINGs; returns (reply subject, payload).
-func natsNextMessage(_ connection: Connection) throws -> (String?, [UInt8]) {
-    while true {
-        let line = try connection.line()
-        if line == "PING" {
-            try connection.send("PONG\r\n")
-            continue
-        }
-        if line == "PONG" || line == "+OK" || line.isEmpty { continue }
-        let words = line.split(separator: " ")
-        guard words.first == "MSG", words.count >= 4, let count = Int(words.last!) else {
-            throw Failure(description: "unexpected from nats-server: \(line)")
-        }
-        let payload = try connection.bytes(count + 2).dropLast(2)
-        return (words.count == 5 ? String(words[3]) : nil, Array(payload))
-    }
-}
-
-/// Subscribes and waits for the server to confirm it (PING/PONG), so no request is lost to a race.
-func natsSubscribe(_ connection: Connection, subject: String) throws {
-    try connection.send("SUB \(subject) 1\r\nPING\r\n")
-    while try connection.line() != "PONG" {}
-}
-
-func natsResponder(port: Int) throws -> Never {
-    let connection = try natsConnect(port)
-    try natsSubscribe(connection, subject: "echo")
-    FileHandle.standardOutput.write(Data("ready\n".utf8))
-    while true {
-        let (reply, payload) = try natsNextMessage(connection)
-        guard let reply else { continue }
-        try connection.send(Array("PUB \(reply) \(payload.count)\r\n".utf8) + payload + [13, 10])
-    }
-}
-
-// MARK: - Redis (RESP: LPUSH / BRPOP)
-
-func resp(_ arguments: [[UInt8]]) -> [UInt8] {
-    var bytes = Array("*\(arguments.count)\r\n".utf8)
-    for argument in arguments { bytes += Array("$\(argument.count)\r\n".utf8) + argument + [13, 10] }
-    return bytes
-}
-
-/// Reads one reply; returns the bulk strings of an array reply (BRPOP) or nothing for an integer (LPUSH).
-func respReply(_ connection: Connection) throws -> [[UInt8]] {
-    let line = try connection.line()
-    switch line.first {
-    case ":": return []
-    case "*":
-        let count = Int(line.dropFirst()) ?? 0
-        return try (0..<max(0, count)).map { _ in
-            let header = try connection.line()
-            guard header.first == "$", let length = Int(header.dropFirst()) else { throw Failure(description: "bad bulk: \(header)") }
-            return Array(try connection.bytes(length + 2).dropLast(2))
-        }
-    default: throw Failure(description: "unexpected from redis-server: \(line)")
-    }
-}
-
-func redisWorkers(port: Int, count: Int) throws -> Never {
-    for _ in 0..<count {
-        let connection = try Connection(port: port)
-        Thread.detachNewThread {
-            do {
-                while true {
-                    try connection.send(resp([Array("BRPOP".utf8), Array("tasks".utf8), Array("0".utf8)]))
-                    let popped = try respReply(connection)
-                    guard popped.count == 2, let bar = popped[1].firstIndex(of: UInt8(ascii: "|")) else { continue }
-                    let replyKey = Array(popped[1][..<bar])
-                    try connection.send(resp([Array("LPUSH".utf8), replyKey, Array(popped[1][(bar + 1)...])]))
-                    _ = try respReply(connection)
-                }
-            } catch {
-                FileHandle.standardError.write(Data("redis worker: \(error)\n".utf8))
-                exit(1)
-            }
-        }
-    }
-    FileHandle.standardOutput.write(Data("ready\n".utf8))
-    while true { sleep(3600) }
-}
-
-// MARK: - Load
-
-/// What the load threads share, behind a lock.
-final class Tally: @unchecked Sendable {
-    private let lock = NSLock()
-    private var issued = 0
-    private(set) var samples: [Duration] = []
-    private(set) var failure: String?
-
-    func claim(limit: Int) -> Bool {
-        self.lock.lock()
-        defer { self.lock.unlock() }
-        guard self.issued < limit, self.failure == nil else { return false }
-        self.issued += 1
-        return true
-    }
-
-    func finish(_ samples: [Duration], failure: String?) {
-        self.lock.lock()
-        defer { self.lock.unlock() }
-        self.samples += samples
-        if self.failure == nil { self.failure = failure }
-    }
-}
-
-/// `concurrency` connections, each with one request in flight, `requests` measured in all after `warmup`.
-func bench(
-    requests: Int, concurrency: Int, warmup: Int, payload: Int, open: () throws -> (@Sendable () throws -> Void)
-) throws {
-    let roundTrips = try (0..<concurrency).map { _ in try open() }
-    for index in 0..<warmup { try roundTrips[index % concurrency]() }
-    let tally = Tally()
-    let group = DispatchGroup()
-    let started = ContinuousClock.now
-    for roundTrip in roundTrips {
-        group.enter()
-        Thread.detachNewThread {
-            var mine: [Duration] = []
-            var failure: String?
-            while tally.claim(limit: requests) {
-                let sent = ContinuousClock.now
-                do { try roundTrip() } catch {
-                    failure = "\(error)"
-                    break
-                }
-                mine.append(ContinuousClock.now - sent)
-            }
-            tally.finish(mine, failure: failure)
-            group.leave()
-        }
-    }
-    group.wait()
-    let elapsed = ContinuousClock.now - started
-    if let failure = tally.failure { throw Failure(description: failure) }
-    let samples = tally.samples
-    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-    let report = ControlLoad.Report(
-        requests: samples.count, failures: 0, concurrency: concurrency, payloadBytes: payload, seconds: seconds,
-        requestsPerSecond: Double(samples.count) / seconds, latencyMicroseconds: ControlLoad.Percentiles(samples),
-        firstFailure: nil)
-    print(String(decoding: try ControlAPI.encoder().encode(report), as: UTF8.self))
-}
 
 // MARK: - AgentMesh handshakes
 
@@ -287,54 +118,14 @@ func handshakes(home: String, port: Int, seconds: Int) throws {
 let arguments = CommandLine.arguments.dropFirst().map { $0 }
 
 func usage() -> Never {
-    FileHandle.standardError.write(Data("usage: see the comment at the top of Sources/mesh-baseline/main.swift\n".utf8))
+    FileHandle.standardError.write(Data("usage: mesh-baseline handshakes HOME PORT SECONDS\n".utf8))
     exit(2)
 }
 
-func number(_ index: Int) -> Int {
-    guard index < arguments.count, let value = Int(arguments[index]) else { usage() }
-    return value
-}
-
+guard arguments.count == 4, arguments[0] == "handshakes", let port = Int(arguments[2]), let seconds = Int(arguments[3])
+else { usage() }
 do {
-    switch arguments.first {
-    case "nats-responder":
-        try natsResponder(port: number(1))
-    case "redis-worker":
-        try redisWorkers(port: number(1), count: number(2))
-    case "handshakes":
-        guard arguments.count == 4 else { usage() }
-        try handshakes(home: arguments[1], port: number(2), seconds: number(3))
-    case "nats-bench":
-        let (port, payload) = (number(1), [UInt8](repeating: UInt8(ascii: "x"), count: number(4)))
-        try bench(requests: number(2), concurrency: number(3), warmup: number(5), payload: payload.count) {
-            let connection = try natsConnect(port)
-            let inbox = "_INBOX.\(UUID().uuidString)"
-            try natsSubscribe(connection, subject: inbox)
-            let request = Array("PUB echo \(inbox) \(payload.count)\r\n".utf8) + payload + [13, 10]
-            return {
-                try connection.send(request)
-                let (_, answer) = try natsNextMessage(connection)
-                guard answer == payload else { throw Failure(description: "wrong answer") }
-            }
-        }
-    case "redis-bench":
-        let (port, payload) = (number(1), [UInt8](repeating: UInt8(ascii: "x"), count: number(4)))
-        try bench(requests: number(2), concurrency: number(3), warmup: number(5), payload: payload.count) {
-            let connection = try Connection(port: port)
-            let replyKey = Array("reply:\(UUID().uuidString)".utf8)
-            let push = resp([Array("LPUSH".utf8), Array("tasks".utf8), replyKey + [UInt8(ascii: "|")] + payload])
-            let pop = resp([Array("BRPOP".utf8), replyKey, Array("0".utf8)])
-            return {
-                try connection.send(push)
-                _ = try respReply(connection)
-                try connection.send(pop)
-                guard try respReply(connection).last == payload else { throw Failure(description: "wrong answer") }
-            }
-        }
-    default:
-        usage()
-    }
+    try handshakes(home: arguments[1], port: port, seconds: seconds)
 } catch {
     FileHandle.standardError.write(Data("mesh-baseline: \(error)\n".utf8))
     exit(1)

@@ -66,7 +66,8 @@ let canMountTmpfs: Bool = {
             let reader = Task {
                 var declined = 0
                 var reason: SecureSession.CloseReason?
-                while let event = try await events.next() {
+                // The node closes with the flood's bytes unread, which the kernel may turn into a reset.
+                while let event = try? await events.next() {
                     switch event {
                     case .message(.task(.decline(_, _, .rateLimited)), _): declined += 1
                     case .closed(let why): reason = why

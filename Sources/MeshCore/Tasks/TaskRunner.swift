@@ -1,6 +1,6 @@
 /// The executing side of the task protocol, as a pure state machine.
 ///
-/// It decides whether to take an offer (capability, capacity, draining, epoch), asks the shell to persist an
+/// It decides whether to take an offer (capability, capacity, storage, epoch), asks the shell to persist an
 /// accepted task *before* the accept goes out and a result before it is sent, keeps every result until the
 /// submitter acknowledges it (re-sending it on a timer and when the submitter reconnects), and stops runs that are
 /// cancelled or pass their deadline. Task ids make it idempotent: a re-offer of a task that already finished is
@@ -59,7 +59,6 @@ public struct TaskRunner: Sendable {
     public let settings: Settings
     /// How many tasks of each capability may run at once.
     public let capacity: [String: Int]
-    public private(set) var isDraining = false
     /// False while the store cannot make accepted tasks durable: new offers are declined.
     public private(set) var isStorageAvailable = true
     private var tasks: [TaskID: AcceptedTask] = [:]
@@ -74,9 +73,6 @@ public struct TaskRunner: Sendable {
     public var load: Int { self.running.values.reduce(0, +) }
 
     public func task(_ id: TaskID) -> AcceptedTask? { self.tasks[id] }
-
-    /// Stop taking new offers (before a planned shutdown); running tasks finish.
-    public mutating func drain() { self.isDraining = true }
 
     public mutating func setStorageAvailable(_ available: Bool) { self.isStorageAvailable = available }
 
@@ -156,10 +152,6 @@ public struct TaskRunner: Sendable {
                 directives.append(.send(.result(offer.id, epoch: offer.epoch, outcome: outcome), to: peer))
                 self.tasks[offer.id]?.lastSent = now
             }
-            return
-        }
-        guard !self.isDraining else {
-            directives.append(.send(.decline(offer.id, epoch: offer.epoch, reason: .draining), to: peer))
             return
         }
         guard self.isStorageAvailable else {
