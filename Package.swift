@@ -42,17 +42,37 @@ let package = Package(
             dependencies: ["MeshCore", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strictSettings
         ),
-        // The NIO shell: listener, dialer, connection manager, control API, node service.
+        // The node's outside contracts for clients: its home folder and the control API's documents and client.
+        .target(name: "MeshControl", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strictSettings),
+        // What a node keeps on disk: the task store and the per-peer audit logs, each behind a group-commit writer.
+        .target(
+            name: "MeshStorage",
+            dependencies: ["MeshCore", "MeshCrypto", "MeshControl", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: strictSettings
+        ),
+        // How a task runs: builtin:echo, exec: (a child process) and http: (a POST).
+        .target(name: "MeshExecutors", dependencies: ["MeshCore"], swiftSettings: strictSettings),
+        // The control API load generator of `agentmesh bench` and scripts/bench.
+        .target(
+            name: "MeshBench",
+            dependencies: [
+                "MeshControl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // The node: listener, dialer, sessions, the driver of the state machines, the control API server.
         .target(
             name: "MeshTransport",
             dependencies: [
-                "MeshWire", "MeshCore", "MeshCrypto",
+                "MeshWire", "MeshCore", "MeshCrypto", "MeshControl", "MeshStorage", "MeshExecutors",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             exclude: ["openapi.yaml"],  // the control API's description, checked by scripts/check-openapi
             swiftSettings: strictSettings
@@ -60,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "agentmesh",
             dependencies: [
-                "MeshTransport", "MeshCore", "MeshCrypto",
+                "MeshTransport", "MeshControl", "MeshStorage", "MeshBench", "MeshCore", "MeshCrypto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -82,8 +102,9 @@ let package = Package(
         .executableTarget(name: "mesh-fuzz", dependencies: ["MeshTestKit"], swiftSettings: strictSettings),
         // The membership simulator at scale (scripts/simulate): 1,000 and 10,000 nodes in one process.
         .executableTarget(name: "mesh-sim", dependencies: ["MeshTestKit", "MeshCore"], swiftSettings: strictSettings),
-        // Native NATS and Redis clients for the baselines of scripts/bench, and its handshake load.
-        .executableTarget(name: "mesh-baseline", dependencies: ["MeshTransport", "MeshCore"], swiftSettings: strictSettings),
+        // The handshake load of scripts/bench (the NATS and Redis anchors use their official clients).
+        .executableTarget(
+            name: "mesh-baseline", dependencies: ["MeshControl", "MeshBench", "MeshCore"], swiftSettings: strictSettings),
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strictSettings),
         .testTarget(
@@ -107,7 +128,7 @@ let package = Package(
         .testTarget(
             name: "MeshTransportTests",
             dependencies: [
-                "MeshTransport", "MeshCore", "MeshCrypto", "MeshWire", "MeshTestKit",
+                "MeshTransport", "MeshControl", "MeshStorage", "MeshExecutors", "MeshCore", "MeshCrypto", "MeshWire", "MeshTestKit",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
@@ -116,7 +137,7 @@ let package = Package(
         .testTarget(
             name: "MeshIntegrationTests",
             dependencies: [
-                "MeshTransport", "MeshCore", "MeshCrypto", "MeshWire", "MeshTestKit",
+                "MeshTransport", "MeshControl", "MeshStorage", "MeshCore", "MeshCrypto", "MeshWire", "MeshTestKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -125,7 +146,7 @@ let package = Package(
         .testTarget(
             name: "agentmeshTests",
             dependencies: [
-                "agentmesh", "MeshCore", "MeshTransport", "MeshTestKit",
+                "agentmesh", "MeshCore", "MeshTransport", "MeshControl", "MeshStorage", "MeshBench", "MeshTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

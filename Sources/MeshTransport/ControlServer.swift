@@ -4,6 +4,7 @@ import MeshCore
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import MeshControl
 
 /// Serves the control API: HTTP/1.1 with JSON bodies, on `DIR/control.sock` (a Unix socket of mode 0600, so only
 /// the node's own user can drive it) and, with `run --http`, on a TCP address where every request must carry the

@@ -5,6 +5,8 @@ import MeshCrypto
 import MeshWire
 import NIOCore
 import Synchronization
+import MeshStorage
+import MeshControl
 
 /// What the audit follows in one authenticated session.
 struct SessionAudit: Sendable {

@@ -3,6 +3,9 @@ import Logging
 import MeshCore
 import MeshWire
 import NIOCore
+import MeshExecutors
+import MeshStorage
+import MeshControl
 
 /// The node's part in the task protocol: it drives ``TaskSubmitter`` for tasks clients submit here and
 /// ``TaskRunner`` for tasks peers offer, delivers offers to itself without the network, runs executors, and serves

@@ -7,6 +7,8 @@ import NIOCore
 import NIOPosix
 public import ServiceLifecycle
 import Synchronization
+import MeshStorage
+public import MeshControl
 
 /// One AgentMesh node: accepts and dials authenticated connections, keeps one session per peer, re-dials its join
 /// addresses with back-off, and serves the control API. Call ``bind()`` first (it fails fast, for example when the

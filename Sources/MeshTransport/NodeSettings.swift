@@ -1,4 +1,5 @@
 public import MeshCore
+public import MeshStorage
 
 /// Everything `agentmesh run` can tune. Defaults suit a LAN; ``localTesting(listen:)`` shortens the timers for
 /// tests on loopback.
@@ -60,16 +61,7 @@ public struct NodeSettings: Sendable {
 
     public init(listen: HostAndPort) { self.listen = listen }
 
-    /// What "stored" means before the node acknowledges a task, accepts an offer or acts on a result.
-    public enum Durability: String, Sendable, CaseIterable {
-        /// On the disk (fsync): survives a power loss. The default.
-        case fsync
-        /// Written to the kernel: survives `kill -9` of the node, not a power loss or a kernel crash. The disk is
-        /// synced in the background at least every ``Durability/backgroundSyncInterval``.
-        case process
-
-        public static let backgroundSyncInterval: Duration = .milliseconds(100)
-    }
+    public typealias Durability = MeshStorage.Durability
 
     /// Fast timers for loopback tests.
     public static func localTesting(listen: HostAndPort = HostAndPort(host: "127.0.0.1", port: 0)) -> NodeSettings {

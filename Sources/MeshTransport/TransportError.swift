@@ -33,9 +33,3 @@ public enum TransportError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-extension Duration {
-    var seconds: Double {
-        let (seconds, attoseconds) = self.components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-}

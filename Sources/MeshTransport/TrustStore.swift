@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshCore
 import Synchronization
+import MeshControl
 
 /// The node's current ``TrustPolicy``, re-read from `peers/` when the folder changes, so `agentmesh trust` takes
 /// effect on a running node without a restart.

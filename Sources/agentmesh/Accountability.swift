@@ -2,7 +2,8 @@ import ArgumentParser
 import Foundation
 import MeshCore
 import MeshCrypto
-import MeshTransport
+import MeshStorage
+import MeshControl
 
 struct Limits: ParsableCommand {
     static let configuration = CommandConfiguration(

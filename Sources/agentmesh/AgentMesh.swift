@@ -1,5 +1,5 @@
 import ArgumentParser
-import MeshTransport
+import MeshControl
 
 @main
 struct AgentMesh: AsyncParsableCommand {

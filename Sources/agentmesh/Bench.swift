@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import MeshTransport
+import MeshBench
+import MeshControl
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

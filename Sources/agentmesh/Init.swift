@@ -1,7 +1,7 @@
 import Foundation
 import ArgumentParser
 import MeshCore
-import MeshTransport
+import MeshControl
 
 struct Init: ParsableCommand {
     static let configuration = CommandConfiguration(

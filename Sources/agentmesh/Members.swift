@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import MeshTransport
+import MeshControl
 
 struct Members: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show the mesh as this node sees it.")

@@ -1,5 +1,5 @@
 import Foundation
-import MeshTransport
+import MeshControl
 
 /// Errors the CLI reports as one sentence on stderr with a non-zero exit.
 struct CLIError: Error, CustomStringConvertible {

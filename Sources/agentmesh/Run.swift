@@ -2,9 +2,11 @@ import ArgumentParser
 import Foundation
 import Logging
 import MeshCore
-import MeshTransport
 import ServiceLifecycle
 import UnixSignals
+import MeshTransport
+import MeshControl
+import MeshStorage
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

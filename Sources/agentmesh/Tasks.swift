@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import MeshTransport
+import MeshControl
 
 struct Submit: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -5,7 +5,8 @@
 // their official clients (scripts/baselines/).
 import Foundation
 import MeshCore
-import MeshTransport
+import MeshBench
+import MeshControl
 
 #if canImport(Glibc)
 import Glibc

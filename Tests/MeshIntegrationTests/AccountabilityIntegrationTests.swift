@@ -7,6 +7,8 @@ import NIOCore
 import Testing
 
 @testable import MeshTransport
+@testable import MeshStorage
+import MeshControl
 
 #if canImport(Glibc)
 import Glibc

@@ -4,6 +4,7 @@ import MeshCrypto
 import MeshTestKit
 import MeshTransport
 import Testing
+import MeshControl
 
 /// Real nodes on loopback: who gets in, who is refused and why, and that nothing a stranger does blocks a peer.
 @Suite(.serialized) struct ConnectionTests {

@@ -14,6 +14,7 @@ import Synchronization
 
 #if canImport(Glibc)
 import Glibc
+@testable import MeshControl
 #endif
 
 /// A folder of node homes for one test, removed at the end. Paths stay short: Unix socket paths are limited.

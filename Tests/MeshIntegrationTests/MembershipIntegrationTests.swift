@@ -8,6 +8,7 @@ import NIOPosix
 import Testing
 
 @testable import MeshTransport
+import MeshControl
 
 /// Gossip membership between real nodes on loopback.
 @Suite(.serialized) struct MembershipIntegrationTests {

@@ -7,6 +7,7 @@ import MeshTestKit
 import Testing
 
 @testable import MeshTransport
+@testable import MeshControl
 
 /// Tasks submitted to one node run on another, through the control API, with real executors.
 @Suite(.serialized) struct TaskIntegrationTests {

@@ -5,6 +5,7 @@ import Synchronization
 import Testing
 
 @testable import MeshTransport
+@testable import MeshStorage
 
 /// The audit log on disk: group commit, reopening, torn tails, damage at start-up.
 @Suite struct AuditLogTests {

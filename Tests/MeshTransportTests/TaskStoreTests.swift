@@ -5,6 +5,7 @@ import MeshTestKit
 import Testing
 
 @testable import MeshTransport
+@testable import MeshStorage
 
 @Suite struct TaskStoreTests {
     static let timeBase = TaskStore.TimeBase(origin: Date(timeIntervalSince1970: 1_800_000_000))

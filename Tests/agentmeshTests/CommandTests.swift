@@ -7,6 +7,7 @@ import MeshTransport
 import Testing
 
 @testable import agentmesh
+import MeshControl
 
 @Suite struct CommandParsingTests {
     @Test func runParsesListenJoinsAndFlags() throws {

@@ -2,6 +2,7 @@ import Foundation
 import MeshTestKit
 import MeshTransport
 import Testing
+import MeshControl
 
 /// Real `agentmesh run` processes: what a user sees when a machine dies and comes back.
 @Suite(.serialized) struct MeshProcessTests {

@@ -1,13 +1,13 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+package import Glibc
 #endif
 
 /// Durable file writes: temp file, fsync, rename, fsync of the directory, so a crash leaves either the old file or
 /// the new one, never a torn one (SECURITY.md, crash safety).
-enum FileSystem {
-    static func writeAtomically(_ bytes: [UInt8], to path: String, mode: mode_t) throws(HomeError) {
+package enum FileSystem {
+    package static func writeAtomically(_ bytes: [UInt8], to path: String, mode: mode_t) throws(HomeError) {
         let directory = (path as NSString).deletingLastPathComponent
         let temporary = directory + "/." + (path as NSString).lastPathComponent + ".tmp-\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
@@ -44,7 +44,7 @@ enum FileSystem {
         }
     }
 
-    static func createDirectory(_ path: String, mode: mode_t) throws(HomeError) {
+    package static func createDirectory(_ path: String, mode: mode_t) throws(HomeError) {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
             guard isDirectory.boolValue else { throw .writeFailed(path, "it exists and is not a directory") }
@@ -58,7 +58,7 @@ enum FileSystem {
         }
     }
 
-    static func readBytes(_ path: String, limit: Int = 1 << 20) throws(HomeError) -> [UInt8] {
+    package static func readBytes(_ path: String, limit: Int = 1 << 20) throws(HomeError) -> [UInt8] {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw .unreadable(path, FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")
         }
@@ -74,9 +74,9 @@ enum FileSystem {
         }
     }
 
-    static func readText(_ path: String) throws(HomeError) -> String {
+    package static func readText(_ path: String) throws(HomeError) -> String {
         String(decoding: try readBytes(path), as: UTF8.self)
     }
 
-    static func lastError() -> String { String(cString: strerror(errno)) }
+    package static func lastError() -> String { String(cString: strerror(errno)) }
 }

@@ -1,6 +1,6 @@
 import Dispatch
 import Foundation
-import MeshCore
+package import MeshCore
 
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -9,11 +9,11 @@ import FoundationNetworking
 /// Runs one task with the executor its capability names. Every way an executor can go wrong (a command that does
 /// not exist, a non-zero exit, a service that is down or answers garbage, a deadline) becomes a `.failure` with a
 /// sentence a user can act on; cancellation stops the process or the request.
-enum TaskExecution {
+package enum TaskExecution {
     /// How much of stderr a failure carries.
     static let stderrTailLength = 2048
 
-    static func run(_ executor: CapabilitySpec.Executor, input: [UInt8], timeout: Duration) async -> TaskOutcome {
+    package static func run(_ executor: CapabilitySpec.Executor, input: [UInt8], timeout: Duration) async -> TaskOutcome {
         guard timeout > .zero else { return .failure("deadline passed before the task started") }
         switch executor {
         case .builtinEcho:

@@ -35,7 +35,7 @@ public struct ControlClient: Sendable {
     }
 
     /// True when a live node accepts connections on the socket.
-    func isAnswering() -> Bool {
+    package func isAnswering() -> Bool {
         guard let fd = try? self.connect() else { return false }
         close(fd)
         return true

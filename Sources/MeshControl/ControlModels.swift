@@ -1,5 +1,5 @@
 public import Foundation
-import MeshCore
+package import MeshCore
 
 /// JSON documents of the control API. `agentmesh` decodes the same types it serves, so client and server cannot
 /// drift apart.
@@ -13,6 +13,16 @@ public enum ControlAPI {
         public let startedAt: Date
         /// What the audit log has cost since the node started.
         public let audit: AuditCost?
+
+        package init(id: String, name: String, listen: String, identityLine: String, open: Bool, startedAt: Date, audit: AuditCost?) {
+            self.id = id
+            self.name = name
+            self.listen = listen
+            self.identityLine = identityLine
+            self.open = open
+            self.startedAt = startedAt
+            self.audit = audit
+        }
     }
 
     public struct AuditCost: Codable, Sendable, Equatable {
@@ -21,13 +31,20 @@ public enum ControlAPI {
         public let syncs: UInt64
         /// Seconds the audit writer thread was busy (building, hashing, signing, writing, syncing records).
         public let writerBusySeconds: Double
+
+        package init(records: UInt64, bytes: UInt64, syncs: UInt64, writerBusySeconds: Double) {
+            self.records = records
+            self.bytes = bytes
+            self.syncs = syncs
+            self.writerBusySeconds = writerBusySeconds
+        }
     }
 
     public struct CapabilityInfo: Codable, Sendable, Equatable {
         public let name: String
         public let capacity: Int
 
-        init(_ capability: Capability) {
+        package init(_ capability: Capability) {
             self.name = capability.name
             self.capacity = Int(capability.capacity)
         }
@@ -56,10 +73,30 @@ public enum ControlAPI {
         public let trust: String
         /// Since when the session has been open.
         public let since: Date?
+
+        package init(id: String, name: String, address: String, status: String, incarnation: UInt64, capabilities: [CapabilityInfo], load: UInt32, lastHeard: Date, accuser: String?, remoteAddress: String?, connection: String, trust: String, since: Date?) {
+            self.id = id
+            self.name = name
+            self.address = address
+            self.status = status
+            self.incarnation = incarnation
+            self.capabilities = capabilities
+            self.load = load
+            self.lastHeard = lastHeard
+            self.accuser = accuser
+            self.remoteAddress = remoteAddress
+            self.connection = connection
+            self.trust = trust
+            self.since = since
+        }
     }
 
     public struct Members: Codable, Sendable, Equatable {
         public let members: [Member]
+
+        package init(members: [Member]) {
+            self.members = members
+        }
     }
 
     /// One limited class of one peer: its budget and what the peer did with it.
@@ -72,6 +109,14 @@ public enum ControlAPI {
         public let accepted: UInt64
         /// Declined (offers) or dropped (everything else).
         public let refused: UInt64
+
+        package init(limitClass: String, rate: String, tokensLeft: Double, accepted: UInt64, refused: UInt64) {
+            self.limitClass = limitClass
+            self.rate = rate
+            self.tokensLeft = tokensLeft
+            self.accepted = accepted
+            self.refused = refused
+        }
     }
 
     public struct PeerLimits: Codable, Sendable, Equatable {
@@ -83,12 +128,26 @@ public enum ControlAPI {
         /// How many times the peer has been banned since this node started.
         public let bans: Int
         public let classes: [LimitUsage]
+
+        package init(id: String, name: String, connected: Bool, bannedUntil: Date?, bans: Int, classes: [LimitUsage]) {
+            self.id = id
+            self.name = name
+            self.connected = connected
+            self.bannedUntil = bannedUntil
+            self.bans = bans
+            self.classes = classes
+        }
     }
 
     public struct Limits: Codable, Sendable, Equatable {
         /// Node-wide rates by class (`run --limit`, `config.toml`), before per-peer overrides.
         public let defaults: [String: String]
         public let peers: [PeerLimits]
+
+        package init(defaults: [String: String], peers: [PeerLimits]) {
+            self.defaults = defaults
+            self.peers = peers
+        }
     }
 
     /// Any JSON value, carried through Codable documents unchanged (task inputs and results).
@@ -165,6 +224,16 @@ public enum ControlAPI {
         public let acceptedAt: Date?
         public let endedAt: Date?
         public let outcome: String?
+
+        package init(epoch: Int, peer: String, peerName: String, offeredAt: Date, acceptedAt: Date?, endedAt: Date?, outcome: String?) {
+            self.epoch = epoch
+            self.peer = peer
+            self.peerName = peerName
+            self.offeredAt = offeredAt
+            self.acceptedAt = acceptedAt
+            self.endedAt = endedAt
+            self.outcome = outcome
+        }
     }
 
     public struct TaskInfo: Codable, Sendable, Equatable {
@@ -177,10 +246,26 @@ public enum ControlAPI {
         public let executedBy: String?
         public let result: JSONValue?
         public let error: String?
+
+        package init(id: String, capability: String, state: String, submittedAt: Date, deadline: Date, attempts: [AttemptInfo], executedBy: String?, result: JSONValue?, error: String?) {
+            self.id = id
+            self.capability = capability
+            self.state = state
+            self.submittedAt = submittedAt
+            self.deadline = deadline
+            self.attempts = attempts
+            self.executedBy = executedBy
+            self.result = result
+            self.error = error
+        }
     }
 
     public struct TaskList: Codable, Sendable, Equatable {
         public let tasks: [TaskInfo]
+
+        package init(tasks: [TaskInfo]) {
+            self.tasks = tasks
+        }
     }
 
     public struct ErrorBody: Codable, Sendable {
@@ -211,6 +296,13 @@ public struct ControlRequest: Sendable {
     public let path: String
     public let query: [String: String]
     public let body: [UInt8]
+
+    package init(method: String, path: String, query: [String: String], body: [UInt8]) {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.body = body
+    }
 }
 
 public struct ControlResponse: Sendable {
@@ -231,5 +323,10 @@ public struct ControlResponse: Sendable {
     public static func error(_ status: Int, _ message: String) -> ControlResponse {
         let body = (try? Self.encoder.encode(ControlAPI.ErrorBody(error: message))) ?? Data()
         return ControlResponse(status: status, body: Array(body) + [0x0a])
+    }
+
+    package init(status: Int, body: [UInt8]) {
+        self.status = status
+        self.body = body
     }
 }

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 public import MeshCore
 public import MeshCrypto
 
@@ -186,7 +186,7 @@ public struct NodeHome: Sendable {
     }
 
     /// The modification time of `peers/`, so a running node can notice `agentmesh trust` without polling files.
-    func peersDirectoryStamp() -> Date? {
+    package func peersDirectoryStamp() -> Date? {
         (try? FileManager.default.attributesOfItem(atPath: self.peersDirectory))?[.modificationDate] as? Date
     }
 

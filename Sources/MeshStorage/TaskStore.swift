@@ -1,7 +1,6 @@
-import Foundation
+package import Foundation
 import GRDB
-import Logging
-import MeshCore
+package import MeshCore
 import Synchronization
 
 /// The node's durable task state in `DIR/node.sqlite`: the tasks clients submitted here and the tasks this node
@@ -12,8 +11,8 @@ import Synchronization
 /// tasks costs one sync per batch, not per task. The node releases whatever depended on a change (an accept, an
 /// answer to a client) only once ``committedThrough`` has passed its sequence number. A failed commit (a full disk)
 /// keeps its changes queued and is retried; nothing is dropped.
-final class TaskStore: Sendable {
-    enum Change: Sendable {
+package final class TaskStore: Sendable {
+    package enum Change: Sendable {
         case submitted(TaskSubmitter.SubmittedTask)
         case accepted(TaskRunner.AcceptedTask)
         case forgetSubmitted(TaskID)
@@ -29,12 +28,12 @@ final class TaskStore: Sendable {
         }
     }
 
-    struct StoreError: Error, CustomStringConvertible {
-        let description: String
+    package struct StoreError: Error, CustomStringConvertible {
+        package let description: String
     }
 
     /// Commit progress, reported on the writer thread after every commit attempt.
-    enum Progress: Sendable {
+    package enum Progress: Sendable {
         case committed(through: UInt64)
         case failed(StoreError)
     }
@@ -55,27 +54,28 @@ final class TaskStore: Sendable {
         var isSyncScheduled = false
     }
 
-    let path: String
+    package let path: String
     private let database: DatabaseQueue
     private let timeBase: TimeBase
     private let writer = DispatchQueue(label: "agentmesh.task-store")
     private let queue = Mutex(Queue())
     private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
     private let retryDelay: Duration
-    private let durability: NodeSettings.Durability
+    private let durability: Durability
 
     /// Core time (a duration since the node started) to and from wall-clock seconds, which outlive the process.
-    struct TimeBase: Sendable {
-        let origin: Date
-        func wall(_ time: Duration) -> Double { self.origin.timeIntervalSince1970 + time.seconds }
-        func core(_ wall: Double) -> Duration { .milliseconds(Int64(((wall - self.origin.timeIntervalSince1970) * 1000).rounded())) }
+    package struct TimeBase: Sendable {
+        package let origin: Date
+        package init(origin: Date) { self.origin = origin }
+        package func wall(_ time: Duration) -> Double { self.origin.timeIntervalSince1970 + time.seconds }
+        package func core(_ wall: Double) -> Duration { .milliseconds(Int64(((wall - self.origin.timeIntervalSince1970) * 1000).rounded())) }
     }
 
     /// Opens (creating if needed) the store. `maximumPages` caps the database size, for testing a full disk. With
     /// `.process` durability a commit is done once SQLite has written it to the kernel (`synchronous = NORMAL`: the
     /// WAL is not synced per commit) and a checkpoint, which syncs the WAL, runs in the background.
-    init(
-        path: String, timeBase: TimeBase, durability: NodeSettings.Durability = .fsync, retryDelay: Duration = .seconds(1),
+    package init(
+        path: String, timeBase: TimeBase, durability: Durability = .fsync, retryDelay: Duration = .seconds(1),
         maximumPages: Int? = nil
     ) throws(StoreError) {
         self.path = path
@@ -133,7 +133,7 @@ final class TaskStore: Sendable {
     }
 
     /// Called on the writer thread after each commit attempt.
-    func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
+    package func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
         self.progressHandler.withLock { $0 = ProgressHandler(handler) }
     }
 
@@ -141,7 +141,7 @@ final class TaskStore: Sendable {
 
     /// Everything stored, for ``TaskSubmitter/restore(_:now:)`` and ``TaskRunner/restore(_:now:)``. A row that
     /// cannot be read is an error naming it: the node refuses to start on a store it would silently misread.
-    func load() throws(StoreError) -> (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask]) {
+    package func load() throws(StoreError) -> (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask]) {
         do {
             return try self.database.read { db in
                 let submitted = try Row.fetchAll(db, sql: "SELECT * FROM submitted_task ORDER BY submitted_at")
@@ -205,7 +205,7 @@ final class TaskStore: Sendable {
 
     /// Queues changes for the next commit; returns the sequence number to wait for with ``committedThrough``.
     @discardableResult
-    func enqueue(_ changes: [Change]) -> UInt64 {
+    package func enqueue(_ changes: [Change]) -> UInt64 {
         guard !changes.isEmpty else { return self.queue.withLock { $0.lastQueued } }
         let (sequence, startWriter) = self.queue.withLock { queue -> (UInt64, Bool) in
             for change in changes {
@@ -221,7 +221,7 @@ final class TaskStore: Sendable {
     }
 
     /// The sequence number of the newest queued change (committed or not).
-    var lastQueued: UInt64 { self.queue.withLock { $0.lastQueued } }
+    package var lastQueued: UInt64 { self.queue.withLock { $0.lastQueued } }
 
     /// Commits batches until nothing is queued. Runs on the writer thread only.
     private func drain() {
@@ -277,7 +277,7 @@ final class TaskStore: Sendable {
             return true
         }
         guard schedule else { return }
-        self.writer.asyncAfter(deadline: .now() + NodeSettings.Durability.backgroundSyncInterval.seconds) {
+        self.writer.asyncAfter(deadline: .now() + Durability.backgroundSyncInterval.seconds) {
             self.queue.withLock { $0.isSyncScheduled = false }
             // A failure (a full disk) is reported by the next commit; the sync is tried again after it.
             _ = try? self.database.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(PASSIVE)") }

@@ -1,7 +1,7 @@
-import Foundation
-import Logging
+package import Foundation
 public import MeshCore
-import MeshCrypto
+import MeshControl
+package import MeshCrypto
 import Synchronization
 
 #if canImport(Glibc)
@@ -16,36 +16,36 @@ import Glibc
 /// queue behind it, and signs a checkpoint every ``checkpointEvery`` records or when asked (every few seconds). An
 /// entry is acknowledged once ``Progress/committed(through:)`` passes its sequence number. A failed append (a full
 /// disk) cuts the file back to its last durable length, keeps the entries queued and retries; nothing is dropped.
-final class AuditLog: Sendable {
-    struct AuditError: Error, CustomStringConvertible {
-        let description: String
+package final class AuditLog: Sendable {
+    package struct AuditError: Error, CustomStringConvertible {
+        package let description: String
     }
 
-    enum Progress: Sendable {
+    package enum Progress: Sendable {
         case committed(through: UInt64)
         case failed(AuditError)
     }
 
     /// What opening the logs found and did, for the node's log.
-    struct Recovery: Sendable {
-        var logs = 0
-        var records: UInt64 = 0
+    package struct Recovery: Sendable {
+        package var logs = 0
+        package var records: UInt64 = 0
         /// Incomplete records cut off the end of a file: (file, bytes).
-        var truncatedTails: [(file: String, bytes: Int)] = []
+        package var truncatedTails: [(file: String, bytes: Int)] = []
         /// Broken logs moved aside because the node was told to start anyway: (file, new name, why).
-        var setAside: [(file: String, movedTo: String, why: String)] = []
+        package var setAside: [(file: String, movedTo: String, why: String)] = []
     }
 
-    static let checkpointEvery = 256
+    package static let checkpointEvery = 256
 
     /// What appending has cost so far, for measuring the audit's share of a task (`GET /v1/node`).
-    struct Statistics: Sendable {
-        var records: UInt64 = 0
-        var bytes: UInt64 = 0
+    package struct Statistics: Sendable {
+        package var records: UInt64 = 0
+        package var bytes: UInt64 = 0
         /// `fdatasync` calls (one per file per batch).
-        var syncs: UInt64 = 0
+        package var syncs: UInt64 = 0
         /// Time the writer thread spent building, hashing, signing, writing and syncing.
-        var busy: Duration = .zero
+        package var busy: Duration = .zero
     }
 
     private struct Pending: Sendable {
@@ -70,7 +70,7 @@ final class AuditLog: Sendable {
         var durableLength: Int
     }
 
-    let directory: String
+    package let directory: String
     private let signingKey: Ed25519SigningKey
     private let writer = DispatchQueue(label: "agentmesh.audit")
     private let queue = Mutex(Queue())
@@ -79,16 +79,16 @@ final class AuditLog: Sendable {
     private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
     private let retryDelay: Duration
     private let counters = Mutex(Statistics())
-    private let durability: NodeSettings.Durability
+    private let durability: Durability
 
-    var statistics: Statistics { self.counters.withLock { $0 } }
+    package var statistics: Statistics { self.counters.withLock { $0 } }
 
     /// Opens every log in `directory` (creating it if needed), verifying each one. An incomplete record at the end of
     /// a file is cut off and reported; any other damage stops the node with the file and the record's index, unless
     /// `setAsideBroken` is true, in which case the broken file is renamed and a new log started.
-    init(
+    package init(
         directory: String, identity: NodeIdentity, setAsideBroken: Bool = false,
-        durability: NodeSettings.Durability = .fsync, retryDelay: Duration = .seconds(1)
+        durability: Durability = .fsync, retryDelay: Duration = .seconds(1)
     ) throws(AuditError) {
         self.directory = directory
         self.durability = durability
@@ -144,22 +144,22 @@ final class AuditLog: Sendable {
         for (peer, entry) in tailRecords { self.append(entry, peer: peer) }
     }
 
-    let recovery: Recovery
+    package let recovery: Recovery
 
     deinit {
         self.logs.withLock { logs in for log in logs.values { close(log.descriptor) } }
     }
 
     /// Called on the writer thread after every append attempt.
-    func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
+    package func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
         self.progressHandler.withLock { $0 = ProgressHandler(handler) }
     }
 
-    var lastQueued: UInt64 { self.queue.withLock { $0.lastQueued } }
+    package var lastQueued: UInt64 { self.queue.withLock { $0.lastQueued } }
 
     /// Queues one entry for `peer`'s log; returns its sequence number.
     @discardableResult
-    func append(_ entry: AuditEntry, peer: PeerIdentity) -> UInt64 {
+    package func append(_ entry: AuditEntry, peer: PeerIdentity) -> UInt64 {
         let (sequence, start) = self.queue.withLock { queue -> (UInt64, Bool) in
             queue.lastQueued += 1
             queue.pending.append(Pending(peer: peer, entry: entry, sequence: queue.lastQueued))
@@ -171,7 +171,7 @@ final class AuditLog: Sendable {
 
     /// Signs a checkpoint in every log with records not yet covered by one. The request takes a sequence number
     /// like an entry, so waiting for ``lastQueued`` waits for the checkpoints too.
-    func requestCheckpoints() {
+    package func requestCheckpoints() {
         let start = self.queue.withLock { queue -> Bool in
             queue.lastQueued += 1
             queue.checkpointRequested = true
@@ -311,7 +311,7 @@ final class AuditLog: Sendable {
             return isFirst
         }
         guard schedule else { return }
-        self.writer.asyncAfter(deadline: .now() + NodeSettings.Durability.backgroundSyncInterval.seconds) {
+        self.writer.asyncAfter(deadline: .now() + Durability.backgroundSyncInterval.seconds) {
             let ids = self.queue.withLock { queue -> Set<NodeID> in
                 defer { queue.unsynced = [] }
                 return queue.unsynced
@@ -355,17 +355,17 @@ final class AuditLog: Sendable {
         self.progressHandler.withLock { $0 }?.call(progress)
     }
 
-    func path(for peer: NodeID) -> String { self.directory + "/\(peer).log" }
+    package func path(for peer: NodeID) -> String { self.directory + "/\(peer).log" }
 
-    static func wallClockMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+    package static func wallClockMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
 
     // MARK: - Reading (also used offline by `agentmesh audit`)
 
-    static func logFiles(in directory: String) -> [String] {
+    package static func logFiles(in directory: String) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
     }
 
-    static func readFile(_ path: String) throws(AuditError) -> [UInt8] {
+    package static func readFile(_ path: String) throws(AuditError) -> [UInt8] {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw AuditError(description: "cannot read \(path): \(FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")")
         }

@@ -1,0 +1,10 @@
+/// What "stored" means before the node acknowledges a task, accepts an offer or acts on a result.
+public enum Durability: String, Sendable, CaseIterable {
+    /// On the disk (fsync): survives a power loss. The default.
+    case fsync
+    /// Written to the kernel: survives `kill -9` of the node, not a power loss or a kernel crash. The disk is
+    /// synced in the background at least every ``Durability/backgroundSyncInterval``.
+    case process
+
+    public static let backgroundSyncInterval: Duration = .milliseconds(100)
+}
