@@ -1,5 +1,6 @@
 package import Foundation
 import GRDB
+import MeshControl
 package import MeshCore
 import Synchronization
 
@@ -288,7 +289,7 @@ package final class TaskStore: Sendable {
         switch change {
         case .submitted(let task):
             let (kind, outcome) = Self.columns(task.outcome)
-            let attempts = try JSONEncoder().encode(task.attempts.map { StoredAttempt($0, self.timeBase) })
+            let attempts = StoredAttempt.json(task.attempts.map { StoredAttempt($0, self.timeBase) })
             try db.cachedStatement(sql: """
                 INSERT OR REPLACE INTO submitted_task
                 (id, capability, input, submitted_at, deadline, max_attempts, state, attempts, outcome_kind, outcome,
@@ -330,7 +331,7 @@ package final class TaskStore: Sendable {
 }
 
 /// One attempt as JSON in the `attempts` column.
-private struct StoredAttempt: Codable {
+private struct StoredAttempt: Decodable {
     var epoch: UInt32
     var peer: String
     var offeredAt: Double
@@ -355,6 +356,40 @@ private struct StoredAttempt: Codable {
         case .canceled?: self.outcome = "canceled"
         case .superseded?: self.outcome = "superseded"
         }
+    }
+
+    /// The `attempts` column, written by hand: this runs for every change of every task (see `JSONWriter`).
+    static func json(_ attempts: [StoredAttempt]) -> [UInt8] {
+        var json = JSONWriter(capacity: 160 * attempts.count + 2)
+        json.beginArray()
+        for attempt in attempts {
+            json.beginObject()
+            json.key("epoch")
+            json.int(Int(attempt.epoch))
+            json.key("peer")
+            json.string(attempt.peer)
+            json.key("offeredAt")
+            json.double(attempt.offeredAt)
+            if let acceptedAt = attempt.acceptedAt {
+                json.key("acceptedAt")
+                json.double(acceptedAt)
+            }
+            if let endedAt = attempt.endedAt {
+                json.key("endedAt")
+                json.double(endedAt)
+            }
+            if let outcome = attempt.outcome {
+                json.key("outcome")
+                json.string(outcome)
+            }
+            if let detail = attempt.detail {
+                json.key("detail")
+                json.string(detail)
+            }
+            json.endObject()
+        }
+        json.endArray()
+        return json.bytes
     }
 
     func attempt(_ time: TaskStore.TimeBase, task: String) throws -> TaskSubmitter.Attempt {

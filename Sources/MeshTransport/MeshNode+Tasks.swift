@@ -333,7 +333,7 @@ extension MeshNode {
                 return .error(400, "unknown state '\(state)': use one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             let tasks = (self.submitter?.allTasks ?? []).filter { state == nil || $0.state.rawValue == state }
-            return .json(ControlAPI.TaskList(tasks: tasks.map(self.taskInfo)))
+            return self.taskDocuments.list(tasks)
         case ("GET", 3):
             guard let id = TaskID(hex: parts[2]) else { return .error(400, "'\(parts[2])' is not a task id") }
             guard self.submitter?.task(id) != nil else { return .error(404, "no task \(parts[2]) on this node") }
@@ -344,13 +344,13 @@ extension MeshNode {
                 await self.waitForTask(id, timeout: .milliseconds(Int64(seconds * 1000)))
             }
             guard let task = self.submitter?.task(id) else { return .error(404, "no task \(parts[2]) on this node") }
-            return .json(self.taskInfo(task))
+            return self.taskDocuments.task(task)
         case ("POST", 4) where parts[3] == "cancel":
             guard let id = TaskID(hex: parts[2]), self.submitter?.task(id) != nil else {
                 return .error(404, "no task \(parts[2]) on this node")
             }
             self.runSubmitter { $0.cancel(id, now: self.now) }
-            return .json(self.taskInfo(self.submitter!.task(id)!))
+            return self.taskDocuments.task(self.submitter!.task(id)!)
         default:
             return .error(404, "no such endpoint: \(request.method) \(request.path)")
         }
@@ -401,44 +401,12 @@ extension MeshNode {
         if let wait { await self.waitForTask(id, timeout: wait) }
         guard let task = self.submitter?.task(id) else { return .error(500, "the task was not recorded") }
         // Without `wait` the answer is "accepted" (202) even when a fast executor has already finished the task.
-        return .json(self.taskInfo(task), status: wait != nil && task.state.isTerminal ? 200 : 202)
+        return self.taskDocuments.task(task, status: wait != nil && task.state.isTerminal ? 200 : 202)
     }
 
-    private func taskInfo(_ task: TaskSubmitter.SubmittedTask) -> ControlAPI.TaskInfo {
-        func date(_ time: Duration?) -> Date? { time.map { self.wallClockDate(for: $0) } }
-        func name(_ id: NodeID) -> String {
+    private var taskDocuments: TaskDocuments {
+        TaskDocuments(date: self.wallClockDate(for:)) { id in
             id == self.identity.nodeID ? self.identity.name : (self.membership?.member(id)?.record.name ?? id.short)
-        }
-        let result: ControlAPI.JSONValue?
-        switch task.outcome {
-        case .success(let output)?:
-            result = (try? JSONSerialization.jsonObject(with: Data(output), options: [.fragmentsAllowed]))
-                .map(ControlAPI.JSONValue.init) ?? ControlAPI.JSONValue(String(decoding: output, as: UTF8.self))
-        case .failure?, .canceled?, nil:
-            result = nil
-        }
-        return ControlAPI.TaskInfo(
-            id: task.id.description, capability: task.capability, state: task.state.rawValue,
-            submittedAt: self.wallClockDate(for: task.submittedAt), deadline: self.wallClockDate(for: task.deadline),
-            attempts: task.attempts.map { attempt in
-                ControlAPI.AttemptInfo(
-                    epoch: Int(attempt.epoch), peer: attempt.peer.description, peerName: name(attempt.peer),
-                    offeredAt: self.wallClockDate(for: attempt.offeredAt), acceptedAt: date(attempt.acceptedAt),
-                    endedAt: date(attempt.endedAt), outcome: attempt.outcome.map(Self.describe))
-            },
-            executedBy: task.state == .completed ? task.currentAttempt.map { name($0.peer) } : nil,
-            result: result, error: task.error)
-    }
-
-    private static func describe(_ outcome: TaskSubmitter.AttemptOutcome) -> String {
-        switch outcome {
-        case .declined(let reason): return "declined: \(reason)"
-        case .timedOut: return "timed out"
-        case .peerDied: return "peer died"
-        case .completed: return "completed"
-        case .failed(let message): return "failed: \(message)"
-        case .canceled: return "canceled"
-        case .superseded: return "superseded"
         }
     }
 }

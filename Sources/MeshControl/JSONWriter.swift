@@ -1,0 +1,274 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+package import Foundation
+
+/// Writes compact JSON straight into bytes, as ``ControlAPI/encoder(pretty:)`` would (keys in the order written,
+/// strings escaped the same way, dates as ISO 8601 seconds). For the documents a busy node writes for every task:
+/// Foundation's encoder cost it a tenth of its CPU.
+package struct JSONWriter {
+    package private(set) var bytes: [UInt8] = []
+    /// Per open object or array: whether the next member needs a comma before it.
+    private var needsComma: [Bool] = []
+
+    package init(capacity: Int = 512) { self.bytes.reserveCapacity(capacity) }
+
+    package mutating func beginObject() {
+        self.separate()
+        self.bytes.append(UInt8(ascii: "{"))
+        self.needsComma.append(false)
+    }
+
+    package mutating func endObject() {
+        self.needsComma.removeLast()
+        self.bytes.append(UInt8(ascii: "}"))
+    }
+
+    package mutating func beginArray() {
+        self.separate()
+        self.bytes.append(UInt8(ascii: "["))
+        self.needsComma.append(false)
+    }
+
+    package mutating func endArray() {
+        self.needsComma.removeLast()
+        self.bytes.append(UInt8(ascii: "]"))
+    }
+
+    /// A member's key; its value follows. Keys are written as given (callers write them sorted).
+    package mutating func key(_ key: String) {
+        self.separate()
+        self.appendString(key)
+        self.bytes.append(UInt8(ascii: ":"))
+        self.needsComma[self.needsComma.count - 1] = false
+    }
+
+    package mutating func string(_ value: String) {
+        self.separate()
+        self.appendString(value)
+    }
+
+    package mutating func int(_ value: Int) {
+        self.separate()
+        self.bytes += String(value).utf8
+    }
+
+    /// A finite number in Swift's shortest round-tripping form (JSON has no infinities or NaN: those are null).
+    package mutating func double(_ value: Double) {
+        self.separate()
+        self.bytes += (value.isFinite ? String(value) : "null").utf8
+    }
+
+    package mutating func bool(_ value: Bool) {
+        self.separate()
+        self.bytes += (value ? "true" : "false").utf8
+    }
+
+    package mutating func null() {
+        self.separate()
+        self.bytes += "null".utf8
+    }
+
+    /// `2026-11-28T02:58:39Z`, as `JSONEncoder.DateEncodingStrategy.iso8601` writes it.
+    package mutating func date(_ date: Date) {
+        self.separate()
+        var seconds = time_t(date.timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func two(_ value: Int32) -> [UInt8] { [UInt8(48 + value / 10), UInt8(48 + value % 10)] }
+        let year = Int(parts.tm_year) + 1900
+        self.bytes.append(UInt8(ascii: "\""))
+        self.bytes += String(year).utf8
+        self.bytes.append(UInt8(ascii: "-"))
+        self.bytes += two(parts.tm_mon + 1)
+        self.bytes.append(UInt8(ascii: "-"))
+        self.bytes += two(parts.tm_mday)
+        self.bytes.append(UInt8(ascii: "T"))
+        self.bytes += two(parts.tm_hour)
+        self.bytes.append(UInt8(ascii: ":"))
+        self.bytes += two(parts.tm_min)
+        self.bytes.append(UInt8(ascii: ":"))
+        self.bytes += two(parts.tm_sec)
+        self.bytes += "Z\"".utf8
+    }
+
+    /// A value that is already compact JSON (see ``JSONText/compacted(_:)``).
+    package mutating func raw(_ json: [UInt8]) {
+        self.separate()
+        self.bytes += json
+    }
+
+    private mutating func separate() {
+        guard let last = self.needsComma.indices.last else { return }
+        if self.needsComma[last] { self.bytes.append(UInt8(ascii: ",")) }
+        self.needsComma[last] = true
+    }
+
+    private mutating func appendString(_ value: String) {
+        self.bytes.append(UInt8(ascii: "\""))
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): self.bytes += "\\\"".utf8
+            case UInt8(ascii: "\\"): self.bytes += "\\\\".utf8
+            case 0x08: self.bytes += "\\b".utf8
+            case 0x0C: self.bytes += "\\f".utf8
+            case 0x0A: self.bytes += "\\n".utf8
+            case 0x0D: self.bytes += "\\r".utf8
+            case 0x09: self.bytes += "\\t".utf8
+            case 0x00..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                self.bytes += "\\u00".utf8
+                self.bytes.append(hex[Int(byte >> 4)])
+                self.bytes.append(hex[Int(byte & 0x0F)])
+            default: self.bytes.append(byte)
+            }
+        }
+        self.bytes.append(UInt8(ascii: "\""))
+    }
+}
+
+/// Checks JSON text without building values.
+package enum JSONText {
+    /// `bytes` as one compact JSON value (whitespace between tokens removed), or nil when they are not exactly one
+    /// JSON value in UTF-8 (or nest deeper than `maximumDepth`).
+    package static func compacted(_ bytes: [UInt8], maximumDepth: Int = 256) -> [UInt8]? {
+        guard String(validating: bytes, as: UTF8.self) != nil else { return nil }
+        var scanner = Scanner(input: bytes, maximumDepth: maximumDepth)
+        guard scanner.value(depth: 0) else { return nil }
+        scanner.skipWhitespace()
+        guard scanner.position == bytes.count else { return nil }
+        return scanner.output
+    }
+
+    private struct Scanner {
+        let input: [UInt8]
+        let maximumDepth: Int
+        var position = 0
+        var output: [UInt8] = []
+
+        init(input: [UInt8], maximumDepth: Int) {
+            self.input = input
+            self.maximumDepth = maximumDepth
+            self.output.reserveCapacity(input.count)
+        }
+
+        var current: UInt8? { self.position < self.input.count ? self.input[self.position] : nil }
+
+        mutating func skipWhitespace() {
+            while let byte = self.current, byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09 {
+                self.position += 1
+            }
+        }
+
+        mutating func take(_ byte: UInt8) -> Bool {
+            guard self.current == byte else { return false }
+            self.output.append(byte)
+            self.position += 1
+            return true
+        }
+
+        mutating func value(depth: Int) -> Bool {
+            self.skipWhitespace()
+            switch self.current {
+            case UInt8(ascii: "{")?: return self.container(close: UInt8(ascii: "}"), depth: depth, keyed: true)
+            case UInt8(ascii: "[")?: return self.container(close: UInt8(ascii: "]"), depth: depth, keyed: false)
+            case UInt8(ascii: "\"")?: return self.string()
+            case UInt8(ascii: "t")?: return self.literal("true")
+            case UInt8(ascii: "f")?: return self.literal("false")
+            case UInt8(ascii: "n")?: return self.literal("null")
+            case let byte? where byte == UInt8(ascii: "-") || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte):
+                return self.number()
+            default: return false
+            }
+        }
+
+        mutating func container(close: UInt8, depth: Int, keyed: Bool) -> Bool {
+            guard depth < self.maximumDepth else { return false }
+            self.output.append(self.input[self.position])
+            self.position += 1
+            self.skipWhitespace()
+            if self.take(close) { return true }
+            while true {
+                if keyed {
+                    self.skipWhitespace()
+                    guard self.current == UInt8(ascii: "\""), self.string() else { return false }
+                    self.skipWhitespace()
+                    guard self.take(UInt8(ascii: ":")) else { return false }
+                }
+                guard self.value(depth: depth + 1) else { return false }
+                self.skipWhitespace()
+                if self.take(close) { return true }
+                guard self.take(UInt8(ascii: ",")) else { return false }
+            }
+        }
+
+        mutating func string() -> Bool {
+            guard self.take(UInt8(ascii: "\"")) else { return false }
+            while let byte = self.current {
+                switch byte {
+                case UInt8(ascii: "\""):
+                    return self.take(byte)
+                case UInt8(ascii: "\\"):
+                    self.output.append(byte)
+                    self.position += 1
+                    guard let escaped = self.current else { return false }
+                    switch escaped {
+                    case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
+                        UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                        _ = self.take(escaped)
+                    case UInt8(ascii: "u"):
+                        _ = self.take(escaped)
+                        for _ in 0..<4 {
+                            guard let hex = self.current, Self.isHexDigit(hex) else { return false }
+                            _ = self.take(hex)
+                        }
+                    default:
+                        return false
+                    }
+                case 0x00..<0x20:
+                    return false
+                default:
+                    self.output.append(byte)
+                    self.position += 1
+                }
+            }
+            return false
+        }
+
+        mutating func number() -> Bool {
+            _ = self.take(UInt8(ascii: "-"))
+            if !self.take(UInt8(ascii: "0")) {
+                guard self.digits() else { return false }
+            }
+            if self.take(UInt8(ascii: ".")) {
+                guard self.digits() else { return false }
+            }
+            if self.take(UInt8(ascii: "e")) || self.take(UInt8(ascii: "E")) {
+                if !self.take(UInt8(ascii: "+")) { _ = self.take(UInt8(ascii: "-")) }
+                guard self.digits() else { return false }
+            }
+            return true
+        }
+
+        mutating func digits() -> Bool {
+            var any = false
+            while let byte = self.current, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) {
+                _ = self.take(byte)
+                any = true
+            }
+            return any
+        }
+
+        mutating func literal(_ word: String) -> Bool {
+            for byte in word.utf8 {
+                guard self.take(byte) else { return false }
+            }
+            return true
+        }
+
+        static func isHexDigit(_ byte: UInt8) -> Bool {
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+                || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(byte)
+        }
+    }
+}

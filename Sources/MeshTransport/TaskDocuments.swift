@@ -1,0 +1,101 @@
+import Foundation
+import MeshControl
+import MeshCore
+
+/// The control API's task documents (`ControlAPI.TaskInfo` on the client side), written straight from the
+/// submitter's state: the document every task answer carries, so it is written by hand (see ``JSONWriter``).
+struct TaskDocuments {
+    /// Core time to wall-clock time.
+    let date: (Duration) -> Date
+    /// A member's name for display.
+    let name: (NodeID) -> String
+
+    func task(_ task: TaskSubmitter.SubmittedTask, status: Int = 200) -> ControlResponse {
+        var json = JSONWriter()
+        self.write(task, into: &json)
+        return ControlResponse(status: status, body: json.bytes + [0x0A])
+    }
+
+    func list(_ tasks: [TaskSubmitter.SubmittedTask]) -> ControlResponse {
+        var json = JSONWriter(capacity: 512 * tasks.count + 16)
+        json.beginObject()
+        json.key("tasks")
+        json.beginArray()
+        for task in tasks { self.write(task, into: &json) }
+        json.endArray()
+        json.endObject()
+        return ControlResponse(status: 200, body: json.bytes + [0x0A])
+    }
+
+    /// Keys in the order `ControlAPI.encoder()` sorts them; absent values are left out, as it leaves out nil.
+    func write(_ task: TaskSubmitter.SubmittedTask, into json: inout JSONWriter) {
+        json.beginObject()
+        json.key("attempts")
+        json.beginArray()
+        for attempt in task.attempts {
+            json.beginObject()
+            if let accepted = attempt.acceptedAt {
+                json.key("accepted_at")
+                json.date(self.date(accepted))
+            }
+            if let ended = attempt.endedAt {
+                json.key("ended_at")
+                json.date(self.date(ended))
+            }
+            json.key("epoch")
+            json.int(Int(attempt.epoch))
+            json.key("offered_at")
+            json.date(self.date(attempt.offeredAt))
+            if let outcome = attempt.outcome {
+                json.key("outcome")
+                json.string(Self.describe(outcome))
+            }
+            json.key("peer")
+            json.string(attempt.peer.description)
+            json.key("peer_name")
+            json.string(self.name(attempt.peer))
+            json.endObject()
+        }
+        json.endArray()
+        json.key("capability")
+        json.string(task.capability)
+        json.key("deadline")
+        json.date(self.date(task.deadline))
+        if let error = task.error {
+            json.key("error")
+            json.string(error)
+        }
+        if task.state == .completed, let attempt = task.currentAttempt {
+            json.key("executed_by")
+            json.string(self.name(attempt.peer))
+        }
+        json.key("id")
+        json.string(task.id.description)
+        if case .success(let output)? = task.outcome {
+            json.key("result")
+            // A result that is not JSON is shown as the text it is.
+            if let compact = JSONText.compacted(output) {
+                json.raw(compact)
+            } else {
+                json.string(String(decoding: output, as: UTF8.self))
+            }
+        }
+        json.key("state")
+        json.string(task.state.rawValue)
+        json.key("submitted_at")
+        json.date(self.date(task.submittedAt))
+        json.endObject()
+    }
+
+    static func describe(_ outcome: TaskSubmitter.AttemptOutcome) -> String {
+        switch outcome {
+        case .declined(let reason): return "declined: \(reason)"
+        case .timedOut: return "timed out"
+        case .peerDied: return "peer died"
+        case .completed: return "completed"
+        case .failed(let message): return "failed: \(message)"
+        case .canceled: return "canceled"
+        case .superseded: return "superseded"
+        }
+    }
+}
