@@ -73,8 +73,10 @@ package final class AuditLog: Sendable {
     package let directory: String
     private let signingKey: Ed25519SigningKey
     private let writer = DispatchQueue(label: "agentmesh.audit")
+    /// Where appends run: the writer thread, or (`.process` durability) the node's event loop.
+    private let commitExecutor: CommitExecutor
     private let queue = Mutex(Queue())
-    /// Touched only on the writer queue (and in `init`).
+    /// Changed only by appends (on the commit executor) and in `init`; read by the background sync.
     private let logs: Mutex<[NodeID: OpenLog]>
     private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
     private let retryDelay: Duration
@@ -85,13 +87,17 @@ package final class AuditLog: Sendable {
 
     /// Opens every log in `directory` (creating it if needed), verifying each one. An incomplete record at the end of
     /// a file is cut off and reported; any other damage stops the node with the file and the record's index, unless
-    /// `setAsideBroken` is true, in which case the broken file is renamed and a new log started.
+    /// `setAsideBroken` is true, in which case the broken file is renamed and a new log started. With `.process`
+    /// durability appends are not synced one by one (a background sync follows within the interval), so they are
+    /// cheap enough to run where the caller says (`commitOn`, the node's event loop).
     package init(
         directory: String, identity: NodeIdentity, setAsideBroken: Bool = false,
-        durability: Durability = .fsync, retryDelay: Duration = .seconds(1)
+        durability: Durability = .fsync, commitOn: CommitExecutor? = nil, retryDelay: Duration = .seconds(1)
     ) throws(AuditError) {
         self.directory = directory
         self.durability = durability
+        let writer = self.writer
+        self.commitExecutor = commitOn ?? { work in writer.async(execute: work) }
         self.signingKey = identity.signingKey
         self.retryDelay = retryDelay
         do {
@@ -165,7 +171,7 @@ package final class AuditLog: Sendable {
             queue.pending.append(Pending(peer: peer, entry: entry, sequence: queue.lastQueued))
             return (queue.lastQueued, Self.claimWriter(&queue))
         }
-        if start { self.writer.async { self.drain() } }
+        if start { self.commitExecutor { self.drain() } }
         return sequence
     }
 
@@ -177,7 +183,7 @@ package final class AuditLog: Sendable {
             queue.checkpointRequested = true
             return Self.claimWriter(&queue)
         }
-        if start { self.writer.async { self.drain() } }
+        if start { self.commitExecutor { self.drain() } }
     }
 
     private static func claimWriter(_ queue: inout Queue) -> Bool {
@@ -186,7 +192,7 @@ package final class AuditLog: Sendable {
         return true
     }
 
-    /// Runs on the writer queue until nothing is pending.
+    /// Runs on the commit executor until nothing is pending.
     private func drain() {
         while true {
             let (batch, checkpoint, through) = self.queue.withLock { queue -> ([Pending], Bool, UInt64) in
@@ -222,7 +228,7 @@ package final class AuditLog: Sendable {
                         queue.isRetryScheduled = false
                         return Self.claimWriter(&queue)
                     }
-                    if start { self.drain() }
+                    if start { self.commitExecutor { self.drain() } }
                 }
                 return
             }

@@ -8,3 +8,6 @@ public enum Durability: String, Sendable, CaseIterable {
 
     public static let backgroundSyncInterval: Duration = .milliseconds(100)
 }
+
+/// Where a writer runs its commits: given the work, runs it soon, one at a time, in order.
+package typealias CommitExecutor = @Sendable (@escaping @Sendable () -> Void) -> Void

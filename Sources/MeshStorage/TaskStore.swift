@@ -59,6 +59,10 @@ package final class TaskStore: Sendable {
     private let database: DatabaseQueue
     private let timeBase: TimeBase
     private let writer = DispatchQueue(label: "agentmesh.task-store")
+    /// Where commits run: the writer thread, or (`.process` durability) the node's event loop.
+    private let commitExecutor: CommitExecutor
+    /// `.process` durability: the connection that checkpoints (and so syncs) in the background.
+    private let checkpointer: DatabaseQueue?
     private let queue = Mutex(Queue())
     private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
     private let retryDelay: Duration
@@ -72,27 +76,44 @@ package final class TaskStore: Sendable {
         package func core(_ wall: Double) -> Duration { .milliseconds(Int64(((wall - self.origin.timeIntervalSince1970) * 1000).rounded())) }
     }
 
-    /// Opens (creating if needed) the store. `maximumPages` caps the database size, for testing a full disk. With
-    /// `.process` durability a commit is done once SQLite has written it to the kernel (`synchronous = NORMAL`: the
-    /// WAL is not synced per commit) and a checkpoint, which syncs the WAL, runs in the background.
+    /// Opens (creating if needed) the store. `maximumPages` caps the database size, for testing a full disk.
+    ///
+    /// With `.process` durability a commit is done once SQLite has written it to the kernel (`synchronous = NORMAL`:
+    /// the WAL is not synced per commit). A second connection checkpoints in the background, which syncs the WAL,
+    /// without holding up commits; the committing connection never checkpoints itself. Such commits are cheap enough
+    /// to run where the caller says (`commitOn`, the node's event loop), which saves two thread hand-offs each.
     package init(
-        path: String, timeBase: TimeBase, durability: Durability = .fsync, retryDelay: Duration = .seconds(1),
-        maximumPages: Int? = nil
+        path: String, timeBase: TimeBase, durability: Durability = .fsync, commitOn: CommitExecutor? = nil,
+        retryDelay: Duration = .seconds(1), maximumPages: Int? = nil
     ) throws(StoreError) {
         self.path = path
         self.timeBase = timeBase
         self.retryDelay = retryDelay
         self.durability = durability
+        let writer = self.writer
+        self.commitExecutor = commitOn ?? { work in writer.async(execute: work) }
         var configuration = Configuration()
         configuration.journalMode = .wal
         configuration.label = "agentmesh.tasks"
+        configuration.busyMode = .timeout(5)
         configuration.prepareDatabase { db in
-            try db.execute(sql: durability == .fsync ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL")
+            switch durability {
+            case .fsync: try db.execute(sql: "PRAGMA synchronous = FULL")
+            case .process: try db.execute(sql: "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0")
+            }
             if let maximumPages { try db.execute(sql: "PRAGMA max_page_count = \(maximumPages)") }
         }
         do {
             self.database = try DatabaseQueue(path: path, configuration: configuration)
             try Self.migrator.migrate(self.database)
+            if durability == .process {
+                var checkpointing = Configuration()
+                checkpointing.label = "agentmesh.tasks.checkpoint"
+                checkpointing.busyMode = .timeout(5)
+                self.checkpointer = try DatabaseQueue(path: path, configuration: checkpointing)
+            } else {
+                self.checkpointer = nil
+            }
         } catch {
             throw StoreError(description: "cannot open the task store \(path): \(Self.explain(error))")
         }
@@ -217,14 +238,14 @@ package final class TaskStore: Sendable {
             if start { queue.isWriting = true }
             return (queue.lastQueued, start)
         }
-        if startWriter { self.writer.async { self.drain() } }
+        if startWriter { self.commitExecutor { self.drain() } }
         return sequence
     }
 
     /// The sequence number of the newest queued change (committed or not).
     package var lastQueued: UInt64 { self.queue.withLock { $0.lastQueued } }
 
-    /// Commits batches until nothing is queued. Runs on the writer thread only.
+    /// Commits batches until nothing is queued. Runs on the commit executor only.
     private func drain() {
         while true {
             let (batch, through) = self.queue.withLock { queue -> ([(Key, Change, UInt64)], UInt64) in
@@ -258,7 +279,7 @@ package final class TaskStore: Sendable {
                         queue.isWriting = true
                         return true
                     }
-                    if start { self.drain() }
+                    if start { self.commitExecutor { self.drain() } }
                 }
                 return
             }
@@ -281,7 +302,7 @@ package final class TaskStore: Sendable {
         self.writer.asyncAfter(deadline: .now() + Durability.backgroundSyncInterval.seconds) {
             self.queue.withLock { $0.isSyncScheduled = false }
             // A failure (a full disk) is reported by the next commit; the sync is tried again after it.
-            _ = try? self.database.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(PASSIVE)") }
+            _ = try? self.checkpointer?.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(PASSIVE)") }
         }
     }
 

@@ -264,7 +264,7 @@ extension MeshNode {
     func openAuditLog(_ log: AuditLog) {
         self.auditLog = log
         log.onProgress { progress in
-            self.loop.execute { self.assumeIsolated { $0.auditProgressed(progress) } }
+            self.onLoop { $0.auditProgressed(progress) }
         }
         let recovery = log.recovery
         for (file, bytes) in recovery.truncatedTails {

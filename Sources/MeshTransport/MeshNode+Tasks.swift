@@ -130,7 +130,7 @@ extension MeshNode {
             }
             self.deliver(message, to: peer)
         case .submitter(.finished(let task)):
-            self.logger.info("task finished", metadata: [
+            self.logger.debug("task finished", metadata: [
                 "task": "\(task.id)", "state": "\(task.state)", "attempts": "\(task.attempts.count)",
                 "error": "\(task.error ?? "-")",
             ])
@@ -159,7 +159,7 @@ extension MeshNode {
     ) {
         self.taskStore = store
         store.onProgress { progress in
-            self.loop.execute { self.assumeIsolated { $0.storeProgressed(progress) } }
+            self.onLoop { $0.storeProgressed(progress) }
         }
         self.submitter?.restore(stored.submitted, now: self.now)
         self.runTaskRunner { $0.restore(stored.accepted, now: self.now) }
@@ -181,7 +181,7 @@ extension MeshNode {
                 self.storageAvailabilityChanged()
             }
             self.releaseDeferredTaskActions()
-            for waiter in progress.waiters { waiter.resume(returning: nil) }
+            for waiter in progress.waiters { waiter(nil) }
         case .failed(let error):
             let progress = self.commitGate.storeFailed()
             if progress.availabilityChanged {
@@ -190,7 +190,7 @@ extension MeshNode {
                 ])
                 self.storageAvailabilityChanged()
             }
-            for waiter in progress.waiters { waiter.resume(returning: error) }
+            for waiter in progress.waiters { waiter(error) }
         }
     }
 
@@ -226,14 +226,6 @@ extension MeshNode {
             case .send(let message, let peer): self.deliver(message, to: peer)  // a refusal needs nothing durable
             default: break
             }
-        }
-    }
-
-    /// Waits until the change with this sequence number is durable; returns the store's error if it cannot be.
-    private func awaitDurable(_ sequence: UInt64) async -> TaskStore.StoreError? {
-        guard sequence > self.commitGate.storeCommitted else { return nil }
-        return await withCheckedContinuation { continuation in
-            if !self.commitGate.wait(forStore: sequence, continuation) { continuation.resume(returning: nil) }
         }
     }
 
@@ -282,131 +274,5 @@ extension MeshNode {
         // A run stopped by shutdown is not an outcome: the restarted node holds the task and asks to run it again.
         guard self.isRunning else { return }
         self.runTaskRunner { $0.finished(id, outcome: outcome, now: self.now) }
-    }
-
-    // MARK: - Waiting
-
-    private func wakeWaiters(for id: TaskID) {
-        for waiter in self.waiters.removeValue(forKey: id)?.values ?? [:].values {
-            waiter.expiry.cancel()
-            waiter.continuation.resume()
-        }
-    }
-
-    func wakeAllWaiters() {
-        for id in Array(self.waiters.keys) { self.wakeWaiters(for: id) }
-    }
-
-    /// Waits until the task ends or `timeout` passes, whichever is first.
-    private func waitForTask(_ id: TaskID, timeout: Duration) async {
-        guard let task = self.submitter?.task(id), !task.state.isTerminal, timeout > .zero else { return }
-        let token = UUID()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let expiry = self.loop.scheduleTask(in: TimeAmount(timeout)) {
-                self.assumeIsolated { $0.expireWaiter(id, token) }
-            }
-            self.waiters[id, default: [:]][token] = TaskWaiter(continuation: continuation, expiry: expiry)
-        }
-    }
-
-    private func expireWaiter(_ id: TaskID, _ token: UUID) {
-        self.waiters[id]?.removeValue(forKey: token)?.continuation.resume()
-    }
-
-    // MARK: - Control API
-
-    func handleTaskRequest(_ request: ControlRequest) async -> ControlResponse {
-        let parts = request.path.split(separator: "/").map(String.init)  // ["v1", "tasks", id?, "cancel"?]
-        switch (request.method, parts.count) {
-        case ("POST", 2):
-            var wait: Duration?
-            if let text = request.query["wait"] {
-                guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
-                    return .error(400, "wait must be a number of seconds from 0 to 3600")
-                }
-                wait = .milliseconds(Int64(seconds * 1000))
-            }
-            return await self.submitTask(request.body, wait: wait)
-        case ("GET", 2):
-            let state = request.query["state"]
-            if let state, TaskState(rawValue: state) == nil {
-                return .error(400, "unknown state '\(state)': use one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            let tasks = (self.submitter?.allTasks ?? []).filter { state == nil || $0.state.rawValue == state }
-            return self.taskDocuments.list(tasks)
-        case ("GET", 3):
-            guard let id = TaskID(hex: parts[2]) else { return .error(400, "'\(parts[2])' is not a task id") }
-            guard self.submitter?.task(id) != nil else { return .error(404, "no task \(parts[2]) on this node") }
-            if let wait = request.query["wait"] {
-                guard let seconds = Double(wait), seconds >= 0, seconds <= 3600 else {
-                    return .error(400, "wait must be a number of seconds from 0 to 3600")
-                }
-                await self.waitForTask(id, timeout: .milliseconds(Int64(seconds * 1000)))
-            }
-            guard let task = self.submitter?.task(id) else { return .error(404, "no task \(parts[2]) on this node") }
-            return self.taskDocuments.task(task)
-        case ("POST", 4) where parts[3] == "cancel":
-            guard let id = TaskID(hex: parts[2]), self.submitter?.task(id) != nil else {
-                return .error(404, "no task \(parts[2]) on this node")
-            }
-            self.runSubmitter { $0.cancel(id, now: self.now) }
-            return self.taskDocuments.task(self.submitter!.task(id)!)
-        default:
-            return .error(404, "no such endpoint: \(request.method) \(request.path)")
-        }
-    }
-
-    /// Submits a task; with `wait`, answers once it ends (200) or when `wait` runs out (202), saving a round trip.
-    private func submitTask(_ body: [UInt8], wait: Duration?) async -> ControlResponse {
-        let request: ControlAPI.SubmitRequest
-        do {
-            request = try ControlAPI.decoder().decode(ControlAPI.SubmitRequest.self, from: Data(body))
-        } catch {
-            return .error(400, "the request is not a task: send JSON like {\"capability\": \"NAME\", \"input\": {…}}")
-        }
-        guard Capability.isValidName(request.capability) else {
-            return .error(400, "capability name '\(request.capability)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
-        }
-        let input: Data
-        do {
-            input = try JSONSerialization.data(withJSONObject: request.input.value, options: [.fragmentsAllowed, .sortedKeys])
-        } catch {
-            return .error(400, "the input is not JSON")
-        }
-        guard input.count <= self.settings.maximumTaskInput else {
-            return .error(413, "the input has \(input.count) bytes; this node accepts at most \(self.settings.maximumTaskInput)")
-        }
-        let timeout = request.timeoutSeconds ?? 60
-        guard timeout > 0, timeout <= 86_400 else { return .error(400, "timeout_seconds must be between 0 and 86400") }
-        let attempts = request.maxAttempts ?? 5
-        guard (1...100).contains(attempts) else { return .error(400, "max_attempts must be between 1 and 100") }
-        guard self.commitGate.isStoreWritable else {
-            return .error(507, "this node cannot store new tasks now (\(self.taskStore?.path ?? "its task store") is not writable); try another node")
-        }
-        guard self.commitGate.isAuditWritable else {
-            return .error(507, "this node cannot audit new work now (\(self.auditLog?.directory ?? "its audit log") is not writable); try another node")
-        }
-        var generator = SystemRandomNumberGenerator()
-        let id = TaskID(using: &generator)
-        self.runSubmitter {
-            $0.submit(
-                id: id, capability: request.capability, input: Array(input),
-                timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, now: self.now)
-        }
-        // The client hears "accepted" only once the task is durable.
-        if let error = await self.awaitDurable(self.taskStore?.lastQueued ?? 0) {
-            self.runSubmitter { $0.abandon(id) }
-            return .error(507, "the task could not be stored: \(error.description); nothing was submitted")
-        }
-        if let wait { await self.waitForTask(id, timeout: wait) }
-        guard let task = self.submitter?.task(id) else { return .error(500, "the task was not recorded") }
-        // Without `wait` the answer is "accepted" (202) even when a fast executor has already finished the task.
-        return self.taskDocuments.task(task, status: wait != nil && task.state.isTerminal ? 200 : 202)
-    }
-
-    private var taskDocuments: TaskDocuments {
-        TaskDocuments(date: self.wallClockDate(for:)) { id in
-            id == self.identity.nodeID ? self.identity.name : (self.membership?.member(id)?.record.name ?? id.short)
-        }
     }
 }

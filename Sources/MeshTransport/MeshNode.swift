@@ -74,11 +74,12 @@ public actor MeshNode: Service {
     /// Executor runs in progress, so a cancel or a deadline can stop them.
     var executions: [TaskID: Task<Void, Never>] = [:]
     /// Clients long-polling for a task to end.
-    var waiters: [TaskID: [UUID: TaskWaiter]] = [:]
+    var waiters: [TaskID: [UInt64: TaskWaiter]] = [:]
+    var lastWaiter: UInt64 = 0
     /// Durable task state (`DIR/node.sqlite`); opened at bind.
     var taskStore: TaskStore?
     /// Task actions and client answers held until the store and the audit log have committed what they need.
-    var commitGate = CommitGate<DeferredTaskAction, CheckedContinuation<TaskStore.StoreError?, Never>>(
+    var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
         storeCommitted: 0, auditCommitted: 0)
     var advertisedLoad = 0
     var loadAdvertisedAt: Duration = .zero
@@ -117,6 +118,23 @@ public actor MeshNode: Service {
         self.connectionLimiter = Mutex(PeerLimiter(settings: addressSettings))
         self.dials = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
         self.leaveSignal = AsyncStream.makeStream()
+    }
+
+    /// `.process` durability: the task store commits and the audit log appends on this node's loop, between
+    /// events (no fsync waits there); with `.fsync` each has a thread of its own, so the loop never waits on a disk.
+    private nonisolated var commitExecutor: CommitExecutor? {
+        guard self.settings.durability == .process else { return nil }
+        let loop = self.loop
+        return { work in loop.execute(work) }
+    }
+
+    /// Runs `work` on this node now if this is its loop (a writer reporting from a commit it ran here), else soon.
+    nonisolated func onLoop(_ work: @escaping @Sendable (isolated MeshNode) -> Void) {
+        if self.loop.inEventLoop {
+            self.assumeIsolated(work)
+        } else {
+            self.loop.execute { self.assumeIsolated(work) }
+        }
     }
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { self.loop.executor.asUnownedSerialExecutor() }
@@ -159,6 +177,7 @@ public actor MeshNode: Service {
         do {
             store = try TaskStore(
                 path: self.home.taskStorePath, timeBase: self.timeBase, durability: self.settings.durability,
+                commitOn: self.commitExecutor,
                 maximumPages: self.settings.taskStoreMaximumPages)
             stored = try store.load()
         } catch {
@@ -168,7 +187,8 @@ public actor MeshNode: Service {
         do {
             audit = try AuditLog(
                 directory: self.home.auditDirectory, identity: self.identity,
-                setAsideBroken: self.settings.setAsideBrokenAuditLogs, durability: self.settings.durability)
+                setAsideBroken: self.settings.setAsideBrokenAuditLogs, durability: self.settings.durability,
+                commitOn: self.commitExecutor)
         } catch {
             throw StartError.auditLog(error.description)
         }
@@ -697,32 +717,6 @@ public actor MeshNode: Service {
                     writerBusySeconds: statistics.busy.seconds)
             })
     }
-
-    /// The control servers call this on the node's loop; the answer is computed on the node's executor (the same
-    /// loop), so a request costs no thread hand-off.
-    private nonisolated var controlHandler: ControlServer.Handler {
-        { request, respond in self.assumeIsolated { $0.startControl(request, respond: respond) } }
-    }
-
-    private func startControl(_ request: ControlRequest, respond: @escaping @Sendable (ControlResponse) -> Void) {
-        Task { respond(await self.handleControl(request)) }
-    }
-
-    private func handleControl(_ request: ControlRequest) async -> ControlResponse {
-        switch (request.method, request.path) {
-        case ("GET", "/v1/members"): return .json(self.members())
-        case ("GET", "/v1/node"): return .json(self.nodeInfo())
-        case ("GET", "/v1/limits"): return .json(self.limitsReport())
-        case ("POST", "/v1/leave"):
-            self.requestLeave()
-            return .json(["leaving": true], status: 202)
-        case (_, let path) where path == "/v1/tasks" || path.hasPrefix("/v1/tasks/"):
-            return await self.handleTaskRequest(request)
-        case (_, "/v1/members"), (_, "/v1/node"), (_, "/v1/leave"), (_, "/v1/limits"):
-            return .error(405, "\(request.method) is not allowed on \(request.path)")
-        default: return .error(404, "no such endpoint: \(request.path)")
-        }
-    }
 }
 
 /// What the node keeps of a session it registered.
@@ -736,12 +730,6 @@ extension ConnectionTable.Connection where Handle == PeerSession {
     var channel: any Channel { self.handle.channel }
     var established: EstablishedPeer { self.handle.peer }
     var since: Date { self.handle.since }
-}
-
-/// A client long-polling for a task to end, until its wait runs out.
-struct TaskWaiter {
-    let continuation: CheckedContinuation<Void, Never>
-    let expiry: Scheduled<Void>
 }
 
 extension TrustPolicy.Decision {

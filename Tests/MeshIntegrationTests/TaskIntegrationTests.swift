@@ -17,7 +17,7 @@ import Testing
         let body = try JSONSerialization.data(withJSONObject: [
             "capability": capability, "input": input, "timeout_seconds": timeout, "max_attempts": attempts,
         ])
-        let response = await node.node.handleTaskRequest(ControlRequest(
+        let response = await node.node.handleControl(ControlRequest(
             method: "POST", path: "/v1/tasks", query: [:], body: Array(body)))
         #expect(response.status == 202, "\(String(decoding: response.body, as: UTF8.self))")
         let task = try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(response.body))
@@ -25,7 +25,7 @@ import Testing
     }
 
     static func wait(_ node: RunningNode, _ id: String, seconds: Int = 20) async throws -> ControlAPI.TaskInfo {
-        let response = await node.node.handleTaskRequest(ControlRequest(
+        let response = await node.node.handleControl(ControlRequest(
             method: "GET", path: "/v1/tasks/\(id)", query: ["wait": "\(seconds)"], body: []))
         return try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(response.body))
     }
@@ -88,7 +88,7 @@ import Testing
         let running = await eventually { (try? await Self.wait(runningA, slowID, seconds: 0))?.state == "running" }
         let seen = try await Self.wait(runningA, slowID, seconds: 0)
         #expect(running, "slow task: \(seen.state) \(seen.error ?? "") \(seen.attempts.map { $0.outcome ?? "-" })")
-        _ = await runningA.node.handleTaskRequest(ControlRequest(method: "POST", path: "/v1/tasks/\(slowID)/cancel", query: [:], body: []))
+        _ = await runningA.node.handleControl(ControlRequest(method: "POST", path: "/v1/tasks/\(slowID)/cancel", query: [:], body: []))
         #expect(try await Self.wait(runningA, slowID).state == "canceled")
         #expect(await eventually { (await runningC.node.runner?.load) == 0 }, "the executor stopped the run")
 
@@ -96,7 +96,7 @@ import Testing
         #expect(nobody.state == "expired")
         #expect(nobody.error == "no member offers translate")
 
-        let garbage = await runningA.node.handleTaskRequest(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array("{nope".utf8)))
+        let garbage = await runningA.node.handleControl(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array("{nope".utf8)))
         #expect(garbage.status == 400)
 
         await runningC.stop()
@@ -151,7 +151,7 @@ import Testing
 
     static func post(_ node: RunningNode, _ capability: String, _ input: Any) async throws -> ControlResponse {
         let body = try JSONSerialization.data(withJSONObject: ["capability": capability, "input": input, "timeout_seconds": 60])
-        return await node.node.handleTaskRequest(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array(body)))
+        return await node.node.handleControl(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array(body)))
     }
 
     @Test func aFullStoreRefusesNewTasksKeepsServingAndLosesNothingItAcknowledged() async throws {
@@ -179,7 +179,7 @@ import Testing
         // Still serving: reads work, and the next submission is refused at once with the reason.
         let again = try await Self.post(runningA, "echo", ["n": -1])
         #expect(again.status == 507)
-        let list = await runningA.node.handleTaskRequest(ControlRequest(method: "GET", path: "/v1/tasks", query: [:], body: []))
+        let list = await runningA.node.handleControl(ControlRequest(method: "GET", path: "/v1/tasks", query: [:], body: []))
         #expect(list.status == 200)
         #expect(try ControlAPI.decoder().decode(ControlAPI.TaskList.self, from: Data(list.body)).tasks.count == acknowledged.count)
         await runningA.stop()

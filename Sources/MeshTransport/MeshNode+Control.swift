@@ -1,0 +1,174 @@
+import Foundation
+import MeshControl
+import MeshCore
+import MeshStorage
+import NIOCore
+
+/// A client long-polling for a task to end, until its wait runs out.
+struct TaskWaiter {
+    let wake: () -> Void
+    let expiry: Scheduled<Void>
+}
+
+/// The control API: routes each request to what answers it. Everything runs on the node's loop and answers through
+/// a callback, so a request that waits (for its task to be stored, or to end) holds no thread and no Swift task.
+extension MeshNode {
+    typealias Respond = @Sendable (ControlResponse) -> Void
+
+    /// The control servers call this on the node's loop.
+    nonisolated var controlHandler: ControlServer.Handler {
+        { request, respond in self.assumeIsolated { $0.answer(request, respond: respond) } }
+    }
+
+    /// The same answers, awaited (for callers in Swift concurrency: tests, embedding).
+    func handleControl(_ request: ControlRequest) async -> ControlResponse {
+        await withCheckedContinuation { continuation in
+            self.answer(request) { continuation.resume(returning: $0) }
+        }
+    }
+
+    func answer(_ request: ControlRequest, respond: @escaping Respond) {
+        switch (request.method, request.path) {
+        case ("GET", "/v1/members"): respond(.json(self.members()))
+        case ("GET", "/v1/node"): respond(.json(self.nodeInfo()))
+        case ("GET", "/v1/limits"): respond(.json(self.limitsReport()))
+        case ("POST", "/v1/leave"):
+            self.requestLeave()
+            respond(.json(["leaving": true], status: 202))
+        case (_, let path) where path == "/v1/tasks" || path.hasPrefix("/v1/tasks/"):
+            self.answerTaskRequest(request, respond: respond)
+        case (_, "/v1/members"), (_, "/v1/node"), (_, "/v1/leave"), (_, "/v1/limits"):
+            respond(.error(405, "\(request.method) is not allowed on \(request.path)"))
+        default:
+            respond(.error(404, "no such endpoint: \(request.path)"))
+        }
+    }
+
+    // MARK: - Tasks
+
+    private func answerTaskRequest(_ request: ControlRequest, respond: @escaping Respond) {
+        let parts = request.path.split(separator: "/").map(String.init)  // ["v1", "tasks", id?, "cancel"?]
+        var wait: Duration?
+        if let text = request.query["wait"] {
+            guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
+                return respond(.error(400, "wait must be a number of seconds from 0 to 3600"))
+            }
+            wait = .milliseconds(Int64(seconds * 1000))
+        }
+        switch (request.method, parts.count) {
+        case ("POST", 2):
+            self.submitTask(request.body, wait: wait, respond: respond)
+        case ("GET", 2):
+            let state = request.query["state"]
+            if let state, TaskState(rawValue: state) == nil {
+                return respond(.error(400, "unknown state '\(state)': use one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))"))
+            }
+            let tasks = (self.submitter?.allTasks ?? []).filter { state == nil || $0.state.rawValue == state }
+            respond(self.taskDocuments.list(tasks))
+        case ("GET", 3):
+            guard let id = TaskID(hex: parts[2]) else { return respond(.error(400, "'\(parts[2])' is not a task id")) }
+            guard self.submitter?.task(id) != nil else { return respond(.error(404, "no task \(parts[2]) on this node")) }
+            self.whenTaskEnds(id, within: wait ?? .zero) { respond(self.taskDocument(id)) }
+        case ("POST", 4) where parts[3] == "cancel":
+            guard let id = TaskID(hex: parts[2]), self.submitter?.task(id) != nil else {
+                return respond(.error(404, "no task \(parts[2]) on this node"))
+            }
+            self.runSubmitter { $0.cancel(id, now: self.now) }
+            respond(self.taskDocument(id))
+        default:
+            respond(.error(404, "no such endpoint: \(request.method) \(request.path)"))
+        }
+    }
+
+    /// Submits a task; with `wait`, answers once it ends (200) or when `wait` runs out (202), saving a round trip.
+    private func submitTask(_ body: [UInt8], wait: Duration?, respond: @escaping Respond) {
+        let request: ControlAPI.SubmitRequest
+        do {
+            request = try ControlAPI.decoder().decode(ControlAPI.SubmitRequest.self, from: Data(body))
+        } catch {
+            return respond(.error(400, "the request is not a task: send JSON like {\"capability\": \"NAME\", \"input\": {…}}"))
+        }
+        guard Capability.isValidName(request.capability) else {
+            return respond(.error(400, "capability name '\(request.capability)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -"))
+        }
+        let input: Data
+        do {
+            input = try JSONSerialization.data(withJSONObject: request.input.value, options: [.fragmentsAllowed, .sortedKeys])
+        } catch {
+            return respond(.error(400, "the input is not JSON"))
+        }
+        guard input.count <= self.settings.maximumTaskInput else {
+            return respond(.error(413, "the input has \(input.count) bytes; this node accepts at most \(self.settings.maximumTaskInput)"))
+        }
+        let timeout = request.timeoutSeconds ?? 60
+        guard timeout > 0, timeout <= 86_400 else { return respond(.error(400, "timeout_seconds must be between 0 and 86400")) }
+        let attempts = request.maxAttempts ?? 5
+        guard (1...100).contains(attempts) else { return respond(.error(400, "max_attempts must be between 1 and 100")) }
+        guard self.commitGate.isStoreWritable else {
+            return respond(.error(507, "this node cannot store new tasks now (\(self.taskStore?.path ?? "its task store") is not writable); try another node"))
+        }
+        guard self.commitGate.isAuditWritable else {
+            return respond(.error(507, "this node cannot audit new work now (\(self.auditLog?.directory ?? "its audit log") is not writable); try another node"))
+        }
+        var generator = SystemRandomNumberGenerator()
+        let id = TaskID(using: &generator)
+        self.runSubmitter {
+            $0.submit(
+                id: id, capability: request.capability, input: Array(input),
+                timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, now: self.now)
+        }
+        // The client hears "accepted" only once the task is durable.
+        self.whenStored(self.taskStore?.lastQueued ?? 0) { error in
+            if let error {
+                self.runSubmitter { $0.abandon(id) }
+                return respond(.error(507, "the task could not be stored: \(error.description); nothing was submitted"))
+            }
+            guard let wait else { return respond(self.taskDocument(id, status: 202)) }
+            self.whenTaskEnds(id, within: wait) {
+                // Without `wait` the answer is "accepted" (202) even when a fast executor has already finished.
+                let ended = self.submitter?.task(id)?.state.isTerminal == true
+                respond(self.taskDocument(id, status: ended ? 200 : 202))
+            }
+        }
+    }
+
+    private func taskDocument(_ id: TaskID, status: Int = 200) -> ControlResponse {
+        guard let task = self.submitter?.task(id) else { return .error(404, "no task \(id) on this node") }
+        return self.taskDocuments.task(task, status: status)
+    }
+
+    private var taskDocuments: TaskDocuments {
+        TaskDocuments(date: self.wallClockDate(for:)) { id in
+            id == self.identity.nodeID ? self.identity.name : (self.membership?.member(id)?.record.name ?? id.short)
+        }
+    }
+
+    // MARK: - Waiting
+
+    /// Calls `then` once store change `sequence` is durable, with the store's error if it cannot be.
+    private func whenStored(_ sequence: UInt64, then: @escaping (TaskStore.StoreError?) -> Void) {
+        if !self.commitGate.wait(forStore: sequence, then) { then(nil) }
+    }
+
+    /// Calls `then` when the task ends or `timeout` passes, whichever is first (at once for a task that ended).
+    private func whenTaskEnds(_ id: TaskID, within timeout: Duration, then: @escaping () -> Void) {
+        guard let task = self.submitter?.task(id), !task.state.isTerminal, timeout > .zero else { return then() }
+        self.lastWaiter += 1
+        let token = self.lastWaiter
+        let expiry = self.loop.scheduleTask(in: TimeAmount(timeout)) {
+            self.assumeIsolated { node in node.waiters[id]?.removeValue(forKey: token)?.wake() } as Void
+        }
+        self.waiters[id, default: [:]][token] = TaskWaiter(wake: then, expiry: expiry)
+    }
+
+    func wakeWaiters(for id: TaskID) {
+        for waiter in self.waiters.removeValue(forKey: id)?.values ?? [:].values {
+            waiter.expiry.cancel()
+            waiter.wake()
+        }
+    }
+
+    func wakeAllWaiters() {
+        for id in Array(self.waiters.keys) { self.wakeWaiters(for: id) }
+    }
+}
