@@ -85,18 +85,12 @@ public actor MeshNode: Service {
     var loadAdvertisedAt: Duration = .zero
     /// When each member last sent this node a membership message (direct evidence it is alive).
     private var lastHeardFrom: [NodeID: Date] = [:]
-    /// Per-peer budgets (authenticated peers), with escalation to bans.
-    var limiter: PeerLimiter<NodeID>
+    /// Per-peer limits, bans, audit entries and transcripts.
+    var accountability: PeerAccountability
     /// Connection attempts per source address, before anyone is authenticated; refuses, never bans.
     nonisolated let connectionLimiter: Mutex<PeerLimiter<String>>
     /// The per-peer audit logs (`DIR/audit/`); opened at bind.
     var auditLog: AuditLog?
-    /// Per authenticated session (by connection number): what the audit needs to follow it.
-    var sessions: [UInt64: SessionAudit] = [:]
-    /// Every peer that has completed a handshake with this node since it started (names and keys for audit
-    /// records and `agentmesh limits`, also after the session is gone).
-    var authenticatedPeers: [NodeID: PeerIdentity] = [:]
-    var auditCheckpointRequestedAt: Duration = .zero
     private var taskTickedAt: Duration = .zero
 
     public init(
@@ -111,7 +105,8 @@ public actor MeshNode: Service {
         self.trustStore = TrustStore(home: home, isOpen: settings.isOpen, logger: logger)
         self.pendingHandshakes = PendingHandshakes(limit: settings.maximumPendingHandshakes)
         self.replayGuard = ReplayGuard(capacity: settings.replayCacheCapacity)
-        self.limiter = PeerLimiter(settings: settings.limits)
+        self.accountability = PeerAccountability(
+            limits: settings.limits, signingKey: identity.signingKey, checkpointInterval: settings.auditCheckpointInterval)
         self.connections = Connections(local: identity.nodeID, maximumConnections: settings.maximumConnections)
         var addressSettings = PeerLimiter<String>.Settings(rates: settings.limits.rates.filter { $0.key == .connections })
         addressSettings.refusalsBeforeBan = .max
@@ -310,11 +305,11 @@ public actor MeshNode: Service {
         for execution in self.executions.values { execution.cancel() }
         self.wakeAllWaiters()
         // Each peer gets this node's signature over what it sent, then the close; both are in the audit log.
-        let closing = self.connections.removeAll()
-        for connection in closing {
-            self.signTranscript(of: connection)
-            self.sessionEnded(connection.number, peer: connection.peer, reason: "closed here: node is shutting down")
+        for connection in self.connections.all.values.sorted(by: { $0.number < $1.number }) {
+            self.perform(self.accountability.signTranscript(connection.number))
+            self.sessionEnded(connection.number, reason: "closed here: node is shutting down")
         }
+        let closing = self.connections.removeAll()
         for connection in closing {
             try? await connection.channel.triggerUserOutboundEvent(CloseRequest(.shuttingDown)).get()
             try? await connection.channel.close()
@@ -511,7 +506,7 @@ public actor MeshNode: Service {
     func unregister(_ number: UInt64, peer: NodeID, reason: String) {
         let (closedHere, wasCurrent) = self.connections.ended(number, peer: peer)
         let reason = closedHere ?? reason
-        self.sessionEnded(number, peer: peer, reason: reason)
+        self.sessionEnded(number, reason: reason)
         guard wasCurrent else { return }
         self.membership?.disconnected(from: peer)
         self.logger.info("peer disconnected", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
@@ -570,7 +565,7 @@ public actor MeshNode: Service {
 
     func send(_ message: WireMessage, to peer: NodeID, address: String) {
         // A banned peer is cut off both ways until its ban ends.
-        guard self.limiter.bannedUntil(peer, now: self.now) == nil else { return }
+        guard !self.accountability.isBanned(peer, now: self.now) else { return }
         guard self.connections[peer] != nil || (try? HostAndPort(parsing: address)) != nil else { return }
         switch self.connections.route(message, to: peer, now: self.now) {
         case .write:
@@ -655,7 +650,7 @@ public actor MeshNode: Service {
 
     func memberName(_ id: NodeID) -> String {
         if id == self.identity.nodeID { return "\(self.identity.name) \(id.short)" }
-        guard let name = self.membership?.member(id)?.record.name ?? self.authenticatedPeers[id]?.name else {
+        guard let name = self.membership?.member(id)?.record.name ?? self.accountability.peers[id]?.name else {
             return id.short
         }
         return "\(name) \(id.short)"

@@ -1,0 +1,138 @@
+import MeshCore
+import MeshCrypto
+import Testing
+
+/// Limits, audit entries, bans and transcripts for one node's peers, on a manual clock.
+@Suite struct PeerAccountabilityTests {
+    static let local = NodeIdentity(name: "a")
+    static let peer = NodeIdentity(name: "b")
+    static var peerID: NodeID { peer.publicIdentity.nodeID }
+    static let handshakeHash = [UInt8](repeating: 7, count: 32)
+
+    static func accountability(offers: Rate = Rate(perSecond: 10, burst: 10)) -> PeerAccountability {
+        var limits = PeerLimiter<NodeID>.Settings()
+        limits.rates[.offers] = offers
+        var machine = PeerAccountability(limits: limits, signingKey: local.signingKey, checkpointInterval: .seconds(5))
+        _ = machine.sessionStarted(1, peer: peer.publicIdentity, handshakeHash: handshakeHash, detail: "inbound", time: 0)
+        return machine
+    }
+
+    static func offer(_ n: UInt64) -> TaskMessage {
+        .offer(TaskOffer(id: TaskID(high: 0, low: n), epoch: 1, capability: "echo", input: [], timeRemaining: .seconds(9)))
+    }
+
+    static func events(_ actions: [PeerAccountability.Action]) -> [AuditEvent] {
+        actions.compactMap { if case .audit(let entry, _) = $0 { return entry.event } else { return nil } }
+    }
+
+    @Test func aSessionIsAuditedWhenItStartsAndOnceWhenItEnds() {
+        var machine = PeerAccountability(limits: .init(), signingKey: Self.local.signingKey, checkpointInterval: .seconds(5))
+        let started = machine.sessionStarted(4, peer: Self.peer.publicIdentity, handshakeHash: Self.handshakeHash, detail: "x", time: 1)
+        #expect(Self.events(started) == [.connected])
+        #expect(machine.peers[Self.peerID]?.name == "b")
+        #expect(Self.events(machine.sessionEnded(4, reason: "peer closed", time: 2)) == [.disconnected])
+        #expect(machine.sessionEnded(4, reason: "again", time: 3).isEmpty)
+    }
+
+    @Test func aTaskMessageIsAuditedWithItsDigestThenDelivered() {
+        var machine = Self.accountability()
+        let digest = [UInt8](repeating: 1, count: 32)
+        let (deliver, actions) = machine.received(
+            .task(Self.offer(1), digest: digest), bytes: 80, from: Self.peerID, session: 1, now: .zero, time: 5)
+        #expect(deliver)
+        guard case .audit(let entry, let peer)? = actions.first else { Issue.record("no audit entry"); return }
+        #expect(entry.event == .received && entry.digest == digest && entry.task == TaskID(high: 0, low: 1))
+        #expect(peer == Self.peerID && entry.session == 1)
+    }
+
+    /// Over the limit an offer is declined `rate_limited`; a peer that stays over it is banned and then nothing
+    /// it sends is acted on, and a new session is refused, until the ban ends.
+    @Test func offersOverTheLimitAreDeclinedThenThePeerIsBanned() {
+        var machine = Self.accountability(offers: Rate(perSecond: 1, burst: 2))
+        var declined = 0
+        var ban: (until: Duration, reason: String)?
+        for n in 0..<200 where ban == nil {
+            let (deliver, actions) = machine.received(
+                .task(Self.offer(UInt64(n)), digest: []), bytes: 80, from: Self.peerID, session: 1, now: .milliseconds(n), time: 0)
+            for action in actions {
+                if case .declineRateLimited = action { declined += 1 }
+                if case .ban(_, let until, let reason) = action { ban = (until, reason) }
+            }
+            if n < 2 { #expect(deliver, "the burst is accepted") }
+        }
+        #expect(declined > 0)
+        let (until, reason) = try! #require(ban)
+        #expect(reason.contains("stayed over its offers limit"))
+        #expect(machine.isBanned(Self.peerID, now: until - .seconds(1)))
+        let during = machine.received(.membership, bytes: 10, from: Self.peerID, session: 1, now: until - .seconds(1), time: 0)
+        #expect(!during.deliver)
+        let refused = machine.admit(Self.peer.publicIdentity, overrides: [:], from: "10.0.0.2:1", now: until - .seconds(1), time: 0)
+        #expect(refused.refusal?.hasPrefix("banned for another") == true)
+        #expect(Self.events(refused.actions) == [.handshakeRefused])
+        #expect(machine.admit(Self.peer.publicIdentity, overrides: [:], from: "x", now: until, time: 0).refusal == nil)
+    }
+
+    /// After 64 task messages, and a second after the first unsigned one, this node signs what it sent; the
+    /// signature verifies against the peer's own count of what it received.
+    @Test func whatThisNodeSentIsSignedByCountAndByTime() throws {
+        var machine = Self.accountability()
+        var received = Transcript()
+        var checkpoints: [TranscriptCheckpoint] = []
+        for n in 0..<70 {
+            let digest = SHA256.hash([UInt8(n)])
+            received.append(digest: digest)
+            for case .sendTranscript(let checkpoint, 1, Self.peerID) in machine.sent(
+                Self.offer(UInt64(n)), digest: digest, session: 1, now: .milliseconds(n), time: 0)
+            {
+                checkpoints.append(checkpoint)
+            }
+        }
+        #expect(checkpoints.map(\.count) == [64])
+        #expect(machine.tick(now: .milliseconds(500)).actions.isEmpty, "the rest has not waited a second yet")
+        for case .sendTranscript(let checkpoint, _, _) in machine.tick(now: .milliseconds(1_100)).actions {
+            checkpoints.append(checkpoint)
+        }
+        let last = try #require(checkpoints.last)
+        #expect(last.count == 70 && last.transcript == received.hash && last.handshakeHash == Self.handshakeHash)
+        #expect(last.isSigned(by: Self.local.signingKey.publicKey))
+        #expect(machine.tick(now: .seconds(3)).actions.isEmpty, "nothing new to sign")
+    }
+
+    /// The peer's signature over what it sent is kept when it matches what arrived; a lie is misbehaviour, and
+    /// three of them are a ban.
+    @Test func aPeersTranscriptIsCheckedAndALieCountsTowardsABan() {
+        var machine = Self.accountability()
+        var sent = Transcript()
+        for n in 0..<3 {
+            let digest = SHA256.hash([UInt8(n)])
+            sent.append(digest: digest)
+            _ = machine.received(.task(Self.offer(UInt64(n)), digest: digest), bytes: 80, from: Self.peerID, session: 1, now: .zero, time: 0)
+        }
+        let honest = TranscriptCheckpoint(signing: sent, handshakeHash: Self.handshakeHash, with: Self.peer.signingKey)
+        let kept = machine.received(.transcript(honest), bytes: 136, from: Self.peerID, session: 1, now: .zero, time: 0)
+        #expect(!kept.deliver && Self.events(kept.actions) == [.peerCheckpoint])
+
+        var lie = sent
+        lie.append(digest: SHA256.hash([9]))
+        let lying = TranscriptCheckpoint(signing: lie, handshakeHash: Self.handshakeHash, with: Self.peer.signingKey)
+        var banned = false
+        for strike in 1...3 {
+            let actions = machine.received(.transcript(lying), bytes: 136, from: Self.peerID, session: 1, now: .zero, time: 0).actions
+            #expect(Self.events(actions).first == .misbehaved)
+            banned = actions.contains { if case .ban = $0 { return true } else { return false } }
+            #expect(banned == (strike == 3))
+        }
+        let forged = TranscriptCheckpoint(signing: sent, handshakeHash: Self.handshakeHash, with: Ed25519SigningKey())
+        let reason = machine.received(.transcript(forged), bytes: 136, from: Self.peerID, session: 1, now: .zero, time: 0)
+            .actions.compactMap { if case .misbehaved(_, let why) = $0 { return why } else { return nil } }
+        #expect(reason == ["its transcript checkpoint carries a bad signature"])
+    }
+
+    @Test func theAuditLogsAreAskedForACheckpointEveryInterval() {
+        var machine = Self.accountability()
+        #expect(machine.tick(now: .seconds(1)).checkpointDue == false)
+        #expect(machine.tick(now: .seconds(5)).checkpointDue)
+        #expect(machine.tick(now: .seconds(6)).checkpointDue == false)
+        #expect(machine.tick(now: .seconds(10)).checkpointDue)
+    }
+}
