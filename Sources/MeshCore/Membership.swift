@@ -303,6 +303,11 @@ public struct Membership: Sendable {
         self.connected.remove(peer)
     }
 
+    /// The address peers should dial, known once the listener is bound (its port); before any traffic.
+    public mutating func advertise(_ address: String) {
+        self.local = self.local.updated(address: address, incarnation: self.local.incarnation, signer: self.signer)
+    }
+
     /// This node's capabilities or load changed: re-sign and spread the record.
     public mutating func updateLocal(capabilities: [Capability]? = nil, load: UInt32? = nil) {
         self.local = self.local.updated(capabilities: capabilities, load: load, signer: self.signer)

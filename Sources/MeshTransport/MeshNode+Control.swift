@@ -4,10 +4,31 @@ import MeshCore
 import MeshStorage
 import NIOCore
 
-/// A client long-polling for a task to end, until its wait runs out.
-struct TaskWaiter {
-    let wake: () -> Void
-    let expiry: Scheduled<Void>
+/// Clients long-polling for tasks to end, each until its wait runs out.
+struct TaskWaiters {
+    struct Waiter {
+        let wake: () -> Void
+        let expiry: Scheduled<Void>
+    }
+
+    private var byTask: [TaskID: [UInt64: Waiter]] = [:]
+    private var lastToken: UInt64 = 0
+
+    /// Adds a waiter; `expiry` is given the token that ``remove(_:token:)`` takes.
+    mutating func add(_ id: TaskID, wake: @escaping () -> Void, expiry: (UInt64) -> Scheduled<Void>) {
+        self.lastToken += 1
+        let token = self.lastToken
+        self.byTask[id, default: [:]][token] = Waiter(wake: wake, expiry: expiry(token))
+    }
+
+    mutating func remove(_ id: TaskID, token: UInt64) -> Waiter? {
+        defer { if self.byTask[id]?.isEmpty == true { self.byTask[id] = nil } }
+        return self.byTask[id]?.removeValue(forKey: token)
+    }
+
+    mutating func removeAll(_ id: TaskID) -> [Waiter] { Array(self.byTask.removeValue(forKey: id)?.values ?? [:].values) }
+
+    var tasks: [TaskID] { Array(self.byTask.keys) }
 }
 
 /// The control API: routes each request to what answers it. Everything runs on the node's loop and answers through
@@ -63,14 +84,14 @@ extension MeshNode {
             if let state, TaskState(rawValue: state) == nil {
                 return respond(.error(400, "unknown state '\(state)': use one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))"))
             }
-            let tasks = (self.submitter?.allTasks ?? []).filter { state == nil || $0.state.rawValue == state }
+            let tasks = self.submitter.allTasks.filter { state == nil || $0.state.rawValue == state }
             respond(self.taskDocuments.list(tasks))
         case ("GET", 3):
             guard let id = TaskID(hex: parts[2]) else { return respond(.error(400, "'\(parts[2])' is not a task id")) }
-            guard self.submitter?.task(id) != nil else { return respond(.error(404, "no task \(parts[2]) on this node")) }
+            guard self.submitter.task(id) != nil else { return respond(.error(404, "no task \(parts[2]) on this node")) }
             self.whenTaskEnds(id, within: wait ?? .zero) { respond(self.taskDocument(id)) }
         case ("POST", 4) where parts[3] == "cancel":
-            guard let id = TaskID(hex: parts[2]), self.submitter?.task(id) != nil else {
+            guard let id = TaskID(hex: parts[2]), self.submitter.task(id) != nil else {
                 return respond(.error(404, "no task \(parts[2]) on this node"))
             }
             self.runSubmitter { $0.cancel(id, now: self.now) }
@@ -126,20 +147,20 @@ extension MeshNode {
             guard let wait else { return respond(self.taskDocument(id, status: 202)) }
             self.whenTaskEnds(id, within: wait) {
                 // Without `wait` the answer is "accepted" (202) even when a fast executor has already finished.
-                let ended = self.submitter?.task(id)?.state.isTerminal == true
+                let ended = self.submitter.task(id)?.state.isTerminal == true
                 respond(self.taskDocument(id, status: ended ? 200 : 202))
             }
         }
     }
 
     private func taskDocument(_ id: TaskID, status: Int = 200) -> ControlResponse {
-        guard let task = self.submitter?.task(id) else { return .error(404, "no task \(id) on this node") }
+        guard let task = self.submitter.task(id) else { return .error(404, "no task \(id) on this node") }
         return self.taskDocuments.task(task, status: status)
     }
 
     private var taskDocuments: TaskDocuments {
         TaskDocuments(date: self.wallClockDate(for:)) { id in
-            id == self.identity.nodeID ? self.identity.name : (self.membership?.member(id)?.record.name ?? id.short)
+            id == self.identity.nodeID ? self.identity.name : (self.membership.member(id)?.record.name ?? id.short)
         }
     }
 
@@ -152,23 +173,22 @@ extension MeshNode {
 
     /// Calls `then` when the task ends or `timeout` passes, whichever is first (at once for a task that ended).
     private func whenTaskEnds(_ id: TaskID, within timeout: Duration, then: @escaping () -> Void) {
-        guard let task = self.submitter?.task(id), !task.state.isTerminal, timeout > .zero else { return then() }
-        self.lastWaiter += 1
-        let token = self.lastWaiter
-        let expiry = self.loop.scheduleTask(in: TimeAmount(timeout)) {
-            self.assumeIsolated { node in node.waiters[id]?.removeValue(forKey: token)?.wake() } as Void
+        guard let task = self.submitter.task(id), !task.state.isTerminal, timeout > .zero else { return then() }
+        self.waiters.add(id, wake: then) { token in
+            self.loop.scheduleTask(in: TimeAmount(timeout)) {
+                self.assumeIsolated { node in node.waiters.remove(id, token: token)?.wake() } as Void
+            }
         }
-        self.waiters[id, default: [:]][token] = TaskWaiter(wake: then, expiry: expiry)
     }
 
     func wakeWaiters(for id: TaskID) {
-        for waiter in self.waiters.removeValue(forKey: id)?.values ?? [:].values {
+        for waiter in self.waiters.removeAll(id) {
             waiter.expiry.cancel()
             waiter.wake()
         }
     }
 
     func wakeAllWaiters() {
-        for id in Array(self.waiters.keys) { self.wakeWaiters(for: id) }
+        for id in self.waiters.tasks { self.wakeWaiters(for: id) }
     }
 }

@@ -76,7 +76,7 @@ extension MeshNode {
             return true
         }
         let now = self.now
-        let verdict = self.connectionLimiter.withLock { $0.admit(ip, .connections, now: now) }
+        let verdict = self.gate.addresses.withLock { $0.admit(ip, .connections, now: now) }
         guard verdict == .accepted else {
             self.logger.debug("refused connection over the per-address limit", metadata: ["remote": "\(ip)"])
             return false
@@ -86,7 +86,7 @@ extension MeshNode {
 
     /// A banned peer's new session is refused (and audited) until the ban ends.
     func admitSession(_ peer: EstablishedPeer, channel: any Channel) -> Bool {
-        let overrides = self.trustStore.current().trusted[peer.identity.identityKey]?.limits ?? [:]
+        let overrides = self.gate.trustStore.current().trusted[peer.identity.identityKey]?.limits ?? [:]
         let (refusal, actions) = self.accountability.admit(
             peer.identity, overrides: overrides, from: channel.remoteAddress.display, now: self.now,
             time: AuditLog.wallClockMilliseconds())
@@ -138,7 +138,7 @@ extension MeshNode {
         self.perform(actions)
         if checkpointDue {
             self.auditLog?.requestCheckpoints()
-            self.connectionLimiter.withLock { $0.forgetIdle(now: now) }
+            self.gate.addresses.withLock { $0.forgetIdle(now: now) }
         }
     }
 
@@ -147,7 +147,7 @@ extension MeshNode {
     /// Queues an entry for a peer's log. The peer's identity comes from its session or its member record; a peer
     /// this node knows nothing about cannot have a log.
     func audit(_ entry: AuditEntry, peer: NodeID) {
-        guard let identity = self.accountability.peers[peer] ?? self.membership?.member(peer)?.record.identity else { return }
+        guard let identity = self.accountability.peers[peer] ?? self.membership.member(peer)?.record.identity else { return }
         self.audit(entry, identity: identity)
     }
 
@@ -157,7 +157,6 @@ extension MeshNode {
     }
 
     func openAuditLog(_ log: AuditLog) {
-        self.auditLog = log
         log.onProgress { progress in
             self.onLoop { $0.auditProgressed(progress) }
         }
@@ -207,7 +206,7 @@ extension MeshNode {
             peers: peers.map { peer in
                 ControlAPI.PeerLimits(
                     id: peer.description,
-                    name: self.accountability.peers[peer]?.name ?? self.membership?.member(peer)?.record.name ?? peer.short,
+                    name: self.accountability.peers[peer]?.name ?? self.membership.member(peer)?.record.name ?? peer.short,
                     connected: self.connections[peer] != nil,
                     bannedUntil: limiter.bannedUntil(peer, now: now).map(self.wallClockDate(for:)),
                     bans: limiter.banCount(peer),

@@ -44,10 +44,10 @@ extension MeshNode {
     /// Alive members and their capabilities, with this node's own live load.
     private func taskCandidates() -> [TaskSubmitter.Candidate] {
         var candidates: [TaskSubmitter.Candidate] = []
-        if let runner = self.runner, !runner.capacity.isEmpty {
-            candidates.append(.init(id: self.identity.nodeID, capabilities: runner.capacity, load: runner.load))
+        if !self.runner.capacity.isEmpty {
+            candidates.append(.init(id: self.identity.nodeID, capabilities: self.runner.capacity, load: self.runner.load))
         }
-        for view in self.membership?.view ?? [] where view.status == .alive && !view.record.capabilities.isEmpty {
+        for view in self.membership.view where view.status == .alive && !view.record.capabilities.isEmpty {
             candidates.append(.init(
                 id: view.record.nodeID,
                 capabilities: Dictionary(
@@ -59,11 +59,11 @@ extension MeshNode {
 
     /// Load travels in the signed member record; re-signing on every task would flood gossip, so at most once a second.
     private func advertiseLoadIfChanged(now: Duration) {
-        guard let load = self.runner?.load, load != self.advertisedLoad, now - self.loadAdvertisedAt >= .seconds(1)
+        let load = self.runner.load
+        guard load != self.advertisedLoad.load, now - self.advertisedLoad.at >= .seconds(1)
         else { return }
-        self.advertisedLoad = load
-        self.loadAdvertisedAt = now
-        self.membership?.updateLocal(load: UInt32(load))
+        self.advertisedLoad = (load, now)
+        self.membership.updateLocal(load: UInt32(load))
     }
 
     // MARK: - Driving the machines
@@ -78,7 +78,7 @@ extension MeshNode {
     /// stored task on each event (copy-on-write), which made a busy node slower the more tasks it kept.
     func runSubmitter(_ event: (inout TaskSubmitter) -> [TaskSubmitter.Directive]) {
         guard self.submitter != nil else { return }
-        let directives = event(&self.submitter!)
+        let directives = event(&self.submitter)
         var changes: [TaskStore.Change] = []
         var actions: [DeferredTaskAction] = []
         for directive in directives {
@@ -93,14 +93,14 @@ extension MeshNode {
 
     func runTaskRunner(_ event: (inout TaskRunner) -> [TaskRunner.Directive]) {
         guard self.runner != nil else { return }
-        let directives = event(&self.runner!)
+        let directives = event(&self.runner)
         var changes: [TaskStore.Change] = []
         var actions: [DeferredTaskAction] = []
         for directive in directives {
             switch directive {
             case .persistAccepted(let task): changes.append(.accepted(task))
             case .persistResult(let id, _, _):
-                if let task = self.runner?.task(id) { changes.append(.accepted(task)) }
+                if let task = self.runner.task(id) { changes.append(.accepted(task)) }
             case .forget(let id): changes.append(.forgetAccepted(id))
             // A refusal depends on nothing durable, and must get out even while the disk is full.
             case .send(.decline(let id, let epoch, let reason), let peer):
@@ -124,7 +124,7 @@ extension MeshNode {
         case .submitter(.send(let message, let peer)):
             // An offer whose attempt ended while it waited (the task was abandoned or moved on) stays unsent.
             if case .offer(let offer) = message {
-                guard let attempt = self.submitter?.task(offer.id)?.currentAttempt, attempt.epoch == offer.epoch,
+                guard let attempt = self.submitter.task(offer.id)?.currentAttempt, attempt.epoch == offer.epoch,
                     attempt.peer == peer, attempt.outcome == nil
                 else { return }
             }
@@ -136,10 +136,10 @@ extension MeshNode {
             ])
             self.wakeWaiters(for: task.id)
         case .runner(.send(let message, let peer)):
-            if case .accept(let id, let epoch) = message, self.runner?.task(id)?.epoch != epoch { return }
+            if case .accept(let id, let epoch) = message, self.runner.task(id)?.epoch != epoch { return }
             self.deliver(message, to: peer)
         case .runner(.start(let task)):
-            guard let current = self.runner?.task(task.id), current.outcome == nil, !current.isHeld,
+            guard let current = self.runner.task(task.id), current.outcome == nil, !current.isHeld,
                 self.executions[task.id] == nil
             else { return }
             self.startExecution(current)
@@ -157,11 +157,10 @@ extension MeshNode {
     func openTaskStore(
         _ store: TaskStore, restoring stored: (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask])
     ) {
-        self.taskStore = store
         store.onProgress { progress in
             self.onLoop { $0.storeProgressed(progress) }
         }
-        self.submitter?.restore(stored.submitted, now: self.now)
+        self.submitter.restore(stored.submitted, now: self.now)
         self.runTaskRunner { $0.restore(stored.accepted, now: self.now) }
         if !stored.submitted.isEmpty || !stored.accepted.isEmpty {
             self.logger.info("restored tasks", metadata: [
@@ -206,7 +205,7 @@ extension MeshNode {
     /// could not be made durable, or would go unaudited, is declined `storage_unavailable`.
     func storageAvailabilityChanged() {
         let available = self.commitGate.isWritable
-        self.runner?.setStorageAvailable(available)
+        self.runner.setStorageAvailable(available)
         if !available { self.abandonUnstartedTasks() }
     }
 
@@ -219,7 +218,7 @@ extension MeshNode {
         }
         guard self.runner != nil, !unstarted.isEmpty else { return }
         var directives: [TaskRunner.Directive] = []
-        for id in unstarted { directives += self.runner!.abandon(id) }
+        for id in unstarted { directives += self.runner.abandon(id) }
         for directive in directives {
             switch directive {
             case .forget(let id): self.taskStore?.enqueue([.forgetAccepted(id)])
@@ -248,7 +247,7 @@ extension MeshNode {
             self.receiveTask(message, from: peer)
             return
         }
-        let address = self.membership?.member(peer)?.record.address ?? ""
+        let address = self.membership.member(peer)?.record.address ?? ""
         self.send(.task(message), to: peer, address: address)
     }
 

@@ -22,20 +22,20 @@ public actor MeshNode: Service {
     /// The one event loop that runs this node: its state (the actor's executor), its peer connections and its
     /// control API. A message in, a state-machine step and a message out happen on one thread, in one turn.
     nonisolated let loop: any EventLoop
-    nonisolated let trustStore: TrustStore
-    private nonisolated let pendingHandshakes: PendingHandshakes
-    private nonisolated let replayGuard: ReplayGuard
-    /// Set once the listener is bound (the advertised address needs the real port). NIO may accept a connection
-    /// before that; such a connection is closed.
-    private nonisolated let credentialsBox = Mutex<HandshakeCredentials?>(nil)
+    /// What decides about a connection before its peer is authenticated.
+    nonisolated let gate: HandshakeGate
+    nonisolated let clock = NodeClock()
+    /// On-demand dials to start, and `agentmesh leave`.
+    private nonisolated let signals: Signals
 
     private enum State {
         case created
         case bound(Bound)
         case running(Bound)
-        case stopped
+        case stopped(Bound)
     }
 
+    /// What a node holds from `bind` on.
     private struct Bound {
         let listener: any Channel
         let control: ControlServer
@@ -43,6 +43,15 @@ public actor MeshNode: Service {
         let httpControl: ControlServer?
         let address: HostAndPort
         let startedAt: Date
+        /// Durable task state (`DIR/node.sqlite`).
+        let taskStore: TaskStore
+        /// The per-peer audit logs (`DIR/audit/`).
+        let auditLog: AuditLog
+    }
+
+    private struct Signals: Sendable {
+        let dials = AsyncStream<(NodeID, HostAndPort)>.makeStream(bufferingPolicy: .bufferingNewest(1024))
+        let leave = AsyncStream<Void>.makeStream()
     }
 
     typealias Connections = ConnectionTable<PeerSession, WireMessage>
@@ -54,43 +63,35 @@ public actor MeshNode: Service {
         if case .running = self.state { return true }
         return false
     }
+    private var bound: Bound? {
+        switch self.state {
+        case .bound(let bound), .running(let bound), .stopped(let bound): return bound
+        case .created: return nil
+        }
+    }
+    var taskStore: TaskStore? { self.bound?.taskStore }
+    var auditLog: AuditLog? { self.bound?.auditLog }
     /// One session per peer, bounded, with the messages waiting for on-demand dials.
     var connections: Connections
 
-    /// The SWIM state machine; created at bind, when the advertised address is known.
-    var membership: Membership?
-    private nonisolated let clockOrigin = ContinuousClock.now
-    private nonisolated let wallClockOrigin = Date()
-
-    /// Core time as a wall-clock date, for display only.
-    nonisolated func wallClockDate(for time: Duration) -> Date { self.wallClockOrigin + time.seconds }
-    nonisolated var timeBase: TaskStore.TimeBase { TaskStore.TimeBase(origin: self.wallClockOrigin) }
-    private nonisolated let dials: (stream: AsyncStream<(NodeID, HostAndPort)>, continuation: AsyncStream<(NodeID, HostAndPort)>.Continuation)
-    private nonisolated let leaveSignal: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
-
-    /// The two ends of the task protocol; created at bind.
-    var submitter: TaskSubmitter?
-    var runner: TaskRunner?
+    /// The SWIM state machine (its record gets the advertised address at bind, before any traffic).
+    var membership: Membership
+    /// The two ends of the task protocol.
+    var submitter: TaskSubmitter
+    var runner: TaskRunner
     /// Executor runs in progress, so a cancel or a deadline can stop them.
     var executions: [TaskID: Task<Void, Never>] = [:]
     /// Clients long-polling for a task to end.
-    var waiters: [TaskID: [UInt64: TaskWaiter]] = [:]
-    var lastWaiter: UInt64 = 0
-    /// Durable task state (`DIR/node.sqlite`); opened at bind.
-    var taskStore: TaskStore?
+    var waiters = TaskWaiters()
     /// Task actions and client answers held until the store and the audit log have committed what they need.
     var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
         storeCommitted: 0, auditCommitted: 0)
-    var advertisedLoad = 0
-    var loadAdvertisedAt: Duration = .zero
+    /// The load in this node's member record, and when it was put there.
+    var advertisedLoad: (load: Int, at: Duration) = (0, .zero)
     /// When each member last sent this node a membership message (direct evidence it is alive).
     private var lastHeardFrom: [NodeID: Date] = [:]
     /// Per-peer limits, bans, audit entries and transcripts.
     var accountability: PeerAccountability
-    /// Connection attempts per source address, before anyone is authenticated; refuses, never bans.
-    nonisolated let connectionLimiter: Mutex<PeerLimiter<String>>
-    /// The per-peer audit logs (`DIR/audit/`); opened at bind.
-    var auditLog: AuditLog?
     private var taskTickedAt: Duration = .zero
 
     public init(
@@ -102,17 +103,20 @@ public actor MeshNode: Service {
         self.settings = settings
         self.logger = logger
         self.loop = MultiThreadedEventLoopGroup.singleton.next()
-        self.trustStore = TrustStore(home: home, isOpen: settings.isOpen, logger: logger)
-        self.pendingHandshakes = PendingHandshakes(limit: settings.maximumPendingHandshakes)
-        self.replayGuard = ReplayGuard(capacity: settings.replayCacheCapacity)
+        let trustStore = TrustStore(home: home, isOpen: settings.isOpen, logger: logger)
+        self.gate = HandshakeGate(trustStore: trustStore, settings: settings)
+        self.signals = Signals()
+        var seed = SystemRandomNumberGenerator()
+        self.membership = Membership(
+            identity: identity.publicIdentity, address: settings.listen.description,
+            capabilities: settings.capabilities.map(\.capability), trust: trustStore.current(),
+            signer: .ed25519(identity), settings: settings.membership, seed: seed.next(), now: .zero)
+        self.submitter = TaskSubmitter(local: identity.nodeID, seed: seed.next())
+        self.runner = TaskRunner(capacity: Dictionary(
+            settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
         self.accountability = PeerAccountability(
             limits: settings.limits, signingKey: identity.signingKey, checkpointInterval: settings.auditCheckpointInterval)
         self.connections = Connections(local: identity.nodeID, maximumConnections: settings.maximumConnections)
-        var addressSettings = PeerLimiter<String>.Settings(rates: settings.limits.rates.filter { $0.key == .connections })
-        addressSettings.refusalsBeforeBan = .max
-        self.connectionLimiter = Mutex(PeerLimiter(settings: addressSettings))
-        self.dials = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
-        self.leaveSignal = AsyncStream.makeStream()
     }
 
     /// `.process` durability: the task store commits and the audit log appends on this node's loop, between
@@ -135,14 +139,14 @@ public actor MeshNode: Service {
     public nonisolated var unownedExecutor: UnownedSerialExecutor { self.loop.executor.asUnownedSerialExecutor() }
 
     /// Core time: a monotonic duration since this node started, immune to wall-clock jumps.
-    nonisolated var now: Duration { ContinuousClock.now - self.clockOrigin }
+    nonisolated var now: Duration { self.clock.now }
+
+    /// Core time as a wall-clock date, for display only.
+    nonisolated func wallClockDate(for time: Duration) -> Date { self.clock.wallClockDate(for: time) }
 
     /// The TCP port of the control API when it listens over HTTP (`run --http`).
     public var httpControlPort: Int? {
-        switch self.state {
-        case .bound(let bound), .running(let bound): return bound.httpControl?.port
-        case .created, .stopped: return nil
-        }
+        self.bound?.httpControl?.port
     }
 
     public enum StartError: Error, CustomStringConvertible {
@@ -171,7 +175,7 @@ public actor MeshNode: Service {
         let stored: (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask])
         do {
             store = try TaskStore(
-                path: self.home.taskStorePath, timeBase: self.timeBase, durability: self.settings.durability,
+                path: self.home.taskStorePath, timeBase: TaskStore.TimeBase(origin: self.clock.wallClockOrigin), durability: self.settings.durability,
                 commitOn: self.commitExecutor,
                 maximumPages: self.settings.taskStoreMaximumPages)
             stored = try store.load()
@@ -218,27 +222,19 @@ public actor MeshNode: Service {
                 throw error
             }
         }
-        self.credentialsBox.withLock {
-            $0 = HandshakeCredentials(
-                identity: self.identity, networkKey: self.networkKey, listenAddress: address.description)
-        }
+        self.gate.credentials = HandshakeCredentials(
+            identity: self.identity, networkKey: self.networkKey, listenAddress: address.description)
         self.state = .bound(Bound(
-            listener: listener, control: control, httpControl: httpControl, address: address, startedAt: Date()))
-        var seed = SystemRandomNumberGenerator()
-        self.membership = Membership(
-            identity: self.identity.publicIdentity, address: address.description,
-            capabilities: self.settings.capabilities.map(\.capability), trust: self.trustStore.current(),
-            signer: .ed25519(self.identity), settings: self.settings.membership, seed: seed.next(), now: self.now)
-        self.submitter = TaskSubmitter(local: self.identity.nodeID, seed: seed.next())
-        self.runner = TaskRunner(capacity: Dictionary(
-            self.settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
+            listener: listener, control: control, httpControl: httpControl, address: address, startedAt: Date(),
+            taskStore: store, auditLog: audit))
+        self.membership.advertise(address.description)
         // Records the writers queued while opening (a recovered log's note) gate nothing.
         self.commitGate = CommitGate(storeCommitted: store.lastQueued, auditCommitted: audit.lastQueued)
         self.openTaskStore(store, restoring: stored)
         self.openAuditLog(audit)
         self.logger.info("listening", metadata: [
             "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
-            "trusted-peers": "\(self.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
+            "trusted-peers": "\(self.gate.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
             "http-control": "\(httpControl.map { "\(self.settings.httpControl!.host):\($0.port ?? 0) (token in \(self.home.controlTokenPath))" } ?? "off")",
         ])
         return address
@@ -260,7 +256,7 @@ public actor MeshNode: Service {
             }
             group.addTask {
                 await withDiscardingTaskGroup { dialling in
-                    for await (peer, address) in self.dials.stream {
+                    for await (peer, address) in self.signals.dials.stream {
                         dialling.addTask { await self.dialOnDemand(peer, at: address) }
                     }
                 }
@@ -268,13 +264,13 @@ public actor MeshNode: Service {
             // Runs until SIGTERM/SIGINT (graceful shutdown), `agentmesh leave`, or cancellation.
             await withTaskGroup(of: Void.self) { waiters in
                 waiters.addTask { try? await gracefulShutdown() }
-                waiters.addTask { for await _ in self.leaveSignal.stream { return } }
+                waiters.addTask { for await _ in self.signals.leave.stream { return } }
                 await waiters.next()
                 waiters.cancelAll()
             }
             await self.announceLeave()
             await self.stop()
-            self.dials.continuation.finish()
+            self.signals.dials.continuation.finish()
             group.cancelAll()
         }
         self.logger.info("stopped")
@@ -282,14 +278,14 @@ public actor MeshNode: Service {
 
     /// `agentmesh leave`: announce the leave, then stop as on SIGTERM.
     public nonisolated func requestLeave() {
-        self.leaveSignal.continuation.yield()
+        self.signals.leave.continuation.yield()
     }
 
     /// Tells every live member this node is leaving, and gives the messages a moment to go out, so the mesh marks
     /// it "left" at once instead of suspecting it for seconds.
     private func announceLeave() async {
-        guard case .running = self.state, self.membership != nil else { return }
-        self.handle(self.membership!.leave(now: self.now))
+        guard case .running = self.state else { return }
+        self.handle(self.membership.leave(now: self.now))
         let deadline = ContinuousClock.now + .seconds(1)
         while self.connections.hasPendingSends, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
@@ -300,7 +296,7 @@ public actor MeshNode: Service {
     /// Sends every peer an authenticated close, then closes the listener and the control socket.
     private func stop() async {
         guard case .running(let bound) = self.state else { return }
-        self.state = .stopped
+        self.state = .stopped(bound)
         self.logger.info("shutting down", metadata: ["peers": "\(self.connections.count)"])
         for execution in self.executions.values { execution.cancel() }
         self.wakeAllWaiters()
@@ -341,8 +337,8 @@ public actor MeshNode: Service {
     }
 
     private nonisolated func prepareAcceptedChannel(_ channel: any Channel) throws {
-        let pending = self.pendingHandshakes
-        guard let credentials = self.credentialsBox.withLock({ $0 }) else {
+        let pending = self.gate.pending
+        guard let credentials = self.gate.credentials else {
             channel.close(promise: nil)
             return
         }
@@ -361,7 +357,7 @@ public actor MeshNode: Service {
         let ended: EventLoopFuture<SessionOutcome>
         do {
             ended = try self.addSessionHandlers(
-                to: channel, role: .responder(ResponderHandshake(credentials: credentials), self.replayGuard),
+                to: channel, role: .responder(ResponderHandshake(credentials: credentials), self.gate.replayGuard),
                 origin: .accepted, releaseSlot: { pending.end() })
         } catch {
             pending.end()
@@ -378,7 +374,7 @@ public actor MeshNode: Service {
     private nonisolated func addSessionHandlers(
         to channel: any Channel, role: SecureChannelHandler.Role, origin: Origin, releaseSlot: (@Sendable () -> Void)?
     ) throws -> EventLoopFuture<SessionOutcome> {
-        let trustStore = self.trustStore
+        let trustStore = self.gate.trustStore
         let configuration = SecureChannelHandler.Configuration(
             handshakeTimeout: TimeAmount(self.settings.handshakeTimeout),
             keepaliveInterval: TimeAmount(self.settings.keepaliveInterval),
@@ -433,7 +429,7 @@ public actor MeshNode: Service {
     /// Dials `address` and runs the connection from handshake to close. Throws the error that ended it before a
     /// session was established.
     private nonisolated func dial(_ address: HostAndPort, origin: Origin) async throws -> SessionOutcome {
-        guard let credentials = self.credentialsBox.withLock({ $0 }) else { throw CancellationError() }
+        guard let credentials = self.gate.credentials else { throw CancellationError() }
         let ended = try await ClientBootstrap(group: self.loop)
             .connectTimeout(TimeAmount(self.settings.connectTimeout))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -489,9 +485,7 @@ public actor MeshNode: Service {
             "remote": "\(channel.remoteAddress.display)", "direction": "\(origin.isAccepted ? "inbound" : "outbound")",
             "trust": "\(peer.decision.label)",
         ])
-        if self.membership != nil {
-            self.handle(self.membership!.connected(to: peerID, address: peer.listenAddress, now: self.now))
-        }
+        self.handle(self.membership.connected(to: peerID, address: peer.listenAddress, now: self.now))
         for message in pending { self.write(message, to: connection) }
         self.submitterReconnected(peerID)
         return number
@@ -508,11 +502,11 @@ public actor MeshNode: Service {
         let reason = closedHere ?? reason
         self.sessionEnded(number, reason: reason)
         guard wasCurrent else { return }
-        self.membership?.disconnected(from: peer)
+        self.membership.disconnected(from: peer)
         self.logger.info("peer disconnected", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
     }
 
-    private func liveMemberCount() -> Int { (self.membership?.liveCount ?? 1) - 1 }
+    private func liveMemberCount() -> Int { self.membership.liveCount - 1 }
 
     private func isConnected(to peer: NodeID) -> Bool { self.connections[peer] != nil }
 
@@ -530,23 +524,23 @@ public actor MeshNode: Service {
 
     private func membershipTick() -> Duration {
         let cap = self.settings.membership.gossipInterval
-        guard case .running = self.state, self.membership != nil else { return cap }
+        guard case .running = self.state else { return cap }
         let now = self.now
-        self.handle(self.membership!.tick(now: now))
+        self.handle(self.membership.tick(now: now))
         // Task timers (offer time-outs, retries, deadlines) need no finer grain than this.
         if now - self.taskTickedAt >= .milliseconds(50) {
             self.taskTickedAt = now
             self.taskTick(now: now)
             self.accountabilityTick(now: now)
         }
-        return min(max((self.membership?.nextDeadline ?? now + cap) - now, self.settings.membershipTick), cap)
+        return min(max(self.membership.nextDeadline - now, self.settings.membershipTick), cap)
     }
 
     func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {
-        guard case .running = self.state, self.membership != nil else { return }
+        guard case .running = self.state else { return }
         self.connections.heard(from: peer, now: self.now)
         self.lastHeardFrom[peer] = Date()
-        self.handle(self.membership!.receive(message, from: peer, now: self.now))
+        self.handle(self.membership.receive(message, from: peer, now: self.now))
     }
 
     /// Carries out the membership machine's directives: sends (dialling on demand), logs, misbehaviour reports.
@@ -571,7 +565,7 @@ public actor MeshNode: Service {
         case .write:
             self.write(message, to: self.connections[peer]!)
         case .dial:
-            if let target = try? HostAndPort(parsing: address) { self.dials.continuation.yield((peer, target)) }
+            if let target = try? HostAndPort(parsing: address) { self.signals.dials.continuation.yield((peer, target)) }
         case .queued, .dropped:
             break
         }
@@ -650,7 +644,7 @@ public actor MeshNode: Service {
 
     func memberName(_ id: NodeID) -> String {
         if id == self.identity.nodeID { return "\(self.identity.name) \(id.short)" }
-        guard let name = self.membership?.member(id)?.record.name ?? self.accountability.peers[id]?.name else {
+        guard let name = self.membership.member(id)?.record.name ?? self.accountability.peers[id]?.name else {
             return id.short
         }
         return "\(name) \(id.short)"
@@ -666,17 +660,17 @@ public actor MeshNode: Service {
         case .bound(let bound), .running(let bound): startedAt = bound.startedAt
         case .created, .stopped: startedAt = Date()
         }
-        let local = self.membership?.local
+        let local = self.membership.local
         members.append(ControlAPI.Member(
             id: self.identity.nodeID.description, name: self.identity.name,
-            address: local?.address ?? self.settings.listen.description, status: "alive",
-            incarnation: local?.incarnation ?? 0, capabilities: (local?.capabilities ?? []).map(ControlAPI.CapabilityInfo.init),
-            load: local?.load ?? 0, lastHeard: Date(), accuser: nil, remoteAddress: nil, connection: "self", trust: "self",
+            address: local.address, status: "alive",
+            incarnation: local.incarnation, capabilities: local.capabilities.map(ControlAPI.CapabilityInfo.init),
+            load: local.load, lastHeard: Date(), accuser: nil, remoteAddress: nil, connection: "self", trust: "self",
             since: startedAt))
-        for view in (self.membership?.view ?? []).sorted(by: { $0.record.name < $1.record.name }) {
+        for view in self.membership.view.sorted(by: { $0.record.name < $1.record.name }) {
             let connection = self.connections[view.record.nodeID]
             let trust: String
-            switch self.trustStore.current().decision(for: view.record.identity) {
+            switch self.gate.trustStore.current().decision(for: view.record.identity) {
             case .trusted: trust = "trusted"
             case .admittedByOpenMode: trust = "open"
             case .refused: trust = "refused"
@@ -685,7 +679,7 @@ public actor MeshNode: Service {
                 id: view.record.nodeID.description, name: view.record.name, address: view.record.address,
                 status: view.status.rawValue, incarnation: view.incarnation,
                 capabilities: view.record.capabilities.map(ControlAPI.CapabilityInfo.init), load: view.record.load,
-                lastHeard: max(self.lastHeardFrom[view.record.nodeID] ?? .distantPast, self.wallClockOrigin + view.lastChange.seconds),
+                lastHeard: max(self.lastHeardFrom[view.record.nodeID] ?? .distantPast, self.clock.wallClockOrigin + view.lastChange.seconds),
                 accuser: view.accuser?.description,
                 remoteAddress: connection.map { $0.channel.remoteAddress.display },
                 connection: connection.map { $0.origin.isAccepted ? "inbound" : "outbound" } ?? "none", trust: trust,
