@@ -108,7 +108,7 @@ public struct Membership: Sendable {
     public let settings: MembershipSettings
     private let identity: PeerIdentity
     private let signer: MembershipSigner
-    private let trust: TrustPolicy
+    private var trust: TrustPolicy
     private var random: SplitMix64
 
     public private(set) var local: MemberRecord
@@ -301,6 +301,12 @@ public struct Membership: Sendable {
     /// stays with the probes.
     public mutating func disconnected(from peer: NodeID) {
         self.connected.remove(peer)
+    }
+
+    /// The trust list changed (`agentmesh trust` on a running node): records of newly trusted members are taken
+    /// from now on; members already known stay until they leave or die.
+    public mutating func updateTrust(_ policy: TrustPolicy) {
+        self.trust = policy
     }
 
     /// The address peers should dial, known once the listener is bound (its port); before any traffic.

@@ -485,6 +485,8 @@ public actor MeshNode: Service {
             "remote": "\(channel.remoteAddress.display)", "direction": "\(origin.isAccepted ? "inbound" : "outbound")",
             "trust": "\(peer.decision.label)",
         ])
+        // The peer may be trusted only since a moment ago (its handshake read the new trust list).
+        self.membership.updateTrust(self.gate.trustStore.current())
         self.handle(self.membership.connected(to: peerID, address: peer.listenAddress, now: self.now))
         for message in pending { self.write(message, to: connection) }
         self.submitterReconnected(peerID)
@@ -526,6 +528,7 @@ public actor MeshNode: Service {
         let cap = self.settings.membership.gossipInterval
         guard case .running = self.state else { return cap }
         let now = self.now
+        self.membership.updateTrust(self.gate.trustStore.current())
         self.handle(self.membership.tick(now: now))
         // Task timers (offer time-outs, retries, deadlines) need no finer grain than this.
         if now - self.taskTickedAt >= .milliseconds(50) {

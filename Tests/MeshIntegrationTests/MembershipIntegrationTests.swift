@@ -61,6 +61,30 @@ import MeshControl
         await runningA.stop()
     }
 
+    /// `agentmesh trust` on a running node: the newly trusted peer's session opens, it becomes a member, and its
+    /// capabilities can be used, without a restart (membership used to keep the trust list it started with).
+    @Test func aPeerTrustedWhileTheNodeRunsBecomesAMember() async throws {
+        let mesh = try TestMesh()
+        let x = try mesh.node("x")
+        let y = try mesh.node("y")
+        try y.trust(x)
+        let runningX = try await x.start()
+        let runningY = try await y.start {
+            $0.joins = [runningX.address]
+            $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+        }
+        // x refuses y until it trusts it.
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(await runningX.members("alive").isEmpty)
+        try x.trust(y)
+        #expect(await eventually { await runningX.members("alive") == ["y"] }, "y never became a member of x")
+        #expect(await eventually { await runningY.members("alive") == ["x"] })
+        let id = try await TaskIntegrationTests.submit(runningX, "echo", ["n": 1])
+        #expect(try await TaskIntegrationTests.wait(runningX, id).state == "completed")
+        await runningY.stop()
+        await runningX.stop()
+    }
+
     /// An authenticated peer that gossips a record for another node, signed with its own key.
     @Test func aForgedRecordIsRejectedAndReportedAsMisbehaviour() async throws {
         let mesh = try TestMesh()
