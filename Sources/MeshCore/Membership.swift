@@ -377,6 +377,8 @@ public struct Membership: Sendable {
         var directives: [MembershipDirective] = []
         for update in message.updates {
             self.apply(update, from: peer, now: now, into: &directives)
+            // An honest peer never sends a bad update: the rest of this message is not worth the work.
+            if case .misbehaving? = directives.last { return directives }
         }
         let peerAddress = self.members[peer]?.record.address ?? ""
         switch message {
@@ -662,12 +664,13 @@ public struct Membership: Sendable {
             }
             guard newer else { return }
         }
+        // Cheap checks first: a record of a node this one does not trust changes nothing, however well signed.
+        guard existing != nil || self.admits(record) else { return }
         // Verify only what would change state: re-broadcast copies of known records cost nothing.
         guard record.isValid(using: self.signer) else {
             directives.append(.misbehaving(peer, reason: "member record for \(record.nodeID.short) with a bad signature"))
             return
         }
-        guard existing != nil || self.admits(record) else { return }
         self.store(
             Member(record: record, status: .alive, incarnation: record.incarnation, trouble: nil, lastChange: now),
             for: record.nodeID)

@@ -66,9 +66,22 @@ package final class AuditLog: Sendable {
 
     private struct OpenLog {
         var chain: AuditChain
-        let descriptor: Int32
+        /// -1 while the file is closed (only the most recently used logs keep a descriptor).
+        var descriptor: Int32 = -1
         var durableLength: Int
+        var lastUsed: UInt64 = 0
     }
+
+    /// Every log this node keeps, and how many of them hold an open descriptor.
+    private struct Logs {
+        var byPeer: [NodeID: OpenLog] = [:]
+        var openCount = 0
+        var uses: UInt64 = 0
+    }
+
+    /// At most this many logs keep a descriptor open; others are opened again when written. A node that is offered
+    /// handshakes by thousands of identities must not run out of descriptors.
+    package static let maximumOpenLogs = 64
 
     package let directory: String
     private let signingKey: Ed25519SigningKey
@@ -77,7 +90,7 @@ package final class AuditLog: Sendable {
     private let commitExecutor: CommitExecutor
     private let queue = Mutex(Queue())
     /// Changed only by appends (on the commit executor) and in `init`; read by the background sync.
-    private let logs: Mutex<[NodeID: OpenLog]>
+    private let logs: Mutex<Logs>
     private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
     private let retryDelay: Duration
     private let counters = Mutex(Statistics())
@@ -112,15 +125,14 @@ package final class AuditLog: Sendable {
             let path = directory + "/" + file
             do throws(AuditError) {
                 let report = try Self.verifiedReport(path: path, localKey: identity.signingKey.publicKey)
-                let descriptor = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
-                guard descriptor >= 0 else {
-                    throw AuditError(description: "cannot open \(path) for appending: \(FileSystem.lastError())")
-                }
                 if report.incompleteTail > 0 {
+                    let descriptor = open(path, O_WRONLY | O_CLOEXEC)
+                    guard descriptor >= 0 else {
+                        throw AuditError(description: "cannot open \(path) to repair it: \(FileSystem.lastError())")
+                    }
+                    defer { close(descriptor) }
                     guard ftruncate(descriptor, off_t(report.validLength)) == 0, fsync(descriptor) == 0 else {
-                        let why = FileSystem.lastError()
-                        close(descriptor)
-                        throw AuditError(description: "cannot cut the incomplete tail off \(path): \(why)")
+                        throw AuditError(description: "cannot cut the incomplete tail off \(path): \(FileSystem.lastError())")
                     }
                     recovery.truncatedTails.append((path, report.incompleteTail))
                     let peer = PeerIdentity(name: report.header.peerName, identityKey: report.header.peer, staticKey: [])
@@ -128,24 +140,19 @@ package final class AuditLog: Sendable {
                         .tailTruncated, time: Self.wallClockMilliseconds(),
                         detail: "recovery cut \(report.incompleteTail) bytes of an incomplete record at byte \(report.validLength)")))
                 }
-                opened[report.header.peerID] = OpenLog(
-                    chain: AuditChain(resuming: report), descriptor: descriptor, durableLength: report.validLength)
+                opened[report.header.peerID] = OpenLog(chain: AuditChain(resuming: report), durableLength: report.validLength)
                 recovery.logs += 1
                 recovery.records += report.recordCount
             } catch {
-                guard setAsideBroken else {
-                    for log in opened.values { close(log.descriptor) }
-                    throw error
-                }
+                guard setAsideBroken else { throw error }
                 let movedTo = path + ".broken-\(Int(Date().timeIntervalSince1970))"
                 guard rename(path, movedTo) == 0 else {
-                    for log in opened.values { close(log.descriptor) }
                     throw AuditError(description: "cannot move the broken log \(path) aside: \(FileSystem.lastError())")
                 }
                 recovery.setAside.append((path, movedTo, error.description))
             }
         }
-        self.logs = Mutex(opened)
+        self.logs = Mutex(Logs(byPeer: opened))
         self.recovery = recovery
         for (peer, entry) in tailRecords { self.append(entry, peer: peer) }
     }
@@ -153,7 +160,7 @@ package final class AuditLog: Sendable {
     package let recovery: Recovery
 
     deinit {
-        self.logs.withLock { logs in for log in logs.values { close(log.descriptor) } }
+        self.logs.withLock { logs in for log in logs.byPeer.values where log.descriptor >= 0 { close(log.descriptor) } }
     }
 
     /// Called on the writer thread after every append attempt.
@@ -252,7 +259,7 @@ package final class AuditLog: Sendable {
             byPeer[id, default: []].append(pending)
         }
         if checkpointAll {
-            for id in self.logs.withLock({ Array($0.keys) }) where byPeer[id] == nil {
+            for id in self.logs.withLock({ Array($0.byPeer.keys) }) where byPeer[id] == nil {
                 order.append(id)
                 byPeer[id] = []
             }
@@ -271,11 +278,12 @@ package final class AuditLog: Sendable {
 
     private func appendToLog(_ id: NodeID, peer: PeerIdentity?, entries: [AuditEntry], checkpoint: Bool) throws(AuditError) {
         var log: OpenLog
-        if let existing = self.logs.withLock({ $0[id] }) {
+        if let existing = self.logs.withLock({ $0.byPeer[id] }) {
             log = existing
         } else {
             guard let peer else { return }
             log = try self.createLog(for: peer)
+            self.logs.withLock { $0.byPeer[id] = log }
         }
         var chain = log.chain
         var bytes: [UInt8] = []
@@ -290,6 +298,7 @@ package final class AuditLog: Sendable {
         }
         guard !bytes.isEmpty else { return }
         let path = self.path(for: id)
+        log.descriptor = try self.openDescriptor(for: id)
         let synced = self.durability == .fsync
         if let why = Self.writeAll(bytes, to: log.descriptor)
             ?? (!synced || fdatasync(log.descriptor) == 0 ? nil : FileSystem.lastError())
@@ -305,7 +314,7 @@ package final class AuditLog: Sendable {
         }
         log.chain = chain
         log.durableLength += bytes.count
-        self.logs.withLock { $0[id] = log }
+        self.logs.withLock { $0.byPeer[id] = log }
         if !synced { self.syncInBackground(id) }
     }
 
@@ -322,7 +331,8 @@ package final class AuditLog: Sendable {
                 defer { queue.unsynced = [] }
                 return queue.unsynced
             }
-            let descriptors = self.logs.withLock { logs in ids.compactMap { logs[$0]?.descriptor } }
+            // A log closed since was synced when it was closed.
+            let descriptors = self.logs.withLock { logs in ids.compactMap { logs.byPeer[$0]?.descriptor }.filter { $0 >= 0 } }
             for descriptor in descriptors where fdatasync(descriptor) == 0 {
                 self.counters.withLock { $0.syncs += 1 }
             }
@@ -339,9 +349,38 @@ package final class AuditLog: Sendable {
         } catch {
             throw AuditError(description: "cannot create \(path): \(error)")
         }
-        let descriptor = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
-        guard descriptor >= 0 else { throw AuditError(description: "cannot open \(path): \(FileSystem.lastError())") }
-        return OpenLog(chain: AuditChain(header: header), descriptor: descriptor, durableLength: bytes.count)
+        return OpenLog(chain: AuditChain(header: header), durableLength: bytes.count)
+    }
+
+    /// The log's descriptor, opened if needed; beyond ``maximumOpenLogs`` the least recently written log is closed
+    /// (synced first when its writes are not yet on the disk).
+    private func openDescriptor(for id: NodeID) throws(AuditError) -> Int32 {
+        let path = self.path(for: id)
+        let result: Result<Int32, AuditError> = self.logs.withLock { logs in
+            guard var log = logs.byPeer[id] else { return .failure(AuditError(description: "no audit log for \(id)")) }
+            logs.uses += 1
+            log.lastUsed = logs.uses
+            if log.descriptor < 0 {
+                let descriptor = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+                guard descriptor >= 0 else {
+                    return .failure(AuditError(description: "cannot open \(path): \(FileSystem.lastError())"))
+                }
+                log.descriptor = descriptor
+                logs.openCount += 1
+            }
+            logs.byPeer[id] = log
+            if logs.openCount > Self.maximumOpenLogs,
+                let (victim, oldest) = logs.byPeer.filter({ $0.value.descriptor >= 0 && $0.key != id })
+                    .min(by: { $0.value.lastUsed < $1.value.lastUsed })
+            {
+                if self.durability == .process { _ = fdatasync(oldest.descriptor) }
+                close(oldest.descriptor)
+                logs.byPeer[victim]?.descriptor = -1
+                logs.openCount -= 1
+            }
+            return .success(log.descriptor)
+        }
+        return try result.get()
     }
 
     private static func writeAll(_ bytes: [UInt8], to descriptor: Int32) -> String? {
@@ -360,6 +399,12 @@ package final class AuditLog: Sendable {
     private func report(_ progress: Progress) {
         self.progressHandler.withLock { $0 }?.call(progress)
     }
+
+    /// Logs holding an open descriptor now (never more than ``maximumOpenLogs``).
+    package var openDescriptorCount: Int { self.logs.withLock { $0.openCount } }
+
+    /// Whether `peer` has a log (it was audited before, in this run or an earlier one).
+    package func hasLog(for peer: NodeID) -> Bool { self.logs.withLock { $0.byPeer[peer] != nil } }
 
     package func path(for peer: NodeID) -> String { self.directory + "/\(peer).log" }
 

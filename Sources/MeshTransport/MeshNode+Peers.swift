@@ -21,7 +21,7 @@ extension MeshNode {
         switch message {
         case .task(let task): inbound = .task(task, digest: SHA256.hash(bytes))
         case .transcript(let checkpoint): inbound = .transcript(checkpoint)
-        case .membership: inbound = .membership
+        case .membership(let membership): inbound = .membership(updates: membership.updates.count)
         case .ping, .pong, .welcome: inbound = .other
         }
         let (deliver, actions) = self.accountability.received(
@@ -54,6 +54,10 @@ extension MeshNode {
                 self.write(.task(.decline(id, epoch: epoch, reason: .rateLimited)), to: connection)
             case .misbehaved(let peer, let reason):
                 self.logger.warning("peer misbehaved", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
+            case .auditRefusal(let entry):
+                // This node's own log (its file is named by this node's id) holds the refusals of strangers.
+                self.auditLog?.append(entry, peer: PeerIdentity(
+                    name: "refused handshakes", identityKey: self.identity.signingKey.publicKey, staticKey: []))
             case .ban(let peer, let until, let reason):
                 self.logger.warning("peer banned", metadata: [
                     "peer": "\(self.memberName(peer))", "for": "\(Int((until - self.now).seconds.rounded())) s",
@@ -110,16 +114,20 @@ extension MeshNode {
 
     /// A handshake refused by either side names the peer when its identity was learned.
     func auditConnectionFailure(_ error: any Error) {
+        let (peer, detail): (PeerIdentity, String)
         switch error as? TransportError {
-        case .handshake(.refused(let peer, let reason))?:
-            self.audit(AuditEntry(.handshakeRefused, time: AuditLog.wallClockMilliseconds(), detail: "refused here: \(reason)"),
-                       identity: peer)
-        case .refusedByPeer(let peer, let reason)?:
-            self.audit(AuditEntry(.handshakeRefused, time: AuditLog.wallClockMilliseconds(), detail: "refused by the peer: \(reason.text)"),
-                       identity: peer)
-        default:
-            break
+        case .handshake(.refused(let refused, let reason))?: (peer, detail) = (refused, "refused here: \(reason)")
+        case .refusedByPeer(let refusing, let reason)?: (peer, detail) = (refusing, "refused by the peer: \(reason.text)")
+        default: return
         }
+        let trusted: Bool
+        switch self.gate.trustStore.current().decision(for: peer) {
+        case .trusted, .admittedByOpenMode: trusted = true
+        case .refused: trusted = false
+        }
+        self.perform(self.accountability.handshakeRefused(
+            peer, detail: detail, hasLog: self.auditLog?.hasLog(for: peer.nodeID) ?? false, isTrusted: trusted,
+            now: self.now, time: AuditLog.wallClockMilliseconds()))
     }
 
     // MARK: - Sending
@@ -134,7 +142,7 @@ extension MeshNode {
     /// Signs transcripts that have waited long enough; now and then asks the audit log for checkpoints and forgets
     /// source addresses whose connection buckets are full again (so a scan from many addresses leaves nothing behind).
     func accountabilityTick(now: Duration) {
-        let (actions, checkpointDue) = self.accountability.tick(now: now)
+        let (actions, checkpointDue) = self.accountability.tick(now: now, time: AuditLog.wallClockMilliseconds())
         self.perform(actions)
         if checkpointDue {
             self.auditLog?.requestCheckpoints()

@@ -1,6 +1,7 @@
 import MeshCore
 import MeshCrypto
 import MeshTestKit
+import Synchronization
 import Testing
 
 /// The membership machine in a deterministic in-memory mesh (virtual clock, seeded randomness).
@@ -144,6 +145,37 @@ import Testing
         #expect(a.machine.member(b.id)?.status == .alive)
         #expect(a.machine.member(c.id) == nil, "a cannot talk to c, so c must not be probed and falsely suspected")
         #expect(Self.misbehaviour(directives).isEmpty)
+    }
+
+    /// One trusted peer that sends many copies of a well-signed record of a node this one does not trust costs it
+    /// no signature checks at all (trust is checked first); a bad update ends the work on its message.
+    @Test func cheapChecksComeFirstAndABadUpdateEndsItsMessage() {
+        let verifications = Counter()
+        let counting = MembershipSigner(sign: { _ in [] }, verify: { signature, _, _ in
+            verifications.increment()
+            return signature.isEmpty
+        })
+        let b = Node("b")
+        let stranger = Node("stranger")
+        var a = Membership(
+            identity: NodeIdentity(name: "a").publicIdentity, address: "127.0.0.1:1",
+            trust: TrustPolicy(trusted: [PeerDescriptor(identity: b.identity.publicIdentity)]), signer: counting,
+            settings: .localTesting, seed: 1, now: .zero)
+        let strangerRecord = MemberRecord(
+            identity: stranger.identity.publicIdentity, address: "127.0.0.1:9", incarnation: 1, capabilities: [],
+            load: 0, signer: .unsigned)
+        let flood = [MembershipUpdate](repeating: .alive(strangerRecord), count: 10_000)
+        #expect(Self.misbehaviour(a.receive(.gossip(updates: flood), from: b.id, now: .zero)).isEmpty)
+        #expect(verifications.value == 0, "no record of an untrusted node is verified")
+        #expect(a.member(stranger.id) == nil)
+
+        let forged = MemberRecord(
+            identity: b.identity.publicIdentity, address: "10.6.6.6:1", incarnation: 9, capabilities: [], load: 0,
+            signer: Node("mallory").signer)
+        let rest = [MembershipUpdate](repeating: .alive(forged), count: 1_000)
+        let directives = a.receive(.gossip(updates: [.alive(forged)] + rest), from: b.id, now: .zero)
+        #expect(Self.misbehaviour(directives).count == 1)
+        #expect(verifications.value == 1, "the rest of a message with a bad update is not looked at")
     }
 
     @Test func recordsAndMessagesRoundTripTheCodec() throws {
@@ -295,4 +327,11 @@ import Testing
         #expect(reference == ["b suspect 3", "c alive 0"])
         for _ in 0..<20 { #expect(state(updates.shuffled(using: &rng)) == reference) }
     }
+}
+
+/// Counts calls from a `@Sendable` closure.
+final class Counter: Sendable {
+    private let count = Mutex(0)
+    func increment() { self.count.withLock { $0 += 1 } }
+    var value: Int { self.count.withLock { $0 } }
 }

@@ -64,7 +64,7 @@ import Testing
         let (until, reason) = try! #require(ban)
         #expect(reason.contains("stayed over its offers limit"))
         #expect(machine.isBanned(Self.peerID, now: until - .seconds(1)))
-        let during = machine.received(.membership, bytes: 10, from: Self.peerID, session: 1, now: until - .seconds(1), time: 0)
+        let during = machine.received(.membership(updates: 1), bytes: 10, from: Self.peerID, session: 1, now: until - .seconds(1), time: 0)
         #expect(!during.deliver)
         let refused = machine.admit(Self.peer.publicIdentity, overrides: [:], from: "10.0.0.2:1", now: until - .seconds(1), time: 0)
         #expect(refused.refusal?.hasPrefix("banned for another") == true)
@@ -88,14 +88,14 @@ import Testing
             }
         }
         #expect(checkpoints.map(\.count) == [64])
-        #expect(machine.tick(now: .milliseconds(500)).actions.isEmpty, "the rest has not waited a second yet")
-        for case .sendTranscript(let checkpoint, _, _) in machine.tick(now: .milliseconds(1_100)).actions {
+        #expect(machine.tick(now: .milliseconds(500), time: 0).actions.isEmpty, "the rest has not waited a second yet")
+        for case .sendTranscript(let checkpoint, _, _) in machine.tick(now: .milliseconds(1_100), time: 0).actions {
             checkpoints.append(checkpoint)
         }
         let last = try #require(checkpoints.last)
         #expect(last.count == 70 && last.transcript == received.hash && last.handshakeHash == Self.handshakeHash)
         #expect(last.isSigned(by: Self.local.signingKey.publicKey))
-        #expect(machine.tick(now: .seconds(3)).actions.isEmpty, "nothing new to sign")
+        #expect(machine.tick(now: .seconds(3), time: 0).actions.isEmpty, "nothing new to sign")
     }
 
     /// The peer's signature over what it sent is kept when it matches what arrived; a lie is misbehaviour, and
@@ -128,11 +128,34 @@ import Testing
         #expect(reason == ["its transcript checkpoint carries a bad signature"])
     }
 
+    /// Strangers' refusals go to the shared log at a bounded rate; the rest are counted in a later record.
+    @Test func refusalsOfStrangersAreRecordedAtABoundedRate() {
+        var machine = Self.accountability()
+        var recorded = 0
+        for n in 0..<100 {
+            let stranger = NodeIdentity(name: "s\(n)").publicIdentity
+            for case .auditRefusal in machine.handshakeRefused(
+                stranger, detail: "refused here: not trusted", hasLog: false, isTrusted: false, now: .milliseconds(n), time: 0)
+            {
+                recorded += 1
+            }
+        }
+        #expect(recorded == PeerAccountability.refusalRecordsPerSecond)
+        let summary = machine.tick(now: .milliseconds(1_000), time: 0).actions.compactMap { action -> String? in
+            if case .auditRefusal(let entry) = action { return entry.detail } else { return nil }
+        }
+        #expect(summary == ["80 more refused handshakes not recorded one by one"])
+        // A trusted peer's refusal (a ban, a wrong key) always goes to its own log.
+        let own = machine.handshakeRefused(
+            Self.peer.publicIdentity, detail: "refused here: banned", hasLog: true, isTrusted: true, now: .seconds(2), time: 0)
+        #expect(own.count == 1 && Self.events(own) == [.handshakeRefused])
+    }
+
     @Test func theAuditLogsAreAskedForACheckpointEveryInterval() {
         var machine = Self.accountability()
-        #expect(machine.tick(now: .seconds(1)).checkpointDue == false)
-        #expect(machine.tick(now: .seconds(5)).checkpointDue)
-        #expect(machine.tick(now: .seconds(6)).checkpointDue == false)
-        #expect(machine.tick(now: .seconds(10)).checkpointDue)
+        #expect(machine.tick(now: .seconds(1), time: 0).checkpointDue == false)
+        #expect(machine.tick(now: .seconds(5), time: 0).checkpointDue)
+        #expect(machine.tick(now: .seconds(6), time: 0).checkpointDue == false)
+        #expect(machine.tick(now: .seconds(10), time: 0).checkpointDue)
     }
 }

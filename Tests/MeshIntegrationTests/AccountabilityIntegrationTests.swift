@@ -27,6 +27,49 @@ let canMountTmpfs: Bool = {
 
 /// Per-peer limits and audit logs between real nodes on loopback.
 @Suite(.serialized) struct AccountabilityIntegrationTests {
+    /// A holder of the network key whom nobody trusts comes back with a fresh identity every time: each refusal
+    /// costs no file and no descriptor of its own (they share the node's refusal log, at a bounded rate), and a
+    /// trusted node still joins meanwhile.
+    @Test func strangersWithFreshIdentitiesShareOneRefusalLog() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let honest = try mesh.node("honest")
+        let stranger = try mesh.node("stranger")
+        try a.trust(honest)
+        try honest.trust(a)
+        let runningA = try await a.start()
+        let attempts = 300
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for batch in 0..<10 {
+                group.addTask {
+                    for number in 0..<(attempts / 10) {
+                        let fresh = TestNode(
+                            home: stranger.home, identity: NodeIdentity(name: "s\(batch)-\(number)"),
+                            networkKey: stranger.networkKey)
+                        let session = try await fresh.openSession(to: runningA.address)
+                        try? await session.executeThenClose { inbound, _ in for try await _ in inbound {} }
+                    }
+                }
+            }
+            let runningHonest = try await honest.start { $0.joins = [runningA.address] }
+            #expect(await eventually { await runningHonest.members("alive") == ["a"] }, "the trusted node joined during the attack")
+            try await group.waitForAll()
+            await runningHonest.stop()
+        }
+        let audit = try #require(await runningA.node.auditLog)
+        #expect(audit.openDescriptorCount <= 2)
+        try await Task.sleep(for: .milliseconds(1_200))  // the count of refusals left out is recorded a second later
+        await runningA.stop()
+        let logs = AuditFolder.read(a.home.auditDirectory, keepRecords: true)
+        #expect(logs.count == 2, "the refusal log and the honest peer's: \(logs.map(\.file))")
+        let refusals = try #require(logs.first { $0.report?.header.peerName == "refused handshakes" }?.report)
+        let refused = refusals.records.filter { $0.entry.event == .handshakeRefused }
+        #expect(refused.count >= PeerAccountability.refusalRecordsPerSecond)
+        #expect(refused.count < attempts, "recorded at a bounded rate, the rest counted")
+        #expect(refused.contains { $0.entry.detail.contains("more refused handshakes not recorded one by one") })
+        #expect(refused.filter { $0.entry.detail.contains("refused here") }.count >= PeerAccountability.refusalRecordsPerSecond)
+    }
+
     /// One trusted peer floods task offers at 10× its limit: its offers are declined `rate_limited`, then it is
     /// cut off and banned; an honest peer's tasks keep completing; every step is in the flooder's audit log, and
     /// the honest peer's log holds its signed transcripts.
@@ -175,7 +218,8 @@ let canMountTmpfs: Bool = {
         let a = try mesh.node("a")
         let victim = try mesh.node("victim")
         let mallory = try mesh.node("mallory")
-        try a.trust(mallory)
+        // a trusts the victim: records of a node it does not trust are dropped before any signature is checked.
+        try a.trust(mallory, victim)
         let runningA = try await a.start()
         let session = try await mallory.openSession(to: runningA.address)
         let reason = try await session.executeThenClose { inbound, outbound in

@@ -36,6 +36,31 @@ import Testing
         }
     }
 
+    /// More peers than open descriptors: the least recently written logs are closed and opened again when
+    /// written, every chain continues, and no more than the cap is ever open (at start-up none is).
+    @Test func manyPeersShareABoundedNumberOfDescriptors() async throws {
+        defer { try? FileManager.default.removeItem(atPath: self.directory) }
+        let peers = (0..<(AuditLog.maximumOpenLogs + 36)).map { NodeIdentity(name: "p\($0)").publicIdentity }
+        do {
+            let log = try AuditLog(directory: self.directory, identity: self.identity)
+            for round in 0..<2 {
+                try await self.appendDurably(log, peers.flatMap { self.entries(1 + round, for: $0) })
+                #expect(log.openDescriptorCount <= AuditLog.maximumOpenLogs)
+            }
+        }
+        let reopened = try AuditLog(directory: self.directory, identity: self.identity)
+        #expect(reopened.recovery.logs == peers.count)
+        #expect(reopened.openDescriptorCount == 0, "start-up verifies every log but keeps none open")
+        try await self.appendDurably(reopened, self.entries(1, for: peers[0]))
+        #expect(reopened.openDescriptorCount == 1)
+        for log in AuditFolder.read(self.directory, keepRecords: true) {
+            let report = try #require(log.report)
+            #expect(report.problem == nil, "\(log.file): \(report.problem?.description ?? "")")
+        }
+        let first = try #require(AuditFolder.read(self.directory, keepRecords: true).first { $0.report?.header.peerName == "p0" }?.report)
+        #expect(first.records.filter { $0.entry.event == .sent }.count == 4)
+    }
+
     @Test func logsSurviveReopeningAndKeepTheirChain() async throws {
         defer { try? FileManager.default.removeItem(atPath: self.directory) }
         do {

@@ -18,6 +18,9 @@ public struct PeerAccountability: Sendable {
         case misbehaved(NodeID, reason: String)
         /// Close the peer's session (the close frame says why) and refuse it until `until`.
         case ban(NodeID, until: Duration, reason: String)
+        /// Append to this node's own log of refused handshakes (identities nobody here trusts get no log of their
+        /// own, so a stream of fresh identities costs one file, not one per identity).
+        case auditRefusal(AuditEntry)
     }
 
     /// What a message from a peer is, as far as accounting goes.
@@ -26,7 +29,8 @@ public struct PeerAccountability: Sendable {
         case task(TaskMessage, digest: [UInt8])
         /// The peer's signed transcript of what it sent.
         case transcript(TranscriptCheckpoint)
-        case membership
+        /// A membership message carrying this many member updates (each one is work: a lookup, maybe a signature).
+        case membership(updates: Int)
         /// Keepalives and anything else the session layer handles.
         case other
     }
@@ -54,6 +58,10 @@ public struct PeerAccountability: Sendable {
     private let signingKey: Ed25519SigningKey
     private let checkpointInterval: Duration
     private var checkpointRequestedAt: Duration = .zero
+    /// Refused handshakes of strangers recorded in the current second, and those left out since the last record.
+    private var refusals: (second: Int64, recorded: Int, skipped: Int) = (0, 0, 0)
+    /// At most this many refusals of strangers a second are recorded one by one; the rest are counted.
+    public static let refusalRecordsPerSecond = 20
 
     public init(limits: PeerLimiter<NodeID>.Settings, signingKey: Ed25519SigningKey, checkpointInterval: Duration) {
         self.limiter = PeerLimiter(settings: limits)
@@ -94,6 +102,30 @@ public struct PeerAccountability: Sendable {
         return [.audit(AuditEntry(.disconnected, time: time, session: number, detail: reason), peer: session.peer)]
     }
 
+    /// A handshake this node refused, or the peer refused. A peer that is trusted, or already has a log, gets the
+    /// record in its own log; a stranger's refusal goes to the shared refusal log, at a bounded rate.
+    public mutating func handshakeRefused(
+        _ peer: PeerIdentity, detail: String, hasLog: Bool, isTrusted: Bool, now: Duration, time: Int64
+    ) -> [Action] {
+        if hasLog || isTrusted {
+            self.peers[peer.nodeID] = self.peers[peer.nodeID] ?? peer
+            return [.audit(AuditEntry(.handshakeRefused, time: time, detail: detail), peer: peer.nodeID)]
+        }
+        let second = Int64((now.seconds).rounded(.down))
+        if second != self.refusals.second { self.refusals = (second, 0, self.refusals.skipped) }
+        guard self.refusals.recorded < Self.refusalRecordsPerSecond else {
+            self.refusals.skipped += 1
+            return []
+        }
+        self.refusals.recorded += 1
+        var note = "\(peer.name) \(peer.nodeID): \(detail)"
+        if self.refusals.skipped > 0 {
+            note += " (and \(self.refusals.skipped) more refused handshakes not recorded one by one)"
+            self.refusals.skipped = 0
+        }
+        return [.auditRefusal(AuditEntry(.handshakeRefused, time: time, detail: note, extra: peer.identityKey.bytes))]
+    }
+
     // MARK: - Receiving
 
     /// Every message of an authenticated session: task messages are audited first (before the node acts on them),
@@ -117,7 +149,8 @@ public struct PeerAccountability: Sendable {
         guard !self.isBanned(peer, now: now) else { return (false, actions) }
         var classes: [(LimitClass, Double)] = [(.bytes, Double(bytes))]
         switch inbound {
-        case .membership: classes.append((.gossip, 1))
+        // A message stuffed with updates costs accordingly: one token, plus one per 32 updates.
+        case .membership(let updates): classes.append((.gossip, 1 + Double(updates / 32)))
         case .task(.offer, _): classes.append((.offers, 1))
         case .task(.result, _): classes.append((.results, 1))
         case .task, .transcript, .other: break
@@ -236,8 +269,15 @@ public struct PeerAccountability: Sendable {
 
     /// Signs transcripts that have waited long enough. `checkpointDue` says the audit logs should sign a
     /// checkpoint now (every `checkpointInterval`).
-    public mutating func tick(now: Duration) -> (actions: [Action], checkpointDue: Bool) {
+    public mutating func tick(now: Duration, time: Int64) -> (actions: [Action], checkpointDue: Bool) {
         var actions: [Action] = []
+        // Refusals left out in a second that has passed are counted in the log without waiting for another one.
+        if self.refusals.skipped > 0, Int64(now.seconds.rounded(.down)) != self.refusals.second {
+            actions.append(.auditRefusal(AuditEntry(
+                .handshakeRefused, time: time,
+                detail: "\(self.refusals.skipped) more refused handshakes not recorded one by one")))
+            self.refusals = (Int64(now.seconds.rounded(.down)), 0, 0)
+        }
         for (number, session) in self.sessions.sorted(by: { $0.key < $1.key }) {
             guard let since = session.firstUnsignedAt, now - since >= Self.transcriptDelay else { continue }
             actions += self.signTranscript(number)
