@@ -18,6 +18,8 @@ package final class TaskStore: Sendable {
         case accepted(TaskRunner.AcceptedTask)
         case forgetSubmitted(TaskID)
         case forgetAccepted(TaskID)
+        /// Every submitted task that finished before this time (core time) is dropped.
+        case forgetFinished(before: Duration)
 
         fileprivate var key: Key {
             switch self {
@@ -25,6 +27,7 @@ package final class TaskStore: Sendable {
             case .forgetSubmitted(let id): return Key(table: .submitted, id: id)
             case .accepted(let task): return Key(table: .accepted, id: task.id)
             case .forgetAccepted(let id): return Key(table: .accepted, id: id)
+            case .forgetFinished: return Key(table: .retention, id: TaskID(high: 0, low: 0))
             }
         }
     }
@@ -40,7 +43,7 @@ package final class TaskStore: Sendable {
     }
 
     fileprivate struct Key: Hashable {
-        enum Table { case submitted, accepted }
+        enum Table { case submitted, accepted, retention }
         let table: Table
         let id: TaskID
     }
@@ -163,13 +166,34 @@ package final class TaskStore: Sendable {
 
     /// Everything stored, for ``TaskSubmitter/restore(_:now:)`` and ``TaskRunner/restore(_:now:)``. A row that
     /// cannot be read is an error naming it: the node refuses to start on a store it would silently misread.
-    package func load() throws(StoreError) -> (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask]) {
+    /// Of the finished submitted tasks, only the newest `finishedLimit` are loaded; the rest stay in the store
+    /// (``submittedTask(_:)`` reads one).
+    package func load(finishedLimit: Int = .max) throws(StoreError)
+        -> (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask])
+    {
         do {
             return try self.database.read { db in
-                let submitted = try Row.fetchAll(db, sql: "SELECT * FROM submitted_task ORDER BY submitted_at")
-                    .map(self.submittedTask)
+                let unfinished = try Row.fetchAll(db, sql: "SELECT * FROM submitted_task WHERE finished_at IS NULL")
+                let finished = try Row.fetchAll(
+                    db, sql: "SELECT * FROM submitted_task WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+                    arguments: [Int64(clamping: finishedLimit)])
+                let submitted = try (unfinished + finished).map(self.submittedTask).sorted { $0.submittedAt < $1.submittedAt }
                 let accepted = try Row.fetchAll(db, sql: "SELECT * FROM accepted_task ORDER BY id").map(self.acceptedTask)
                 return (submitted, accepted)
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(description: "cannot read the task store \(self.path): \(Self.explain(error))")
+        }
+    }
+
+    /// One submitted task, read from the store (a finished task no longer kept in memory); nil if there is none.
+    package func submittedTask(_ id: TaskID) throws(StoreError) -> TaskSubmitter.SubmittedTask? {
+        do {
+            return try self.database.read { db in
+                try Row.fetchOne(db, sql: "SELECT * FROM submitted_task WHERE id = ?", arguments: [id.description])
+                    .map(self.submittedTask)
             }
         } catch let error as StoreError {
             throw error
@@ -335,6 +359,9 @@ package final class TaskStore: Sendable {
             try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE id = ?").execute(arguments: [id.description])
         case .forgetAccepted(let id):
             try db.cachedStatement(sql: "DELETE FROM accepted_task WHERE id = ?").execute(arguments: [id.description])
+        case .forgetFinished(let before):
+            try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE finished_at IS NOT NULL AND finished_at < ?")
+                .execute(arguments: [self.timeBase.wall(before)])
         }
     }
 

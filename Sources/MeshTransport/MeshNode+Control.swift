@@ -88,10 +88,10 @@ extension MeshNode {
             respond(self.taskDocuments.list(tasks))
         case ("GET", 3):
             guard let id = TaskID(hex: parts[2]) else { return respond(.error(400, "'\(parts[2])' is not a task id")) }
-            guard self.submitter.task(id) != nil else { return respond(.error(404, "no task \(parts[2]) on this node")) }
+            guard self.submittedTask(id) != nil else { return respond(.error(404, "no task \(parts[2]) on this node")) }
             self.whenTaskEnds(id, within: wait ?? .zero) { respond(self.taskDocument(id)) }
         case ("POST", 4) where parts[3] == "cancel":
-            guard let id = TaskID(hex: parts[2]), self.submitter.task(id) != nil else {
+            guard let id = TaskID(hex: parts[2]), self.submittedTask(id) != nil else {
                 return respond(.error(404, "no task \(parts[2]) on this node"))
             }
             self.runSubmitter { $0.cancel(id, now: self.now) }
@@ -154,8 +154,14 @@ extension MeshNode {
     }
 
     private func taskDocument(_ id: TaskID, status: Int = 200) -> ControlResponse {
-        guard let task = self.submitter.task(id) else { return .error(404, "no task \(id) on this node") }
+        guard let task = self.submittedTask(id) else { return .error(404, "no task \(id) on this node") }
         return self.taskDocuments.task(task, status: status)
+    }
+
+    /// A task submitted here: in memory, or (finished long enough ago to have left memory) in the store.
+    private func submittedTask(_ id: TaskID) -> TaskSubmitter.SubmittedTask? {
+        if let task = self.submitter.task(id) { return task }
+        return try? self.taskStore?.submittedTask(id)
     }
 
     private var taskDocuments: TaskDocuments {

@@ -77,7 +77,6 @@ extension MeshNode {
     /// The machines are mutated in place: a copy taken out and written back would share, and so duplicate, every
     /// stored task on each event (copy-on-write), which made a busy node slower the more tasks it kept.
     func runSubmitter(_ event: (inout TaskSubmitter) -> [TaskSubmitter.Directive]) {
-        guard self.submitter != nil else { return }
         let directives = event(&self.submitter)
         var changes: [TaskStore.Change] = []
         var actions: [DeferredTaskAction] = []
@@ -85,6 +84,7 @@ extension MeshNode {
             switch directive {
             case .persist(let task): changes.append(.submitted(task))
             case .forget(let id): changes.append(.forgetSubmitted(id))
+            case .forgetFinished(let before): changes.append(.forgetFinished(before: before))
             case .send, .finished: actions.append(.submitter(directive))
             }
         }
@@ -92,7 +92,6 @@ extension MeshNode {
     }
 
     func runTaskRunner(_ event: (inout TaskRunner) -> [TaskRunner.Directive]) {
-        guard self.runner != nil else { return }
         let directives = event(&self.runner)
         var changes: [TaskStore.Change] = []
         var actions: [DeferredTaskAction] = []
@@ -145,7 +144,8 @@ extension MeshNode {
             self.startExecution(current)
         case .runner(.stop(let id)):
             self.executions[id]?.cancel()
-        case .submitter(.persist), .submitter(.forget), .runner(.persistAccepted), .runner(.persistResult),
+        case .submitter(.persist), .submitter(.forget), .submitter(.forgetFinished), .runner(.persistAccepted),
+            .runner(.persistResult),
             .runner(.forget):
             break  // store changes never wait
         }

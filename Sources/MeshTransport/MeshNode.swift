@@ -111,7 +111,9 @@ public actor MeshNode: Service {
             identity: identity.publicIdentity, address: settings.listen.description,
             capabilities: settings.capabilities.map(\.capability), trust: trustStore.current(),
             signer: .ed25519(identity), settings: settings.membership, seed: seed.next(), now: .zero)
-        self.submitter = TaskSubmitter(local: identity.nodeID, seed: seed.next())
+        var submitterSettings = TaskSubmitter.Settings()
+        submitterSettings.finishedInMemory = settings.finishedTasksInMemory
+        self.submitter = TaskSubmitter(local: identity.nodeID, settings: submitterSettings, seed: seed.next())
         self.runner = TaskRunner(capacity: Dictionary(
             settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
         self.accountability = PeerAccountability(
@@ -178,7 +180,7 @@ public actor MeshNode: Service {
                 path: self.home.taskStorePath, timeBase: TaskStore.TimeBase(origin: self.clock.wallClockOrigin), durability: self.settings.durability,
                 commitOn: self.commitExecutor,
                 maximumPages: self.settings.taskStoreMaximumPages)
-            stored = try store.load()
+            stored = try store.load(finishedLimit: self.submitter.settings.finishedInMemory)
         } catch {
             throw StartError.taskStore(error.description)
         }

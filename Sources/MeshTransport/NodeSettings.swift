@@ -56,6 +56,8 @@ public struct NodeSettings: Sendable {
     public var setAsideBrokenAuditLogs = false
     /// Largest message a peer may send (reassembled from frames).
     public var maximumMessageLength = SecureSession.defaultMaximumMessageLength
+    /// Finished tasks kept in memory (newest first); older ones are answered from the task store.
+    public var finishedTasksInMemory = 10_000
     /// When the task store and the audit log count a change as done (`run --durability`).
     public var durability = Durability.fsync
 

@@ -65,6 +65,8 @@ import Testing
                 self.storedSubmitted[task.id] = task
             case .finished(let task): self.finished.append(task)
             case .forget(let id): self.storedSubmitted[id] = nil
+            case .forgetFinished(let before):
+                self.storedSubmitted = self.storedSubmitted.filter { ($0.value.finishedAt ?? before) >= before }
             }
         }
 
@@ -454,6 +456,34 @@ import Testing
         mesh.advance(.milliseconds(200))
         #expect(mesh.submitter.task(id) == nil)
         #expect(mesh.storedSubmitted[id] == nil)
+    }
+
+    /// A busy node finishes more tasks than it should hold: beyond `finishedInMemory` the oldest finished tasks
+    /// leave memory (not the store), and the store is told now and then to drop what is past retention.
+    @Test func finishedTasksBeyondTheMemoryBoundLeaveMemoryNotTheStore() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 4]])
+        var settings = TaskSubmitter.Settings()
+        settings.finishedInMemory = 2
+        settings.retentionSweepInterval = .seconds(60)
+        mesh.submitter = TaskSubmitter(local: Self.a, settings: settings, seed: 1)
+        _ = mesh.submitter.candidatesChanged([.init(id: Self.c, capabilities: ["echo": 4], load: 0)], now: .zero)
+        var ids: [TaskID] = []
+        for _ in 0..<5 {
+            ids.append(mesh.submit())
+            mesh.completeRuns()
+            mesh.advance(.milliseconds(100))
+        }
+        #expect(ids.filter { mesh.submitter.task($0) != nil }.count == 2)
+        #expect(ids.suffix(2).allSatisfy { mesh.submitter.task($0)?.state == .completed }, "the newest stay")
+        #expect(ids.allSatisfy { mesh.storedSubmitted[$0]?.state == .completed }, "all stay stored")
+        let sweep = mesh.submitter.tick(now: .seconds(61)).compactMap { directive -> Duration? in
+            if case .forgetFinished(let before) = directive { return before }
+            return nil
+        }
+        #expect(sweep == [.seconds(61) - settings.finishedRetention])
+        #expect(mesh.submitter.tick(now: .seconds(62)).allSatisfy {
+            if case .forgetFinished = $0 { return false } else { return true }
+        }, "not again before the interval")
     }
 
     @Test func anExecutorThatCannotStoreDeclinesAndGivesBackWhatItCouldNotStore() {

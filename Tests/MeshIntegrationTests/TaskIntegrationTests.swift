@@ -30,6 +30,29 @@ import Testing
         return try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(response.body))
     }
 
+    /// A node keeps only its newest finished tasks in memory; an older one is still answered, from the store.
+    @Test func aFinishedTaskNoLongerInMemoryIsReadFromTheStore() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let runningA = try await a.start {
+            $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+            $0.finishedTasksInMemory = 2
+        }
+        var ids: [String] = []
+        for number in 0..<5 {
+            let id = try await Self.submit(runningA, "echo", ["n": number])
+            #expect(try await Self.wait(runningA, id).state == "completed")
+            ids.append(id)
+        }
+        try await Task.sleep(for: .milliseconds(200))  // a timer tick lets the oldest leave memory
+        let listed = try ControlAPI.decoder().decode(ControlAPI.TaskList.self, from: Data(
+            await runningA.node.handleControl(ControlRequest(method: "GET", path: "/v1/tasks", query: [:], body: [])).body))
+        #expect(listed.tasks.count == 2, "the list holds what is in memory")
+        let oldest = try await Self.wait(runningA, ids[0])
+        #expect(oldest.state == "completed" && oldest.result == ControlAPI.JSONValue(["n": 0]))
+        await runningA.stop()
+    }
+
     @Test func tasksSubmittedToOneNodeRunOnTheNodeWithTheCapability() async throws {
         let mesh = try TestMesh()
         let worker = mesh.directory + "/worker.py"

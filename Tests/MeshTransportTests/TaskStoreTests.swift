@@ -70,6 +70,33 @@ import Testing
         #expect(reopened.accepted == [accepted, canceled])
     }
 
+    /// Finished tasks beyond what a node keeps in memory stay readable one by one; retention drops only finished
+    /// tasks older than its cut, and never an unfinished one.
+    @Test func finishedTasksAreLoadedNewestFirstUpToALimitAndDroppedByRetention() async throws {
+        let path = Self.temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let store = try TaskStore(path: path, timeBase: Self.timeBase, durability: .process)
+        func task(_ n: UInt64, finishedAt: Duration?) -> TaskSubmitter.SubmittedTask {
+            TaskSubmitter.SubmittedTask(
+                id: TaskID(high: 7, low: n), capability: "echo", input: [], submittedAt: .seconds(Int64(n)),
+                deadline: .seconds(1_000), maximumAttempts: 1, state: finishedAt == nil ? .submitted : .completed,
+                attempts: [], outcome: finishedAt == nil ? nil : .success([0x31]), error: nil, finishedAt: finishedAt,
+                nextOfferAt: nil, failures: 0)
+        }
+        let finished = (1...5).map { task($0, finishedAt: .seconds(Int64(10 * $0))) }
+        let waiting = task(9, finishedAt: nil)
+        _ = await Self.commit(store, (finished + [waiting]).map { .submitted($0) })
+
+        let loaded = try store.load(finishedLimit: 2).submitted.map(\.id)
+        #expect(Set(loaded) == Set([waiting.id, finished[3].id, finished[4].id]))
+        #expect(try store.submittedTask(finished[0].id)?.state == .completed)
+        #expect(try store.submittedTask(TaskID(high: 1, low: 1)) == nil)
+
+        _ = await Self.commit(store, [.forgetFinished(before: .seconds(35))])
+        let left = try store.load().submitted.map(\.id)
+        #expect(Set(left) == Set([waiting.id, finished[3].id, finished[4].id]))
+    }
+
     @Test func aFileThatIsNotAStoreIsNamedAndRefused() throws {
         let path = Self.temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }

@@ -30,6 +30,11 @@ public struct TaskSubmitter: Sendable {
         public var restoreGrace: Duration = .seconds(10)
         /// How long a finished task stays listed (and stored) before it is forgotten.
         public var finishedRetention: Duration = .seconds(24 * 3600)
+        /// How many finished tasks stay in memory; older ones are only in the store (a busy node finishes millions
+        /// a day), where the node looks them up when asked.
+        public var finishedInMemory = 10_000
+        /// How often the store is told to drop what is past retention.
+        public var retentionSweepInterval: Duration = .seconds(60)
         public init() {}
     }
 
@@ -140,6 +145,8 @@ public struct TaskSubmitter: Sendable {
         case finished(SubmittedTask)
         /// Drop the task from storage (past its retention, or abandoned because it could not be stored).
         case forget(TaskID)
+        /// Drop every stored task that finished before this time (retention of tasks no longer in memory).
+        case forgetFinished(before: Duration)
     }
 
     public let settings: Settings
@@ -152,6 +159,7 @@ public struct TaskSubmitter: Sendable {
     /// Finished tasks in the order they finished, for forgetting them after the retention period.
     private var finishedOrder: [(id: TaskID, at: Duration)] = []
     private var finishedOrderStart = 0
+    private var retentionSweptAt: Duration = .zero
     /// Attempts of this node's tasks still open (offered or running) per peer and capability: a peer is offered no
     /// more than the capacity it advertises, so a burst queues here instead of drawing `busy` declines (and a
     /// flood of re-offers that the peer's rate limit would count against this node).
@@ -348,6 +356,10 @@ public struct TaskSubmitter: Sendable {
     /// Offer timeouts, due retries and deadlines.
     public mutating func tick(now: Duration) -> [Directive] {
         var directives: [Directive] = self.forgetExpired(now: now)
+        if now - self.retentionSweptAt >= self.settings.retentionSweepInterval {
+            self.retentionSweptAt = now
+            directives.append(.forgetFinished(before: now - self.settings.finishedRetention))
+        }
         for id in self.unfinished.sorted() {
             guard let task = self.tasks[id], !task.state.isTerminal else { continue }
             if now >= task.deadline {
@@ -524,16 +536,18 @@ public struct TaskSubmitter: Sendable {
         self.breakers[peer] = breaker
     }
 
-    /// Forgets finished tasks past their retention, oldest first.
+    /// Forgets finished tasks past their retention, oldest first, and keeps no more than `finishedInMemory` of the
+    /// rest in memory (the store keeps those until their retention ends).
     private mutating func forgetExpired(now: Duration) -> [Directive] {
         var directives: [Directive] = []
         while self.finishedOrderStart < self.finishedOrder.count {
             let (id, finishedAt) = self.finishedOrder[self.finishedOrderStart]
-            guard now - finishedAt >= self.settings.finishedRetention else { break }
+            let expired = now - finishedAt >= self.settings.finishedRetention
+            guard expired || self.finishedOrder.count - self.finishedOrderStart > self.settings.finishedInMemory else { break }
             self.finishedOrderStart += 1
             if let task = self.tasks[id], task.state.isTerminal {
                 self.tasks[id] = nil
-                directives.append(.forget(id))
+                if expired { directives.append(.forget(id)) }
             }
         }
         if self.finishedOrderStart > 1024, self.finishedOrderStart * 2 > self.finishedOrder.count {
