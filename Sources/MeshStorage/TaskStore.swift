@@ -335,11 +335,16 @@ package final class TaskStore: Sendable {
         case .submitted(let task):
             let (kind, outcome) = Self.columns(task.outcome)
             let attempts = StoredAttempt.json(task.attempts.map { StoredAttempt($0, self.timeBase) })
+            // A task's first row is inserted whole; later changes rewrite only the columns that change (an upsert,
+            // not a replace: no delete and re-insert of the row and its key).
             try db.cachedStatement(sql: """
-                INSERT OR REPLACE INTO submitted_task
+                INSERT INTO submitted_task
                 (id, capability, input, submitted_at, deadline, max_attempts, state, attempts, outcome_kind, outcome,
                  error, finished_at, next_offer_at, failures)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,
+                 outcome_kind = excluded.outcome_kind, outcome = excluded.outcome, error = excluded.error,
+                 finished_at = excluded.finished_at, next_offer_at = excluded.next_offer_at, failures = excluded.failures
                 """).execute(arguments: [
                     task.id.description, task.capability, Data(task.input), self.timeBase.wall(task.submittedAt),
                     self.timeBase.wall(task.deadline), task.maximumAttempts, task.state.rawValue,
@@ -349,8 +354,10 @@ package final class TaskStore: Sendable {
         case .accepted(let task):
             let (kind, outcome) = Self.columns(task.outcome)
             try db.cachedStatement(sql: """
-                INSERT OR REPLACE INTO accepted_task (id, epoch, submitter, capability, input, deadline, outcome_kind, outcome)
+                INSERT INTO accepted_task (id, epoch, submitter, capability, input, deadline, outcome_kind, outcome)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET epoch = excluded.epoch, deadline = excluded.deadline,
+                 outcome_kind = excluded.outcome_kind, outcome = excluded.outcome
                 """).execute(arguments: [
                     task.id.description, Int64(task.epoch), task.submitter.description, task.capability,
                     Data(task.input), self.timeBase.wall(task.deadline), kind, outcome,
