@@ -63,7 +63,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     private let configuration: Configuration
     private let trust: @Sendable () -> TrustPolicy
     private var releaseHandshakeSlot: (@Sendable () -> Void)?
-    private var cumulation: ByteBuffer?
+    private var frames = FrameDecoder()
     private var handshakeTimeout: Scheduled<Void>?
     private var keepalive: Scheduled<Void>?
     /// Event-loop time of the last bytes received (the loop's clock, so tests can drive it).
@@ -133,17 +133,8 @@ final class SecureChannelHandler: ChannelDuplexHandler {
         var bytes = self.unwrapInboundIn(data)
         if case .closed = self.phase { return }
         self.lastInbound = context.eventLoop.now
-        if self.cumulation == nil {
-            self.cumulation = bytes
-        } else {
-            self.cumulation!.writeBuffer(&bytes)
-        }
+        self.frames.append(&bytes)
         self.processFrames(context: context)
-        if let readable = self.cumulation?.readableBytes, readable == 0 {
-            self.cumulation = nil
-        } else {
-            self.cumulation?.discardReadBytes()
-        }
     }
 
     private var maximumFrameLength: Int {
@@ -156,11 +147,11 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     }
 
     private func processFrames(context: ChannelHandlerContext) {
-        while self.cumulation != nil {
+        while true {
             if case .closed = self.phase { return }
             let frame: ByteBuffer?
             do {
-                frame = try FrameCodec.nextFrame(from: &self.cumulation!, maximumLength: self.maximumFrameLength)
+                frame = try self.frames.nextFrame(maximumLength: self.maximumFrameLength)
             } catch {
                 self.fail(context: context, .frame(error))
                 return
@@ -374,7 +365,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
         self.phase = .closed
         self.stopTimers()
         self.finishHandshakeSlot()
-        self.cumulation = nil
+        self.frames.reset()
         context.fireErrorCaught(error)
         context.close(promise: nil)
     }

@@ -42,3 +42,40 @@ public enum FrameCodec {
         buffer.writeBytes(frame)
     }
 }
+
+/// Gathers a connection's bytes into frames. The caller says, per frame, how long one may be at this point of the
+/// conversation (a handshake message is short; a transport frame may use the whole 16-bit range), so an over-long
+/// length prefix is refused before its body is waited for.
+public struct FrameDecoder {
+    private var buffer: ByteBuffer?
+
+    public init() {}
+
+    /// Bytes read from the connection.
+    public mutating func append(_ bytes: inout ByteBuffer) {
+        if self.buffer == nil {
+            self.buffer = bytes
+        } else {
+            self.buffer!.writeBuffer(&bytes)
+        }
+    }
+
+    /// The next whole frame, or nil until more bytes arrive.
+    public mutating func nextFrame(maximumLength: Int) throws(FrameCodec.Error) -> ByteBuffer? {
+        guard self.buffer != nil else { return nil }
+        let frame = try FrameCodec.nextFrame(from: &self.buffer!, maximumLength: maximumLength)
+        if self.buffer!.readableBytes == 0 {
+            self.buffer = nil
+        } else if frame == nil {
+            // Waiting for the rest of a frame: keep only the unread bytes.
+            self.buffer!.discardReadBytes()
+        }
+        return frame
+    }
+
+    /// Drops whatever was buffered (the connection is closing).
+    public mutating func reset() { self.buffer = nil }
+
+    /// Bytes received but not yet part of a whole frame.
+    public var bufferedBytes: Int { self.buffer?.readableBytes ?? 0 }
+}

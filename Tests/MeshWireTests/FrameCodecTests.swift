@@ -13,15 +13,16 @@ import Testing
 
     /// Feeds `bytes` in the given pieces and returns every frame decoded.
     static func decode(_ pieces: [ArraySlice<UInt8>], maximumLength: Int = FrameCodec.maximumFrameLength) throws -> [[UInt8]] {
-        var cumulation = ByteBuffer()
+        var decoder = FrameDecoder()
         var frames: [[UInt8]] = []
         for piece in pieces {
-            cumulation.writeBytes(piece)
-            while let frame = try FrameCodec.nextFrame(from: &cumulation, maximumLength: maximumLength) {
+            var bytes = ByteBuffer(bytes: piece)
+            decoder.append(&bytes)
+            while let frame = try decoder.nextFrame(maximumLength: maximumLength) {
                 frames.append(Array(frame.readableBytesView))
             }
         }
-        #expect(cumulation.readableBytes == 0)
+        #expect(decoder.bufferedBytes == 0)
         return frames
     }
 
@@ -33,6 +34,24 @@ import Testing
             #expect(try Self.decode([bytes[..<split], bytes[split...]]) == frames, "split at \(split)")
         }
         #expect(try Self.decode(bytes.indices.map { bytes[$0...$0] }) == frames, "byte by byte")
+    }
+
+    /// The limit is the caller's per frame: a short one while the handshake runs, the whole range after it, and a
+    /// prefix over the limit is refused before its body arrives.
+    @Test func theLimitFollowsThePhaseAndIsCheckedOnThePrefix() throws {
+        var decoder = FrameDecoder()
+        var bytes = ByteBuffer(bytes: Self.stream([[UInt8](repeating: 1, count: 32), [UInt8](repeating: 2, count: 1_000)]))
+        decoder.append(&bytes)
+        #expect(try decoder.nextFrame(maximumLength: 48)?.readableBytes == 32)
+        #expect(throws: FrameCodec.Error.frameTooLong(length: 1_000, maximum: 48)) { try decoder.nextFrame(maximumLength: 48) }
+        #expect(try decoder.nextFrame(maximumLength: FrameCodec.maximumFrameLength)?.readableBytes == 1_000)
+
+        var prefixOnly = ByteBuffer(bytes: [0xFF, 0xFF])
+        var fresh = FrameDecoder()
+        fresh.append(&prefixOnly)
+        #expect(throws: FrameCodec.Error.frameTooLong(length: 65_535, maximum: 100)) { try fresh.nextFrame(maximumLength: 100) }
+        fresh.reset()
+        #expect(fresh.bufferedBytes == 0)
     }
 
     @Test func largestFrameRoundTrips() throws {
