@@ -54,14 +54,17 @@ package final class AuditLog: Sendable {
         let sequence: UInt64
     }
 
-    private struct Queue {
-        var pending: [Pending] = []
-        var lastQueued: UInt64 = 0
-        var isWriting = false
-        var isRetryScheduled = false
-        var checkpointRequested = false
-        /// `.process` durability: logs written since the last background sync.
-        var unsynced: Set<NodeID> = []
+    /// Entries queued since the last append, and whether every log is to sign a checkpoint.
+    private struct Appends: CommitBatch {
+        var entries: [Pending] = []
+        var checkpoint = false
+
+        var isEmpty: Bool { self.entries.isEmpty && !self.checkpoint }
+
+        mutating func putBack(_ unwritten: Appends) {
+            self.entries = unwritten.entries + self.entries
+            self.checkpoint = self.checkpoint || unwritten.checkpoint
+        }
     }
 
     private struct OpenLog {
@@ -85,14 +88,12 @@ package final class AuditLog: Sendable {
 
     package let directory: String
     private let signingKey: Ed25519SigningKey
-    private let writer = DispatchQueue(label: "agentmesh.audit")
-    /// Where appends run: the writer thread, or (`.process` durability) the node's event loop.
-    private let commitExecutor: CommitExecutor
-    private let queue = Mutex(Queue())
+    /// Appends run on its own thread, or (`.process` durability) where the caller says (the node's event loop).
+    private let commits: GroupCommitWriter<Appends>
+    /// `.process` durability: logs written since the last background sync.
+    private let unsynced = Mutex<Set<NodeID>>([])
     /// Changed only by appends (on the commit executor) and in `init`; read by the background sync.
     private let logs: Mutex<Logs>
-    private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
-    private let retryDelay: Duration
     private let counters = Mutex(Statistics())
     private let durability: Durability
 
@@ -109,10 +110,11 @@ package final class AuditLog: Sendable {
     ) throws(AuditError) {
         self.directory = directory
         self.durability = durability
-        let writer = self.writer
-        self.commitExecutor = commitOn ?? { work in writer.async(execute: work) }
+        let audit = WeakBox<AuditLog>()
+        self.commits = GroupCommitWriter(label: "agentmesh.audit", executor: commitOn, retryDelay: retryDelay) { batch in
+            audit.value?.commit(batch)
+        }
         self.signingKey = identity.signingKey
-        self.retryDelay = retryDelay
         do {
             try FileSystem.createDirectory(directory, mode: 0o700)
         } catch {
@@ -154,6 +156,7 @@ package final class AuditLog: Sendable {
         }
         self.logs = Mutex(Logs(byPeer: opened))
         self.recovery = recovery
+        audit.value = self
         for (peer, entry) in tailRecords { self.append(entry, peer: peer) }
     }
 
@@ -163,84 +166,40 @@ package final class AuditLog: Sendable {
         self.logs.withLock { logs in for log in logs.byPeer.values where log.descriptor >= 0 { close(log.descriptor) } }
     }
 
-    /// Called on the writer thread after every append attempt.
+    /// Called on the commit executor after every append attempt.
     package func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
-        self.progressHandler.withLock { $0 = ProgressHandler(handler) }
+        self.commits.onProgress { progress in
+            switch progress {
+            case .committed(let through): handler(.committed(through: through))
+            case .failed(let why): handler(.failed(AuditError(description: why)))
+            }
+        }
     }
 
-    package var lastQueued: UInt64 { self.queue.withLock { $0.lastQueued } }
+    package var lastQueued: UInt64 { self.commits.lastQueued }
 
     /// Queues one entry for `peer`'s log; returns its sequence number.
     @discardableResult
     package func append(_ entry: AuditEntry, peer: PeerIdentity) -> UInt64 {
-        let (sequence, start) = self.queue.withLock { queue -> (UInt64, Bool) in
-            queue.lastQueued += 1
-            queue.pending.append(Pending(peer: peer, entry: entry, sequence: queue.lastQueued))
-            return (queue.lastQueued, Self.claimWriter(&queue))
+        self.commits.enqueue { batch, sequence in
+            batch.entries.append(Pending(peer: peer, entry: entry, sequence: sequence))
         }
-        if start { self.commitExecutor { self.drain() } }
-        return sequence
     }
 
     /// Signs a checkpoint in every log with records not yet covered by one. The request takes a sequence number
     /// like an entry, so waiting for ``lastQueued`` waits for the checkpoints too.
     package func requestCheckpoints() {
-        let start = self.queue.withLock { queue -> Bool in
-            queue.lastQueued += 1
-            queue.checkpointRequested = true
-            return Self.claimWriter(&queue)
-        }
-        if start { self.commitExecutor { self.drain() } }
+        self.commits.enqueue { batch, _ in batch.checkpoint = true }
     }
 
-    private static func claimWriter(_ queue: inout Queue) -> Bool {
-        guard !queue.isWriting, !queue.isRetryScheduled else { return false }
-        queue.isWriting = true
-        return true
-    }
-
-    /// Runs on the commit executor until nothing is pending.
-    private func drain() {
-        while true {
-            let (batch, checkpoint, through) = self.queue.withLock { queue -> ([Pending], Bool, UInt64) in
-                defer {
-                    queue.pending = []
-                    queue.checkpointRequested = false
-                }
-                return (queue.pending, queue.checkpointRequested, queue.lastQueued)
-            }
-            if batch.isEmpty, !checkpoint {
-                let done = self.queue.withLock { queue -> Bool in
-                    guard queue.pending.isEmpty, !queue.checkpointRequested else { return false }
-                    queue.isWriting = false
-                    return true
-                }
-                if done { return }
-                continue
-            }
-            let started = ContinuousClock.now
-            let failure = self.write(batch, checkpointAll: checkpoint)
-            let elapsed = ContinuousClock.now - started
-            self.counters.withLock { $0.busy += elapsed }
-            if let error = failure {
-                self.queue.withLock { queue in
-                    queue.pending = error.unwritten + queue.pending
-                    queue.checkpointRequested = queue.checkpointRequested || checkpoint
-                    queue.isWriting = false
-                    queue.isRetryScheduled = true
-                }
-                self.report(.failed(error.error))
-                self.writer.asyncAfter(deadline: .now() + .milliseconds(Int(self.retryDelay.seconds * 1000))) {
-                    let start = self.queue.withLock { queue -> Bool in
-                        queue.isRetryScheduled = false
-                        return Self.claimWriter(&queue)
-                    }
-                    if start { self.commitExecutor { self.drain() } }
-                }
-                return
-            }
-            self.report(.committed(through: through))
-        }
+    /// Appends a batch; on failure, what was not written goes back for the retry.
+    private func commit(_ batch: Appends) -> (error: String, unwritten: Appends)? {
+        let started = ContinuousClock.now
+        let failure = self.write(batch.entries, checkpointAll: batch.checkpoint)
+        let elapsed = ContinuousClock.now - started
+        self.counters.withLock { $0.busy += elapsed }
+        guard let failure else { return nil }
+        return (failure.error.description, Appends(entries: failure.unwritten, checkpoint: batch.checkpoint))
     }
 
     private struct WriteFailure {
@@ -320,16 +279,16 @@ package final class AuditLog: Sendable {
 
     /// `.process` durability: records reach the kernel with each batch and the disk within the sync interval.
     private func syncInBackground(_ id: NodeID) {
-        let schedule = self.queue.withLock { queue -> Bool in
-            let isFirst = queue.unsynced.isEmpty
-            queue.unsynced.insert(id)
+        let schedule = self.unsynced.withLock { unsynced -> Bool in
+            let isFirst = unsynced.isEmpty
+            unsynced.insert(id)
             return isFirst
         }
         guard schedule else { return }
-        self.writer.asyncAfter(deadline: .now() + Durability.backgroundSyncInterval.seconds) {
-            let ids = self.queue.withLock { queue -> Set<NodeID> in
-                defer { queue.unsynced = [] }
-                return queue.unsynced
+        self.commits.timers.asyncAfter(deadline: .now() + Durability.backgroundSyncInterval.seconds) {
+            let ids = self.unsynced.withLock { unsynced -> Set<NodeID> in
+                defer { unsynced = [] }
+                return unsynced
             }
             // A log closed since was synced when it was closed.
             let descriptors = self.logs.withLock { logs in ids.compactMap { logs.byPeer[$0]?.descriptor }.filter { $0 >= 0 } }
@@ -394,10 +353,6 @@ package final class AuditLog: Sendable {
             written += result
         }
         return nil
-    }
-
-    private func report(_ progress: Progress) {
-        self.progressHandler.withLock { $0 }?.call(progress)
     }
 
     /// Logs holding an open descriptor now (never more than ``maximumOpenLogs``).

@@ -48,27 +48,29 @@ package final class TaskStore: Sendable {
         let id: TaskID
     }
 
-    private struct Queue {
-        /// The newest change per task, in the order first queued.
-        var pending: [Key: (change: Change, order: UInt64)] = [:]
-        var lastQueued: UInt64 = 0
-        var isWriting = false
-        var isRetryScheduled = false
-        /// `.process` durability: a background sync is due.
-        var isSyncScheduled = false
+    /// The newest change per task, and the sequence number that ordered it.
+    fileprivate struct Changes: CommitBatch {
+        var byKey: [Key: (change: Change, order: UInt64)] = [:]
+
+        var isEmpty: Bool { self.byKey.isEmpty }
+
+        /// In the order they were queued.
+        var ordered: [Change] { self.byKey.values.sorted { $0.order < $1.order }.map(\.change) }
+
+        /// A change queued since the failed commit is newer than the one put back, and wins.
+        mutating func putBack(_ unwritten: Changes) {
+            for (key, value) in unwritten.byKey where self.byKey[key] == nil { self.byKey[key] = value }
+        }
     }
 
     package let path: String
     private let database: DatabaseQueue
     private let timeBase: TimeBase
-    private let writer = DispatchQueue(label: "agentmesh.task-store")
-    /// Where commits run: the writer thread, or (`.process` durability) the node's event loop.
-    private let commitExecutor: CommitExecutor
+    /// Commits run on its own thread, or (`.process` durability) where the caller says (the node's event loop).
+    private let commits: GroupCommitWriter<Changes>
     /// `.process` durability: the connection that checkpoints (and so syncs) in the background.
     private let checkpointer: DatabaseQueue?
-    private let queue = Mutex(Queue())
-    private let progressHandler = Mutex<ProgressHandler<Progress>?>(nil)
-    private let retryDelay: Duration
+    private let isSyncScheduled = Mutex(false)
     private let durability: Durability
 
     /// Core time (a duration since the node started) to and from wall-clock seconds, which outlive the process.
@@ -91,10 +93,11 @@ package final class TaskStore: Sendable {
     ) throws(StoreError) {
         self.path = path
         self.timeBase = timeBase
-        self.retryDelay = retryDelay
         self.durability = durability
-        let writer = self.writer
-        self.commitExecutor = commitOn ?? { work in writer.async(execute: work) }
+        let store = WeakBox<TaskStore>()
+        self.commits = GroupCommitWriter(label: "agentmesh.task-store", executor: commitOn, retryDelay: retryDelay) { batch in
+            store.value?.commit(batch)
+        }
         var configuration = Configuration()
         configuration.journalMode = .wal
         configuration.label = "agentmesh.tasks"
@@ -120,6 +123,7 @@ package final class TaskStore: Sendable {
         } catch {
             throw StoreError(description: "cannot open the task store \(path): \(Self.explain(error))")
         }
+        store.value = self
     }
 
     private static var migrator: DatabaseMigrator {
@@ -159,7 +163,12 @@ package final class TaskStore: Sendable {
 
     /// Called on the writer thread after each commit attempt.
     package func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
-        self.progressHandler.withLock { $0 = ProgressHandler(handler) }
+        self.commits.onProgress { progress in
+            switch progress {
+            case .committed(let through): handler(.committed(through: through))
+            case .failed(let why): handler(.failed(StoreError(description: why)))
+            }
+        }
     }
 
     // MARK: - Loading
@@ -249,82 +258,41 @@ package final class TaskStore: Sendable {
 
     // MARK: - Writing
 
-    /// Queues changes for the next commit; returns the sequence number to wait for with ``committedThrough``.
+    /// Queues changes for the next commit; returns the sequence number to wait for.
     @discardableResult
     package func enqueue(_ changes: [Change]) -> UInt64 {
-        guard !changes.isEmpty else { return self.queue.withLock { $0.lastQueued } }
-        let (sequence, startWriter) = self.queue.withLock { queue -> (UInt64, Bool) in
-            for change in changes {
-                queue.lastQueued += 1
-                queue.pending[change.key] = (change, queue.lastQueued)
-            }
-            let start = !queue.isWriting && !queue.isRetryScheduled
-            if start { queue.isWriting = true }
-            return (queue.lastQueued, start)
+        guard !changes.isEmpty else { return self.commits.lastQueued }
+        return self.commits.enqueue(count: changes.count) { batch, first in
+            for (offset, change) in changes.enumerated() { batch.byKey[change.key] = (change, first + UInt64(offset)) }
         }
-        if startWriter { self.commitExecutor { self.drain() } }
-        return sequence
     }
 
     /// The sequence number of the newest queued change (committed or not).
-    package var lastQueued: UInt64 { self.queue.withLock { $0.lastQueued } }
+    package var lastQueued: UInt64 { self.commits.lastQueued }
 
-    /// Commits batches until nothing is queued. Runs on the commit executor only.
-    private func drain() {
-        while true {
-            let (batch, through) = self.queue.withLock { queue -> ([(Key, Change, UInt64)], UInt64) in
-                let batch = queue.pending.map { ($0.key, $0.value.change, $0.value.order) }.sorted { $0.2 < $1.2 }
-                queue.pending.removeAll(keepingCapacity: true)
-                if batch.isEmpty { queue.isWriting = false }
-                return (batch, queue.lastQueued)
+    /// One transaction for the whole batch; on failure all of it goes back for the retry.
+    fileprivate func commit(_ batch: Changes) -> (error: String, unwritten: Changes)? {
+        do {
+            try self.database.write { db in
+                for change in batch.ordered { try self.apply(change, in: db) }
             }
-            guard !batch.isEmpty else { return }
-            do {
-                try self.database.write { db in
-                    for (_, change, _) in batch { try self.apply(change, in: db) }
-                }
-                self.report(.committed(through: through))
-                if self.durability == .process { self.scheduleBackgroundSync() }
-            } catch {
-                // Put the batch back (a newer change to the same task wins) and try again later.
-                self.queue.withLock { queue in
-                    for (key, change, order) in batch where queue.pending[key] == nil {
-                        queue.pending[key] = (change, order)
-                    }
-                    queue.isWriting = false
-                    queue.isRetryScheduled = true
-                }
-                self.report(.failed(StoreError(description: Self.explain(error))))
-                let delay = self.retryDelay.seconds
-                self.writer.asyncAfter(deadline: .now() + delay) {
-                    let start = self.queue.withLock { queue -> Bool in
-                        queue.isRetryScheduled = false
-                        guard !queue.isWriting else { return false }
-                        queue.isWriting = true
-                        return true
-                    }
-                    if start { self.commitExecutor { self.drain() } }
-                }
-                return
-            }
+        } catch {
+            return (Self.explain(error), batch)
         }
-    }
-
-    private func report(_ progress: Progress) {
-        self.progressHandler.withLock { $0 }?.call(progress)
+        if self.durability == .process { self.scheduleBackgroundSync() }
+        return nil
     }
 
     /// `.process` durability: commits reach the kernel at once and the disk within the sync interval. A checkpoint
     /// syncs the WAL before copying it into the database (`synchronous = NORMAL`).
     private func scheduleBackgroundSync() {
-        let schedule = self.queue.withLock { queue -> Bool in
-            guard !queue.isSyncScheduled else { return false }
-            queue.isSyncScheduled = true
-            return true
+        let schedule = self.isSyncScheduled.withLock { scheduled -> Bool in
+            defer { scheduled = true }
+            return !scheduled
         }
         guard schedule else { return }
-        self.writer.asyncAfter(deadline: .now() + Durability.backgroundSyncInterval.seconds) {
-            self.queue.withLock { $0.isSyncScheduled = false }
+        self.commits.timers.asyncAfter(deadline: .now() + Durability.backgroundSyncInterval.seconds) {
+            self.isSyncScheduled.withLock { $0 = false }
             // A failure (a full disk) is reported by the next commit; the sync is tried again after it.
             _ = try? self.checkpointer?.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(PASSIVE)") }
         }
@@ -471,6 +439,12 @@ private struct StoredAttempt: Decodable {
             epoch: self.epoch, peer: peer, offeredAt: time.core(self.offeredAt), acceptedAt: self.acceptedAt.map(time.core),
             endedAt: self.endedAt.map(time.core), outcome: outcome)
     }
+}
+
+/// A reference to an owner that its writer must not keep alive (the writer's commit closure calls back into it).
+final class WeakBox<Value: AnyObject & Sendable>: @unchecked Sendable {
+    // Set once, right after the owner is initialised, before any commit can run.
+    weak var value: Value?
 }
 
 /// A progress callback kept behind a reference. Stored directly in a `Mutex`, a closure read out with
