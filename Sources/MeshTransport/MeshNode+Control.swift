@@ -49,57 +49,30 @@ extension MeshNode {
     }
 
     func answer(_ request: ControlRequest, respond: @escaping Respond) {
-        switch (request.method, request.path) {
-        case ("GET", "/v1/members"): respond(.json(self.members()))
-        case ("GET", "/v1/node"): respond(.json(self.nodeInfo()))
-        case ("GET", "/v1/limits"): respond(.json(self.limitsReport()))
-        case ("POST", "/v1/leave"):
+        switch ControlRoute(request) {
+        case .members: respond(.json(self.members()))
+        case .node: respond(.json(self.nodeInfo()))
+        case .limits: respond(.json(self.limitsReport()))
+        case .leave:
             self.requestLeave()
             respond(.json(["leaving": true], status: 202))
-        case (_, let path) where path == "/v1/tasks" || path.hasPrefix("/v1/tasks/"):
-            self.answerTaskRequest(request, respond: respond)
-        case (_, "/v1/members"), (_, "/v1/node"), (_, "/v1/leave"), (_, "/v1/limits"):
-            respond(.error(405, "\(request.method) is not allowed on \(request.path)"))
-        default:
-            respond(.error(404, "no such endpoint: \(request.path)"))
+        case .submit(let body, let wait):
+            self.submitTask(body, wait: wait, respond: respond)
+        case .listTasks(let state):
+            respond(self.taskDocuments.list(self.submitter.allTasks.filter { state == nil || $0.state == state }))
+        case .task(let id, let wait):
+            guard self.submittedTask(id) != nil else { return respond(.error(404, "no task \(id) on this node")) }
+            self.whenTaskEnds(id, within: wait ?? .zero) { respond(self.taskDocument(id)) }
+        case .cancel(let id):
+            guard self.submittedTask(id) != nil else { return respond(.error(404, "no task \(id) on this node")) }
+            self.runSubmitter { $0.cancel(id, now: self.now) }
+            respond(self.taskDocument(id))
+        case .refused(let status, let message):
+            respond(.error(status, message))
         }
     }
 
     // MARK: - Tasks
-
-    private func answerTaskRequest(_ request: ControlRequest, respond: @escaping Respond) {
-        let parts = request.path.split(separator: "/").map(String.init)  // ["v1", "tasks", id?, "cancel"?]
-        var wait: Duration?
-        if let text = request.query["wait"] {
-            guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
-                return respond(.error(400, "wait must be a number of seconds from 0 to 3600"))
-            }
-            wait = .milliseconds(Int64(seconds * 1000))
-        }
-        switch (request.method, parts.count) {
-        case ("POST", 2):
-            self.submitTask(request.body, wait: wait, respond: respond)
-        case ("GET", 2):
-            let state = request.query["state"]
-            if let state, TaskState(rawValue: state) == nil {
-                return respond(.error(400, "unknown state '\(state)': use one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))"))
-            }
-            let tasks = self.submitter.allTasks.filter { state == nil || $0.state.rawValue == state }
-            respond(self.taskDocuments.list(tasks))
-        case ("GET", 3):
-            guard let id = TaskID(hex: parts[2]) else { return respond(.error(400, "'\(parts[2])' is not a task id")) }
-            guard self.submittedTask(id) != nil else { return respond(.error(404, "no task \(parts[2]) on this node")) }
-            self.whenTaskEnds(id, within: wait ?? .zero) { respond(self.taskDocument(id)) }
-        case ("POST", 4) where parts[3] == "cancel":
-            guard let id = TaskID(hex: parts[2]), self.submittedTask(id) != nil else {
-                return respond(.error(404, "no task \(parts[2]) on this node"))
-            }
-            self.runSubmitter { $0.cancel(id, now: self.now) }
-            respond(self.taskDocument(id))
-        default:
-            respond(.error(404, "no such endpoint: \(request.method) \(request.path)"))
-        }
-    }
 
     /// Submits a task; with `wait`, answers once it ends (200) or when `wait` runs out (202), saving a round trip.
     private func submitTask(_ body: [UInt8], wait: Duration?, respond: @escaping Respond) {

@@ -1,0 +1,48 @@
+import MeshControl
+import MeshCore
+import Testing
+
+@testable import MeshTransport
+
+/// Every control request is routed, or refused with the status and sentence a client sees, from the request alone.
+@Suite struct ControlRouteTests {
+    static func route(_ method: String, _ path: String, _ query: [String: String] = [:], body: [UInt8] = []) -> ControlRoute {
+        ControlRoute(ControlRequest(method: method, path: path, query: query, body: body))
+    }
+
+    static let id = TaskID(high: 0xABCD, low: 0x1234)
+
+    @Test func everyEndpointIsRouted() {
+        #expect(Self.route("GET", "/v1/members") == .members)
+        #expect(Self.route("GET", "/v1/node") == .node)
+        #expect(Self.route("GET", "/v1/limits") == .limits)
+        #expect(Self.route("POST", "/v1/leave") == .leave)
+        #expect(Self.route("POST", "/v1/tasks", body: [1]) == .submit(body: [1], wait: nil))
+        #expect(Self.route("POST", "/v1/tasks", ["wait": "2.5"]) == .submit(body: [], wait: .milliseconds(2_500)))
+        #expect(Self.route("GET", "/v1/tasks") == .listTasks(state: nil))
+        #expect(Self.route("GET", "/v1/tasks", ["state": "running"]) == .listTasks(state: .running))
+        #expect(Self.route("GET", "/v1/tasks/\(Self.id)") == .task(Self.id, wait: nil))
+        #expect(Self.route("GET", "/v1/tasks/\(Self.id)", ["wait": "0"]) == .task(Self.id, wait: .zero))
+        #expect(Self.route("POST", "/v1/tasks/\(Self.id)/cancel") == .cancel(Self.id))
+    }
+
+    @Test func malformedRequestsAreRefusedWithWhatIsWrong() {
+        #expect(Self.route("GET", "/v1/nothing") == .refused(status: 404, message: "no such endpoint: /v1/nothing"))
+        #expect(Self.route("GET", "/") == .refused(status: 404, message: "no such endpoint: /"))
+        #expect(Self.route("GET", "/v2/members") == .refused(status: 404, message: "no such endpoint: /v2/members"))
+        #expect(Self.route("DELETE", "/v1/members") == .refused(status: 405, message: "DELETE is not allowed on /v1/members"))
+        #expect(Self.route("GET", "/v1/leave") == .refused(status: 405, message: "GET is not allowed on /v1/leave"))
+        #expect(Self.route("GET", "/v1/tasks/xyz") == .refused(status: 400, message: "'xyz' is not a task id"))
+        #expect(Self.route("POST", "/v1/tasks/xyz/cancel") == .refused(status: 404, message: "no task xyz on this node"))
+        #expect(Self.route("PUT", "/v1/tasks/\(Self.id)") == .refused(status: 404, message: "no such endpoint: PUT /v1/tasks/\(Self.id)"))
+        for wait in ["-1", "3601", "soon", "nan"] {
+            #expect(Self.route("POST", "/v1/tasks", ["wait": wait])
+                == .refused(status: 400, message: "wait must be a number of seconds from 0 to 3600"), "\(wait)")
+        }
+        guard case .refused(400, let message) = Self.route("GET", "/v1/tasks", ["state": "dancing"]) else {
+            Issue.record("an unknown state is refused")
+            return
+        }
+        #expect(message.hasPrefix("unknown state 'dancing': use one of submitted"))
+    }
+}
