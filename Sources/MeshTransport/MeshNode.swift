@@ -92,7 +92,8 @@ public actor MeshNode: Service {
     private var lastHeardFrom: [NodeID: Date] = [:]
     /// Per-peer limits, bans, audit entries and transcripts.
     var accountability: PeerAccountability
-    private var taskTickedAt: Duration = .zero
+    /// The node's one timer, due at the earliest deadline of all its machines.
+    private var timer: Scheduled<Void>?
 
     public init(
         home: NodeHome, identity: NodeIdentity, networkKey: NetworkKey, settings: NodeSettings, logger: Logger
@@ -246,13 +247,13 @@ public actor MeshNode: Service {
         if case .created = self.state { try await self.bind() }
         guard case .bound(let bound) = self.state else { throw StartError.alreadyStarted }
         self.state = .running(bound)
+        self.scheduleTimer(after: self.settings.membershipTick)
         let joins = self.settings.joins
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { await bound.control.run() }
             if let http = bound.httpControl {
                 group.addTask { await http.run() }
             }
-            group.addTask { await self.runMembershipTimer() }
             for join in joins {
                 group.addTask { await self.maintainConnection(to: join) }
             }
@@ -299,6 +300,7 @@ public actor MeshNode: Service {
     private func stop() async {
         guard case .running(let bound) = self.state else { return }
         self.state = .stopped(bound)
+        self.timer?.cancel()
         self.logger.info("shutting down", metadata: ["peers": "\(self.connections.count)"])
         for execution in self.executions.values { execution.cancel() }
         self.wakeAllWaiters()
@@ -516,29 +518,28 @@ public actor MeshNode: Service {
 
     // MARK: - Membership
 
-    /// Sleeps until the membership machine's next deadline (at most one gossip interval, so news queued meanwhile
-    /// waits no longer than that), then runs its timers. An idle node wakes a few times a second, not fifty.
-    private nonisolated func runMembershipTimer() async {
-        var sleep = self.settings.membershipTick
-        while !Task.isCancelled {
-            do { try await Task.sleep(for: sleep) } catch { return }
-            sleep = await self.membershipTick()
+    /// Runs every machine's timers, then sleeps until the earliest deadline among them: at least `membershipTick`
+    /// (so a deadline in the past does not spin), at most one gossip interval (news queued meanwhile waits no longer).
+    /// An idle node wakes a few times a second.
+    private func scheduleTimer(after delay: Duration) {
+        self.timer = self.loop.scheduleTask(in: TimeAmount(delay)) {
+            self.assumeIsolated { $0.timerFired() }
         }
     }
 
-    private func membershipTick() -> Duration {
-        let cap = self.settings.membership.gossipInterval
-        guard case .running = self.state else { return cap }
+    private func timerFired() {
+        guard case .running = self.state else { return }
         let now = self.now
         self.membership.updateTrust(self.gate.trustStore.current())
         self.handle(self.membership.tick(now: now))
-        // Task timers (offer time-outs, retries, deadlines) need no finer grain than this.
-        if now - self.taskTickedAt >= .milliseconds(50) {
-            self.taskTickedAt = now
-            self.taskTick(now: now)
-            self.accountabilityTick(now: now)
-        }
-        return min(max(self.membership.nextDeadline - now, self.settings.membershipTick), cap)
+        self.taskTick(now: now)
+        self.accountabilityTick(now: now)
+        let deadlines = [
+            self.membership.nextDeadline, self.submitter.nextDeadline, self.accountability.nextDeadline,
+            self.runner.nextDeadline(now: now) ?? .seconds(Int64.max / 2),
+        ]
+        let cap = self.settings.membership.gossipInterval
+        self.scheduleTimer(after: min(max(deadlines.min()! - now, self.settings.membershipTick), cap))
     }
 
     func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {

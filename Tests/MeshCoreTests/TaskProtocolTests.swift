@@ -458,6 +458,25 @@ import Testing
         #expect(mesh.storedSubmitted[id] == nil)
     }
 
+    /// The node sleeps until the earliest deadline of its machines: an offer's time-out on the submitting side, a
+    /// result to send again on the executing side.
+    @Test func bothEndsSayWhenTheyNextHaveWork() {
+        var submitter = TaskSubmitter(local: Self.a, seed: 1)
+        _ = submitter.candidatesChanged([.init(id: Self.c, capabilities: ["echo": 4], load: 0)], now: .zero)
+        let id = TaskID(high: 9, low: 9)
+        _ = submitter.submit(id: id, capability: "echo", input: [], timeout: .seconds(30), maximumAttempts: 3, now: .zero)
+        #expect(submitter.nextDeadline == submitter.settings.offerTimeout, "the offer times out first")
+
+        var runner = TaskRunner(capacity: ["echo": 1])
+        #expect(runner.nextDeadline(now: .zero) == nil)
+        _ = runner.receive(.offer(TaskOffer(id: id, epoch: 1, capability: "echo", input: [], timeRemaining: .seconds(30))),
+                           from: Self.a, now: .zero)
+        #expect(runner.nextDeadline(now: .zero) == .seconds(30), "a running task: its deadline")
+        _ = runner.finished(id, outcome: .success([]), now: .seconds(1))
+        #expect(runner.nextDeadline(now: .seconds(1)) == .seconds(1) + runner.settings.resultResendInterval,
+                "a result: when it is sent again unless acknowledged")
+    }
+
     /// A busy node finishes more tasks than it should hold: beyond `finishedInMemory` the oldest finished tasks
     /// leave memory (not the store), and the store is told now and then to drop what is past retention.
     @Test func finishedTasksBeyondTheMemoryBoundLeaveMemoryNotTheStore() {

@@ -267,6 +267,17 @@ public struct PeerAccountability: Sendable {
         return [.sendTranscript(checkpoint, session: number, peer: session.peer)]
     }
 
+    /// The earliest time ``tick(now:time:)`` has something to do: a transcript to sign, a checkpoint to ask for,
+    /// refusals left out to count.
+    public var nextDeadline: Duration {
+        var earliest = self.checkpointRequestedAt + self.checkpointInterval
+        for session in self.sessions.values {
+            if let since = session.firstUnsignedAt { earliest = min(earliest, since + Self.transcriptDelay) }
+        }
+        if self.refusals.skipped > 0 { earliest = min(earliest, .seconds(self.refusals.second + 1)) }
+        return earliest
+    }
+
     /// Signs transcripts that have waited long enough. `checkpointDue` says the audit logs should sign a
     /// checkpoint now (every `checkpointInterval`).
     public mutating func tick(now: Duration, time: Int64) -> (actions: [Action], checkpointDue: Bool) {

@@ -190,6 +190,23 @@ public struct TaskRunner: Sendable {
     }
 
     /// Deadlines, re-sends of unacknowledged results and of `held` announcements.
+    /// The earliest time ``tick(now:)`` has something to do (nil: nothing accepted), given the time now: a
+    /// deadline, or a result or `held` to send again.
+    public func nextDeadline(now: Duration) -> Duration? {
+        var earliest: Duration?
+        for task in self.tasks.values {
+            let due: Duration
+            if task.outcome != nil || task.isHeld {
+                let resend = task.lastSent.map { $0 + self.settings.resultResendInterval } ?? now
+                due = task.isHeld ? min(resend, task.deadline) : resend
+            } else {
+                due = task.deadline
+            }
+            earliest = min(earliest ?? due, due)
+        }
+        return earliest
+    }
+
     public mutating func tick(now: Duration) -> [Directive] {
         var directives: [Directive] = []
         for (id, task) in self.tasks.sorted(by: { $0.key < $1.key }) {

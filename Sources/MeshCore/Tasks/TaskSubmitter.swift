@@ -353,6 +353,25 @@ public struct TaskSubmitter: Sendable {
         return directives
     }
 
+    /// The earliest time ``tick(now:)`` has something to do: a deadline, an offer timing out, a retry, the oldest
+    /// finished task's retention, the next retention sweep.
+    public var nextDeadline: Duration {
+        var earliest = self.retentionSweptAt + self.settings.retentionSweepInterval
+        if self.finishedOrderStart < self.finishedOrder.count {
+            earliest = min(earliest, self.finishedOrder[self.finishedOrderStart].at + self.settings.finishedRetention)
+        }
+        for id in self.unfinished {
+            guard let task = self.tasks[id] else { continue }
+            earliest = min(earliest, task.deadline)
+            if task.state == .offered, let current = task.currentAttempt {
+                let wait = task.isAwaitingPeer ? self.settings.restoreGrace : self.settings.offerTimeout
+                earliest = min(earliest, (task.offerSentAt ?? current.offeredAt) + wait)
+            }
+            if task.state == .submitted, let next = task.nextOfferAt { earliest = min(earliest, next) }
+        }
+        return earliest
+    }
+
     /// Offer timeouts, due retries and deadlines.
     public mutating func tick(now: Duration) -> [Directive] {
         var directives: [Directive] = self.forgetExpired(now: now)
