@@ -202,6 +202,11 @@ public enum ControlAPI {
         }
     }
 
+    /// A submission as a node reads it: one pass of `JSONSerialization` (the Codable path tried every JSON type on
+    /// every value of the input, a measurable share of each task's CPU). Wrong types are errors, as they are for
+    /// the decoder; `null` for an optional field is its default.
+    public struct SubmitError: Error {}
+
     public struct SubmitRequest: Codable, Sendable {
         public let capability: String
         public let input: JSONValue
@@ -213,6 +218,29 @@ public enum ControlAPI {
             self.input = input
             self.timeoutSeconds = timeoutSeconds
             self.maxAttempts = maxAttempts
+        }
+
+        package init(parsing body: [UInt8]) throws(SubmitError) {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+                let capability = object["capability"] as? String, let input = object["input"]
+            else { throw SubmitError() }
+            func number(_ key: String) throws(SubmitError) -> NSNumber? {
+                guard let value = object[key], !(value is NSNull) else { return nil }
+                guard let number = value as? NSNumber, type(of: value) != Bool.self,
+                    !["c", "B"].contains(String(cString: number.objCType))
+                else { throw SubmitError() }
+                return number
+            }
+            self.capability = capability
+            self.input = JSONValue(input)
+            self.timeoutSeconds = try number("timeout_seconds")?.doubleValue
+            if let attempts = try number("max_attempts") {
+                let value = attempts.doubleValue
+                guard value == value.rounded(), abs(value) < 1e9 else { throw SubmitError() }
+                self.maxAttempts = Int(value)
+            } else {
+                self.maxAttempts = nil
+            }
         }
     }
 

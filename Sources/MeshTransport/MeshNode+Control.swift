@@ -78,7 +78,7 @@ extension MeshNode {
     private func submitTask(_ body: [UInt8], wait: Duration?, respond: @escaping Respond) {
         let request: ControlAPI.SubmitRequest
         do {
-            request = try ControlAPI.decoder().decode(ControlAPI.SubmitRequest.self, from: Data(body))
+            request = try ControlAPI.SubmitRequest(parsing: body)
         } catch {
             return respond(.error(400, "the request is not a task: send JSON like {\"capability\": \"NAME\", \"input\": {…}}"))
         }
