@@ -1,4 +1,7 @@
 package import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import GRDB
 import MeshControl
 package import MeshCore
@@ -108,6 +111,13 @@ package final class TaskStore: Sendable {
             case .process: try db.execute(sql: "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0")
             }
             if let maximumPages { try db.execute(sql: "PRAGMA max_page_count = \(maximumPages)") }
+        }
+        // Task inputs and results are the users' data: the store and its WAL (SQLite gives it the store's mode) are
+        // the node's user's alone.
+        let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        if descriptor >= 0 {
+            fchmod(descriptor, 0o600)
+            close(descriptor)
         }
         do {
             self.database = try DatabaseQueue(path: path, configuration: configuration)

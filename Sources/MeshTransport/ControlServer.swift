@@ -4,6 +4,7 @@ import MeshCore
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
 import MeshControl
 
 /// Serves the control API: HTTP/1.1 with JSON bodies, on `DIR/control.sock` (a Unix socket of mode 0600, so only
@@ -14,6 +15,8 @@ struct ControlServer: Sendable {
     typealias Handler = @Sendable (ControlRequest, _ respond: @escaping @Sendable (ControlResponse) -> Void) -> Void
 
     static let maximumBodyLength = 4 * 1024 * 1024
+    /// Connections open at once; more are closed as they arrive.
+    static let maximumConnections = 256
 
     let channel: any Channel
     /// The socket file to remove at the end (Unix socket only).
@@ -35,7 +38,7 @@ struct ControlServer: Sendable {
     /// Binds the socket. A leftover socket file from a crashed node is replaced; one that a live node answers on is
     /// an error, so two nodes never share a home.
     static func bind(
-        socketPath: String, loop: any EventLoop, logger: Logger, handler: @escaping Handler
+        socketPath: String, loop: any EventLoop, idleTimeout: Duration, logger: Logger, handler: @escaping Handler
     ) async throws -> ControlServer {
         if FileManager.default.fileExists(atPath: socketPath) {
             if ControlClient(socketPath: socketPath).isAnswering() { throw BindError.alreadyRunning(socketPath) }
@@ -46,7 +49,7 @@ struct ControlServer: Sendable {
         defer { umask(previousMask) }
         let channel: any Channel
         do {
-            channel = try await Self.bootstrap(loop: loop, token: nil, logger: logger, handler: handler)
+            channel = try await Self.bootstrap(loop: loop, token: nil, idleTimeout: idleTimeout, logger: logger, handler: handler)
                 .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: false).get()
         } catch {
             throw BindError.cannotBind(socketPath, "\(error)")
@@ -57,11 +60,12 @@ struct ControlServer: Sendable {
 
     /// Binds a TCP listener that answers only requests carrying `token`.
     static func bind(
-        http address: HostAndPort, token: String, loop: any EventLoop, logger: Logger, handler: @escaping Handler
+        http address: HostAndPort, token: String, loop: any EventLoop, idleTimeout: Duration, logger: Logger,
+        handler: @escaping Handler
     ) async throws -> ControlServer {
         let channel: any Channel
         do {
-            channel = try await Self.bootstrap(loop: loop, token: token, logger: logger, handler: handler)
+            channel = try await Self.bootstrap(loop: loop, token: token, idleTimeout: idleTimeout, logger: logger, handler: handler)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .bind(host: address.host, port: address.port).get()
         } catch {
@@ -71,14 +75,26 @@ struct ControlServer: Sendable {
     }
 
     private static func bootstrap(
-        loop: any EventLoop, token: String?, logger: Logger, handler: @escaping Handler
+        loop: any EventLoop, token: String?, idleTimeout: Duration, logger: Logger, handler: @escaping Handler
     ) -> ServerBootstrap {
-        ServerBootstrap(group: loop, childGroup: loop)
+        let open = Mutex(0)
+        return ServerBootstrap(group: loop, childGroup: loop)
             .childChannelInitializer { child in
-                child.eventLoop.makeCompletedFuture {
+                let admitted = open.withLock { count -> Bool in
+                    guard count < Self.maximumConnections else { return false }
+                    count += 1
+                    return true
+                }
+                guard admitted else {
+                    logger.debug("refused a control connection over the limit", metadata: ["limit": "\(Self.maximumConnections)"])
+                    return child.close()
+                }
+                child.closeFuture.whenComplete { _ in open.withLock { $0 -= 1 } }
+                return child.eventLoop.makeCompletedFuture {
+                    try child.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: TimeAmount(idleTimeout)))
                     try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try child.pipeline.syncOperations.addHandler(
-                        ControlHTTPHandler(bearerToken: token, logger: logger, handler: handler))
+                        ControlHTTPHandler(bearerToken: token, logger: logger, handler: handler, loop: child.eventLoop))
                 }
             }
     }
@@ -110,11 +126,28 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var refusal: ControlResponse?
+    /// Requests handed to the node and not yet answered (a long poll may take an hour; the connection stays).
+    private let inFlight: NIOLoopBound<Counter>
 
-    init(bearerToken: String?, logger: Logger, handler: @escaping ControlServer.Handler) {
+    private final class Counter {
+        var value = 0
+    }
+
+    init(bearerToken: String?, logger: Logger, handler: @escaping ControlServer.Handler, loop: any EventLoop) {
         self.bearerToken = bearerToken
         self.logger = logger
         self.handler = handler
+        self.inFlight = NIOLoopBound(Counter(), eventLoop: loop)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read, self.head == nil,
+            self.inFlight.value.value == 0
+        {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -137,7 +170,10 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
             self.head = nil
             let channel = context.channel
             let keepAlive = head.isKeepAlive
+            let inFlight = self.inFlight
+            inFlight.value.value += 1
             let respond: @Sendable (ControlResponse) -> Void = { response in
+                inFlight.value.value -= 1
                 Self.write(response, keepAlive: keepAlive, to: channel)
             }
             if let refusal = self.refusal {

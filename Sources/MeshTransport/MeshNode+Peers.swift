@@ -35,7 +35,13 @@ extension MeshNode {
         }
     }
 
-    /// Something an honest peer never does (reported by membership): audited, logged, counted towards a ban.
+    /// A message of a kind this build does not know: not acted on, but counted against the peer's limits.
+    func receiveUnknown(bytes: Int, from peer: NodeID, session number: UInt64) {
+        self.perform(self.accountability.received(
+            .other, bytes: bytes, from: peer, session: number, now: self.now, time: AuditLog.wallClockMilliseconds()).actions)
+    }
+
+    /// Something an honest peer never does (reported by membership or the session): audited, logged, counted towards a ban.
     func peerMisbehaved(_ peer: NodeID, reason: String) {
         self.perform(self.accountability.misbehaved(peer, reason: reason, now: self.now, time: AuditLog.wallClockMilliseconds()))
     }

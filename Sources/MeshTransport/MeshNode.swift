@@ -207,7 +207,8 @@ public actor MeshNode: Service {
         let control: ControlServer
         do {
             control = try await ControlServer.bind(
-                socketPath: self.home.controlSocketPath, loop: self.loop, logger: self.logger,
+                socketPath: self.home.controlSocketPath, loop: self.loop, idleTimeout: self.settings.controlIdleTimeout,
+                logger: self.logger,
                 handler: self.controlHandler)
         } catch {
             try? await listener.close()
@@ -218,7 +219,8 @@ public actor MeshNode: Service {
             do {
                 let token = try self.home.loadOrCreateControlToken()
                 httpControl = try await ControlServer.bind(
-                    http: http, token: token, loop: self.loop, logger: self.logger, handler: self.controlHandler)
+                    http: http, token: token, loop: self.loop, idleTimeout: self.settings.controlIdleTimeout,
+                    logger: self.logger, handler: self.controlHandler)
             } catch {
                 try? await listener.close()
                 await control.close()

@@ -56,6 +56,9 @@ public struct NodeSettings: Sendable {
     public var setAsideBrokenAuditLogs = false
     /// Largest message a peer may send (reassembled from frames).
     public var maximumMessageLength = SecureSession.defaultMaximumMessageLength
+    /// A control connection with no request in progress that sends nothing for this long is closed (at most
+    /// `ControlServer.maximumConnections` are open at once).
+    public var controlIdleTimeout: Duration = .seconds(60)
     /// Finished tasks kept in memory (newest first); older ones are answered from the task store.
     public var finishedTasksInMemory = 10_000
     /// When the task store and the audit log count a change as done (`run --durability`).

@@ -8,7 +8,8 @@ public enum SessionEvent: Sendable {
     case established(EstablishedPeer)
     /// A message and its exact bytes (audit digests and byte limits use them).
     case message(WireMessage, bytes: [UInt8])
-    case unknownMessage(kind: UInt8)
+    /// A message of a kind this build does not know, and its size (still counted against the peer's limits).
+    case unknownMessage(kind: UInt8, bytes: Int)
     case closed(SecureSession.CloseReason)
 }
 
@@ -266,8 +267,11 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             case .ping(let nonce):
                 self.send(.pong(nonce: nonce), context: context, promise: nil)
                 context.flush()
+                // Answered here; passed on so a flood of them is counted against the peer like anything else.
+                context.fireChannelRead(self.wrapInboundOut(.message(message, bytes: bytes)))
             case .pong:
-                return  // its arrival already refreshed `lastInbound`
+                // Its arrival already refreshed `lastInbound`; passed on to be counted.
+                context.fireChannelRead(self.wrapInboundOut(.message(message, bytes: bytes)))
             case .welcome:
                 self.fail(context: context, .protocolViolation("welcome after the session was established"))
             case .membership, .task, .transcript:
@@ -275,7 +279,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             }
         } catch .unknownKind(let kind) {
             // A newer peer may speak kinds this build does not know; the node decides what to do with that.
-            context.fireChannelRead(self.wrapInboundOut(.unknownMessage(kind: kind)))
+            context.fireChannelRead(self.wrapInboundOut(.unknownMessage(kind: kind, bytes: bytes.count)))
         } catch {
             self.fail(context: context, .malformedMessage(error))
         }

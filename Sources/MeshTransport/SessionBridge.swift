@@ -42,10 +42,10 @@ final class SessionBridge: ChannelInboundHandler {
         case .message(let message, let bytes):
             guard let session = self.session, let peer = self.peer else { return }
             self.node.assumeIsolated { $0.receive(message, bytes: bytes, from: peer, session: session) }
-        case .unknownMessage(let kind):
-            self.node.logger.debug("ignored message of unknown kind", metadata: [
-                "peer": "\(self.peer?.short ?? "?")", "kind": "\(kind)",
-            ])
+        case .unknownMessage(let kind, let bytes):
+            guard let session = self.session, let peer = self.peer else { return }
+            self.node.logger.debug("ignored message of unknown kind", metadata: ["peer": "\(peer.short)", "kind": "\(kind)"])
+            self.node.assumeIsolated { $0.receiveUnknown(bytes: bytes, from: peer, session: session) }
         case .closed(let reason):
             self.closeReason = reason
         }
@@ -53,6 +53,11 @@ final class SessionBridge: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if self.failure == nil { self.failure = error }
+        // A peer whose session ends on a message no honest peer sends is held to it: otherwise it could repeat
+        // that forever, a new session each time.
+        if let peer = self.peer, self.session != nil, let violation = error as? TransportError, violation.isMisbehaviour {
+            self.node.assumeIsolated { $0.peerMisbehaved(peer, reason: "its session ended on a bad message: \(violation)") }
+        }
         context.close(promise: nil)
     }
 

@@ -15,6 +15,16 @@ public enum TransportError: Error, CustomStringConvertible, Sendable {
     case peerSilent(seconds: Double)
     case notEstablished
 
+    /// Something only a broken or hostile peer sends once its session is established.
+    var isMisbehaviour: Bool {
+        switch self {
+        case .frame, .session, .protocolViolation, .malformedMessage: return true
+        case .handshake, .handshakeTimedOut, .closedDuringHandshake, .tooManyPendingHandshakes, .refusedByPeer,
+            .peerSilent, .notEstablished:
+            return false
+        }
+    }
+
     public var description: String {
         switch self {
         case .handshake(let error): return error.description

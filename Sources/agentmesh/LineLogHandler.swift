@@ -15,11 +15,33 @@ struct LineLogHandler: LogHandler {
     func log(event: LogEvent) {
         let merged = self.metadata.merging(event.metadata ?? [:]) { $1 }
         var line = "\(Date().formatted(.iso8601)) \(event.level.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0))"
-            + "\(event.message)"
+            + Self.escaped("\(event.message)")
         for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
-            let text = "\(value)"
-            line += text.contains(" ") ? " \(key)=\"\(text)\"" : " \(key)=\(text)"
+            let text = Self.escaped("\(value)")
+            line += text.contains(" ") || text.contains("\"") ? " \(key)=\"\(text.replacingOccurrences(of: "\"", with: "\\\""))\"" : " \(key)=\(text)"
         }
         FileHandle.standardError.write(Data((line + "\n").utf8))
+    }
+
+    /// Peers choose some of what is logged (a listen address, a close reason, a name): a line break or another
+    /// control character in it would forge lines, so every one is written as an escape.
+    static func escaped(_ text: String) -> String {
+        func isControl(_ scalar: Unicode.Scalar) -> Bool {
+            scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
+        }
+        guard text.unicodeScalars.contains(where: { isControl($0) || $0 == "\\" }) else { return text }
+        var result = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": result += "\\n"
+            case "\r": result += "\\r"
+            case "\t": result += "\\t"
+            case "\\": result += "\\\\"
+            case _ where isControl(scalar):
+                result += "\\u{\(String(scalar.value, radix: 16))}"
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        return result
     }
 }

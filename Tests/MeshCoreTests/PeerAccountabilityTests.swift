@@ -72,6 +72,20 @@ import Testing
         #expect(machine.admit(Self.peer.publicIdentity, overrides: [:], from: "x", now: until, time: 0).refusal == nil)
     }
 
+    /// Keepalives and messages of unknown kinds are counted too: a flood of pings is refused and then banned.
+    @Test func aFloodOfPingsIsCountedAndBanned() {
+        var machine = Self.accountability()
+        var banned = false
+        var delivered = 0
+        for n in 0..<1_000 where !banned {
+            let (deliver, actions) = machine.received(.other, bytes: 20, from: Self.peerID, session: 1, now: .microseconds(n), time: 0)
+            if deliver { delivered += 1 }
+            banned = actions.contains { if case .ban = $0 { return true } else { return false } }
+        }
+        #expect(banned, "a thousand pings at once get the peer banned")
+        #expect(delivered == 400, "the gossip burst is what gets through")
+    }
+
     /// After 64 task messages, and a second after the first unsigned one, this node signs what it sent; the
     /// signature verifies against the peer's own count of what it received.
     @Test func whatThisNodeSentIsSignedByCountAndByTime() throws {

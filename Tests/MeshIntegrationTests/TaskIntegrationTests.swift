@@ -5,6 +5,9 @@ import FoundationNetworking
 import MeshCore
 import MeshTestKit
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @testable import MeshTransport
 @testable import MeshControl
@@ -28,6 +31,50 @@ import Testing
         let response = await node.node.handleControl(ControlRequest(
             method: "GET", path: "/v1/tasks/\(id)", query: ["wait": "\(seconds)"], body: []))
         return try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(response.body))
+    }
+
+    /// The control socket holds a bounded number of connections, and closes idle ones: a local process opening
+    /// hundreds and sending nothing does not keep a client out or hold descriptors for long.
+    @Test func idleControlConnectionsAreBoundedAndClosed() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let runningA = try await a.start { $0.controlIdleTimeout = .milliseconds(500) }
+        let attempts = ControlServer.maximumConnections + 44
+        let sockets = (0..<attempts).map { _ in Self.connectUnix(a.home.controlSocketPath) }
+        defer { for fd in sockets where fd >= 0 { close(fd) } }
+        #expect(sockets.allSatisfy { $0 >= 0 })
+        try await Task.sleep(for: .milliseconds(200))
+        let openNow = sockets.filter { !Self.isClosedByPeer($0) }.count
+        #expect(openNow <= ControlServer.maximumConnections, "\(openNow) connections were kept")
+        try await Task.sleep(for: .milliseconds(1_000))
+        #expect(sockets.allSatisfy { Self.isClosedByPeer($0) }, "idle connections are closed")
+        let members = try ControlClient(socketPath: a.home.controlSocketPath).get("/v1/members", as: ControlAPI.Members.self)
+        #expect(members.members.count == 1, "a client still gets in")
+        await runningA.stop()
+    }
+
+    static func connectUnix(_ path: String) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in path.utf8.prefix(raw.count - 1).enumerated() { raw[index] = byte }
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard result == 0 else {
+            close(fd)
+            return -1
+        }
+        return fd
+    }
+
+    /// The peer closed (end of file or reset); a socket still open has nothing to read yet.
+    static func isClosedByPeer(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        let count = recv(fd, &byte, 1, Int32(MSG_DONTWAIT))
+        return count == 0 || (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
     }
 
     /// A node keeps only its newest finished tasks in memory; an older one is still answered, from the store.

@@ -97,6 +97,20 @@ import Testing
         #expect(Set(left) == Set([waiting.id, finished[3].id, finished[4].id]))
     }
 
+    /// The store holds the users' inputs and results: only the node's user may read it, WAL included.
+    @Test func theStoreAndItsWALAreTheOwnersAlone() async throws {
+        let path = Self.temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let previous = umask(0o022)
+        defer { umask(previous) }
+        let store = try TaskStore(path: path, timeBase: Self.timeBase)
+        _ = await Self.commit(store, [.forgetSubmitted(TaskID(high: 1, low: 1))])
+        for file in [path, path + "-wal"] {
+            let mode = try #require(try FileManager.default.attributesOfItem(atPath: file)[.posixPermissions] as? Int)
+            #expect(mode & 0o077 == 0, "\(file) is mode \(String(mode, radix: 8))")
+        }
+    }
+
     @Test func aFileThatIsNotAStoreIsNamedAndRefused() throws {
         let path = Self.temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }

@@ -277,3 +277,13 @@ import MeshControl
         #expect(!FileManager.default.fileExists(atPath: root + "/a/control.sock"))
     }
 }
+
+/// What a peer chooses (a listen address, a close reason) cannot forge a line of the node's log.
+@Suite struct LogLineTests {
+    @Test func controlCharactersArePrintedAsEscapes() {
+        #expect(LineLogHandler.escaped("10.0.0.1:7400") == "10.0.0.1:7400")
+        #expect(LineLogHandler.escaped("x\n2026-11-28T00:00:00Z info    peer authenticated") == "x\\n2026-11-28T00:00:00Z info    peer authenticated")
+        #expect(LineLogHandler.escaped("a\rb\tc\\d\u{1B}[31m\u{85}\u{2028}") == "a\\rb\\tc\\\\d\\u{1b}[31m\\u{85}\\u{2028}")
+        #expect(!LineLogHandler.escaped("\u{0}\u{7}\u{7F}").unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F })
+    }
+}

@@ -153,7 +153,9 @@ public struct PeerAccountability: Sendable {
         case .membership(let updates): classes.append((.gossip, 1 + Double(updates / 32)))
         case .task(.offer, _): classes.append((.offers, 1))
         case .task(.result, _): classes.append((.results, 1))
-        case .task, .transcript, .other: break
+        // Keepalives and unknown kinds cost a gossip token each: a flood of them is a flood like any other.
+        case .other: classes.append((.gossip, 1))
+        case .task, .transcript: break
         }
         for (limitClass, cost) in classes {
             guard self.admit(peer, limitClass, cost: cost, inbound, session: number, now: now, time: time, into: &actions)
