@@ -2,25 +2,66 @@ import Foundation
 import MeshCore
 import Synchronization
 
-/// Caps the handshakes in flight on a listener, so a flood of half-open connections costs bounded memory.
+/// Caps the handshakes in flight on a listener, so a flood of half-open connections costs bounded memory, and
+/// shares the slots out: one source address holds at most `perAddress` of them, and addresses that completed a
+/// handshake before have `reserve` more that strangers cannot take.
 final class PendingHandshakes: Sendable {
     let limit: Int
-    private let count = Mutex(0)
+    let perAddress: Int
+    let reserve: Int
+    /// Addresses remembered as having completed a handshake (the oldest are forgotten beyond this).
+    static let rememberedAddresses = 4_096
 
-    init(limit: Int) { self.limit = limit }
+    private struct State {
+        var total = 0
+        var byAddress: [String: Int] = [:]
+        var known: [String: UInt64] = [:]
+        var uses: UInt64 = 0
+    }
 
-    /// Takes a slot; false when all are taken.
-    func tryBegin() -> Bool {
-        self.count.withLock { count in
-            guard count < self.limit else { return false }
-            count += 1
+    private let state = Mutex(State())
+
+    init(limit: Int, perAddress: Int? = nil, reserve: Int? = nil) {
+        self.limit = limit
+        self.perAddress = perAddress ?? max(1, limit / 4)
+        self.reserve = reserve ?? max(1, limit / 4)
+    }
+
+    /// Takes a slot for a connection from `address`; false when its share (or every slot) is taken.
+    func tryBegin(from address: String) -> Bool {
+        self.state.withLock { state in
+            let isKnown = state.known[address] != nil
+            guard state.total < self.limit + (isKnown ? self.reserve : 0),
+                state.byAddress[address, default: 0] < self.perAddress + (isKnown ? self.reserve : 0)
+            else { return false }
+            state.total += 1
+            state.byAddress[address, default: 0] += 1
             return true
         }
     }
 
-    func end() { self.count.withLock { $0 -= 1 } }
+    func end(from address: String) {
+        self.state.withLock { state in
+            state.total -= 1
+            let left = state.byAddress[address, default: 1] - 1
+            state.byAddress[address] = left > 0 ? left : nil
+        }
+    }
 
-    var current: Int { self.count.withLock { $0 } }
+    /// `address` completed a handshake: it may use the reserve from now on.
+    func remember(_ address: String) {
+        self.state.withLock { state in
+            state.uses += 1
+            state.known[address] = state.uses
+            if state.known.count > Self.rememberedAddresses,
+                let oldest = state.known.min(by: { $0.value < $1.value })?.key
+            {
+                state.known[oldest] = nil
+            }
+        }
+    }
+
+    var current: Int { self.state.withLock { $0.total } }
 }
 
 /// The listener's shared ``ReplayCache``, behind a lock because handshakes complete on several event loops.

@@ -352,7 +352,8 @@ public actor MeshNode: Service {
             channel.close(promise: nil)
             return
         }
-        guard pending.tryBegin() else {
+        let source = channel.remoteAddress?.ipAddress ?? "?"
+        guard pending.tryBegin(from: source) else {
             self.logger.info("refused connection", metadata: [
                 "remote": "\(channel.remoteAddress.display)",
                 "reason": "\(TransportError.tooManyPendingHandshakes(limit: pending.limit))",
@@ -364,9 +365,9 @@ public actor MeshNode: Service {
         do {
             ended = try self.addSessionHandlers(
                 to: channel, role: .responder(ResponderHandshake(credentials: credentials), self.gate.replayGuard),
-                origin: .accepted, releaseSlot: { pending.end() })
+                origin: .accepted, releaseSlot: { pending.end(from: source) })
         } catch {
-            pending.end()
+            pending.end(from: source)
             throw error
         }
         let remote = channel.remoteAddress
@@ -382,6 +383,7 @@ public actor MeshNode: Service {
     ) throws -> EventLoopFuture<SessionOutcome> {
         let trustStore = self.gate.trustStore
         let configuration = SecureChannelHandler.Configuration(
+            helloTimeout: TimeAmount(self.settings.helloTimeout),
             handshakeTimeout: TimeAmount(self.settings.handshakeTimeout),
             keepaliveInterval: TimeAmount(self.settings.keepaliveInterval),
             idleTimeout: TimeAmount(self.settings.idleTimeout),
@@ -458,6 +460,8 @@ public actor MeshNode: Service {
         let peerID = peer.identity.nodeID
         guard self.admitSession(peer, channel: channel) else { return nil }
         let session = PeerSession(channel: channel, peer: peer, since: Date())
+        // An address that completed a handshake may use the reserved handshake slots from now on.
+        if origin.isAccepted, let source = channel.remoteAddress?.ipAddress { self.gate.pending.remember(source) }
         let initiator = peer.role == .initiator ? self.identity.nodeID : peerID
         let number: UInt64
         let pending: [WireMessage]

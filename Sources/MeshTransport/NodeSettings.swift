@@ -22,9 +22,13 @@ public struct NodeSettings: Sendable {
     public var maximumConnections = 16
     /// Accept any peer that holds the network key, not only those in `peers/`.
     public var isOpen = false
+    /// An accepted connection that has not sent its first handshake message by then is closed: it takes one round
+    /// trip, so a connection that sends nothing holds a handshake slot only briefly.
+    public var helloTimeout: Duration = .seconds(1)
     /// A connection that has not finished the handshake by then is closed.
     public var handshakeTimeout: Duration = .seconds(5)
-    /// Handshakes in flight on the listener at once; further connections are closed at once.
+    /// Handshakes in flight on the listener at once; further connections are closed at once. One source address
+    /// holds at most a quarter of them; addresses that completed a handshake before have a quarter more in reserve.
     public var maximumPendingHandshakes = 64
     /// How many recent msg1 ephemeral keys are remembered to refuse replays.
     public var replayCacheCapacity = 65_536

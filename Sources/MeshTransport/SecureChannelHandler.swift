@@ -38,6 +38,8 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     typealias OutboundOut = ByteBuffer
 
     struct Configuration: Sendable {
+        /// Responder only: how long the first handshake message may take to arrive.
+        var helloTimeout: TimeAmount
         var handshakeTimeout: TimeAmount
         var keepaliveInterval: TimeAmount
         var idleTimeout: TimeAmount
@@ -95,9 +97,10 @@ final class SecureChannelHandler: ChannelDuplexHandler {
 
     private func start(context: ChannelHandlerContext) {
         guard case .idle(let role) = self.phase else { return }
-        let timeout = self.configuration.handshakeTimeout
-        self.handshakeTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
-            self.fail(context: context, .handshakeTimedOut(seconds: Double(timeout.nanoseconds) / 1e9))
+        if case .responder = role {
+            self.scheduleHandshakeTimeout(in: min(self.configuration.helloTimeout, self.configuration.handshakeTimeout), context: context)
+        } else {
+            self.scheduleHandshakeTimeout(in: self.configuration.handshakeTimeout, context: context)
         }
         switch role {
         case .initiator(let initiator):
@@ -171,6 +174,8 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             switch replayGuard.receiveHello(frame, into: &responder) {
             case .success(let response):
                 self.phase = .awaitingFinish(responder)
+                // The hello came in time; the rest of the handshake gets the full timeout.
+                self.scheduleHandshakeTimeout(in: self.configuration.handshakeTimeout, context: context)
                 self.writeFrame(response, context: context)
                 context.flush()
             case .failure(let error):
@@ -282,6 +287,13 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             context.fireChannelRead(self.wrapInboundOut(.unknownMessage(kind: kind, bytes: bytes.count)))
         } catch {
             self.fail(context: context, .malformedMessage(error))
+        }
+    }
+
+    private func scheduleHandshakeTimeout(in timeout: TimeAmount, context: ChannelHandlerContext) {
+        self.handshakeTimeout?.cancel()
+        self.handshakeTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+            self.fail(context: context, .handshakeTimedOut(seconds: Double(timeout.nanoseconds) / 1e9))
         }
     }
 

@@ -168,9 +168,12 @@ import MeshControl
             connection.shut()
         }
         overflow.shut()
+        // One source address holds at most a quarter of the slots (here one of three): the first silent connection
+        // took it and timed out; the others were refused at once, like the overflow.
         #expect(await eventually {
-            a.logs.matching("refused connection", ["reason": "did not finish within"]).count == 3
+            a.logs.matching("refused connection", ["reason": "did not finish within"]).count == 1
         })
+        #expect(a.logs.matching("refused connection", ["reason": "handshakes already pending"]).count == 3)
         let runningB = try await b.start { $0.joins = [runningA.address] }
         #expect(await eventually { await runningA.peerIDs() == [b.id.description] })
         await runningB.stop()

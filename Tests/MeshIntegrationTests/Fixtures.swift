@@ -90,7 +90,7 @@ extension TestNode {
                         role: .initiator(InitiatorHandshake(credentials: HandshakeCredentials(
                             identity: self.identity, networkKey: self.networkKey, listenAddress: "127.0.0.1:9"))),
                         configuration: .init(
-                            handshakeTimeout: .seconds(2), keepaliveInterval: .seconds(1), idleTimeout: .seconds(5),
+                            helloTimeout: .seconds(1), handshakeTimeout: .seconds(2), keepaliveInterval: .seconds(1), idleTimeout: .seconds(5),
                             maximumMessageLength: 1 << 20),
                         trust: { TrustPolicy(isOpen: true) }))
                     return try NIOAsyncChannel<SessionEvent, WireMessage>(wrappingChannelSynchronously: channel)

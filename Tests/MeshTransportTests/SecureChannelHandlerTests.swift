@@ -11,7 +11,7 @@ import Testing
 /// Two handlers on EmbeddedChannels, bytes pumped between them by hand, time advanced by hand.
 @Suite struct SecureChannelHandlerTests {
     static let configuration = SecureChannelHandler.Configuration(
-        handshakeTimeout: .seconds(5), keepaliveInterval: .seconds(1), idleTimeout: .seconds(3),
+        helloTimeout: .seconds(1), handshakeTimeout: .seconds(5), keepaliveInterval: .seconds(1), idleTimeout: .seconds(3),
         maximumMessageLength: 1 << 20)
 
     struct Pair {
@@ -28,7 +28,7 @@ import Testing
             let responderTrust = TrustPolicy(trusted: trustInitiator ? [PeerDescriptor(identity: a.publicIdentity)] : [])
             self.loop = EmbeddedEventLoop()
             let slots = PendingHandshakes(limit: 1)
-            #expect(slots.tryBegin())
+            #expect(slots.tryBegin(from: "a"))
             self.slots = slots
             self.initiator = EmbeddedChannel(loop: self.loop)
             self.responder = EmbeddedChannel(loop: self.loop)
@@ -40,7 +40,7 @@ import Testing
                 role: .responder(ResponderHandshake(credentials: HandshakeCredentials(
                     identity: b, networkKey: network, listenAddress: "127.0.0.1:2")), ReplayGuard(capacity: 16)),
                 configuration: SecureChannelHandlerTests.configuration, trust: { responderTrust },
-                releaseHandshakeSlot: { slots.end() }))
+                releaseHandshakeSlot: { slots.end(from: "a") }))
             try self.responder.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
             try self.initiator.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
         }
@@ -132,6 +132,36 @@ import Testing
         pair.loop.advanceTime(by: .seconds(6))
         #expect(!pair.responder.isActive)
         #expect(pair.slots.current == 0)
+    }
+
+    /// The first handshake message takes one round trip: a connection that sends nothing holds its slot for the
+    /// hello timeout (1 s here), not the whole handshake timeout (5 s).
+    @Test func aConnectionThatSendsNoHelloIsClosedSoon() throws {
+        let pair = try Pair()
+        pair.loop.advanceTime(by: .milliseconds(900))
+        #expect(pair.responder.isActive)
+        pair.loop.advanceTime(by: .milliseconds(200))
+        #expect(!pair.responder.isActive)
+        #expect(pair.slots.current == 0)
+    }
+
+    /// One address holds at most its share of the handshake slots; addresses that completed a handshake before
+    /// keep a reserve that strangers cannot take.
+    @Test func handshakeSlotsAreSharedOutByAddress() {
+        let slots = PendingHandshakes(limit: 8)
+        #expect((0..<3).map { _ in slots.tryBegin(from: "10.0.0.1") } == [true, true, false], "a quarter each")
+        for address in ["10.0.0.2", "10.0.0.3", "10.0.0.4"] {
+            #expect(slots.tryBegin(from: address) && slots.tryBegin(from: address))
+        }
+        #expect(!slots.tryBegin(from: "10.0.0.5"), "every slot strangers may use is taken")
+        slots.remember("10.0.0.9")
+        #expect(slots.tryBegin(from: "10.0.0.9") && slots.tryBegin(from: "10.0.0.9"), "a known address uses the reserve")
+        #expect(slots.current == 10)
+        slots.end(from: "10.0.0.1")
+        #expect(!slots.tryBegin(from: "10.0.0.1"), "the reserve in use still counts against strangers")
+        slots.end(from: "10.0.0.9")
+        slots.end(from: "10.0.0.9")
+        #expect(slots.tryBegin(from: "10.0.0.1"))
     }
 
     @Test func closingSendsAnAuthenticatedCloseFrame() throws {
