@@ -148,6 +148,11 @@ public struct ConnectionTable<Handle, Message> {
         return self.dialing.insert(peer).inserted ? .dial : .queued
     }
 
+    /// A dial of `peer` with nothing queued (to see whether it still listens); false if one is under way.
+    public mutating func startDial(_ peer: NodeID) -> Bool {
+        self.all[peer] == nil && self.dialing.insert(peer).inserted
+    }
+
     /// A dial for `peer` ended; what it did not deliver is dropped.
     public mutating func dialEnded(_ peer: NodeID) {
         self.dialing.remove(peer)

@@ -613,6 +613,20 @@ public struct Membership: Sendable {
         self.apply(.claim(claim), from: self.nodeID, now: now, into: &directives)
     }
 
+    /// Strong evidence that a member is gone: its session was cut without a close, and a new connection to its
+    /// listen address was refused (nothing listens there; a stalled or slow process still accepts). It is declared
+    /// dead at once, as this node's signed claim, without waiting out a suspicion; a member that comes back refutes
+    /// the claim with a higher incarnation, as after any death.
+    public mutating func refused(_ target: NodeID, now: Duration) -> [MembershipDirective] {
+        var directives: [MembershipDirective] = []
+        guard target != self.nodeID, let member = self.members[target], member.status == .alive || member.status == .suspect
+        else { return [] }
+        let claim = StatusClaim(
+            kind: .dead, target: target, incarnation: member.incarnation, accuser: self.nodeID, signer: self.signer)
+        self.apply(.claim(claim), from: self.nodeID, now: now, into: &directives)
+        return directives
+    }
+
     private mutating func expireSuspicions(now: Duration, into directives: inout [MembershipDirective]) {
         for id in self.suspects.sorted() {
             guard let member = self.members[id], let suspicion = member.trouble?.suspicion, now >= suspicion.deadline else { continue }

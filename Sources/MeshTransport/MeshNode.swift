@@ -509,13 +509,21 @@ public actor MeshNode: Service {
         channel.close(promise: nil)
     }
 
-    func unregister(_ number: UInt64, peer: NodeID, reason: String) {
+    /// A session ended. `cut`: it ended without the peer's close frame (a reset, an end of file, an error).
+    func unregister(_ number: UInt64, peer: NodeID, reason: String, cut: Bool = false) {
         let (closedHere, wasCurrent) = self.connections.ended(number, peer: peer)
         let reason = closedHere ?? reason
         self.sessionEnded(number, reason: reason)
         guard wasCurrent else { return }
         self.membership.disconnected(from: peer)
         self.logger.info("peer disconnected", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
+        // A cut session is a hint; a refused dial to the member's listen address is evidence (see dialOnDemand).
+        if cut, closedHere == nil, case .running = self.state, let member = self.membership.member(peer),
+            member.status == .alive || member.status == .suspect,
+            let address = try? HostAndPort(parsing: member.record.address), self.connections.startDial(peer)
+        {
+            self.signals.dials.continuation.yield((peer, address))
+        }
     }
 
     private func liveMemberCount() -> Int { self.membership.liveCount - 1 }
@@ -602,12 +610,28 @@ public actor MeshNode: Service {
         do {
             _ = try await self.dial(address, origin: .onDemand(peer))
         } catch {
+            if Self.isRefused(error) { await self.memberRefusedConnection(peer) }
             await self.auditConnectionFailure(error)
             self.logger.debug("cannot reach member", metadata: [
                 "peer": "\(peer.short)", "address": "\(address)", "reason": "\(error)",
             ])
         }
         await self.dialEnded(peer)
+    }
+
+    /// Nothing listens at the member's address: it is gone (a process that stalls still accepts connections).
+    private func memberRefusedConnection(_ peer: NodeID) {
+        guard case .running = self.state else { return }
+        self.handle(self.membership.refused(peer, now: self.now))
+    }
+
+    private static func isRefused(_ error: any Error) -> Bool {
+        if let error = error as? IOError { return error.errnoCode == ECONNREFUSED }
+        if let error = error as? NIOConnectionError {
+            return !error.connectionErrors.isEmpty
+                && error.connectionErrors.allSatisfy { ($0.error as? IOError)?.errnoCode == ECONNREFUSED }
+        }
+        return false
     }
 
     private func dialEnded(_ peer: NodeID) {

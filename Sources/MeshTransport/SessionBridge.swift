@@ -66,7 +66,8 @@ final class SessionBridge: ChannelInboundHandler {
         if let session = self.session, let peer = self.peer {
             let ending = self.closeReason.map { "peer closed: \($0)" } ?? self.failure.map { "\($0)" }
                 ?? "connection lost (no close frame)"
-            self.node.assumeIsolated { $0.unregister(session, peer: peer, reason: ending) }
+            let cut = self.closeReason == nil
+            self.node.assumeIsolated { $0.unregister(session, peer: peer, reason: ending, cut: cut) }
             self.ended.succeed(outcome)
         } else if self.peer == nil, let failure = self.failure {
             // The handshake failed: the caller logs and audits it (a refusal names the peer it learned).

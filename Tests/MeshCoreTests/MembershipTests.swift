@@ -147,6 +147,22 @@ import Testing
         #expect(Self.misbehaviour(directives).isEmpty)
     }
 
+    /// A refused connection to a member's address is evidence, not a hint: dead at once, claimed by this node,
+    /// and refuted by the member if it comes back.
+    @Test func aMemberThatRefusesConnectionsIsDeadAtOnce() {
+        var a = Node("a")
+        let b = Node("b")
+        _ = a.machine.receive(.gossip(updates: [.alive(b.record())]), from: b.id, now: .zero)
+        #expect(a.machine.member(b.id)?.status == .alive)
+        #expect(a.machine.refused(a.id, now: .zero).isEmpty, "never itself")
+        let directives = a.machine.refused(b.id, now: .seconds(1))
+        #expect(a.machine.member(b.id)?.status == .dead)
+        #expect(directives.contains { if case .changed(.died(b.id, _, a.id)) = $0 { return true } else { return false } })
+        #expect(a.machine.refused(b.id, now: .seconds(2)).isEmpty, "already dead")
+        _ = a.machine.receive(.gossip(updates: [.alive(b.record(incarnation: 1))]), from: b.id, now: .seconds(3))
+        #expect(a.machine.member(b.id)?.status == .alive, "back with a higher incarnation")
+    }
+
     /// One trusted peer that sends many copies of a well-signed record of a node this one does not trust costs it
     /// no signature checks at all (trust is checked first); a bad update ends the work on its message.
     @Test func cheapChecksComeFirstAndABadUpdateEndsItsMessage() {

@@ -9,18 +9,20 @@ import MeshControl
     final class Node {
         let home: String
         let durability: String
+        let timers: String
         var process: SpawnedProcess?
         var address = ""
 
-        init(home: String, durability: String = "fsync") {
+        init(home: String, durability: String = "fsync", timers: String = "local") {
             self.home = home
             self.durability = durability
+            self.timers = timers
         }
 
         func start(join: String?, capabilities: [String] = []) throws {
             let process = try SpawnedProcess(
                 CommandLineTests.binary,
-                ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", "local",
+                ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", self.timers,
                  "--durability", self.durability]
                     + (join.map { ["--join", $0] } ?? []) + capabilities.flatMap { ["--capability", $0] })
             self.process = process
@@ -160,6 +162,35 @@ import MeshControl
         #expect(back, "b did not come back alive with a higher incarnation")
         for node in nodes.values { node.signal(SIGTERM) }
         #expect(nodes.values.allSatisfy { $0.process?.waitForExit() == 0 }, "a node did not stop cleanly")
+    }
+
+    /// With LAN timers (a probe a second, suspicions of seconds), a `kill -9`ed node is still dead everywhere within
+    /// about a second: its peers' sessions are cut, their re-dials are refused, and that is evidence enough.
+    @Test func aKilledNodeIsDeadEverywhereWithinASecondOrTwo() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-proc-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let names = ["a", "b", "c", "d", "e"]
+        for name in names {
+            let arguments = ["init", "--home", "\(root)/\(name)", "--name", name]
+                + (name == "a" ? [] : ["--network-key-file", "\(root)/a/network.key"])
+            #expect(try CommandLineTests.agentmesh(arguments).status == 0)
+        }
+        let nodes = Dictionary(uniqueKeysWithValues: names.map { ($0, Node(home: "\(root)/\($0)", timers: "lan")) })
+        defer { for node in nodes.values { node.signal(SIGKILL) } }
+        try nodes["a"]!.start(join: nil)
+        for name in names.dropFirst() { try nodes[name]!.start(join: nodes["a"]!.address) }
+        #expect(Self.waitUntil { nodes.values.allSatisfy { $0.members().filter { $0.status == "alive" }.count == 5 } })
+
+        let killedAt = Date()
+        nodes["c"]!.signal(SIGKILL)
+        let survivors = ["a", "b", "d", "e"].map { nodes[$0]! }
+        let dead = Self.waitUntil(10) { survivors.allSatisfy { $0.status(of: "c")?.status == "dead" } }
+        let elapsed = Date().timeIntervalSince(killedAt)
+        #expect(dead, "c was not declared dead everywhere")
+        // A suspicion alone lasts at least 4 × log10(5) ≈ 2.8 probe intervals here, after the probe that starts it.
+        #expect(elapsed < 2.5, "dead everywhere after \(elapsed) s")
+        for node in nodes.values { node.signal(SIGTERM) }
     }
 
     // MARK: - Tasks across real processes
