@@ -213,6 +213,64 @@ let canMountTmpfs: Bool = {
     }
 
     /// Three forged records in a row: strikes add up to a ban, with the reason in the close frame and the log.
+    /// A trusted peer floods keepalives: they are counted like any message, refused over the gossip limit, and the
+    /// peer is banned (the close frame says so).
+    @Test func aPingFloodIsBanned() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let mallory = try mesh.node("mallory")
+        try a.trust(mallory)
+        let runningA = try await a.start()
+        let session = try await mallory.openSession(to: runningA.address)
+        let reason = try await session.executeThenClose { inbound, outbound in
+            var events = inbound.makeAsyncIterator()
+            guard case .established? = try await events.next() else { return SecureSession.CloseReason?.none }
+            for nonce in 0..<2_000 {
+                do { try await outbound.write(.ping(nonce: UInt64(nonce))) } catch { break }
+            }
+            while let event = try? await events.next() {
+                if case .closed(let why) = event { return why }
+            }
+            return nil
+        }
+        #expect(reason == nil || reason?.code == SecureSession.CloseReason.bannedCode, "\(String(describing: reason))")
+        let limits = await runningA.node.limitsReport()
+        let peer = try #require(limits.peers.first { $0.name == "mallory" })
+        #expect(peer.bans == 1)
+        #expect(peer.bannedUntil != nil)
+        await runningA.stop()
+    }
+
+    /// A trusted peer sends one gossip message stuffed with copies of a well-signed record of a node nobody here
+    /// trusts: it costs the node no signature check, it is counted against the peer's gossip budget, and the node
+    /// keeps answering.
+    @Test func gossipStuffedWithUntrustedRecordsIsCheapAndCounted() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let mallory = try mesh.node("mallory")
+        let stranger = try mesh.node("stranger")
+        try a.trust(mallory)
+        let runningA = try await a.start()
+        let record = MemberRecord(
+            identity: stranger.identity.publicIdentity, address: "127.0.0.1:1", incarnation: 1, capabilities: [],
+            load: 0, signer: .ed25519(stranger.identity))
+        let session = try await mallory.openSession(to: runningA.address)
+        try await session.executeThenClose { inbound, outbound in
+            var events = inbound.makeAsyncIterator()
+            guard case .established? = try await events.next() else { return }
+            // As many records as fit in one message (the session's message limit bounds the rest).
+            try await outbound.write(.membership(.gossip(updates: .init(repeating: .alive(record), count: 5_000))))
+            #expect(await eventually {
+                let gossip = await runningA.node.limitsReport().peers.first { $0.name == "mallory" }?
+                    .classes.first { $0.limitClass == "gossip" }
+                return (gossip?.accepted ?? 0) >= 1 && (gossip?.tokensLeft ?? 400) < 300
+            }, "the message cost a token per 32 records, not one")
+        }
+        #expect(await runningA.members("alive").isEmpty, "the stranger never became a member")
+        #expect(a.logs.matching("peer misbehaved").isEmpty, "records of an untrusted node are not a crime, just useless")
+        await runningA.stop()
+    }
+
     @Test func repeatedMisbehaviourIsBanned() async throws {
         let mesh = try TestMesh()
         let a = try mesh.node("a")
