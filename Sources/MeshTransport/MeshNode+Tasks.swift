@@ -14,7 +14,7 @@ extension MeshNode {
     // MARK: - Events
 
     func receiveTask(_ message: TaskMessage, from peer: NodeID) {
-        guard self.isRunning else { return }
+        guard self.isServing else { return }
         switch message {
         case .offer, .resultAck, .cancel, .resume:
             self.runTaskRunner { $0.receive(message, from: peer, now: self.now) }

@@ -63,6 +63,13 @@ public actor MeshNode: Service {
         if case .running = self.state { return true }
         return false
     }
+    /// Sessions are taken from `bind` on: a peer may connect between `bind` and `run`.
+    var isServing: Bool {
+        switch self.state {
+        case .bound, .running: return true
+        case .created, .stopped: return false
+        }
+    }
     private var bound: Bound? {
         switch self.state {
         case .bound(let bound), .running(let bound), .stopped(let bound): return bound
@@ -453,7 +460,7 @@ public actor MeshNode: Service {
 
     /// Records an authenticated session. Returns nil when it lost to an existing connection with the same peer.
     func register(_ peer: EstablishedPeer, channel: any Channel, origin: Origin) -> UInt64? {
-        guard case .running = self.state else {
+        guard self.isServing else {
             channel.close(promise: nil)
             return nil
         }
@@ -557,7 +564,7 @@ public actor MeshNode: Service {
     }
 
     func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {
-        guard case .running = self.state else { return }
+        guard self.isServing else { return }
         self.connections.heard(from: peer, now: self.now)
         self.lastHeardFrom[peer] = Date()
         self.handle(self.membership.receive(message, from: peer, now: self.now))
