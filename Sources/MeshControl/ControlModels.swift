@@ -205,7 +205,7 @@ public enum ControlAPI {
     /// A submission as a node reads it: one pass of `JSONSerialization` (the Codable path tried every JSON type on
     /// every value of the input, a measurable share of each task's CPU). Wrong types are errors, as they are for
     /// the decoder; `null` for an optional field is its default.
-    public struct SubmitError: Error {}
+    package struct SubmitError: Error {}
 
     public struct SubmitRequest: Codable, Sendable {
         public let capability: String

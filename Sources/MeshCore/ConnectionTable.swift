@@ -56,7 +56,6 @@ public struct ConnectionTable<Handle, Message> {
         case dropped
     }
 
-    public let local: NodeID
     public let maximumConnections: Int
     public let maximumPendingSends: Int
     public private(set) var all: [NodeID: Connection] = [:]
@@ -66,8 +65,7 @@ public struct ConnectionTable<Handle, Message> {
     /// Why this node closed a session itself, so its end is reported truthfully.
     private var closedHere: [UInt64: String] = [:]
 
-    public init(local: NodeID, maximumConnections: Int, maximumPendingSends: Int = 32) {
-        self.local = local
+    public init(maximumConnections: Int, maximumPendingSends: Int = 32) {
         self.maximumConnections = maximumConnections
         self.maximumPendingSends = maximumPendingSends
     }

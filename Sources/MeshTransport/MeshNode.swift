@@ -101,6 +101,8 @@ public actor MeshNode: Service {
     var accountability: PeerAccountability
     /// The node's one timer, due at the earliest deadline of all its machines.
     private var timer: Scheduled<Void>?
+    /// When the task machines' and accountability's timers are next due (see `timerFired`).
+    private var taskTimersDue: Duration = .zero
 
     public init(
         home: NodeHome, identity: NodeIdentity, networkKey: NetworkKey, settings: NodeSettings, logger: Logger
@@ -126,7 +128,7 @@ public actor MeshNode: Service {
             settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
         self.accountability = PeerAccountability(
             limits: settings.limits, signingKey: identity.signingKey, checkpointInterval: settings.auditCheckpointInterval)
-        self.connections = Connections(local: identity.nodeID, maximumConnections: settings.maximumConnections)
+        self.connections = Connections(maximumConnections: settings.maximumConnections)
     }
 
     /// `.process` durability: the task store commits and the audit log appends on this node's loop, between
@@ -553,14 +555,19 @@ public actor MeshNode: Service {
         let now = self.now
         self.membership.updateTrust(self.gate.trustStore.current())
         self.handle(self.membership.tick(now: now))
-        self.taskTick(now: now)
-        self.accountabilityTick(now: now)
-        let deadlines = [
-            self.membership.nextDeadline, self.submitter.nextDeadline, self.accountability.nextDeadline,
-            self.runner.nextDeadline(now: now) ?? .seconds(Int64.max / 2),
-        ]
         let cap = self.settings.membership.gossipInterval
-        self.scheduleTimer(after: min(max(deadlines.min()! - now, self.settings.membershipTick), cap))
+        if now >= self.taskTimersDue {
+            self.taskTick(now: now)
+            self.accountabilityTick(now: now)
+            // Finding the task side's next deadline scans every open task: at most every 50 ms (they need no finer
+            // grain), and at least every gossip interval (a deadline an event added meanwhile is not missed).
+            let next = min(
+                self.submitter.nextDeadline, self.accountability.nextDeadline,
+                self.runner.nextDeadline(now: now) ?? now + cap)
+            self.taskTimersDue = min(max(next, now + .milliseconds(50)), now + cap)
+        }
+        let earliest = min(self.membership.nextDeadline, self.taskTimersDue)
+        self.scheduleTimer(after: min(max(earliest - now, self.settings.membershipTick), cap))
     }
 
     func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {

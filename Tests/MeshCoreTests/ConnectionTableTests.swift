@@ -14,7 +14,7 @@ import Testing
     }
 
     @Test func aSessionIsRegisteredAndEndsOnce() {
-        var table = Table(local: Self.local, maximumConnections: 4)
+        var table = Table(maximumConnections: 4)
         let number = Self.registeredNumber(table.register(
             peer: Self.peer(1), handle: "s1", origin: .accepted, initiator: Self.peer(1), now: .zero))
         #expect(number == 1)
@@ -29,7 +29,7 @@ import Testing
     @Test func simultaneousDialsKeepTheSessionTheLowerNodeDialled() {
         let (low, high) = (Self.peer(1), Self.peer(9))
         // Seen from the low node: its own dial (initiator low) arrives second.
-        var lowTable = Table(local: low, maximumConnections: 4)
+        var lowTable = Table(maximumConnections: 4)
         _ = lowTable.register(peer: high, handle: "high dialled", origin: .accepted, initiator: high, now: .zero)
         guard case .registered(_, let close, _) = lowTable.register(
             peer: high, handle: "low dialled", origin: .onDemand(high), initiator: low, now: .zero)
@@ -41,7 +41,7 @@ import Testing
         #expect(lowTable[high]?.handle == "low dialled")
 
         // Seen from the high node: the low node's dial arrives second and also wins; its own loses.
-        var highTable = Table(local: high, maximumConnections: 4)
+        var highTable = Table(maximumConnections: 4)
         _ = highTable.register(peer: low, handle: "low dialled", origin: .accepted, initiator: low, now: .zero)
         guard case .duplicate = highTable.register(
             peer: low, handle: "high dialled", origin: .onDemand(low), initiator: high, now: .zero)
@@ -50,7 +50,7 @@ import Testing
     }
 
     @Test func overTheBoundTheLeastRecentlyActiveNonJoinSessionsAreShed() {
-        var table = Table(local: Self.local, maximumConnections: 3)
+        var table = Table(maximumConnections: 3)
         _ = table.register(peer: Self.peer(1), handle: "join", origin: .dialled(Self.join), initiator: Self.local, now: .zero)
         _ = table.register(peer: Self.peer(2), handle: "old", origin: .accepted, initiator: Self.peer(2), now: .seconds(1))
         _ = table.register(peer: Self.peer(3), handle: "busy", origin: .onDemand(Self.peer(3)), initiator: Self.local, now: .seconds(2))
@@ -65,7 +65,7 @@ import Testing
     }
 
     @Test func messagesForAnUnconnectedMemberWaitForOneDialAndAreBounded() {
-        var table = Table(local: Self.local, maximumConnections: 4, maximumPendingSends: 2)
+        var table = Table(maximumConnections: 4, maximumPendingSends: 2)
         let member = Self.peer(7)
         guard case .dial = table.route("m1", to: member, now: .zero) else { Issue.record("first message dials"); return }
         guard case .queued = table.route("m2", to: member, now: .zero) else { Issue.record("second waits"); return }
@@ -80,7 +80,7 @@ import Testing
     }
 
     @Test func aFailedDialDropsWhatItWasToCarryAndTheNextMessageDialsAgain() {
-        var table = Table(local: Self.local, maximumConnections: 4)
+        var table = Table(maximumConnections: 4)
         let member = Self.peer(7)
         _ = table.route("m1", to: member, now: .zero)
         table.dialEnded(member)
@@ -89,7 +89,7 @@ import Testing
     }
 
     @Test func anOnDemandDialThatReachesAnotherNodeIsRefused() {
-        var table = Table(local: Self.local, maximumConnections: 4)
+        var table = Table(maximumConnections: 4)
         guard case .wrongPeer(let expected) = table.register(
             peer: Self.peer(8), handle: "s", origin: .onDemand(Self.peer(7)), initiator: Self.local, now: .zero)
         else { Issue.record("should be refused"); return }
@@ -97,7 +97,7 @@ import Testing
     }
 
     @Test func aSessionClosedForAReasonReportsIt() {
-        var table = Table(local: Self.local, maximumConnections: 4)
+        var table = Table(maximumConnections: 4)
         _ = table.register(peer: Self.peer(1), handle: "s", origin: .accepted, initiator: Self.peer(1), now: .zero)
         table.closing(1, because: "banned for 60 s")
         #expect(table.ended(1, peer: Self.peer(1)).closedHere == "closed here: banned for 60 s")
