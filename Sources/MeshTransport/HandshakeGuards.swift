@@ -2,66 +2,45 @@ import Foundation
 import MeshCore
 import Synchronization
 
-/// Caps the handshakes in flight on a listener, so a flood of half-open connections costs bounded memory, and
-/// shares the slots out: one source address holds at most `perAddress` of them, and addresses that completed a
-/// handshake before have `reserve` more that strangers cannot take.
+/// The listener's ``HandshakeSlots`` behind a lock (handshakes run on several event loops), with a way to close
+/// each pending handshake when a newer one displaces it.
 final class PendingHandshakes: Sendable {
-    let limit: Int
-    let perAddress: Int
-    let reserve: Int
-    /// Addresses remembered as having completed a handshake (the oldest are forgotten beyond this).
-    static let rememberedAddresses = 4_096
-
     private struct State {
-        var total = 0
-        var byAddress: [String: Int] = [:]
-        var known: [String: UInt64] = [:]
-        var uses: UInt64 = 0
+        var slots: HandshakeSlots
+        var closers: [UInt64: @Sendable () -> Void] = [:]
     }
 
-    private let state = Mutex(State())
+    private let state: Mutex<State>
+    let limit: Int
 
-    init(limit: Int, perAddress: Int? = nil, reserve: Int? = nil) {
+    init(limit: Int) {
         self.limit = limit
-        self.perAddress = perAddress ?? max(1, limit / 4)
-        self.reserve = reserve ?? max(1, limit / 4)
+        self.state = Mutex(State(slots: HandshakeSlots(limit: limit)))
     }
 
-    /// Takes a slot for a connection from `address`; false when its share (or every slot) is taken.
-    func tryBegin(from address: String) -> Bool {
-        self.state.withLock { state in
-            let isKnown = state.known[address] != nil
-            guard state.total < self.limit + (isKnown ? self.reserve : 0),
-                state.byAddress[address, default: 0] < self.perAddress + (isKnown ? self.reserve : 0)
-            else { return false }
-            state.total += 1
-            state.byAddress[address, default: 0] += 1
-            return true
+    /// Takes a slot for a connection from `address`, closing the handshake it displaces (outside the lock: closing
+    /// ends that handshake, which comes back here). Returns the ticket to end the slot with.
+    func begin(from address: String, close: @escaping @Sendable () -> Void) -> UInt64 {
+        let (ticket, displacedCloser) = self.state.withLock { state in
+            let (ticket, displaced) = state.slots.admit(from: address)
+            state.closers[ticket] = close
+            return (ticket, displaced.flatMap { state.closers.removeValue(forKey: $0) })
         }
+        displacedCloser?()
+        return ticket
     }
 
-    func end(from address: String) {
+    func end(_ ticket: UInt64, from address: String) {
         self.state.withLock { state in
-            state.total -= 1
-            let left = state.byAddress[address, default: 1] - 1
-            state.byAddress[address] = left > 0 ? left : nil
+            state.closers[ticket] = nil
+            state.slots.end(ticket, from: address)
         }
     }
 
     /// `address` completed a handshake: it may use the reserve from now on.
-    func remember(_ address: String) {
-        self.state.withLock { state in
-            state.uses += 1
-            state.known[address] = state.uses
-            if state.known.count > Self.rememberedAddresses,
-                let oldest = state.known.min(by: { $0.value < $1.value })?.key
-            {
-                state.known[oldest] = nil
-            }
-        }
-    }
+    func remember(_ address: String) { self.state.withLock { $0.slots.remember(address) } }
 
-    var current: Int { self.state.withLock { $0.total } }
+    var current: Int { self.state.withLock { $0.slots.current } }
 }
 
 /// The listener's shared ``ReplayCache``, behind a lock because handshakes complete on several event loops.

@@ -216,7 +216,7 @@ extension MeshNode {
             if case .runner(.start(let task)) = action { return task.id }
             return nil
         }
-        guard self.runner != nil, !unstarted.isEmpty else { return }
+        guard !unstarted.isEmpty else { return }
         var directives: [TaskRunner.Directive] = []
         for id in unstarted { directives += self.runner.abandon(id) }
         for directive in directives {

@@ -99,6 +99,8 @@ public actor MeshNode: Service {
     private var lastHeardFrom: [NodeID: Date] = [:]
     /// Per-peer limits, bans, audit entries and transcripts.
     var accountability: PeerAccountability
+    /// Refused connections before authentication are logged at most ten a second (a flood is thousands).
+    private var refusedConnectionLog = LogThrottle(perSecond: 10)
     /// The node's one timer, due at the earliest deadline of all its machines.
     private var timer: Scheduled<Void>?
     /// When the task machines' and accountability's timers are next due (see `timerFired`).
@@ -362,27 +364,26 @@ public actor MeshNode: Service {
             return
         }
         let source = channel.remoteAddress?.ipAddress ?? "?"
-        guard pending.tryBegin(from: source) else {
-            self.logger.info("refused connection", metadata: [
-                "remote": "\(channel.remoteAddress.display)",
-                "reason": "\(TransportError.tooManyPendingHandshakes(limit: pending.limit))",
-            ])
-            channel.close(promise: nil)
-            return
-        }
+        let ticket = pending.begin(from: source) { channel.pipeline.fireUserInboundEventTriggered(HandshakeDisplaced()) }
         let ended: EventLoopFuture<SessionOutcome>
         do {
             ended = try self.addSessionHandlers(
                 to: channel, role: .responder(ResponderHandshake(credentials: credentials), self.gate.replayGuard),
-                origin: .accepted, releaseSlot: { pending.end(from: source) })
+                origin: .accepted, releaseSlot: { pending.end(ticket, from: source) })
         } catch {
-            pending.end(from: source)
+            pending.end(ticket, from: source)
             throw error
         }
         let remote = channel.remoteAddress
         ended.assumeIsolated().whenFailure { error in
-            self.logger.info("refused connection", metadata: ["remote": "\(remote.display)", "reason": "\(error)"])
-            self.assumeIsolated { $0.auditConnectionFailure(error) }
+            self.assumeIsolated { node in
+                if let left = node.refusedConnectionLog.admit(now: node.now) {
+                    var metadata: Logger.Metadata = ["remote": "\(remote.display)", "reason": "\(error)"]
+                    if left > 0 { metadata["not-logged"] = "\(left)" }
+                    node.logger.info("refused connection", metadata: metadata)
+                }
+                node.auditConnectionFailure(error)
+            }
         }
     }
 

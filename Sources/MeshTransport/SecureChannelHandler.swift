@@ -22,6 +22,9 @@ public struct EstablishedPeer: Sendable {
     public let handshakeHash: [UInt8]
 }
 
+/// Fired inbound on a pending handshake that a newer connection displaced from its slot.
+struct HandshakeDisplaced: Sendable {}
+
 /// Sent with `triggerUserOutboundEvent` before closing, so the close frame says why.
 public struct CloseRequest: Sendable {
     public let reason: SecureSession.CloseReason
@@ -124,6 +127,17 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             self.stopTimers()
         }
         context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is HandshakeDisplaced else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        switch self.phase {
+        case .established, .closed: return  // finished in the meantime: nothing to displace
+        default: self.fail(context: context, .displacedHandshake)
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

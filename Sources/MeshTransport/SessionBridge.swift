@@ -79,8 +79,9 @@ final class SessionBridge: ChannelInboundHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        // A pipeline torn down without going inactive (a failed initialiser) still answers its waiter.
-        self.ended.fail(ChannelError.ioOnClosedChannel)
+        // A pipeline torn down without going inactive (a failed initialiser, or a handshake displaced before its
+        // channel became active) still answers its waiter, with the reason if there was one.
+        self.ended.fail(self.failure ?? ChannelError.ioOnClosedChannel)
     }
 }
 

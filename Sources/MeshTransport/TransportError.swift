@@ -6,7 +6,7 @@ public enum TransportError: Error, CustomStringConvertible, Sendable {
     case handshake(HandshakeError)
     case handshakeTimedOut(seconds: Double)
     case closedDuringHandshake
-    case tooManyPendingHandshakes(limit: Int)
+    case displacedHandshake
     case frame(FrameCodec.Error)
     case session(SecureSession.Error)
     case refusedByPeer(PeerIdentity, SecureSession.CloseReason)
@@ -19,7 +19,7 @@ public enum TransportError: Error, CustomStringConvertible, Sendable {
     var isMisbehaviour: Bool {
         switch self {
         case .frame, .session, .protocolViolation, .malformedMessage: return true
-        case .handshake, .handshakeTimedOut, .closedDuringHandshake, .tooManyPendingHandshakes, .refusedByPeer,
+        case .handshake, .handshakeTimedOut, .closedDuringHandshake, .displacedHandshake, .refusedByPeer,
             .peerSilent, .notEstablished:
             return false
         }
@@ -30,7 +30,7 @@ public enum TransportError: Error, CustomStringConvertible, Sendable {
         case .handshake(let error): return error.description
         case .handshakeTimedOut(let seconds): return "handshake did not finish within \(seconds) s"
         case .closedDuringHandshake: return "connection closed during the handshake"
-        case .tooManyPendingHandshakes(let limit): return "\(limit) handshakes already pending"
+        case .displacedHandshake: return "the oldest pending handshake, closed for a newer connection (the handshake slots were full)"
         case .frame(let error): return error.description
         case .session(let error): return error.description
         case .refusedByPeer(let peer, let reason):

@@ -150,30 +150,33 @@ import MeshControl
         await runningA.stop()
     }
 
-    @Test func silentConnectionsTimeOutAndPendingHandshakesAreCapped() async throws {
+    @Test func silentConnectionsTimeOutAndNewerConnectionsDisplaceThem() async throws {
         let mesh = try TestMesh()
         let (a, b) = try mesh.trustedPair()
         let runningA = try await a.start {
             $0.maximumPendingHandshakes = 3
             $0.handshakeTimeout = .seconds(1)
         }
-        let silent = try (0..<3).map { _ in try RawConnection(to: runningA.address) }
         #expect(await eventually { !a.logs.matching("listening").isEmpty })
-        try await Task.sleep(for: .milliseconds(100))
-        let overflow = try RawConnection(to: runningA.address)
-        #expect(try await offloaded { overflow.closedByPeer(within: .milliseconds(500)) }, "connection over the cap was not closed at once")
-        #expect(!a.logs.matching("refused connection", ["reason": "handshakes already pending"]).isEmpty)
-        for connection in silent {
-            #expect(try await offloaded { connection.closedByPeer(within: .seconds(3)) }, "silent connection was not timed out")
-            connection.shut()
+        // One source address holds at most a quarter of the slots (here one of three): each newer connection from
+        // it displaces the older one at once, and the last one times out.
+        var silent: [RawConnection] = []
+        for _ in 0..<3 {
+            silent.append(try RawConnection(to: runningA.address))
+            if silent.count > 1 {
+                let older = silent[silent.count - 2]
+                #expect(try await offloaded { older.closedByPeer(within: .milliseconds(500)) }, "the older one was not displaced")
+            }
         }
-        overflow.shut()
-        // One source address holds at most a quarter of the slots (here one of three): the first silent connection
-        // took it and timed out; the others were refused at once, like the overflow.
+        let last = silent[2]
+        #expect(try await offloaded { last.closedByPeer(within: .seconds(3)) }, "silent connection was not timed out")
+        for connection in silent { connection.shut() }
         #expect(await eventually {
             a.logs.matching("refused connection", ["reason": "did not finish within"]).count == 1
         })
-        #expect(a.logs.matching("refused connection", ["reason": "handshakes already pending"]).count == 3)
+        #expect(await eventually {
+            a.logs.matching("refused connection", ["reason": "oldest pending handshake"]).count == 2
+        })
         let runningB = try await b.start { $0.joins = [runningA.address] }
         #expect(await eventually { await runningA.peerIDs() == [b.id.description] })
         await runningB.stop()

@@ -28,7 +28,7 @@ import Testing
             let responderTrust = TrustPolicy(trusted: trustInitiator ? [PeerDescriptor(identity: a.publicIdentity)] : [])
             self.loop = EmbeddedEventLoop()
             let slots = PendingHandshakes(limit: 1)
-            #expect(slots.tryBegin(from: "a"))
+            let ticket = slots.begin(from: "a") {}
             self.slots = slots
             self.initiator = EmbeddedChannel(loop: self.loop)
             self.responder = EmbeddedChannel(loop: self.loop)
@@ -40,7 +40,7 @@ import Testing
                 role: .responder(ResponderHandshake(credentials: HandshakeCredentials(
                     identity: b, networkKey: network, listenAddress: "127.0.0.1:2")), ReplayGuard(capacity: 16)),
                 configuration: SecureChannelHandlerTests.configuration, trust: { responderTrust },
-                releaseHandshakeSlot: { slots.end(from: "a") }))
+                releaseHandshakeSlot: { slots.end(ticket, from: "a") }))
             try self.responder.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
             try self.initiator.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
         }
@@ -145,23 +145,12 @@ import Testing
         #expect(pair.slots.current == 0)
     }
 
-    /// One address holds at most its share of the handshake slots; addresses that completed a handshake before
-    /// keep a reserve that strangers cannot take.
-    @Test func handshakeSlotsAreSharedOutByAddress() {
-        let slots = PendingHandshakes(limit: 8)
-        #expect((0..<3).map { _ in slots.tryBegin(from: "10.0.0.1") } == [true, true, false], "a quarter each")
-        for address in ["10.0.0.2", "10.0.0.3", "10.0.0.4"] {
-            #expect(slots.tryBegin(from: address) && slots.tryBegin(from: address))
-        }
-        #expect(!slots.tryBegin(from: "10.0.0.5"), "every slot strangers may use is taken")
-        slots.remember("10.0.0.9")
-        #expect(slots.tryBegin(from: "10.0.0.9") && slots.tryBegin(from: "10.0.0.9"), "a known address uses the reserve")
-        #expect(slots.current == 10)
-        slots.end(from: "10.0.0.1")
-        #expect(!slots.tryBegin(from: "10.0.0.1"), "the reserve in use still counts against strangers")
-        slots.end(from: "10.0.0.9")
-        slots.end(from: "10.0.0.9")
-        #expect(slots.tryBegin(from: "10.0.0.1"))
+    /// A pending handshake displaced from its slot ends with that reason and frees the slot.
+    @Test func displacedHandshakeEndsWithItsReason() throws {
+        let pair = try Pair()
+        pair.responder.pipeline.fireUserInboundEventTriggered(HandshakeDisplaced())
+        #expect(!pair.responder.isActive)
+        #expect(pair.slots.current == 0)
     }
 
     @Test func closingSendsAnAuthenticatedCloseFrame() throws {

@@ -3,6 +3,7 @@ import MeshTestKit
 import MeshTransport
 import Testing
 import MeshControl
+import MeshCore
 
 /// Real `agentmesh run` processes: what a user sees when a machine dies and comes back.
 @Suite(.serialized) struct MeshProcessTests {
@@ -120,6 +121,30 @@ import MeshControl
             Thread.sleep(forTimeInterval: 0.1)
         }
         return condition()
+    }
+
+    /// A peer's listen address and close reason reach the node's log; newlines in them must not forge lines.
+    @Test func peerSuppliedStringsCannotForgeLogLines() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-proc-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try Self.initHomes(root, ["a", "b"])
+        let a = Node(home: "\(root)/a")
+        defer { a.signal(SIGKILL) }
+        try a.start(join: nil)
+        let port = try #require(a.address.split(separator: ":").last.flatMap { Int($0) })
+        let forged = "2026-01-01T00:00:00Z info    forged"
+        let b = NodeHome(path: "\(root)/b")
+        let credentials = HandshakeCredentials(
+            identity: try b.loadIdentity(), networkKey: try b.loadNetworkKey(), listenAddress: "127.0.0.1:9\n\(forged) address")
+        var (connection, session) = try BlockingConnection.handshake(host: "127.0.0.1", port: port, credentials: credentials)
+        try connection.sendFrame(try session.sealClose(SecureSession.CloseReason(code: 1, text: "bye\r\n\(forged) reason")))
+        let log = { a.process?.stderr ?? "" }
+        #expect(Self.waitUntil(10) { log().contains("forged reason") }, "the close reason is logged: \(log())")
+        #expect(log().contains("forged address"), "the listen address is logged: \(log())")
+        let forgedLines = log().split(separator: "\n").filter { $0.hasPrefix("2026-01-01") }
+        #expect(forgedLines.isEmpty, "forged lines: \(forgedLines)")
+        #expect(log().contains("\\n\(forged) address") && log().contains("\\r\\n\(forged) reason"))
     }
 
     @Test func aKilledNodeIsDeadEverywhereAndComesBackWithAHigherIncarnation() throws {
