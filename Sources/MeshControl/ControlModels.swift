@@ -1,27 +1,60 @@
 public import Foundation
 package import MeshCore
 
+/// The version `agentmesh --version` and `GET /v1/node` report.
+public enum AgentMeshVersion {
+    public static let current = "0.2.0"
+}
+
 /// JSON documents of the control API. `agentmesh` decodes the same types it serves, so client and server cannot
 /// drift apart.
 public enum ControlAPI {
     public struct NodeInfo: Codable, Sendable, Equatable {
         public let id: String
         public let name: String
+        public let version: String
         public let listen: String
         public let identityLine: String
         public let open: Bool
         public let startedAt: Date
         /// What the audit log has cost since the node started.
         public let audit: AuditCost?
+        /// Each `--join` address: whether a session through it is up, and why the last dial failed.
+        public let joins: [JoinStatus]
+        /// "ok", or why the task store cannot be written now.
+        public let store: String
+        /// "ok", or why the audit log cannot be written now.
+        public let auditLog: String
 
-        package init(id: String, name: String, listen: String, identityLine: String, open: Bool, startedAt: Date, audit: AuditCost?) {
+        package init(
+            id: String, name: String, listen: String, identityLine: String, open: Bool, startedAt: Date,
+            audit: AuditCost?, joins: [JoinStatus] = [], store: String = "ok", auditLog: String = "ok"
+        ) {
             self.id = id
             self.name = name
+            self.version = AgentMeshVersion.current
             self.listen = listen
             self.identityLine = identityLine
             self.open = open
             self.startedAt = startedAt
             self.audit = audit
+            self.joins = joins
+            self.store = store
+            self.auditLog = auditLog
+        }
+    }
+
+    public struct JoinStatus: Codable, Sendable, Equatable {
+        public let address: String
+        public let connected: Bool
+        public let lastError: String?
+        public let lastErrorAt: Date?
+
+        package init(address: String, connected: Bool, lastError: String?, lastErrorAt: Date?) {
+            self.address = address
+            self.connected = connected
+            self.lastError = lastError
+            self.lastErrorAt = lastErrorAt
         }
     }
 
@@ -212,12 +245,17 @@ public enum ControlAPI {
         public let input: JSONValue
         public let timeoutSeconds: Double?
         public let maxAttempts: Int?
+        /// Queue the task even when no live member offers the capability (otherwise it is refused at once).
+        public let waitForCapability: Bool?
 
-        public init(capability: String, input: JSONValue, timeoutSeconds: Double?, maxAttempts: Int?) {
+        public init(
+            capability: String, input: JSONValue, timeoutSeconds: Double?, maxAttempts: Int?, waitForCapability: Bool? = nil
+        ) {
             self.capability = capability
             self.input = input
             self.timeoutSeconds = timeoutSeconds
             self.maxAttempts = maxAttempts
+            self.waitForCapability = waitForCapability
         }
 
         package init(parsing body: [UInt8]) throws(SubmitError) {
@@ -240,6 +278,14 @@ public enum ControlAPI {
                 self.maxAttempts = Int(value)
             } else {
                 self.maxAttempts = nil
+            }
+            if let value = object["wait_for_capability"], !(value is NSNull) {
+                guard let flag = value as? NSNumber,
+                    type(of: value) == Bool.self || ["c", "B"].contains(String(cString: flag.objCType))
+                else { throw SubmitError() }
+                self.waitForCapability = flag.boolValue
+            } else {
+                self.waitForCapability = nil
             }
         }
     }
@@ -271,11 +317,18 @@ public enum ControlAPI {
         public let submittedAt: Date
         public let deadline: Date
         public let attempts: [AttemptInfo]
+        /// The member that ran (or runs) the task: the last attempt it accepted.
         public let executedBy: String?
+        public let finishedAt: Date?
         public let result: JSONValue?
         public let error: String?
+        /// Why a task in `submitted` waits, in one sentence.
+        public let waiting: String?
 
-        package init(id: String, capability: String, state: String, submittedAt: Date, deadline: Date, attempts: [AttemptInfo], executedBy: String?, result: JSONValue?, error: String?) {
+        package init(
+            id: String, capability: String, state: String, submittedAt: Date, deadline: Date, attempts: [AttemptInfo],
+            executedBy: String?, finishedAt: Date? = nil, result: JSONValue?, error: String?, waiting: String? = nil
+        ) {
             self.id = id
             self.capability = capability
             self.state = state
@@ -283,8 +336,52 @@ public enum ControlAPI {
             self.deadline = deadline
             self.attempts = attempts
             self.executedBy = executedBy
+            self.finishedAt = finishedAt
             self.result = result
             self.error = error
+            self.waiting = waiting
+        }
+    }
+
+    /// A task a peer offered this node and it accepted: what `tasks --executing` lists on a worker.
+    public struct ExecutingTask: Codable, Sendable, Equatable {
+        public let id: String
+        public let capability: String
+        public let submitter: String
+        public let attempt: Int
+        /// running, held (restored after a restart, waiting for the submitter's go-ahead) or reported (the result
+        /// waits for the submitter's acknowledgement).
+        public let state: String
+        public let deadline: Date
+
+        package init(id: String, capability: String, submitter: String, attempt: Int, state: String, deadline: Date) {
+            self.id = id
+            self.capability = capability
+            self.submitter = submitter
+            self.attempt = attempt
+            self.state = state
+            self.deadline = deadline
+        }
+    }
+
+    public struct ExecutingTasks: Codable, Sendable, Equatable {
+        public let tasks: [ExecutingTask]
+
+        package init(tasks: [ExecutingTask]) { self.tasks = tasks }
+    }
+
+    /// `GET /v1/health`: 200 while the node serves and can store tasks and audit records, 503 otherwise.
+    public struct Health: Codable, Sendable, Equatable {
+        public let status: String
+        public let store: String
+        public let audit: String
+        public let members: Int
+
+        package init(status: String, store: String, audit: String, members: Int) {
+            self.status = status
+            self.store = store
+            self.audit = audit
+            self.members = members
         }
     }
 

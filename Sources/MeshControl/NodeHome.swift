@@ -212,6 +212,21 @@ public struct NodeHome: Sendable {
         try FileSystem.writeAtomically(Array(descriptor.render().utf8), to: path, mode: 0o644)
         return existing == nil ? .added(path: path) : .updated(path: path)
     }
+
+    /// Removes the descriptor of the one trusted peer whose name, node id or id prefix is `reference`; returns it.
+    public func untrust(_ reference: String) throws(HomeError) -> PeerDescriptor {
+        let trusted = self.loadTrustedPeers().descriptors
+        let exact = trusted.filter { $0.identity.name == reference || $0.identity.nodeID.description == reference }
+        let matches = exact.isEmpty
+            ? trusted.filter { reference.count >= 4 && $0.identity.nodeID.description.hasPrefix(reference.lowercased()) }
+            : exact
+        guard matches.count == 1, let descriptor = matches.first else {
+            throw .noSuchPeer(reference, known: trusted.map { "\($0.identity.name) \($0.identity.nodeID.short)" })
+        }
+        let path = self.peersDirectory + "/" + descriptor.fileName
+        guard unlink(path) == 0 else { throw .writeFailed(path, String(cString: strerror(errno))) }
+        return descriptor
+    }
 }
 
 /// What can go wrong with a home folder, each worded as the one sentence the CLI prints.
@@ -225,6 +240,7 @@ public enum HomeError: Error, CustomStringConvertible, Equatable {
     case unreadable(String, String)
     case writeFailed(String, String)
     case trustingSelf
+    case noSuchPeer(String, known: [String])
 
     public var description: String {
         switch self {
@@ -246,6 +262,9 @@ public enum HomeError: Error, CustomStringConvertible, Equatable {
             return "cannot write \(path): \(why)"
         case .trustingSelf:
             return "that is this node's own identity; a node needs no descriptor for itself"
+        case .noSuchPeer(let reference, let known):
+            return "no one trusted peer is '\(reference)'; trusted: "
+                + (known.isEmpty ? "none" : known.joined(separator: ", ")) + " (give a name or an id prefix)"
         }
     }
 }

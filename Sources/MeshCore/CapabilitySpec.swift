@@ -14,9 +14,15 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
         public var description: String {
             switch self {
             case .builtinEcho: return "builtin:echo"
-            case .exec(let command, let arguments): return "exec:" + ([command] + arguments).joined(separator: " ")
+            case .exec(let command, let arguments): return "exec:" + ([command] + arguments).map(Self.quoted).joined(separator: " ")
             case .http(let url): return "http:" + url
             }
+        }
+
+        /// A word as the parser reads it back: bare when it is plain, otherwise in single quotes.
+        private static func quoted(_ word: String) -> String {
+            let plain = !word.isEmpty && word.allSatisfy { $0.isLetter || $0.isNumber || "_./:=@%+,-".contains($0) }
+            return plain ? word : "'" + word.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''") + "'"
         }
     }
 
@@ -37,7 +43,7 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
         public let description: String
     }
 
-    /// Parses `NAME=builtin:echo`, `NAME=exec:COMMAND ARGS…` (split on spaces) or `NAME=http:URL`; `NAME*N=…` runs
+    /// Parses `NAME=builtin:echo`, `NAME=exec:COMMAND ARGS…` (split as a shell would, quotes kept together) or `NAME=http:URL`; `NAME*N=…` runs
     /// up to N at once (default 4).
     public init(parsing text: String) throws(ParseError) {
         guard let equals = text.firstIndex(of: "=") else {
@@ -59,11 +65,53 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
         try self.init(name: name, executor: Self.executor(executor, in: text), concurrency: concurrency)
     }
 
+    /// Splits a command line as a POSIX shell does, without expanding anything: spaces separate words, '…' keeps
+    /// everything literally, "…" keeps spaces (and \" \\ inside), \ escapes the next character.
+    static func words(_ line: String, in text: String) throws(ParseError) -> [String] {
+        var words: [String] = []
+        var word = ""
+        var inWord = false
+        var quote: Character?
+        var escaped = false
+        for character in line {
+            if escaped {
+                word.append(character)
+                escaped = false
+            } else if let open = quote {
+                if character == open {
+                    quote = nil
+                } else if character == "\\", open == "\"" {
+                    escaped = true
+                } else {
+                    word.append(character)
+                }
+            } else if character == "'" || character == "\"" {
+                quote = character
+                inWord = true
+            } else if character == "\\" {
+                escaped = true
+                inWord = true
+            } else if character == " " || character == "\t" {
+                if inWord { words.append(word) }
+                word = ""
+                inWord = false
+            } else {
+                word.append(character)
+                inWord = true
+            }
+        }
+        guard quote == nil, !escaped else {
+            throw ParseError(description: "'\(text)': an unclosed quote or a trailing backslash in the command")
+        }
+        if inWord { words.append(word) }
+        return words
+    }
+
     private static func executor(_ executor: String, in text: String) throws(ParseError) -> Executor {
         if executor == "builtin:echo" {
             return .builtinEcho
         } else if executor.hasPrefix("exec:") {
-            let words = executor.dropFirst(5).split(separator: " ").map(String.init)
+            let words = try Self.words(String(executor.dropFirst(5)), in: text)
             guard let command = words.first else { throw ParseError(description: "'\(text)': exec: needs a command") }
             return .exec(command: command, arguments: Array(words.dropFirst()))
         } else if executor.hasPrefix("http:") {

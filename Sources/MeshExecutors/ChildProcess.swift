@@ -26,8 +26,8 @@ final class ChildProcess: Sendable {
     private let stdout: Int32
     private let stderr: Int32
 
-    /// Starts `command` (looked up in PATH) with `input` on its stdin.
-    init(command: String, arguments: [String], input: [UInt8]) throws(SpawnError) {
+    /// Starts `command` (looked up in PATH) with `input` on its stdin, and `environment` added to the node's own.
+    init(command: String, arguments: [String], input: [UInt8], environment: [String: String] = [:]) throws(SpawnError) {
         var pipes: [(read: Int32, write: Int32)] = []
         func closeAll() { for pipe in pipes { close(pipe.read); close(pipe.write) } }
         for _ in 0..<3 {
@@ -66,8 +66,12 @@ final class ChildProcess: Sendable {
 
         let argv = ([command] + arguments).map { strdup($0) } + [nil]
         defer { for argument in argv { free(argument) } }
+        var inherited = ProcessInfo.processInfo.environment
+        inherited.merge(environment) { _, added in added }
+        let envp = inherited.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for variable in envp { free(variable) } }
         var pid: pid_t = 0
-        let result = posix_spawnp(&pid, command, &actions, &attributes, argv, environ)
+        let result = posix_spawnp(&pid, command, &actions, &attributes, argv, envp)
         close(pipes[0].read)
         close(pipes[1].write)
         close(pipes[2].write)

@@ -221,6 +221,20 @@ package final class TaskStore: Sendable {
         }
     }
 
+    /// Ids of stored submitted tasks starting with `prefix` (lowercase hex), at most `limit`.
+    package func submittedTaskIDs(prefix: String, limit: Int) throws(StoreError) -> [TaskID] {
+        guard prefix.allSatisfy(\.isHexDigit) else { return [] }
+        do {
+            return try self.database.read { db in
+                try String.fetchAll(
+                    db, sql: "SELECT id FROM submitted_task WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                    arguments: [prefix, prefix + "g", limit])
+            }.compactMap(TaskID.init(hex:))
+        } catch {
+            throw StoreError(description: "cannot read the task store \(self.path): \(Self.explain(error))")
+        }
+    }
+
     private func submittedTask(_ row: Row) throws -> TaskSubmitter.SubmittedTask {
         let idText: String = row["id"]
         guard let id = TaskID(hex: idText), let state = TaskState(rawValue: row["state"]),
@@ -253,6 +267,8 @@ package final class TaskStore: Sendable {
         case 1?: return .success(Array(bytes ?? Data()))
         case 2?: return .failure(String(decoding: bytes ?? Data(), as: UTF8.self))
         case 3?: return .canceled
+        case 4?: return .rejected(String(decoding: bytes ?? Data(), as: UTF8.self))
+        case 5?: return .timedOut(String(decoding: bytes ?? Data(), as: UTF8.self))
         default: throw StoreError(description: "task \(task) has an unknown outcome kind \(kind!)")
         }
     }
@@ -263,6 +279,8 @@ package final class TaskStore: Sendable {
         case .success(let bytes)?: return (1, Data(bytes))
         case .failure(let message)?: return (2, Data(message.utf8))
         case .canceled?: return (3, nil)
+        case .rejected(let message)?: return (4, Data(message.utf8))
+        case .timedOut(let message)?: return (5, Data(message.utf8))
         }
     }
 

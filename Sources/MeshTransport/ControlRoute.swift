@@ -8,14 +8,18 @@ enum ControlRoute: Equatable {
     case node
     case limits
     case leave
+    /// `GET /v1/health`
+    case health
+    /// `GET /v1/executing`: the tasks peers gave this node to run.
+    case executing
     /// `POST /v1/tasks[?wait=S]`
     case submit(body: [UInt8], wait: Duration?)
-    /// `GET /v1/tasks[?state=S]`
-    case listTasks(state: TaskState?)
-    /// `GET /v1/tasks/ID[?wait=S]`
-    case task(TaskID, wait: Duration?)
+    /// `GET /v1/tasks[?state=S&capability=C&since=SECONDS&limit=N]`, newest first
+    case listTasks(TaskFilter)
+    /// `GET /v1/tasks/ID[?wait=S]`; ID may be a unique prefix
+    case task(TaskReference, wait: Duration?)
     /// `POST /v1/tasks/ID/cancel`
-    case cancel(TaskID)
+    case cancel(TaskReference)
     /// Answered without the node: a bad path, method or parameter.
     case refused(status: Int, message: String)
 
@@ -30,6 +34,8 @@ enum ControlRoute: Equatable {
         case ("node", 2): self = request.method == "GET" ? .node : Self.notAllowed(request)
         case ("limits", 2): self = request.method == "GET" ? .limits : Self.notAllowed(request)
         case ("leave", 2): self = request.method == "POST" ? .leave : Self.notAllowed(request)
+        case ("health", 2): self = request.method == "GET" ? .health : Self.notAllowed(request)
+        case ("executing", 2): self = request.method == "GET" ? .executing : Self.notAllowed(request)
         case ("tasks", 2...4): self = Self.taskRoute(request, parts)
         default: self = .refused(status: 404, message: "no such endpoint: \(request.path)")
         }
@@ -47,25 +53,83 @@ enum ControlRoute: Equatable {
         case ("POST", 2):
             return .submit(body: request.body, wait: wait)
         case ("GET", 2):
-            guard let text = request.query["state"] else { return .listTasks(state: nil) }
-            guard let state = TaskState(rawValue: text) else {
-                return .refused(
-                    status: 400,
-                    message: "unknown state '\(text)': use one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            return .listTasks(state: state)
+            return Self.listRoute(request.query)
         case ("GET", 3):
-            guard let id = TaskID(hex: parts[2]) else { return .refused(status: 400, message: "'\(parts[2])' is not a task id") }
-            return .task(id, wait: wait)
+            guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
+            return .task(reference, wait: wait)
         case ("POST", 4) where parts[3] == "cancel":
-            guard let id = TaskID(hex: parts[2]) else { return .refused(status: 404, message: "no task \(parts[2]) on this node") }
-            return .cancel(id)
+            guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
+            return .cancel(reference)
         default:
             return .refused(status: 404, message: "no such endpoint: \(request.method) \(request.path)")
         }
     }
 
+    private static func listRoute(_ query: [String: String]) -> ControlRoute {
+        var filter = TaskFilter()
+        if let text = query["state"] {
+            guard let state = TaskState(rawValue: text) else {
+                return .refused(
+                    status: 400,
+                    message: "unknown state '\(text)': use one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            filter.state = state
+        }
+        if let capability = query["capability"] {
+            guard Capability.isValidName(capability) else {
+                return .refused(status: 400, message: "'\(capability)' is not a capability name")
+            }
+            filter.capability = capability
+        }
+        if let text = query["since"] {
+            guard let seconds = Double(text), seconds > 0, seconds <= 366 * 86_400 else {
+                return .refused(status: 400, message: "since must be a number of seconds (how far back), up to a year")
+            }
+            filter.since = .milliseconds(Int64(seconds * 1000))
+        }
+        if let text = query["limit"] {
+            guard let limit = Int(text), (1...TaskFilter.maximumLimit).contains(limit) else {
+                return .refused(status: 400, message: "limit must be 1 to \(TaskFilter.maximumLimit)")
+            }
+            filter.limit = limit
+        }
+        return .listTasks(filter)
+    }
+
     private static func notAllowed(_ request: ControlRequest) -> ControlRoute {
         .refused(status: 405, message: "\(request.method) is not allowed on \(request.path)")
+    }
+}
+
+/// Which tasks `GET /v1/tasks` lists: newest first, at most `limit`.
+struct TaskFilter: Equatable {
+    static let maximumLimit = 10_000
+    var state: TaskState?
+    var capability: String?
+    /// Submitted at most this long ago.
+    var since: Duration?
+    var limit = 1_000
+}
+
+/// A task named by its id or by a unique prefix of it (as `docker` takes container ids).
+enum TaskReference: Equatable {
+    case id(TaskID)
+    case prefix(String)
+
+    static let minimumPrefix = 4
+
+    init?(_ text: String) {
+        let lowered = text.lowercased()
+        if let id = TaskID(hex: lowered) {
+            self = .id(id)
+        } else if (Self.minimumPrefix..<32).contains(lowered.count), lowered.allSatisfy(\.isHexDigit) {
+            self = .prefix(lowered)
+        } else {
+            return nil
+        }
+    }
+
+    static func mistake(_ text: String) -> String {
+        "'\(text)' is not a task id: give the 32 hex digits 'agentmesh submit' printed, or at least the first \(Self.minimumPrefix)"
     }
 }

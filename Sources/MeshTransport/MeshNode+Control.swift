@@ -58,15 +58,25 @@ extension MeshNode {
             respond(.json(["leaving": true], status: 202))
         case .submit(let body, let wait):
             self.submitTask(body, wait: wait, respond: respond)
-        case .listTasks(let state):
-            respond(self.taskDocuments.list(self.submitter.allTasks.filter { state == nil || $0.state == state }))
-        case .task(let id, let wait):
-            guard self.submittedTask(id) != nil else { return respond(.error(404, "no task \(id) on this node")) }
-            self.whenTaskEnds(id, within: wait ?? .zero) { respond(self.taskDocument(id)) }
-        case .cancel(let id):
-            guard self.submittedTask(id) != nil else { return respond(.error(404, "no task \(id) on this node")) }
-            self.runSubmitter { $0.cancel(id, now: self.now) }
-            respond(self.taskDocument(id))
+        case .health:
+            let health = self.health()
+            respond(.json(health, status: health.status == "ok" ? 200 : 503))
+        case .executing:
+            respond(.json(self.executingTasks()))
+        case .listTasks(let filter):
+            respond(self.taskDocuments.list(self.tasks(matching: filter)))
+        case .task(let reference, let wait):
+            switch self.resolve(reference) {
+            case .found(let id): self.whenTaskEnds(id, within: wait ?? .zero) { respond(self.taskDocument(id)) }
+            case .refused(let response): respond(response)
+            }
+        case .cancel(let reference):
+            switch self.resolve(reference) {
+            case .found(let id):
+                self.runSubmitter { $0.cancel(id, now: self.now) }
+                respond(self.taskDocument(id))
+            case .refused(let response): respond(response)
+            }
         case .refused(let status, let message):
             respond(.error(status, message))
         }
@@ -104,6 +114,18 @@ extension MeshNode {
         guard self.commitGate.isAuditWritable else {
             return respond(.error(507, "this node cannot audit new work now (\(self.auditLog?.directory ?? "its audit log") is not writable); try another node"))
         }
+        if !self.submitter.hasCandidate(for: request.capability) {
+            // The task machine hears of members on its tick; membership may already know one that offers it.
+            let candidates = self.taskCandidates()
+            if candidates.contains(where: { $0.capabilities[request.capability] != nil }) {
+                self.runSubmitter { $0.candidatesChanged(candidates, now: self.now) }
+            } else if request.waitForCapability != true {
+                let offered = Set(candidates.flatMap(\.capabilities.keys)).sorted()
+                return respond(.error(409, "no live member offers \(request.capability)"
+                    + (offered.isEmpty ? " (no member offers any capability now)" : "; offered now: \(offered.joined(separator: ", "))")
+                    + "; submit with wait_for_capability (--wait-for-capability) to queue it until one does"))
+            }
+        }
         var generator = SystemRandomNumberGenerator()
         let id = TaskID(using: &generator)
         self.runSubmitter {
@@ -126,6 +148,58 @@ extension MeshNode {
         }
     }
 
+    private enum Resolution {
+        case found(TaskID)
+        case refused(ControlResponse)
+    }
+
+    /// A task id, or the one task whose id starts with a prefix (in memory or in the store).
+    private func resolve(_ reference: TaskReference) -> Resolution {
+        switch reference {
+        case .id(let id):
+            return self.submittedTask(id) != nil ? .found(id) : .refused(.error(404, "no task \(id) on this node"))
+        case .prefix(let prefix):
+            var matches = Set(self.submitter.allTasks.lazy.map(\.id).filter { $0.description.hasPrefix(prefix) }.prefix(10))
+            matches.formUnion((try? self.taskStore?.submittedTaskIDs(prefix: prefix, limit: 10)) ?? [])
+            switch matches.count {
+            case 0: return .refused(.error(404, "no task on this node has an id starting with \(prefix)"))
+            case 1: return .found(matches.first!)
+            default:
+                let some = matches.map(\.description).sorted().prefix(3).joined(separator: ", ")
+                return .refused(.error(409, "\(matches.count >= 10 ? "10 or more" : "\(matches.count)") tasks have ids starting with \(prefix) (\(some)…); give more digits"))
+            }
+        }
+    }
+
+    /// Newest first: the tasks in memory (every unfinished one and the newest finished ones).
+    private func tasks(matching filter: TaskFilter) -> [TaskSubmitter.SubmittedTask] {
+        let earliest = filter.since.map { self.now - $0 }
+        return Array(self.submitter.allTasks.reversed().lazy.filter { task in
+            (filter.state == nil || task.state == filter.state)
+                && (filter.capability == nil || task.capability == filter.capability)
+                && (earliest == nil || task.submittedAt >= earliest!)
+        }.prefix(filter.limit))
+    }
+
+    private func executingTasks() -> ControlAPI.ExecutingTasks {
+        ControlAPI.ExecutingTasks(tasks: self.runner.allTasks.map { task in
+            ControlAPI.ExecutingTask(
+                id: task.id.description, capability: task.capability, submitter: self.memberName(task.submitter),
+                attempt: Int(task.epoch), state: task.isHeld ? "held" : task.outcome == nil ? "running" : "reported",
+                deadline: self.wallClockDate(for: task.deadline))
+        })
+    }
+
+    private func health() -> ControlAPI.Health {
+        let serving = self.isServing
+        let store = self.commitGate.isStoreWritable ? "ok" : "not writable"
+        let audit = self.commitGate.isAuditWritable ? "ok" : "not writable"
+        let alive = self.membership.view.count { $0.status == .alive }
+        return ControlAPI.Health(
+            status: serving && store == "ok" && audit == "ok" ? "ok" : serving ? "degraded" : "stopping",
+            store: store, audit: audit, members: alive)
+    }
+
     private func taskDocument(_ id: TaskID, status: Int = 200) -> ControlResponse {
         guard let task = self.submittedTask(id) else { return .error(404, "no task \(id) on this node") }
         return self.taskDocuments.task(task, status: status)
@@ -138,8 +212,28 @@ extension MeshNode {
     }
 
     private var taskDocuments: TaskDocuments {
-        TaskDocuments(date: self.wallClockDate(for:)) { id in
-            id == self.identity.nodeID ? self.identity.name : (self.membership.member(id)?.record.name ?? id.short)
+        TaskDocuments(date: self.wallClockDate(for:), name: self.displayName, waiting: self.waitingSentence)
+    }
+
+    /// A member's name as task documents show it.
+    private func displayName(_ id: NodeID) -> String {
+        id == self.identity.nodeID ? self.identity.name : (self.membership.member(id)?.record.name ?? id.short)
+    }
+
+    /// Why a task in `submitted` has not been offered, as `task` and `tasks` show it.
+    private func waitingSentence(_ task: TaskSubmitter.SubmittedTask) -> String? {
+        guard task.state == .submitted, let waiting = task.waiting else { return nil }
+        let next = task.nextOfferAt.map { TaskSubmitter.seconds(max(.zero, $0 - self.now)) } ?? "a moment"
+        switch waiting {
+        case .forMember:
+            return "no live member offers \(task.capability)"
+        case .forSlot:
+            let busy = self.submitter.slots(for: task.capability).map { "\($0.open)/\($0.capacity) busy on \(self.displayName($0.peer))" }
+            return "waiting for a free slot: " + busy.joined(separator: ", ")
+        case .forRetry:
+            return "retrying in \(next) after attempt \(task.attempts.count) " + (task.error.map { "failed: \($0)" } ?? "went unanswered")
+        case .forNewRound:
+            return "every member declined it; trying again in \(next)"
         }
     }
 

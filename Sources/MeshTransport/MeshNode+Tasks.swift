@@ -42,7 +42,7 @@ extension MeshNode {
     }
 
     /// Alive members and their capabilities, with this node's own live load.
-    private func taskCandidates() -> [TaskSubmitter.Candidate] {
+    func taskCandidates() -> [TaskSubmitter.Candidate] {
         var candidates: [TaskSubmitter.Candidate] = []
         if !self.runner.capacity.isEmpty {
             candidates.append(.init(id: self.identity.nodeID, capabilities: self.runner.capacity, load: self.runner.load))
@@ -263,7 +263,9 @@ extension MeshNode {
             return
         }
         self.executions[task.id] = Task {
-            let outcome = await TaskExecution.run(spec.executor, input: task.input, timeout: timeout)
+            let context = TaskExecution.Context(
+                taskID: task.id, attempt: task.epoch, deadline: self.clock.wallClockDate(for: task.deadline))
+            let outcome = await TaskExecution.run(spec.executor, input: task.input, timeout: timeout, context: context)
             self.executionFinished(task.id, outcome: outcome)
         }
     }

@@ -99,6 +99,10 @@ public actor MeshNode: Service {
     private var lastHeardFrom: [NodeID: Date] = [:]
     /// Per-peer limits, bans, audit entries and transcripts.
     var accountability: PeerAccountability
+    /// The trust list this node last acted on (``TrustStore/generation``).
+    private var trustGeneration: UInt64 = 0
+    /// Each join address: whether a session through it is up, and the last dial's error.
+    private var joins: [HostAndPort: (connected: Bool, error: String?, at: Date?)] = [:]
     /// Refused connections before authentication are logged at most ten a second (a flood is thousands).
     private var refusedConnectionLog = LogThrottle(perSecond: 10)
     /// The node's one timer, due at the earliest deadline of all its machines.
@@ -416,6 +420,7 @@ public actor MeshNode: Service {
             do {
                 let outcome = try await self.dial(address, origin: .dialled(address))
                 if outcome.wasRegistered { backoff.reset() }
+                await self.noteJoin(address, connected: false, error: nil)
                 if outcome.closeReason?.code == SecureSession.CloseReason.pruned.code {
                     // The peer sheds connections to stay bounded; membership reaches it on demand. Re-join only
                     // if this node has lost sight of every member.
@@ -432,9 +437,17 @@ public actor MeshNode: Service {
                 return
             } catch {
                 await self.auditConnectionFailure(error)
-                self.logger.notice("cannot reach join address", metadata: [
+                await self.noteJoin(address, connected: false, error: "\(error)")
+                var metadata: Logger.Metadata = [
                     "address": "\(address)", "reason": "\(error)", "attempt": "\(backoff.failures + 1)",
-                ])
+                ]
+                if case .refusedByPeer(let peer, let reason)? = error as? TransportError,
+                    reason.code == SecureSession.CloseReason.refusedCode
+                {
+                    // The fix is one command on the other node: say exactly which.
+                    metadata["fix"] = "on \(peer.name), run: agentmesh trust '\(IdentityLine.render(self.identity.publicIdentity))'"
+                }
+                self.logger.notice("cannot reach join address", metadata: metadata)
             }
             do {
                 try await Task.sleep(for: backoff.nextDelay(using: &random))
@@ -442,6 +455,11 @@ public actor MeshNode: Service {
                 return
             }
         }
+    }
+
+    private func noteJoin(_ address: HostAndPort, connected: Bool, error: String?) {
+        let previous = self.joins[address]
+        self.joins[address] = (connected, error ?? previous?.error, error != nil ? Date() : previous?.at)
     }
 
     /// Dials `address` and runs the connection from handshake to close. Throws the error that ended it before a
@@ -513,6 +531,18 @@ public actor MeshNode: Service {
         return number
     }
 
+    /// `agentmesh untrust` on a running node: sessions with peers the trust list no longer admits end now.
+    private func closeSessions(refusedBy trust: TrustPolicy) {
+        for connection in self.connections.all.values {
+            guard case .refused(let why) = trust.decision(for: connection.handle.peer.identity) else { continue }
+            self.logger.info("closing the session of a peer no longer trusted", metadata: [
+                "peer": "\(self.memberName(connection.peer))", "why": "\(why)",
+            ])
+            self.connections.closing(connection.number, because: "no longer trusted")
+            Self.close(connection.channel, .refused("this node no longer trusts you"))
+        }
+    }
+
     /// Closes a session from this side; the close frame says why.
     static func close(_ channel: any Channel, _ reason: SecureSession.CloseReason) {
         channel.triggerUserOutboundEvent(CloseRequest(reason), promise: nil)
@@ -554,7 +584,12 @@ public actor MeshNode: Service {
     private func timerFired() {
         guard case .running = self.state else { return }
         let now = self.now
-        self.membership.updateTrust(self.gate.trustStore.current())
+        let trust = self.gate.trustStore.current()
+        self.membership.updateTrust(trust)
+        if self.gate.trustStore.generation != self.trustGeneration {
+            self.trustGeneration = self.gate.trustStore.generation
+            self.closeSessions(refusedBy: trust)
+        }
         self.handle(self.membership.tick(now: now))
         let cap = self.settings.membership.gossipInterval
         if now >= self.taskTimersDue {
@@ -755,7 +790,18 @@ public actor MeshNode: Service {
                 return ControlAPI.AuditCost(
                     records: statistics.records, bytes: statistics.bytes, syncs: statistics.syncs,
                     writerBusySeconds: statistics.busy.seconds)
-            })
+            },
+            joins: self.settings.joins.map { address in
+                let status = self.joins[address]
+                let connected = self.connections.all.values.contains { connection in
+                    connection.origin == .dialled(address)
+                        || self.membership.member(connection.peer)?.record.address == address.description
+                }
+                return ControlAPI.JoinStatus(
+                    address: address.description, connected: connected, lastError: status?.error, lastErrorAt: status?.at)
+            },
+            store: self.commitGate.isStoreWritable ? "ok" : "cannot write \(self.taskStore?.path ?? "the task store")",
+            auditLog: self.commitGate.isAuditWritable ? "ok" : "cannot write \(self.auditLog?.directory ?? "the audit log")")
     }
 }
 

@@ -9,6 +9,8 @@ struct TaskDocuments {
     let date: (Duration) -> Date
     /// A member's name for display.
     let name: (NodeID) -> String
+    /// Why a waiting task waits, in one sentence.
+    let waiting: (TaskSubmitter.SubmittedTask) -> String?
 
     func task(_ task: TaskSubmitter.SubmittedTask, status: Int = 200) -> ControlResponse {
         var json = JSONWriter()
@@ -63,11 +65,15 @@ struct TaskDocuments {
         json.date(self.date(task.deadline))
         if let error = task.error {
             json.key("error")
-            json.string(error)
+            json.string(error + (task.timedOutWhileRunningOn.map { " on \(self.name($0))" } ?? ""))
         }
-        if task.state == .completed, let attempt = task.currentAttempt {
+        if let ranOn = task.attempts.last(where: { $0.acceptedAt != nil }) {
             json.key("executed_by")
-            json.string(self.name(attempt.peer))
+            json.string(self.name(ranOn.peer))
+        }
+        if let finished = task.finishedAt {
+            json.key("finished_at")
+            json.date(self.date(finished))
         }
         json.key("id")
         json.string(task.id.description)
@@ -84,6 +90,10 @@ struct TaskDocuments {
         json.string(task.state.rawValue)
         json.key("submitted_at")
         json.date(self.date(task.submittedAt))
+        if let waiting = self.waiting(task) {
+            json.key("waiting")
+            json.string(waiting)
+        }
         json.endObject()
     }
 

@@ -10,6 +10,7 @@ final class TrustStore: Sendable {
     private struct State {
         var policy: TrustPolicy
         var stamp: Date?
+        var generation: UInt64
     }
 
     private let home: NodeHome
@@ -21,11 +22,14 @@ final class TrustStore: Sendable {
         self.home = home
         self.isOpen = isOpen
         self.logger = logger
-        self.state = Mutex(State(policy: TrustPolicy(isOpen: isOpen), stamp: nil))
+        self.state = Mutex(State(policy: TrustPolicy(isOpen: isOpen), stamp: nil, generation: 0))
         self.reload(stamp: home.peersDirectoryStamp())
     }
 
     var trustedCount: Int { self.state.withLock { $0.policy.trusted.count } }
+
+    /// Counts reloads, so the node can tell when the trust list changed.
+    var generation: UInt64 { self.state.withLock { $0.generation } }
 
     /// The policy to apply now; costs one `stat` when nothing changed.
     func current() -> TrustPolicy {
@@ -39,7 +43,7 @@ final class TrustStore: Sendable {
         let (descriptors, problems) = self.home.loadTrustedPeers()
         for problem in problems { self.logger.warning("\(problem)") }
         let policy = TrustPolicy(trusted: descriptors, isOpen: self.isOpen)
-        self.state.withLock { $0 = State(policy: policy, stamp: stamp) }
+        self.state.withLock { $0 = State(policy: policy, stamp: stamp, generation: $0.generation + 1) }
         return policy
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import MeshControl
 
 @main
@@ -10,12 +11,29 @@ struct AgentMesh: AsyncParsableCommand {
             Every machine runs a node ('agentmesh run'). Nodes authenticate each other with Ed25519 identities and a \
             shared network key; the client commands talk to the running node through DIR/control.sock.
             """,
-        version: "0.1.0",
+        version: AgentMeshVersion.current,
         subcommands: [
-            Init.self, Id.self, Trust.self, Run.self, Members.self, Submit.self, Tasks.self, TaskCommand.self,
-            Cancel.self, Limits.self, Audit.self, Bench.self, Leave.self,
+            Init.self, Id.self, Trust.self, Untrust.self, Peers.self, Run.self, Status.self, Members.self,
+            Submit.self, Tasks.self, TaskCommand.self, Cancel.self, Limits.self, Audit.self, Bench.self, Leave.self,
         ]
     )
+
+    /// As ArgumentParser's, except that a `CLIError` exits with its own status.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as CLIError {
+            FileHandle.standardError.write(Data("Error: \(error.description)\n".utf8))
+            Foundation.exit(error.status.rawValue)
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// `--home`, shared by every command.

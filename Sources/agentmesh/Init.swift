@@ -76,3 +76,48 @@ struct Trust: ParsableCommand {
         }
     }
 }
+
+struct Untrust: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop trusting a peer: remove its descriptor from DIR/peers (a running node drops it at once).")
+
+    @OptionGroup var options: HomeOptions
+
+    @Argument(help: "The peer's name, node id or id prefix (as 'agentmesh peers' lists them).")
+    var peer: String
+
+    func run() throws {
+        let descriptor = try reporting { try self.options.nodeHome.untrust(self.peer) }
+        print("No longer trusting \(descriptor.identity.name) (\(descriptor.identity.nodeID))")
+    }
+}
+
+struct Peers: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the peers this node trusts (DIR/peers).")
+
+    @OptionGroup var options: HomeOptions
+
+    @Flag(help: "One JSON document instead of a table.")
+    var json = false
+
+    func run() throws {
+        let (descriptors, problems) = self.options.nodeHome.loadTrustedPeers()
+        for problem in problems { FileHandle.standardError.write(Data("warning: \(problem)\n".utf8)) }
+        if self.json {
+            try printJSON(descriptors.map { ["name": $0.identity.name, "id": $0.identity.nodeID.description,
+                                             "identity_line": IdentityLine.render($0.identity)] })
+            return
+        }
+        guard !descriptors.isEmpty else {
+            print("no trusted peers; add one with 'agentmesh trust <identity line>'")
+            return
+        }
+        print(renderTable(
+            header: ["NAME", "ID", "LIMITS"],
+            rows: descriptors.map { descriptor in
+                [descriptor.identity.name, descriptor.identity.nodeID.description,
+                 descriptor.limits.isEmpty ? "defaults"
+                    : descriptor.limits.map { "\($0.key.rawValue)=\($0.value)" }.sorted().joined(separator: " ")]
+            }))
+    }
+}

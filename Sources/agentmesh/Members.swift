@@ -10,15 +10,26 @@ struct Members: ParsableCommand {
     @Flag(help: "One JSON document instead of a table.")
     var json = false
 
+    @Flag(name: [.long, .customShort("w")], help: "Refresh every second until Ctrl-C.")
+    var watch = false
+
+    func validate() throws {
+        guard !(self.watch && self.json) else { throw ValidationError("--watch prints tables; leave out --json") }
+    }
+
     func run() throws {
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+        try repeatEverySecond(if: self.watch) { try self.table(client) }
+    }
+
+    private func table(_ client: ControlClient) throws -> String? {
         let members = try reporting { try client.get("/v1/members", as: ControlAPI.Members.self) }
         if self.json {
             try printJSON(members)
-            return
+            return nil
         }
         let now = Date()
-        print(renderTable(
+        return renderTable(
             header: ["NAME", "ID", "ADDRESS", "STATUS", "INC", "CAPABILITIES", "LOAD", "LAST HEARD", "SESSION"],
             rows: members.members.map { member in
                 [
@@ -28,7 +39,40 @@ struct Members: ParsableCommand {
                     "\(member.load)", member.connection == "self" ? "-" : ago(member.lastHeard, now: now),
                     member.connection,
                 ]
-            }))
+            })
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the node: version, uptime, listen address, each join address and its last error, store and audit state.")
+
+    @OptionGroup var options: HomeOptions
+
+    @Flag(help: "One JSON document instead of text.")
+    var json = false
+
+    func run() throws {
+        let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+        let node = try reporting { try client.get("/v1/node", as: ControlAPI.NodeInfo.self) }
+        let members = try reporting { try client.get("/v1/members", as: ControlAPI.Members.self) }.members
+        if self.json {
+            try printJSON(node)
+            return
+        }
+        let counts = Dictionary(grouping: members.filter { $0.connection != "self" }, by: \.status).mapValues(\.count)
+        print("""
+            node     \(node.name) \(node.id)
+            version  \(node.version), up \(ago(node.startedAt, now: Date()).replacingOccurrences(of: " ago", with: ""))
+            listen   \(node.listen)\(node.open ? " (open: any holder of the network key may join)" : "")
+            members  \(counts.isEmpty ? "none yet" : counts.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", "))
+            store    \(node.store)
+            audit    \(node.auditLog)
+            """)
+        for join in node.joins {
+            let last = join.lastError.map { " (last error\(join.lastErrorAt.map { " " + ago($0, now: Date()) } ?? ""): \($0))" } ?? ""
+            print("join     \(join.address): \(join.connected ? "connected" : "not connected")\(last)")
+        }
     }
 }
 

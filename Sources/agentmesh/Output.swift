@@ -1,18 +1,44 @@
 import Foundation
 import MeshControl
 
-/// Errors the CLI reports as one sentence on stderr with a non-zero exit.
-struct CLIError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
+/// The CLI's exit statuses (README, "Exit statuses"): a script can tell what happened without reading stderr.
+enum ExitStatus: Int32 {
+    /// The task failed, or the command did (the message says which).
+    case failed = 1
+    case timedOut = 2
+    case canceled = 3
+    /// No node runs on this home folder (or its control socket is left over from one that stopped).
+    case notRunning = 4
+    /// No live member offers the capability (submit without --wait-for-capability).
+    case noCapability = 5
+    /// A usage mistake or bad input: an option, JSON that does not parse, a file that cannot be read.
+    case badInput = 64
+    /// Ctrl-C while waiting for a task (the task goes on).
+    case interrupted = 130
 }
 
-/// Runs `body`, turning any error into a `CLIError` with a readable sentence.
+/// Errors the CLI reports as one sentence on stderr, with the exit status that says what kind of error it is.
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    let status: ExitStatus
+    init(_ description: String, status: ExitStatus = .failed) {
+        self.description = description
+        self.status = status
+    }
+}
+
+/// Runs `body`, turning any error into a `CLIError` with a readable sentence (and "not running" its own status).
 func reporting<T>(_ body: () throws -> T) throws -> T {
     do {
         return try body()
     } catch let error as CLIError {
         throw error
+    } catch let error as ControlClient.Error {
+        switch error {
+        case .notRunning, .staleSocket: throw CLIError(error.description, status: .notRunning)
+        case .api(let status, _) where status == 400 || status == 413: throw CLIError(error.description, status: .badInput)
+        default: throw CLIError(error.description)
+        }
     } catch {
         throw CLIError(String(describing: error))
     }

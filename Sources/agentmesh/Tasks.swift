@@ -5,7 +5,11 @@ import MeshControl
 struct Submit: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Submit a task; it runs on a member that offers the capability.",
-        discussion: "Prints the task id, or with --wait the result (a failed task exits non-zero with its error).")
+        discussion: """
+            Prints the task id, or with --wait the result. Exit statuses: 0 done, 1 failed, 2 timed out, \
+            3 canceled, 4 no node running here, 5 no live member offers the capability, 64 bad input, \
+            130 Ctrl-C while waiting (the task goes on).
+            """)
 
     @OptionGroup var options: HomeOptions
 
@@ -15,16 +19,20 @@ struct Submit: ParsableCommand {
     @Option(help: ArgumentHelp("The task input as JSON.", valueName: "JSON"))
     var input: String?
 
-    @Option(help: ArgumentHelp("A file holding the task input as JSON.", valueName: "FILE"))
+    @Option(help: ArgumentHelp("A file holding the task input as JSON ('-' reads stdin).", valueName: "FILE"),
+            completion: .file())
     var inputFile: String?
 
-    @Flag(help: "Wait for the task to end and print its result.")
+    @Flag(help: "Wait for the task to end and print its result (the task id goes to stderr at once).")
     var wait = false
+
+    @Flag(help: "Queue the task even when no live member offers the capability now (otherwise exit 5 at once).")
+    var waitForCapability = false
 
     @Option(help: "Seconds the task may take in all, retries included.")
     var timeout: Double = 60
 
-    @Option(help: "Offers to make before giving up.")
+    @Option(help: "Attempts before giving up (a failure is retried after a back-off; a rejection never is).")
     var maxAttempts: Int = 5
 
     @Flag(help: "Print the task as JSON.")
@@ -34,48 +42,107 @@ struct Submit: ParsableCommand {
         guard (self.input == nil) != (self.inputFile == nil) else {
             throw ValidationError("give the input with exactly one of --input or --input-file")
         }
-        guard self.timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        guard self.timeout > 0, self.timeout <= 86_400 else { throw ValidationError("--timeout must be 0 to 86400 seconds") }
+        guard (1...100).contains(self.maxAttempts) else { throw ValidationError("--max-attempts must be 1 to 100") }
     }
 
     func run() throws {
-        let text: Data
-        if let input = self.input {
-            text = Data(input.utf8)
-        } else {
-            guard let data = FileManager.default.contents(atPath: self.inputFile!) else {
-                throw CLIError("cannot read \(self.inputFile!)")
-            }
-            text = data
-        }
-        guard let value = try? JSONSerialization.jsonObject(with: text, options: [.fragmentsAllowed]) else {
-            throw CLIError("the input is not valid JSON")
-        }
+        let value = try parseJSONInput(try self.readInput())
         let body = try ControlAPI.encoder().encode(ControlAPI.SubmitRequest(
             capability: self.capability, input: ControlAPI.JSONValue(value), timeoutSeconds: self.timeout,
-            maxAttempts: self.maxAttempts))
+            maxAttempts: self.maxAttempts, waitForCapability: self.waitForCapability ? true : nil))
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
-        var task = try reporting {
-            try client.decode(client.request(method: "POST", path: "/v1/tasks", body: Array(body)), as: ControlAPI.TaskInfo.self)
+        let task: ControlAPI.TaskInfo = try reporting {
+            do {
+                return try client.decode(
+                    client.request(method: "POST", path: "/v1/tasks", body: Array(body)), as: ControlAPI.TaskInfo.self)
+            } catch ControlClient.Error.api(409, let message) {
+                throw CLIError(message, status: .noCapability)
+            }
         }
         guard self.wait else {
             if self.json { try printJSON(task) } else { print(task.id) }
             return
         }
-        while !["completed", "failed", "canceled", "expired"].contains(task.state) {
-            task = try reporting {
-                try client.decode(
-                    client.request(method: "GET", path: "/v1/tasks/\(task.id)?wait=30", timeout: .seconds(40)),
-                    as: ControlAPI.TaskInfo.self)
-            }
+        FileHandle.standardError.write(Data("task \(task.id) submitted; waiting for it to end (Ctrl-C stops waiting, not the task)\n".utf8))
+        try reportEnd(of: waitForEnd(task, client: client), json: self.json)
+    }
+
+    private func readInput() throws -> Data {
+        if let input = self.input { return Data(input.utf8) }
+        let path = self.inputFile ?? "-"
+        if path == "-" { return FileHandle.standardInput.readDataToEndOfFile() }
+        do {
+            return try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            let reason = ((error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError).map { String(cString: strerror(Int32($0.code))) }
+                ?? (FileManager.default.fileExists(atPath: path) ? "it cannot be read" : "no such file")
+            throw CLIError("cannot read \(path): \(reason)", status: .badInput)
         }
-        if self.json {
-            try printJSON(task)
-        } else if task.state == "completed" {
-            print(try resultText(task.result))
+    }
+}
+
+/// The input as a JSON value, or a sentence saying where it stops being JSON.
+func parseJSONInput(_ text: Data) throws -> Any {
+    do {
+        return try JSONSerialization.jsonObject(with: text, options: [.fragmentsAllowed])
+    } catch {
+        let detail = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String
+        throw CLIError("the input is not valid JSON" + (detail.map { ": \($0)" } ?? ""), status: .badInput)
+    }
+}
+
+/// Polls until the task ends; Ctrl-C stops waiting and says how to wait again or cancel.
+func waitForEnd(_ task: ControlAPI.TaskInfo, client: ControlClient) throws -> ControlAPI.TaskInfo {
+    signal(SIGINT, SIG_IGN)
+    let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+    interrupt.setEventHandler {
+        FileHandle.standardError.write(Data("""
+
+            stopped waiting; task \(task.id) goes on.
+              agentmesh task \(task.id.prefix(12)) --wait   waits again
+              agentmesh cancel \(task.id.prefix(12))        cancels it
+
+            """.utf8))
+        exit(ExitStatus.interrupted.rawValue)
+    }
+    interrupt.resume()
+    defer { interrupt.cancel() }
+    var task = task
+    while !task.isFinished {
+        task = try reporting {
+            try client.decode(
+                client.request(method: "GET", path: "/v1/tasks/\(task.id)?wait=30", timeout: .seconds(40)),
+                as: ControlAPI.TaskInfo.self)
         }
-        guard task.state == "completed" else {
-            throw CLIError("task \(task.id) \(task.state): \(task.error ?? "no reason given")")
-        }
+    }
+    return task
+}
+
+/// Prints a finished task's result (or the task as JSON) and exits with the status its end calls for.
+func reportEnd(of task: ControlAPI.TaskInfo, json: Bool) throws {
+    if json {
+        try printJSON(task)
+    } else if task.state == "completed" {
+        print(try resultText(task.result))
+    }
+    let reason = task.error ?? "no reason given"
+    switch task.state {
+    case "completed": return
+    case "expired": throw CLIError("task \(task.id) \(reason)", status: .timedOut)
+    case "canceled": throw CLIError("task \(task.id) was canceled", status: .canceled)
+    default: throw CLIError("task \(task.id) failed: \(reason)", status: .failed)
+    }
+}
+
+extension ControlAPI.TaskInfo {
+    var isFinished: Bool { ["completed", "failed", "canceled", "expired"].contains(self.state) }
+
+    /// How long it took, or has taken so far.
+    func duration(now: Date) -> String {
+        let seconds = (self.finishedAt ?? now).timeIntervalSince(self.submittedAt)
+        return seconds < 10 ? String(format: "%.2fs", seconds) : seconds < 120 ? String(format: "%.0fs", seconds)
+            : seconds < 7200 ? "\(Int(seconds) / 60)m\(Int(seconds) % 60)s" : "\(Int(seconds) / 3600)h\(Int(seconds) % 3600 / 60)m"
     }
 }
 
@@ -87,54 +154,133 @@ func resultText(_ result: ControlAPI.JSONValue?) throws -> String {
 }
 
 struct Tasks: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List the tasks submitted to this node.")
+    static let configuration = CommandConfiguration(
+        abstract: "List the tasks submitted to this node, newest first (or with --executing, those it runs for peers).")
 
     @OptionGroup var options: HomeOptions
 
-    @Option(help: "Only tasks in this state: submitted, offered, running, completed, failed, canceled or expired.")
+    @Option(help: "Only tasks in this state.", completion: .list(["submitted", "offered", "running", "completed", "failed", "canceled", "expired"]))
     var state: String?
+
+    @Option(help: "Only tasks of this capability.")
+    var capability: String?
+
+    @Option(help: ArgumentHelp("Only tasks submitted within this long: 90s, 10m, 2h, 1d.", valueName: "DURATION"))
+    var since: String?
+
+    @Option(help: "At most this many (newest first).")
+    var limit = 20
+
+    @Flag(name: [.long, .customShort("w")], help: "Refresh every second until Ctrl-C.")
+    var watch = false
+
+    @Flag(help: "The tasks peers gave this node to run, instead of those submitted here.")
+    var executing = false
 
     @Flag(help: "One JSON document instead of a table.")
     var json = false
 
+    func validate() throws {
+        guard (1...10_000).contains(self.limit) else { throw ValidationError("--limit must be 1 to 10000") }
+        if let since { guard parseDuration(since) != nil else { throw ValidationError("--since takes a duration like 90s, 10m, 2h or 1d") } }
+        guard !(self.watch && self.json) else { throw ValidationError("--watch prints tables; leave out --json") }
+    }
+
     func run() throws {
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
-        let path = "/v1/tasks" + (self.state.map { "?state=\($0)" } ?? "")
-        let list = try reporting { try client.get(path, as: ControlAPI.TaskList.self) }
+        try repeatEverySecond(if: self.watch) {
+            self.executing ? try self.executingTable(client) : try self.submittedTable(client)
+        }
+    }
+
+    private func submittedTable(_ client: ControlClient) throws -> String? {
+        var query = ["limit=\(self.limit)"]
+        if let state { query.append("state=\(state)") }
+        if let capability { query.append("capability=\(capability)") }
+        if let since, let seconds = parseDuration(since) { query.append("since=\(seconds)") }
+        let list = try reporting { try client.get("/v1/tasks?" + query.joined(separator: "&"), as: ControlAPI.TaskList.self) }
         if self.json {
             try printJSON(list)
-            return
+            return nil
         }
-        print(renderTable(
-            header: ["ID", "CAPABILITY", "STATE", "ATTEMPTS", "RAN ON", "SUBMITTED"],
+        let now = Date()
+        return renderTable(
+            header: ["ID", "CAPABILITY", "STATE", "ATTEMPTS", "RAN ON", "SUBMITTED", "DURATION"],
             rows: list.tasks.map { task in
-                [task.id, task.capability, task.state, "\(task.attempts.count)", task.executedBy ?? "-",
-                 task.submittedAt.timeOfDay]
-            }))
+                [String(task.id.prefix(12)), task.capability, task.state, "\(task.attempts.count)", task.executedBy ?? "-",
+                 task.submittedAt.timeOfDay, task.duration(now: now)]
+            })
     }
+
+    private func executingTable(_ client: ControlClient) throws -> String? {
+        let list = try reporting { try client.get("/v1/executing", as: ControlAPI.ExecutingTasks.self) }
+        if self.json {
+            try printJSON(list)
+            return nil
+        }
+        return renderTable(
+            header: ["ID", "CAPABILITY", "SUBMITTER", "ATTEMPT", "STATE", "DEADLINE"],
+            rows: list.tasks.map { task in
+                [String(task.id.prefix(12)), task.capability, task.submitter, "\(task.attempt)", task.state,
+                 task.deadline.timeOfDay]
+            })
+    }
+}
+
+/// Prints what `render` returns once, or (watching) every second on a cleared screen until Ctrl-C.
+func repeatEverySecond(if watching: Bool, _ render: () throws -> String?) throws {
+    guard watching else {
+        if let text = try render() { print(text) }
+        return
+    }
+    while true {
+        let text = try render() ?? ""
+        print("\u{1B}[H\u{1B}[2J" + Date().timeOfDay + "  (every 1 s; Ctrl-C stops)\n\n" + text)
+        fflush(nil)
+        Thread.sleep(forTimeInterval: 1)
+    }
+}
+
+/// "90s", "10m", "2h", "1d" or plain seconds, as seconds.
+func parseDuration(_ text: String) -> Double? {
+    let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+    let (number, unit) = text.last.flatMap { units[$0] }.map { (text.dropLast(), $0) } ?? (Substring(text), 1)
+    guard let value = Double(number), value > 0 else { return nil }
+    return value * unit
 }
 
 struct TaskCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "task", abstract: "Show one task: state, attempts, which peer ran it, timings, result or error.")
+        commandName: "task",
+        abstract: "Show one task: state, why it waits, attempts, which peer ran it, timings, result or error.")
 
     @OptionGroup var options: HomeOptions
 
-    @Argument(help: "The task id.")
+    @Argument(help: "The task id, or its first 4 or more hex digits.")
     var id: String
+
+    @Flag(help: "Wait for the task to end; exit as 'submit --wait' does.")
+    var wait = false
 
     @Flag(help: "Print the task as JSON.")
     var json = false
 
     func run() throws {
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
-        let task = try reporting { try client.get("/v1/tasks/\(self.id)", as: ControlAPI.TaskInfo.self) }
+        var task = try reporting { try client.get("/v1/tasks/\(self.id)", as: ControlAPI.TaskInfo.self) }
+        if self.wait {
+            task = try waitForEnd(task, client: client)
+            if self.json { return try reportEnd(of: task, json: true) }
+        }
         if self.json {
             try printJSON(task)
             return
         }
         print("task \(task.id)  \(task.capability)  \(task.state)")
-        print("submitted \(task.submittedAt.timeOfDay), deadline \(task.deadline.timeOfDay)")
+        if let waiting = task.waiting { print("waiting: \(waiting)") }
+        print("submitted \(task.submittedAt.timeOfDay), deadline \(task.deadline.timeOfDay), "
+            + (task.isFinished ? "took" : "running for") + " \(task.duration(now: Date()))"
+            + (task.executedBy.map { ", ran on \($0)" } ?? ""))
         if !task.attempts.isEmpty {
             print(renderTable(
                 header: ["EPOCH", "PEER", "OFFERED", "ACCEPTED", "ENDED", "OUTCOME"],
@@ -145,6 +291,7 @@ struct TaskCommand: ParsableCommand {
         }
         if task.state == "completed" { print("result: \(try resultText(task.result))") }
         if let error = task.error { print("error: \(error)") }
+        if self.wait { try reportEnd(of: task, json: false) }
     }
 }
 
@@ -153,7 +300,7 @@ struct Cancel: ParsableCommand {
 
     @OptionGroup var options: HomeOptions
 
-    @Argument(help: "The task id.")
+    @Argument(help: "The task id, or its first 4 or more hex digits.")
     var id: String
 
     func run() throws {

@@ -111,11 +111,16 @@ import Testing
 
         /// Completes every run in flight with `output`.
         mutating func completeRuns(output: [UInt8] = Array("{\"ok\":true}".utf8)) {
+            self.endRuns(.success(output))
+        }
+
+        /// Ends every run in flight with `outcome`.
+        mutating func endRuns(_ outcome: TaskOutcome) {
             let runs = self.inFlight
             self.inFlight = []
             for (node, id) in runs where !self.silent.contains(node) {
                 var runner = self.runners[node]!
-                let directives = runner.finished(id, outcome: .success(output), now: self.now)
+                let directives = runner.finished(id, outcome: outcome, now: self.now)
                 self.runners[node] = runner
                 self.deliver(self.runnerEffects(directives, at: node))
             }
@@ -260,7 +265,81 @@ import Testing
         let id = mesh.submit(capability: "translate", timeout: .seconds(3))
         mesh.advance(.seconds(4))
         #expect(mesh.submitter.task(id)?.state == .expired)
-        #expect(mesh.submitter.task(id)?.error == "no member offers translate")
+        #expect(mesh.submitter.task(id)?.error == "timed out after 3 s: no live member offers translate")
+    }
+
+    /// Issue 13: a failing executor was offered the task again the moment its slot freed (5 attempts in 0.1 s).
+    @Test func aFailedAttemptWaitsItsBackOffBeforeTheNextOffer() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        let id = mesh.submit(timeout: .seconds(120), attempts: 5)
+        for _ in 0..<5 {
+            mesh.endRuns(.failure("exit 3"))
+            if mesh.submitter.task(id)?.state == .submitted {
+                #expect(mesh.submitter.task(id)?.waiting == .forRetry)
+            }
+            mesh.advance(.seconds(12))
+        }
+        let attempts = mesh.submitter.task(id)?.attempts ?? []
+        #expect(attempts.count == 5)
+        #expect(mesh.submitter.task(id)?.state == .failed)
+        let gaps = zip(attempts, attempts.dropFirst()).map { $1.offeredAt - ($0.endedAt ?? $0.offeredAt) }
+        #expect(gaps.allSatisfy { $0 >= .milliseconds(250) }, "every retry waited: \(gaps)")
+        #expect(gaps.last! > gaps.first!, "and the back-off grows: \(gaps)")
+    }
+
+    @Test func aRejectionIsFinalAndNotRetried() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        let id = mesh.submit(attempts: 5)
+        mesh.endRuns(.rejected("http://x answered HTTP 400: no such field"))
+        mesh.advance(.seconds(15))
+        #expect(mesh.submitter.task(id)?.state == .failed)
+        #expect(mesh.submitter.task(id)?.attempts.count == 1)
+        #expect(mesh.submitter.task(id)?.error == "http://x answered HTTP 400: no such field")
+    }
+
+    /// Issue 13: `--timeout 3` on a 30 s task said "deadline passed before the task started" after 4 instant retries.
+    @Test func aRunStoppedAtTheDeadlineTimesOutWithoutAnotherAttempt() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        let id = mesh.submit(timeout: .seconds(3))
+        mesh.advance(.seconds(10))
+        let task = mesh.submitter.task(id)
+        #expect(task?.state == .expired)
+        #expect(task?.attempts.count == 1, "no attempt after the deadline")
+        #expect(task?.error == "timed out after 3 s")
+        #expect(task?.timedOutWhileRunningOn == Self.c, "the documents add 'on c'")
+        #expect(mesh.stopped.map(\.1) == [id])
+    }
+
+    @Test func anExecutorsOwnTimeoutEndsTheTaskAsTimedOut() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        let id = mesh.submit(timeout: .seconds(3))
+        mesh.advance(.milliseconds(2_990))
+        mesh.endRuns(.timedOut("timed out after 3.0 s; sleep was killed"))
+        mesh.advance(.seconds(5))
+        #expect(mesh.submitter.task(id)?.state == .expired)
+        #expect(mesh.submitter.task(id)?.attempts.count == 1)
+        #expect(mesh.submitter.task(id)?.error == "timed out after 3 s")
+    }
+
+    @Test func aTaskWaitingForAMemberIsOfferedAsSoonAsOneAppears() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        let id = mesh.submit(capability: "translate")
+        #expect(mesh.submitter.task(id)?.waiting == .forMember)
+        mesh.advance(.milliseconds(100))
+        mesh.runners[Self.b] = TaskRunner(capacity: ["translate": 1])
+        mesh.apply(mesh.submitter.candidatesChanged(
+            [.init(id: Self.c, capabilities: ["echo": 1], load: 0), .init(id: Self.b, capabilities: ["translate": 1], load: 0)],
+            now: mesh.now))
+        #expect(mesh.submitter.task(id)?.state == .running, "offered at once, not at the next 5 s re-check")
+        #expect(mesh.submitter.task(id)?.waiting == nil)
+    }
+
+    @Test func aTaskOverCapacityWaitsForASlotAndSaysSo() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        _ = mesh.submit()
+        let second = mesh.submit()
+        #expect(mesh.submitter.task(second)?.waiting == .forSlot)
+        #expect(mesh.submitter.slots(for: "echo").map { [$0.open, $0.capacity] } == [[1, 1]])
     }
 
     @Test func aRunPastItsDeadlineIsStoppedByTheExecutor() {
@@ -269,6 +348,10 @@ import Testing
         _ = runner.receive(.offer(TaskOffer(id: id, epoch: 1, capability: "echo", input: [], timeRemaining: .seconds(2))), from: Self.a, now: .zero)
         #expect(runner.tick(now: .seconds(1)).isEmpty)
         #expect(runner.tick(now: .seconds(2)) == [.stop(id)])
+        #expect(runner.tick(now: .seconds(3)).isEmpty, "stopped once")
+        let reported = runner.finished(id, outcome: .canceled, now: .seconds(3))
+        #expect(reported.contains(.send(.result(id, epoch: 1, outcome: .timedOut("stopped at the task's deadline")), to: Self.a)),
+                "a run stopped at its deadline reports a timeout, not a cancel")
     }
 
     @Test func theLocalNodeIsChosenOnlyWhenStrictlyBest() {

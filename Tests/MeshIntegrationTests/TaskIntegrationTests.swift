@@ -19,6 +19,7 @@ import Glibc
     {
         let body = try JSONSerialization.data(withJSONObject: [
             "capability": capability, "input": input, "timeout_seconds": timeout, "max_attempts": attempts,
+            "wait_for_capability": true,  // members may still be joining
         ])
         let response = await node.node.handleControl(ControlRequest(
             method: "POST", path: "/v1/tasks", query: [:], body: Array(body)))
@@ -164,7 +165,12 @@ import Glibc
 
         let nobody = try await Self.wait(runningA, try await Self.submit(runningA, "translate", [:], timeout: 1))
         #expect(nobody.state == "expired")
-        #expect(nobody.error == "no member offers translate")
+        #expect(nobody.error == "timed out after 1 s: no live member offers translate")
+        // Without wait_for_capability it is refused at once, with what is offered.
+        let refused = await runningA.node.handleControl(ControlRequest(
+            method: "POST", path: "/v1/tasks", query: [:], body: Array(#"{"capability":"translate","input":{}}"#.utf8)))
+        #expect(refused.status == 409)
+        #expect(String(decoding: refused.body, as: UTF8.self).contains("no live member offers translate; offered now: "))
 
         let garbage = await runningA.node.handleControl(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array("{nope".utf8)))
         #expect(garbage.status == 400)
@@ -220,7 +226,9 @@ import Glibc
     }
 
     static func post(_ node: RunningNode, _ capability: String, _ input: Any) async throws -> ControlResponse {
-        let body = try JSONSerialization.data(withJSONObject: ["capability": capability, "input": input, "timeout_seconds": 60])
+        let body = try JSONSerialization.data(withJSONObject: [
+            "capability": capability, "input": input, "timeout_seconds": 60, "wait_for_capability": true,
+        ])
         return await node.node.handleControl(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array(body)))
     }
 

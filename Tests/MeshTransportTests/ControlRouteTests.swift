@@ -19,11 +19,17 @@ import Testing
         #expect(Self.route("POST", "/v1/leave") == .leave)
         #expect(Self.route("POST", "/v1/tasks", body: [1]) == .submit(body: [1], wait: nil))
         #expect(Self.route("POST", "/v1/tasks", ["wait": "2.5"]) == .submit(body: [], wait: .milliseconds(2_500)))
-        #expect(Self.route("GET", "/v1/tasks") == .listTasks(state: nil))
-        #expect(Self.route("GET", "/v1/tasks", ["state": "running"]) == .listTasks(state: .running))
-        #expect(Self.route("GET", "/v1/tasks/\(Self.id)") == .task(Self.id, wait: nil))
-        #expect(Self.route("GET", "/v1/tasks/\(Self.id)", ["wait": "0"]) == .task(Self.id, wait: .zero))
-        #expect(Self.route("POST", "/v1/tasks/\(Self.id)/cancel") == .cancel(Self.id))
+        #expect(Self.route("GET", "/v1/health") == .health)
+        #expect(Self.route("GET", "/v1/executing") == .executing)
+        #expect(Self.route("GET", "/v1/tasks") == .listTasks(TaskFilter()))
+        #expect(Self.route("GET", "/v1/tasks", ["state": "running"]) == .listTasks(TaskFilter(state: .running)))
+        #expect(Self.route("GET", "/v1/tasks", ["capability": "echo", "since": "90", "limit": "5"])
+            == .listTasks(TaskFilter(capability: "echo", since: .seconds(90), limit: 5)))
+        #expect(Self.route("GET", "/v1/tasks/\(Self.id)") == .task(.id(Self.id), wait: nil))
+        #expect(Self.route("GET", "/v1/tasks/\(Self.id)", ["wait": "0"]) == .task(.id(Self.id), wait: .zero))
+        #expect(Self.route("POST", "/v1/tasks/\(Self.id)/cancel") == .cancel(.id(Self.id)))
+        #expect(Self.route("GET", "/v1/tasks/ABCD12") == .task(.prefix("abcd12"), wait: nil), "a prefix, any case")
+        #expect(Self.route("POST", "/v1/tasks/abcd/cancel") == .cancel(.prefix("abcd")))
     }
 
     @Test func malformedRequestsAreRefusedWithWhatIsWrong() {
@@ -32,8 +38,15 @@ import Testing
         #expect(Self.route("GET", "/v2/members") == .refused(status: 404, message: "no such endpoint: /v2/members"))
         #expect(Self.route("DELETE", "/v1/members") == .refused(status: 405, message: "DELETE is not allowed on /v1/members"))
         #expect(Self.route("GET", "/v1/leave") == .refused(status: 405, message: "GET is not allowed on /v1/leave"))
-        #expect(Self.route("GET", "/v1/tasks/xyz") == .refused(status: 400, message: "'xyz' is not a task id"))
-        #expect(Self.route("POST", "/v1/tasks/xyz/cancel") == .refused(status: 404, message: "no task xyz on this node"))
+        #expect(Self.route("GET", "/v1/tasks/xyz") == .refused(status: 400, message: TaskReference.mistake("xyz")))
+        #expect(Self.route("GET", "/v1/tasks/abc") == .refused(status: 400, message: TaskReference.mistake("abc")), "too short")
+        #expect(Self.route("POST", "/v1/tasks/xyz/cancel") == .refused(status: 400, message: TaskReference.mistake("xyz")))
+        for (key, value) in [("limit", "0"), ("limit", "10001"), ("since", "-5"), ("since", "soon"), ("capability", "a b")] {
+            guard case .refused(400, _) = Self.route("GET", "/v1/tasks", [key: value]) else {
+                Issue.record("\(key)=\(value) is refused")
+                continue
+            }
+        }
         #expect(Self.route("PUT", "/v1/tasks/\(Self.id)") == .refused(status: 404, message: "no such endpoint: PUT /v1/tasks/\(Self.id)"))
         for wait in ["-1", "3601", "soon", "nan"] {
             #expect(Self.route("POST", "/v1/tasks", ["wait": wait])

@@ -10,7 +10,9 @@ import Testing
 @Suite struct TaskDocumentsTests {
     static let origin = Date(timeIntervalSince1970: 1_800_000_000.75)
     static let peer = NodeID(high: 9, low: 9)
-    static var documents: TaskDocuments { TaskDocuments(date: { origin + $0.seconds }) { $0 == peer ? "worker \"b\"" : $0.short } }
+    static var documents: TaskDocuments {
+        TaskDocuments(date: { origin + $0.seconds }, name: { $0 == peer ? "worker \"b\"" : $0.short }, waiting: { _ in "why \"not\"" })
+    }
 
     static func task(state: TaskState, outcome: TaskOutcome?, error: String? = nil) -> TaskSubmitter.SubmittedTask {
         TaskSubmitter.SubmittedTask(
@@ -21,7 +23,8 @@ import Testing
                 .init(epoch: 2, peer: peer, offeredAt: .milliseconds(1_800), acceptedAt: .milliseconds(1_810),
                       endedAt: .milliseconds(2_000), outcome: .completed),
             ],
-            outcome: outcome, error: error, finishedAt: nil, nextOfferAt: nil, failures: 0)
+            outcome: outcome, error: error, finishedAt: state.isTerminal ? .milliseconds(2_000) : nil, nextOfferAt: nil,
+            failures: 0)
     }
 
     /// What the encoder writes for the same task (the path the node took before).
@@ -35,7 +38,8 @@ import Testing
                     offeredAt: origin + attempt.offeredAt.seconds, acceptedAt: attempt.acceptedAt.map { origin + $0.seconds },
                     endedAt: attempt.endedAt.map { origin + $0.seconds }, outcome: attempt.outcome.map(TaskDocuments.describe))
             },
-            executedBy: task.state == .completed ? "worker \"b\"" : nil, result: result, error: task.error)
+            executedBy: "worker \"b\"", finishedAt: task.finishedAt.map { origin + $0.seconds }, result: result,
+            error: task.error, waiting: "why \"not\"")
         return Array(try ControlAPI.encoder().encode(info)) + [0x0A]
     }
 

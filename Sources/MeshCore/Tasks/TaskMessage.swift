@@ -54,7 +54,13 @@ public enum DeclineReason: UInt8, Sendable, Equatable, CustomStringConvertible {
 public enum TaskOutcome: Sendable, Equatable {
     /// The executor's output (JSON for every built-in executor).
     case success([UInt8])
+    /// The run failed; another attempt may succeed (a crash, a service that is down).
     case failure(String)
+    /// The executor refused the input for good (`http:` 4xx other than 408 and 429, `exec:` exit status 65): the
+    /// task fails without another attempt.
+    case rejected(String)
+    /// The run reached the task's deadline and was stopped: the task has timed out.
+    case timedOut(String)
     case canceled
 }
 
@@ -165,6 +171,12 @@ public enum TaskMessage: Sendable, Equatable {
                 writer.longBytes(Array(message.utf8))
             case .canceled:
                 writer.u8(3)
+            case .rejected(let message):
+                writer.u8(4)
+                writer.longBytes(Array(message.utf8))
+            case .timedOut(let message):
+                writer.u8(5)
+                writer.longBytes(Array(message.utf8))
             }
         case .resultAck(let id, let epoch):
             header(id, epoch)
@@ -211,6 +223,12 @@ public enum TaskMessage: Sendable, Equatable {
                     let message = try reader.longBytes("error", limit: 64 * 1024)
                     self = .result(id, epoch: epoch, outcome: .failure(String(decoding: message, as: UTF8.self)))
                 case 3: self = .result(id, epoch: epoch, outcome: .canceled)
+                case 4:
+                    let message = try reader.longBytes("error", limit: 64 * 1024)
+                    self = .result(id, epoch: epoch, outcome: .rejected(String(decoding: message, as: UTF8.self)))
+                case 5:
+                    let message = try reader.longBytes("error", limit: 64 * 1024)
+                    self = .result(id, epoch: epoch, outcome: .timedOut(String(decoding: message, as: UTF8.self)))
                 default: throw DecodeError(description: "unknown outcome")
                 }
             case 5:

@@ -26,6 +26,8 @@ public struct TaskRunner: Sendable {
         /// Restored after a restart and not yet confirmed by the submitter: it does not run until `resume`.
         public internal(set) var isHeld = false
         var lastSent: Duration?
+        /// The run was stopped because the deadline passed (not because the submitter cancelled it).
+        var isStoppedAtDeadline = false
 
         /// A task as the store kept it.
         public init(
@@ -73,6 +75,9 @@ public struct TaskRunner: Sendable {
     public var load: Int { self.running.values.reduce(0, +) }
 
     public func task(_ id: TaskID) -> AcceptedTask? { self.tasks[id] }
+
+    /// Every task held here, oldest deadline first.
+    public var allTasks: [AcceptedTask] { self.tasks.values.sorted { ($0.deadline, $0.id) < ($1.deadline, $1.id) } }
 
     public mutating func setStorageAvailable(_ available: Bool) { self.isStorageAvailable = available }
 
@@ -179,6 +184,8 @@ public struct TaskRunner: Sendable {
     /// The executor finished (or was stopped). Persist, then send the result.
     public mutating func finished(_ id: TaskID, outcome: TaskOutcome, now: Duration) -> [Directive] {
         guard var task = self.tasks[id], task.outcome == nil, !task.isHeld else { return [] }
+        let outcome = task.isStoppedAtDeadline && outcome == .canceled
+            ? .timedOut("stopped at the task's deadline") : outcome
         task.outcome = outcome
         task.lastSent = now
         self.tasks[id] = task
@@ -200,6 +207,8 @@ public struct TaskRunner: Sendable {
                 let resend = task.lastSent.map { $0 + self.settings.resultResendInterval } ?? now
                 due = task.isHeld ? min(resend, task.deadline) : resend
             } else {
+                // Stopped at the deadline: waiting for the executor to report back, nothing to do until then.
+                if task.isStoppedAtDeadline { continue }
                 due = task.deadline
             }
             earliest = min(earliest ?? due, due)
@@ -218,7 +227,8 @@ public struct TaskRunner: Sendable {
                 if let sent = task.lastSent, now - sent < self.settings.resultResendInterval { continue }
                 self.tasks[id]?.lastSent = now
                 directives.append(.send(Self.pendingReport(task), to: task.submitter))
-            } else if now >= task.deadline {
+            } else if now >= task.deadline, !task.isStoppedAtDeadline {
+                self.tasks[id]?.isStoppedAtDeadline = true
                 directives.append(.stop(id))
             }
         }

@@ -21,8 +21,11 @@ public struct TaskSubmitter: Sendable {
     public struct Settings: Sendable {
         /// An offer with neither accept nor decline by then counts as a failed attempt.
         public var offerTimeout: Duration = .seconds(2)
-        public var retryInitialDelay: Duration = .milliseconds(100)
-        public var retryMaximumDelay: Duration = .seconds(5)
+        /// The back-off after an attempt that failed or went unanswered: 0.5 s, then doubling (with jitter) to 10 s.
+        public var retryInitialDelay: Duration = .milliseconds(500)
+        public var retryMaximumDelay: Duration = .seconds(10)
+        /// How often a task that no live member can take looks again (a member that appears wakes it at once).
+        public var memberRecheckInterval: Duration = .seconds(5)
         /// Consecutive unanswered offers to one peer that open its breaker, and how long it stays open.
         public var breakerThreshold = 3
         public var breakerCooldown: Duration = .seconds(30)
@@ -83,6 +86,18 @@ public struct TaskSubmitter: Sendable {
         }
     }
 
+    /// Why a task in `submitted` has not been offered yet.
+    public enum Waiting: Sendable, Equatable {
+        /// No live member offers the capability; a member that appears gets it at once.
+        case forMember
+        /// Members offer it, but this node already has as many of its tasks there as they have room for.
+        case forSlot
+        /// Backing off after an attempt that failed or went unanswered.
+        case forRetry
+        /// Every member declined (busy, rate limited): a new round after a back-off, or when a slot frees.
+        case forNewRound
+    }
+
     public struct SubmittedTask: Sendable, Equatable {
         public let id: TaskID
         public let capability: String
@@ -100,6 +115,8 @@ public struct TaskSubmitter: Sendable {
         public internal(set) var nextOfferAt: Duration?
         /// Attempts that ended without a result, for the retry back-off.
         public internal(set) var failures = 0
+        /// Why the task waits, while it is `submitted` (nil before its first offer and after a restart).
+        public internal(set) var waiting: Waiting?
         /// Peers that declined in the current round; skipped until the round starts over.
         var declinedBy: Set<NodeID> = []
         /// When the current offer was (re)sent; the offer timeout counts from here.
@@ -108,6 +125,14 @@ public struct TaskSubmitter: Sendable {
         var isAwaitingPeer = false
 
         public var currentAttempt: Attempt? { self.attempts.last }
+
+        /// The member whose run was stopped at the deadline, when the task timed out while running.
+        public var timedOutWhileRunningOn: NodeID? {
+            guard self.state == .expired, let last = self.currentAttempt, last.acceptedAt != nil,
+                last.outcome == .timedOut
+            else { return nil }
+            return last.peer
+        }
 
         /// Attempts that count against `maximumAttempts`: a decline (busy, rate limited…) only routes the task on,
         /// so a burst larger than the mesh's capacity waits instead of giving up.
@@ -178,6 +203,14 @@ public struct TaskSubmitter: Sendable {
     }
 
     public func task(_ id: TaskID) -> SubmittedTask? { self.tasks[id] }
+
+    /// The members offering `capability` with how many of this node's tasks are open there and their capacity.
+    public func slots(for capability: String) -> [(peer: NodeID, open: Int, capacity: Int)] {
+        self.candidates.compactMap { candidate in
+            guard let capacity = candidate.capabilities[capability], capacity > 0 else { return nil }
+            return (candidate.id, self.inFlight[candidate.id]?[capability] ?? 0, capacity)
+        }
+    }
     public var allTasks: [SubmittedTask] { self.tasks.values.sorted { $0.submittedAt < $1.submittedAt } }
 
     // MARK: - Events
@@ -232,7 +265,9 @@ public struct TaskSubmitter: Sendable {
         var directives: [Directive] = []
         for id in self.unfinished.sorted() {
             guard let task = self.tasks[id], !task.state.isTerminal else { continue }
-            if task.state == .submitted, let next = task.nextOfferAt, next <= now {
+            if task.state == .submitted, let next = task.nextOfferAt,
+                next <= now || (task.waiting == .forMember && self.hasCandidate(for: task.capability))
+            {
                 self.offer(id, now: now, into: &directives)
             } else if task.isAwaitingPeer, let attempt = task.currentAttempt,
                 self.candidates.contains(where: { $0.id == attempt.peer })
@@ -302,6 +337,13 @@ public struct TaskSubmitter: Sendable {
             case .canceled:
                 self.endAttempt(id, .canceled, now: now)
                 self.finish(id, .canceled, outcome: outcome, error: nil, now: now, into: &directives)
+            case .rejected(let message):
+                // The agent said the input is bad: another attempt would say the same.
+                self.endAttempt(id, .failed(message), now: now)
+                self.finish(id, .failed, outcome: outcome, error: message, now: now, into: &directives)
+            case .timedOut:
+                self.endAttempt(id, .timedOut, now: now)
+                self.finish(id, .expired, outcome: outcome, error: self.timedOut(task), now: now, into: &directives)
             case .failure(let message):
                 // The executor answered: a task that fails on its input says nothing about the peer's health, so
                 // the breaker is left alone (only unanswered offers count against a peer).
@@ -386,10 +428,7 @@ public struct TaskSubmitter: Sendable {
                     directives.append(.send(.cancel(id, epoch: current.epoch), to: current.peer))
                     self.endAttempt(id, .timedOut, now: now)
                 }
-                let reason = self.hasCandidate(for: task.capability)
-                    ? "deadline passed after \(task.attempts.count) attempt(s)"
-                    : "no member offers \(task.capability)"
-                self.finish(id, .expired, outcome: nil, error: reason, now: now, into: &directives)
+                self.finish(id, .expired, outcome: nil, error: self.timedOut(self.tasks[id]!), now: now, into: &directives)
                 continue
             }
             let offerWait = task.isAwaitingPeer ? self.settings.restoreGrace : self.settings.offerTimeout
@@ -409,7 +448,8 @@ public struct TaskSubmitter: Sendable {
 
     // MARK: - Offering
 
-    private func hasCandidate(for capability: String) -> Bool {
+    /// Whether a member this machine knows of offers `capability` (it hears of changes on ``candidatesChanged``).
+    public func hasCandidate(for capability: String) -> Bool {
         self.candidates.contains { $0.capabilities[capability] != nil }
     }
 
@@ -442,6 +482,11 @@ public struct TaskSubmitter: Sendable {
 
     private mutating func offer(_ id: TaskID, now: Duration, into directives: inout [Directive]) {
         guard var task = self.tasks[id], !task.state.isTerminal else { return }
+        if now >= task.deadline {
+            // No attempt starts after the deadline.
+            self.finish(id, .expired, outcome: nil, error: self.timedOut(task), now: now, into: &directives)
+            return
+        }
         if task.triedAttempts >= task.maximumAttempts {
             let last = task.error ?? "no attempt succeeded"
             self.finish(id, .failed, outcome: nil, error: "gave up after \(task.triedAttempts) attempts: \(last)", now: now, into: &directives)
@@ -452,6 +497,7 @@ public struct TaskSubmitter: Sendable {
             // Waits for a slot, without a timer: the next attempt that ends for this capability offers it.
             task.state = .submitted
             task.nextOfferAt = nil
+            task.waiting = .forSlot
             self.tasks[id] = task
             self.waitingForSlot[task.capability, default: TaskQueue()].append(id)
             return
@@ -461,11 +507,12 @@ public struct TaskSubmitter: Sendable {
                 // Everyone declined this round: start a new round after a back-off.
                 task.declinedBy = []
                 self.tasks[id] = task
-                self.scheduleRetry(id, now: now)
+                self.scheduleRetry(id, now: now, waiting: .forNewRound)
                 return
             }
             task.state = .submitted
-            task.nextOfferAt = now + self.settings.retryMaximumDelay
+            task.nextOfferAt = now + self.settings.memberRecheckInterval
+            task.waiting = .forMember
             self.tasks[id] = task
             return
         }
@@ -474,6 +521,7 @@ public struct TaskSubmitter: Sendable {
         self.inFlight[chosen, default: [:]][task.capability, default: 0] += 1
         task.state = .offered
         task.nextOfferAt = nil
+        task.waiting = nil
         task.offerSentAt = now
         self.tasks[id] = task
         directives.append(.persist(task))
@@ -488,27 +536,51 @@ public struct TaskSubmitter: Sendable {
             to: peer)
     }
 
-    /// A run just ended on `peer`, so it has a free slot: the oldest task waiting out a back-off for the same
-    /// capability is offered now instead of at its next retry.
+    /// A run just ended on `peer`, so it has a free slot: the oldest task that every member declined (busy) is
+    /// offered now instead of at its next round. A task backing off after a failure waits its back-off.
     private mutating func offerWaitingTask(
         freedBy peer: NodeID, capability: String, now: Duration, into directives: inout [Directive]
     ) {
         let waiting = self.unfinished.compactMap { self.tasks[$0] }.filter { task in
-            task.state == .submitted && task.capability == capability && (task.nextOfferAt ?? now) > now
+            task.state == .submitted && task.capability == capability && task.waiting == .forNewRound
+                && (task.nextOfferAt ?? now) > now
         }
         guard let oldest = waiting.min(by: { ($0.submittedAt, $0.id) < ($1.submittedAt, $1.id) }) else { return }
         self.tasks[oldest.id]?.declinedBy = []
         self.offer(oldest.id, now: now, into: &directives)
     }
 
-    private mutating func scheduleRetry(_ id: TaskID, now: Duration) {
+    private mutating func scheduleRetry(_ id: TaskID, now: Duration, waiting: Waiting = .forRetry) {
         guard var task = self.tasks[id] else { return }
         var backoff = Backoff(initial: self.settings.retryInitialDelay, maximum: self.settings.retryMaximumDelay)
         for _ in 0..<task.failures { _ = backoff.nextDelay(using: &self.random) }
         task.failures += 1
         task.state = .submitted
         task.nextOfferAt = now + backoff.nextDelay(using: &self.random)
+        task.waiting = waiting
         self.tasks[id] = task
+    }
+
+    /// Why a task timed out, in one sentence (the shell adds the member a run was stopped on).
+    private func timedOut(_ task: SubmittedTask) -> String {
+        let limit = "timed out after \(Self.seconds(task.deadline - task.submittedAt))"
+        if let last = task.currentAttempt, last.acceptedAt != nil, last.outcome == nil || last.outcome == .timedOut {
+            return limit  // it was running
+        }
+        switch task.waiting {
+        case .forMember?: return "\(limit): no live member offers \(task.capability)"
+        case .forSlot?: return "\(limit) waiting for a free slot: every member offering \(task.capability) was busy"
+        default: break
+        }
+        let tried = task.triedAttempts
+        guard tried > 0 else { return limit }
+        return "\(limit) after \(tried) attempt\(tried == 1 ? "" : "s")" + (task.error.map { "; the last: \($0)" } ?? "")
+    }
+
+    /// "3 s", "2.5 s" (to a tenth of a second).
+    public static func seconds(_ duration: Duration) -> String {
+        let tenths = (duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000 + 50) / 100
+        return tenths % 10 == 0 ? "\(tenths / 10) s" : "\(tenths / 10).\(tenths % 10) s"
     }
 
     private mutating func endAttempt(_ id: TaskID, _ outcome: AttemptOutcome, now: Duration) {
