@@ -9,14 +9,16 @@ public struct NodeHome: Sendable {
 
     public init(path: String) { self.path = path }
 
-    /// `--home`, else `$AGENTMESH_HOME`, else `~/.agentmesh`.
+    /// `--home`, else `$AGENTMESH_HOME`, else `$HOME/.agentmesh` (the passwd entry's home only when `$HOME` is unset,
+    /// so a service or container that sets `HOME` gets its own folder).
     public static func resolve(_ explicit: String?, environment: [String: String]? = nil) -> NodeHome {
         let environment = environment ?? ProcessInfo.processInfo.environment
         if let explicit, !explicit.isEmpty { return NodeHome(path: explicit) }
         if let fromEnvironment = environment["AGENTMESH_HOME"], !fromEnvironment.isEmpty {
             return NodeHome(path: fromEnvironment)
         }
-        return NodeHome(path: NSHomeDirectory() + "/.agentmesh")
+        let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()
+        return NodeHome(path: home + "/.agentmesh")
     }
 
     public var identityKeyPath: String { self.path + "/identity.key" }
@@ -32,11 +34,18 @@ public struct NodeHome: Sendable {
     // MARK: - init
 
     /// Creates the identity (and a network key unless one is given). Refuses to touch an existing identity.
-    public func initialize(name: String?, networkKeyFile: String?) throws(HomeError) -> NodeIdentity {
+    /// Creates the identity, and the network key: copied from `networkKeyFile`, or read from `networkKeyText`
+    /// (64 hex digits, as `agentmesh id --network` prints it), or new.
+    public func initialize(name: String?, networkKeyFile: String?, networkKeyText: String? = nil) throws(HomeError) -> NodeIdentity {
         if FileManager.default.fileExists(atPath: self.identityKeyPath) {
             throw .identityExists(self.identityKeyPath)
         }
-        let networkKey = try networkKeyFile.map { file throws(HomeError) in try Self.readNetworkKey(at: file) }
+        var networkKey = try networkKeyFile.map { file throws(HomeError) in try Self.readNetworkKey(at: file) }
+        if let networkKeyText {
+            var bytes = Array(networkKeyText.utf8)
+            defer { wipe(&bytes) }
+            networkKey = try Self.networkKey(from: bytes, source: "--network-key")
+        }
         if let name, !NodeName.isValid(name) {
             throw .invalidName(name)
         }
@@ -78,17 +87,19 @@ public struct NodeHome: Sendable {
 
     // MARK: - Loading
 
-    /// Node-wide limits from `DIR/config.toml` (`[limits]`, `CLASS = "RATE/s[:BURST]"`); none when the file is absent.
-    public func loadConfiguredLimits() throws(HomeError) -> [LimitClass: Rate] {
-        guard FileManager.default.fileExists(atPath: self.configPath) else { return [:] }
+    /// `DIR/config.toml`: every `run` setting (flags override it) and the node-wide `[limits]`; empty when the file
+    /// is absent. An unknown key or table is refused with its name, so a typo never silently does nothing.
+    public func loadRunConfiguration() throws(HomeError) -> RunConfiguration {
+        guard FileManager.default.fileExists(atPath: self.configPath) else { return RunConfiguration() }
         let text = try FileSystem.readText(self.configPath)
         do {
             let document = try TOMLDocument(parsing: text)
-            let unknown = Set(document.tables.keys).subtracting(["", "limits"])
-            guard unknown.isEmpty, document.tables[""]?.isEmpty ?? true else {
-                throw HomeError.malformed(self.configPath, "it may only hold a [limits] table")
+            if let table = Set(document.tables.keys).subtracting(["", "limits"]).sorted().first {
+                throw HomeError.malformed(self.configPath, "unknown table [\(table)]; it may hold the run settings and [limits]")
             }
-            return try PeerDescriptor.parseLimits(document)
+            var configuration = try RunConfiguration(document.tables[""] ?? [:])
+            configuration.limits = try PeerDescriptor.parseLimits(document)
+            return configuration
         } catch let error as HomeError {
             throw error
         } catch {
@@ -134,14 +145,38 @@ public struct NodeHome: Sendable {
     static func readNetworkKey(at path: String) throws(HomeError) -> NetworkKey {
         var bytes = try FileSystem.readBytes(path)
         defer { wipe(&bytes) }
+        return try Self.networkKey(from: bytes, source: path)
+    }
+
+    private static func networkKey(from raw: [UInt8], source: String) throws(HomeError) -> NetworkKey {
+        var bytes = raw
+        defer { wipe(&bytes) }
         if bytes.count != NetworkKey.byteCount {
             let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             guard let decoded = Hex.decode(text), decoded.count == NetworkKey.byteCount else {
-                throw .invalidNetworkKey(path, found: bytes.count)
+                throw .invalidNetworkKey(source, found: bytes.count)
             }
             bytes = decoded
         }
         return try! NetworkKey(key: SecretBytes(copying: bytes))  // the length was checked above
+    }
+
+    /// The network key as text (64 hex digits), to carry to another host over a channel you trust.
+    public static func networkKeyText(_ key: NetworkKey) -> String {
+        var bytes = key.exportKey()
+        defer { wipe(&bytes) }
+        return Hex.encode(bytes)
+    }
+
+    /// A short fingerprint of the network key that two hosts can read to each other to check they hold the same
+    /// key, without revealing it: the first 8 bytes of a domain-separated SHA-256, in four groups.
+    public static func networkKeyFingerprint(_ key: NetworkKey) -> String {
+        var bytes = key.exportKey()
+        defer { wipe(&bytes) }
+        let digest = Hex.encode(Array(SHA256.hash(Array("agentmesh-network-key-fingerprint-v1".utf8), bytes).prefix(8)))
+        return stride(from: 0, to: 16, by: 4).map { offset in
+            String(digest.dropFirst(offset).prefix(4))
+        }.joined(separator: "-")
     }
 
     /// The bearer token that guards the control API over TCP (`run --http`): read from `control.token`, or created
@@ -226,6 +261,72 @@ public struct NodeHome: Sendable {
         let path = self.peersDirectory + "/" + descriptor.fileName
         guard unlink(path) == 0 else { throw .writeFailed(path, String(cString: strerror(errno))) }
         return descriptor
+    }
+}
+
+/// The `run` settings `DIR/config.toml` may hold (keys as `run`'s flags, with `_` for `-`).
+public struct RunConfiguration: Sendable, Equatable {
+    public static let keys = [
+        "listen", "advertise", "join", "capabilities", "timers", "http", "durability", "max_connections", "open",
+        "log_level", "max_input_bytes",
+    ]
+    public var listen: String?
+    public var advertise: String?
+    public var join: [String]?
+    public var capabilities: [String]?
+    public var timers: String?
+    public var http: String?
+    public var durability: String?
+    public var maxConnections: Int?
+    public var open: Bool?
+    public var logLevel: String?
+    public var maxInputBytes: Int?
+    public var limits: [LimitClass: Rate] = [:]
+
+    public init() {}
+
+    struct KeyError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    init(_ table: [String: TOMLDocument.Value]) throws {
+        for key in table.keys.sorted() where !Self.keys.contains(key) {
+            throw KeyError(description: "unknown key '\(key)'; known: \(Self.keys.joined(separator: ", "))")
+        }
+        func string(_ key: String) throws -> String? {
+            guard let value = table[key] else { return nil }
+            guard case .string(let text) = value else { throw KeyError(description: "\(key) must be a string") }
+            return text
+        }
+        func strings(_ key: String) throws -> [String]? {
+            guard let value = table[key] else { return nil }
+            guard case .array(let values) = value else { throw KeyError(description: "\(key) must be an array of strings") }
+            return try values.map { element in
+                guard case .string(let text) = element else { throw KeyError(description: "\(key) must be an array of strings") }
+                return text
+            }
+        }
+        func integer(_ key: String) throws -> Int? {
+            guard let value = table[key] else { return nil }
+            guard case .integer(let number) = value, number > 0, number < Int64(Int32.max) else {
+                throw KeyError(description: "\(key) must be a positive whole number")
+            }
+            return Int(number)
+        }
+        self.listen = try string("listen")
+        self.advertise = try string("advertise")
+        self.join = try strings("join")
+        self.capabilities = try strings("capabilities")
+        self.timers = try string("timers")
+        self.http = try string("http")
+        self.durability = try string("durability")
+        self.maxConnections = try integer("max_connections")
+        if let value = table["open"] {
+            guard case .boolean(let flag) = value else { throw KeyError(description: "open must be true or false") }
+            self.open = flag
+        }
+        self.logLevel = try string("log_level")
+        self.maxInputBytes = try integer("max_input_bytes")
     }
 }
 

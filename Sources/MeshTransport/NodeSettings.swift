@@ -43,6 +43,8 @@ public struct NodeSettings: Sendable {
     public var redialMaximumDelay: Duration = .seconds(30)
     /// Largest task input a client may submit, in bytes of JSON.
     public var maximumTaskInput = 1024 * 1024
+    /// The most `maximumTaskInput` may be: a submission's body is at most 4 MiB, JSON around the input included.
+    public static let largestTaskInput = 4 * 1024 * 1024 - 64 * 1024
     /// Also serve the control API over HTTP on this address (keep it on loopback); every request needs the bearer
     /// token in `DIR/control.token`, created on first use.
     public var httpControl: HostAndPort?

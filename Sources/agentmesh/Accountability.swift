@@ -78,11 +78,18 @@ struct Audit: ParsableCommand {
         let home = self.options.nodeHome
         var logs = AuditFolder.read(home.auditDirectory, keepRecords: !self.verify)
         if let peer = self.peer {
+            let all = logs
             logs = logs.filter { log in
                 let name = (log.file as NSString).lastPathComponent
                 return name.hasPrefix(peer.lowercased()) || log.report?.header.peerName == peer
             }
-            guard !logs.isEmpty else { throw CLIError("no audit log in \(home.auditDirectory) for peer '\(peer)'") }
+            guard !logs.isEmpty else {
+                let known = all.compactMap { $0.report.map { "\($0.header.peerName) (\($0.header.peerID.short))" } }.sorted()
+                throw CLIError(
+                    "no audit log in \(home.auditDirectory) for peer '\(peer)'; "
+                        + (known.isEmpty ? "there are no audit logs yet" : "logs exist for: \(known.joined(separator: ", "))"),
+                    status: .badInput)
+            }
         }
         if self.verify {
             try self.verify(logs, home: home)
@@ -151,7 +158,7 @@ struct Audit: ParsableCommand {
                 rows.append(ShownRecord(peerID: report.header.peerID.description, peerName: report.header.peerName, record: record))
             }
         }
-        rows.sort { ($0.time, $0.index) > ($1.time, $1.index) }
+        rows.sort { ($0.timeMilliseconds, $0.index) > ($1.timeMilliseconds, $1.index) }
         if self.last > 0 { rows = Array(rows.prefix(self.last)) }
         if self.json {
             try printJSON(rows)
@@ -165,7 +172,7 @@ struct Audit: ParsableCommand {
             header: ["TIME", "PEER", "#", "EVENT", "MESSAGE", "TASK", "DETAIL"],
             rows: rows.map { row in
                 [
-                    Date(timeIntervalSince1970: Double(row.time) / 1000).timeOfDay, row.peerName, "\(row.index)", row.event,
+                    Date(timeIntervalSince1970: Double(row.timeMilliseconds) / 1000).timeOfDay, row.peerName, "\(row.index)", row.event,
                     row.message ?? "-", row.task.map { "\(String($0.prefix(12)))#\(row.epoch)" } ?? "-", row.detail,
                 ]
             }))
@@ -188,7 +195,9 @@ struct Audit: ParsableCommand {
         let peerID: String
         let peerName: String
         let index: UInt64
-        let time: Int64
+        /// RFC 3339, UTC, to the millisecond.
+        let time: String
+        let timeMilliseconds: Int64
         let event: String
         let session: UInt64
         let message: String?
@@ -202,7 +211,10 @@ struct Audit: ParsableCommand {
             self.peerID = peerID
             self.peerName = peerName
             self.index = record.index
-            self.time = entry.time
+            let formatter = ISO8601DateFormatter()
+            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            self.time = formatter.string(from: Date(timeIntervalSince1970: Double(entry.time) / 1000))
+            self.timeMilliseconds = entry.time
             self.event = entry.event.description
             self.session = entry.session
             self.message = entry.message == 0 ? nil : TaskMessage.name(ofTag: entry.message)

@@ -38,7 +38,9 @@ struct AgentMesh: AsyncParsableCommand {
 
 /// `--home`, shared by every command.
 struct HomeOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The node's home folder.", valueName: "DIR"))
+    @Option(name: .long, help: ArgumentHelp(
+        "The node's home folder (default: $AGENTMESH_HOME, else $HOME/.agentmesh).", valueName: "DIR"),
+            completion: .directory)
     var home: String?
 
     /// `--home`, else `$AGENTMESH_HOME`, else `~/.agentmesh`.

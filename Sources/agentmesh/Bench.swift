@@ -45,8 +45,17 @@ struct Bench: AsyncParsableCommand {
 
     func run() async throws {
         let home = self.options.nodeHome
-        // Fail with the usual sentence when no node runs here.
-        _ = try reporting { try ControlClient(socketPath: home.controlSocketPath).get("/v1/node", as: ControlAPI.NodeInfo.self) }
+        // Fail with the usual sentence when no node runs here, and at once when nobody could run the tasks.
+        let members = try reporting {
+            try ControlClient(socketPath: home.controlSocketPath).get("/v1/members", as: ControlAPI.Members.self)
+        }.members.filter { $0.status == "alive" }
+        guard members.contains(where: { $0.capabilities.contains { $0.name == self.capability } }) else {
+            let offered = Set(members.flatMap { $0.capabilities.map(\.name) }).sorted()
+            throw CLIError(
+                "no live member offers \(self.capability)"
+                    + (offered.isEmpty ? " (no member offers any capability now)" : "; offered now: \(offered.joined(separator: ", "))"),
+                status: .noCapability)
+        }
         let load = ControlLoad(.init(
             socketPath: home.controlSocketPath, capability: self.capability, requests: self.requests,
             concurrency: self.concurrency, payload: self.payload, duration: self.duration.map { .milliseconds(Int64($0 * 1000)) },

@@ -12,26 +12,53 @@ struct Init: ParsableCommand {
     @Option(help: "A name for this node (A-Z a-z 0-9 . _ -). Default: node-<id prefix>.")
     var name: String?
 
-    @Option(help: ArgumentHelp("Join an existing mesh: copy its network key from this file.", valueName: "FILE"))
+    @Option(help: ArgumentHelp("Join an existing mesh: copy its network key from this file.", valueName: "FILE"),
+            completion: .file())
     var networkKeyFile: String?
+
+    @Option(help: ArgumentHelp(
+        "Join an existing mesh: its network key as 64 hex digits ('agentmesh id --network' on a member prints it).",
+        valueName: "HEX"))
+    var networkKey: String?
+
+    func validate() throws {
+        guard self.networkKeyFile == nil || self.networkKey == nil else {
+            throw ValidationError("give the network key with at most one of --network-key-file and --network-key")
+        }
+    }
 
     func run() throws {
         let home = self.options.nodeHome
-        let identity = try reporting { try home.initialize(name: self.name, networkKeyFile: self.networkKeyFile) }
+        let identity = try reporting {
+            try home.initialize(name: self.name, networkKeyFile: self.networkKeyFile, networkKeyText: self.networkKey)
+        }
+        let networkKey = try reporting { try home.loadNetworkKey() }
         print("Created node \(identity.name) (\(identity.nodeID)) in \(home.path)")
+        print("Network key fingerprint (the same on every node of this mesh): \(NodeHome.networkKeyFingerprint(networkKey))")
         print("Its identity line, for 'agentmesh trust' on other nodes:")
         print(IdentityLine.render(identity.publicIdentity))
     }
 }
 
 struct Id: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print this node's identity line.")
+    static let configuration = CommandConfiguration(
+        abstract: "Print this node's identity line (or, with --network, the mesh's network key and its fingerprint).")
 
     @OptionGroup var options: HomeOptions
 
+    @Flag(help: "Print the network key as text (a SECRET: carry it to a new host over a channel you trust) and its fingerprint.")
+    var network = false
+
     func run() throws {
-        let identity = try reporting { try self.options.nodeHome.loadIdentity() }
-        print(IdentityLine.render(identity.publicIdentity))
+        guard self.network else {
+            let identity = try reporting { try self.options.nodeHome.loadIdentity() }
+            print(IdentityLine.render(identity.publicIdentity))
+            return
+        }
+        let key = try reporting { try self.options.nodeHome.loadNetworkKey() }
+        print("network key  \(NodeHome.networkKeyText(key))")
+        print("fingerprint  \(NodeHome.networkKeyFingerprint(key))")
+        print("On the new host: agentmesh init --network-key \(NodeHome.networkKeyText(key))")
     }
 }
 

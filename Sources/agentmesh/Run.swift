@@ -14,8 +14,8 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var options: HomeOptions
 
-    @Option(help: ArgumentHelp("Where to accept peers; port 0 picks a free port.", valueName: "HOST:PORT"))
-    var listen: String
+    @Option(help: ArgumentHelp("Where to accept peers; port 0 picks a free port (or 'listen' in DIR/config.toml).", valueName: "HOST:PORT"))
+    var listen: String?
 
     @Option(help: ArgumentHelp("A peer to dial, and re-dial whenever the connection drops. Repeatable.",
                                valueName: "HOST:PORT"))
@@ -25,7 +25,7 @@ struct Run: AsyncParsableCommand {
     var open = false
 
     @Option(help: ArgumentHelp(
-        "A capability to offer: builtin:echo, exec:COMMAND ARGS or http:URL as the executor. Repeatable.",
+        "A capability to offer: builtin:echo, exec:COMMAND ARGS (quoted as in a shell) or http:URL as the executor; NAME*N=… runs N at once. Repeatable.",
         valueName: "NAME=EXECUTOR"))
     var capability: [String] = []
 
@@ -33,15 +33,15 @@ struct Run: AsyncParsableCommand {
     var advertise: String?
 
     @Option(help: ArgumentHelp(
-        "Timer preset: lan (probe every 1 s, memberlist's LAN defaults) or local (probe every 200 ms, for one host).",
-        valueName: "lan|local"))
-    var timers: String = "lan"
+        "Timer preset: lan (probe every 1 s, memberlist's LAN defaults; the default) or local (probe every 200 ms, for one host).",
+        valueName: "lan|local"), completion: .list(["lan", "local"]))
+    var timers: String?
 
-    @Option(help: "Sessions kept open at once; beyond it the least recently active are closed.")
-    var maxConnections: Int = 16
+    @Option(help: "Sessions kept open at once; beyond it the least recently active are closed (default 16).")
+    var maxConnections: Int?
 
     @Option(help: ArgumentHelp(
-        "Also serve the control API over HTTP here (keep it on loopback); requests need 'Authorization: Bearer' with the token in DIR/control.token.",
+        "Also serve the control API over HTTP here (keep it on loopback); requests need 'Authorization: Bearer' with the token in DIR/control.token (GET /v1/health needs none).",
         valueName: "HOST:PORT"))
     var http: String?
 
@@ -52,100 +52,123 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp(
         "When a task step counts as stored: fsync (on disk, survives power loss; the default) or process (written to the kernel, survives kill -9 of the node; the disk is synced every 100 ms).",
-        valueName: "fsync|process"))
-    var durability: String = "fsync"
+        valueName: "fsync|process"), completion: .list(["fsync", "process"]))
+    var durability: String?
+
+    @Option(help: "The largest task input this node accepts, in bytes (default 1048576; at most 4128768, as a submission's body is at most 4 MiB).")
+    var maxInputBytes: Int?
 
     @Flag(help: "Start even if an audit log is broken: rename it *.broken-TIME and begin a new one (the node says which).")
     var setAsideBrokenAudit = false
 
-    @Option(help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel: String = "info"
+    @Option(help: "trace, debug, info, notice, warning, error or critical (default info).",
+            completion: .list(["trace", "debug", "info", "notice", "warning", "error", "critical"]))
+    var logLevel: String?
 
-    func validate() throws {
-        _ = try self.parsedListen()
-        _ = try self.parsedJoins()
-        _ = try self.parsedCapabilities()
-        _ = try self.parsedDurability()
-        _ = try self.parsedAdvertise()
-        _ = try self.parsedHTTP()
-        _ = try self.parsedLimits()
-        guard ["lan", "local"].contains(self.timers) else { throw ValidationError("--timers takes lan or local") }
-        guard self.maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
-        guard Logger.Level(rawValue: self.logLevel) != nil else {
-            throw ValidationError("unknown log level '\(self.logLevel)'")
+    /// Flags over `DIR/config.toml` over the defaults, checked; every mistake names the flag or key.
+    struct Effective {
+        var settings: NodeSettings
+        var logLevel: Logger.Level
+    }
+
+    func effectiveSettings(_ file: RunConfiguration) throws -> Effective {
+        func parsed<T>(_ text: String, _ name: String, _ parse: (String) throws -> T) throws -> T {
+            do { return try parse(text) } catch { throw CLIError("\(name): \(error)", status: .badInput) }
         }
-    }
-
-    private func parsedListen() throws -> HostAndPort {
-        do { return try HostAndPort(parsing: self.listen) } catch { throw ValidationError("--listen: \(error)") }
-    }
-
-    private func parsedJoins() throws -> [HostAndPort] {
-        try self.join.map { text in
-            do { return try HostAndPort(parsing: text) } catch { throw ValidationError("--join: \(error)") }
+        let source = { (flag: Bool, key: String) in flag ? "--\(key.replacingOccurrences(of: "_", with: "-"))" : "config.toml \(key)" }
+        guard let listenText = self.listen ?? file.listen else {
+            throw CLIError("give --listen HOST:PORT (or 'listen' in DIR/config.toml)", status: .badInput)
         }
-    }
-
-    private func parsedCapabilities() throws -> [CapabilitySpec] {
-        let specs = try self.capability.map { text in
-            do { return try CapabilitySpec(parsing: text) } catch { throw ValidationError("--capability: \(error)") }
+        let listen = try parsed(listenText, source(self.listen != nil, "listen"), HostAndPort.init(parsing:))
+        let timers = self.timers ?? file.timers ?? "lan"
+        guard ["lan", "local"].contains(timers) else {
+            throw CLIError("\(source(self.timers != nil, "timers")) takes lan or local, not '\(timers)'", status: .badInput)
         }
-        guard Set(specs.map(\.name)).count == specs.count else {
-            throw ValidationError("--capability: each capability name may appear once")
+        var settings = timers == "local" ? NodeSettings.localTesting(listen: listen) : NodeSettings(listen: listen)
+        let joinFlag = !self.join.isEmpty
+        settings.joins = try (joinFlag ? self.join : file.join ?? []).map {
+            try parsed($0, source(joinFlag, "join"), HostAndPort.init(parsing:))
         }
-        return specs
-    }
-
-    private func parsedAdvertise() throws -> HostAndPort? {
-        guard let advertise else { return nil }
-        do { return try HostAndPort(parsing: advertise) } catch { throw ValidationError("--advertise: \(error)") }
-    }
-
-    private func parsedHTTP() throws -> HostAndPort? {
-        guard let http else { return nil }
-        do { return try HostAndPort(parsing: http) } catch { throw ValidationError("--http: \(error)") }
-    }
-
-    private func parsedDurability() throws -> NodeSettings.Durability {
-        guard let durability = NodeSettings.Durability(rawValue: self.durability) else {
-            throw ValidationError("--durability must be fsync or process, not '\(self.durability)'")
+        let capabilityFlag = !self.capability.isEmpty
+        settings.capabilities = try (capabilityFlag ? self.capability : file.capabilities ?? []).map {
+            try parsed($0, source(capabilityFlag, "capabilities"), CapabilitySpec.init(parsing:))
         }
-        return durability
-    }
-
-    private func parsedLimits() throws -> [LimitClass: Rate] {
-        var limits: [LimitClass: Rate] = [:]
+        guard Set(settings.capabilities.map(\.name)).count == settings.capabilities.count else {
+            throw CLIError("\(source(capabilityFlag, "capabilities")): each capability name may appear once", status: .badInput)
+        }
+        settings.advertise = try (self.advertise ?? file.advertise).map {
+            try parsed($0, source(self.advertise != nil, "advertise"), HostAndPort.init(parsing:))
+        }
+        settings.httpControl = try (self.http ?? file.http).map { try parsed($0, source(self.http != nil, "http"), HostAndPort.init(parsing:)) }
+        let durability = self.durability ?? file.durability ?? "fsync"
+        guard let mode = NodeSettings.Durability(rawValue: durability) else {
+            throw CLIError("\(source(self.durability != nil, "durability")) must be fsync or process, not '\(durability)'", status: .badInput)
+        }
+        settings.durability = mode
+        settings.maximumConnections = self.maxConnections ?? file.maxConnections ?? settings.maximumConnections
+        guard settings.maximumConnections >= 1 else { throw CLIError("--max-connections must be at least 1", status: .badInput) }
+        settings.maximumTaskInput = self.maxInputBytes ?? file.maxInputBytes ?? settings.maximumTaskInput
+        guard (1...NodeSettings.largestTaskInput).contains(settings.maximumTaskInput) else {
+            throw CLIError("the input limit must be 1 to \(NodeSettings.largestTaskInput) bytes", status: .badInput)
+        }
+        settings.isOpen = self.open || file.open == true
+        settings.limits.rates.merge(file.limits) { _, new in new }
         for text in self.limit {
             do {
                 let (limitClass, rate) = try Rate.parseLimit(text)
-                limits[limitClass] = rate
+                settings.limits.rates[limitClass] = rate
             } catch {
-                throw ValidationError("--limit: \(error)")
+                throw CLIError("--limit: \(error)", status: .badInput)
             }
         }
-        return limits
+        settings.setAsideBrokenAuditLogs = self.setAsideBrokenAudit
+        let levelText = self.logLevel ?? file.logLevel ?? "info"
+        guard let level = Logger.Level(rawValue: levelText) else {
+            throw CLIError("unknown log level '\(levelText)'", status: .badInput)
+        }
+        for spec in settings.capabilities {
+            if case .exec(let command, _) = spec.executor, !Self.isExecutable(command) {
+                throw CLIError(
+                    "capability \(spec.name): '\(command)' is not an executable file nor a command on PATH", status: .badInput)
+            }
+        }
+        return Effective(settings: settings, logLevel: level)
+    }
+
+    /// As `posix_spawnp` will look it up: a path, or a name searched in PATH.
+    static func isExecutable(_ command: String) -> Bool {
+        if command.contains("/") { return FileManager.default.isExecutableFile(atPath: command) }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        return path.split(separator: ":").contains { FileManager.default.isExecutableFile(atPath: "\($0)/\(command)") }
+    }
+
+    func validate() throws {
+        // What needs no file: the formats of the flags given (config.toml is checked when the node starts).
+        if let listen { do { _ = try HostAndPort(parsing: listen) } catch { throw ValidationError("--listen: \(error)") } }
+        for text in self.join { do { _ = try HostAndPort(parsing: text) } catch { throw ValidationError("--join: \(error)") } }
+        for text in self.capability {
+            do { _ = try CapabilitySpec(parsing: text) } catch { throw ValidationError("--capability: \(error)") }
+        }
+        if let timers { guard ["lan", "local"].contains(timers) else { throw ValidationError("--timers takes lan or local") } }
+        if let maxConnections { guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") } }
+        if let logLevel { guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") } }
+        if let durability {
+            guard NodeSettings.Durability(rawValue: durability) != nil else {
+                throw ValidationError("--durability must be fsync or process, not '\(durability)'")
+            }
+        }
+        for text in self.limit { do { _ = try Rate.parseLimit(text) } catch { throw ValidationError("--limit: \(error)") } }
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: self.logLevel) ?? .info
-        LoggingSystem.bootstrap { _ in LineLogHandler(logLevel: level) }
-        let logger = Logger(label: "agentmesh")
         let home = self.options.nodeHome
+        let effective = try self.effectiveSettings(try reporting { try home.loadRunConfiguration() })
+        let settings = effective.settings
+        LoggingSystem.bootstrap { _ in LineLogHandler(logLevel: effective.logLevel) }
+        let logger = Logger(label: "agentmesh")
         let identity = try reporting { try home.loadIdentity() }
         let networkKey = try reporting { try home.loadNetworkKey() }
-        var settings = self.timers == "local"
-            ? NodeSettings.localTesting(listen: try self.parsedListen()) : NodeSettings(listen: try self.parsedListen())
-        settings.maximumConnections = self.maxConnections
-        settings.joins = try self.parsedJoins()
-        settings.isOpen = self.open
-        settings.capabilities = try self.parsedCapabilities()
-        settings.advertise = try self.parsedAdvertise()
-        settings.httpControl = try self.parsedHTTP()
-        let configured = try reporting { try home.loadConfiguredLimits() }
-        settings.limits.rates.merge(configured) { _, new in new }
-        settings.limits.rates.merge(try self.parsedLimits()) { _, new in new }
-        settings.setAsideBrokenAuditLogs = self.setAsideBrokenAudit
-        settings.durability = try self.parsedDurability()
+        Self.warnAboutUnreachableAdvertise(settings, logger: logger)
 
         let node = MeshNode(home: home, identity: identity, networkKey: networkKey, settings: settings, logger: logger)
         let address: HostAndPort
@@ -162,5 +185,24 @@ struct Run: AsyncParsableCommand {
             services: [.init(service: node, successTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+    }
+
+    /// Peers on other hosts cannot dial a wildcard or loopback address: say so before they fail to.
+    static func warnAboutUnreachableAdvertise(_ settings: NodeSettings, logger: Logger) {
+        let advertised = (settings.advertise ?? settings.listen).host
+        let isLoopback = advertised == "localhost" || advertised.hasPrefix("127.") || advertised == "::1"
+        let isWildcard = advertised == "0.0.0.0" || advertised == "::"
+        let remoteJoin = settings.joins.first { join in
+            !(join.host == "localhost" || join.host.hasPrefix("127.") || join.host == "::1")
+        }
+        if isWildcard {
+            logger.warning("peers cannot dial \(advertised); give --advertise with this host's address", metadata: [
+                "listen": "\(settings.listen)",
+            ])
+        } else if isLoopback, let remoteJoin {
+            logger.warning("this node advertises a loopback address but joins another host; give --advertise with this host's address", metadata: [
+                "advertise": "\(advertised)", "join": "\(remoteJoin)",
+            ])
+        }
     }
 }

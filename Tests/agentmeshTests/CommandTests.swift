@@ -23,7 +23,7 @@ import MeshControl
     }
 
     @Test(arguments: [
-        ["run", "--listen", "nonsense"], ["run", "--listen", "127.0.0.1:70000"], ["run"],
+        ["run", "--listen", "nonsense"], ["run", "--listen", "127.0.0.1:70000"], ["run", "--durability", "sometimes"],
         ["run", "--listen", "127.0.0.1:1", "--join", "host"], ["run", "--listen", "127.0.0.1:1", "--log-level", "loud"],
     ])
     func badRunArgumentsAreRejected(arguments: [String]) {
@@ -221,12 +221,12 @@ import MeshControl
         defer { try? FileManager.default.removeItem(atPath: root) }
         let home = NodeHome(path: root + "/a")
         _ = try home.initialize(name: "a", networkKeyFile: nil)
-        #expect(try home.loadConfiguredLimits().isEmpty, "no config.toml: no limits of its own")
+        #expect(try home.loadRunConfiguration().limits.isEmpty, "no config.toml: no limits of its own")
         try "[limits]\noffers = \"20/s:20\"\nbytes = \"8M/s\"\n".write(toFile: home.configPath, atomically: true, encoding: .utf8)
-        #expect(try home.loadConfiguredLimits() == [.offers: Rate(perSecond: 20, burst: 20), .bytes: Rate(perSecond: 8 * 1024 * 1024)])
+        #expect(try home.loadRunConfiguration().limits == [.offers: Rate(perSecond: 20, burst: 20), .bytes: Rate(perSecond: 8 * 1024 * 1024)])
         for bad in ["[limits]\noffers = \"fast\"\n", "[limits]\nnope = \"1/s\"\n", "name = \"x\"\n", "[limits\n"] {
             try bad.write(toFile: home.configPath, atomically: true, encoding: .utf8)
-            #expect(throws: HomeError.self) { try home.loadConfiguredLimits() }
+            #expect(throws: HomeError.self) { try home.loadRunConfiguration().limits }
         }
         let refused = try Self.agentmesh("run", "--home", home.path, "--listen", "127.0.0.1:0")
         #expect(refused.status != 0)
