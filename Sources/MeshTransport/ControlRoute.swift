@@ -7,7 +7,8 @@ enum ControlRoute: Equatable {
     case members
     case node
     case limits
-    case leave
+    /// `POST /v1/leave[?drain=S]`: with `drain`, finish the runs in progress (up to S seconds) before leaving.
+    case leave(drain: Duration?)
     /// `GET /v1/health`
     case health
     /// `GET /v1/executing`: the tasks peers gave this node to run.
@@ -33,7 +34,7 @@ enum ControlRoute: Equatable {
         case ("members", 2): self = request.method == "GET" ? .members : Self.notAllowed(request)
         case ("node", 2): self = request.method == "GET" ? .node : Self.notAllowed(request)
         case ("limits", 2): self = request.method == "GET" ? .limits : Self.notAllowed(request)
-        case ("leave", 2): self = request.method == "POST" ? .leave : Self.notAllowed(request)
+        case ("leave", 2): self = request.method == "POST" ? Self.leaveRoute(request.query) : Self.notAllowed(request)
         case ("health", 2): self = request.method == "GET" ? .health : Self.notAllowed(request)
         case ("executing", 2): self = request.method == "GET" ? .executing : Self.notAllowed(request)
         case ("tasks", 2...4): self = Self.taskRoute(request, parts)
@@ -94,6 +95,14 @@ enum ControlRoute: Equatable {
             filter.limit = limit
         }
         return .listTasks(filter)
+    }
+
+    private static func leaveRoute(_ query: [String: String]) -> ControlRoute {
+        guard let text = query["drain"] else { return .leave(drain: nil) }
+        guard let seconds = Double(text), seconds >= 0, seconds <= 86_400 else {
+            return .refused(status: 400, message: "drain must be a number of seconds from 0 to 86400")
+        }
+        return .leave(drain: .milliseconds(Int64(seconds * 1000)))
     }
 
     private static func notAllowed(_ request: ControlRequest) -> ControlRoute {

@@ -53,8 +53,8 @@ extension MeshNode {
         case .members: respond(.json(self.members()))
         case .node: respond(.json(self.nodeInfo()))
         case .limits: respond(.json(self.limitsReport()))
-        case .leave:
-            self.requestLeave()
+        case .leave(let drain):
+            self.requestLeave(drain: drain)
             respond(.json(["leaving": true], status: 202))
         case .submit(let body, let wait):
             self.submitTask(body, wait: wait, respond: respond)

@@ -51,7 +51,8 @@ public actor MeshNode: Service {
 
     private struct Signals: Sendable {
         let dials = AsyncStream<(NodeID, HostAndPort)>.makeStream(bufferingPolicy: .bufferingNewest(1024))
-        let leave = AsyncStream<Void>.makeStream()
+        /// A leave, with how long to drain first (nil: leave now).
+        let leave = AsyncStream<Duration?>.makeStream()
     }
 
     typealias Connections = ConnectionTable<PeerSession, WireMessage>
@@ -282,12 +283,20 @@ public actor MeshNode: Service {
                 }
             }
             // Runs until SIGTERM/SIGINT (graceful shutdown), `agentmesh leave`, or cancellation.
-            await withTaskGroup(of: Void.self) { waiters in
-                waiters.addTask { try? await gracefulShutdown() }
-                waiters.addTask { for await _ in self.signals.leave.stream { return } }
-                await waiters.next()
+            let drain = await withTaskGroup(of: Duration?.self) { waiters in
+                waiters.addTask {
+                    try? await gracefulShutdown()
+                    return nil
+                }
+                waiters.addTask {
+                    for await drain in self.signals.leave.stream { return drain }
+                    return nil
+                }
+                let drain = await waiters.next() ?? nil
                 waiters.cancelAll()
+                return drain
             }
+            if let drain { await self.drain(within: drain) }
             await self.announceLeave()
             await self.stop()
             self.signals.dials.continuation.finish()
@@ -296,9 +305,29 @@ public actor MeshNode: Service {
         self.logger.info("stopped")
     }
 
-    /// `agentmesh leave`: announce the leave, then stop as on SIGTERM.
-    public nonisolated func requestLeave() {
-        self.signals.leave.continuation.yield()
+    /// `agentmesh leave`: announce the leave, then stop as on SIGTERM. With `drain`, first stop taking tasks and
+    /// finish the runs in progress, their results delivered and acknowledged, for at most that long.
+    public nonisolated func requestLeave(drain: Duration? = nil) {
+        self.signals.leave.continuation.yield(drain)
+    }
+
+    private func drain(within limit: Duration) async {
+        guard case .running = self.state else { return }
+        self.runner.setDraining()
+        // Members stop choosing this node once its record offers nothing; a late offer is declined `draining`.
+        self.membership.updateLocal(capabilities: [])
+        self.logger.info("draining before leaving", metadata: [
+            "tasks": "\(self.runner.allTasks.count)", "within": "\(TaskSubmitter.seconds(limit))",
+        ])
+        let deadline = ContinuousClock.now + limit
+        while !self.runner.allTasks.isEmpty, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        if !self.runner.allTasks.isEmpty {
+            self.logger.warning("leaving with tasks not finished; their submitters offer them elsewhere", metadata: [
+                "tasks": "\(self.runner.allTasks.count)",
+            ])
+        }
     }
 
     /// Tells every live member this node is leaving, and gives the messages a moment to go out, so the mesh marks
@@ -717,6 +746,8 @@ public actor MeshNode: Service {
                 "member": "\(self.memberName(id))", "incarnation": "\(incarnation)", "accuser": "\(self.memberName(accuser))",
             ])
         case .left(let id):
+            // What it was running (it stopped without draining) is offered elsewhere at once.
+            self.executorDied(id)
             self.logger.info("member left", metadata: ["member": "\(self.memberName(id))"])
         case .reaped(let id):
             self.lastHeardFrom[id] = nil

@@ -88,23 +88,45 @@ func ago(_ date: Date, now: Date) -> String {
 
 struct Leave: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Leave the mesh gracefully and stop the node (members see it as 'left' at once).")
+        abstract: "Leave the mesh gracefully and stop the node (members see it as 'left' at once).",
+        discussion: """
+            Without --drain the node stops at once: the tasks it was running are offered elsewhere by their \
+            submitters straight away. With --drain it first stops taking tasks and finishes those it runs, their \
+            results delivered, for at most --drain-timeout seconds.
+            """)
 
     @OptionGroup var options: HomeOptions
+
+    @Flag(help: "Finish the tasks this node runs for peers before leaving.")
+    var drain = false
+
+    @Option(help: "With --drain: the longest to wait for them, in seconds.")
+    var drainTimeout: Double = 60
+
+    func validate() throws {
+        guard self.drainTimeout >= 0, self.drainTimeout <= 86_400 else {
+            throw ValidationError("--drain-timeout must be 0 to 86400 seconds")
+        }
+    }
 
     func run() throws {
         let home = self.options.nodeHome
         let client = ControlClient(socketPath: home.controlSocketPath)
-        let response = try reporting { try client.request(method: "POST", path: "/v1/leave") }
+        var path = "/v1/leave"
+        if self.drain { path += "?drain=\(self.drainTimeout)" }
+        let response = try reporting { try client.request(method: "POST", path: path) }
         guard response.status == 202 else {
             throw CLIError("the node refused to leave (HTTP \(response.status))")
         }
+        if self.drain { print("draining: the node finishes the tasks it runs (at most \(Int(self.drainTimeout)) s), then leaves") }
         // The node removes its control socket as the last step of stopping.
-        for _ in 0..<100 where FileManager.default.fileExists(atPath: home.controlSocketPath) {
+        let patience: Double = self.drain ? 10 + self.drainTimeout : 10
+        let deadline = Date().addingTimeInterval(patience)
+        while FileManager.default.fileExists(atPath: home.controlSocketPath), Date() < deadline {
             Thread.sleep(forTimeInterval: 0.1)
         }
         guard !FileManager.default.fileExists(atPath: home.controlSocketPath) else {
-            throw CLIError("the node announced its leave but has not stopped after 10 s")
+            throw CLIError("the node announced its leave but has not stopped after \(Int(patience)) s")
         }
         print("left the mesh; the node has stopped")
     }

@@ -63,6 +63,8 @@ public struct TaskRunner: Sendable {
     public let capacity: [String: Int]
     /// False while the store cannot make accepted tasks durable: new offers are declined.
     public private(set) var isStorageAvailable = true
+    /// Leaving after the runs in progress: new offers are declined `draining`.
+    public private(set) var isDraining = false
     private var tasks: [TaskID: AcceptedTask] = [:]
     private var running: [String: Int] = [:]
 
@@ -80,6 +82,8 @@ public struct TaskRunner: Sendable {
     public var allTasks: [AcceptedTask] { self.tasks.values.sorted { ($0.deadline, $0.id) < ($1.deadline, $1.id) } }
 
     public mutating func setStorageAvailable(_ available: Bool) { self.isStorageAvailable = available }
+
+    public mutating func setDraining() { self.isDraining = true }
 
     /// Reloads tasks from storage after a restart. Finished ones wait for their acknowledgement. Unfinished ones are
     /// held: the run in progress died with the process, and the submitter may since have re-offered the task
@@ -161,6 +165,10 @@ public struct TaskRunner: Sendable {
         }
         guard self.isStorageAvailable else {
             directives.append(.send(.decline(offer.id, epoch: offer.epoch, reason: .storageUnavailable), to: peer))
+            return
+        }
+        guard !self.isDraining else {
+            directives.append(.send(.decline(offer.id, epoch: offer.epoch, reason: .draining), to: peer))
             return
         }
         guard let limit = self.capacity[offer.capability] else {
