@@ -112,7 +112,7 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
             return .builtinEcho
         } else if executor.hasPrefix("exec:") {
             let words = try Self.words(String(executor.dropFirst(5)), in: text)
-            guard let command = words.first else { throw ParseError(description: "'\(text)': exec: needs a command") }
+            guard let command = words.first, !command.isEmpty else { throw ParseError(description: "'\(text)': exec: needs a command") }
             return .exec(command: command, arguments: Array(words.dropFirst()))
         } else if executor.hasPrefix("http:") {
             let url = String(executor.dropFirst(5))

@@ -110,8 +110,19 @@ import Testing
         #expect(try CapabilitySpec(parsing: "agent=http:http://127.0.0.1:8080/run").executor == .http(url: "http://127.0.0.1:8080/run"))
     }
 
+    /// Issue 13: `exec:sh -c 'cat; echo'` was split on every space.
+    @Test func execCommandLinesSplitAsAShellWouldAndRoundTrip() throws {
+        let spec = try CapabilitySpec(parsing: #"x=exec:sh -c 'cat; echo "hi"' "two words" a\ b "q\"uote" ''"#)
+        #expect(spec.executor == .exec(command: "sh", arguments: ["-c", #"cat; echo "hi""#, "two words", "a b", #"q"uote"#, ""]))
+        let again = try CapabilitySpec(parsing: "x=\(spec.executor)")
+        #expect(again.executor == spec.executor, "the description parses back: \(spec.executor)")
+        let apostrophe = CapabilitySpec.Executor.exec(command: "echo", arguments: ["it's"])
+        #expect(try CapabilitySpec(parsing: "x=\(apostrophe)").executor == apostrophe)
+    }
+
     @Test(arguments: ["echo", "echo*0=builtin:echo", "echo*=builtin:echo", "echo*x=builtin:echo", "echo*70000=builtin:echo",
-                      "bad name=builtin:echo", "echo=exec:", "echo=http:ftp://x", "echo=magic:x"])
+                      "bad name=builtin:echo", "echo=exec:", "echo=http:ftp://x", "echo=magic:x", "echo=exec:sh -c 'open",
+                      "echo=exec:sh -c \"open", "echo=exec:trailing\\", "echo=exec:''"])
     func badCapabilitiesSayWhy(text: String) {
         #expect(throws: CapabilitySpec.ParseError.self) { try CapabilitySpec(parsing: text) }
     }
