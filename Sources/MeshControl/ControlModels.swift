@@ -343,6 +343,28 @@ public enum ControlAPI {
         }
     }
 
+    /// `GET /v1/tasks/ID/logs`: what the executor wrote to stderr (the node keeps the last 64 KiB of each task's).
+    public struct TaskLog: Codable, Sendable, Equatable {
+        public let id: String
+        /// The byte offsets of `text` in the whole log; pass `to` as `after` to read on.
+        public let from: Int
+        public let to: Int
+        /// Bytes after the requested offset that are no longer kept.
+        public let dropped: Int
+        public let text: String
+        /// The task has ended: nothing more will come.
+        public let finished: Bool
+
+        package init(id: String, from: Int, to: Int, dropped: Int, text: String, finished: Bool) {
+            self.id = id
+            self.from = from
+            self.to = to
+            self.dropped = dropped
+            self.text = text
+            self.finished = finished
+        }
+    }
+
     /// A task a peer offered this node and it accepted: what `tasks --executing` lists on a worker.
     public struct ExecutingTask: Codable, Sendable, Equatable {
         public let id: String

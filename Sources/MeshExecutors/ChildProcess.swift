@@ -133,13 +133,19 @@ final class ChildProcess: Sendable {
 
     /// Everything the process writes to stdout, up to `limit` bytes (nil when it writes more), and the last
     /// `tailLength` bytes of stderr.
-    func collectOutput(limit: Int, tailLength: Int) async -> (stdout: [UInt8]?, stderrTail: [UInt8]) {
+    /// Stdout (nil past `limit`), and the last `tailLength` bytes of stderr, all of which also goes to `onStderr` as
+    /// it is read.
+    func collectOutput(
+        limit: Int, tailLength: Int, onStderr: @escaping @Sendable ([UInt8]) -> Void
+    ) async -> (stdout: [UInt8]?, stderrTail: [UInt8]) {
         async let output = Self.readAll(self.stdout, limit: limit)
-        async let errors = Self.readAll(self.stderr, limit: nil, keepingLast: tailLength)
+        async let errors = Self.readAll(self.stderr, limit: nil, keepingLast: tailLength, each: onStderr)
         return await (output, errors ?? [])
     }
 
-    private static func readAll(_ fd: Int32, limit: Int?, keepingLast tail: Int? = nil) async -> [UInt8]? {
+    private static func readAll(
+        _ fd: Int32, limit: Int?, keepingLast tail: Int? = nil, each: (@Sendable ([UInt8]) -> Void)? = nil
+    ) async -> [UInt8]? {
         await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
                 var collected: [UInt8] = []
@@ -149,6 +155,7 @@ final class ChildProcess: Sendable {
                     let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                     if count < 0, errno == EINTR { continue }
                     if count <= 0 { break }
+                    each?(Array(chunk[0..<count]))
                     if overflowed { continue }  // keep draining so the writer never blocks
                     collected += chunk[0..<count]
                     if let tail, collected.count > tail { collected.removeFirst(collected.count - tail) }

@@ -43,8 +43,10 @@ package enum TaskExecution {
         }
     }
 
+    /// `stderr` receives what an `exec:` agent writes to stderr, as it writes it.
     package static func run(
-        _ executor: CapabilitySpec.Executor, input: [UInt8], timeout: Duration, context: Context
+        _ executor: CapabilitySpec.Executor, input: [UInt8], timeout: Duration, context: Context,
+        stderr: @escaping @Sendable ([UInt8]) -> Void = { _ in }
     ) async -> TaskOutcome {
         guard timeout > .zero else { return .timedOut("the deadline passed before the task started") }
         switch executor {
@@ -52,7 +54,8 @@ package enum TaskExecution {
             return .success(input)
         case .exec(let command, let arguments):
             return await self.runProcess(
-                command: command, arguments: arguments, input: input, timeout: timeout, environment: context.environment)
+                command: command, arguments: arguments, input: input, timeout: timeout, environment: context.environment,
+                stderr: stderr)
         case .http(let url):
             return await self.post(url: url, input: input, timeout: timeout, headers: context.fields)
         }
@@ -63,7 +66,8 @@ package enum TaskExecution {
     /// Nothing here blocks a Swift concurrency thread: pipe I/O and the wait for the exit run on GCD threads, and
     /// cancellation signals the process group. (On two cores, two blocked pool threads would freeze the whole node.)
     private static func runProcess(
-        command: String, arguments: [String], input: [UInt8], timeout: Duration, environment: [String: String]
+        command: String, arguments: [String], input: [UInt8], timeout: Duration, environment: [String: String],
+        stderr: @escaping @Sendable ([UInt8]) -> Void
     ) async -> TaskOutcome {
         let process: ChildProcess
         do {
@@ -71,7 +75,8 @@ package enum TaskExecution {
         } catch {
             return .failure(error.description)
         }
-        async let output = process.collectOutput(limit: TaskMessage.maximumInputLength, tailLength: Self.stderrTailLength)
+        async let output = process.collectOutput(
+            limit: TaskMessage.maximumInputLength, tailLength: Self.stderrTailLength, onStderr: stderr)
         let ending = await withTaskCancellationHandler {
             await withTaskGroup(of: Ending.self) { group in
                 group.addTask {

@@ -21,6 +21,8 @@ enum ControlRoute: Equatable {
     case task(TaskReference, wait: Duration?)
     /// `POST /v1/tasks/ID/cancel`
     case cancel(TaskReference)
+    /// `GET /v1/tasks/ID/logs[?after=N&wait=S]`: the run's stderr after byte N, long-polled for more
+    case taskLog(TaskReference, after: Int, wait: Duration?)
     /// Answered without the node: a bad path, method or parameter.
     case refused(status: Int, message: String)
 
@@ -58,6 +60,16 @@ enum ControlRoute: Equatable {
         case ("GET", 3):
             guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
             return .task(reference, wait: wait)
+        case ("GET", 4) where parts[3] == "logs":
+            guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
+            var after = 0
+            if let text = request.query["after"] {
+                guard let offset = Int(text), offset >= 0 else {
+                    return .refused(status: 400, message: "after must be a byte offset, 0 or more")
+                }
+                after = offset
+            }
+            return .taskLog(reference, after: after, wait: wait)
         case ("POST", 4) where parts[3] == "cancel":
             guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
             return .cancel(reference)

@@ -70,6 +70,11 @@ extension MeshNode {
             case .found(let id): self.whenTaskEnds(id, within: wait ?? .zero) { respond(self.taskDocument(id)) }
             case .refused(let response): respond(response)
             }
+        case .taskLog(let reference, let after, let wait):
+            switch self.resolve(reference) {
+            case .found(let id): self.whenTaskLogs(id, after: after, within: wait ?? .zero) { respond(.json(self.taskLog(id, after: after))) }
+            case .refused(let response): respond(response)
+            }
         case .cancel(let reference):
             switch self.resolve(reference) {
             case .found(let id):
@@ -190,6 +195,26 @@ extension MeshNode {
         })
     }
 
+    private func taskLog(_ id: TaskID, after: Int) -> ControlAPI.TaskLog {
+        let log = self.taskLogs.log(id) ?? TaskLog()
+        let (bytes, dropped) = log.read(after: after)
+        return ControlAPI.TaskLog(
+            id: id.description, from: min(after, log.total) + dropped, to: log.total, dropped: dropped,
+            text: String(decoding: bytes, as: UTF8.self), finished: self.submittedTask(id)?.state.isTerminal ?? true)
+    }
+
+    /// Calls `then` once the log has bytes after `after`, the task has ended, or `timeout` passed.
+    private func whenTaskLogs(_ id: TaskID, after: Int, within timeout: Duration, then: @escaping () -> Void) {
+        guard let task = self.submitter.task(id), !task.state.isTerminal, timeout > .zero,
+            (self.taskLogs.log(id)?.total ?? 0) <= after
+        else { return then() }
+        self.logWaiters.add(id, wake: then) { token in
+            self.loop.scheduleTask(in: TimeAmount(timeout)) {
+                self.assumeIsolated { node in node.logWaiters.remove(id, token: token)?.wake() } as Void
+            }
+        }
+    }
+
     private func health() -> ControlAPI.Health {
         let serving = self.isServing
         let store = self.commitGate.isStoreWritable ? "ok" : "not writable"
@@ -255,6 +280,10 @@ extension MeshNode {
     }
 
     func wakeWaiters(for id: TaskID) {
+        for waiter in self.logWaiters.removeAll(id) {
+            waiter.expiry.cancel()
+            waiter.wake()
+        }
         for waiter in self.waiters.removeAll(id) {
             waiter.expiry.cancel()
             waiter.wake()
@@ -262,6 +291,6 @@ extension MeshNode {
     }
 
     func wakeAllWaiters() {
-        for id in self.waiters.tasks { self.wakeWaiters(for: id) }
+        for id in Set(self.waiters.tasks + self.logWaiters.tasks) { self.wakeWaiters(for: id) }
     }
 }

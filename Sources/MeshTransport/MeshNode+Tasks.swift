@@ -20,6 +20,13 @@ extension MeshNode {
             self.runTaskRunner { $0.receive(message, from: peer, now: self.now) }
         case .accept, .decline, .result, .held:
             self.runSubmitter { $0.receive(message, from: peer, now: self.now) }
+        case .log(let id, let epoch, let chunk):
+            guard self.submitter.acceptsLog(id, epoch: epoch, from: peer) else { return }
+            self.taskLogs.append(chunk, to: id)
+            for waiter in self.logWaiters.removeAll(id) {
+                waiter.expiry.cancel()
+                waiter.wake()
+            }
         }
     }
 
@@ -265,7 +272,13 @@ extension MeshNode {
         self.executions[task.id] = Task {
             let context = TaskExecution.Context(
                 taskID: task.id, attempt: task.epoch, deadline: self.clock.wallClockDate(for: task.deadline))
-            let outcome = await TaskExecution.run(spec.executor, input: task.input, timeout: timeout, context: context)
+            let loop = self.loop
+            // Read on a GCD thread; one `execute` per chunk keeps them in order on the node's loop.
+            let stderr: @Sendable ([UInt8]) -> Void = { chunk in
+                loop.execute { self.assumeIsolated { node in node.runTaskRunner { $0.logged(task.id, chunk) } } }
+            }
+            let outcome = await TaskExecution.run(
+                spec.executor, input: task.input, timeout: timeout, context: context, stderr: stderr)
             self.executionFinished(task.id, outcome: outcome)
         }
     }

@@ -91,6 +91,10 @@ public actor MeshNode: Service {
     var executions: [TaskID: Task<Void, Never>] = [:]
     /// Clients long-polling for a task to end.
     var waiters = TaskWaiters()
+    /// Clients following a task's log (`task ID --logs -f`), woken by new bytes or the task's end.
+    var logWaiters = TaskWaiters()
+    /// The stderr of this node's tasks' runs, as their executors forward it.
+    var taskLogs = TaskLogBook()
     /// Task actions and client answers held until the store and the audit log have committed what they need.
     var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
         storeCommitted: 0, auditCommitted: 0)

@@ -262,11 +262,23 @@ struct TaskCommand: ParsableCommand {
     @Flag(help: "Wait for the task to end; exit as 'submit --wait' does.")
     var wait = false
 
+    @Flag(help: "Print what the executor wrote to stderr (this node keeps the last 64 KiB of each task's).")
+    var logs = false
+
+    @Flag(name: [.long, .customShort("f")], help: "With --logs: follow the log until the task ends.")
+    var follow = false
+
     @Flag(help: "Print the task as JSON.")
     var json = false
 
+    func validate() throws {
+        guard !self.follow || self.logs else { throw ValidationError("--follow goes with --logs") }
+        guard !(self.logs && (self.wait || self.json)) else { throw ValidationError("--logs prints the log; leave out --wait and --json") }
+    }
+
     func run() throws {
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+        if self.logs { return try self.printLogs(client) }
         var task = try reporting { try client.get("/v1/tasks/\(self.id)", as: ControlAPI.TaskInfo.self) }
         if self.wait {
             task = try waitForEnd(task, client: client)
@@ -292,6 +304,24 @@ struct TaskCommand: ParsableCommand {
         if task.state == "completed" { print("result: \(try resultText(task.result))") }
         if let error = task.error { print("error: \(error)") }
         if self.wait { try reportEnd(of: task, json: false) }
+    }
+
+    private func printLogs(_ client: ControlClient) throws {
+        var offset = 0
+        while true {
+            let wait = self.follow ? "&wait=30" : ""
+            let log = try reporting {
+                try client.decode(
+                    client.request(method: "GET", path: "/v1/tasks/\(self.id)/logs?after=\(offset)\(wait)", timeout: .seconds(40)),
+                    as: ControlAPI.TaskLog.self)
+            }
+            if log.dropped > 0 {
+                FileHandle.standardError.write(Data("[\(log.dropped) bytes of the log are no longer kept]\n".utf8))
+            }
+            FileHandle.standardOutput.write(Data(log.text.utf8))
+            offset = log.to
+            guard self.follow, !(log.finished && log.text.isEmpty) else { return }
+        }
     }
 }
 

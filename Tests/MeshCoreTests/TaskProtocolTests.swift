@@ -645,3 +645,44 @@ extension TaskProtocolTests {
         #expect(mesh.submitter.task(second)?.state == .completed)
     }
 }
+
+@Suite struct TaskLogTests {
+    @Test func aLogKeepsItsLastBytesAndAReaderResumesOrLearnsWhatWasDropped() {
+        var log = TaskLog()
+        log.append(Array("hello ".utf8))
+        log.append(Array("world".utf8))
+        #expect(log.total == 11)
+        #expect(String(decoding: log.read(after: 0).bytes, as: UTF8.self) == "hello world")
+        #expect(String(decoding: log.read(after: 6).bytes, as: UTF8.self) == "world")
+        #expect(log.read(after: 11).bytes.isEmpty && log.read(after: 99).bytes.isEmpty)
+        log.append([UInt8](repeating: 0x2E, count: TaskLog.capacity))
+        let (bytes, dropped) = log.read(after: 0)
+        #expect(bytes.count == TaskLog.capacity && dropped == 11, "the oldest 11 bytes are gone, and the reader is told")
+    }
+
+    @Test func theBookKeepsTheNewestTasksLogs() {
+        var book = TaskLogBook(maximumTasks: 2)
+        for number in 1...3 { book.append([UInt8(number)], to: TaskID(high: 0, low: UInt64(number))) }
+        #expect(book.log(TaskID(high: 0, low: 1)) == nil)
+        #expect(book.log(TaskID(high: 0, low: 3))?.total == 1)
+        book.append([9], to: TaskID(high: 0, low: 2))
+        #expect(book.log(TaskID(high: 0, low: 2))?.total == 2)
+    }
+
+    @Test func aRunForwardsItsStderrInChunksUpToTheLimitAndSaysWhenItStops() throws {
+        var runner = TaskRunner(capacity: ["echo": 1])
+        let id = TaskID(high: 5, low: 5)
+        let submitter = NodeID(high: 1, low: 1)
+        _ = runner.receive(.offer(TaskOffer(id: id, epoch: 2, capability: "echo", input: [], timeRemaining: .seconds(9))), from: submitter, now: .zero)
+        let first = runner.logged(id, [UInt8](repeating: 0x61, count: 10_000))
+        #expect(first.count == 3, "4 KiB messages")
+        #expect(first.allSatisfy { if case .send(.log(id, 2, _), submitter) = $0 { return true } else { return false } })
+        var sent = 10_000
+        while sent < TaskRunner.forwardedLogLimit { sent += 10_000; _ = runner.logged(id, [UInt8](repeating: 0x61, count: 10_000)) }
+        #expect(runner.logged(id, [0x62]).isEmpty, "past the limit nothing more goes")
+        let message = TaskMessage.log(id, epoch: 2, chunk: Array("line\n".utf8))
+        #expect(try TaskMessage(decoding: message.encoded()) == message)
+        _ = runner.finished(id, outcome: .success([]), now: .seconds(1))
+        #expect(runner.logged(id, [0x63]).isEmpty, "a finished run logs nothing")
+    }
+}

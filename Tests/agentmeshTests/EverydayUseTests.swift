@@ -103,6 +103,34 @@ import Testing
         #expect(noNode.status == 4)
     }
 
+    /// An executor's stderr reaches the submitter while the task runs: `task ID --logs -f` prints it as it comes.
+    @Test func aTasksStderrIsFollowedFromTheSubmittingNode() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-everyday-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "b"])
+        let a = Node(home: "\(root)/a")
+        let b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try a.start(join: nil)
+        try b.start(join: a.address, capabilities: [
+            "chatty=exec:sh -c 'for i in 1 2 3; do echo \"step $i of $AGENTMESH_TASK_ID\" >&2; sleep 0.3; done; echo 7'",
+        ])
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false })
+        let id = try Self.agentmesh("submit", "--home", a.home, "--capability", "chatty", "--input", "{}").stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let started = Date()
+        let followed = try Self.agentmesh("task", "--home", a.home, String(id.prefix(8)), "--logs", "-f")
+        #expect(followed.status == 0, "\(followed.stderr)")
+        #expect(followed.stdout == (1...3).map { "step \($0) of \(id)\n" }.joined(), "\(followed.stdout)")
+        #expect(Date().timeIntervalSince(started) >= 0.5, "it followed the run instead of reading a finished log")
+        #expect(try Self.task(a.home, id).state == "completed")
+        let again = try Self.agentmesh("task", "--home", a.home, id, "--logs")
+        #expect(again.stdout == followed.stdout, "kept after the run")
+        let nothing = try Self.agentmesh("task", "--home", a.home, id, "--follow")
+        #expect(nothing.status == 64)
+    }
+
     @Test func configFileNetworkKeyTextStatusAndTrustCommands() throws {
         try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
         let root = "/tmp/am-everyday-" + UUID().uuidString.prefix(8)

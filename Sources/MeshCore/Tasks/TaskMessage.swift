@@ -99,21 +99,25 @@ public enum TaskMessage: Sendable, Equatable {
     case held(TaskID, epoch: UInt32)
     /// The submitter's go-ahead for a held task.
     case resume(TaskID, epoch: UInt32)
+    /// Executor → submitter while the run goes on: bytes the executor wrote to stderr (at most `maximumLogChunk`).
+    case log(TaskID, epoch: UInt32, chunk: [UInt8])
+
+    public static let maximumLogChunk = 4 * 1024
 
     public static let maximumInputLength = 16 * 1024 * 1024 - 1024
 
-    /// The message's tag on the wire (1 offer … 8 resume).
+    /// The message's tag on the wire (1 offer … 8 resume, 9 log).
     public var tag: UInt8 { self.encodedHeaderTag }
 
     public static func name(ofTag tag: UInt8) -> String {
-        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume"][Int(tag) < 9 ? Int(tag) : 0]
+        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log"][Int(tag) < 10 ? Int(tag) : 0]
     }
 
     public var epoch: UInt32 {
         switch self {
         case .offer(let offer): return offer.epoch
         case .accept(_, let epoch), .decline(_, let epoch, _), .result(_, let epoch, _), .resultAck(_, let epoch),
-            .cancel(_, let epoch), .held(_, let epoch), .resume(_, let epoch):
+            .cancel(_, let epoch), .held(_, let epoch), .resume(_, let epoch), .log(_, let epoch, _):
             return epoch
         }
     }
@@ -128,6 +132,7 @@ public enum TaskMessage: Sendable, Equatable {
         case .cancel: return 6
         case .held: return 7
         case .resume: return 8
+        case .log: return 9
         }
     }
 
@@ -135,7 +140,7 @@ public enum TaskMessage: Sendable, Equatable {
         switch self {
         case .offer(let offer): return offer.id
         case .accept(let id, _), .decline(let id, _, _), .result(let id, _, _), .resultAck(let id, _), .cancel(let id, _),
-            .held(let id, _), .resume(let id, _):
+            .held(let id, _), .resume(let id, _), .log(let id, _, _):
             return id
         }
     }
@@ -186,6 +191,9 @@ public enum TaskMessage: Sendable, Equatable {
             header(id, epoch)
         case .resume(let id, let epoch):
             header(id, epoch)
+        case .log(let id, let epoch, let chunk):
+            header(id, epoch)
+            writer.longBytes(chunk)
         }
         return writer.bytes
     }
@@ -239,6 +247,8 @@ public enum TaskMessage: Sendable, Equatable {
                 self = .held(id, epoch: epoch)
             case 8:
                 self = .resume(id, epoch: epoch)
+            case 9:
+                self = .log(id, epoch: epoch, chunk: try reader.longBytes("log", limit: Self.maximumLogChunk))
             default:
                 throw DecodeError(description: "unknown task message tag \(tag)")
             }

@@ -28,6 +28,8 @@ public struct TaskRunner: Sendable {
         var lastSent: Duration?
         /// The run was stopped because the deadline passed (not because the submitter cancelled it).
         var isStoppedAtDeadline = false
+        /// Bytes of stderr forwarded to the submitter during this run.
+        var loggedBytes = 0
 
         /// A task as the store kept it.
         public init(
@@ -59,6 +61,8 @@ public struct TaskRunner: Sendable {
     }
 
     public let settings: Settings
+    /// How much of one run's stderr goes to the submitter live; the rest is left out, with a note saying so.
+    public static let forwardedLogLimit = 256 * 1024
     /// How many tasks of each capability may run at once.
     public let capacity: [String: Int]
     /// False while the store cannot make accepted tasks durable: new offers are declined.
@@ -134,7 +138,7 @@ public struct TaskRunner: Sendable {
             task.isHeld = false
             self.tasks[id] = task
             directives.append(.start(task))
-        case .accept, .decline, .result, .held:
+        case .accept, .decline, .result, .held, .log:
             break  // submitter-side messages; a confused peer's are ignored here
         }
         return directives
@@ -187,6 +191,23 @@ public struct TaskRunner: Sendable {
         directives.append(.persistAccepted(task))
         directives.append(.send(.accept(offer.id, epoch: offer.epoch), to: peer))
         directives.append(.start(task))
+    }
+
+    /// The running executor wrote `chunk` to stderr: it goes to the submitter, in pieces a message can carry, until
+    /// the run has forwarded `forwardedLogLimit` bytes.
+    public mutating func logged(_ id: TaskID, _ chunk: [UInt8]) -> [Directive] {
+        guard var task = self.tasks[id], task.outcome == nil, !task.isHeld, task.loggedBytes < Self.forwardedLogLimit
+        else { return [] }
+        var forwarded = Array(chunk.prefix(Self.forwardedLogLimit - task.loggedBytes))
+        task.loggedBytes += forwarded.count
+        if task.loggedBytes >= Self.forwardedLogLimit {
+            forwarded += Array("\n[agentmesh: the rest of this run's stderr is not forwarded (256 KiB limit)]\n".utf8)
+        }
+        self.tasks[id] = task
+        return stride(from: 0, to: forwarded.count, by: TaskMessage.maximumLogChunk).map { start in
+            .send(.log(id, epoch: task.epoch, chunk: Array(forwarded[start..<min(start + TaskMessage.maximumLogChunk, forwarded.count)])),
+                  to: task.submitter)
+        }
     }
 
     /// The executor finished (or was stopped). Persist, then send the result.

@@ -375,11 +375,17 @@ public struct TaskSubmitter: Sendable {
             }
             directives.append(.send(.resume(id, epoch: epoch), to: peer))
 
-        case .offer, .resultAck, .cancel, .resume:
-            break  // executor-side messages
+        case .offer, .resultAck, .cancel, .resume, .log:
+            break  // executor-side messages; logs are kept by the shell (see `acceptsLog`)
         }
         self.offerQueuedTasks(now: now, into: &directives)
         return directives
+    }
+
+    /// Whether a log chunk from `peer` belongs to the task's current run (a superseded run's stderr is not kept).
+    public func acceptsLog(_ id: TaskID, epoch: UInt32, from peer: NodeID) -> Bool {
+        guard let task = self.tasks[id], let current = task.currentAttempt else { return false }
+        return current.epoch == epoch && current.peer == peer
     }
 
     /// The client cancelled: a running attempt is told to stop; the task ends as canceled either way.
