@@ -77,6 +77,17 @@ import Testing
         #expect(slow.status == 2)
         #expect(slow.stderr.contains("timed out after 2 s on a"), "\(slow.stderr)")
 
+        // Ctrl-C while waiting stops the waiting, not the task, and says how to wait again or cancel.
+        let waiting = try SpawnedProcess(
+            CommandLineTests.binary, ["submit", "--home", home, "--capability", "slow", "--input", "{}", "--wait"])
+        #expect(MeshProcessTests.waitUntil(10) { waiting.stderr.contains("submitted; waiting") })
+        waiting.signal(SIGINT)
+        #expect(waiting.waitForExit() == 130)
+        #expect(waiting.stderr.contains("stopped waiting; task ") && waiting.stderr.contains("--wait   waits again"))
+        let goesOn = try #require(waiting.stderr.split(separator: " ").dropFirst().first { $0.count == 32 }.map(String.init))
+        #expect(try Self.task(home, goesOn).state == "running")
+        #expect(try Self.agentmesh("cancel", "--home", home, goesOn).status == 0)
+
         // Id prefixes, task --wait, cancel, and the list.
         let id = try Self.agentmesh("submit", "--home", home, "--capability", "slow", "--input", "{}").stdout
             .trimmingCharacters(in: .whitespacesAndNewlines)
