@@ -31,7 +31,15 @@ struct AgentMesh: AsyncParsableCommand {
             FileHandle.standardError.write(Data("Error: \(error.description)\n".utf8))
             Foundation.exit(error.status.rawValue)
         } catch {
-            exit(withError: error)
+            // Help and --version print as ArgumentParser prints them; a usage mistake is one sentence, as every
+            // other error is, with where to read more.
+            let status = exitCode(for: error)
+            guard status != .success else { exit(withError: error) }
+            let command = CommandLine.arguments.dropFirst().first { !$0.hasPrefix("-") }
+                .flatMap { name in Self.configuration.subcommands.first { $0._commandName == name }?._commandName }
+            FileHandle.standardError.write(Data(
+                "Error: \(message(for: error)) (see 'agentmesh \(command.map { "\($0) " } ?? "")--help')\n".utf8))
+            Foundation.exit(status.rawValue)
         }
     }
 }

@@ -112,6 +112,10 @@ import Testing
 
         let noNode = try Self.agentmesh("submit", "--home", "\(root)/none", "--capability", "echo", "--input", "{}")
         #expect(noNode.status == 4)
+        // A usage mistake is one sentence too, with where to read more, and exits 64.
+        let usage = try Self.agentmesh("submit", "--capability", "echo")
+        #expect(usage.status == 64)
+        #expect(usage.stderr == "Error: give the input with exactly one of --input or --input-file (see 'agentmesh submit --help')\n")
     }
 
     /// An executor's stderr reaches the submitter while the task runs: `task ID --logs -f` prints it as it comes.
