@@ -92,7 +92,7 @@ let package = Package(
         .target(
             name: "MeshTestKit",
             dependencies: [
-                "MeshCore", "MeshCrypto", "MeshWire",
+                "MeshCore", "MeshCrypto", "MeshWire", "MeshControl",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

@@ -93,13 +93,7 @@ public struct NodeHome: Sendable {
         guard FileManager.default.fileExists(atPath: self.configPath) else { return RunConfiguration() }
         let text = try FileSystem.readText(self.configPath)
         do {
-            let document = try TOMLDocument(parsing: text)
-            if let table = Set(document.tables.keys).subtracting(["", "limits"]).sorted().first {
-                throw HomeError.malformed(self.configPath, "unknown table [\(table)]; it may hold the run settings and [limits]")
-            }
-            var configuration = try RunConfiguration(document.tables[""] ?? [:])
-            configuration.limits = try PeerDescriptor.parseLimits(document)
-            return configuration
+            return try RunConfiguration(parsing: text)
         } catch let error as HomeError {
             throw error
         } catch {
@@ -287,6 +281,16 @@ public struct RunConfiguration: Sendable, Equatable {
 
     struct KeyError: Error, CustomStringConvertible {
         let description: String
+    }
+
+    /// A whole `config.toml`: the run settings at the top, `[limits]`, nothing else.
+    public init(parsing text: String) throws {
+        let document = try TOMLDocument(parsing: text)
+        if let table = Set(document.tables.keys).subtracting(["", "limits"]).sorted().first {
+            throw KeyError(description: "unknown table [\(table)]; it may hold the run settings and [limits]")
+        }
+        try self.init(document.tables[""] ?? [:])
+        self.limits = try PeerDescriptor.parseLimits(document)
     }
 
     init(_ table: [String: TOMLDocument.Value]) throws {

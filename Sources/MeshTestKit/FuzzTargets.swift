@@ -1,3 +1,4 @@
+import MeshControl
 import MeshCore
 import MeshCrypto
 import MeshWire
@@ -9,6 +10,7 @@ import NIOCore
 public enum FuzzTargets {
     public static let names = [
         "frames", "hello", "finish", "response", "payload", "message", "membership", "identity-line", "toml",
+        "audit-log", "config", "submit-json",
     ]
 
     /// Runs the named target; false if there is no such target.
@@ -23,6 +25,12 @@ public enum FuzzTargets {
         case "membership": membership(data)
         case "identity-line": _ = try? IdentityLine.parse(String(decoding: data, as: UTF8.self))
         case "toml": _ = try? PeerDescriptor(parsing: String(decoding: data, as: UTF8.self))
+        // A log file as `audit --verify` and a starting node read it: header, chain, checkpoints, a torn tail.
+        case "audit-log": _ = try? AuditReader.read(data)
+        // DIR/config.toml: every run setting and the [limits] rates.
+        case "config": _ = try? RunConfiguration(parsing: String(decoding: data, as: UTF8.self))
+        // A submission's body on the control API.
+        case "submit-json": _ = try? ControlAPI.SubmitRequest(parsing: data)
         default: return false
         }
         return true

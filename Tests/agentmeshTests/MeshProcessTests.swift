@@ -263,8 +263,14 @@ import MeshCore
         #expect(Self.waitUntil { ["b", "c"].allSatisfy { a.status(of: $0)?.capabilities.isEmpty == false } })
 
         let ids = try (0..<150).map { try a.submit("echo", number: $0) }
-        // Kill c while it is busy, bring it back on the same home.
+        // Kill c while it is busy (its own API lists runs in progress just before), bring it back on the same home.
         #expect(Self.waitUntil { (Self.runs(in: log).values.joined().count) >= 40 })
+        var inFlight: [ControlAPI.ExecutingTask] = []
+        #expect(Self.waitUntil {
+            inFlight = ((try? c.client.get("/v1/executing", as: ControlAPI.ExecutingTasks.self))?.tasks ?? [])
+                .filter { $0.state == "running" }
+            return !inFlight.isEmpty
+        }, "c had work in flight when it was killed")
         c.signal(SIGKILL)
         Thread.sleep(forTimeInterval: 0.5)
         try c.start(join: a.address, capabilities: ["echo=exec:python3 \(worker) \(log) c 0.02"])
@@ -280,6 +286,7 @@ import MeshCore
         let runs = Self.runs(in: log)
         #expect(Self.overlapping(runs) == [], "tasks that ran twice at the same time")
         #expect(runs.count == 150, "every task ran")
+        #expect(inFlight.allSatisfy { tasks[$0.id]?.state == "completed" }, "the runs the kill cut short completed")
         let cID = try #require(a.status(of: "c")?.id)
         for node in [a, b, c] { node.signal(SIGTERM) }
 
