@@ -75,6 +75,10 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     /// Event-loop time of the last bytes received (the loop's clock, so tests can drive it).
     private var lastInbound = NIODeadline.uptimeNanoseconds(0)
     private var closeReason = SecureSession.CloseReason.normal
+    /// After our close frame: the full close, once the peer closes its side or `closeLinger` has passed.
+    private var lingering: (close: Scheduled<Void>, promise: EventLoopPromise<Void>?)?
+    /// How long a closed session keeps reading (and discarding) so that the close frame is not lost to a reset.
+    static let closeLinger = TimeAmount.seconds(1)
     private var pingNonce: UInt64 = 0
 
     init(
@@ -125,6 +129,11 @@ final class SecureChannelHandler: ChannelDuplexHandler {
         case .established, .closed:
             self.phase = .closed
             self.stopTimers()
+        }
+        if let lingering = self.lingering {
+            lingering.close.cancel()
+            lingering.promise?.succeed()
+            self.lingering = nil
         }
         context.fireChannelInactive()
     }
@@ -377,8 +386,20 @@ final class SecureChannelHandler: ChannelDuplexHandler {
         }
         var buffer = context.channel.allocator.buffer(capacity: frame.count + FrameCodec.lengthPrefixSize)
         FrameCodec.write(frame: frame, to: &buffer)
+        // Closing with the peer's bytes unread makes the kernel send a reset, which can destroy the close frame
+        // before the peer reads it (a flooding peer always has bytes in flight). So: the frame, then our FIN, then
+        // keep reading and discarding until the peer closes too, or for at most `closeLinger`.
         context.writeAndFlush(self.wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in
-            context.close(mode: mode, promise: promise)
+            let linger = context.eventLoop.assumeIsolated().scheduleTask(in: Self.closeLinger) {
+                self.lingering = nil
+                context.close(mode: .all, promise: promise)
+            }
+            self.lingering = (linger, promise)
+            context.close(mode: .output).assumeIsolated().whenFailure { _ in
+                linger.cancel()
+                self.lingering = nil
+                context.close(mode: .all, promise: promise)
+            }
         }
     }
 

@@ -183,6 +183,9 @@ final class RawConnection: Sendable {
 
     /// Closes the socket once. A second close could close a descriptor that NIO, in this same process, has just
     /// been given the same number for (an accepted socket), and NIO stops the process on EBADF.
+    /// Sends an end of file (the node sees the peer hang up) and keeps reading, so the node's close can be seen.
+    func finishSending() { shutdown(self.fd, Int32(SHUT_WR)) }
+
     func shut() {
         guard self.isShut.withLock({ shut in defer { shut = true }; return !shut }) else { return }
         close(self.fd)
