@@ -88,6 +88,17 @@ import Testing
         #expect(c.checkpoints >= 1, "requestCheckpoints signs every log with unsigned records")
     }
 
+    /// Issue 19: the cadence itself, not a shutdown checkpoint: 600 records with nobody asking sign exactly two.
+    @Test func aCheckpointIsSignedEvery256RecordsWithoutBeingAsked() async throws {
+        defer { try? FileManager.default.removeItem(atPath: self.directory) }
+        let log = try AuditLog(directory: self.directory, identity: self.identity)
+        try await self.appendDurably(log, self.entries(600, for: self.peerB))
+        let b = try #require(AuditFolder.read(self.directory, keepRecords: true).first { $0.report?.header.peerName == "b" }?.report)
+        #expect(b.problem == nil)
+        #expect(b.checkpoints == 600 / AuditLog.checkpointEvery, "one per \(AuditLog.checkpointEvery) records")
+        #expect(b.unsignedAtEnd == 600 % AuditLog.checkpointEvery, "the rest waits for the next")
+    }
+
     /// A crash mid-append: the incomplete record is cut off at start-up, reported, and noted in the log itself.
     @Test func aTornTailIsCutOffAndReported() async throws {
         defer { try? FileManager.default.removeItem(atPath: self.directory) }
