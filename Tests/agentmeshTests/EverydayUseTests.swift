@@ -191,6 +191,11 @@ import Testing
         #expect(limits.defaults["offers"] == "50/s:50")
         let health = try ControlClient(socketPath: "\(root)/a/control.sock").get("/v1/health", as: ControlAPI.Health.self)
         #expect(health.status == "ok")
+        let limitsShown = try Self.agentmesh("limits", "--home", "\(root)/a")
+        #expect(limitsShown.status == 0 && limitsShown.stdout.contains("offers=50/s:50"), "config.toml's [limits]: \(limitsShown.stdout)")
+        #expect(limitsShown.stdout.hasSuffix("no peer has sent anything yet\n"))
+        let limitsNoNode = try Self.agentmesh("limits", "--home", "\(root)/b")
+        #expect(limitsNoNode.status == 4 && limitsNoNode.stderr.contains("no node is running here"))
 
         // peers, and untrust by name.
         let bLine = try String(contentsOfFile: "\(root)/b/identity.pub", encoding: .utf8)
