@@ -272,6 +272,62 @@ import Glibc
         await runningA.stop()
     }
 
+    /// The real thing (issue 19): the node's whole home folder on a tmpfs filled to the last byte.
+    @Test(.enabled(if: canMountTmpfs, "needs root to mount a small tmpfs"))
+    func aStoreOnAFullDiskRefusesNewTasksAndLosesNothingItAcknowledged() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let home = a.home.path
+        let aside = home + ".aside"
+        try FileManager.default.copyItem(atPath: home, toPath: aside)
+        try #require(mount("tmpfs", home, "tmpfs", 0, "size=2m,mode=0700") == 0)
+        defer { umount(home) }
+        for item in try FileManager.default.contentsOfDirectory(atPath: aside) {
+            try FileManager.default.copyItem(atPath: aside + "/" + item, toPath: home + "/" + item)
+        }
+        var runningA = try await a.start()  // nobody offers "echo" yet: the tasks stay in the store
+        let padding = String(repeating: "x", count: 20_000)
+        var acknowledged: [(id: String, number: Int)] = []
+        func submit(_ number: Int) async throws -> ControlResponse {
+            let response = try await Self.post(runningA, "echo", ["n": number, "pad": padding])
+            if response.status == 202 {
+                acknowledged.append((try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(response.body)).id, number))
+            }
+            return response
+        }
+        for number in 0..<3 { #expect(try await submit(number).status == 202) }
+
+        // Fill the file system to the last byte, then submit until the store refuses.
+        let descriptor = open(home + "/filler", O_WRONLY | O_CREAT, 0o600)
+        let chunk = [UInt8](repeating: 0, count: 4096)
+        while chunk.withUnsafeBytes({ write(descriptor, $0.baseAddress!, 4096) }) > 0 {}
+        while chunk.withUnsafeBytes({ write(descriptor, $0.baseAddress!, 1) }) > 0 {}
+        close(descriptor)
+        var refusal: ControlResponse?
+        for number in 3..<200 {
+            let response = try await submit(number)
+            if response.status != 202 {
+                refusal = response
+                break
+            }
+        }
+        let refusalText = String(decoding: refusal?.body ?? [], as: UTF8.self)
+        #expect(refusal?.status == 507, "\(refusalText)")
+        #expect(refusalText.contains("task store") || refusalText.contains("could not be stored"), "\(refusalText)")
+        #expect(await eventually { !a.logs.matching("cannot write the task store; refusing new tasks until it can").isEmpty })
+        await runningA.stop()
+
+        // With room again (and the capability), every acknowledged task is still there and completes.
+        try FileManager.default.removeItem(atPath: home + "/filler")
+        runningA = try await a.start { $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)] }
+        for (id, number) in acknowledged {
+            let task = try await Self.wait(runningA, id)
+            #expect(task.state == "completed", "task \(number): \(task.state) \(task.error ?? "")")
+            #expect(task.result == ControlAPI.JSONValue(["n": number, "pad": padding]))
+        }
+        await runningA.stop()
+    }
+
     @Test func anExecutorThatCannotStoreDeclinesAndTheTaskRunsElsewhere() async throws {
         let mesh = try TestMesh()
         let (a, b, c) = (try mesh.node("a"), try mesh.node("b"), try mesh.node("c"))
