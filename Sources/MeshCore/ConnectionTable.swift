@@ -102,9 +102,11 @@ public struct ConnectionTable<Handle, Message> {
     /// Over the bound, the least recently active sessions that are not join connections (their loop would only
     /// dial again) are closed.
     private mutating func prune(keeping newest: NodeID) -> [(Handle, CloseCause)] {
-        let excess = self.all.count - self.maximumConnections
+        // Sessions already closing here still count until they end, but are not chosen again.
+        let open = self.all.values.filter { self.closedHere[$0.number] == nil }
+        let excess = open.count - self.maximumConnections
         guard excess > 0 else { return [] }
-        let victims = self.all.values
+        let victims = open
             .filter { !$0.origin.isJoin && $0.peer != newest }
             .sorted { $0.lastActivity < $1.lastActivity }
             .prefix(excess)

@@ -64,6 +64,23 @@ import Testing
         #expect(number == 4 && table.count == 3)
     }
 
+    /// Issue 19: a session being closed stays listed until it ends; it must not be chosen again, or the next
+    /// registration prunes nothing real (30 nodes with a bound of 4 held up to 9 sessions each).
+    @Test func aSessionAlreadyClosingIsNotPrunedAgain() {
+        var table = Table(maximumConnections: 2)
+        _ = table.register(peer: Self.peer(1), handle: "a", origin: .accepted, initiator: Self.peer(1), now: .seconds(1))
+        _ = table.register(peer: Self.peer(2), handle: "b", origin: .accepted, initiator: Self.peer(2), now: .seconds(2))
+        guard case .registered(_, let first, _) = table.register(
+            peer: Self.peer(3), handle: "c", origin: .accepted, initiator: Self.peer(3), now: .seconds(3))
+        else { Issue.record("registration failed"); return }
+        #expect(first.map(\.0) == ["a"])
+        // "a" has not ended yet when "d" arrives: "b" goes now, not "a" again.
+        guard case .registered(_, let second, _) = table.register(
+            peer: Self.peer(4), handle: "d", origin: .accepted, initiator: Self.peer(4), now: .seconds(4))
+        else { Issue.record("registration failed"); return }
+        #expect(second.map(\.0) == ["b"])
+    }
+
     @Test func messagesForAnUnconnectedMemberWaitForOneDialAndAreBounded() {
         var table = Table(maximumConnections: 4, maximumPendingSends: 2)
         let member = Self.peer(7)
