@@ -196,6 +196,15 @@ import Testing
         #expect(limitsShown.stdout.hasSuffix("no peer has sent anything yet\n"))
         let limitsNoNode = try Self.agentmesh("limits", "--home", "\(root)/b")
         #expect(limitsNoNode.status == 4 && limitsNoNode.stderr.contains("no node is running here"))
+        // The other client commands' mistakes: no node, a bad id, an unknown task.
+        for arguments in [["leave"], ["bench", "--capability", "echo"], ["cancel", "abcd1234"], ["task", "abcd1234"], ["tasks"]] {
+            let outcome = try CommandLineTests.agentmesh(Array(arguments.prefix(1)) + ["--home", "\(root)/b"] + arguments.dropFirst())
+            #expect(outcome.status == 4, "\(arguments): \(outcome.stderr)")
+        }
+        let badID = try Self.agentmesh("cancel", "--home", "\(root)/a", "not-an-id")
+        #expect(badID.status == 64 && badID.stderr.contains("is not a task id"), "\(badID.stderr)")
+        let unknownTask = try Self.agentmesh("cancel", "--home", "\(root)/a", String(repeating: "0", count: 32))
+        #expect(unknownTask.status == 1 && unknownTask.stderr.contains("no task 000"), "\(unknownTask.stderr)")
 
         // peers, and untrust by name.
         let bLine = try String(contentsOfFile: "\(root)/b/identity.pub", encoding: .utf8)
