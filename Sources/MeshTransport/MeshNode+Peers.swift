@@ -146,13 +146,15 @@ extension MeshNode {
     }
 
     /// Signs transcripts that have waited long enough; now and then asks the audit log for checkpoints and forgets
-    /// source addresses whose connection buckets are full again (so a scan from many addresses leaves nothing behind).
+    /// source addresses whose connection buckets are full again (so a scan from many addresses leaves nothing behind)
+    /// and peers that are gone and owe nothing (so a stream of fresh identities in open mode leaves nothing either).
     func accountabilityTick(now: Duration) {
         let (actions, checkpointDue) = self.accountability.tick(now: now, time: AuditLog.wallClockMilliseconds())
         self.perform(actions)
         if checkpointDue {
             self.auditLog?.requestCheckpoints()
             self.gate.addresses.withLock { $0.forgetIdle(now: now) }
+            self.accountability.forgetIdlePeers(now: now)
         }
     }
 

@@ -34,6 +34,35 @@ import Testing
         #expect(machine.sessionEnded(4, reason: "again", time: 3).isEmpty)
     }
 
+    /// Open mode admits any holder of the network key: identities that came and went, owing nothing, are forgotten;
+    /// a connected peer and a banned one are remembered.
+    @Test func peersThatAreGoneAndOweNothingAreForgotten() {
+        var machine = Self.accountability(offers: Rate(perSecond: 1, burst: 2))
+        let visitors = (0..<50).map { NodeIdentity(name: "v\($0)").publicIdentity }
+        for (index, visitor) in visitors.enumerated() {
+            let session = UInt64(100 + index)
+            _ = machine.sessionStarted(session, peer: visitor, handshakeHash: Self.handshakeHash, detail: "x", time: 0)
+            _ = machine.received(.task(Self.offer(1), digest: []), bytes: 80, from: visitor.nodeID, session: session, now: .zero, time: 0)
+            _ = machine.sessionEnded(session, reason: "gone", time: 0)
+        }
+        // b, still connected, floods until it is banned, then its session ends.
+        for n in 0..<200 where machine.limiter.bannedUntil(Self.peerID, now: .milliseconds(n)) == nil {
+            _ = machine.received(
+                .task(Self.offer(UInt64(n)), digest: []), bytes: 80, from: Self.peerID, session: 1, now: .milliseconds(n), time: 0)
+        }
+        #expect(machine.limiter.banCount(Self.peerID) == 1)
+        _ = machine.sessionEnded(1, reason: "banned", time: 0)
+        let stayer = NodeIdentity(name: "stayer").publicIdentity
+        _ = machine.sessionStarted(9, peer: stayer, handshakeHash: Self.handshakeHash, detail: "x", time: 0)
+        #expect(machine.peers.count == 52)
+
+        machine.forgetIdlePeers(now: .milliseconds(500))
+        #expect(machine.peers.count == 52, "the visitors' buckets are not full again yet")
+        machine.forgetIdlePeers(now: .seconds(60))
+        #expect(Set(machine.peers.keys) == [Self.peerID, stayer.nodeID], "the banned peer and the connected one stay")
+        #expect(machine.limiter.banCount(Self.peerID) == 1, "its ban is remembered, so a second one lasts longer")
+    }
+
     @Test func aTaskMessageIsAuditedWithItsDigestThenDelivered() {
         var machine = Self.accountability()
         let digest = [UInt8](repeating: 1, count: 32)

@@ -97,6 +97,15 @@ public struct PeerAccountability: Sendable {
             AuditEntry(.connected, time: time, session: number, detail: detail, extra: handshakeHash), peer: peer.nodeID)]
     }
 
+    /// Peers with no session, no ban on record and full buckets are forgotten (their limits start afresh if they
+    /// come back), so a node in open mode does not grow with every identity that ever connected.
+    public mutating func forgetIdlePeers(now: Duration) {
+        let connected = Set(self.sessions.values.map(\.peer))
+        self.limiter.forgetIdle(now: now, except: connected)
+        let remembered = self.limiter.keys
+        self.peers = self.peers.filter { connected.contains($0.key) || remembered.contains($0.key) }
+    }
+
     public mutating func sessionEnded(_ number: UInt64, reason: String, time: Int64) -> [Action] {
         guard let session = self.sessions.removeValue(forKey: number) else { return [] }
         return [.audit(AuditEntry(.disconnected, time: time, session: number, detail: reason), peer: session.peer)]

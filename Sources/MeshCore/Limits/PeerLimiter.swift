@@ -250,9 +250,9 @@ public struct PeerLimiter<Key: Hashable & Sendable>: Sendable {
 
     /// Drops the state of keys that would start over the same way: every bucket full again, no ban, no recent
     /// offence. Keeps memory bounded where keys come and go (source addresses); their counters go with them.
-    public mutating func forgetIdle(now: Duration) {
+    public mutating func forgetIdle(now: Duration, except kept: Set<Key> = []) {
         let window = self.settings.escalationWindow
-        for key in self.keys {
+        for key in self.keys where !kept.contains(key) {
             let idle = (self.buckets[key] ?? [:]).values.allSatisfy { $0.theoreticalArrival <= now }
             let standing = self.standings[key]
             let quiet = standing.map { standing in
@@ -262,6 +262,7 @@ public struct PeerLimiter<Key: Hashable & Sendable>: Sendable {
             if idle && quiet {
                 self.buckets[key] = nil
                 self.standings[key] = nil
+                self.overrides[key] = nil
             }
         }
     }
