@@ -25,10 +25,14 @@ public enum ControlAPI {
         public let store: String
         /// "ok", or why the audit log cannot be written now.
         public let auditLog: String
+        /// Messages (and their bytes) received from peers since the node started.
+        public let messagesReceived: UInt64
+        public let bytesReceived: UInt64
 
         package init(
             id: String, name: String, listen: String, identityLine: String, open: Bool, startedAt: Date,
-            audit: AuditCost?, joins: [JoinStatus] = [], store: String = "ok", auditLog: String = "ok"
+            audit: AuditCost?, joins: [JoinStatus] = [], store: String = "ok", auditLog: String = "ok",
+            messagesReceived: UInt64 = 0, bytesReceived: UInt64 = 0
         ) {
             self.id = id
             self.name = name
@@ -41,6 +45,8 @@ public enum ControlAPI {
             self.joins = joins
             self.store = store
             self.auditLog = auditLog
+            self.messagesReceived = messagesReceived
+            self.bytesReceived = bytesReceived
         }
     }
 

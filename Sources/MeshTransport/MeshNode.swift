@@ -836,7 +836,8 @@ public actor MeshNode: Service {
                     address: address.description, connected: connected, lastError: status?.error, lastErrorAt: status?.at)
             },
             store: self.commitGate.isStoreWritable ? "ok" : "cannot write \(self.taskStore?.path ?? "the task store")",
-            auditLog: self.commitGate.isAuditWritable ? "ok" : "cannot write \(self.auditLog?.directory ?? "the audit log")")
+            auditLog: self.commitGate.isAuditWritable ? "ok" : "cannot write \(self.auditLog?.directory ?? "the audit log")",
+            messagesReceived: self.accountability.received.messages, bytesReceived: self.accountability.received.bytes)
     }
 }
 

@@ -72,6 +72,7 @@ import Testing
         guard case .audit(let entry, let peer)? = actions.first else { Issue.record("no audit entry"); return }
         #expect(entry.event == .received && entry.digest == digest && entry.task == TaskID(high: 0, low: 1))
         #expect(peer == Self.peerID && entry.session == 1)
+        #expect(machine.received.messages == 1 && machine.received.bytes == 80, "node-wide totals for /v1/node")
     }
 
     /// Over the limit an offer is declined `rate_limited`; a peer that stays over it is banned and then nothing

@@ -54,6 +54,9 @@ public struct PeerAccountability: Sendable {
     public private(set) var limiter: PeerLimiter<NodeID>
     /// Every peer that completed a handshake since this node started (names and keys for records and reports).
     public private(set) var peers: [NodeID: PeerIdentity] = [:]
+    /// Every message of every authenticated session since the node started, and their bytes (kept when a peer's
+    /// own counters are forgotten).
+    public private(set) var received: (messages: UInt64, bytes: UInt64) = (0, 0)
     private var sessions: [UInt64: Session] = [:]
     private let signingKey: Ed25519SigningKey
     private let checkpointInterval: Duration
@@ -143,6 +146,8 @@ public struct PeerAccountability: Sendable {
         _ inbound: Inbound, bytes: Int, from peer: NodeID, session number: UInt64, now: Duration, time: Int64
     ) -> (deliver: Bool, actions: [Action]) {
         var actions: [Action] = []
+        self.received.messages += 1
+        self.received.bytes += UInt64(bytes)
         switch inbound {
         case .task(let task, let digest):
             self.sessions[number]?.received.append(digest: digest)
