@@ -11,10 +11,8 @@ final class PendingHandshakes: Sendable {
     }
 
     private let state: Mutex<State>
-    let limit: Int
 
     init(limit: Int) {
-        self.limit = limit
         self.state = Mutex(State(slots: HandshakeSlots(limit: limit)))
     }
 

@@ -168,7 +168,7 @@ extension MeshNode {
             matches.formUnion((try? self.taskStore?.submittedTaskIDs(prefix: prefix, limit: 10)) ?? [])
             switch matches.count {
             case 0: return .refused(.error(404, "no task on this node has an id starting with \(prefix)"))
-            case 1: return .found(matches.first!)
+            case 1: return matches.first.map(Resolution.found) ?? .refused(.error(404, "no task \(prefix) on this node"))
             default:
                 let some = matches.map(\.description).sorted().prefix(3).joined(separator: ", ")
                 return .refused(.error(409, "\(matches.count >= 10 ? "10 or more" : "\(matches.count)") tasks have ids starting with \(prefix) (\(some)…); give more digits"))
@@ -219,7 +219,7 @@ extension MeshNode {
         let serving = self.isServing
         let store = self.commitGate.isStoreWritable ? "ok" : "not writable"
         let audit = self.commitGate.isAuditWritable ? "ok" : "not writable"
-        let alive = self.membership.view.count { $0.status == .alive }
+        let alive = 1 + self.membership.view.count { $0.status == .alive }  // this node and the others
         return ControlAPI.Health(
             status: serving && store == "ok" && audit == "ok" ? "ok" : serving ? "degraded" : "stopping",
             store: store, audit: audit, members: alive)

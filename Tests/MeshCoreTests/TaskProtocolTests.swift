@@ -385,6 +385,8 @@ import Testing
             .accept(id, epoch: 3), .decline(id, epoch: 3, reason: .rateLimited),
             .result(id, epoch: 3, outcome: .success([1, 2])), .result(id, epoch: 3, outcome: .failure("boom")),
             .result(id, epoch: 3, outcome: .canceled), .resultAck(id, epoch: 3), .cancel(id, epoch: 3), .held(id, epoch: 3), .resume(id, epoch: 3),
+            .result(id, epoch: 3, outcome: .rejected("bad field")), .result(id, epoch: 3, outcome: .timedOut("killed")),
+            .log(id, epoch: 3, chunk: Array("line\n".utf8)),
         ]
         for message in messages { #expect(try TaskMessage(decoding: message.encoded()) == message) }
         #expect(TaskID(hex: id.description) == id)

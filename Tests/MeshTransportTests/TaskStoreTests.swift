@@ -55,19 +55,26 @@ import Testing
         let canceled = TaskRunner.AcceptedTask(
             id: TaskID(high: 7, low: 8), epoch: 1, submitter: peer, capability: "echo", input: [],
             deadline: .milliseconds(30_000), outcome: .canceled)
+        let rejected = TaskRunner.AcceptedTask(
+            id: TaskID(high: 7, low: 9), epoch: 2, submitter: peer, capability: "echo", input: [],
+            deadline: .milliseconds(30_000), outcome: .rejected("exit 65: no such field"))
+        let timedOut = TaskRunner.AcceptedTask(
+            id: TaskID(high: 7, low: 10), epoch: 3, submitter: peer, capability: "echo", input: [],
+            deadline: .milliseconds(30_000), outcome: .timedOut("stopped at the task's deadline"))
         let forgotten = TaskRunner.AcceptedTask(
             id: TaskID(high: 9, low: 9), epoch: 1, submitter: peer, capability: "echo", input: [],
             deadline: .milliseconds(30_000), outcome: nil)
 
         let store = try TaskStore(path: path, timeBase: Self.timeBase)
         guard case .committed = await Self.commit(store, [
-            .submitted(waiting), .submitted(submitted), .accepted(accepted), .accepted(canceled), .accepted(forgotten),
+            .submitted(waiting), .submitted(submitted), .accepted(accepted), .accepted(canceled), .accepted(rejected),
+            .accepted(timedOut), .accepted(forgotten),
             .forgetAccepted(forgotten.id),
         ]) else { Issue.record("the commit failed"); return }
 
         let reopened = try TaskStore(path: path, timeBase: Self.timeBase).load()
         #expect(reopened.submitted == [waiting, submitted])
-        #expect(reopened.accepted == [accepted, canceled])
+        #expect(reopened.accepted == [accepted, canceled, rejected, timedOut])
     }
 
     /// Finished tasks beyond what a node keeps in memory stay readable one by one; retention drops only finished
