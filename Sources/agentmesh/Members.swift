@@ -66,6 +66,7 @@ struct Status: ParsableCommand {
             version  \(node.version), up \(ago(node.startedAt, now: Date()).replacingOccurrences(of: " ago", with: ""))
             listen   \(node.listen)\(node.open ? " (open: any holder of the network key may join)" : "")
             members  \(counts.isEmpty ? "none yet" : counts.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", "))
+            traffic  \(node.messagesReceived) messages (\(node.bytesReceived) bytes) received from peers
             store    \(node.store)
             audit    \(node.auditLog)
             """)

@@ -186,6 +186,7 @@ import Testing
         let status = try Self.agentmesh("status", "--home", "\(root)/a")
         #expect(status.stdout.contains("version  \(AgentMeshVersion.current)"))
         #expect(status.stdout.contains("store    ok") && status.stdout.contains("audit    ok"))
+        #expect(status.stdout.contains("traffic  0 messages (0 bytes) received from peers"), "\(status.stdout)")
         #expect(status.stdout.contains("(open: any holder of the network key may join)"))
         let limits = try ControlClient(socketPath: "\(root)/a/control.sock").get("/v1/limits", as: ControlAPI.Limits.self)
         #expect(limits.defaults["offers"] == "50/s:50")
