@@ -371,6 +371,39 @@ public enum ControlAPI {
         }
     }
 
+    /// One progress event an agent emitted while running a task.
+    public struct TaskEventInfo: Codable, Sendable, Equatable {
+        /// Numbered from 1 across the task's attempts; pass the last one seen as `after` (or `Last-Event-ID`).
+        public let sequence: Int
+        public let attempt: Int
+        public let time: Date
+        public let data: JSONValue
+
+        package init(sequence: Int, attempt: Int, time: Date, data: JSONValue) {
+            self.sequence = sequence
+            self.attempt = attempt
+            self.time = time
+            self.data = data
+        }
+    }
+
+    /// `GET /v1/tasks/ID/events`: the progress events kept for a task after a given number.
+    public struct TaskEvents: Codable, Sendable, Equatable {
+        public let id: String
+        public let events: [TaskEventInfo]
+        /// The number to pass as `after` next.
+        public let next: Int
+        /// The task has ended: nothing more will come.
+        public let finished: Bool
+
+        package init(id: String, events: [TaskEventInfo], next: Int, finished: Bool) {
+            self.id = id
+            self.events = events
+            self.next = next
+            self.finished = finished
+        }
+    }
+
     /// A task a peer offered this node and it accepted: what `tasks --executing` lists on a worker.
     public struct ExecutingTask: Codable, Sendable, Equatable {
         public let id: String
@@ -449,18 +482,32 @@ public struct ControlRequest: Sendable {
     public let path: String
     public let query: [String: String]
     public let body: [UInt8]
+    /// Header values by lowercased name (the last of repeated ones).
+    public let headers: [String: String]
 
-    package init(method: String, path: String, query: [String: String], body: [UInt8]) {
+    package init(method: String, path: String, query: [String: String], body: [UInt8], headers: [String: String] = [:]) {
         self.method = method
         self.path = path
         self.query = query
         self.body = body
+        self.headers = headers
     }
 }
 
 public struct ControlResponse: Sendable {
     public let status: Int
     public let body: [UInt8]
+    public var contentType = "application/json"
+    /// A body written over time (server-sent events): the server writes the head, then hands `stream` the sink.
+    package var stream: (@Sendable (ControlStreamSink) -> Void)?
+
+    /// A `text/event-stream` answer whose events `start` writes to the sink it is given.
+    package static func eventStream(_ start: @escaping @Sendable (ControlStreamSink) -> Void) -> ControlResponse {
+        var response = ControlResponse(status: 200, body: [])
+        response.contentType = "text/event-stream"
+        response.stream = start
+        return response
+    }
 
     /// One encoder for every response: building one per response was a measurable share of a task's cost.
     private static let encoder = ControlAPI.encoder()
@@ -481,5 +528,45 @@ public struct ControlResponse: Sendable {
     package init(status: Int, body: [UInt8]) {
         self.status = status
         self.body = body
+    }
+}
+
+/// Where a streamed answer's body goes, bound to one connection. Used only on the event loop that serves the
+/// connection (the node's loop), so it needs no lock.
+package final class ControlStreamSink: @unchecked Sendable {
+    private let writeBytes: ([UInt8]) -> Void
+    private let end: () -> Void
+    private var closeHandlers: [() -> Void] = []
+    package private(set) var isClosed = false
+
+    package init(write: @escaping ([UInt8]) -> Void, end: @escaping () -> Void) {
+        self.writeBytes = write
+        self.end = end
+    }
+
+    package func write(_ bytes: [UInt8]) {
+        guard !self.isClosed else { return }
+        self.writeBytes(bytes)
+    }
+
+    /// Ends the body; the connection closes.
+    package func finish() {
+        guard !self.isClosed else { return }
+        self.end()
+        self.closed()
+    }
+
+    /// `handler` runs once, when the body ends or the client goes away.
+    package func onClose(_ handler: @escaping () -> Void) {
+        if self.isClosed { handler() } else { self.closeHandlers.append(handler) }
+    }
+
+    /// The connection closed (called by the server).
+    package func closed() {
+        guard !self.isClosed else { return }
+        self.isClosed = true
+        let handlers = self.closeHandlers
+        self.closeHandlers = []
+        for handler in handlers { handler() }
     }
 }

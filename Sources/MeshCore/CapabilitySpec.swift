@@ -6,6 +6,8 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
     public enum Executor: Sendable, Equatable, CustomStringConvertible {
         /// Returns its input.
         case builtinEcho
+        /// A test agent that streams: `{"events": N, "interval_ms": M}` emits N progress events M ms apart.
+        case builtinStream
         /// Runs a command with the task input as JSON on stdin; stdout is the result.
         case exec(command: String, arguments: [String])
         /// POSTs the task as JSON; a 2xx JSON body is the result.
@@ -14,6 +16,7 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
         public var description: String {
             switch self {
             case .builtinEcho: return "builtin:echo"
+            case .builtinStream: return "builtin:stream"
             case .exec(let command, let arguments): return "exec:" + ([command] + arguments).map(Self.quoted).joined(separator: " ")
             case .http(let url): return "http:" + url
             }
@@ -110,6 +113,8 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
     private static func executor(_ executor: String, in text: String) throws(ParseError) -> Executor {
         if executor == "builtin:echo" {
             return .builtinEcho
+        } else if executor == "builtin:stream" {
+            return .builtinStream
         } else if executor.hasPrefix("exec:") {
             let words = try Self.words(String(executor.dropFirst(5)), in: text)
             guard let command = words.first, !command.isEmpty else { throw ParseError(description: "'\(text)': exec: needs a command") }
@@ -121,7 +126,7 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
             }
             return .http(url: url)
         } else {
-            throw ParseError(description: "'\(executor)' is not an executor: use builtin:echo, exec:COMMAND or http:URL")
+            throw ParseError(description: "'\(executor)' is not an executor: use builtin:echo, builtin:stream, exec:COMMAND or http:URL")
         }
     }
 }

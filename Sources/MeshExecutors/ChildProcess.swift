@@ -25,12 +25,15 @@ final class ChildProcess: Sendable {
     private let exitState = Mutex<(hasExited: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
     private let stdout: Int32
     private let stderr: Int32
+    /// The read end of the agent's progress channel, its file descriptor 3.
+    private let events: Int32
 
     /// Starts `command` (looked up in PATH) with `input` on its stdin, and `environment` added to the node's own.
+    /// File descriptor 3 is the agent's progress channel: JSON lines written there are progress events.
     init(command: String, arguments: [String], input: [UInt8], environment: [String: String] = [:]) throws(SpawnError) {
         var pipes: [(read: Int32, write: Int32)] = []
         func closeAll() { for pipe in pipes { close(pipe.read); close(pipe.write) } }
-        for _ in 0..<3 {
+        for _ in 0..<4 {
             var fds: [Int32] = [-1, -1]
             guard systemPipe2(&fds, O_CLOEXEC) == 0 else {
                 let why = String(cString: strerror(errno))
@@ -45,9 +48,10 @@ final class ChildProcess: Sendable {
         posix_spawn_file_actions_adddup2(&actions, pipes[0].read, 0)
         posix_spawn_file_actions_adddup2(&actions, pipes[1].write, 1)
         posix_spawn_file_actions_adddup2(&actions, pipes[2].write, 2)
+        posix_spawn_file_actions_adddup2(&actions, pipes[3].write, 3)
         // Nothing else crosses over: SwiftNIO accepts sockets without close-on-exec, and a child holding a copy of a
         // peer's socket would keep that connection open after the node closed it.
-        _ = spawnCloseFrom(&actions, 3)
+        _ = spawnCloseFrom(&actions, 4)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -75,10 +79,12 @@ final class ChildProcess: Sendable {
         close(pipes[0].read)
         close(pipes[1].write)
         close(pipes[2].write)
+        close(pipes[3].write)
         guard result == 0 else {
             close(pipes[0].write)
             close(pipes[1].read)
             close(pipes[2].read)
+            close(pipes[3].read)
             throw SpawnError(description: result == ENOENT
                 ? "\(command): command not found" : "cannot start \(command): \(String(cString: strerror(result)))")
         }
@@ -86,6 +92,7 @@ final class ChildProcess: Sendable {
         self.pid = pid
         self.stdout = pipes[1].read
         self.stderr = pipes[2].read
+        self.events = pipes[3].read
         let stdin = pipes[0].write
         DispatchQueue.global().async {
             Self.writeAll(input, to: stdin)
@@ -135,11 +142,17 @@ final class ChildProcess: Sendable {
     /// `tailLength` bytes of stderr.
     /// Stdout (nil past `limit`), and the last `tailLength` bytes of stderr, all of which also goes to `onStderr` as
     /// it is read.
+    /// Lines written to descriptor 3 go to `onEvents` as they are read, the complete lines of each read together.
     func collectOutput(
-        limit: Int, tailLength: Int, onStderr: @escaping @Sendable ([UInt8]) -> Void
+        limit: Int, tailLength: Int, onStderr: @escaping @Sendable ([UInt8]) -> Void,
+        onEvents: @escaping @Sendable ([[UInt8]]) -> Void = { _ in }
     ) async -> (stdout: [UInt8]?, stderrTail: [UInt8]) {
         async let output = Self.readAll(self.stdout, limit: limit)
         async let errors = Self.readAll(self.stderr, limit: nil, keepingLast: tailLength, each: onStderr)
+        let lines = LineSplitter(onLines: onEvents)
+        async let events = Self.readAll(self.events, limit: 0, each: { lines.append($0) })
+        _ = await events
+        lines.finish()
         return await (output, errors ?? [])
     }
 
@@ -192,3 +205,42 @@ private func systemPipe2(_ fds: UnsafeMutablePointer<Int32>, _ flags: Int32) -> 
 /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34+): the child closes every descriptor from `lowest` up.
 @_silgen_name("posix_spawn_file_actions_addclosefrom_np")
 private func spawnCloseFrom(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ lowest: Int32) -> Int32
+
+/// Cuts a byte stream into lines (without their newline), handing over the complete lines of each chunk together;
+/// a line longer than `maximumLine` is handed over cut at that length; blank lines are dropped unless kept (SSE
+/// ends an event with one). Used by one reading thread at a time.
+final class LineSplitter: @unchecked Sendable {
+    static let maximumLine = 1024 * 1024
+    private var partial: [UInt8] = []
+    private let keepsBlankLines: Bool
+    private let onLines: @Sendable ([[UInt8]]) -> Void
+
+    init(keepsBlankLines: Bool = false, onLines: @escaping @Sendable ([[UInt8]]) -> Void) {
+        self.keepsBlankLines = keepsBlankLines
+        self.onLines = onLines
+    }
+
+    func append(_ chunk: [UInt8]) {
+        var lines: [[UInt8]] = []
+        for byte in chunk {
+            if byte == 0x0A {
+                lines.append(self.partial)
+                self.partial = []
+            } else if self.partial.count < Self.maximumLine {
+                self.partial.append(byte)
+            }
+        }
+        self.deliver(lines)
+    }
+
+    /// The last line, if the stream ended without a newline.
+    func finish() {
+        self.deliver(self.partial.isEmpty ? [] : [self.partial])
+        self.partial = []
+    }
+
+    private func deliver(_ lines: [[UInt8]]) {
+        let nonEmpty = self.keepsBlankLines ? lines : lines.filter { line in line.contains { $0 != 0x20 && $0 != 0x09 && $0 != 0x0D } }
+        if !nonEmpty.isEmpty { self.onLines(nonEmpty) }
+    }
+}

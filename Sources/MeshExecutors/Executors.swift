@@ -43,22 +43,53 @@ package enum TaskExecution {
         }
     }
 
-    /// `stderr` receives what an `exec:` agent writes to stderr, as it writes it.
+    /// `stderr` receives what an `exec:` agent writes to stderr, as it writes it; `progress` the progress events an
+    /// agent emits (each a JSON value), as it emits them.
     package static func run(
         _ executor: CapabilitySpec.Executor, input: [UInt8], timeout: Duration, context: Context,
-        stderr: @escaping @Sendable ([UInt8]) -> Void = { _ in }
+        stderr: @escaping @Sendable ([UInt8]) -> Void = { _ in },
+        progress: @escaping @Sendable ([[UInt8]]) -> Void = { _ in }
     ) async -> TaskOutcome {
         guard timeout > .zero else { return .timedOut("the deadline passed before the task started") }
         switch executor {
         case .builtinEcho:
             return .success(input)
+        case .builtinStream:
+            return await self.stream(input: input, progress: progress)
         case .exec(let command, let arguments):
             return await self.runProcess(
                 command: command, arguments: arguments, input: input, timeout: timeout, environment: context.environment,
-                stderr: stderr)
+                stderr: stderr, progress: { progress($0.map(Self.jsonEvent)) })
         case .http(let url):
-            return await self.post(url: url, input: input, timeout: timeout, headers: context.fields)
+            return await self.post(url: url, input: input, timeout: timeout, headers: context.fields, progress: progress)
         }
+    }
+
+    /// A line an agent wrote as a progress event: kept as it is when it is JSON, otherwise as a JSON string.
+    static func jsonEvent(_ line: [UInt8]) -> [UInt8] {
+        if (try? JSONSerialization.jsonObject(with: Data(line), options: [.fragmentsAllowed])) != nil { return line }
+        let text = String(decoding: line, as: UTF8.self)
+        return (try? JSONSerialization.data(withJSONObject: text, options: [.fragmentsAllowed])).map(Array.init) ?? Array("null".utf8)
+    }
+
+    // MARK: builtin:stream
+
+    /// Emits `events` progress events (`{"event": I, "of": N}`) `interval_ms` apart, then answers `{"events": N}`:
+    /// a test agent for streamed progress.
+    private static func stream(input: [UInt8], progress: @escaping @Sendable ([[UInt8]]) -> Void) async -> TaskOutcome {
+        let fields = (try? JSONSerialization.jsonObject(with: Data(input))) as? [String: Any] ?? [:]
+        guard let count = (fields["events"] as? Int) ?? (fields.isEmpty ? 5 : nil), (0...1_000_000).contains(count),
+            let interval = (fields["interval_ms"] as? Int) ?? Optional(100), (0...60_000).contains(interval)
+        else { return .rejected("builtin:stream takes {\"events\": 0 to 1000000, \"interval_ms\": 0 to 60000}") }
+        for index in 1...max(1, count) where count > 0 {
+            if interval > 0 {
+                do { try await Task.sleep(for: .milliseconds(interval)) } catch { return .canceled }
+            } else if Task.isCancelled {
+                return .canceled
+            }
+            progress([Array("{\"event\":\(index),\"of\":\(count)}".utf8)])
+        }
+        return .success(Array("{\"events\":\(count)}".utf8))
     }
 
     // MARK: exec
@@ -67,16 +98,18 @@ package enum TaskExecution {
     /// cancellation signals the process group. (On two cores, two blocked pool threads would freeze the whole node.)
     private static func runProcess(
         command: String, arguments: [String], input: [UInt8], timeout: Duration, environment: [String: String],
-        stderr: @escaping @Sendable ([UInt8]) -> Void
+        stderr: @escaping @Sendable ([UInt8]) -> Void, progress: @escaping @Sendable ([[UInt8]]) -> Void
     ) async -> TaskOutcome {
         let process: ChildProcess
+        var environment = environment
+        environment["AGENTMESH_EVENTS_FD"] = "3"
         do {
             process = try ChildProcess(command: command, arguments: arguments, input: input, environment: environment)
         } catch {
             return .failure(error.description)
         }
         async let output = process.collectOutput(
-            limit: TaskMessage.maximumInputLength, tailLength: Self.stderrTailLength, onStderr: stderr)
+            limit: TaskMessage.maximumInputLength, tailLength: Self.stderrTailLength, onStderr: stderr, onEvents: progress)
         let ending = await withTaskCancellationHandler {
             await withTaskGroup(of: Ending.self) { group in
                 group.addTask {
@@ -130,36 +163,193 @@ package enum TaskExecution {
 
     // MARK: http
 
+    /// POSTs the input. A JSON answer is the result; an `application/x-ndjson` or `text/event-stream` answer streams:
+    /// its lines (events) are progress events until a `{"result": …}` line (an event named `result`) gives the
+    /// result, or an `{"error": "…"}` line (an event named `error`) fails the run.
     private static func post(
-        url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)]
+        url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)],
+        progress: @escaping @Sendable ([[UInt8]]) -> Void
     ) async -> TaskOutcome {
         guard let endpoint = URL(string: url) else { return .failure("invalid URL \(url)") }
         var request = URLRequest(url: endpoint, timeoutInterval: Double(timeout.components.seconds) + 1)
         request.httpMethod = "POST"
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.setValue("application/json, application/x-ndjson, text/event-stream", forHTTPHeaderField: "Accept")
         for header in headers { request.setValue(header.value, forHTTPHeaderField: "X-AgentMesh-" + header.name) }
         request.httpBody = Data(input)
-        do {
-            let (body, response) = try await URLSession.shared.data(for: request)
-            let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-            guard (200..<300).contains(status) else {
-                let text = String(decoding: body.prefix(Self.stderrTailLength), as: UTF8.self)
-                let sentence = "\(url) answered HTTP \(status)" + (text.isEmpty ? "" : ": \(text)")
-                // A 4xx says the request itself is wrong, except a timeout (408) and too many requests (429).
-                let isFinal = (400..<500).contains(status) && status != 408 && status != 429
-                return isFinal ? .rejected(sentence) : .failure(sentence)
+        let answer = HTTPAnswer(url: url, progress: progress)
+        let session = URLSession(configuration: .ephemeral, delegate: answer, delegateQueue: nil)
+        defer { session.finishTasksAndInvalidate() }
+        let task = session.dataTask(with: request)
+        let ending: HTTPAnswer.Ending = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                answer.whenDone { continuation.resume(returning: $0) }
+                task.resume()
             }
-            guard (try? JSONSerialization.jsonObject(with: body, options: [.fragmentsAllowed])) != nil else {
-                return .failure("\(url) answered with a body that is not JSON")
+        } onCancel: {
+            task.cancel()
+        }
+        switch ending {
+        case .failed(let error):
+            if Task.isCancelled || (error as? URLError)?.code == .cancelled { return .canceled }
+            if let error = error as? URLError, error.code == .timedOut {
+                return .timedOut("\(url) did not answer within \(String(format: "%.1f", timeout.seconds)) s")
             }
-            return .success(Array(body))
-        } catch is CancellationError {
-            return .canceled
-        } catch let error as URLError where error.code == .timedOut {
-            return .timedOut("\(url) did not answer within \(String(format: "%.1f", timeout.seconds)) s")
-        } catch {
-            if Task.isCancelled { return .canceled }
             return .failure("\(url) unreachable: \(error.localizedDescription)")
+        case .answered(let outcome):
+            return outcome
+        }
+    }
+}
+
+/// One `http:` agent's answer as it arrives: a whole JSON body, or a stream of events (NDJSON or SSE) whose events
+/// are forwarded as they come.
+private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sendable {
+    enum Ending: Sendable {
+        case answered(TaskOutcome)
+        case failed(any Error)
+    }
+
+    private enum Format { case whole, ndjson, sse }
+
+    private let url: String
+    private let progress: @Sendable ([[UInt8]]) -> Void
+    private let lock = NSLock()
+    private var status = 0
+    private var format = Format.whole
+    private var body: [UInt8] = []
+    private var overflowed = false
+    private var lines: LineSplitter?
+    /// Streams: the outcome a `result` or `error` line gave.
+    private var streamed: TaskOutcome?
+    /// SSE: the event being read (its name and data lines).
+    private var sseEvent: (name: String, data: [String]) = ("", [])
+    private var done: ((Ending) -> Void)?
+    private var ending: Ending?
+
+    init(url: String, progress: @escaping @Sendable ([[UInt8]]) -> Void) {
+        self.url = url
+        self.progress = progress
+    }
+
+    func whenDone(_ done: @escaping (Ending) -> Void) {
+        let ended = self.lock.withLock { () -> Ending? in
+            if self.ending == nil { self.done = done }
+            return self.ending
+        }
+        if let ended { done(ended) }
+    }
+
+    func urlSession(
+        _ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
+        completionHandler: @escaping (URLSession.ResponseDisposition) -> Void
+    ) {
+        let http = response as? HTTPURLResponse
+        self.status = http?.statusCode ?? 0
+        let type = (http?.value(forHTTPHeaderField: "Content-Type") ?? "").lowercased()
+        if (200..<300).contains(self.status) {
+            if type.hasPrefix("application/x-ndjson") || type.hasPrefix("application/jsonl") {
+                self.format = .ndjson
+            } else if type.hasPrefix("text/event-stream") {
+                self.format = .sse
+            }
+        }
+        if self.format != .whole {
+            self.lines = LineSplitter(keepsBlankLines: self.format == .sse) { [weak self] lines in self?.streamed(lines) }
+        }
+        completionHandler(.allow)
+    }
+
+    func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
+        if let lines = self.lines {
+            lines.append(Array(data))
+            return
+        }
+        guard !self.overflowed else { return }
+        self.body += data
+        if self.body.count > TaskMessage.maximumInputLength {
+            self.overflowed = true
+            self.body = []
+        }
+    }
+
+    func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: (any Error)?) {
+        let ending: Ending
+        if let error {
+            ending = .failed(error)
+        } else {
+            self.lines?.finish()
+            if self.format == .sse { self.dispatchSSEEvent() }
+            ending = .answered(self.outcome())
+        }
+        let done = self.lock.withLock { () -> ((Ending) -> Void)? in
+            self.ending = ending
+            defer { self.done = nil }
+            return self.done
+        }
+        done?(ending)
+    }
+
+    private func outcome() -> TaskOutcome {
+        let url = self.url
+        guard (200..<300).contains(self.status) else {
+            let text = String(decoding: self.body.prefix(TaskExecution.stderrTailLength), as: UTF8.self)
+            let sentence = "\(url) answered HTTP \(self.status)" + (text.isEmpty ? "" : ": \(text)")
+            // A 4xx says the request itself is wrong, except a timeout (408) and too many requests (429).
+            let isFinal = (400..<500).contains(self.status) && self.status != 408 && self.status != 429
+            return isFinal ? .rejected(sentence) : .failure(sentence)
+        }
+        if self.format != .whole {
+            return self.streamed ?? .failure("\(url) ended its event stream without a result (send {\"result\": …} last)")
+        }
+        if self.overflowed { return .failure("\(url) answered more than \(TaskMessage.maximumInputLength) bytes") }
+        guard (try? JSONSerialization.jsonObject(with: Data(self.body), options: [.fragmentsAllowed])) != nil else {
+            return .failure("\(url) answered with a body that is not JSON")
+        }
+        return .success(self.body)
+    }
+
+    private func streamed(_ lines: [[UInt8]]) {
+        switch self.format {
+        case .whole: return
+        case .ndjson:
+            var events: [[UInt8]] = []
+            for line in lines where self.streamed == nil {
+                let object = (try? JSONSerialization.jsonObject(with: Data(line), options: [.fragmentsAllowed])) as? [String: Any]
+                if let object, object.count == 1, let result = object["result"] {
+                    let bytes = try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed, .sortedKeys])
+                    self.streamed = .success(bytes.map(Array.init) ?? Array("null".utf8))
+                } else if let object, object.count == 1, let error = object["error"] {
+                    self.streamed = .failure("\(self.url): \(error)")
+                } else {
+                    events.append(TaskExecution.jsonEvent(line))
+                }
+            }
+            if !events.isEmpty { self.progress(events) }
+        case .sse:
+            for line in lines {
+                let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
+                if text.isEmpty {
+                    self.dispatchSSEEvent()
+                } else if text.hasPrefix("event:") {
+                    self.sseEvent.name = text.dropFirst(6).trimmingCharacters(in: .whitespaces)
+                } else if text.hasPrefix("data:") {
+                    var data = text.dropFirst(5)
+                    if data.first == " " { data = data.dropFirst() }
+                    self.sseEvent.data.append(String(data))
+                }
+            }
+        }
+    }
+
+    private func dispatchSSEEvent() {
+        defer { self.sseEvent = ("", []) }
+        guard !self.sseEvent.data.isEmpty, self.streamed == nil else { return }
+        let data = Array(self.sseEvent.data.joined(separator: "\n").utf8)
+        switch self.sseEvent.name {
+        case "result": self.streamed = .success(TaskExecution.jsonEvent(data))
+        case "error": self.streamed = .failure("\(self.url): \(String(decoding: data, as: UTF8.self))")
+        default: self.progress([TaskExecution.jsonEvent(data)])
         }
     }
 }

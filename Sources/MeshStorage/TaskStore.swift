@@ -21,8 +21,13 @@ package final class TaskStore: Sendable {
         case accepted(TaskRunner.AcceptedTask)
         case forgetSubmitted(TaskID)
         case forgetAccepted(TaskID)
-        /// Every submitted task that finished before this time (core time) is dropped.
+        /// Every submitted task that finished before this time (core time) is dropped, with its events.
         case forgetFinished(before: Duration)
+        /// Progress events of a submitted task (dropped with it).
+        case taskEvents(TaskID, [TaskEvent])
+        /// A JSON document of one kind (`workflow`, `event`, `callback`), replacing the one with its id.
+        case document(kind: String, id: TaskID, body: [UInt8])
+        case forgetDocument(kind: String, id: TaskID)
 
         fileprivate var key: Key {
             switch self {
@@ -31,6 +36,8 @@ package final class TaskStore: Sendable {
             case .accepted(let task): return Key(table: .accepted, id: task.id)
             case .forgetAccepted(let id): return Key(table: .accepted, id: id)
             case .forgetFinished: return Key(table: .retention, id: TaskID(high: 0, low: 0))
+            case .taskEvents(let id, let events): return Key(table: .events, id: id, index: events.first?.sequence ?? 0)
+            case .document(let kind, let id, _), .forgetDocument(let kind, let id): return Key(table: .document(kind), id: id)
             }
         }
     }
@@ -46,9 +53,10 @@ package final class TaskStore: Sendable {
     }
 
     fileprivate struct Key: Hashable {
-        enum Table { case submitted, accepted, retention }
+        enum Table: Hashable { case submitted, accepted, retention, events, document(String) }
         let table: Table
         let id: TaskID
+        var index = 0
     }
 
     /// The newest change per task, and the sequence number that ordered it.
@@ -168,6 +176,24 @@ package final class TaskStore: Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("events-and-documents-v2") { db in
+            try db.execute(sql: """
+                CREATE TABLE task_event (
+                    task_id TEXT NOT NULL,
+                    sequence INTEGER NOT NULL,
+                    epoch INTEGER NOT NULL,
+                    time INTEGER NOT NULL,
+                    data BLOB NOT NULL,
+                    PRIMARY KEY (task_id, sequence)
+                ) WITHOUT ROWID;
+                CREATE TABLE document (
+                    kind TEXT NOT NULL,
+                    id TEXT NOT NULL,
+                    body BLOB NOT NULL,
+                    PRIMARY KEY (kind, id)
+                ) WITHOUT ROWID;
+                """)
+        }
         return migrator
     }
 
@@ -216,6 +242,35 @@ package final class TaskStore: Sendable {
             }
         } catch let error as StoreError {
             throw error
+        } catch {
+            throw StoreError(description: "cannot read the task store \(self.path): \(Self.explain(error))")
+        }
+    }
+
+    /// A task's stored progress events, in order.
+    package func taskEvents(_ id: TaskID) throws(StoreError) -> [TaskEvent] {
+        do {
+            return try self.database.read { db in
+                try Row.fetchAll(
+                    db, sql: "SELECT sequence, epoch, time, data FROM task_event WHERE task_id = ? ORDER BY sequence",
+                    arguments: [id.description]
+                ).map { row in
+                    TaskEvent(sequence: row["sequence"], epoch: UInt32(clamping: row["epoch"] as Int64), time: row["time"],
+                              data: Array(row["data"] as Data))
+                }
+            }
+        } catch {
+            throw StoreError(description: "cannot read the task store \(self.path): \(Self.explain(error))")
+        }
+    }
+
+    /// Every stored document of one kind, by id.
+    package func documents(kind: String) throws(StoreError) -> [(id: TaskID, body: [UInt8])] {
+        do {
+            return try self.database.read { db in
+                try Row.fetchAll(db, sql: "SELECT id, body FROM document WHERE kind = ? ORDER BY id", arguments: [kind])
+                    .compactMap { row in TaskID(hex: row["id"] as String).map { ($0, Array(row["body"] as Data)) } }
+            }
         } catch {
             throw StoreError(description: "cannot read the task store \(self.path): \(Self.explain(error))")
         }
@@ -360,11 +415,25 @@ package final class TaskStore: Sendable {
                 ])
         case .forgetSubmitted(let id):
             try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE id = ?").execute(arguments: [id.description])
+            try db.cachedStatement(sql: "DELETE FROM task_event WHERE task_id = ?").execute(arguments: [id.description])
         case .forgetAccepted(let id):
             try db.cachedStatement(sql: "DELETE FROM accepted_task WHERE id = ?").execute(arguments: [id.description])
         case .forgetFinished(let before):
             try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE finished_at IS NOT NULL AND finished_at < ?")
                 .execute(arguments: [self.timeBase.wall(before)])
+            try db.cachedStatement(sql: "DELETE FROM task_event WHERE task_id NOT IN (SELECT id FROM submitted_task)")
+                .execute()
+        case .taskEvents(let id, let events):
+            let insert = try db.cachedStatement(
+                sql: "INSERT OR IGNORE INTO task_event (task_id, sequence, epoch, time, data) VALUES (?, ?, ?, ?, ?)")
+            for event in events {
+                try insert.execute(arguments: [id.description, event.sequence, Int64(event.epoch), event.time, Data(event.data)])
+            }
+        case .document(let kind, let id, let body):
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO document (kind, id, body) VALUES (?, ?, ?)")
+                .execute(arguments: [kind, id.description, Data(body)])
+        case .forgetDocument(let kind, let id):
+            try db.cachedStatement(sql: "DELETE FROM document WHERE kind = ? AND id = ?").execute(arguments: [kind, id.description])
         }
     }
 

@@ -19,6 +19,9 @@ enum ControlRoute: Equatable {
     case listTasks(TaskFilter)
     /// `GET /v1/tasks/ID[?wait=S]`; ID may be a unique prefix
     case task(TaskReference, wait: Duration?)
+    /// `GET /v1/tasks/ID/events[?after=N&wait=S]`: progress events after number N, long-polled as JSON, or as
+    /// server-sent events (`Accept: text/event-stream`, resuming after `Last-Event-ID`) until the task ends
+    case taskEvents(TaskReference, after: Int, wait: Duration?, stream: Bool)
     /// `POST /v1/tasks/ID/cancel`
     case cancel(TaskReference)
     /// `GET /v1/tasks/ID/logs[?after=N&wait=S]`: the run's stderr after byte N, long-polled for more
@@ -70,6 +73,17 @@ enum ControlRoute: Equatable {
                 after = offset
             }
             return .taskLog(reference, after: after, wait: wait)
+        case ("GET", 4) where parts[3] == "events":
+            guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
+            var after = 0
+            if let text = request.query["after"] ?? request.headers["last-event-id"] {
+                guard let number = Int(text), number >= 0 else {
+                    return .refused(status: 400, message: "after (or Last-Event-ID) must be an event number, 0 or more")
+                }
+                after = number
+            }
+            let stream = (request.headers["accept"] ?? "").contains("text/event-stream")
+            return .taskEvents(reference, after: after, wait: wait, stream: stream)
         case ("POST", 4) where parts[3] == "cancel":
             guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
             return .cancel(reference)

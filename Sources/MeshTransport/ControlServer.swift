@@ -175,7 +175,8 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
             let inFlight = self.inFlight
             inFlight.value.value += 1
             let respond: @Sendable (ControlResponse) -> Void = { response in
-                inFlight.value.value -= 1
+                // A stream stays in flight until its connection closes: the idle timeout must not cut it.
+                if response.stream == nil { inFlight.value.value -= 1 }
                 Self.write(response, keepAlive: keepAlive, to: channel)
             }
             if let refusal = self.refusal {
@@ -206,15 +207,18 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
         let components = URLComponents(string: head.uri)
         var query: [String: String] = [:]
         for item in components?.queryItems ?? [] { query[item.name] = item.value ?? "" }
+        var headers: [String: String] = [:]
+        for (name, value) in head.headers { headers[name.lowercased()] = value }
         return ControlRequest(
-            method: head.method.rawValue, path: components?.path ?? head.uri, query: query, body: body)
+            method: head.method.rawValue, path: components?.path ?? head.uri, query: query, body: body, headers: headers)
     }
 
     /// A connection that is not kept alive closes only once the kernel has every byte of the answer: closing
     /// right after the write would drop whatever the socket had not yet taken (a long task list).
     private static func write(_ response: ControlResponse, keepAlive: Bool, to channel: any Channel) {
+        if let stream = response.stream { return Self.stream(response, start: stream, to: channel) }
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: "\(response.body.count)")
         headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
         let head = HTTPResponseHead(
@@ -223,6 +227,30 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
         channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: response.body))), promise: nil)
         let written = channel.writeAndFlush(HTTPServerResponsePart.end(nil))
         if !keepAlive { written.whenComplete { _ in channel.close(promise: nil) } }
+    }
+
+    /// A body written over time, chunked, until the node finishes it or the client goes away; the connection closes
+    /// at its end. Runs on the channel's loop, which is the node's.
+    private static func stream(
+        _ response: ControlResponse, start: @Sendable (ControlStreamSink) -> Void, to channel: any Channel
+    ) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "Transfer-Encoding", value: "chunked")
+        headers.add(name: "Connection", value: "close")
+        let head = HTTPResponseHead(
+            version: .http1_1, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
+        channel.writeAndFlush(HTTPServerResponsePart.head(head), promise: nil)
+        let sink = ControlStreamSink(
+            write: { bytes in
+                channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: bytes))), promise: nil)
+            },
+            end: {
+                channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
+            })
+        channel.closeFuture.whenComplete { _ in sink.closed() }
+        start(sink)
     }
 }
 

@@ -75,6 +75,16 @@ extension MeshNode {
             case .found(let id): self.whenTaskLogs(id, after: after, within: wait ?? .zero) { respond(.json(self.taskLog(id, after: after))) }
             case .refused(let response): respond(response)
             }
+        case .taskEvents(let reference, let after, let wait, let stream):
+            switch self.resolve(reference) {
+            case .found(let id):
+                if stream {
+                    self.streamEvents(id, after: after, respond: respond)
+                } else {
+                    self.answerEvents(id, after: after, wait: wait ?? .zero, respond: respond)
+                }
+            case .refused(let response): respond(response)
+            }
         case .cancel(let reference):
             switch self.resolve(reference) {
             case .found(let id):
@@ -230,6 +240,13 @@ extension MeshNode {
         return self.taskDocuments.task(task, status: status)
     }
 
+    /// The task document's JSON, if the task is known here.
+    func taskDocumentBytes(_ id: TaskID) -> [UInt8]? {
+        self.submittedTask(id).map { self.taskDocuments.task($0).body }
+    }
+
+    func submittedTaskState(_ id: TaskID) -> TaskState? { self.submittedTask(id)?.state }
+
     /// A task submitted here: in memory, or (finished long enough ago to have left memory) in the store.
     private func submittedTask(_ id: TaskID) -> TaskSubmitter.SubmittedTask? {
         if let task = self.submitter.task(id) { return task }
@@ -280,6 +297,7 @@ extension MeshNode {
     }
 
     func wakeWaiters(for id: TaskID) {
+        self.finishEventStreams(id)
         for waiter in self.logWaiters.removeAll(id) {
             waiter.expiry.cancel()
             waiter.wake()
@@ -291,6 +309,8 @@ extension MeshNode {
     }
 
     func wakeAllWaiters() {
-        for id in Set(self.waiters.tasks + self.logWaiters.tasks) { self.wakeWaiters(for: id) }
+        for id in Set(self.waiters.tasks + self.logWaiters.tasks + self.eventWaiters.tasks + Array(self.eventStreams.keys)) {
+            self.wakeWaiters(for: id)
+        }
     }
 }

@@ -27,6 +27,8 @@ extension MeshNode {
                 waiter.expiry.cancel()
                 waiter.wake()
             }
+        case .progress(let id, let epoch, let first, let events):
+            self.receiveProgress(id, epoch: epoch, first: first, events: events, from: peer)
         }
     }
 
@@ -277,8 +279,11 @@ extension MeshNode {
             let stderr: @Sendable ([UInt8]) -> Void = { chunk in
                 loop.execute { self.assumeIsolated { node in node.runTaskRunner { $0.logged(task.id, chunk) } } }
             }
+            let progress: @Sendable ([[UInt8]]) -> Void = { events in
+                loop.execute { self.assumeIsolated { node in node.runTaskRunner { $0.progressed(task.id, events) } } }
+            }
             let outcome = await TaskExecution.run(
-                spec.executor, input: task.input, timeout: timeout, context: context, stderr: stderr)
+                spec.executor, input: task.input, timeout: timeout, context: context, stderr: stderr, progress: progress)
             self.executionFinished(task.id, outcome: outcome)
         }
     }

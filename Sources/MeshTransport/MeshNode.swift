@@ -95,6 +95,12 @@ public actor MeshNode: Service {
     var logWaiters = TaskWaiters()
     /// The stderr of this node's tasks' runs, as their executors forward it.
     var taskLogs = TaskLogBook()
+    /// The progress events of this node's newest tasks (all of them are in the store).
+    var taskEvents = TaskEventBook()
+    /// Clients long-polling for a task's next progress events.
+    var eventWaiters = TaskWaiters()
+    /// Clients following a task's progress as server-sent events.
+    var eventStreams: [TaskID: [ControlStreamSink]] = [:]
     /// Task actions and client answers held until the store and the audit log have committed what they need.
     var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
         storeCommitted: 0, auditCommitted: 0)

@@ -25,7 +25,7 @@ struct Run: AsyncParsableCommand {
     var open = false
 
     @Option(help: ArgumentHelp(
-        "A capability to offer: builtin:echo, exec:COMMAND ARGS (quoted as in a shell) or http:URL as the executor; NAME*N=… runs N at once. Repeatable.",
+        "A capability to offer: builtin:echo, builtin:stream (a test agent that emits progress), exec:COMMAND ARGS (quoted as in a shell) or http:URL as the executor; NAME*N=… runs N at once. Repeatable.",
         valueName: "NAME=EXECUTOR"))
     var capability: [String] = []
 

@@ -26,6 +26,10 @@ struct Submit: ParsableCommand {
     @Flag(help: "Wait for the task to end and print its result (the task id goes to stderr at once).")
     var wait = false
 
+    @Flag(name: [.long, .customShort("f")],
+          help: "Wait as --wait does, printing each progress event the agent emits (one JSON line each) before the result.")
+    var follow = false
+
     @Flag(help: "Queue the task even when no live member offers the capability now (otherwise exit 5 at once).")
     var waitForCapability = false
 
@@ -60,12 +64,13 @@ struct Submit: ParsableCommand {
                 throw CLIError(message, status: .noCapability)
             }
         }
-        guard self.wait else {
+        guard self.wait || self.follow else {
             if self.json { try printJSON(task) } else { print(task.id) }
             return
         }
         FileHandle.standardError.write(Data("task \(task.id) submitted; waiting for it to end (Ctrl-C stops waiting, not the task)\n".utf8))
-        try reportEnd(of: waitForEnd(task, client: client), json: self.json)
+        let ended = self.follow ? try followEvents(task, client: client) : try waitForEnd(task, client: client)
+        try reportEnd(of: ended, json: self.json)
     }
 
     private func readInput() throws -> Data {
@@ -117,6 +122,24 @@ func waitForEnd(_ task: ControlAPI.TaskInfo, client: ControlClient) throws -> Co
         }
     }
     return task
+}
+
+/// Prints each progress event (its data, one line of JSON) as the node receives it, until the task ends; returns
+/// the ended task. Ctrl-C stops following, as it stops waiting.
+func followEvents(_ task: ControlAPI.TaskInfo, client: ControlClient) throws -> ControlAPI.TaskInfo {
+    var after = 0
+    while true {
+        let page = try reporting {
+            try client.decode(
+                client.request(method: "GET", path: "/v1/tasks/\(task.id)/events?after=\(after)&wait=30", timeout: .seconds(40)),
+                as: ControlAPI.TaskEvents.self)
+        }
+        for event in page.events { print(try resultText(event.data)) }
+        fflush(nil)
+        after = page.next
+        if page.finished && page.events.isEmpty { break }
+    }
+    return try waitForEnd(task, client: client)
 }
 
 /// Prints a finished task's result (or the task as JSON) and exits with the status its end calls for.
@@ -265,14 +288,14 @@ struct TaskCommand: ParsableCommand {
     @Flag(help: "Print what the executor wrote to stderr (this node keeps the last 64 KiB of each task's).")
     var logs = false
 
-    @Flag(name: [.long, .customShort("f")], help: "With --logs: follow the log until the task ends.")
+    @Flag(name: [.long, .customShort("f")],
+          help: "Print the task's progress events as they come (one JSON line each), then its result; with --logs, follow the log.")
     var follow = false
 
     @Flag(help: "Print the task as JSON.")
     var json = false
 
     func validate() throws {
-        guard !self.follow || self.logs else { throw ValidationError("--follow goes with --logs") }
         guard !(self.logs && (self.wait || self.json)) else { throw ValidationError("--logs prints the log; leave out --wait and --json") }
     }
 
@@ -280,6 +303,7 @@ struct TaskCommand: ParsableCommand {
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
         if self.logs { return try self.printLogs(client) }
         var task = try reporting { try client.get("/v1/tasks/\(self.id)", as: ControlAPI.TaskInfo.self) }
+        if self.follow { return try reportEnd(of: followEvents(task, client: client), json: self.json) }
         if self.wait {
             task = try waitForEnd(task, client: client)
             if self.json { return try reportEnd(of: task, json: true) }

@@ -387,6 +387,7 @@ import Testing
             .result(id, epoch: 3, outcome: .canceled), .resultAck(id, epoch: 3), .cancel(id, epoch: 3), .held(id, epoch: 3), .resume(id, epoch: 3),
             .result(id, epoch: 3, outcome: .rejected("bad field")), .result(id, epoch: 3, outcome: .timedOut("killed")),
             .log(id, epoch: 3, chunk: Array("line\n".utf8)),
+            .progress(id, epoch: 3, first: 7, events: [Array("{\"step\":1}".utf8), Array("\"two\"".utf8)]),
         ]
         for message in messages { #expect(try TaskMessage(decoding: message.encoded()) == message) }
         #expect(TaskID(hex: id.description) == id)
@@ -686,5 +687,50 @@ extension TaskProtocolTests {
         #expect(try TaskMessage(decoding: message.encoded()) == message)
         _ = runner.finished(id, outcome: .success([]), now: .seconds(1))
         #expect(runner.logged(id, [0x63]).isEmpty, "a finished run logs nothing")
+    }
+
+    @Test func aRunForwardsProgressInNumberedBatchesUpToTheLimit() throws {
+        var runner = TaskRunner(capacity: ["echo": 1])
+        let id = TaskID(high: 6, low: 6)
+        let submitter = NodeID(high: 1, low: 1)
+        _ = runner.receive(.offer(TaskOffer(id: id, epoch: 2, capability: "echo", input: [], timeRemaining: .seconds(9))), from: submitter, now: .zero)
+        let event = Array("{\"token\":\"x\"}".utf8)
+        let batches = runner.progressed(id, Array(repeating: event, count: 300))
+        #expect(batches.map { if case .send(.progress(_, 2, let first, let events), submitter) = $0 { return "\(first)+\(events.count)" } else { return "?" } }
+            == ["1+256", "257+44"], "at most 256 events a message, numbered on")
+        let huge = runner.progressed(id, [[UInt8](repeating: 0x31, count: TaskMessage.maximumProgressEvent + 1)])
+        guard case .send(.progress(_, _, 301, let replaced), _)? = huge.first else { Issue.record("no batch"); return }
+        #expect(String(decoding: replaced[0], as: UTF8.self).contains("over the 16384-byte limit"))
+        var sent = 301
+        while sent < Int(TaskRunner.forwardedProgressLimit) {
+            let count = min(1000, Int(TaskRunner.forwardedProgressLimit) - sent)
+            let last = runner.progressed(id, Array(repeating: event, count: count))
+            sent += count
+            if sent == Int(TaskRunner.forwardedProgressLimit), case .send(.progress(_, _, _, let events), _)? = last.last {
+                #expect(String(decoding: events.last!, as: UTF8.self).contains("not forwarded"), "the last one says the rest is not sent")
+            }
+        }
+        #expect(runner.progressed(id, [event]).isEmpty, "past the limit nothing more goes")
+        #expect(throws: TaskMessage.DecodeError.self) {
+            try TaskMessage(decoding: TaskMessage.progress(id, epoch: 1, first: 1, events: []).encoded())
+        }
+    }
+
+    @Test func theSubmitterNumbersEventsAcrossAttemptsAndIgnoresARepeatedBatch() {
+        var log = TaskEventLog()
+        let a = Array("1".utf8), b = Array("2".utf8), c = Array("3".utf8)
+        #expect(log.receive(epoch: 1, first: 1, events: [a, b], time: 10).map(\.sequence) == [1, 2])
+        #expect(log.receive(epoch: 1, first: 1, events: [a, b], time: 11).isEmpty, "a repeated batch is ignored")
+        #expect(log.receive(epoch: 1, first: 2, events: [b, c], time: 12).map(\.sequence) == [3], "the overlap is skipped")
+        #expect(log.receive(epoch: 2, first: 1, events: [a], time: 13).map { "\($0.sequence)@\($0.epoch)" } == ["4@2"],
+                "a new attempt continues the numbering")
+        #expect(log.events(after: 2).map(\.sequence) == [3, 4])
+        let restored = TaskEventLog(events: log.events)
+        #expect(restored.lastSequence == 4)
+        var copy = restored
+        #expect(copy.receive(epoch: 2, first: 1, events: [a, b], time: 14).map(\.sequence) == [5], "restored, it still knows the run's count")
+        var full = TaskEventLog()
+        _ = full.receive(epoch: 1, first: 1, events: Array(repeating: a, count: TaskEventLog.maximumEvents + 3), time: 1)
+        #expect(full.events.count == TaskEventLog.maximumEvents && full.dropped == 3)
     }
 }

@@ -6,8 +6,19 @@ import Testing
 
 /// Every control request is routed, or refused with the status and sentence a client sees, from the request alone.
 @Suite struct ControlRouteTests {
-    static func route(_ method: String, _ path: String, _ query: [String: String] = [:], body: [UInt8] = []) -> ControlRoute {
-        ControlRoute(ControlRequest(method: method, path: path, query: query, body: body))
+    static func route(
+        _ method: String, _ path: String, _ query: [String: String] = [:], body: [UInt8] = [], headers: [String: String] = [:]
+    ) -> ControlRoute {
+        ControlRoute(ControlRequest(method: method, path: path, query: query, body: body, headers: headers))
+    }
+
+    @Test func progressEventsAreAPageOrAStreamResumingAfterTheLastSeen() {
+        #expect(Self.route("GET", "/v1/tasks/\(Self.id)/events", ["after": "3", "wait": "30"])
+            == .taskEvents(.id(Self.id), after: 3, wait: .seconds(30), stream: false))
+        #expect(Self.route("GET", "/v1/tasks/\(Self.id)/events", headers: ["accept": "text/event-stream", "last-event-id": "12"])
+            == .taskEvents(.id(Self.id), after: 12, wait: nil, stream: true))
+        #expect(Self.route("GET", "/v1/tasks/\(Self.id)/events", headers: ["last-event-id": "x"])
+            == .refused(status: 400, message: "after (or Last-Event-ID) must be an event number, 0 or more"))
     }
 
     static let id = TaskID(high: 0xABCD, low: 0x1234)

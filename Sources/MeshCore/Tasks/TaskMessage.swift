@@ -101,8 +101,16 @@ public enum TaskMessage: Sendable, Equatable {
     case resume(TaskID, epoch: UInt32)
     /// Executor → submitter while the run goes on: bytes the executor wrote to stderr (at most `maximumLogChunk`).
     case log(TaskID, epoch: UInt32, chunk: [UInt8])
+    /// Executor → submitter while the run goes on: progress events (each a JSON value the agent emitted), numbered
+    /// within the run from `first`, so a repeated or reordered batch is recognised.
+    case progress(TaskID, epoch: UInt32, first: UInt32, events: [[UInt8]])
 
     public static let maximumLogChunk = 4 * 1024
+    /// One progress event's JSON, at most; an agent's longer event is replaced by a note saying so.
+    public static let maximumProgressEvent = 16 * 1024
+    /// The events one `progress` message carries together, at most (by count and by bytes).
+    public static let maximumProgressBatch = 256
+    public static let maximumProgressBatchBytes = 64 * 1024
 
     public static let maximumInputLength = 16 * 1024 * 1024 - 1024
 
@@ -110,14 +118,15 @@ public enum TaskMessage: Sendable, Equatable {
     public var tag: UInt8 { self.encodedHeaderTag }
 
     public static func name(ofTag tag: UInt8) -> String {
-        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log"][Int(tag) < 10 ? Int(tag) : 0]
+        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log", "progress"][Int(tag) < 11 ? Int(tag) : 0]
     }
 
     public var epoch: UInt32 {
         switch self {
         case .offer(let offer): return offer.epoch
         case .accept(_, let epoch), .decline(_, let epoch, _), .result(_, let epoch, _), .resultAck(_, let epoch),
-            .cancel(_, let epoch), .held(_, let epoch), .resume(_, let epoch), .log(_, let epoch, _):
+            .cancel(_, let epoch), .held(_, let epoch), .resume(_, let epoch), .log(_, let epoch, _),
+            .progress(_, let epoch, _, _):
             return epoch
         }
     }
@@ -133,6 +142,7 @@ public enum TaskMessage: Sendable, Equatable {
         case .held: return 7
         case .resume: return 8
         case .log: return 9
+        case .progress: return 10
         }
     }
 
@@ -140,7 +150,7 @@ public enum TaskMessage: Sendable, Equatable {
         switch self {
         case .offer(let offer): return offer.id
         case .accept(let id, _), .decline(let id, _, _), .result(let id, _, _), .resultAck(let id, _), .cancel(let id, _),
-            .held(let id, _), .resume(let id, _), .log(let id, _, _):
+            .held(let id, _), .resume(let id, _), .log(let id, _, _), .progress(let id, _, _, _):
             return id
         }
     }
@@ -194,6 +204,11 @@ public enum TaskMessage: Sendable, Equatable {
         case .log(let id, let epoch, let chunk):
             header(id, epoch)
             writer.longBytes(chunk)
+        case .progress(let id, let epoch, let first, let events):
+            header(id, epoch)
+            writer.u32(first)
+            writer.u16(UInt16(events.count))
+            for event in events { writer.longBytes(event) }
         }
         return writer.bytes
     }
@@ -249,6 +264,15 @@ public enum TaskMessage: Sendable, Equatable {
                 self = .resume(id, epoch: epoch)
             case 9:
                 self = .log(id, epoch: epoch, chunk: try reader.longBytes("log", limit: Self.maximumLogChunk))
+            case 10:
+                let first = try reader.u32("first event")
+                let count = Int(try reader.u16("event count"))
+                guard (1...Self.maximumProgressBatch).contains(count) else {
+                    throw DecodeError(description: "a progress message carries 1 to \(Self.maximumProgressBatch) events, not \(count)")
+                }
+                var events: [[UInt8]] = []
+                for _ in 0..<count { events.append(try reader.longBytes("event", limit: Self.maximumProgressEvent)) }
+                self = .progress(id, epoch: epoch, first: first, events: events)
             default:
                 throw DecodeError(description: "unknown task message tag \(tag)")
             }

@@ -30,6 +30,8 @@ public struct TaskRunner: Sendable {
         var isStoppedAtDeadline = false
         /// Bytes of stderr forwarded to the submitter during this run.
         var loggedBytes = 0
+        /// Progress events forwarded to the submitter during this run.
+        var progressSent: UInt32 = 0
 
         /// A task as the store kept it.
         public init(
@@ -63,6 +65,8 @@ public struct TaskRunner: Sendable {
     public let settings: Settings
     /// How much of one run's stderr goes to the submitter live; the rest is left out, with a note saying so.
     public static let forwardedLogLimit = 256 * 1024
+    /// Progress events one run forwards, at most.
+    public static let forwardedProgressLimit: UInt32 = 10_000
     /// How many tasks of each capability may run at once.
     public let capacity: [String: Int]
     /// False while the store cannot make accepted tasks durable: new offers are declined.
@@ -138,7 +142,7 @@ public struct TaskRunner: Sendable {
             task.isHeld = false
             self.tasks[id] = task
             directives.append(.start(task))
-        case .accept, .decline, .result, .held, .log:
+        case .accept, .decline, .result, .held, .log, .progress:
             break  // submitter-side messages; a confused peer's are ignored here
         }
         return directives
@@ -208,6 +212,38 @@ public struct TaskRunner: Sendable {
             .send(.log(id, epoch: task.epoch, chunk: Array(forwarded[start..<min(start + TaskMessage.maximumLogChunk, forwarded.count)])),
                   to: task.submitter)
         }
+    }
+
+    /// The running executor emitted progress events: they go to the submitter in batches a message can carry, until
+    /// the run has forwarded `forwardedProgressLimit`; one too large becomes a note saying how large it was.
+    public mutating func progressed(_ id: TaskID, _ events: [[UInt8]]) -> [Directive] {
+        guard var task = self.tasks[id], task.outcome == nil, !task.isHeld, task.progressSent < Self.forwardedProgressLimit
+        else { return [] }
+        var kept = events.prefix(Int(Self.forwardedProgressLimit - task.progressSent)).map { event in
+            event.count <= TaskMessage.maximumProgressEvent
+                ? event : Array("{\"agentmesh\":\"event dropped: \(event.count) bytes is over the \(TaskMessage.maximumProgressEvent)-byte limit\"}".utf8)
+        }
+        if task.progressSent + UInt32(kept.count) == Self.forwardedProgressLimit {
+            kept[kept.count - 1] = Array("{\"agentmesh\":\"the rest of this run's events are not forwarded (\(Self.forwardedProgressLimit) limit)\"}".utf8)
+        }
+        var directives: [Directive] = []
+        var batch: [[UInt8]] = []
+        var batchBytes = 0
+        func flush() {
+            guard !batch.isEmpty else { return }
+            directives.append(.send(.progress(id, epoch: task.epoch, first: task.progressSent + 1, events: batch), to: task.submitter))
+            task.progressSent += UInt32(batch.count)
+            batch = []
+            batchBytes = 0
+        }
+        for event in kept {
+            if batch.count == TaskMessage.maximumProgressBatch || batchBytes + event.count > TaskMessage.maximumProgressBatchBytes { flush() }
+            batch.append(event)
+            batchBytes += event.count
+        }
+        flush()
+        self.tasks[id] = task
+        return directives
     }
 
     /// The executor finished (or was stopped). Persist, then send the result.
