@@ -50,6 +50,8 @@ let package = Package(
             dependencies: ["MeshCore", "MeshCrypto", "MeshControl", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strictSettings
         ),
+        // Workflows as pure state machines: definitions, the reference syntax, runs with fan-out and compensation.
+        .target(name: "MeshWorkflows", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strictSettings),
         // How a task runs: builtin:echo, exec: (a child process) and http: (a POST).
         .target(name: "MeshExecutors", dependencies: ["MeshCore"], swiftSettings: strictSettings),
         // The control API load generator of `agentmesh bench` and scripts/bench.
@@ -107,6 +109,7 @@ let package = Package(
             name: "mesh-baseline", dependencies: ["MeshControl", "MeshBench", "MeshCore", "MeshTestKit"], swiftSettings: strictSettings),
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strictSettings),
+        .testTarget(name: "MeshWorkflowTests", dependencies: ["MeshWorkflows", "MeshCore"], swiftSettings: strictSettings),
         .testTarget(
             name: "MeshFuzzRegressionTests",
             dependencies: ["MeshTestKit"],
