@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         // The only target that touches C: libsodium 1.0.18 as shipped by Debian.
@@ -69,7 +70,7 @@ let package = Package(
         .target(
             name: "MeshTransport",
             dependencies: [
-                "MeshWire", "MeshCore", "MeshCrypto", "MeshControl", "MeshStorage", "MeshExecutors",
+                "MeshWire", "MeshCore", "MeshCrypto", "MeshControl", "MeshStorage", "MeshExecutors", "MeshWorkflows",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -87,6 +88,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strictSettings
         ),
@@ -149,7 +151,7 @@ let package = Package(
         .testTarget(
             name: "agentmeshTests",
             dependencies: [
-                "agentmesh", "MeshCore", "MeshTransport", "MeshControl", "MeshStorage", "MeshBench", "MeshTestKit",
+                "agentmesh", "MeshCore", "MeshTransport", "MeshControl", "MeshStorage", "MeshBench", "MeshTestKit", "MeshWorkflows",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

@@ -253,15 +253,22 @@ public enum ControlAPI {
         public let maxAttempts: Int?
         /// Queue the task even when no live member offers the capability (otherwise it is refused at once).
         public let waitForCapability: Bool?
+        /// A URL the node POSTs the finished task to (a webhook), signed with its `webhook.secret`.
+        public let callback: String?
+        /// `final` (the default) or `all`: every state change, not only the end.
+        public let callbackEvents: String?
 
         public init(
-            capability: String, input: JSONValue, timeoutSeconds: Double?, maxAttempts: Int?, waitForCapability: Bool? = nil
+            capability: String, input: JSONValue, timeoutSeconds: Double?, maxAttempts: Int?, waitForCapability: Bool? = nil,
+            callback: String? = nil, callbackEvents: String? = nil
         ) {
             self.capability = capability
             self.input = input
             self.timeoutSeconds = timeoutSeconds
             self.maxAttempts = maxAttempts
             self.waitForCapability = waitForCapability
+            self.callback = callback
+            self.callbackEvents = callbackEvents
         }
 
         package init(parsing body: [UInt8]) throws(SubmitError) {
@@ -293,6 +300,13 @@ public enum ControlAPI {
             } else {
                 self.waitForCapability = nil
             }
+            func text(_ key: String) throws(SubmitError) -> String? {
+                guard let value = object[key], !(value is NSNull) else { return nil }
+                guard let text = value as? String else { throw SubmitError() }
+                return text
+            }
+            self.callback = try text("callback")
+            self.callbackEvents = try text("callback_events")
         }
     }
 
@@ -369,6 +383,117 @@ public enum ControlAPI {
             self.text = text
             self.finished = finished
         }
+    }
+
+    /// `POST /v1/workflows`: a workflow definition (as JSON; the CLI reads YAML into it) and the run's input.
+    public struct WorkflowRequest: Codable, Sendable {
+        public let workflow: JSONValue
+        public let input: JSONValue?
+        /// Where to POST the finished run (overrides the definition's `callback`).
+        public let callback: String?
+        /// With a callback: also POST every state change, not only the end.
+        public let callbackEvents: String?
+
+        public init(workflow: JSONValue, input: JSONValue?, callback: String? = nil, callbackEvents: String? = nil) {
+            self.workflow = workflow
+            self.input = input
+            self.callback = callback
+            self.callbackEvents = callbackEvents
+        }
+    }
+
+    /// One step of a workflow run.
+    public struct WorkflowStep: Codable, Sendable, Equatable {
+        public let name: String
+        public let capability: String
+        /// pending, running, completed, failed, skipped or canceled.
+        public let state: String
+        public let after: [String]
+        /// Items of a map step (1 for a plain step), and how many ended which way.
+        public let items: Int
+        public let completed: Int
+        public let failed: Int
+        public let running: Int
+        public let isMap: Bool
+        /// The step's tasks (one per item that started), to follow with `agentmesh task`.
+        public let tasks: [String]
+        public let error: String?
+        public let output: JSONValue?
+        public let startedAt: Date?
+        public let endedAt: Date?
+        /// From start to end (or to now), to the millisecond.
+        public let seconds: Double?
+        /// Once the run aborts: compensated, compensating, compensation failed: REASON (nil if nothing to undo).
+        public let compensation: String?
+        public let compensationTasks: [String]
+
+        package init(
+            name: String, capability: String, state: String, after: [String], items: Int, completed: Int, failed: Int,
+            running: Int, isMap: Bool, tasks: [String], error: String?, output: JSONValue?, startedAt: Date?, endedAt: Date?,
+            seconds: Double?, compensation: String?, compensationTasks: [String]
+        ) {
+            self.seconds = seconds
+            self.name = name
+            self.capability = capability
+            self.state = state
+            self.after = after
+            self.items = items
+            self.completed = completed
+            self.failed = failed
+            self.running = running
+            self.isMap = isMap
+            self.tasks = tasks
+            self.error = error
+            self.output = output
+            self.startedAt = startedAt
+            self.endedAt = endedAt
+            self.compensation = compensation
+            self.compensationTasks = compensationTasks
+        }
+    }
+
+    /// A workflow run as its owning node reports it.
+    public struct WorkflowInfo: Codable, Sendable, Equatable {
+        public let id: String
+        public let name: String
+        /// running, completed, failed, compensating, compensated, compensation_failed or canceled.
+        public let state: String
+        /// Goes up with every change; `GET /v1/workflows/ID?version=N&wait=S` answers once it passes N.
+        public let version: Int
+        public let submittedAt: Date
+        public let finishedAt: Date?
+        /// From submission to the end (or to now), to the millisecond.
+        public let seconds: Double
+        public let input: JSONValue
+        public let output: JSONValue?
+        public let error: String?
+        public let compensationFailed: [String]?
+        public let steps: [WorkflowStep]
+
+        package init(
+            id: String, name: String, state: String, version: Int, submittedAt: Date, finishedAt: Date?, seconds: Double,
+            input: JSONValue, output: JSONValue?, error: String?, compensationFailed: [String]?, steps: [WorkflowStep]
+        ) {
+            self.seconds = seconds
+            self.id = id
+            self.name = name
+            self.state = state
+            self.version = version
+            self.submittedAt = submittedAt
+            self.finishedAt = finishedAt
+            self.input = input
+            self.output = output
+            self.error = error
+            self.compensationFailed = compensationFailed
+            self.steps = steps
+        }
+
+        public var isFinished: Bool { !["running", "compensating"].contains(self.state) }
+    }
+
+    public struct WorkflowList: Codable, Sendable, Equatable {
+        public let workflows: [WorkflowInfo]
+        package init(workflows: [WorkflowInfo]) { self.workflows = workflows }
     }
 
     /// One progress event an agent emitted while running a task.

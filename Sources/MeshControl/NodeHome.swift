@@ -190,6 +190,25 @@ public struct NodeHome: Sendable {
         return token
     }
 
+    public var webhookSecretPath: String { self.path + "/webhook.secret" }
+
+    /// The key webhook deliveries are signed with (HMAC-SHA256): read from `webhook.secret`, or created there (32
+    /// random bytes as hex, mode 0600) on first use. A receiver checks signatures with the same text.
+    public func loadOrCreateWebhookSecret() throws(HomeError) -> String {
+        if FileManager.default.fileExists(atPath: self.webhookSecretPath) {
+            let secret = String(decoding: try FileSystem.readBytes(self.webhookSecretPath), as: UTF8.self)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            guard secret.count >= 16, secret.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
+                throw .malformed(self.webhookSecretPath, "a webhook secret is one line of at least 16 printable characters")
+            }
+            return secret
+        }
+        var generator = SystemRandomNumberGenerator()
+        let secret = Hex.encode((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+        try FileSystem.writeAtomically(Array((secret + "\n").utf8), to: self.webhookSecretPath, mode: 0o600)
+        return secret
+    }
+
     /// Every readable descriptor in `peers/`, plus a sentence for each file that could not be used.
     public func loadTrustedPeers() -> (descriptors: [PeerDescriptor], problems: [String]) {
         let files: [String]
@@ -262,7 +281,7 @@ public struct NodeHome: Sendable {
 public struct RunConfiguration: Sendable, Equatable {
     public static let keys = [
         "listen", "advertise", "join", "capabilities", "timers", "http", "durability", "max_connections", "open",
-        "log_level", "max_input_bytes",
+        "log_level", "max_input_bytes", "allow_private_callbacks", "subscribe",
     ]
     public var listen: String?
     public var advertise: String?
@@ -275,6 +294,8 @@ public struct RunConfiguration: Sendable, Equatable {
     public var open: Bool?
     public var logLevel: String?
     public var maxInputBytes: Int?
+    public var allowPrivateCallbacks: Bool?
+    public var subscribe: [String]?
     public var limits: [LimitClass: Rate] = [:]
 
     public init() {}
@@ -325,10 +346,14 @@ public struct RunConfiguration: Sendable, Equatable {
         self.http = try string("http")
         self.durability = try string("durability")
         self.maxConnections = try integer("max_connections")
-        if let value = table["open"] {
-            guard case .boolean(let flag) = value else { throw KeyError(description: "open must be true or false") }
-            self.open = flag
+        func boolean(_ key: String) throws -> Bool? {
+            guard let value = table[key] else { return nil }
+            guard case .boolean(let flag) = value else { throw KeyError(description: "\(key) must be true or false") }
+            return flag
         }
+        self.open = try boolean("open")
+        self.allowPrivateCallbacks = try boolean("allow_private_callbacks")
+        self.subscribe = try strings("subscribe")
         self.logLevel = try string("log_level")
         self.maxInputBytes = try integer("max_input_bytes")
     }

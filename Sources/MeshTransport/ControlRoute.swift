@@ -26,6 +26,14 @@ enum ControlRoute: Equatable {
     case cancel(TaskReference)
     /// `GET /v1/tasks/ID/logs[?after=N&wait=S]`: the run's stderr after byte N, long-polled for more
     case taskLog(TaskReference, after: Int, wait: Duration?)
+    /// `POST /v1/workflows[?wait=S]`
+    case submitWorkflow(body: [UInt8], wait: Duration?)
+    /// `GET /v1/workflows`, newest first
+    case listWorkflows
+    /// `GET /v1/workflows/ID[?version=N&wait=S]`: with `version`, answers once the run has changed past it
+    case workflow(TaskReference, version: Int?, wait: Duration?)
+    /// `POST /v1/workflows/ID/cancel`
+    case cancelWorkflow(TaskReference)
     /// Answered without the node: a bad path, method or parameter.
     case refused(status: Int, message: String)
 
@@ -43,6 +51,7 @@ enum ControlRoute: Equatable {
         case ("health", 2): self = request.method == "GET" ? .health : Self.notAllowed(request)
         case ("executing", 2): self = request.method == "GET" ? .executing : Self.notAllowed(request)
         case ("tasks", 2...4): self = Self.taskRoute(request, parts)
+        case ("workflows", 2...4): self = Self.workflowRoute(request, parts)
         default: self = .refused(status: 404, message: "no such endpoint: \(request.path)")
         }
     }
@@ -87,6 +96,34 @@ enum ControlRoute: Equatable {
         case ("POST", 4) where parts[3] == "cancel":
             guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
             return .cancel(reference)
+        default:
+            return .refused(status: 404, message: "no such endpoint: \(request.method) \(request.path)")
+        }
+    }
+
+    private static func workflowRoute(_ request: ControlRequest, _ parts: [String]) -> ControlRoute {
+        var wait: Duration?
+        if let text = request.query["wait"] {
+            guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
+                return .refused(status: 400, message: "wait must be a number of seconds from 0 to 3600")
+            }
+            wait = .milliseconds(Int64(seconds * 1000))
+        }
+        let mistake = { (text: String) in "'\(text)' is not a workflow id: give the 32 hex digits 'agentmesh workflow run' printed, or at least the first 4" }
+        switch (request.method, parts.count) {
+        case ("POST", 2): return .submitWorkflow(body: request.body, wait: wait)
+        case ("GET", 2): return .listWorkflows
+        case ("GET", 3):
+            guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: mistake(parts[2])) }
+            var version: Int?
+            if let text = request.query["version"] {
+                guard let number = Int(text), number >= 0 else { return .refused(status: 400, message: "version must be a number, 0 or more") }
+                version = number
+            }
+            return .workflow(reference, version: version, wait: wait)
+        case ("POST", 4) where parts[3] == "cancel":
+            guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: mistake(parts[2])) }
+            return .cancelWorkflow(reference)
         default:
             return .refused(status: 404, message: "no such endpoint: \(request.method) \(request.path)")
         }

@@ -92,6 +92,14 @@ extension MeshNode {
                 respond(self.taskDocument(id))
             case .refused(let response): respond(response)
             }
+        case .submitWorkflow(let body, let wait):
+            self.submitWorkflow(body, wait: wait, respond: respond)
+        case .listWorkflows:
+            respond(self.listWorkflows())
+        case .workflow(let reference, let version, let wait):
+            self.answerWorkflow(reference, version: version, wait: wait, respond: respond)
+        case .cancelWorkflow(let reference):
+            self.cancelWorkflow(reference, respond: respond)
         case .refused(let status, let message):
             respond(.error(status, message))
         }
@@ -123,6 +131,11 @@ extension MeshNode {
         guard timeout > 0, timeout <= 86_400 else { return respond(.error(400, "timeout_seconds must be between 0 and 86400")) }
         let attempts = request.maxAttempts ?? 5
         guard (1...100).contains(attempts) else { return respond(.error(400, "max_attempts must be between 1 and 100")) }
+        let callback: WebhookTarget?
+        switch self.webhookTarget(request.callback, events: request.callbackEvents) {
+        case .success(let target): callback = target
+        case .failure(let refusal): return respond(.error(400, refusal.description))
+        }
         guard self.commitGate.isStoreWritable else {
             return respond(.error(507, "this node cannot store new tasks now (\(self.taskStore?.path ?? "its task store") is not writable); try another node"))
         }
@@ -148,6 +161,7 @@ extension MeshNode {
                 id: id, capability: request.capability, input: Array(input),
                 timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, now: self.now)
         }
+        if let callback { self.registerWebhook(callback, for: .task(id)) }
         // The client hears "accepted" only once the task is durable.
         self.whenStored(self.taskStore?.lastQueued ?? 0) { error in
             if let error {

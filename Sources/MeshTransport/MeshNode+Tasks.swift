@@ -91,7 +91,13 @@ extension MeshNode {
         var actions: [DeferredTaskAction] = []
         for directive in directives {
             switch directive {
-            case .persist(let task): changes.append(.submitted(task))
+            case .persist(let task):
+                changes.append(.submitted(task))
+                if !task.state.isTerminal, self.webhooks.targets[.task(task.id)] != nil {
+                    self.webhookStateChanged(.task(task.id), state: task.state.rawValue, isFinal: false) {
+                        self.taskDocumentBytes(task.id)
+                    }
+                }
             case .forget(let id): changes.append(.forgetSubmitted(id))
             case .forgetFinished(let before): changes.append(.forgetFinished(before: before))
             case .send, .finished: actions.append(.submitter(directive))
@@ -143,6 +149,8 @@ extension MeshNode {
                 "error": "\(task.error ?? "-")",
             ])
             self.wakeWaiters(for: task.id)
+            self.workflowTaskEnded(task)
+            self.webhookStateChanged(.task(task.id), state: task.state.rawValue, isFinal: true) { self.taskDocumentBytes(task.id) }
         case .runner(.send(let message, let peer)):
             if case .accept(let id, let epoch) = message, self.runner.task(id)?.epoch != epoch { return }
             self.deliver(message, to: peer)

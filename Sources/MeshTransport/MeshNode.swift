@@ -8,6 +8,7 @@ import NIOPosix
 public import ServiceLifecycle
 import Synchronization
 import MeshStorage
+import MeshWorkflows
 public import MeshControl
 
 /// One AgentMesh node: accepts and dials authenticated connections, keeps one session per peer, re-dials its join
@@ -101,6 +102,14 @@ public actor MeshNode: Service {
     var eventWaiters = TaskWaiters()
     /// Clients following a task's progress as server-sent events.
     var eventStreams: [TaskID: [ControlStreamSink]] = [:]
+    /// The workflow runs this node owns, and which run each of their tasks belongs to.
+    var workflows: [TaskID: WorkflowRun] = [:]
+    var workflowOfTask: [TaskID: TaskID] = [:]
+    /// Clients long-polling for a workflow's next change.
+    var workflowWaiters = TaskWaiters()
+    /// Webhook targets and deliveries, and the key that signs them (`DIR/webhook.secret`).
+    var webhooks = WebhookBook()
+    var webhookSecret: SecretBytes?
     /// Task actions and client answers held until the store and the audit log have committed what they need.
     var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
         storeCommitted: 0, auditCommitted: 0)
@@ -263,6 +272,13 @@ public actor MeshNode: Service {
         self.commitGate = CommitGate(storeCommitted: store.lastQueued, auditCommitted: audit.lastQueued)
         self.openTaskStore(store, restoring: stored)
         self.openAuditLog(audit)
+        do {
+            self.webhookSecret = SecretBytes(copying: Array(try self.home.loadOrCreateWebhookSecret().utf8))
+        } catch {
+            self.logger.error("webhooks cannot be signed, so none will be sent", metadata: ["error": "\(error)"])
+        }
+        self.restoreWorkflows()
+        self.restoreWebhooks()
         self.logger.info("listening", metadata: [
             "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
             "trusted-peers": "\(self.gate.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",

@@ -53,6 +53,8 @@ public struct WorkflowRun: Sendable, Equatable, Codable {
         public internal(set) var endedAt: Int64?
         /// The undo of each completed item (by index), once the run aborts.
         public internal(set) var compensations: [Int: Item] = [:]
+
+        public init() {}
     }
 
     /// One compensation to run: a completed item of a step.
@@ -250,8 +252,8 @@ public struct WorkflowRun: Sendable, Equatable, Codable {
         guard let step = self.definition.step(name), let run = self.steps[name], run.state == .running else { return }
         let item = run.items[index]
         if item.state == .failed && step.onFailure == .abort {
-            let label = run.mapItems == nil ? "step \(name)" : "step \(name) item \(index)"
-            return self.stepFailed(name, "\(label) failed: \(item.error ?? "no reason given")", time: time, into: &directives)
+            let error = (run.mapItems == nil ? "" : "item \(index): ") + (item.error ?? "no reason given")
+            return self.stepFailed(name, error, time: time, into: &directives)
         }
         if run.items.allSatisfy({ $0.state != .pending && $0.state != .running }) {
             self.stepEnded(name, time: time, into: &directives)
@@ -290,7 +292,7 @@ public struct WorkflowRun: Sendable, Equatable, Codable {
             self.cancelItems(of: name, into: &directives)
             return
         }
-        self.abort(error, time: time, into: &directives)
+        self.abort("step \(name) failed: \(error)", time: time, into: &directives)
     }
 
     /// Stops everything running, skips what has not started, and queues the compensations of completed work.

@@ -58,6 +58,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "The largest task input this node accepts, in bytes (default 1048576; at most 4128768, as a submission's body is at most 4 MiB).")
     var maxInputBytes: Int?
 
+    @Flag(help: "Let webhooks (submit --callback) reach loopback, private and link-local addresses; refused otherwise (SSRF).")
+    var allowPrivateCallbacks = false
+
     @Flag(help: "Start even if an audit log is broken: rename it *.broken-TIME and begin a new one (the node says which).")
     var setAsideBrokenAudit = false
 
@@ -112,6 +115,7 @@ struct Run: AsyncParsableCommand {
             throw CLIError("the input limit must be 1 to \(NodeSettings.largestTaskInput) bytes", status: .badInput)
         }
         settings.isOpen = self.open || file.open == true
+        settings.allowPrivateCallbacks = self.allowPrivateCallbacks || file.allowPrivateCallbacks == true
         settings.limits.rates.merge(file.limits) { _, new in new }
         for text in self.limit {
             do {

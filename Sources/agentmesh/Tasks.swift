@@ -39,10 +39,19 @@ struct Submit: ParsableCommand {
     @Option(help: "Attempts before giving up (a failure is retried after a back-off; a rejection never is).")
     var maxAttempts: Int = 5
 
+    @Option(help: ArgumentHelp(
+        "POST the finished task here (a webhook), signed with the node's DIR/webhook.secret; retried with back-off.",
+        valueName: "URL"))
+    var callback: String?
+
+    @Flag(help: "With --callback: POST every state change, not only the end.")
+    var callbackAllStates = false
+
     @Flag(help: "Print the task as JSON.")
     var json = false
 
     func validate() throws {
+        guard self.callback != nil || !self.callbackAllStates else { throw ValidationError("--callback-all-states goes with --callback") }
         guard (self.input == nil) != (self.inputFile == nil) else {
             throw ValidationError("give the input with exactly one of --input or --input-file")
         }
@@ -54,7 +63,8 @@ struct Submit: ParsableCommand {
         let value = try parseJSONInput(try self.readInput())
         let body = try ControlAPI.encoder().encode(ControlAPI.SubmitRequest(
             capability: self.capability, input: ControlAPI.JSONValue(value), timeoutSeconds: self.timeout,
-            maxAttempts: self.maxAttempts, waitForCapability: self.waitForCapability ? true : nil))
+            maxAttempts: self.maxAttempts, waitForCapability: self.waitForCapability ? true : nil, callback: self.callback,
+            callbackEvents: self.callbackAllStates ? "all" : nil))
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
         let task: ControlAPI.TaskInfo = try reporting {
             do {
@@ -62,6 +72,8 @@ struct Submit: ParsableCommand {
                     client.request(method: "POST", path: "/v1/tasks", body: Array(body)), as: ControlAPI.TaskInfo.self)
             } catch ControlClient.Error.api(409, let message) {
                 throw CLIError(message, status: .noCapability)
+            } catch ControlClient.Error.api(400, let message) {
+                throw CLIError(message, status: .badInput)
             }
         }
         guard self.wait || self.follow else {

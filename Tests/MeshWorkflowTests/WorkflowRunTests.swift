@@ -155,6 +155,7 @@ import Testing
         let definition = try Self.definition(#"{"name": "m", "steps": [{"name": "each", "capability": "echo", "map": "{{input.items}}"}]}"#)
         var run = WorkflowRun(id: TaskID(high: 12, low: 1), definition: definition, input: .object(["items": .string("no")]), time: 0)
         #expect(Self.tasks(run.start(time: 0)).isEmpty)
-        #expect(run.state == .failed && run.error == "map {{input.items}} is not a list")
+        #expect(run.state == .failed && run.error == "step each failed: map {{input.items}} is not a list")
+        #expect(run.steps["each"]?.error == "map {{input.items}} is not a list")
     }
 }

@@ -20,12 +20,12 @@ import MeshCore
             self.timers = timers
         }
 
-        func start(join: String?, capabilities: [String] = []) throws {
+        func start(join: String?, capabilities: [String] = [], extra: [String] = []) throws {
             let process = try SpawnedProcess(
                 CommandLineTests.binary,
                 ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", self.timers,
                  "--durability", self.durability]
-                    + (join.map { ["--join", $0] } ?? []) + capabilities.flatMap { ["--capability", $0] })
+                    + (join.map { ["--join", $0] } ?? []) + capabilities.flatMap { ["--capability", $0] } + extra)
             self.process = process
             let line = process.waitForLine(containing: "listening on") ?? ""
             self.address = line.components(separatedBy: "listening on ").last?

@@ -1,0 +1,271 @@
+import Foundation
+import Logging
+import MeshControl
+import MeshCore
+import MeshStorage
+import MeshWorkflows
+import NIOCore
+
+/// Workflows owned by this node: each run is a ``WorkflowRun`` kept in memory and stored whole (a `workflow`
+/// document) after every change; its steps are ordinary tasks submitted here, whose ends drive the run.
+extension MeshNode {
+    static let workflowDocument = "workflow"
+    /// Finished runs kept (in memory and in the store); the oldest beyond this are forgotten.
+    static let finishedWorkflowsKept = 1_000
+
+    /// `POST /v1/workflows[?wait=S]`
+    func submitWorkflow(_ body: [UInt8], wait: Duration?, respond: @escaping Respond) {
+        let request: ControlAPI.WorkflowRequest
+        do {
+            request = try ControlAPI.decoder().decode(ControlAPI.WorkflowRequest.self, from: Data(body))
+        } catch {
+            return respond(.error(400, "the request is not a workflow run: send JSON like {\"workflow\": {\"name\": …, \"steps\": […]}, \"input\": {…}}"))
+        }
+        let definition: WorkflowDefinition
+        do {
+            definition = try WorkflowDefinition(parsing: JSON(foundation: request.workflow.value))
+        } catch {
+            return respond(.error(400, "the workflow is not valid: \(error.description)"))
+        }
+        let callback: WebhookTarget?
+        switch self.webhookTarget(request.callback ?? definition.callback, events: request.callbackEvents) {
+        case .success(let target): callback = target
+        case .failure(let refusal): return respond(.error(400, refusal.description))
+        }
+        guard self.commitGate.isStoreWritable else {
+            return respond(.error(507, "this node cannot store new workflows now (\(self.taskStore?.path ?? "its task store") is not writable); try another node"))
+        }
+        let id = self.startWorkflow(definition, input: request.input.map { JSON(foundation: $0.value) }, callback: callback)
+        self.whenWorkflowStored(id) { error in
+            if let error { return respond(.error(507, "the workflow could not be stored: \(error)")) }
+            guard let wait else { return respond(self.workflowResponse(id, status: 202)) }
+            self.whenWorkflowChanges(id, after: .max, within: wait) {
+                respond(self.workflowResponse(id, status: self.workflows[id]?.state.isTerminal == true ? 200 : 202))
+            }
+        }
+    }
+
+    /// Starts a run (a client's, or one an event started); returns its id.
+    @discardableResult
+    func startWorkflow(_ definition: WorkflowDefinition, input: JSON?, callback: WebhookTarget?) -> TaskID {
+        var generator = SystemRandomNumberGenerator()
+        let id = TaskID(using: &generator)
+        var run = WorkflowRun(id: id, definition: definition, input: input, time: AuditLog.wallClockMilliseconds())
+        let directives = run.start(time: AuditLog.wallClockMilliseconds())
+        self.workflows[id] = run
+        if let callback { self.registerWebhook(callback, for: .workflow(id)) }
+        self.logger.info("workflow started", metadata: ["workflow": "\(id)", "name": "\(definition.name)"])
+        self.performWorkflow(id, directives)
+        return id
+    }
+
+    /// Submits and cancels what the run asked for, stores it, and tells whoever waits.
+    private func performWorkflow(_ id: TaskID, _ directives: [WorkflowRun.Directive]) {
+        for directive in directives {
+            switch directive {
+            case .submit(let task):
+                // A task that ended at once (found in the store) may have moved the run on past this one.
+                guard self.workflows[id]?.tasksInFlight.contains(task) == true else { continue }
+                self.workflowOfTask[task.id] = id
+                self.submitWorkflowTask(task)
+            case .cancel(let task):
+                self.runSubmitter { $0.cancel(task, now: self.now) }
+            }
+        }
+        guard let run = self.workflows[id] else { return }
+        self.storeWorkflow(run)
+        self.webhookStateChanged(.workflow(id), state: run.state.rawValue, isFinal: run.state.isTerminal) {
+            self.workflowDocumentBytes(id)
+        }
+        for waiter in self.workflowWaiters.removeAll(id) {
+            waiter.expiry.cancel()
+            waiter.wake()
+        }
+        if run.state.isTerminal {
+            for task in run.steps.values.flatMap({ ($0.items + $0.compensations.values).compactMap(\.task?.id) }) {
+                self.workflowOfTask[task] = nil
+            }
+            self.logger.info("workflow ended", metadata: ["workflow": "\(id)", "state": "\(run.state.rawValue)"])
+            self.forgetOldWorkflows()
+        }
+    }
+
+    /// A step's task: submitted once (its id is derived, so a repeat is the same task); one the store still holds
+    /// from before a restart is not submitted again.
+    private func submitWorkflowTask(_ task: WorkflowTask) {
+        if let known = self.submitter.task(task.id) ?? (try? self.taskStore?.submittedTask(task.id)) {
+            if known.state.isTerminal { self.workflowTaskEnded(known) }
+            return
+        }
+        self.runSubmitter {
+            $0.submit(
+                id: task.id, capability: task.capability, input: task.input,
+                timeout: .milliseconds(Int64(task.timeoutSeconds * 1000)), maximumAttempts: task.attempts, now: self.now)
+        }
+        // The submitter hears of members on its tick; membership may know one already.
+        if !self.submitter.hasCandidate(for: task.capability) {
+            self.runSubmitter { $0.candidatesChanged(self.taskCandidates(), now: self.now) }
+        }
+    }
+
+    /// A task ended: if a workflow waits for it, the run moves on.
+    func workflowTaskEnded(_ task: TaskSubmitter.SubmittedTask) {
+        guard let id = self.workflowOfTask[task.id], var run = self.workflows[id] else { return }
+        let outcome: WorkflowTaskOutcome
+        switch task.state {
+        case .completed:
+            if case .success(let output)? = task.outcome { outcome = .completed(output) } else { outcome = .completed(Array("null".utf8)) }
+        case .canceled: outcome = .canceled
+        default: outcome = .failed(task.error ?? "\(task.state.rawValue)")
+        }
+        self.workflowOfTask[task.id] = nil
+        let directives = run.taskEnded(task.id, outcome, time: AuditLog.wallClockMilliseconds())
+        self.workflows[id] = run
+        self.performWorkflow(id, directives)
+    }
+
+    private func storeWorkflow(_ run: WorkflowRun) {
+        guard let body = try? JSONEncoder().encode(run) else { return }
+        self.taskStore?.enqueue([.document(kind: Self.workflowDocument, id: run.id, body: Array(body))])
+    }
+
+    private func forgetOldWorkflows() {
+        let finished = self.workflows.values.filter(\.state.isTerminal).sorted { ($0.finishedAt ?? 0) < ($1.finishedAt ?? 0) }
+        for run in finished.dropLast(Self.finishedWorkflowsKept) {
+            self.workflows[run.id] = nil
+            self.taskStore?.enqueue([.forgetDocument(kind: Self.workflowDocument, id: run.id)])
+        }
+    }
+
+    /// After a restart: every stored run comes back; an unfinished one re-attaches to its tasks (the store still
+    /// holds them), takes the outcome of those that ended while the node was down, and re-submits any whose
+    /// submission was lost with the crash.
+    func restoreWorkflows() {
+        guard let store = self.taskStore else { return }
+        let documents: [(id: TaskID, body: [UInt8])]
+        do {
+            documents = try store.documents(kind: Self.workflowDocument)
+        } catch {
+            return self.logger.error("cannot read the stored workflows", metadata: ["error": "\(error)"])
+        }
+        var unfinished: [TaskID] = []
+        for document in documents {
+            guard let run = try? JSONDecoder().decode(WorkflowRun.self, from: Data(document.body)) else {
+                self.logger.error("a stored workflow cannot be read; it is skipped", metadata: ["workflow": "\(document.id)"])
+                continue
+            }
+            self.workflows[run.id] = run
+            if !run.state.isTerminal { unfinished.append(run.id) }
+        }
+        if !unfinished.isEmpty { self.logger.info("resuming workflows", metadata: ["count": "\(unfinished.count)"]) }
+        for id in unfinished {
+            for task in self.workflows[id]?.tasksInFlight ?? [] where self.workflows[id]?.tasksInFlight.contains(task) == true {
+                self.workflowOfTask[task.id] = id
+                self.submitWorkflowTask(task)
+            }
+        }
+    }
+
+    // MARK: - Control API
+
+    func listWorkflows() -> ControlResponse {
+        let runs = self.workflows.values.sorted { $0.submittedAt > $1.submittedAt }.prefix(1_000)
+        return .json(ControlAPI.WorkflowList(workflows: runs.map(self.workflowInfo)))
+    }
+
+    func answerWorkflow(_ reference: TaskReference, version: Int?, wait: Duration?, respond: @escaping Respond) {
+        guard let id = self.resolveWorkflow(reference, respond: respond) else { return }
+        self.whenWorkflowChanges(id, after: version ?? .max, within: wait ?? .zero) { respond(self.workflowResponse(id)) }
+    }
+
+    func cancelWorkflow(_ reference: TaskReference, respond: @escaping Respond) {
+        guard let id = self.resolveWorkflow(reference, respond: respond), var run = self.workflows[id] else { return }
+        let directives = run.cancel(time: AuditLog.wallClockMilliseconds())
+        self.workflows[id] = run
+        self.performWorkflow(id, directives)
+        respond(self.workflowResponse(id))
+    }
+
+    private func resolveWorkflow(_ reference: TaskReference, respond: Respond) -> TaskID? {
+        let matches: [TaskID]
+        switch reference {
+        case .id(let id): matches = self.workflows[id] == nil ? [] : [id]
+        case .prefix(let prefix): matches = self.workflows.keys.filter { $0.description.hasPrefix(prefix) }
+        }
+        switch matches.count {
+        case 1: return matches[0]
+        case 0: respond(.error(404, "no workflow on this node has the id \(reference.text)")); return nil
+        default: respond(.error(409, "\(matches.count) workflows have ids starting with \(reference.text); give more digits")); return nil
+        }
+    }
+
+    /// Calls `then` once the run's version passes `version` (or it ends, or `timeout` passes).
+    private func whenWorkflowChanges(_ id: TaskID, after version: Int, within timeout: Duration, then: @escaping () -> Void) {
+        guard let run = self.workflows[id], !run.state.isTerminal, timeout > .zero, version == .max || run.version <= version
+        else { return then() }
+        self.workflowWaiters.add(id, wake: then) { token in
+            self.loop.scheduleTask(in: TimeAmount(timeout)) {
+                self.assumeIsolated { node in node.workflowWaiters.remove(id, token: token)?.wake() } as Void
+            }
+        }
+    }
+
+    private func whenWorkflowStored(_ id: TaskID, then: @escaping (String?) -> Void) {
+        let sequence = self.taskStore?.lastQueued ?? 0
+        if !self.commitGate.wait(forStore: sequence, { error in then(error?.description) }) { then(nil) }
+    }
+
+    func workflowResponse(_ id: TaskID, status: Int = 200) -> ControlResponse {
+        guard let run = self.workflows[id] else { return .error(404, "no workflow \(id) on this node") }
+        return .json(self.workflowInfo(run), status: status)
+    }
+
+    func workflowDocumentBytes(_ id: TaskID) -> [UInt8]? {
+        guard let run = self.workflows[id] else { return nil }
+        return ControlResponse.json(self.workflowInfo(run)).body
+    }
+
+    private func workflowInfo(_ run: WorkflowRun) -> ControlAPI.WorkflowInfo {
+        func value(_ json: JSON?) -> ControlAPI.JSONValue? {
+            json.flatMap { try? JSONSerialization.jsonObject(with: Data($0.bytes), options: [.fragmentsAllowed]) }.map(ControlAPI.JSONValue.init)
+        }
+        func date(_ milliseconds: Int64?) -> Date? { milliseconds.map { Date(timeIntervalSince1970: Double($0) / 1000) } }
+        let now = AuditLog.wallClockMilliseconds()
+        func seconds(_ start: Int64?, _ end: Int64?) -> Double? { start.map { Double((end ?? now) - $0) / 1000 } }
+        let steps = run.definition.steps.map { step -> ControlAPI.WorkflowStep in
+            let state = run.steps[step.name] ?? WorkflowRun.StepRun()
+            let undos = state.compensations.sorted { $0.key < $1.key }.map(\.value)
+            var compensation: String?
+            if undos.contains(where: { $0.state == .failed }) {
+                compensation = "compensation failed: " + (undos.first { $0.state == .failed }?.error ?? "no reason given")
+            } else if undos.contains(where: { $0.state == .running }) {
+                compensation = "compensating"
+            } else if !undos.isEmpty {
+                compensation = "compensated"
+            }
+            return ControlAPI.WorkflowStep(
+                name: step.name, capability: step.capability, state: state.state.rawValue, after: step.after,
+                items: state.items.count, completed: state.items.count { $0.state == .completed },
+                failed: state.items.count { $0.state == .failed }, running: state.items.count { $0.state == .running },
+                isMap: step.map != nil, tasks: state.items.compactMap { $0.task?.id.description }, error: state.error,
+                output: value(state.output), startedAt: date(state.startedAt), endedAt: date(state.endedAt),
+                seconds: seconds(state.startedAt, state.endedAt),
+                compensation: compensation, compensationTasks: undos.compactMap { $0.task?.id.description })
+        }
+        return ControlAPI.WorkflowInfo(
+            id: run.id.description, name: run.definition.name, state: run.state.rawValue, version: run.version,
+            submittedAt: date(run.submittedAt)!, finishedAt: date(run.finishedAt),
+            seconds: seconds(run.submittedAt, run.finishedAt) ?? 0, input: value(run.input) ?? ControlAPI.JSONValue(NSNull()),
+            output: value(run.output), error: run.error,
+            compensationFailed: run.compensationFailures.isEmpty ? nil : run.compensationFailures, steps: steps)
+    }
+}
+
+extension TaskReference {
+    var text: String {
+        switch self {
+        case .id(let id): return id.description
+        case .prefix(let prefix): return prefix
+        }
+    }
+}

@@ -1,0 +1,214 @@
+import ArgumentParser
+import Foundation
+import MeshControl
+import Yams
+
+struct WorkflowCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "workflow",
+        abstract: "Run workflows: steps placed on the mesh as tasks, with fan-out, dependencies and compensations.",
+        discussion: """
+            A workflow is a YAML or JSON file: a name, and steps with a capability and an input that may refer to \
+            the workflow's input and earlier steps' outputs ({{input.topic}}, {{steps.research.output.summary}}, \
+            {{item}} in a map). The node it is submitted to owns the run, stores it, and resumes it after a restart.
+            """,
+        subcommands: [Run.self, List.self, Show.self, Cancel.self])
+
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start a workflow from a YAML or JSON file; prints its id, or with --wait its output.",
+            discussion: """
+                Exit statuses: 0 completed, 1 failed (compensated or not), 3 canceled, 4 no node running here, \
+                64 a file or workflow that is not valid.
+                """)
+
+        @OptionGroup var options: HomeOptions
+
+        @Argument(help: "The workflow file (YAML or JSON).", completion: .file())
+        var file: String
+
+        @Option(help: ArgumentHelp("The workflow's input as JSON (default: the file's 'input').", valueName: "JSON"))
+        var input: String?
+
+        @Flag(help: "Wait for the run to end and print its output.")
+        var wait = false
+
+        @Flag(name: [.long, .customShort("f")], help: "Wait, printing each step's changes as they happen.")
+        var follow = false
+
+        @Option(help: ArgumentHelp("POST the finished run here (a webhook), signed with DIR/webhook.secret.", valueName: "URL"))
+        var callback: String?
+
+        @Flag(help: "Print the run as JSON.")
+        var json = false
+
+        func run() throws {
+            let workflow = try readWorkflowFile(self.file)
+            let input = try self.input.map { try parseJSONInput(Data($0.utf8)) }
+            let body = try ControlAPI.encoder().encode(ControlAPI.WorkflowRequest(
+                workflow: ControlAPI.JSONValue(workflow), input: input.map(ControlAPI.JSONValue.init), callback: self.callback))
+            let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+            let run = try reporting {
+                try client.decode(client.request(method: "POST", path: "/v1/workflows", body: Array(body)), as: ControlAPI.WorkflowInfo.self)
+            }
+            guard self.wait || self.follow else {
+                if self.json { try printJSON(run) } else { print(run.id) }
+                return
+            }
+            FileHandle.standardError.write(Data("workflow \(run.id) started; waiting for it to end (Ctrl-C stops waiting, not the run)\n".utf8))
+            let ended = try waitForWorkflow(run, client: client, follow: self.follow)
+            if self.json {
+                try printJSON(ended)
+            } else if ended.state == "completed" {
+                print(try resultText(ended.output))
+            }
+            try exitStatus(of: ended)
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the workflow runs this node owns, newest first.")
+
+        @OptionGroup var options: HomeOptions
+
+        @Flag(help: "One JSON document instead of a table.")
+        var json = false
+
+        func run() throws {
+            let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+            let list = try reporting { try client.get("/v1/workflows", as: ControlAPI.WorkflowList.self) }
+            if self.json { return try printJSON(list) }
+            print(renderTable(
+                header: ["ID", "NAME", "STATE", "STEPS DONE", "SUBMITTED", "DURATION"],
+                rows: list.workflows.map { run in
+                    [String(run.id.prefix(12)), run.name, run.state,
+                     "\(run.steps.count { $0.state == "completed" })/\(run.steps.count)", run.submittedAt.timeOfDay,
+                     duration(run.seconds)]
+                }))
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Draw a workflow run's steps with their state.")
+
+        @OptionGroup var options: HomeOptions
+
+        @Argument(help: "The workflow id, or its first 4 or more hex digits.")
+        var id: String
+
+        @Flag(help: "Print the run as JSON.")
+        var json = false
+
+        func run() throws {
+            let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+            let run = try reporting { try client.get("/v1/workflows/\(self.id)", as: ControlAPI.WorkflowInfo.self) }
+            if self.json { return try printJSON(run) }
+            print(drawWorkflow(run))
+        }
+    }
+
+    struct Cancel: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Cancel a workflow run: running steps stop and completed steps are compensated.")
+
+        @OptionGroup var options: HomeOptions
+
+        @Argument(help: "The workflow id, or its first 4 or more hex digits.")
+        var id: String
+
+        func run() throws {
+            let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+            let run = try reporting {
+                try client.decode(client.request(method: "POST", path: "/v1/workflows/\(self.id)/cancel"), as: ControlAPI.WorkflowInfo.self)
+            }
+            print("workflow \(run.id) \(run.state)")
+        }
+    }
+}
+
+/// A workflow file as a JSON value: JSON if it parses as JSON, otherwise YAML.
+func readWorkflowFile(_ path: String) throws -> Any {
+    let data: Data
+    do {
+        data = try Data(contentsOf: URL(fileURLWithPath: path))
+    } catch {
+        throw CLIError("cannot read \(path): " + (FileManager.default.fileExists(atPath: path) ? "it cannot be read" : "no such file"), status: .badInput)
+    }
+    if let json = try? JSONSerialization.jsonObject(with: data) { return json }
+    do {
+        guard let value = try Yams.load(yaml: String(decoding: data, as: UTF8.self)) else {
+            throw CLIError("\(path) is empty", status: .badInput)
+        }
+        return value
+    } catch let error as CLIError {
+        throw error
+    } catch {
+        throw CLIError("\(path) is neither JSON nor YAML: \(error)", status: .badInput)
+    }
+}
+
+/// Long-polls the run until it ends; with `follow`, prints a line for every step that changes.
+func waitForWorkflow(_ run: ControlAPI.WorkflowInfo, client: ControlClient, follow: Bool) throws -> ControlAPI.WorkflowInfo {
+    var run = run
+    var shown: [String: String] = [:]
+    while true {
+        if follow {
+            for step in run.steps {
+                var line = "\(step.name): \(step.state)"
+                if step.isMap { line += " (\(step.completed)/\(step.items) items" + (step.failed > 0 ? ", \(step.failed) failed" : "") + ")" }
+                if let compensation = step.compensation { line += ", \(compensation)" }
+                if let error = step.error, step.state == "failed" { line += ": \(error)" }
+                if shown[step.name] != line, step.state != "pending" || shown[step.name] != nil {
+                    FileHandle.standardError.write(Data("\(Date().timeOfDay)  \(line)\n".utf8))
+                    shown[step.name] = line
+                }
+            }
+        }
+        if run.isFinished { return run }
+        let current = run
+        run = try reporting {
+            try client.decode(
+                client.request(method: "GET", path: "/v1/workflows/\(current.id)?version=\(current.version)&wait=30", timeout: .seconds(40)),
+                as: ControlAPI.WorkflowInfo.self)
+        }
+    }
+}
+
+func exitStatus(of run: ControlAPI.WorkflowInfo) throws {
+    switch run.state {
+    case "completed": return
+    case "canceled": throw CLIError("workflow \(run.id) was canceled", status: .canceled)
+    default:
+        var sentence = "workflow \(run.id) \(run.state.replacingOccurrences(of: "_", with: " "))"
+        if let error = run.error { sentence += ": \(error)" }
+        if let failed = run.compensationFailed { sentence += "; the compensation of \(failed.joined(separator: ", ")) failed" }
+        throw CLIError(sentence, status: .failed)
+    }
+}
+
+/// The run as `workflow show` draws it: one line per step in definition order, marked by state, with what it waits
+/// for, its items, and its compensation.
+func drawWorkflow(_ run: ControlAPI.WorkflowInfo) -> String {
+    var lines = ["workflow \(run.id)  \(run.name)  \(run.state)  "
+        + (run.isFinished ? "took " : "running for ") + duration(run.seconds)]
+    if let error = run.error { lines.append("error: \(error)") }
+    let marks = ["completed": "✓", "failed": "✗", "running": "▶", "pending": "·", "skipped": "-", "canceled": "⊘"]
+    let rows = run.steps.map { step -> [String] in
+        let items = step.isMap ? "\(step.completed)/\(step.items)" + (step.failed > 0 ? " (\(step.failed) failed)" : "") : ""
+        let took = step.seconds.map(duration) ?? ""
+        var note = step.error.map { "error: \($0)" } ?? ""
+        if let compensation = step.compensation { note = "↺ \(compensation)" + (note.isEmpty ? "" : "; \(note)") }
+        return ["\(marks[step.state] ?? "?") \(step.name)", step.capability, step.state, items,
+                step.after.isEmpty ? "" : "← " + step.after.joined(separator: ", "), took, note]
+    }
+    lines.append(renderTable(header: ["  STEP", "CAPABILITY", "STATE", "ITEMS", "AFTER", "TOOK", "NOTE"], rows: rows))
+    if run.state == "completed", let output = run.output, let text = try? resultText(output) {
+        lines.append("output: " + (text.count > 400 ? String(text.prefix(400)) + "…" : text))
+    }
+    return lines.joined(separator: "\n")
+}
+
+func duration(_ seconds: Double) -> String {
+    seconds < 1 ? String(format: "%.0fms", seconds * 1000) : seconds < 10 ? String(format: "%.2fs", seconds) : seconds < 120 ? String(format: "%.0fs", seconds)
+        : "\(Int(seconds) / 60)m\(Int(seconds) % 60)s"
+}

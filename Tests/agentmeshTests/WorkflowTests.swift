@@ -1,0 +1,237 @@
+import Foundation
+import MeshControl
+import MeshTestKit
+import Testing
+
+/// Issue 14 on real nodes: workflows that survive their owner's death, sagas, fan-out, streamed progress that a
+/// reconnecting client resumes, webhooks.
+@Suite(.serialized) struct WorkflowTests {
+    typealias Node = MeshProcessTests.Node
+
+    static func workflow(_ node: Node, _ id: String) throws -> ControlAPI.WorkflowInfo {
+        try node.client.get("/v1/workflows/\(id)", as: ControlAPI.WorkflowInfo.self)
+    }
+
+    static func start(_ node: Node, _ workflow: String, input: String = "null") throws -> String {
+        let body = Array("{\"workflow\": \(workflow), \"input\": \(input)}".utf8)
+        let response = try node.client.request(method: "POST", path: "/v1/workflows", body: body)
+        return try node.client.decode(response, as: ControlAPI.WorkflowInfo.self).id
+    }
+
+    /// Lines of the recorder log: "start N worker pid time" / "end …".
+    static func starts(_ log: String) -> [Int] {
+        ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            return fields.first == "start" ? Int(fields[1]) : nil
+        }
+    }
+
+    @Test func aWorkflowSurvivesKill9OfItsOwnerAndNoFinishedStepRunsAgain() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-wf-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["worker", "owner"])
+        let recorder = root + "/recorder.py", log = root + "/runs.log"
+        try MeshProcessTests.recorder.write(toFile: recorder, atomically: true, encoding: .utf8)
+        let worker = Node(home: "\(root)/worker"), owner = Node(home: "\(root)/owner")
+        defer { for node in [worker, owner] { node.signal(SIGKILL) } }
+        try worker.start(join: nil, capabilities: ["step=exec:python3 \(recorder) \(log) worker 1.0"])
+        try owner.start(join: worker.address)
+        #expect(MeshProcessTests.waitUntil { owner.status(of: "worker")?.capabilities.isEmpty == false })
+
+        let id = try Self.start(owner, """
+            {"name": "three", "steps": [
+              {"name": "one", "capability": "step", "input": {"n": 1}},
+              {"name": "two", "capability": "step", "input": {"n": 2, "after": "{{steps.one.output.n}}"}},
+              {"name": "three", "capability": "step", "input": {"n": 3, "after": "{{steps.two.output.n}}"}}
+            ]}
+            """)
+        // Kill the owner while step two runs on the worker; bring it back on the same home.
+        #expect(MeshProcessTests.waitUntil { (try? Self.workflow(owner, id))?.steps[1].state == "running" })
+        owner.signal(SIGKILL)
+        Thread.sleep(forTimeInterval: 0.3)
+        try owner.start(join: worker.address)
+        var run: ControlAPI.WorkflowInfo?
+        #expect(MeshProcessTests.waitUntil(60) {
+            run = try? Self.workflow(owner, id)
+            return run?.isFinished == true
+        })
+        #expect(run?.state == "completed", "\(run?.error ?? "")")
+        #expect(run?.output == ControlAPI.JSONValue(["one": ["n": 1], "two": ["n": 2, "after": 1], "three": ["n": 3, "after": 2]]))
+        #expect(Self.starts(log).sorted() == [1, 2, 3], "each step ran exactly once: \(Self.starts(log))")
+    }
+
+    @Test func aFailingThirdStepCompensatesTheFirstTwoInReverseOrder() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-wf-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "b"])
+        let recorder = root + "/recorder.py", log = root + "/runs.log"
+        try MeshProcessTests.recorder.write(toFile: recorder, atomically: true, encoding: .utf8)
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: [
+            "book=exec:python3 \(recorder) \(log) book 0", "undo=exec:python3 \(recorder) \(log) undo 0",
+            "broken=exec:sh -c 'echo card declined >&2; exit 1'",
+        ])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.count == 3 })
+        let id = try Self.start(a, """
+            {"name": "trip", "steps": [
+              {"name": "flight", "capability": "book", "input": {"n": 1}, "compensate": {"capability": "undo", "input": {"n": 11}}},
+              {"name": "hotel", "capability": "book", "input": {"n": 2}, "after": "flight",
+               "compensate": {"capability": "undo", "input": {"n": "{{output.n}}"}}},
+              {"name": "pay", "capability": "broken", "after": "hotel", "attempts": 2}
+            ]}
+            """)
+        var run: ControlAPI.WorkflowInfo?
+        #expect(MeshProcessTests.waitUntil(60) {
+            run = try? Self.workflow(a, id)
+            return run?.isFinished == true
+        })
+        #expect(run?.state == "compensated")
+        #expect(run?.error == "step pay failed: sh exited with status 1: card declined")
+        #expect(run?.steps.map(\.compensation) == ["compensated", "compensated", nil])
+        #expect(Self.starts(log) == [1, 2, 2, 11], "booked flight then hotel; undid the hotel (its output), then the flight")
+        let shown = try CommandLineTests.agentmesh("workflow", "show", "--home", a.home, String(id.prefix(8)))
+        #expect(shown.stdout.contains("✗ pay") && shown.stdout.contains("↺ compensated"), "\(shown.stdout)")
+    }
+
+    @Test func aFanOutOfAHundredItemsRunsEightAtATimeAndFansInInOrder() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-wf-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "b", "c"])
+        let recorder = root + "/recorder.py", log = root + "/runs.log"
+        try MeshProcessTests.recorder.write(toFile: recorder, atomically: true, encoding: .utf8)
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b"), c = Node(home: "\(root)/c")
+        defer { for node in [a, b, c] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["work*8=exec:python3 \(recorder) \(log) b 0.02"])
+        try c.start(join: b.address, capabilities: ["work*8=exec:python3 \(recorder) \(log) c 0.02"])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false && a.status(of: "c")?.capabilities.isEmpty == false })
+        let items = (0..<100).map { "{\"n\": \($0)}" }.joined(separator: ",")
+        let id = try Self.start(a, """
+            {"name": "fan", "steps": [{"name": "each", "capability": "work", "map": "{{input.items}}", "concurrency": 8, "input": "{{item}}"}],
+             "output": "{{steps.each.output}}"}
+            """, input: "{\"items\": [\(items)]}")
+        var run: ControlAPI.WorkflowInfo?
+        #expect(MeshProcessTests.waitUntil(120) {
+            run = try? Self.workflow(a, id)
+            return run?.isFinished == true
+        })
+        #expect(run?.state == "completed")
+        #expect(run?.output == ControlAPI.JSONValue((0..<100).map { ["n": $0] }), "results in item order")
+        // Never more than 8 at once, across both workers (runs are intervals on one monotonic clock).
+        let intervals = MeshProcessTests.runs(in: log).values.joined()
+        var points: [(time: Double, change: Int)] = []
+        for interval in intervals {
+            points.append((interval.start, 1))
+            points.append((interval.end, -1))
+        }
+        points.sort { left, right in left.time < right.time || (left.time == right.time && left.change < right.change) }
+        var open = 0, most = 0
+        for point in points {
+            open += point.change
+            most = max(most, open)
+        }
+        #expect(intervals.count == 100 && most <= 8 && most >= 2, "\(intervals.count) runs, at most \(most) at once")
+    }
+
+    @Test func anSSEClientThatReconnectsWithLastEventIDSeesEveryProgressEventOnce() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-wf-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "b"])
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["stream=builtin:stream"])
+        let free = try SpawnedProcess.run(
+            "/usr/bin/python3", ["-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"])
+        let port = free.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        try a.start(join: b.address, extra: ["--http", "127.0.0.1:\(port)"])
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false })
+        let token = try String(contentsOfFile: a.home + "/control.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let body = Array(#"{"capability": "stream", "input": {"events": 40, "interval_ms": 25}}"#.utf8)
+        let id = try a.client.decode(a.client.request(method: "POST", path: "/v1/tasks", body: body), as: ControlAPI.TaskInfo.self).id
+        // An independent client (Python's standard library): reads 10 events, hangs up, reconnects with the last
+        // id it saw, and reads to the end.
+        let client = """
+            import sys, urllib.request
+            def read(last, limit):
+                headers = {"Authorization": "Bearer \(token)", "Accept": "text/event-stream"}
+                if last is not None: headers["Last-Event-ID"] = str(last)
+                response = urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:\(port)/v1/tasks/\(id)/events", headers=headers), timeout=30)
+                seen, ended, current = [], False, None
+                for raw in response:
+                    line = raw.decode().rstrip("\\n")
+                    if line.startswith("id: "): current = int(line[4:])
+                    if line.startswith("event: end"): ended = True
+                    if line == "" and current is not None:
+                        seen.append(current); current = None
+                        if limit and len(seen) == limit: break
+                response.close()
+                return seen, ended
+            first, _ = read(None, 10)
+            rest, ended = read(first[-1], 0)
+            print(" ".join(map(str, first + rest)), "ended" if ended else "open")
+            """
+        let result = try SpawnedProcess.run("/usr/bin/python3", ["-c", client])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            == (1...40).map(String.init).joined(separator: " ") + " ended", "every event once, in order")
+        // The CLI follows the same events and then prints the result.
+        let followed = try CommandLineTests.agentmesh("task", "--home", a.home, String(id.prefix(8)), "--follow")
+        #expect(followed.status == 0)
+        #expect(followed.stdout.split(separator: "\n").count == 41 && followed.stdout.hasSuffix("{\"events\":40}\n"))
+    }
+
+    @Test func webhooksAreSignedRetriedAndRefusedForPrivateTargetsUnlessAllowed() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-wf-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "b"])
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try a.start(join: nil, capabilities: ["echo=builtin:echo"])
+        let refused = try CommandLineTests.agentmesh(
+            "submit", "--home", a.home, "--capability", "echo", "--input", "{}", "--callback", "http://127.0.0.1:9/hook")
+        #expect(refused.status == 64)
+        #expect(refused.stderr.contains("points into a private, loopback or link-local network"), "\(refused.stderr)")
+        try b.start(join: a.address, capabilities: ["echo=builtin:echo"], extra: ["--allow-private-callbacks"])
+        // A receiver that answers 503 once, then checks the signature with the node's secret and records the body.
+        let secret = try String(contentsOfFile: b.home + "/webhook.secret", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let receiver = """
+            import hashlib, hmac, json, sys
+            from http.server import BaseHTTPRequestHandler, HTTPServer
+            calls = []
+            class Hook(BaseHTTPRequestHandler):
+                def do_POST(self):
+                    body = self.rfile.read(int(self.headers["Content-Length"]))
+                    calls.append(1)
+                    if len(calls) == 1:
+                        self.send_response(503); self.end_headers(); return
+                    mac = hmac.new(b"\(secret)", self.headers["X-AgentMesh-Timestamp"].encode() + b"." + body, hashlib.sha256).hexdigest()
+                    ok = self.headers["X-AgentMesh-Signature"] == "sha256=" + mac
+                    print(self.headers["X-AgentMesh-Event"], "signed" if ok else "FORGED", json.loads(body)["result"], flush=True)
+                    self.send_response(204); self.end_headers()
+                    sys.exit(0)
+                def log_message(self, *args): pass
+            server = HTTPServer(("127.0.0.1", 0), Hook)
+            print(server.server_address[1], flush=True)
+            try:
+                server.serve_forever()
+            except SystemExit:
+                pass
+            """
+        let hook = try SpawnedProcess("/usr/bin/python3", ["-c", receiver])
+        defer { hook.signal(SIGKILL) }
+        let port = try #require(hook.waitForLine { !$0.isEmpty }).trimmingCharacters(in: .whitespacesAndNewlines)
+        let submitted = try CommandLineTests.agentmesh(
+            "submit", "--home", b.home, "--capability", "echo", "--input", "{\"x\": 1}", "--callback", "http://127.0.0.1:\(port)/hook")
+        #expect(submitted.status == 0, "\(submitted.stderr)")
+        let delivered = hook.waitForLine(timeout: .seconds(20)) { $0.contains("task.") }
+        #expect(delivered?.trimmingCharacters(in: .whitespacesAndNewlines) == "task.completed signed {'x': 1}",
+                "delivered after one 503, signed: \(delivered ?? "nothing")")
+    }
+}
