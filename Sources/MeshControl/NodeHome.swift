@@ -176,18 +176,7 @@ public struct NodeHome: Sendable {
     /// The bearer token that guards the control API over TCP (`run --http`): read from `control.token`, or created
     /// there (32 random bytes as hex, mode 0600) on first use.
     public func loadOrCreateControlToken() throws(HomeError) -> String {
-        if FileManager.default.fileExists(atPath: self.controlTokenPath) {
-            let token = String(decoding: try FileSystem.readBytes(self.controlTokenPath), as: UTF8.self)
-                .trimmingCharacters(in: .whitespacesAndNewlines)
-            guard token.count >= 16, token.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
-                throw .malformed(self.controlTokenPath, "a control token is one line of at least 16 printable characters")
-            }
-            return token
-        }
-        var generator = SystemRandomNumberGenerator()
-        let token = Hex.encode((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
-        try FileSystem.writeAtomically(Array((token + "\n").utf8), to: self.controlTokenPath, mode: 0o600)
-        return token
+        try self.loadOrCreateSecret(self.controlTokenPath, "a control token")
     }
 
     public var webhookSecretPath: String { self.path + "/webhook.secret" }
@@ -195,17 +184,21 @@ public struct NodeHome: Sendable {
     /// The key webhook deliveries are signed with (HMAC-SHA256): read from `webhook.secret`, or created there (32
     /// random bytes as hex, mode 0600) on first use. A receiver checks signatures with the same text.
     public func loadOrCreateWebhookSecret() throws(HomeError) -> String {
-        if FileManager.default.fileExists(atPath: self.webhookSecretPath) {
-            let secret = String(decoding: try FileSystem.readBytes(self.webhookSecretPath), as: UTF8.self)
+        try self.loadOrCreateSecret(self.webhookSecretPath, "a webhook secret")
+    }
+
+    private func loadOrCreateSecret(_ path: String, _ what: String) throws(HomeError) -> String {
+        if FileManager.default.fileExists(atPath: path) {
+            let secret = String(decoding: try FileSystem.readBytes(path), as: UTF8.self)
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             guard secret.count >= 16, secret.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
-                throw .malformed(self.webhookSecretPath, "a webhook secret is one line of at least 16 printable characters")
+                throw .malformed(path, "\(what) is one line of at least 16 printable characters")
             }
             return secret
         }
         var generator = SystemRandomNumberGenerator()
         let secret = Hex.encode((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
-        try FileSystem.writeAtomically(Array((secret + "\n").utf8), to: self.webhookSecretPath, mode: 0o600)
+        try FileSystem.writeAtomically(Array((secret + "\n").utf8), to: path, mode: 0o600)
         return secret
     }
 

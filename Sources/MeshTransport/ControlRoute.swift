@@ -56,13 +56,20 @@ enum ControlRoute: Equatable {
         }
     }
 
+    /// `wait=S`: nil when absent, `.failure` with the refusal when it is not 0 to 3600 seconds.
+    private static func wait(_ request: ControlRequest) -> Result<Duration?, ControlRouteRefusal> {
+        guard let text = request.query["wait"] else { return .success(nil) }
+        guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
+            return .failure(ControlRouteRefusal(route: .refused(status: 400, message: "wait must be a number of seconds from 0 to 3600")))
+        }
+        return .success(.milliseconds(Int64(seconds * 1000)))
+    }
+
     private static func taskRoute(_ request: ControlRequest, _ parts: [String]) -> ControlRoute {
-        var wait: Duration?
-        if let text = request.query["wait"] {
-            guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
-                return .refused(status: 400, message: "wait must be a number of seconds from 0 to 3600")
-            }
-            wait = .milliseconds(Int64(seconds * 1000))
+        let wait: Duration?
+        switch Self.wait(request) {
+        case .success(let value): wait = value
+        case .failure(let refusal): return refusal.route
         }
         switch (request.method, parts.count) {
         case ("POST", 2):
@@ -102,12 +109,10 @@ enum ControlRoute: Equatable {
     }
 
     private static func workflowRoute(_ request: ControlRequest, _ parts: [String]) -> ControlRoute {
-        var wait: Duration?
-        if let text = request.query["wait"] {
-            guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
-                return .refused(status: 400, message: "wait must be a number of seconds from 0 to 3600")
-            }
-            wait = .milliseconds(Int64(seconds * 1000))
+        let wait: Duration?
+        switch Self.wait(request) {
+        case .success(let value): wait = value
+        case .failure(let refusal): return refusal.route
         }
         let mistake = { (text: String) in "'\(text)' is not a workflow id: give the 32 hex digits 'agentmesh workflow run' printed, or at least the first 4" }
         switch (request.method, parts.count) {
@@ -204,4 +209,9 @@ enum TaskReference: Equatable {
     static func mistake(_ text: String) -> String {
         "'\(text)' is not a task id: give the 32 hex digits 'agentmesh submit' printed, or at least the first \(Self.minimumPrefix)"
     }
+}
+
+/// A refusal found while reading a parameter, carried out as an error.
+struct ControlRouteRefusal: Error {
+    let route: ControlRoute
 }

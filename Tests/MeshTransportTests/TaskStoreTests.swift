@@ -149,7 +149,7 @@ import Testing
     @Test func aFullStoreFailsTheCommitAndKeepsTheChangeForTheRetry() async throws {
         let path = Self.temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
-        let store = try TaskStore(path: path, timeBase: Self.timeBase, retryDelay: .milliseconds(50), maximumPages: 8)
+        let store = try TaskStore(path: path, timeBase: Self.timeBase, retryDelay: .milliseconds(50), maximumPages: 12)
         let big = TaskRunner.AcceptedTask(
             id: TaskID(high: 2, low: 2), epoch: 1, submitter: NodeID(high: 1, low: 1), capability: "echo",
             input: Array(repeating: 7, count: 100_000), deadline: .seconds(5), outcome: nil)
