@@ -83,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "agentmesh",
             dependencies: [
-                "MeshTransport", "MeshControl", "MeshStorage", "MeshBench", "MeshCore", "MeshCrypto",
+                "MeshTransport", "MeshControl", "MeshStorage", "MeshBench", "MeshCore", "MeshCrypto", "MeshWorkflows",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -496,6 +496,58 @@ public enum ControlAPI {
         package init(workflows: [WorkflowInfo]) { self.workflows = workflows }
     }
 
+    /// `POST /v1/events`'s answer: 200 once every live member has the event, 202 if some had not acknowledged it
+    /// within 2 s (the node keeps sending it to them).
+    public struct PublishedEvent: Codable, Sendable, Equatable {
+        public let id: String
+        public let topic: String
+        /// Live members it was sent to.
+        public let members: Int
+        public let waitingFor: [String]
+
+        package init(id: String, topic: String, members: Int, waitingFor: [String]) {
+            self.id = id
+            self.topic = topic
+            self.members = members
+            self.waitingFor = waitingFor
+        }
+    }
+
+    /// One event in a node's history.
+    public struct EventInfo: Codable, Sendable, Equatable {
+        /// The order this node received it in; pass the last one seen as `after`.
+        public let sequence: Int
+        public let id: String
+        public let topic: String
+        /// The node that published it.
+        public let origin: String
+        public let time: Date
+        public let data: JSONValue
+        /// What each of this node's subscriptions made of it (`ran`, `failed: …`, `workflow ID`).
+        public let outcomes: [String: String]?
+
+        package init(sequence: Int, id: String, topic: String, origin: String, time: Date, data: JSONValue, outcomes: [String: String]?) {
+            self.sequence = sequence
+            self.id = id
+            self.topic = topic
+            self.origin = origin
+            self.time = time
+            self.data = data
+            self.outcomes = outcomes
+        }
+    }
+
+    /// `GET /v1/events`: the history after a sequence number, oldest first.
+    public struct EventHistory: Codable, Sendable, Equatable {
+        public let events: [EventInfo]
+        public let next: Int
+
+        package init(events: [EventInfo], next: Int) {
+            self.events = events
+            self.next = next
+        }
+    }
+
     /// One progress event an agent emitted while running a task.
     public struct TaskEventInfo: Codable, Sendable, Equatable {
         /// Numbered from 1 across the task's attempts; pass the last one seen as `after` (or `Last-Event-ID`).

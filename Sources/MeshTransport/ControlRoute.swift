@@ -34,6 +34,10 @@ enum ControlRoute: Equatable {
     case workflow(TaskReference, version: Int?, wait: Duration?)
     /// `POST /v1/workflows/ID/cancel`
     case cancelWorkflow(TaskReference)
+    /// `POST /v1/events`: publish
+    case publish(body: [UInt8])
+    /// `GET /v1/events[?topic=T&after=N&limit=L&wait=S]`: the history after N, oldest first
+    case events(topic: String?, after: Int, limit: Int, wait: Duration?)
     /// Answered without the node: a bad path, method or parameter.
     case refused(status: Int, message: String)
 
@@ -52,6 +56,7 @@ enum ControlRoute: Equatable {
         case ("executing", 2): self = request.method == "GET" ? .executing : Self.notAllowed(request)
         case ("tasks", 2...4): self = Self.taskRoute(request, parts)
         case ("workflows", 2...4): self = Self.workflowRoute(request, parts)
+        case ("events", 2): self = Self.eventRoute(request)
         default: self = .refused(status: 404, message: "no such endpoint: \(request.path)")
         }
     }
@@ -105,6 +110,33 @@ enum ControlRoute: Equatable {
             return .cancel(reference)
         default:
             return .refused(status: 404, message: "no such endpoint: \(request.method) \(request.path)")
+        }
+    }
+
+    private static func eventRoute(_ request: ControlRequest) -> ControlRoute {
+        switch request.method {
+        case "POST": return .publish(body: request.body)
+        case "GET":
+            let wait: Duration?
+            switch Self.wait(request) {
+            case .success(let value): wait = value
+            case .failure(let refusal): return refusal.route
+            }
+            var after = 0
+            if let text = request.query["after"] {
+                guard let number = Int(text), number >= 0 else { return .refused(status: 400, message: "after must be an event number, 0 or more") }
+                after = number
+            }
+            var limit = 1_000
+            if let text = request.query["limit"] {
+                guard let number = Int(text), (1...10_000).contains(number) else { return .refused(status: 400, message: "limit must be 1 to 10000") }
+                limit = number
+            }
+            if let topic = request.query["topic"], !MeshEvent.isValidTopic(topic) {
+                return .refused(status: 400, message: "'\(topic)' is not a topic name")
+            }
+            return .events(topic: request.query["topic"], after: after, limit: limit, wait: wait)
+        default: return Self.notAllowed(request)
         }
     }
 

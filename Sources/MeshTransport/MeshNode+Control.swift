@@ -92,6 +92,10 @@ extension MeshNode {
                 respond(self.taskDocument(id))
             case .refused(let response): respond(response)
             }
+        case .publish(let body):
+            self.publishEvent(body, respond: respond)
+        case .events(let topic, let after, let limit, let wait):
+            self.answerEventHistory(topic: topic, after: after, limit: limit, wait: wait, respond: respond)
         case .submitWorkflow(let body, let wait):
             self.submitWorkflow(body, wait: wait, respond: respond)
         case .listWorkflows:

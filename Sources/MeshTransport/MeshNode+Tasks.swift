@@ -29,6 +29,8 @@ extension MeshNode {
             }
         case .progress(let id, let epoch, let first, let events):
             self.receiveProgress(id, epoch: epoch, first: first, events: events, from: peer)
+        case .event, .eventAck:
+            self.receiveEvent(message, from: peer)
         }
     }
 
@@ -37,6 +39,7 @@ extension MeshNode {
             submitter.candidatesChanged(self.taskCandidates(), now: now) + submitter.tick(now: now)
         }
         self.runTaskRunner { $0.tick(now: now) }
+        self.eventTick(now: now)
         self.advertiseLoadIfChanged(now: now)
     }
 
@@ -259,7 +262,7 @@ extension MeshNode {
     }
 
     /// Offers to this node go to its own runner, and its results to its own submitter, without the network.
-    private func deliver(_ message: TaskMessage, to peer: NodeID) {
+    func deliver(_ message: TaskMessage, to peer: NodeID) {
         if peer == self.identity.nodeID {
             self.receiveTask(message, from: peer)
             return

@@ -110,6 +110,11 @@ public actor MeshNode: Service {
     /// Webhook targets and deliveries, and the key that signs them (`DIR/webhook.secret`).
     var webhooks = WebhookBook()
     var webhookSecret: SecretBytes?
+    /// Published events: the history, and what this node still re-sends.
+    var eventBus: EventBus
+    /// Clients long-polling the event history, and publishers waiting for acknowledgements.
+    var eventHistoryWaiters = TaskWaiters()
+    var publishWaiters = TaskWaiters()
     /// Task actions and client answers held until the store and the audit log have committed what they need.
     var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
         storeCommitted: 0, auditCommitted: 0)
@@ -150,6 +155,7 @@ public actor MeshNode: Service {
         var submitterSettings = TaskSubmitter.Settings()
         submitterSettings.finishedInMemory = settings.finishedTasksInMemory
         self.submitter = TaskSubmitter(local: identity.nodeID, settings: submitterSettings, seed: seed.next())
+        self.eventBus = EventBus(local: identity.nodeID)
         self.runner = TaskRunner(capacity: Dictionary(
             settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
         self.accountability = PeerAccountability(
@@ -279,6 +285,7 @@ public actor MeshNode: Service {
         }
         self.restoreWorkflows()
         self.restoreWebhooks()
+        self.restoreEvents()
         self.logger.info("listening", metadata: [
             "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
             "trusted-peers": "\(self.gate.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",

@@ -58,6 +58,11 @@ struct Run: AsyncParsableCommand {
     @Option(help: "The largest task input this node accepts, in bytes (default 1048576; at most 4128768, as a submission's body is at most 4 MiB).")
     var maxInputBytes: Int?
 
+    @Option(help: ArgumentHelp(
+        "Act on events of a topic (TOPIC may end in * for a prefix): run an executor (as --capability takes) with the event as its input, or start a workflow. Repeatable.",
+        valueName: "TOPIC=EXECUTOR|workflow:FILE"))
+    var subscribe: [String] = []
+
     @Flag(help: "Let webhooks (submit --callback) reach loopback, private and link-local addresses; refused otherwise (SSRF).")
     var allowPrivateCallbacks = false
 
@@ -116,6 +121,10 @@ struct Run: AsyncParsableCommand {
         }
         settings.isOpen = self.open || file.open == true
         settings.allowPrivateCallbacks = self.allowPrivateCallbacks || file.allowPrivateCallbacks == true
+        let subscribeFlag = !self.subscribe.isEmpty
+        settings.subscriptions = try (subscribeFlag ? self.subscribe : file.subscribe ?? []).map {
+            try parseSubscription($0, source: source(subscribeFlag, "subscribe"))
+        }
         settings.limits.rates.merge(file.limits) { _, new in new }
         for text in self.limit {
             do {

@@ -235,3 +235,70 @@ import Testing
                 "delivered after one 503, signed: \(delivered ?? "nothing")")
     }
 }
+
+/// Events on real nodes: published peer to peer, acted on once by every subscriber.
+@Suite(.serialized) struct EventTests {
+    typealias Node = MeshProcessTests.Node
+
+    @Test func anEventReachesEachOfThreeSubscribersExactlyOnceEvenWhenThePublisherIsKilled() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-ev-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let names = ["p", "s1", "s2", "s3"]
+        try MeshProcessTests.initHomes(root, names)
+        let nodes = names.map { Node(home: "\(root)/\($0)") }
+        defer { for node in nodes { node.signal(SIGKILL) } }
+        let flow = "{\"name\": \"on-order\", \"steps\": [{\"name\": \"note\", \"capability\": \"echo\", \"input\": {\"order\": \"{{input.data.order}}\"}}]}"
+        try flow.write(toFile: "\(root)/on-order.json", atomically: true, encoding: .utf8)
+        try nodes[1].start(join: nil, capabilities: ["echo=builtin:echo"], extra: [
+            "--subscribe", "orders.*=exec:sh -c 'cat >> \(root)/s1.out; echo >> \(root)/s1.out'",
+            "--subscribe", "orders.created=workflow:\(root)/on-order.json",
+        ])
+        for index in 2...3 {
+            try nodes[index].start(join: nodes[1].address, extra: [
+                "--subscribe", "orders.created=exec:sh -c 'cat >> \(root)/\(names[index]).out; echo >> \(root)/\(names[index]).out'",
+            ])
+        }
+        try nodes[0].start(join: nodes[1].address)
+        #expect(MeshProcessTests.waitUntil { nodes.allSatisfy { $0.members().count { $0.status == "alive" } >= 3 } })
+        var ids: [String] = []
+        for number in 1...5 {
+            let published = try CommandLineTests.agentmesh(
+                "publish", "--home", nodes[0].home, "orders.created", "--data", "{\"order\": \(number)}", "--json")
+            #expect(published.status == 0, "\(published.stderr)")
+            let answer = try ControlAPI.decoder().decode(ControlAPI.PublishedEvent.self, from: Data(published.stdout.utf8))
+            #expect(answer.members == 3 && answer.waitingFor.isEmpty, "every live member acknowledged it")
+            ids.append(answer.id)
+        }
+        nodes[0].signal(SIGKILL)
+        for name in ["s1", "s2", "s3"] {
+            var lines: [String] = []
+            #expect(MeshProcessTests.waitUntil(20) {
+                lines = ((try? String(contentsOfFile: "\(root)/\(name).out", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+                return lines.count >= 5
+            })
+            Thread.sleep(forTimeInterval: 0.5)  // a duplicate would arrive meanwhile
+            lines = ((try? String(contentsOfFile: "\(root)/\(name).out", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+            let seen = lines.compactMap { line -> String? in
+                (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["id"] as? String
+            }
+            #expect(seen.sorted() == ids.sorted(), "\(name) acted on each event once: \(lines)")
+        }
+        // Every node keeps the history, and says what its subscription made of each event.
+        let history = try nodes[2].client.get("/v1/events?topic=orders.created", as: ControlAPI.EventHistory.self)
+        #expect(history.events.map(\.id) == ids)
+        #expect(history.events.allSatisfy { $0.outcomes?.values.first == "ran" && $0.origin == "p" })
+        let shown = try CommandLineTests.agentmesh("events", "--home", nodes[3].home, "--topic", "orders.created")
+        #expect(shown.stdout.split(separator: "\n").count == 5 && shown.stdout.contains("from p"), "\(shown.stdout)")
+        // The workflow subscription started one run per event, with the event as its input.
+        var runs: [ControlAPI.WorkflowInfo] = []
+        #expect(MeshProcessTests.waitUntil(20) {
+            runs = (try? nodes[1].client.get("/v1/workflows", as: ControlAPI.WorkflowList.self))?.workflows ?? []
+            return runs.count == 5 && runs.allSatisfy { $0.state == "completed" }
+        })
+        let orders = runs.compactMap { ($0.steps.first?.output?.value as? [String: Any])?["order"] as? Double }.sorted()
+        #expect(orders == [1, 2, 3, 4, 5])
+        let bad = try CommandLineTests.agentmesh("publish", "--home", nodes[1].home, "no spaces", "--data", "{}")
+        #expect(bad.status == 64)
+    }
+}

@@ -104,6 +104,10 @@ public enum TaskMessage: Sendable, Equatable {
     /// Executor → submitter while the run goes on: progress events (each a JSON value the agent emitted), numbered
     /// within the run from `first`, so a repeated or reordered batch is recognised.
     case progress(TaskID, epoch: UInt32, first: UInt32, events: [[UInt8]])
+    /// A published event, passed from node to node (see ``EventBus``); its id rides in the task-id field.
+    case event(MeshEvent)
+    /// The receiver has the event.
+    case eventAck(TaskID)
 
     public static let maximumLogChunk = 4 * 1024
     /// One progress event's JSON, at most; an agent's longer event is replaced by a note saying so.
@@ -118,7 +122,7 @@ public enum TaskMessage: Sendable, Equatable {
     public var tag: UInt8 { self.encodedHeaderTag }
 
     public static func name(ofTag tag: UInt8) -> String {
-        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log", "progress"][Int(tag) < 11 ? Int(tag) : 0]
+        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log", "progress", "event", "event-ack"][Int(tag) < 13 ? Int(tag) : 0]
     }
 
     public var epoch: UInt32 {
@@ -128,6 +132,8 @@ public enum TaskMessage: Sendable, Equatable {
             .cancel(_, let epoch), .held(_, let epoch), .resume(_, let epoch), .log(_, let epoch, _),
             .progress(_, let epoch, _, _):
             return epoch
+        case .event, .eventAck:
+            return 0
         }
     }
 
@@ -143,6 +149,8 @@ public enum TaskMessage: Sendable, Equatable {
         case .resume: return 8
         case .log: return 9
         case .progress: return 10
+        case .event: return 11
+        case .eventAck: return 12
         }
     }
 
@@ -150,8 +158,10 @@ public enum TaskMessage: Sendable, Equatable {
         switch self {
         case .offer(let offer): return offer.id
         case .accept(let id, _), .decline(let id, _, _), .result(let id, _, _), .resultAck(let id, _), .cancel(let id, _),
-            .held(let id, _), .resume(let id, _), .log(let id, _, _), .progress(let id, _, _, _):
+            .held(let id, _), .resume(let id, _), .log(let id, _, _), .progress(let id, _, _, _), .eventAck(let id):
             return id
+        case .event(let event):
+            return event.id
         }
     }
 
@@ -209,6 +219,14 @@ public enum TaskMessage: Sendable, Equatable {
             writer.u32(first)
             writer.u16(UInt16(events.count))
             for event in events { writer.longBytes(event) }
+        case .event(let event):
+            header(event.id, 0)
+            writer.shortString(event.topic)
+            writer.nodeID(event.origin)
+            writer.u64(UInt64(bitPattern: event.time))
+            writer.longBytes(event.data)
+        case .eventAck(let id):
+            header(id, 0)
         }
         return writer.bytes
     }
@@ -273,6 +291,15 @@ public enum TaskMessage: Sendable, Equatable {
                 var events: [[UInt8]] = []
                 for _ in 0..<count { events.append(try reader.longBytes("event", limit: Self.maximumProgressEvent)) }
                 self = .progress(id, epoch: epoch, first: first, events: events)
+            case 11:
+                let topic = try reader.shortString("topic")
+                guard MeshEvent.isValidTopic(topic) else { throw DecodeError(description: "invalid topic") }
+                let origin = try reader.nodeID("origin")
+                let time = Int64(bitPattern: try reader.u64("time"))
+                let data = try reader.longBytes("data", limit: MeshEvent.maximumData)
+                self = .event(MeshEvent(id: id, topic: topic, origin: origin, time: time, data: data))
+            case 12:
+                self = .eventAck(id)
             default:
                 throw DecodeError(description: "unknown task message tag \(tag)")
             }

@@ -142,7 +142,7 @@ public struct TaskRunner: Sendable {
             task.isHeld = false
             self.tasks[id] = task
             directives.append(.start(task))
-        case .accept, .decline, .result, .held, .log, .progress:
+        case .accept, .decline, .result, .held, .log, .progress, .event, .eventAck:
             break  // submitter-side messages; a confused peer's are ignored here
         }
         return directives

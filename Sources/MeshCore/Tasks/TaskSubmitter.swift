@@ -375,7 +375,7 @@ public struct TaskSubmitter: Sendable {
             }
             directives.append(.send(.resume(id, epoch: epoch), to: peer))
 
-        case .offer, .resultAck, .cancel, .resume, .log, .progress:
+        case .offer, .resultAck, .cancel, .resume, .log, .progress, .event, .eventAck:
             break  // executor-side messages; logs are kept by the shell (see `acceptsLog`)
         }
         self.offerQueuedTasks(now: now, into: &directives)

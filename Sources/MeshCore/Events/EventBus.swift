@@ -1,0 +1,178 @@
+/// An event published on the mesh: a topic and JSON data, named by a random id that every node de-duplicates on.
+public struct MeshEvent: Sendable, Equatable {
+    public let id: TaskID
+    public let topic: String
+    /// The node that published it.
+    public let origin: NodeID
+    /// Wall-clock milliseconds when it was published.
+    public let time: Int64
+    public let data: [UInt8]
+
+    public static let maximumData = 64 * 1024
+
+    public init(id: TaskID, topic: String, origin: NodeID, time: Int64, data: [UInt8]) {
+        self.id = id
+        self.topic = topic
+        self.origin = origin
+        self.time = time
+        self.data = data
+    }
+
+    /// Topics are named like capabilities: 1 to 64 characters of A-Z a-z 0-9 . _ -
+    public static func isValidTopic(_ topic: String) -> Bool { Capability.isValidName(topic) }
+}
+
+/// Events spread peer to peer, with no broker, as a pure state machine.
+///
+/// The publisher sends an event to every live member and re-sends it each `retryInterval` to those that have not
+/// acknowledged it, until all have (or died, or `giveUpAfter` passed). A node that receives an event it has not
+/// seen acknowledges it, keeps it in its history, delivers it to its own subscribers, and passes it once to every
+/// live member except the sender and the publisher, so members the publisher could not reach still get it, also
+/// when the publisher dies right after publishing. Ids de-duplicate: a node delivers an event at most once
+/// however often it arrives, so every live subscriber gets it at least once and acts on it once.
+public struct EventBus: Sendable {
+    public struct Settings: Sendable {
+        public var historyLimit = 10_000
+        public var retryInterval: Duration = .seconds(1)
+        public var giveUpAfter: Duration = .seconds(300)
+        public init() {}
+    }
+
+    /// An event as a node keeps it: numbered in the order this node received it.
+    public struct Record: Sendable, Equatable {
+        public let sequence: Int
+        public let event: MeshEvent
+        /// What each local subscription made of it (`ran`, `failed: …`, `workflow ID`), by subscription.
+        public var outcomes: [String: String]
+
+        public init(sequence: Int, event: MeshEvent, outcomes: [String: String] = [:]) {
+            self.sequence = sequence
+            self.event = event
+            self.outcomes = outcomes
+        }
+    }
+
+    public enum Directive: Sendable, Equatable {
+        case send(TaskMessage, to: NodeID)
+        /// Keep (or update) the record durably.
+        case store(Record)
+        /// Drop a record that fell out of the history.
+        case forget(TaskID)
+        /// Hand the event to this node's subscribers.
+        case deliver(MeshEvent)
+    }
+
+    public let local: NodeID
+    public let settings: Settings
+    public private(set) var history: [Record] = []
+    private var index: [TaskID: Int] = [:]
+    private var historyStart = 0
+    /// Events this node published that some members have not acknowledged.
+    private var unacknowledged: [TaskID: (event: MeshEvent, waiting: Set<NodeID>, nextAt: Duration, until: Duration)] = [:]
+
+    public init(local: NodeID, settings: Settings = Settings()) {
+        self.local = local
+        self.settings = settings
+    }
+
+    /// Records from the store, oldest first.
+    public mutating func restore(_ records: [Record]) {
+        for record in records.sorted(by: { $0.sequence < $1.sequence }) { self.append(record) }
+    }
+
+    public var lastSequence: Int { self.history.last?.sequence ?? 0 }
+
+    public func record(_ id: TaskID) -> Record? {
+        self.index[id].map { self.history[$0 - self.historyStart] }
+    }
+
+    /// The records after `sequence`, oldest first, optionally of one topic.
+    public func records(after sequence: Int, topic: String?, limit: Int) -> [Record] {
+        let first = self.history.firstIndex { $0.sequence > sequence } ?? self.history.endIndex
+        return Array(self.history[first...].lazy.filter { topic == nil || $0.event.topic == topic }.prefix(limit))
+    }
+
+    /// Publishes from this node to every member in `members` (the live ones).
+    public mutating func publish(_ event: MeshEvent, to members: [NodeID], now: Duration) -> [Directive] {
+        guard self.index[event.id] == nil else { return [] }
+        var directives = self.keep(event)
+        let others = Set(members).subtracting([self.local])
+        for member in others.sorted() { directives.append(.send(.event(event), to: member)) }
+        if !others.isEmpty {
+            self.unacknowledged[event.id] = (event, others, now + self.settings.retryInterval, now + self.settings.giveUpAfter)
+        }
+        return directives
+    }
+
+    public mutating func receive(_ message: TaskMessage, from peer: NodeID, members: [NodeID], now: Duration) -> [Directive] {
+        switch message {
+        case .event(let event):
+            var directives: [Directive] = [.send(.eventAck(event.id), to: peer)]
+            guard self.index[event.id] == nil else { return directives }
+            directives += self.keep(event)
+            for member in Set(members).subtracting([self.local, peer, event.origin]).sorted() {
+                directives.append(.send(.event(event), to: member))
+            }
+            return directives
+        case .eventAck(let id):
+            self.unacknowledged[id]?.waiting.remove(peer)
+            if self.unacknowledged[id]?.waiting.isEmpty == true { self.unacknowledged[id] = nil }
+            return []
+        default:
+            return []
+        }
+    }
+
+    /// Members still to acknowledge an event this node published (empty once all have).
+    public func waiting(for id: TaskID) -> Set<NodeID> { self.unacknowledged[id]?.waiting ?? [] }
+
+    /// Re-sends to the live members that have not acknowledged; forgets members no longer alive.
+    public mutating func tick(now: Duration, alive: Set<NodeID>) -> [Directive] {
+        var directives: [Directive] = []
+        for (id, entry) in self.unacknowledged {
+            var entry = entry
+            entry.waiting.formIntersection(alive)
+            if entry.waiting.isEmpty || now >= entry.until {
+                self.unacknowledged[id] = nil
+                continue
+            }
+            if now >= entry.nextAt {
+                for member in entry.waiting.sorted() { directives.append(.send(.event(entry.event), to: member)) }
+                entry.nextAt = now + self.settings.retryInterval
+            }
+            self.unacknowledged[id] = entry
+        }
+        return directives
+    }
+
+    public var nextDeadline: Duration? { self.unacknowledged.values.map(\.nextAt).min() }
+
+    /// A subscriber's outcome for an event, kept with its record.
+    public mutating func handled(_ id: TaskID, by subscription: String, outcome: String) -> [Directive] {
+        guard let position = self.index[id] else { return [] }
+        self.history[position - self.historyStart].outcomes[subscription] = outcome
+        return [.store(self.history[position - self.historyStart])]
+    }
+
+    private mutating func keep(_ event: MeshEvent) -> [Directive] {
+        let record = Record(sequence: self.lastSequence + 1, event: event)
+        var directives: [Directive] = [.store(record), .deliver(event)]
+        for dropped in self.append(record) { directives.append(.forget(dropped)) }
+        return directives
+    }
+
+    /// Appends, dropping the oldest beyond the limit; returns the ids dropped.
+    @discardableResult
+    private mutating func append(_ record: Record) -> [TaskID] {
+        self.history.append(record)
+        self.index[record.event.id] = record.sequence
+        var dropped: [TaskID] = []
+        while self.history.count > self.settings.historyLimit {
+            let oldest = self.history.removeFirst()
+            self.index[oldest.event.id] = nil
+            dropped.append(oldest.event.id)
+        }
+        self.historyStart = self.history.first?.sequence ?? record.sequence
+        return dropped
+    }
+}

@@ -1,0 +1,270 @@
+import Foundation
+import Logging
+import MeshControl
+public import MeshCore
+import MeshExecutors
+import MeshStorage
+public import MeshWorkflows
+import NIOCore
+
+/// What `run --subscribe TOPIC=ACTION` does with an event: run an executor (the same ones capabilities use) with the
+/// event as its input, or start a workflow with the event as the run's input. `TOPIC` may end in `*` (a prefix).
+public struct EventSubscription: Sendable, Equatable, CustomStringConvertible {
+    public enum Action: Sendable, Equatable {
+        case executor(CapabilitySpec.Executor)
+        /// The workflow file's definition, read when the node starts.
+        case workflow(path: String, definition: WorkflowDefinition)
+    }
+
+    public let topic: String
+    public let action: Action
+
+    public init(topic: String, action: Action) {
+        self.topic = topic
+        self.action = action
+    }
+
+    public var description: String {
+        switch self.action {
+        case .executor(let executor): return "\(self.topic)=\(executor)"
+        case .workflow(let path, _): return "\(self.topic)=workflow:\(path)"
+        }
+    }
+
+    public func matches(_ topic: String) -> Bool {
+        self.topic.hasSuffix("*") ? topic.hasPrefix(self.topic.dropLast()) : topic == self.topic
+    }
+
+    /// A topic, or a prefix ending in `*`.
+    public static func isValidPattern(_ pattern: String) -> Bool {
+        let name = pattern.hasSuffix("*") ? String(pattern.dropLast()) : pattern
+        return MeshEvent.isValidTopic(name) || (pattern == "*")
+    }
+}
+
+/// Events: published here or received from peers, kept in a bounded history (stored as `event` documents), handed
+/// once to each matching subscription of this node.
+extension MeshNode {
+    static let eventDocument = "event"
+    /// A publish answers once every live member has the event, or after this long (delivery goes on).
+    static let publishAnswerWithin: Duration = .seconds(2)
+    /// Long polls of the history wait on this key.
+    static let historyWaitKey = TaskID(high: 0, low: 0)
+
+    func runEventBus(_ event: (inout EventBus) -> [EventBus.Directive]) {
+        for directive in event(&self.eventBus) {
+            switch directive {
+            case .send(let message, let peer): self.deliver(message, to: peer)
+            case .store(let record): self.storeEventRecord(record)
+            case .forget(let id): self.taskStore?.enqueue([.forgetDocument(kind: Self.eventDocument, id: id)])
+            case .deliver(let event): self.deliverToSubscribers(event)
+            }
+        }
+    }
+
+    func receiveEvent(_ message: TaskMessage, from peer: NodeID) {
+        let members = self.liveMemberIDs()
+        self.runEventBus { $0.receive(message, from: peer, members: members, now: self.now) }
+        if case .event = message {
+            for waiter in self.eventHistoryWaiters.removeAll(Self.historyWaitKey) {
+                waiter.expiry.cancel()
+                waiter.wake()
+            }
+        } else if case .eventAck(let id) = message, self.eventBus.waiting(for: id).isEmpty {
+            for waiter in self.publishWaiters.removeAll(id) {
+                waiter.expiry.cancel()
+                waiter.wake()
+            }
+        }
+    }
+
+    func eventTick(now: Duration) {
+        let alive = Set(self.liveMemberIDs())
+        self.runEventBus { $0.tick(now: now, alive: alive) }
+    }
+
+    private func liveMemberIDs() -> [NodeID] {
+        self.membership.view.filter { $0.status == .alive }.map(\.record.nodeID)
+    }
+
+    // MARK: - Control API
+
+    /// `POST /v1/events`: `{"topic": T, "data": …}`.
+    func publishEvent(_ body: [UInt8], respond: @escaping Respond) {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+            let topic = object["topic"] as? String, object.keys.allSatisfy({ ["topic", "data"].contains($0) })
+        else { return respond(.error(400, "the request is not an event: send JSON like {\"topic\": \"NAME\", \"data\": {…}}")) }
+        guard MeshEvent.isValidTopic(topic) else {
+            return respond(.error(400, "topic '\(topic)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -"))
+        }
+        guard let data = try? JSONSerialization.data(withJSONObject: object["data"] ?? NSNull(), options: [.fragmentsAllowed, .sortedKeys]) else {
+            return respond(.error(400, "data is not JSON"))
+        }
+        guard data.count <= MeshEvent.maximumData else {
+            return respond(.error(413, "the event's data has \(data.count) bytes; at most \(MeshEvent.maximumData)"))
+        }
+        guard self.commitGate.isStoreWritable else {
+            return respond(.error(507, "this node cannot store events now (\(self.taskStore?.path ?? "its task store") is not writable)"))
+        }
+        var generator = SystemRandomNumberGenerator()
+        let event = MeshEvent(
+            id: TaskID(using: &generator), topic: topic, origin: self.identity.nodeID, time: AuditLog.wallClockMilliseconds(),
+            data: Array(data))
+        let members = self.liveMemberIDs()
+        self.runEventBus { $0.publish(event, to: members, now: self.now) }
+        for waiter in self.eventHistoryWaiters.removeAll(Self.historyWaitKey) {
+            waiter.expiry.cancel()
+            waiter.wake()
+        }
+        let sequence = self.taskStore?.lastQueued ?? 0
+        let answer = {
+            let waiting = self.eventBus.waiting(for: event.id)
+            let published = ControlAPI.PublishedEvent(
+                id: event.id.description, topic: topic, members: members.count,
+                waitingFor: waiting.map(self.memberDisplayName).sorted())
+            respond(.json(published, status: waiting.isEmpty ? 200 : 202))
+        }
+        // Answered once the event is stored here and every live member has it (or the wait ran out).
+        let stored = { (error: TaskStore.StoreError?) in
+            if let error { return respond(.error(507, "the event could not be stored: \(error.description)")) }
+            guard !self.eventBus.waiting(for: event.id).isEmpty else { return answer() }
+            self.publishWaiters.add(event.id, wake: answer) { token in
+                self.loop.scheduleTask(in: TimeAmount(Self.publishAnswerWithin)) {
+                    self.assumeIsolated { node in node.publishWaiters.remove(event.id, token: token)?.wake() } as Void
+                }
+            }
+        }
+        if !self.commitGate.wait(forStore: sequence, stored) { stored(nil) }
+    }
+
+    /// `GET /v1/events?topic=T&after=N&limit=L&wait=S`
+    func answerEventHistory(topic: String?, after: Int, limit: Int, wait: Duration?, respond: @escaping Respond) {
+        let send = { respond(.json(self.eventHistory(topic: topic, after: after, limit: limit))) }
+        guard let wait, wait > .zero, self.eventBus.records(after: after, topic: topic, limit: 1).isEmpty else { return send() }
+        self.eventHistoryWaiters.add(Self.historyWaitKey, wake: send) { token in
+            self.loop.scheduleTask(in: TimeAmount(wait)) {
+                self.assumeIsolated { node in node.eventHistoryWaiters.remove(Self.historyWaitKey, token: token)?.wake() } as Void
+            }
+        }
+    }
+
+    private func eventHistory(topic: String?, after: Int, limit: Int) -> ControlAPI.EventHistory {
+        let records = self.eventBus.records(after: after, topic: topic, limit: limit)
+        return ControlAPI.EventHistory(
+            events: records.map { record in
+                ControlAPI.EventInfo(
+                    sequence: record.sequence, id: record.event.id.description, topic: record.event.topic,
+                    origin: self.memberDisplayName(record.event.origin), time: Date(timeIntervalSince1970: Double(record.event.time) / 1000),
+                    data: ControlAPI.JSONValue((try? JSONSerialization.jsonObject(with: Data(record.event.data), options: [.fragmentsAllowed])) ?? NSNull()),
+                    outcomes: record.outcomes.isEmpty ? nil : record.outcomes)
+            },
+            next: records.last?.sequence ?? max(after, 0))
+    }
+
+    func memberDisplayName(_ id: NodeID) -> String {
+        id == self.identity.nodeID ? self.identity.name : (self.membership.member(id)?.record.name ?? id.short)
+    }
+
+    // MARK: - Subscriptions
+
+    /// Each matching subscription acts on the event once: an outcome on record means it already has.
+    private func deliverToSubscribers(_ event: MeshEvent) {
+        guard let record = self.eventBus.record(event.id) else { return }
+        for subscription in self.settings.subscriptions where subscription.matches(event.topic) {
+            let key = subscription.description
+            guard record.outcomes[key] == nil else { continue }
+            switch subscription.action {
+            case .workflow(_, let definition):
+                let input = (try? JSON(parsing: self.envelope(event))) ?? .null
+                let run = self.startWorkflow(definition, input: input, callback: nil)
+                self.runEventBus { $0.handled(event.id, by: key, outcome: "workflow \(run)") }
+            case .executor(let executor):
+                self.runEventBus { $0.handled(event.id, by: key, outcome: "running") }
+                let input = self.envelope(event)
+                let context = TaskExecution.Context(
+                    taskID: event.id, attempt: 1, deadline: Date().addingTimeInterval(Self.subscriberTimeout.seconds))
+                let loop = self.loop
+                Task {
+                    let outcome = await TaskExecution.run(executor, input: input, timeout: Self.subscriberTimeout, context: context)
+                    loop.execute {
+                        self.assumeIsolated { node in node.subscriberFinished(event.id, key: key, outcome: outcome) }
+                    }
+                }
+            }
+        }
+    }
+
+    static let subscriberTimeout: Duration = .seconds(300)
+
+    private func subscriberFinished(_ id: TaskID, key: String, outcome: TaskOutcome) {
+        let text: String
+        switch outcome {
+        case .success: text = "ran"
+        case .failure(let why), .rejected(let why), .timedOut(let why): text = "failed: \(why)"
+        case .canceled: text = "canceled"
+        }
+        if text != "ran" {
+            self.logger.warning("an event subscriber failed", metadata: ["event": "\(id)", "subscription": "\(key)", "why": "\(text)"])
+        }
+        self.runEventBus { $0.handled(id, by: key, outcome: text) }
+    }
+
+    /// What a subscriber gets: `{"id", "topic", "origin", "time", "data"}`.
+    private func envelope(_ event: MeshEvent) -> [UInt8] {
+        var json = JSONWriter(capacity: event.data.count + 160)
+        json.beginObject()
+        json.key("data")
+        json.raw(JSONText.compacted(event.data) ?? Array("null".utf8))
+        json.key("id")
+        json.string(event.id.description)
+        json.key("origin")
+        json.string(self.memberDisplayName(event.origin))
+        json.key("time")
+        json.date(Date(timeIntervalSince1970: Double(event.time) / 1000))
+        json.key("topic")
+        json.string(event.topic)
+        json.endObject()
+        return json.bytes
+    }
+
+    // MARK: - Storage
+
+    private struct StoredEvent: Codable {
+        let sequence: Int
+        let id: TaskID
+        let topic: String
+        let origin: String
+        let time: Int64
+        let data: String
+        let outcomes: [String: String]
+    }
+
+    private func storeEventRecord(_ record: EventBus.Record) {
+        let stored = StoredEvent(
+            sequence: record.sequence, id: record.event.id, topic: record.event.topic, origin: record.event.origin.description,
+            time: record.event.time, data: String(decoding: record.event.data, as: UTF8.self), outcomes: record.outcomes)
+        guard let body = try? JSONEncoder().encode(stored) else { return }
+        self.taskStore?.enqueue([.document(kind: Self.eventDocument, id: record.event.id, body: Array(body))])
+    }
+
+    /// After a restart: the history comes back; a subscription that had not finished with an event acts on it again
+    /// (at least once).
+    func restoreEvents() {
+        guard let store = self.taskStore else { return }
+        let records = ((try? store.documents(kind: Self.eventDocument)) ?? []).compactMap { document -> EventBus.Record? in
+            guard let stored = try? JSONDecoder().decode(StoredEvent.self, from: Data(document.body)),
+                let origin = NodeID(hex: stored.origin)
+            else { return nil }
+            return EventBus.Record(
+                sequence: stored.sequence,
+                event: MeshEvent(id: stored.id, topic: stored.topic, origin: origin, time: stored.time, data: Array(stored.data.utf8)),
+                outcomes: stored.outcomes.filter { $0.value != "running" })
+        }
+        self.eventBus.restore(records)
+        for record in self.eventBus.history where self.settings.subscriptions.contains(where: {
+            $0.matches(record.event.topic) && record.outcomes[$0.description] == nil
+        }) {
+            self.deliverToSubscribers(record.event)
+        }
+    }
+}

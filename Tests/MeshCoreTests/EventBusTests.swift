@@ -1,0 +1,61 @@
+import MeshCore
+import Testing
+
+/// The event bus driven by hand: who gets what, acknowledgements, re-sends, de-duplication, the history bound.
+@Suite struct EventBusTests {
+    static let (a, b, c, d) = (NodeID(high: 0, low: 1), NodeID(high: 0, low: 2), NodeID(high: 0, low: 3), NodeID(high: 0, low: 4))
+    static func event(_ number: UInt64, from origin: NodeID = a) -> MeshEvent {
+        MeshEvent(id: TaskID(high: 9, low: number), topic: "orders", origin: origin, time: 0, data: Array("{}".utf8))
+    }
+
+    static func sends(_ directives: [EventBus.Directive]) -> [String] {
+        directives.compactMap { directive in
+            guard case .send(let message, let peer) = directive else { return nil }
+            return "\(TaskMessage.name(ofTag: message.tag))→\(peer.low)"
+        }
+    }
+
+    @Test func thePublisherSendsToEveryLiveMemberAndResendsUntilEachAcknowledges() {
+        var bus = EventBus(local: Self.a)
+        let published = bus.publish(Self.event(1), to: [Self.a, Self.b, Self.c], now: .zero)
+        #expect(Self.sends(published) == ["event→2", "event→3"])
+        #expect(published.contains(.deliver(Self.event(1))), "the publisher's own subscribers get it too")
+        _ = bus.receive(.eventAck(Self.event(1).id), from: Self.b, members: [], now: .zero)
+        #expect(bus.waiting(for: Self.event(1).id) == [Self.c])
+        #expect(Self.sends(bus.tick(now: .milliseconds(500), alive: [Self.b, Self.c])).isEmpty, "not yet due")
+        #expect(Self.sends(bus.tick(now: .seconds(1), alive: [Self.b, Self.c])) == ["event→3"])
+        #expect(Self.sends(bus.tick(now: .seconds(2), alive: [Self.b])).isEmpty, "a member no longer alive is not waited for")
+        #expect(bus.waiting(for: Self.event(1).id).isEmpty)
+    }
+
+    @Test func aReceiverAcknowledgesRelaysOnceAndDeliversOnce() {
+        var bus = EventBus(local: Self.c)
+        let first = bus.receive(.event(Self.event(2)), from: Self.b, members: [Self.a, Self.b, Self.c, Self.d], now: .zero)
+        #expect(Self.sends(first) == ["event-ack→2", "event→4"], "acknowledged to the sender, passed on to d, not back to a or b")
+        #expect(first.filter { if case .deliver = $0 { return true } else { return false } }.count == 1)
+        let again = bus.receive(.event(Self.event(2)), from: Self.a, members: [Self.a, Self.b, Self.c, Self.d], now: .zero)
+        #expect(Self.sends(again) == ["event-ack→1"], "a repeat is acknowledged and nothing else")
+        #expect(bus.records(after: 0, topic: "orders", limit: 10).map(\.sequence) == [1])
+        #expect(bus.handled(Self.event(2).id, by: "orders=builtin:echo", outcome: "ran").count == 1)
+        #expect(bus.record(Self.event(2).id)?.outcomes == ["orders=builtin:echo": "ran"])
+    }
+
+    @Test func theHistoryKeepsTheNewestAndForgetsTheRest() throws {
+        var settings = EventBus.Settings()
+        settings.historyLimit = 3
+        var bus = EventBus(local: Self.a, settings: settings)
+        var forgotten: [TaskID] = []
+        for number in 1...5 {
+            for case .forget(let id) in bus.publish(Self.event(UInt64(number)), to: [], now: .zero) { forgotten.append(id) }
+        }
+        #expect(bus.history.map(\.sequence) == [3, 4, 5])
+        #expect(forgotten == [Self.event(1).id, Self.event(2).id])
+        #expect(bus.record(Self.event(4).id)?.sequence == 4)
+        var restored = EventBus(local: Self.a, settings: settings)
+        restored.restore(bus.history)
+        #expect(restored.lastSequence == 5 && restored.record(Self.event(5).id) != nil)
+        let message = TaskMessage.event(Self.event(7, from: Self.b))
+        #expect(try TaskMessage(decoding: message.encoded()) == message)
+        #expect(try TaskMessage(decoding: TaskMessage.eventAck(Self.event(7).id).encoded()) == .eventAck(Self.event(7).id))
+    }
+}
