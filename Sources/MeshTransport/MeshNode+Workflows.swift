@@ -39,7 +39,7 @@ extension MeshNode {
         self.whenWorkflowStored(id) { error in
             if let error { return respond(.error(507, "the workflow could not be stored: \(error)")) }
             guard let wait else { return respond(self.workflowResponse(id, status: 202)) }
-            self.whenWorkflowChanges(id, after: .max, within: wait) {
+            self.whenWorkflowChanges(id, after: nil, within: wait) {
                 respond(self.workflowResponse(id, status: self.workflows[id]?.state.isTerminal == true ? 200 : 202))
             }
         }
@@ -175,7 +175,7 @@ extension MeshNode {
 
     func answerWorkflow(_ reference: TaskReference, version: Int?, wait: Duration?, respond: @escaping Respond) {
         guard let id = self.resolveWorkflow(reference, respond: respond) else { return }
-        self.whenWorkflowChanges(id, after: version ?? .max, within: wait ?? .zero) { respond(self.workflowResponse(id)) }
+        self.whenWorkflowChanges(id, after: version, within: wait ?? .zero) { respond(self.workflowResponse(id)) }
     }
 
     func cancelWorkflow(_ reference: TaskReference, respond: @escaping Respond) {
@@ -199,11 +199,14 @@ extension MeshNode {
         }
     }
 
-    /// Calls `then` once the run's version passes `version` (or it ends, or `timeout` passes).
-    private func whenWorkflowChanges(_ id: TaskID, after version: Int, within timeout: Duration, then: @escaping () -> Void) {
-        guard let run = self.workflows[id], !run.state.isTerminal, timeout > .zero, version == .max || run.version <= version
+    /// Calls `then` once the run's version passes `version` (without one: once the run ends), or `timeout` passes.
+    private func whenWorkflowChanges(_ id: TaskID, after version: Int?, within timeout: Duration, then: @escaping () -> Void) {
+        guard let run = self.workflows[id], !run.state.isTerminal, timeout > .zero, version.map({ run.version <= $0 }) ?? true
         else { return then() }
-        self.workflowWaiters.add(id, wake: then) { token in
+        let deadline = self.now + timeout
+        // Woken by every change: one that waits for the end waits on until then.
+        let wake = { self.whenWorkflowChanges(id, after: version, within: version == nil ? deadline - self.now : .zero, then: then) }
+        self.workflowWaiters.add(id, wake: wake) { token in
             self.loop.scheduleTask(in: TimeAmount(timeout)) {
                 self.assumeIsolated { node in node.workflowWaiters.remove(id, token: token)?.wake() } as Void
             }
