@@ -67,7 +67,7 @@ extension MeshNode {
                 // A task that ended at once (found in the store) may have moved the run on past this one.
                 guard self.workflows[id]?.tasksInFlight.contains(task) == true else { continue }
                 self.workflowOfTask[task.id] = id
-                self.submitWorkflowTask(task)
+                self.submitWorkflowTask(task, afterRestart: false)
             case .cancel(let task):
                 self.runSubmitter { $0.cancel(task, now: self.now) }
             }
@@ -90,10 +90,11 @@ extension MeshNode {
         }
     }
 
-    /// A step's task: submitted once (its id is derived, so a repeat is the same task); one the store still holds
-    /// from before a restart is not submitted again.
-    private func submitWorkflowTask(_ task: WorkflowTask) {
-        if let known = self.submitter.task(task.id) ?? (try? self.taskStore?.submittedTask(task.id)) {
+    /// A step's task: submitted once (its id is derived, so a repeat is the same task); after a restart, one the
+    /// store still holds (perhaps finished, and no longer in memory) is not submitted again.
+    private func submitWorkflowTask(_ task: WorkflowTask, afterRestart: Bool) {
+        let stored = afterRestart ? (try? self.taskStore?.submittedTask(task.id)) ?? nil : nil
+        if let known = self.submitter.task(task.id) ?? stored {
             if known.state.isTerminal { self.workflowTaskEnded(known) }
             return
         }
@@ -161,7 +162,7 @@ extension MeshNode {
         for id in unfinished {
             for task in self.workflows[id]?.tasksInFlight ?? [] where self.workflows[id]?.tasksInFlight.contains(task) == true {
                 self.workflowOfTask[task.id] = id
-                self.submitWorkflowTask(task)
+                self.submitWorkflowTask(task, afterRestart: true)
             }
         }
     }

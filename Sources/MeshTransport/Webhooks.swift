@@ -96,7 +96,7 @@ enum CallbackAddress {
         while let entry = cursor {
             var buffer = [CChar](repeating: 0, count: Int(NI_MAXHOST))
             if getnameinfo(entry.pointee.ai_addr, entry.pointee.ai_addrlen, &buffer, socklen_t(buffer.count), nil, 0, NI_NUMERICHOST) == 0 {
-                let address = String(cString: buffer)
+                let address = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
                 if Self.isPrivate(address) != false {
                     return "callback host \(host) resolves to \(address), a private, loopback or link-local address; a node refuses that unless run with --allow-private-callbacks"
                 }
@@ -223,7 +223,8 @@ extension MeshNode {
             self.webhooks.pending[id] = nil
             self.taskStore?.enqueue([.forgetDocument(kind: WebhookBook.deliveryDocument, id: id)])
             self.logger.debug("webhook delivered", metadata: ["url": "\(delivery.url)", "event": "\(delivery.event)"])
-        case .refused(let why), .retry(let why) where delivery.attempts >= WebhookBook.maximumAttempts:
+        case .refused(let why),
+            .retry(let why) where delivery.attempts >= WebhookBook.maximumAttempts:
             self.webhooks.pending[id] = nil
             self.taskStore?.enqueue([.forgetDocument(kind: WebhookBook.deliveryDocument, id: id)])
             self.logger.warning("webhook given up", metadata: [

@@ -99,36 +99,20 @@ public indirect enum JSON: Sendable, Equatable, Codable {
         out.append(UInt8(ascii: "\""))
     }
 
+    /// Stored runs hold a value as its compact text: one string to encode and one parse to read, where a tree of
+    /// Codable containers cost a measurable share of each step.
     public init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let value = try? container.decode(Bool.self) {
-            self = .bool(value)
-        } else if let value = try? container.decode(Int64.self) {
-            self = .int(value)
-        } else if let value = try? container.decode(Double.self) {
-            self = .double(value)
-        } else if let value = try? container.decode(String.self) {
-            self = .string(value)
-        } else if let value = try? container.decode([JSON].self) {
-            self = .array(value)
-        } else {
-            self = .object(try container.decode([String: JSON].self))
+        let text = try decoder.singleValueContainer().decode(String.self)
+        do {
+            try self.init(parsing: Array(text.utf8))
+        } catch {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: error.description))
         }
     }
 
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
-        switch self {
-        case .null: try container.encodeNil()
-        case .bool(let value): try container.encode(value)
-        case .int(let value): try container.encode(value)
-        case .double(let value): try container.encode(value)
-        case .string(let value): try container.encode(value)
-        case .array(let value): try container.encode(value)
-        case .object(let value): try container.encode(value)
-        }
+        try container.encode(self.text)
     }
 
     /// The value as text inside a larger string: a string as it is, anything else as compact JSON.

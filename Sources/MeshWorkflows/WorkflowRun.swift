@@ -6,9 +6,38 @@ import MeshCrypto
 public struct WorkflowTask: Sendable, Equatable, Codable {
     public let id: TaskID
     public let capability: String
+    /// JSON, stored as its text.
     public let input: [UInt8]
     public let timeoutSeconds: Double
     public let attempts: Int
+
+    init(id: TaskID, capability: String, input: [UInt8], timeoutSeconds: Double, attempts: Int) {
+        self.id = id
+        self.capability = capability
+        self.input = input
+        self.timeoutSeconds = timeoutSeconds
+        self.attempts = attempts
+    }
+
+    private enum CodingKeys: String, CodingKey { case id, capability, input, timeoutSeconds, attempts }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.id = try container.decode(TaskID.self, forKey: .id)
+        self.capability = try container.decode(String.self, forKey: .capability)
+        self.input = Array(try container.decode(String.self, forKey: .input).utf8)
+        self.timeoutSeconds = try container.decode(Double.self, forKey: .timeoutSeconds)
+        self.attempts = try container.decode(Int.self, forKey: .attempts)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(self.id, forKey: .id)
+        try container.encode(self.capability, forKey: .capability)
+        try container.encode(String(decoding: self.input, as: UTF8.self), forKey: .input)
+        try container.encode(self.timeoutSeconds, forKey: .timeoutSeconds)
+        try container.encode(self.attempts, forKey: .attempts)
+    }
 }
 
 /// How a step's task ended, as the workflow sees it.

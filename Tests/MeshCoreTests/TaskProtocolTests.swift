@@ -720,15 +720,17 @@ extension TaskProtocolTests {
         var log = TaskEventLog()
         let a = Array("1".utf8), b = Array("2".utf8), c = Array("3".utf8)
         #expect(log.receive(epoch: 1, first: 1, events: [a, b], time: 10).map(\.sequence) == [1, 2])
-        #expect(log.receive(epoch: 1, first: 1, events: [a, b], time: 11).isEmpty, "a repeated batch is ignored")
-        #expect(log.receive(epoch: 1, first: 2, events: [b, c], time: 12).map(\.sequence) == [3], "the overlap is skipped")
-        #expect(log.receive(epoch: 2, first: 1, events: [a], time: 13).map { "\($0.sequence)@\($0.epoch)" } == ["4@2"],
+        #expect(log.receive(epoch: 1, first: 2, events: [b, c], time: 11).map(\.sequence) == [3], "the overlap is skipped")
+        #expect(log.receive(epoch: 1, first: 2, events: [b, c], time: 12).isEmpty, "a repeated batch is ignored")
+        #expect(log.receive(epoch: 1, first: 1, events: [a], time: 13).map(\.sequence) == [4], "the run restarted: kept whole")
+        #expect(log.receive(epoch: 2, first: 1, events: [a], time: 14).map { "\($0.sequence)@\($0.epoch)" } == ["5@2"],
                 "a new attempt continues the numbering")
-        #expect(log.events(after: 2).map(\.sequence) == [3, 4])
+        #expect(log.events(after: 3).map(\.sequence) == [4, 5])
         let restored = TaskEventLog(events: log.events)
-        #expect(restored.lastSequence == 4)
+        #expect(restored.lastSequence == 5)
         var copy = restored
-        #expect(copy.receive(epoch: 2, first: 1, events: [a, b], time: 14).map(\.sequence) == [5], "restored, it still knows the run's count")
+        #expect(copy.receive(epoch: 2, first: 2, events: [a, b], time: 15).map(\.sequence) == [6, 7], "restored, the numbering goes on")
+        #expect(copy.receive(epoch: 2, first: 3, events: [b, c], time: 16).map(\.sequence) == [8], "and it knows the run's count")
         var full = TaskEventLog()
         _ = full.receive(epoch: 1, first: 1, events: Array(repeating: a, count: TaskEventLog.maximumEvents + 3), time: 1)
         #expect(full.events.count == TaskEventLog.maximumEvents && full.dropped == 3)

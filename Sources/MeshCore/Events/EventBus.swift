@@ -65,8 +65,8 @@ public struct EventBus: Sendable {
     public let local: NodeID
     public let settings: Settings
     public private(set) var history: [Record] = []
+    /// Each kept event's sequence number.
     private var index: [TaskID: Int] = [:]
-    private var historyStart = 0
     /// Events this node published that some members have not acknowledged.
     private var unacknowledged: [TaskID: (event: MeshEvent, waiting: Set<NodeID>, nextAt: Duration, until: Duration)] = [:]
 
@@ -83,7 +83,20 @@ public struct EventBus: Sendable {
     public var lastSequence: Int { self.history.last?.sequence ?? 0 }
 
     public func record(_ id: TaskID) -> Record? {
-        self.index[id].map { self.history[$0 - self.historyStart] }
+        self.position(of: id).map { self.history[$0] }
+    }
+
+    /// Where an event sits in the history (sequences ascend, with gaps where stored records could not be read).
+    private func position(of id: TaskID) -> Int? {
+        guard let sequence = self.index[id] else { return nil }
+        var low = 0, high = self.history.count - 1
+        while low <= high {
+            let middle = (low + high) / 2
+            let found = self.history[middle].sequence
+            if found == sequence { return middle }
+            if found < sequence { low = middle + 1 } else { high = middle - 1 }
+        }
+        return nil
     }
 
     /// The records after `sequence`, oldest first, optionally of one topic.
@@ -149,9 +162,9 @@ public struct EventBus: Sendable {
 
     /// A subscriber's outcome for an event, kept with its record.
     public mutating func handled(_ id: TaskID, by subscription: String, outcome: String) -> [Directive] {
-        guard let position = self.index[id] else { return [] }
-        self.history[position - self.historyStart].outcomes[subscription] = outcome
-        return [.store(self.history[position - self.historyStart])]
+        guard let position = self.position(of: id) else { return [] }
+        self.history[position].outcomes[subscription] = outcome
+        return [.store(self.history[position])]
     }
 
     private mutating func keep(_ event: MeshEvent) -> [Directive] {
@@ -172,7 +185,6 @@ public struct EventBus: Sendable {
             self.index[oldest.event.id] = nil
             dropped.append(oldest.event.id)
         }
-        self.historyStart = self.history.first?.sequence ?? record.sequence
         return dropped
     }
 }

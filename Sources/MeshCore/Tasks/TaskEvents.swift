@@ -38,9 +38,11 @@ public struct TaskEventLog: Sendable {
 
     public var lastSequence: Int { (self.events.last?.sequence ?? 0) + self.dropped }
 
-    /// Adds a batch the run numbered from `first`; returns the events kept (to store and to send to followers).
+    /// Adds a batch the run numbered from `first`; returns the events kept (to store and to send to followers). A
+    /// batch that overlaps what the run already sent is kept from where it is new; one numbered from 1 again comes
+    /// from the same attempt run again (its executor restarted) and is kept whole.
     public mutating func receive(epoch: UInt32, first: UInt32, events: [[UInt8]], time: Int64) -> [TaskEvent] {
-        if epoch != self.run.epoch { self.run = (epoch, 0) }
+        if epoch != self.run.epoch || first == 1 { self.run = (epoch, 0) }
         let skip = Int(self.run.received) - Int(first) + 1
         guard skip < events.count else { return [] }
         var kept: [TaskEvent] = []
