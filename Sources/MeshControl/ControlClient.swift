@@ -41,15 +41,16 @@ public struct ControlClient: Sendable {
         return true
     }
 
-    public func request(method: String, path: String, body: [UInt8] = [], timeout: Duration = .seconds(30)) throws(Error)
-        -> Response
-    {
+    public func request(
+        method: String, path: String, body: [UInt8] = [], headers: [String: String] = [:], timeout: Duration = .seconds(30)
+    ) throws(Error) -> Response {
         let fd = try self.connect()
         defer { close(fd) }
         var tv = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let head =
             "\(method) \(path) HTTP/1.1\r\nHost: agentmesh\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            + headers.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)\r\n" }.joined()
             + "Content-Length: \(body.count)\r\n\r\n"
         try Self.writeAll(fd, Array(head.utf8) + body)
         var received: [UInt8] = []

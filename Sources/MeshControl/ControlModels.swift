@@ -257,11 +257,17 @@ public enum ControlAPI {
         public let callback: String?
         /// `final` (the default) or `all`: every state change, not only the end.
         public let callbackEvents: String?
+        /// The conversation the task belongs to: it prefers the member that ran the conversation's previous task.
+        public let context: String?
+        /// Pause the deadline while the agent waits for an answer, for at most this many seconds.
+        public let inputTimeoutSeconds: Double?
 
         public init(
             capability: String, input: JSONValue, timeoutSeconds: Double?, maxAttempts: Int?, waitForCapability: Bool? = nil,
-            callback: String? = nil, callbackEvents: String? = nil
+            callback: String? = nil, callbackEvents: String? = nil, context: String? = nil, inputTimeoutSeconds: Double? = nil
         ) {
+            self.context = context
+            self.inputTimeoutSeconds = inputTimeoutSeconds
             self.capability = capability
             self.input = input
             self.timeoutSeconds = timeoutSeconds
@@ -307,6 +313,8 @@ public enum ControlAPI {
             }
             self.callback = try text("callback")
             self.callbackEvents = try text("callback_events")
+            self.context = try text("context")
+            self.inputTimeoutSeconds = try number("input_timeout_seconds")?.doubleValue
         }
     }
 
@@ -344,11 +352,17 @@ public enum ControlAPI {
         public let error: String?
         /// Why a task in `submitted` waits, in one sentence.
         public let waiting: String?
+        public let context: String?
+        /// The agent's question, while the task is `input_required` (answer with `POST /v1/tasks/ID/input`).
+        public let question: JSONValue?
 
         package init(
             id: String, capability: String, state: String, submittedAt: Date, deadline: Date, attempts: [AttemptInfo],
-            executedBy: String?, finishedAt: Date? = nil, result: JSONValue?, error: String?, waiting: String? = nil
+            executedBy: String?, finishedAt: Date? = nil, result: JSONValue?, error: String?, waiting: String? = nil,
+            context: String? = nil, question: JSONValue? = nil
         ) {
+            self.context = context
+            self.question = question
             self.id = id
             self.capability = capability
             self.state = state

@@ -27,13 +27,15 @@ final class ChildProcess: Sendable {
     private let stderr: Int32
     /// The read end of the agent's progress channel, its file descriptor 3.
     private let events: Int32
+    /// The write end of the agent's answers channel, its file descriptor 4 (closed once the process ends).
+    private let answers: Mutex<Int32>
 
     /// Starts `command` (looked up in PATH) with `input` on its stdin, and `environment` added to the node's own.
     /// File descriptor 3 is the agent's progress channel: JSON lines written there are progress events.
     init(command: String, arguments: [String], input: [UInt8], environment: [String: String] = [:]) throws(SpawnError) {
         var pipes: [(read: Int32, write: Int32)] = []
         func closeAll() { for pipe in pipes { close(pipe.read); close(pipe.write) } }
-        for _ in 0..<4 {
+        for _ in 0..<5 {
             var fds: [Int32] = [-1, -1]
             guard systemPipe2(&fds, O_CLOEXEC) == 0 else {
                 let why = String(cString: strerror(errno))
@@ -49,9 +51,10 @@ final class ChildProcess: Sendable {
         posix_spawn_file_actions_adddup2(&actions, pipes[1].write, 1)
         posix_spawn_file_actions_adddup2(&actions, pipes[2].write, 2)
         posix_spawn_file_actions_adddup2(&actions, pipes[3].write, 3)
+        posix_spawn_file_actions_adddup2(&actions, pipes[4].read, 4)
         // Nothing else crosses over: SwiftNIO accepts sockets without close-on-exec, and a child holding a copy of a
         // peer's socket would keep that connection open after the node closed it.
-        _ = spawnCloseFrom(&actions, 4)
+        _ = spawnCloseFrom(&actions, 5)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -80,11 +83,13 @@ final class ChildProcess: Sendable {
         close(pipes[1].write)
         close(pipes[2].write)
         close(pipes[3].write)
+        close(pipes[4].read)
         guard result == 0 else {
             close(pipes[0].write)
             close(pipes[1].read)
             close(pipes[2].read)
             close(pipes[3].read)
+            close(pipes[4].write)
             throw SpawnError(description: result == ENOENT
                 ? "\(command): command not found" : "cannot start \(command): \(String(cString: strerror(result)))")
         }
@@ -93,6 +98,7 @@ final class ChildProcess: Sendable {
         self.stdout = pipes[1].read
         self.stderr = pipes[2].read
         self.events = pipes[3].read
+        self.answers = Mutex(pipes[4].write)
         let stdin = pipes[0].write
         DispatchQueue.global().async {
             Self.writeAll(input, to: stdin)
@@ -113,6 +119,25 @@ final class ChildProcess: Sendable {
 
     var hasExited: Bool { self.exitState.withLock { $0.hasExited } }
 
+    /// Writes one answer, as a line, to the agent's descriptor 4 (nothing once the process has ended).
+    func answer(_ line: [UInt8]) {
+        // Written under the lock on a GCD thread: the descriptor cannot be closed (and reused) meanwhile, and a pipe
+        // the agent does not read blocks that thread, never the node's loop. Once the agent exits, EPIPE ends it.
+        DispatchQueue.global().async {
+            self.answers.withLock { fd in
+                if fd >= 0 { Self.writeAll(line + [0x0A], to: fd) }
+            }
+        }
+    }
+
+    /// Closes the answers channel (the agent reads end of file).
+    private func closeAnswers() {
+        self.answers.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
+    }
+
     /// Returns once the process has exited (it is not reaped until ``reap()``).
     func waitForExit() async {
         await withCheckedContinuation { continuation in
@@ -132,6 +157,7 @@ final class ChildProcess: Sendable {
 
     /// Collects the exit status. Call once, after ``waitForExit()``.
     func reap() -> Termination {
+        self.closeAnswers()
         var status: Int32 = 0
         guard waitpid(self.pid, &status, WNOHANG) == self.pid else { return .unknown }
         let signal = status & 0x7f

@@ -22,11 +22,14 @@ package enum TaskExecution {
         package let taskID: TaskID
         package let attempt: UInt32
         package let deadline: Date
+        /// The conversation the task belongs to (`AGENTMESH_CONTEXT_ID`, `X-AgentMesh-Context-Id`).
+        package let contextID: String?
 
-        package init(taskID: TaskID, attempt: UInt32, deadline: Date) {
+        package init(taskID: TaskID, attempt: UInt32, deadline: Date, contextID: String? = nil) {
             self.taskID = taskID
             self.attempt = attempt
             self.deadline = deadline
+            self.contextID = contextID
         }
 
         var fields: [(name: String, value: String)] {
@@ -34,6 +37,7 @@ package enum TaskExecution {
             formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
             return [("Task-Id", self.taskID.description), ("Attempt", "\(self.attempt)"),
                     ("Deadline", formatter.string(from: self.deadline))]
+                + (self.contextID.map { [("Context-Id", $0)] } ?? [])
         }
 
         var environment: [String: String] {
@@ -43,13 +47,24 @@ package enum TaskExecution {
         }
     }
 
-    /// `stderr` receives what an `exec:` agent writes to stderr, as it writes it; `progress` the progress events an
-    /// agent emits (each a JSON value), as it emits them.
+    /// What a run reports while it goes on, and the answers it may be given.
+    package struct Channels: Sendable {
+        /// What an `exec:` agent writes to stderr, as it writes it.
+        package var stderr: @Sendable ([UInt8]) -> Void = { _ in }
+        /// Progress events (each a JSON value), as the agent emits them.
+        package var progress: @Sendable ([[UInt8]]) -> Void = { _ in }
+        /// The agent asks a person a question (JSON) and waits for the answer on `answers`.
+        package var question: @Sendable ([UInt8]) -> Void = { _ in }
+        package var answers = AgentInput()
+
+        package init() {}
+    }
+
+    /// Runs the task. While it waits for an answer, the timeout is the caller's to enforce (by cancelling).
     package static func run(
-        _ executor: CapabilitySpec.Executor, input: [UInt8], timeout: Duration, context: Context,
-        stderr: @escaping @Sendable ([UInt8]) -> Void = { _ in },
-        progress: @escaping @Sendable ([[UInt8]]) -> Void = { _ in }
+        _ executor: CapabilitySpec.Executor, input: [UInt8], timeout: Duration, context: Context, channels: Channels = Channels()
     ) async -> TaskOutcome {
+        let stderr = channels.stderr, progress = channels.progress
         guard timeout > .zero else { return .timedOut("the deadline passed before the task started") }
         switch executor {
         case .builtinEcho:
@@ -59,10 +74,56 @@ package enum TaskExecution {
         case .exec(let command, let arguments):
             return await self.runProcess(
                 command: command, arguments: arguments, input: input, timeout: timeout, environment: context.environment,
-                stderr: stderr, progress: { progress($0.map(Self.jsonEvent)) })
+                stderr: stderr,
+                progress: { lines in
+                    var events: [[UInt8]] = []
+                    for line in lines {
+                        if let question = Self.question(in: line) {
+                            if !events.isEmpty { progress(events) }
+                            events = []
+                            channels.question(question)
+                        } else {
+                            events.append(Self.jsonEvent(line))
+                        }
+                    }
+                    if !events.isEmpty { progress(events) }
+                },
+                answers: channels.answers)
         case .http(let url):
-            return await self.post(url: url, input: input, timeout: timeout, headers: context.fields, progress: progress)
+            return await self.postUntilAnswered(url: url, input: input, timeout: timeout, headers: context.fields, channels: channels)
         }
+    }
+
+    /// `{"agentmesh": "input-required", "question": …}`: the question, as JSON.
+    static func question(in line: [UInt8]) -> [UInt8]? {
+        guard line.count <= TaskMessage.maximumExchange,
+            let object = (try? JSONSerialization.jsonObject(with: Data(line))) as? [String: Any],
+            object["agentmesh"] as? String == "input-required"
+        else { return nil }
+        return (try? JSONSerialization.data(withJSONObject: object["question"] ?? NSNull(), options: [.fragmentsAllowed, .sortedKeys]))
+            .map(Array.init)
+    }
+
+    /// An `http:` agent that answers 202 `{"input_required": QUESTION, "state": …}` waits for a person: once the
+    /// answer is given it is POSTed `{"input": …, "reply": …, "state": …}` with `X-AgentMesh-Reply: 1`.
+    private static func postUntilAnswered(
+        url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)], channels: Channels
+    ) async -> TaskOutcome {
+        var body = input
+        var extra: [(name: String, value: String)] = []
+        for _ in 0..<100 {
+            let outcome = await self.post(url: url, input: body, timeout: timeout, headers: headers + extra, progress: channels.progress)
+            guard case .asking(let question, let state) = outcome else { return outcome.taskOutcome }
+            channels.question(question)
+            guard let reply = await channels.answers.next() else { return .canceled }
+            var resumed: [String: Any] = [:]
+            resumed["input"] = (try? JSONSerialization.jsonObject(with: Data(input), options: [.fragmentsAllowed])) ?? NSNull()
+            resumed["reply"] = (try? JSONSerialization.jsonObject(with: Data(reply), options: [.fragmentsAllowed])) ?? NSNull()
+            resumed["state"] = state.flatMap { try? JSONSerialization.jsonObject(with: Data($0), options: [.fragmentsAllowed]) } ?? NSNull()
+            body = (try? JSONSerialization.data(withJSONObject: resumed, options: [.sortedKeys])).map(Array.init) ?? input
+            extra = [("Reply", "1")]
+        }
+        return .failure("\(url) asked more than 100 questions in one run")
     }
 
     /// A line an agent wrote as a progress event: kept as it is when it is JSON, otherwise as a JSON string.
@@ -98,16 +159,19 @@ package enum TaskExecution {
     /// cancellation signals the process group. (On two cores, two blocked pool threads would freeze the whole node.)
     private static func runProcess(
         command: String, arguments: [String], input: [UInt8], timeout: Duration, environment: [String: String],
-        stderr: @escaping @Sendable ([UInt8]) -> Void, progress: @escaping @Sendable ([[UInt8]]) -> Void
+        stderr: @escaping @Sendable ([UInt8]) -> Void, progress: @escaping @Sendable ([[UInt8]]) -> Void,
+        answers: AgentInput
     ) async -> TaskOutcome {
         let process: ChildProcess
         var environment = environment
         environment["AGENTMESH_EVENTS_FD"] = "3"
+        environment["AGENTMESH_INPUT_FD"] = "4"
         do {
             process = try ChildProcess(command: command, arguments: arguments, input: input, environment: environment)
         } catch {
             return .failure(error.description)
         }
+        answers.attach { process.answer($0) }
         async let output = process.collectOutput(
             limit: TaskMessage.maximumInputLength, tailLength: Self.stderrTailLength, onStderr: stderr, onEvents: progress)
         let ending = await withTaskCancellationHandler {
@@ -169,8 +233,8 @@ package enum TaskExecution {
     private static func post(
         url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)],
         progress: @escaping @Sendable ([[UInt8]]) -> Void
-    ) async -> TaskOutcome {
-        guard let endpoint = URL(string: url) else { return .failure("invalid URL \(url)") }
+    ) async -> HTTPOutcome {
+        guard let endpoint = URL(string: url) else { return .done(.failure("invalid URL \(url)")) }
         var request = URLRequest(url: endpoint, timeoutInterval: Double(timeout.components.seconds) + 1)
         request.httpMethod = "POST"
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
@@ -191,13 +255,27 @@ package enum TaskExecution {
         }
         switch ending {
         case .failed(let error):
-            if Task.isCancelled || (error as? URLError)?.code == .cancelled { return .canceled }
+            if Task.isCancelled || (error as? URLError)?.code == .cancelled { return .done(.canceled) }
             if let error = error as? URLError, error.code == .timedOut {
-                return .timedOut("\(url) did not answer within \(String(format: "%.1f", timeout.seconds)) s")
+                return .done(.timedOut("\(url) did not answer within \(String(format: "%.1f", timeout.seconds)) s"))
             }
-            return .failure("\(url) unreachable: \(error.localizedDescription)")
+            return .done(.failure("\(url) unreachable: \(error.localizedDescription)"))
         case .answered(let outcome):
             return outcome
+        }
+    }
+}
+
+/// How one POST to an `http:` agent ended: with the run's outcome, or with a question for a person.
+enum HTTPOutcome: Sendable {
+    case done(TaskOutcome)
+    /// 202 `{"input_required": QUESTION, "state": STATE}`.
+    case asking(question: [UInt8], state: [UInt8]?)
+
+    var taskOutcome: TaskOutcome {
+        switch self {
+        case .done(let outcome): return outcome
+        case .asking: return .failure("the agent asked a question")
         }
     }
 }
@@ -206,7 +284,7 @@ package enum TaskExecution {
 /// are forwarded as they come.
 private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sendable {
     enum Ending: Sendable {
-        case answered(TaskOutcome)
+        case answered(HTTPOutcome)
         case failed(any Error)
     }
 
@@ -290,7 +368,20 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
         done?(ending)
     }
 
-    private func outcome() -> TaskOutcome {
+    private func outcome() -> HTTPOutcome {
+        if self.status == 202, self.format == .whole,
+            let object = (try? JSONSerialization.jsonObject(with: Data(self.body))) as? [String: Any],
+            let question = object["input_required"]
+        {
+            let encode = { (value: Any) in
+                (try? JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .sortedKeys])).map(Array.init)
+            }
+            return .asking(question: encode(question) ?? Array("null".utf8), state: object["state"].flatMap(encode))
+        }
+        return .done(self.taskOutcome())
+    }
+
+    private func taskOutcome() -> TaskOutcome {
         let url = self.url
         guard (200..<300).contains(self.status) else {
             let text = String(decoding: self.body.prefix(TaskExecution.stderrTailLength), as: UTF8.self)

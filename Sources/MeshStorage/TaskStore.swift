@@ -194,6 +194,17 @@ package final class TaskStore: Sendable {
                 ) WITHOUT ROWID;
                 """)
         }
+        migrator.registerMigration("conversations-and-questions-v3") { db in
+            try db.execute(sql: """
+                ALTER TABLE submitted_task ADD COLUMN context TEXT;
+                ALTER TABLE submitted_task ADD COLUMN input_timeout REAL;
+                ALTER TABLE submitted_task ADD COLUMN question BLOB;
+                ALTER TABLE submitted_task ADD COLUMN reply BLOB;
+                ALTER TABLE submitted_task ADD COLUMN asked_at REAL;
+                ALTER TABLE accepted_task ADD COLUMN context TEXT;
+                ALTER TABLE accepted_task ADD COLUMN input_timeout REAL;
+                """)
+        }
         return migrator
     }
 
@@ -302,7 +313,9 @@ package final class TaskStore: Sendable {
             attempts: try attempts.map { try $0.attempt(self.timeBase, task: idText) },
             outcome: try Self.outcome(kind: row["outcome_kind"], bytes: row["outcome"], task: idText),
             error: row["error"], finishedAt: (row["finished_at"] as Double?).map(self.timeBase.core),
-            nextOfferAt: (row["next_offer_at"] as Double?).map(self.timeBase.core), failures: row["failures"])
+            nextOfferAt: (row["next_offer_at"] as Double?).map(self.timeBase.core), failures: row["failures"],
+            options: Self.options(row), question: (row["question"] as Data?).map(Array.init),
+            reply: (row["reply"] as Data?).map(Array.init), askedAt: (row["asked_at"] as Double?).map(self.timeBase.core))
     }
 
     private func acceptedTask(_ row: Row) throws -> TaskRunner.AcceptedTask {
@@ -313,7 +326,11 @@ package final class TaskStore: Sendable {
         return TaskRunner.AcceptedTask(
             id: id, epoch: row["epoch"], submitter: submitter, capability: row["capability"],
             input: Array(row["input"] as Data), deadline: self.timeBase.core(row["deadline"]),
-            outcome: try Self.outcome(kind: row["outcome_kind"], bytes: row["outcome"], task: idText))
+            outcome: try Self.outcome(kind: row["outcome_kind"], bytes: row["outcome"], task: idText), options: Self.options(row))
+    }
+
+    private static func options(_ row: Row) -> TaskOptions {
+        TaskOptions(context: row["context"], inputTimeout: (row["input_timeout"] as Double?).map { .milliseconds(Int64($0 * 1000)) })
     }
 
     private static func outcome(kind: Int?, bytes: Data?, task: String) throws -> TaskOutcome? {
@@ -391,27 +408,32 @@ package final class TaskStore: Sendable {
             try db.cachedStatement(sql: """
                 INSERT INTO submitted_task
                 (id, capability, input, submitted_at, deadline, max_attempts, state, attempts, outcome_kind, outcome,
-                 error, finished_at, next_offer_at, failures)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 error, finished_at, next_offer_at, failures, context, input_timeout, question, reply, asked_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,
                  outcome_kind = excluded.outcome_kind, outcome = excluded.outcome, error = excluded.error,
-                 finished_at = excluded.finished_at, next_offer_at = excluded.next_offer_at, failures = excluded.failures
+                 finished_at = excluded.finished_at, next_offer_at = excluded.next_offer_at, failures = excluded.failures,
+                 deadline = excluded.deadline, question = excluded.question, reply = excluded.reply, asked_at = excluded.asked_at
                 """).execute(arguments: [
                     task.id.description, task.capability, Data(task.input), self.timeBase.wall(task.submittedAt),
                     self.timeBase.wall(task.deadline), task.maximumAttempts, task.state.rawValue,
                     String(decoding: attempts, as: UTF8.self), kind, outcome, task.error,
                     task.finishedAt.map(self.timeBase.wall), task.nextOfferAt.map(self.timeBase.wall), task.failures,
+                    task.options.context, task.options.inputTimeout.map(\.seconds), task.question.map { Data($0) },
+                    task.reply.map { Data($0) }, task.askedAt.map(self.timeBase.wall),
                 ])
         case .accepted(let task):
             let (kind, outcome) = Self.columns(task.outcome)
             try db.cachedStatement(sql: """
-                INSERT INTO accepted_task (id, epoch, submitter, capability, input, deadline, outcome_kind, outcome)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO accepted_task
+                (id, epoch, submitter, capability, input, deadline, outcome_kind, outcome, context, input_timeout)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET epoch = excluded.epoch, deadline = excluded.deadline,
                  outcome_kind = excluded.outcome_kind, outcome = excluded.outcome
                 """).execute(arguments: [
                     task.id.description, Int64(task.epoch), task.submitter.description, task.capability,
-                    Data(task.input), self.timeBase.wall(task.deadline), kind, outcome,
+                    Data(task.input), self.timeBase.wall(task.deadline), kind, outcome, task.options.context,
+                    task.options.inputTimeout.map(\.seconds),
                 ])
         case .forgetSubmitted(let id):
             try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE id = ?").execute(arguments: [id.description])

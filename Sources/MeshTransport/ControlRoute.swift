@@ -24,6 +24,8 @@ enum ControlRoute: Equatable {
     case taskEvents(TaskReference, after: Int, wait: Duration?, stream: Bool)
     /// `POST /v1/tasks/ID/cancel`
     case cancel(TaskReference)
+    /// `POST /v1/tasks/ID/input`: the answer to the agent's question
+    case reply(TaskReference, body: [UInt8])
     /// `GET /v1/tasks/ID/logs[?after=N&wait=S]`: the run's stderr after byte N, long-polled for more
     case taskLog(TaskReference, after: Int, wait: Duration?)
     /// `POST /v1/workflows[?wait=S]`
@@ -108,6 +110,9 @@ enum ControlRoute: Equatable {
         case ("POST", 4) where parts[3] == "cancel":
             guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
             return .cancel(reference)
+        case ("POST", 4) where parts[3] == "input":
+            guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
+            return .reply(reference, body: request.body)
         default:
             return .refused(status: 404, message: "no such endpoint: \(request.method) \(request.path)")
         }
@@ -182,6 +187,12 @@ enum ControlRoute: Equatable {
             }
             filter.capability = capability
         }
+        if let context = query["context"] {
+            guard TaskOptions.isValidContext(context) else {
+                return .refused(status: 400, message: "context must be 1 to 128 printable ASCII characters without spaces")
+            }
+            filter.context = context
+        }
         if let text = query["since"] {
             guard let seconds = Double(text), seconds > 0, seconds <= 366 * 86_400 else {
                 return .refused(status: 400, message: "since must be a number of seconds (how far back), up to a year")
@@ -215,6 +226,7 @@ struct TaskFilter: Equatable {
     static let maximumLimit = 10_000
     var state: TaskState?
     var capability: String?
+    var context: String?
     /// Submitted at most this long ago.
     var since: Duration?
     var limit = 1_000

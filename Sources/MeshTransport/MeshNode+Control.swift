@@ -56,8 +56,8 @@ extension MeshNode {
         case .leave(let drain):
             self.requestLeave(drain: drain)
             respond(.json(["leaving": true], status: 202))
-        case .submit(let body, let wait):
-            self.submitTask(body, wait: wait, respond: respond)
+        case .submit(_, let wait):
+            self.submitTask(request, wait: wait, respond: respond)
         case .health:
             let health = self.health()
             respond(.json(health, status: health.status == "ok" ? 200 : 503))
@@ -85,6 +85,11 @@ extension MeshNode {
                 }
             case .refused(let response): respond(response)
             }
+        case .reply(let reference, let body):
+            switch self.resolve(reference) {
+            case .found(let id): self.reply(to: id, body, respond: respond)
+            case .refused(let response): respond(response)
+            }
         case .cancel(let reference):
             switch self.resolve(reference) {
             case .found(let id):
@@ -96,8 +101,8 @@ extension MeshNode {
             self.publishEvent(body, respond: respond)
         case .events(let topic, let after, let limit, let wait):
             self.answerEventHistory(topic: topic, after: after, limit: limit, wait: wait, respond: respond)
-        case .submitWorkflow(let body, let wait):
-            self.submitWorkflow(body, wait: wait, respond: respond)
+        case .submitWorkflow(_, let wait):
+            self.submitWorkflow(request, wait: wait, respond: respond)
         case .listWorkflows:
             respond(self.listWorkflows())
         case .workflow(let reference, let version, let wait):
@@ -112,10 +117,10 @@ extension MeshNode {
     // MARK: - Tasks
 
     /// Submits a task; with `wait`, answers once it ends (200) or when `wait` runs out (202), saving a round trip.
-    private func submitTask(_ body: [UInt8], wait: Duration?, respond: @escaping Respond) {
+    private func submitTask(_ control: ControlRequest, wait: Duration?, respond: @escaping Respond) {
         let request: ControlAPI.SubmitRequest
         do {
-            request = try ControlAPI.SubmitRequest(parsing: body)
+            request = try ControlAPI.SubmitRequest(parsing: control.body)
         } catch {
             return respond(.error(400, "the request is not a task: send JSON like {\"capability\": \"NAME\", \"input\": {…}}"))
         }
@@ -135,10 +140,30 @@ extension MeshNode {
         guard timeout > 0, timeout <= 86_400 else { return respond(.error(400, "timeout_seconds must be between 0 and 86400")) }
         let attempts = request.maxAttempts ?? 5
         guard (1...100).contains(attempts) else { return respond(.error(400, "max_attempts must be between 1 and 100")) }
+        if let context = request.context, !TaskOptions.isValidContext(context) {
+            return respond(.error(400, "context must be 1 to 128 printable ASCII characters without spaces"))
+        }
+        if let seconds = request.inputTimeoutSeconds, !(seconds > 0 && seconds <= 7 * 86_400) {
+            return respond(.error(400, "input_timeout_seconds must be more than 0 and at most 604800 (a week)"))
+        }
+        let options = TaskOptions(
+            context: request.context, inputTimeout: request.inputTimeoutSeconds.map { .milliseconds(Int64($0 * 1000)) })
         let callback: WebhookTarget?
         switch self.webhookTarget(request.callback, events: request.callbackEvents) {
         case .success(let target): callback = target
         case .failure(let refusal): return respond(.error(400, refusal.description))
+        }
+        let idempotencyKey: String?, digest: String
+        switch self.checkIdempotency(control, canonical: [
+            Array(request.capability.utf8), Array(input), Array("\(timeout) \(attempts) \(request.waitForCapability == true)".utf8),
+            Array((request.callback ?? "").utf8), Array((request.callbackEvents ?? "").utf8),
+            Array("\(request.context ?? "") \(request.inputTimeoutSeconds ?? 0)".utf8),
+        ], kind: "task") {
+        case .proceed(let key, let hash): (idempotencyKey, digest) = (key, hash)
+        case .refused(let response): return respond(response)
+        case .repeated(let id):
+            // The original, as a repeat of the same call answers it: 200, not 202.
+            return self.whenTaskEnds(id, within: wait ?? .zero) { respond(self.taskDocument(id, status: 200)) }
         }
         guard self.commitGate.isStoreWritable else {
             return respond(.error(507, "this node cannot store new tasks now (\(self.taskStore?.path ?? "its task store") is not writable); try another node"))
@@ -163,9 +188,10 @@ extension MeshNode {
         self.runSubmitter {
             $0.submit(
                 id: id, capability: request.capability, input: Array(input),
-                timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, now: self.now)
+                timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, options: options, now: self.now)
         }
         if let callback { self.registerWebhook(callback, for: .task(id)) }
+        if let idempotencyKey { self.rememberIdempotencyKey(idempotencyKey, digest: digest, target: id, kind: "task") }
         // The client hears "accepted" only once the task is durable.
         self.whenStored(self.taskStore?.lastQueued ?? 0) { error in
             if let error {
@@ -178,6 +204,31 @@ extension MeshNode {
                 let ended = self.submitter.task(id)?.state.isTerminal == true
                 respond(self.taskDocument(id, status: ended ? 200 : 202))
             }
+        }
+    }
+
+    /// `POST /v1/tasks/ID/input`: answered once the answer is stored (it is sent to the executor then).
+    private func reply(to id: TaskID, _ body: [UInt8], respond: @escaping Respond) {
+        guard body.count <= TaskMessage.maximumExchange,
+            let value = try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed]),
+            let answer = try? JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .sortedKeys])
+        else { return respond(.error(400, "the answer must be JSON of at most \(TaskMessage.maximumExchange) bytes")) }
+        var refusal: TaskSubmitter.ReplyRefusal?
+        self.runSubmitter { submitter in
+            switch submitter.reply(id, Array(answer), now: self.now) {
+            case .success(let directives): return directives
+            case .failure(let why):
+                refusal = why
+                return []
+            }
+        }
+        if case .notWaiting(let state)? = refusal {
+            return respond(.error(409, "task \(id) is \(state.rawValue), not waiting for an answer"))
+        }
+        self.recordLocalEvent(id, Array(#"{"agentmesh":"input","reply":"#.utf8) + Array(answer) + Array("}".utf8))
+        self.whenStored(self.taskStore?.lastQueued ?? 0) { error in
+            if let error { return respond(.error(507, "the answer could not be stored: \(error.description)")) }
+            respond(self.taskDocument(id))
         }
     }
 
@@ -210,6 +261,7 @@ extension MeshNode {
         return Array(self.submitter.allTasks.reversed().lazy.filter { task in
             (filter.state == nil || task.state == filter.state)
                 && (filter.capability == nil || task.capability == filter.capability)
+                && (filter.context == nil || task.options.context == filter.context)
                 && (earliest == nil || task.submittedAt >= earliest!)
         }.prefix(filter.limit))
     }

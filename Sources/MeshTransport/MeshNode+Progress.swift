@@ -13,6 +13,18 @@ extension MeshNode {
         var log = self.eventLog(id)
         let kept = log.receive(epoch: epoch, first: first, events: events, time: AuditLog.wallClockMilliseconds())
         self.taskEvents.set(log, for: id)
+        self.publishKeptEvents(id, kept)
+    }
+
+    /// An event this node adds to a task's log itself (the agent's question), numbered with the agent's.
+    func recordLocalEvent(_ id: TaskID, _ data: [UInt8]) {
+        var log = self.eventLog(id)
+        let kept = log.note(data, time: AuditLog.wallClockMilliseconds())
+        self.taskEvents.set(log, for: id)
+        self.publishKeptEvents(id, kept)
+    }
+
+    private func publishKeptEvents(_ id: TaskID, _ kept: [TaskEvent]) {
         guard !kept.isEmpty else { return }
         self.taskStore?.enqueue([.taskEvents(id, kept)])
         for stream in self.eventStreams[id] ?? [] {

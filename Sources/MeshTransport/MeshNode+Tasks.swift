@@ -29,6 +29,15 @@ extension MeshNode {
             }
         case .progress(let id, let epoch, let first, let events):
             self.receiveProgress(id, epoch: epoch, first: first, events: events, from: peer)
+        case .input:
+            self.runTaskRunner { $0.receive(message, from: peer, now: self.now) }
+        case .inputRequired(let id, _, let question):
+            self.runSubmitter { $0.receive(message, from: peer, now: self.now) }
+            if self.submitter.task(id)?.state == .inputRequired {
+                // Followers see the question where they see progress.
+                let event = Array(#"{"agentmesh":"input-required","question":"#.utf8) + question + Array("}".utf8)
+                self.recordLocalEvent(id, event)
+            }
         case .event, .eventAck:
             self.receiveEvent(message, from: peer)
         }
@@ -123,6 +132,7 @@ extension MeshNode {
             case .send(.decline(let id, let epoch, let reason), let peer):
                 self.deliver(.decline(id, epoch: epoch, reason: reason), to: peer)
             case .send, .start, .stop: actions.append(.runner(directive))
+            case .deliverInput(let id, let reply): self.agentInputs[id]?.deliver(reply)
             }
         }
         self.afterCommit(of: changes, perform: actions)
@@ -166,7 +176,7 @@ extension MeshNode {
             self.executions[id]?.cancel()
         case .submitter(.persist), .submitter(.forget), .submitter(.forgetFinished), .runner(.persistAccepted),
             .runner(.persistResult),
-            .runner(.forget):
+            .runner(.forget), .runner(.deliverInput):
             break  // store changes never wait
         }
     }
@@ -276,15 +286,19 @@ extension MeshNode {
             self.runTaskRunner { $0.finished(task.id, outcome: .failure("no executor for \(task.capability)"), now: self.now) }
             return
         }
-        let timeout = task.deadline - self.now
+        // A run whose deadline pauses while it waits for an answer is stopped by the runner's deadline alone.
+        let timeout = task.options.inputTimeout == nil ? task.deadline - self.now : .seconds(366 * 86_400)
         if case .builtinEcho = spec.executor, timeout > .zero {
             // Nothing to wait for: answering in the same turn saves two thread hand-offs per task.
             self.runTaskRunner { $0.finished(task.id, outcome: .success(task.input), now: self.now) }
             return
         }
+        let answers = AgentInput()
+        self.agentInputs[task.id] = answers
         self.executions[task.id] = Task {
             let context = TaskExecution.Context(
-                taskID: task.id, attempt: task.epoch, deadline: self.clock.wallClockDate(for: task.deadline))
+                taskID: task.id, attempt: task.epoch, deadline: self.clock.wallClockDate(for: task.deadline),
+                contextID: task.options.context)
             let loop = self.loop
             // Read on a GCD thread; one `execute` per chunk keeps them in order on the node's loop.
             let stderr: @Sendable ([UInt8]) -> Void = { chunk in
@@ -293,14 +307,22 @@ extension MeshNode {
             let progress: @Sendable ([[UInt8]]) -> Void = { events in
                 loop.execute { self.assumeIsolated { node in node.runTaskRunner { $0.progressed(task.id, events) } } }
             }
-            let outcome = await TaskExecution.run(
-                spec.executor, input: task.input, timeout: timeout, context: context, stderr: stderr, progress: progress)
+            var channels = TaskExecution.Channels()
+            channels.stderr = stderr
+            channels.progress = progress
+            channels.answers = answers
+            channels.question = { question in
+                loop.execute { self.assumeIsolated { node in node.runTaskRunner { $0.askedForInput(task.id, question: question) } } }
+            }
+            let outcome = await TaskExecution.run(spec.executor, input: task.input, timeout: timeout, context: context, channels: channels)
+            answers.close()
             self.executionFinished(task.id, outcome: outcome)
         }
     }
 
     private func executionFinished(_ id: TaskID, outcome: TaskOutcome) {
         self.executions[id] = nil
+        self.agentInputs[id] = nil
         // A run stopped by shutdown is not an outcome: the restarted node holds the task and asks to run it again.
         guard self.isRunning else { return }
         self.runTaskRunner { $0.finished(id, outcome: outcome, now: self.now) }

@@ -14,10 +14,10 @@ extension MeshNode {
     static let finishedWorkflowsKept = 1_000
 
     /// `POST /v1/workflows[?wait=S]`
-    func submitWorkflow(_ body: [UInt8], wait: Duration?, respond: @escaping Respond) {
+    func submitWorkflow(_ control: ControlRequest, wait: Duration?, respond: @escaping Respond) {
         let request: ControlAPI.WorkflowRequest
         do {
-            request = try ControlAPI.decoder().decode(ControlAPI.WorkflowRequest.self, from: Data(body))
+            request = try ControlAPI.decoder().decode(ControlAPI.WorkflowRequest.self, from: Data(control.body))
         } catch {
             return respond(.error(400, "the request is not a workflow run: send JSON like {\"workflow\": {\"name\": …, \"steps\": […]}, \"input\": {…}}"))
         }
@@ -32,10 +32,22 @@ extension MeshNode {
         case .success(let target): callback = target
         case .failure(let refusal): return respond(.error(400, refusal.description))
         }
+        let idempotencyKey: String?, digest: String
+        let input = request.input.map { JSON(foundation: $0.value) }
+        switch self.checkIdempotency(control, canonical: [
+            JSON(foundation: request.workflow.value).bytes, (input ?? .null).bytes, Array((request.callback ?? "").utf8),
+            Array((request.callbackEvents ?? "").utf8),
+        ], kind: "workflow") {
+        case .proceed(let key, let hash): (idempotencyKey, digest) = (key, hash)
+        case .refused(let response): return respond(response)
+        case .repeated(let id):
+            return self.whenWorkflowChanges(id, after: nil, within: wait ?? .zero) { respond(self.workflowResponse(id, status: 200)) }
+        }
         guard self.commitGate.isStoreWritable else {
             return respond(.error(507, "this node cannot store new workflows now (\(self.taskStore?.path ?? "its task store") is not writable); try another node"))
         }
-        let id = self.startWorkflow(definition, input: request.input.map { JSON(foundation: $0.value) }, callback: callback)
+        let id = self.startWorkflow(definition, input: input, callback: callback)
+        if let idempotencyKey { self.rememberIdempotencyKey(idempotencyKey, digest: digest, target: id, kind: "workflow") }
         self.whenWorkflowStored(id) { error in
             if let error { return respond(.error(507, "the workflow could not be stored: \(error)")) }
             guard let wait else { return respond(self.workflowResponse(id, status: 202)) }

@@ -9,6 +9,7 @@ public import ServiceLifecycle
 import Synchronization
 import MeshStorage
 import MeshWorkflows
+import MeshExecutors
 public import MeshControl
 
 /// One AgentMesh node: accepts and dials authenticated connections, keeps one session per peer, re-dials its join
@@ -88,8 +89,9 @@ public actor MeshNode: Service {
     /// The two ends of the task protocol.
     var submitter: TaskSubmitter
     var runner: TaskRunner
-    /// Executor runs in progress, so a cancel or a deadline can stop them.
+    /// Executor runs in progress, so a cancel or a deadline can stop them, and where their agents' answers go.
     var executions: [TaskID: Task<Void, Never>] = [:]
+    var agentInputs: [TaskID: AgentInput] = [:]
     /// Clients long-polling for a task to end.
     var waiters = TaskWaiters()
     /// Clients following a task's log (`task ID --logs -f`), woken by new bytes or the task's end.
@@ -115,6 +117,8 @@ public actor MeshNode: Service {
     /// Clients long-polling the event history, and publishers waiting for acknowledgements.
     var eventHistoryWaiters = TaskWaiters()
     var publishWaiters = TaskWaiters()
+    /// Idempotency keys of recent submissions (`Idempotency-Key`), kept in the store too.
+    var idempotency = IdempotencyBook()
     /// Task actions and client answers held until the store and the audit log have committed what they need.
     var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
         storeCommitted: 0, auditCommitted: 0)
@@ -286,6 +290,7 @@ public actor MeshNode: Service {
         self.restoreWorkflows()
         self.restoreWebhooks()
         self.restoreEvents()
+        self.restoreIdempotencyKeys()
         self.logger.info("listening", metadata: [
             "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
             "trusted-peers": "\(self.gate.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",

@@ -61,6 +61,10 @@ struct TaskDocuments {
         json.endArray()
         json.key("capability")
         json.string(task.capability)
+        if let context = task.options.context {
+            json.key("context")
+            json.string(context)
+        }
         json.key("deadline")
         json.date(self.date(task.deadline))
         if let error = task.error {
@@ -77,6 +81,10 @@ struct TaskDocuments {
         }
         json.key("id")
         json.string(task.id.description)
+        if task.state == .inputRequired, let question = task.question {
+            json.key("question")
+            json.raw(JSONText.compacted(question) ?? Array("null".utf8))
+        }
         if case .success(let output)? = task.outcome {
             json.key("result")
             // A result that is not JSON is shown as the text it is.

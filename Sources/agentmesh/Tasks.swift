@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import MeshControl
+import MeshCore
+import MeshCrypto
 
 struct Submit: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -47,11 +49,30 @@ struct Submit: ParsableCommand {
     @Flag(help: "With --callback: POST every state change, not only the end.")
     var callbackAllStates = false
 
+    @Option(help: ArgumentHelp(
+        "Submitting again with the same key (within 24 h) returns the first task instead of running another; a different task under it is refused.",
+        valueName: "KEY"))
+    var idempotencyKey: String?
+
+    @Flag(help: "Use the SHA-256 of the task (capability, input, timeout, attempts) as the idempotency key.")
+    var idempotent = false
+
+    @Option(help: ArgumentHelp(
+        "The conversation the task belongs to: it prefers the member that ran the conversation's previous task, and the agent gets the id (AGENTMESH_CONTEXT_ID).",
+        valueName: "ID"))
+    var context: String?
+
+    @Option(help: ArgumentHelp(
+        "Pause the deadline while the agent waits for an answer ('agentmesh reply'), for at most this many seconds.",
+        valueName: "SECONDS"))
+    var inputTimeout: Double?
+
     @Flag(help: "Print the task as JSON.")
     var json = false
 
     func validate() throws {
         guard self.callback != nil || !self.callbackAllStates else { throw ValidationError("--callback-all-states goes with --callback") }
+        guard self.idempotencyKey == nil || !self.idempotent else { throw ValidationError("give --idempotency-key or --idempotent, not both") }
         guard (self.input == nil) != (self.inputFile == nil) else {
             throw ValidationError("give the input with exactly one of --input or --input-file")
         }
@@ -64,12 +85,21 @@ struct Submit: ParsableCommand {
         let body = try ControlAPI.encoder().encode(ControlAPI.SubmitRequest(
             capability: self.capability, input: ControlAPI.JSONValue(value), timeoutSeconds: self.timeout,
             maxAttempts: self.maxAttempts, waitForCapability: self.waitForCapability ? true : nil, callback: self.callback,
-            callbackEvents: self.callbackAllStates ? "all" : nil))
+            callbackEvents: self.callbackAllStates ? "all" : nil, context: self.context, inputTimeoutSeconds: self.inputTimeout))
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+        var headers: [String: String] = [:]
+        if let key = self.idempotencyKey {
+            headers["Idempotency-Key"] = key
+        } else if self.idempotent {
+            let canonical = try JSONSerialization.data(
+                withJSONObject: ["capability": self.capability, "input": value, "timeout": self.timeout, "attempts": self.maxAttempts],
+                options: [.sortedKeys, .fragmentsAllowed])
+            headers["Idempotency-Key"] = "sha256:" + Hex.encode(SHA256.hash(Array(canonical)))
+        }
         let task: ControlAPI.TaskInfo = try reporting {
             do {
                 return try client.decode(
-                    client.request(method: "POST", path: "/v1/tasks", body: Array(body)), as: ControlAPI.TaskInfo.self)
+                    client.request(method: "POST", path: "/v1/tasks", body: Array(body), headers: headers), as: ControlAPI.TaskInfo.self)
             } catch ControlClient.Error.api(409, let message) {
                 throw CLIError(message, status: .noCapability)
             } catch ControlClient.Error.api(400, let message) {
@@ -146,7 +176,12 @@ func followEvents(_ task: ControlAPI.TaskInfo, client: ControlClient) throws -> 
                 client.request(method: "GET", path: "/v1/tasks/\(task.id)/events?after=\(after)&wait=30", timeout: .seconds(40)),
                 as: ControlAPI.TaskEvents.self)
         }
-        for event in page.events { print(try resultText(event.data)) }
+        for event in page.events {
+            print(try resultText(event.data))
+            if let object = event.data.value as? [String: Any], object["agentmesh"] as? String == "input-required" {
+                FileHandle.standardError.write(Data("the agent asks a question; answer with: agentmesh reply \(task.id.prefix(12)) --input JSON\n".utf8))
+            }
+        }
         fflush(nil)
         after = page.next
         if page.finished && page.events.isEmpty { break }
@@ -200,6 +235,9 @@ struct Tasks: ParsableCommand {
     @Option(help: "Only tasks of this capability.")
     var capability: String?
 
+    @Option(help: "Only tasks of this conversation (submit --context).")
+    var context: String?
+
     @Option(help: ArgumentHelp("Only tasks submitted within this long: 90s, 10m, 2h, 1d.", valueName: "DURATION"))
     var since: String?
 
@@ -232,6 +270,7 @@ struct Tasks: ParsableCommand {
         var query = ["limit=\(self.limit)"]
         if let state { query.append("state=\(state)") }
         if let capability { query.append("capability=\(capability)") }
+        if let context { query.append("context=\(context.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? context)") }
         if let since, let seconds = parseDuration(since) { query.append("since=\(seconds)") }
         let list = try reporting { try client.get("/v1/tasks?" + query.joined(separator: "&"), as: ControlAPI.TaskList.self) }
         if self.json {
@@ -326,6 +365,11 @@ struct TaskCommand: ParsableCommand {
         }
         print("task \(task.id)  \(task.capability)  \(task.state)")
         if let waiting = task.waiting { print("waiting: \(waiting)") }
+        if let question = task.question {
+            print("the agent asks: \(try resultText(question))")
+            print("answer with: agentmesh reply \(task.id.prefix(12)) --input JSON")
+        }
+        if let context = task.context { print("conversation: \(context)") }
         print("submitted \(task.submittedAt.timeOfDay), deadline \(task.deadline.timeOfDay), "
             + (task.isFinished ? "took" : "running for") + " \(task.duration(now: Date()))"
             + (task.executedBy.map { ", ran on \($0)" } ?? ""))
@@ -358,6 +402,29 @@ struct TaskCommand: ParsableCommand {
             offset = log.to
             guard self.follow, !(log.finished && log.text.isEmpty) else { return }
         }
+    }
+}
+
+struct Reply: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Answer the question of an agent that waits for a person (a task in input_required); it resumes.")
+
+    @OptionGroup var options: HomeOptions
+
+    @Argument(help: "The task id, or its first 4 or more hex digits.")
+    var id: String
+
+    @Option(help: ArgumentHelp("The answer as JSON.", valueName: "JSON"))
+    var input: String
+
+    func run() throws {
+        let answer = try parseJSONInput(Data(self.input.utf8))
+        let body = try JSONSerialization.data(withJSONObject: answer, options: [.fragmentsAllowed])
+        let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+        let task = try reporting {
+            try client.decode(client.request(method: "POST", path: "/v1/tasks/\(self.id)/input", body: Array(body)), as: ControlAPI.TaskInfo.self)
+        }
+        print("task \(task.id) \(task.state)")
     }
 }
 

@@ -39,6 +39,9 @@ struct WorkflowCommand: ParsableCommand {
         @Option(help: ArgumentHelp("POST the finished run here (a webhook), signed with DIR/webhook.secret.", valueName: "URL"))
         var callback: String?
 
+        @Option(help: ArgumentHelp("Running again with the same key (within 24 h) returns the first run.", valueName: "KEY"))
+        var idempotencyKey: String?
+
         @Flag(help: "Print the run as JSON.")
         var json = false
 
@@ -49,7 +52,11 @@ struct WorkflowCommand: ParsableCommand {
                 workflow: ControlAPI.JSONValue(workflow), input: input.map(ControlAPI.JSONValue.init), callback: self.callback))
             let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
             let run = try reporting {
-                try client.decode(client.request(method: "POST", path: "/v1/workflows", body: Array(body)), as: ControlAPI.WorkflowInfo.self)
+                try client.decode(
+                    client.request(
+                        method: "POST", path: "/v1/workflows", body: Array(body),
+                        headers: self.idempotencyKey.map { ["Idempotency-Key": $0] } ?? [:]),
+                    as: ControlAPI.WorkflowInfo.self)
             }
             guard self.wait || self.follow else {
                 if self.json { try printJSON(run) } else { print(run.id) }

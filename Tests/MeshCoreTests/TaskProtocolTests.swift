@@ -20,6 +20,7 @@ import Testing
         /// Runs that started but have not finished, by executor.
         var inFlight: [(NodeID, TaskID)] = []
         var stopped: [(NodeID, TaskID)] = []
+        var answered: [(NodeID, TaskID, [UInt8])] = []
         /// What each node's store holds, as the persist and forget directives left it.
         var storedSubmitted: [TaskID: TaskSubmitter.SubmittedTask] = [:]
         var storedAccepted: [NodeID: [TaskID: TaskRunner.AcceptedTask]] = [:]
@@ -88,6 +89,7 @@ import Testing
                 case .persistResult(let id, _, _):
                     self.storedAccepted[node, default: [:]][id] = self.runners[node]?.task(id)
                 case .forget(let id): self.storedAccepted[node]?[id] = nil
+                case .deliverInput(let id, let reply): self.answered.append((node, id, reply))
                 }
             }
             return out
@@ -734,5 +736,83 @@ extension TaskProtocolTests {
         var full = TaskEventLog()
         _ = full.receive(epoch: 1, first: 1, events: Array(repeating: a, count: TaskEventLog.maximumEvents + 3), time: 1)
         #expect(full.events.count == TaskEventLog.maximumEvents && full.dropped == 3)
+    }
+}
+
+/// Agents that ask back, and conversations, driven by hand on the two machines.
+@Suite struct InputAndContextTests {
+    static let submitterNode = NodeID(high: 1, low: 1)
+    static let worker = NodeID(high: 2, low: 2)
+    static let other = NodeID(high: 3, low: 3)
+
+    static func offered(_ directives: [TaskSubmitter.Directive]) -> (TaskOffer, NodeID)? {
+        for case .send(.offer(let offer), let peer) in directives { return (offer, peer) }
+        return nil
+    }
+
+    @Test func aQuestionPausesTheDeadlineUntilTheAnswerAndTheInputTimeoutEndsAWaitNobodyAnswers() throws {
+        var submitter = TaskSubmitter(local: Self.submitterNode, seed: 1)
+        _ = submitter.candidatesChanged([.init(id: Self.worker, capabilities: ["ask": 1], load: 0)], now: .zero)
+        let id = TaskID(high: 7, low: 7)
+        let options = TaskOptions(context: "c1", inputTimeout: .seconds(30))
+        let (offer, peer) = try #require(Self.offered(submitter.submit(
+            id: id, capability: "ask", input: [], timeout: .seconds(10), maximumAttempts: 1, options: options, now: .zero)))
+        #expect(offer.options == options, "the offer carries the options")
+        var runner = TaskRunner(capacity: ["ask": 1])
+        _ = runner.receive(.offer(offer), from: Self.submitterNode, now: .zero)
+        let asked = runner.askedForInput(id, question: Array(#"{"q":1}"#.utf8))
+        #expect(asked == [.send(.inputRequired(id, epoch: 1, question: Array(#"{"q":1}"#.utf8)), to: Self.submitterNode)])
+        #expect(runner.tick(now: .seconds(20)).isEmpty, "the executor's deadline waits too")
+        _ = submitter.receive(.accept(id, epoch: 1), from: peer, now: .seconds(1))
+        _ = submitter.receive(.inputRequired(id, epoch: 1, question: Array(#"{"q":1}"#.utf8)), from: peer, now: .seconds(2))
+        #expect(submitter.task(id)?.state == .inputRequired)
+        #expect(submitter.tick(now: .seconds(20)).isEmpty, "past the deadline, but it is paused")
+        let answered = try submitter.reply(id, Array("true".utf8), now: .seconds(22)).get()
+        #expect(submitter.task(id)?.deadline == .seconds(30), "the 20 s of waiting were added")
+        #expect(answered.contains(.send(.input(id, epoch: 1, reply: Array("true".utf8), timeRemaining: .seconds(8)), to: peer)))
+        #expect(runner.receive(.input(id, epoch: 1, reply: Array("true".utf8), timeRemaining: .seconds(8)), from: Self.submitterNode, now: .seconds(22))
+            == [.deliverInput(id, reply: Array("true".utf8))])
+        #expect(throws: TaskSubmitter.ReplyRefusal.notWaiting(.running)) { try submitter.reply(id, [], now: .seconds(23)).get() }
+        // Asked again (the executor restarted): the answer given goes back at once.
+        let again = submitter.receive(.inputRequired(id, epoch: 1, question: Array(#"{"q":1}"#.utf8)), from: peer, now: .seconds(24))
+        #expect(again.contains(.send(.input(id, epoch: 1, reply: Array("true".utf8), timeRemaining: .seconds(6)), to: peer)))
+        // A new question, never answered: the input timeout ends the task.
+        _ = submitter.receive(.inputRequired(id, epoch: 1, question: Array(#"{"q":2}"#.utf8)), from: peer, now: .seconds(25))
+        #expect(submitter.tick(now: .seconds(54)).isEmpty)
+        let ended = submitter.tick(now: .seconds(55))
+        #expect(ended.contains(.send(.cancel(id, epoch: 1), to: peer)))
+        #expect(submitter.task(id)?.state == .expired && submitter.task(id)?.error == "no answer within 30 s to the agent's question")
+    }
+
+    @Test func aConversationGoesBackToTheMemberThatRanItsLastTask() throws {
+        var submitter = TaskSubmitter(local: Self.submitterNode, seed: 2)
+        _ = submitter.candidatesChanged([
+            .init(id: Self.worker, capabilities: ["chat": 4], load: 0), .init(id: Self.other, capabilities: ["chat": 4], load: 0),
+        ], now: .zero)
+        var members: [NodeID] = []
+        for number in 0..<6 {
+            let id = TaskID(high: 8, low: UInt64(number))
+            let (offer, peer) = try #require(Self.offered(submitter.submit(
+                id: id, capability: "chat", input: [], timeout: .seconds(10), maximumAttempts: 1,
+                options: TaskOptions(context: "talk"), now: .zero)))
+            _ = submitter.receive(.accept(id, epoch: offer.epoch), from: peer, now: .zero)
+            _ = submitter.receive(.result(id, epoch: offer.epoch, outcome: .success([])), from: peer, now: .zero)
+            members.append(peer)
+        }
+        #expect(Set(members).count == 1, "every task of the conversation went to \(members[0])")
+        #expect(submitter.member(for: "talk") == members[0])
+        _ = submitter.peerDied(members[0], now: .seconds(1))
+        let id = TaskID(high: 9, low: 9)
+        let (_, moved) = try #require(Self.offered(submitter.submit(
+            id: id, capability: "chat", input: [], timeout: .seconds(10), maximumAttempts: 1, options: TaskOptions(context: "talk"),
+            now: .seconds(1))))
+        #expect(moved != members[0], "the member is gone: any other takes it")
+        let offer = TaskMessage.offer(TaskOffer(id: id, epoch: 1, capability: "chat", input: [1], timeRemaining: .seconds(3),
+                                                options: TaskOptions(context: "talk", inputTimeout: .seconds(9))))
+        #expect(try TaskMessage(decoding: offer.encoded()) == offer)
+        let question = TaskMessage.inputRequired(id, epoch: 2, question: Array("{}".utf8))
+        #expect(try TaskMessage(decoding: question.encoded()) == question)
+        let answer = TaskMessage.input(id, epoch: 2, reply: Array("1".utf8), timeRemaining: .milliseconds(1500))
+        #expect(try TaskMessage(decoding: answer.encoded()) == answer)
     }
 }

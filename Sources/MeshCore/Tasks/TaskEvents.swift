@@ -60,6 +60,18 @@ public struct TaskEventLog: Sendable {
         return kept
     }
 
+    /// An event the submitting node adds itself (not counted as the run's).
+    public mutating func note(_ data: [UInt8], time: Int64) -> [TaskEvent] {
+        guard self.events.count < Self.maximumEvents, self.bytes + data.count <= Self.maximumBytes else {
+            self.dropped += 1
+            return []
+        }
+        let event = TaskEvent(sequence: self.lastSequence + 1, epoch: self.run.epoch, time: time, data: data)
+        self.events.append(event)
+        self.bytes += data.count
+        return [event]
+    }
+
     /// The events numbered after `sequence`.
     public func events(after sequence: Int) -> ArraySlice<TaskEvent> {
         let start = self.events.firstIndex { $0.sequence > sequence } ?? self.events.endIndex

@@ -64,6 +64,27 @@ public enum TaskOutcome: Sendable, Equatable {
     case canceled
 }
 
+/// What a submitter may ask of a task beyond its input: a conversation it belongs to, and whether its deadline
+/// pauses while the agent waits for a person's answer.
+public struct TaskOptions: Sendable, Equatable {
+    /// Groups related tasks (A2A's `contextId`): they prefer the member that ran the previous one, and the agent is
+    /// told the id so it can keep its memory per conversation.
+    public var context: String?
+    /// Set: while the agent waits for an answer the deadline pauses, and the wait may last this long.
+    public var inputTimeout: Duration?
+
+    public init(context: String? = nil, inputTimeout: Duration? = nil) {
+        self.context = context
+        self.inputTimeout = inputTimeout
+    }
+
+    public static let maximumContextLength = 128
+
+    public static func isValidContext(_ context: String) -> Bool {
+        (1...Self.maximumContextLength).contains(context.utf8.count) && context.utf8.allSatisfy { (0x21...0x7E).contains($0) }
+    }
+}
+
 /// An offer of a task to a capable member. `epoch` numbers the attempts: a newer epoch supersedes older ones.
 /// `timeRemaining` is relative, so the two nodes' clocks never have to agree.
 public struct TaskOffer: Sendable, Equatable {
@@ -72,13 +93,17 @@ public struct TaskOffer: Sendable, Equatable {
     public let capability: String
     public let input: [UInt8]
     public let timeRemaining: Duration
+    public let options: TaskOptions
 
-    public init(id: TaskID, epoch: UInt32, capability: String, input: [UInt8], timeRemaining: Duration) {
+    public init(
+        id: TaskID, epoch: UInt32, capability: String, input: [UInt8], timeRemaining: Duration, options: TaskOptions = TaskOptions()
+    ) {
         self.id = id
         self.epoch = epoch
         self.capability = capability
         self.input = input
         self.timeRemaining = timeRemaining
+        self.options = options
     }
 }
 
@@ -108,6 +133,10 @@ public enum TaskMessage: Sendable, Equatable {
     case event(MeshEvent)
     /// The receiver has the event.
     case eventAck(TaskID)
+    /// Executor → submitter: the agent asks a question (JSON) and waits for a person's answer.
+    case inputRequired(TaskID, epoch: UInt32, question: [UInt8])
+    /// Submitter → executor: the answer (JSON), and the time the run has left from now on.
+    case input(TaskID, epoch: UInt32, reply: [UInt8], timeRemaining: Duration)
 
     public static let maximumLogChunk = 4 * 1024
     /// One progress event's JSON, at most; an agent's longer event is replaced by a note saying so.
@@ -122,7 +151,7 @@ public enum TaskMessage: Sendable, Equatable {
     public var tag: UInt8 { self.encodedHeaderTag }
 
     public static func name(ofTag tag: UInt8) -> String {
-        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log", "progress", "event", "event-ack"][Int(tag) < 13 ? Int(tag) : 0]
+        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log", "progress", "event", "event-ack", "input-required", "input"][Int(tag) < 15 ? Int(tag) : 0]
     }
 
     public var epoch: UInt32 {
@@ -130,7 +159,7 @@ public enum TaskMessage: Sendable, Equatable {
         case .offer(let offer): return offer.epoch
         case .accept(_, let epoch), .decline(_, let epoch, _), .result(_, let epoch, _), .resultAck(_, let epoch),
             .cancel(_, let epoch), .held(_, let epoch), .resume(_, let epoch), .log(_, let epoch, _),
-            .progress(_, let epoch, _, _):
+            .progress(_, let epoch, _, _), .inputRequired(_, let epoch, _), .input(_, let epoch, _, _):
             return epoch
         case .event, .eventAck:
             return 0
@@ -151,6 +180,8 @@ public enum TaskMessage: Sendable, Equatable {
         case .progress: return 10
         case .event: return 11
         case .eventAck: return 12
+        case .inputRequired: return 13
+        case .input: return 14
         }
     }
 
@@ -158,7 +189,8 @@ public enum TaskMessage: Sendable, Equatable {
         switch self {
         case .offer(let offer): return offer.id
         case .accept(let id, _), .decline(let id, _, _), .result(let id, _, _), .resultAck(let id, _), .cancel(let id, _),
-            .held(let id, _), .resume(let id, _), .log(let id, _, _), .progress(let id, _, _, _), .eventAck(let id):
+            .held(let id, _), .resume(let id, _), .log(let id, _, _), .progress(let id, _, _, _), .eventAck(let id),
+            .inputRequired(let id, _, _), .input(let id, _, _, _):
             return id
         case .event(let event):
             return event.id
@@ -177,9 +209,10 @@ public enum TaskMessage: Sendable, Equatable {
         case .offer(let offer):
             header(offer.id, offer.epoch)
             writer.shortString(offer.capability)
-            writer.u64(UInt64(max(0, offer.timeRemaining.components.seconds)) * 1000
-                + UInt64(max(0, offer.timeRemaining.components.attoseconds) / 1_000_000_000_000_000))
+            writer.u64(Self.milliseconds(offer.timeRemaining))
             writer.longBytes(offer.input)
+            writer.shortString(offer.options.context ?? "")
+            writer.u64(offer.options.inputTimeout.map(Self.milliseconds) ?? 0)
         case .accept(let id, let epoch):
             header(id, epoch)
         case .decline(let id, let epoch, let reason):
@@ -227,9 +260,28 @@ public enum TaskMessage: Sendable, Equatable {
             writer.longBytes(event.data)
         case .eventAck(let id):
             header(id, 0)
+        case .inputRequired(let id, let epoch, let question):
+            header(id, epoch)
+            writer.longBytes(question)
+        case .input(let id, let epoch, let reply, let timeRemaining):
+            header(id, epoch)
+            writer.u64(Self.milliseconds(timeRemaining))
+            writer.longBytes(reply)
         }
         return writer.bytes
     }
+
+    private static func milliseconds(_ duration: Duration) -> UInt64 {
+        UInt64(max(0, duration.components.seconds)) * 1000
+            + UInt64(max(0, duration.components.attoseconds) / 1_000_000_000_000_000)
+    }
+
+    private static func duration(_ milliseconds: UInt64) -> Duration {
+        .milliseconds(Int64(min(milliseconds, UInt64(Int64.max / 1_000_000))))
+    }
+
+    /// A question or an answer, at most.
+    public static let maximumExchange = 64 * 1024
 
     public struct DecodeError: Error, Equatable, CustomStringConvertible {
         public let description: String
@@ -247,9 +299,13 @@ public enum TaskMessage: Sendable, Equatable {
                 guard Capability.isValidName(capability) else { throw DecodeError(description: "invalid capability name") }
                 let milliseconds = try reader.u64("time remaining")
                 let input = try reader.longBytes("input", limit: Self.maximumInputLength)
+                let context = try reader.shortString("context")
+                guard context.isEmpty || TaskOptions.isValidContext(context) else { throw DecodeError(description: "invalid context") }
+                let inputTimeout = try reader.u64("input timeout")
                 self = .offer(TaskOffer(
-                    id: id, epoch: epoch, capability: capability, input: input,
-                    timeRemaining: .milliseconds(Int64(min(milliseconds, UInt64(Int64.max / 1_000_000))))))
+                    id: id, epoch: epoch, capability: capability, input: input, timeRemaining: Self.duration(milliseconds),
+                    options: TaskOptions(
+                        context: context.isEmpty ? nil : context, inputTimeout: inputTimeout == 0 ? nil : Self.duration(inputTimeout))))
             case 2:
                 self = .accept(id, epoch: epoch)
             case 3:
@@ -300,6 +356,11 @@ public enum TaskMessage: Sendable, Equatable {
                 self = .event(MeshEvent(id: id, topic: topic, origin: origin, time: time, data: data))
             case 12:
                 self = .eventAck(id)
+            case 13:
+                self = .inputRequired(id, epoch: epoch, question: try reader.longBytes("question", limit: Self.maximumExchange))
+            case 14:
+                let milliseconds = try reader.u64("time remaining")
+                self = .input(id, epoch: epoch, reply: try reader.longBytes("reply", limit: Self.maximumExchange), timeRemaining: Self.duration(milliseconds))
             default:
                 throw DecodeError(description: "unknown task message tag \(tag)")
             }

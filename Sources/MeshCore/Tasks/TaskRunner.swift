@@ -19,8 +19,11 @@ public struct TaskRunner: Sendable {
         public let submitter: NodeID
         public let capability: String
         public let input: [UInt8]
-        /// Core time by which the run must end.
-        public let deadline: Duration
+        /// Core time by which the run must end (set anew when an answer arrives after a paused wait).
+        public internal(set) var deadline: Duration
+        public let options: TaskOptions
+        /// The agent asked a question and waits for the answer.
+        public internal(set) var isWaitingForInput = false
         /// Set once the run ended; kept until acknowledged.
         public internal(set) var outcome: TaskOutcome?
         /// Restored after a restart and not yet confirmed by the submitter: it does not run until `resume`.
@@ -33,11 +36,15 @@ public struct TaskRunner: Sendable {
         /// Progress events forwarded to the submitter during this run.
         var progressSent: UInt32 = 0
 
+        /// Waiting for an answer with a paused deadline: the submitter's input timeout ends the wait, not the deadline.
+        var isDeadlinePaused: Bool { self.isWaitingForInput && self.options.inputTimeout != nil }
+
         /// A task as the store kept it.
         public init(
             id: TaskID, epoch: UInt32, submitter: NodeID, capability: String, input: [UInt8], deadline: Duration,
-            outcome: TaskOutcome?
+            outcome: TaskOutcome?, options: TaskOptions = TaskOptions()
         ) {
+            self.options = options
             self.id = id
             self.epoch = epoch
             self.submitter = submitter
@@ -60,6 +67,8 @@ public struct TaskRunner: Sendable {
         case start(AcceptedTask)
         /// Stop the run (cancel or deadline); the shell reports back with ``finished(_:outcome:now:)``.
         case stop(TaskID)
+        /// Hand the agent the answer to its question.
+        case deliverInput(TaskID, reply: [UInt8])
     }
 
     public let settings: Settings
@@ -142,7 +151,14 @@ public struct TaskRunner: Sendable {
             task.isHeld = false
             self.tasks[id] = task
             directives.append(.start(task))
-        case .accept, .decline, .result, .held, .log, .progress, .event, .eventAck:
+        case .input(let id, let epoch, let reply, let timeRemaining):
+            guard var task = self.tasks[id], task.submitter == peer, task.epoch == epoch, task.outcome == nil, !task.isHeld
+            else { break }
+            task.isWaitingForInput = false
+            task.deadline = now + timeRemaining
+            self.tasks[id] = task
+            directives.append(.deliverInput(id, reply: reply))
+        case .accept, .decline, .result, .held, .log, .progress, .event, .eventAck, .inputRequired:
             break  // submitter-side messages; a confused peer's are ignored here
         }
         return directives
@@ -189,7 +205,7 @@ public struct TaskRunner: Sendable {
         }
         let task = AcceptedTask(
             id: offer.id, epoch: offer.epoch, submitter: peer, capability: offer.capability, input: offer.input,
-            deadline: now + offer.timeRemaining, outcome: nil)
+            deadline: now + offer.timeRemaining, outcome: nil, options: offer.options)
         self.tasks[offer.id] = task
         self.running[offer.capability, default: 0] += 1
         directives.append(.persistAccepted(task))
@@ -246,6 +262,15 @@ public struct TaskRunner: Sendable {
         return directives
     }
 
+    /// The agent asked a person a question: the submitter is told and answers with ``TaskMessage/input``. While it
+    /// waits, the deadline pauses if the submitter asked for that (it then enforces the input timeout itself).
+    public mutating func askedForInput(_ id: TaskID, question: [UInt8]) -> [Directive] {
+        guard var task = self.tasks[id], task.outcome == nil, !task.isHeld else { return [] }
+        task.isWaitingForInput = true
+        self.tasks[id] = task
+        return [.send(.inputRequired(id, epoch: task.epoch, question: question), to: task.submitter)]
+    }
+
     /// The executor finished (or was stopped). Persist, then send the result.
     public mutating func finished(_ id: TaskID, outcome: TaskOutcome, now: Duration) -> [Directive] {
         guard var task = self.tasks[id], task.outcome == nil, !task.isHeld else { return [] }
@@ -273,7 +298,7 @@ public struct TaskRunner: Sendable {
                 due = task.isHeld ? min(resend, task.deadline) : resend
             } else {
                 // Stopped at the deadline: waiting for the executor to report back, nothing to do until then.
-                if task.isStoppedAtDeadline { continue }
+                if task.isStoppedAtDeadline || task.isDeadlinePaused { continue }
                 due = task.deadline
             }
             earliest = min(earliest ?? due, due)
@@ -292,7 +317,7 @@ public struct TaskRunner: Sendable {
                 if let sent = task.lastSent, now - sent < self.settings.resultResendInterval { continue }
                 self.tasks[id]?.lastSent = now
                 directives.append(.send(Self.pendingReport(task), to: task.submitter))
-            } else if now >= task.deadline, !task.isStoppedAtDeadline {
+            } else if now >= task.deadline, !task.isStoppedAtDeadline, !task.isDeadlinePaused {
                 self.tasks[id]?.isStoppedAtDeadline = true
                 directives.append(.stop(id))
             }

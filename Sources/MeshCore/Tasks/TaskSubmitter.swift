@@ -1,11 +1,13 @@
 /// The lifecycle states of a task as its submitting node sees them.
 public enum TaskState: String, Sendable, Equatable, CaseIterable, CustomStringConvertible {
     case submitted, offered, running, completed, failed, canceled, expired
+    /// The agent asked a question and waits for a person's answer (`reply`).
+    case inputRequired = "input_required"
 
     public var isTerminal: Bool {
         switch self {
         case .completed, .failed, .canceled, .expired: return true
-        case .submitted, .offered, .running: return false
+        case .submitted, .offered, .running, .inputRequired: return false
         }
     }
 
@@ -103,8 +105,16 @@ public struct TaskSubmitter: Sendable {
         public let capability: String
         public let input: [UInt8]
         public let submittedAt: Duration
-        public let deadline: Duration
+        /// Moves later by the time spent waiting for an answer, when the submitter asked for that.
+        public internal(set) var deadline: Duration
         public let maximumAttempts: Int
+        public internal(set) var options = TaskOptions()
+        /// The agent's question (JSON), while and after it waits for an answer.
+        public internal(set) var question: [UInt8]?
+        /// The answer given to `question`: sent again if the agent asks the same after a restart.
+        public internal(set) var reply: [UInt8]?
+        /// When the agent asked (the pause and the input timeout count from here).
+        public internal(set) var askedAt: Duration?
         public internal(set) var state: TaskState
         public internal(set) var attempts: [Attempt]
         public internal(set) var outcome: TaskOutcome?
@@ -126,6 +136,12 @@ public struct TaskSubmitter: Sendable {
 
         public var currentAttempt: Attempt? { self.attempts.last }
 
+        /// While the agent waits for an answer and the submitter asked the deadline to pause: when the wait ends.
+        public var pausedUntil: Duration? {
+            guard self.state == .inputRequired, let asked = self.askedAt, let timeout = self.options.inputTimeout else { return nil }
+            return asked + timeout
+        }
+
         /// The member whose run was stopped at the deadline, when the task timed out while running.
         public var timedOutWhileRunningOn: NodeID? {
             guard self.state == .expired, let last = self.currentAttempt, last.acceptedAt != nil,
@@ -144,8 +160,13 @@ public struct TaskSubmitter: Sendable {
         public init(
             id: TaskID, capability: String, input: [UInt8], submittedAt: Duration, deadline: Duration,
             maximumAttempts: Int, state: TaskState, attempts: [Attempt], outcome: TaskOutcome?, error: String?,
-            finishedAt: Duration?, nextOfferAt: Duration?, failures: Int
+            finishedAt: Duration?, nextOfferAt: Duration?, failures: Int, options: TaskOptions = TaskOptions(),
+            question: [UInt8]? = nil, reply: [UInt8]? = nil, askedAt: Duration? = nil
         ) {
+            self.options = options
+            self.question = question
+            self.reply = reply
+            self.askedAt = askedAt
             self.id = id
             self.capability = capability
             self.input = input
@@ -194,7 +215,13 @@ public struct TaskSubmitter: Sendable {
     /// Capabilities whose slots opened during the current event; refilled before it returns.
     private var freedSlots: Set<String> = []
     private var breakers: [NodeID: (failures: Int, openUntil: Duration?)] = [:]
+    /// The member that took the newest task of each conversation (`TaskOptions.context`), for the newest contexts.
+    private var affinity: [String: NodeID] = [:]
+    private var affinityOrder: [String] = []
     private var random: SplitMix64
+
+    /// Conversations whose member is remembered, at most.
+    public static let maximumContexts = 10_000
 
     public init(local: NodeID, settings: Settings = .init(), seed: UInt64) {
         self.local = local
@@ -217,13 +244,14 @@ public struct TaskSubmitter: Sendable {
 
     /// A client submitted a task. The first directive persists it; the shell answers the client after that.
     public mutating func submit(
-        id: TaskID, capability: String, input: [UInt8], timeout: Duration, maximumAttempts: Int, now: Duration
+        id: TaskID, capability: String, input: [UInt8], timeout: Duration, maximumAttempts: Int,
+        options: TaskOptions = TaskOptions(), now: Duration
     ) -> [Directive] {
         guard self.tasks[id] == nil else { return [] }  // a repeated submission of the same id is the same task
         let task = SubmittedTask(
             id: id, capability: capability, input: input, submittedAt: now, deadline: now + timeout,
             maximumAttempts: max(1, maximumAttempts), state: .submitted, attempts: [], outcome: nil, error: nil,
-            finishedAt: nil, nextOfferAt: now, failures: 0)
+            finishedAt: nil, nextOfferAt: now, failures: 0, options: options)
         self.tasks[id] = task
         self.unfinished.insert(id)
         var directives: [Directive] = [.persist(task)]
@@ -256,6 +284,11 @@ public struct TaskSubmitter: Sendable {
             task.isAwaitingPeer = task.state == .offered
             if task.state == .submitted { task.nextOfferAt = min(task.nextOfferAt ?? now, now) }
             self.tasks[task.id] = task
+        }
+        for task in stored.sorted(by: { $0.submittedAt < $1.submittedAt }) {
+            if let context = task.options.context, let ran = task.attempts.last(where: { $0.acceptedAt != nil }) {
+                self.remember(context, on: ran.peer)
+            }
         }
     }
 
@@ -314,6 +347,7 @@ public struct TaskSubmitter: Sendable {
             task.attempts[task.attempts.count - 1].acceptedAt = now
             self.tasks[id] = task
             directives.append(.persist(task))
+            if let context = task.options.context { self.remember(context, on: peer) }
 
         case .decline(_, let epoch, let reason):
             guard let current, current.epoch == epoch, current.peer == peer, current.outcome == nil else { break }
@@ -375,7 +409,23 @@ public struct TaskSubmitter: Sendable {
             }
             directives.append(.send(.resume(id, epoch: epoch), to: peer))
 
-        case .offer, .resultAck, .cancel, .resume, .log, .progress, .event, .eventAck:
+        case .inputRequired(_, let epoch, let question):
+            guard let current, current.epoch == epoch, current.peer == peer, current.outcome == nil,
+                task.state == .running || task.state == .inputRequired
+            else { break }
+            if let reply = task.reply, task.question == question {
+                // Asked again (the executor restarted): the answer given is still the answer.
+                directives.append(.send(.input(id, epoch: epoch, reply: reply, timeRemaining: task.deadline - now), to: peer))
+                break
+            }
+            task.state = .inputRequired
+            task.question = question
+            task.reply = nil
+            task.askedAt = now
+            self.tasks[id] = task
+            directives.append(.persist(task))
+
+        case .offer, .resultAck, .cancel, .resume, .log, .progress, .event, .eventAck, .input:
             break  // executor-side messages; logs are kept by the shell (see `acceptsLog`)
         }
         self.offerQueuedTasks(now: now, into: &directives)
@@ -386,6 +436,39 @@ public struct TaskSubmitter: Sendable {
     public func acceptsLog(_ id: TaskID, epoch: UInt32, from peer: NodeID) -> Bool {
         guard let task = self.tasks[id], let current = task.currentAttempt else { return false }
         return current.epoch == epoch && current.peer == peer
+    }
+
+    private mutating func remember(_ context: String, on peer: NodeID) {
+        if self.affinity.updateValue(peer, forKey: context) == nil {
+            self.affinityOrder.append(context)
+            if self.affinityOrder.count > Self.maximumContexts {
+                self.affinity[self.affinityOrder.removeFirst()] = nil
+            }
+        }
+    }
+
+    /// The member a conversation's tasks go to first, if one is remembered.
+    public func member(for context: String) -> NodeID? { self.affinity[context] }
+
+    public enum ReplyRefusal: Error, Equatable {
+        case notWaiting(TaskState)
+    }
+
+    /// A person answered the agent's question: the answer goes to the executor, and the run goes on (with the time
+    /// spent waiting added to the deadline, if the submitter asked for that).
+    public mutating func reply(_ id: TaskID, _ answer: [UInt8], now: Duration) -> Result<[Directive], ReplyRefusal> {
+        guard var task = self.tasks[id], task.state == .inputRequired, let current = task.currentAttempt else {
+            return .failure(.notWaiting(self.tasks[id]?.state ?? .failed))
+        }
+        if task.options.inputTimeout != nil, let asked = task.askedAt { task.deadline += now - asked }
+        task.state = .running
+        task.reply = answer
+        task.askedAt = nil
+        self.tasks[id] = task
+        return .success([
+            .persist(task),
+            .send(.input(id, epoch: current.epoch, reply: answer, timeRemaining: task.deadline - now), to: current.peer),
+        ])
     }
 
     /// The client cancelled: a running attempt is told to stop; the task ends as canceled either way.
@@ -410,7 +493,7 @@ public struct TaskSubmitter: Sendable {
         }
         for id in self.unfinished {
             guard let task = self.tasks[id] else { continue }
-            earliest = min(earliest, task.deadline)
+            earliest = min(earliest, task.pausedUntil ?? task.deadline)
             if task.state == .offered, let current = task.currentAttempt {
                 let wait = task.isAwaitingPeer ? self.settings.restoreGrace : self.settings.offerTimeout
                 earliest = min(earliest, (task.offerSentAt ?? current.offeredAt) + wait)
@@ -429,6 +512,15 @@ public struct TaskSubmitter: Sendable {
         }
         for id in self.unfinished.sorted() {
             guard let task = self.tasks[id], !task.state.isTerminal else { continue }
+            if let until = task.pausedUntil {
+                // The deadline waits with the agent, for at most the input timeout.
+                guard now >= until, let current = task.currentAttempt else { continue }
+                directives.append(.send(.cancel(id, epoch: current.epoch), to: current.peer))
+                self.endAttempt(id, .timedOut, now: now)
+                let seconds = Self.seconds(task.options.inputTimeout ?? .zero)
+                self.finish(id, .expired, outcome: nil, error: "no answer within \(seconds) to the agent's question", now: now, into: &directives)
+                continue
+            }
             if now >= task.deadline {
                 if let current = task.currentAttempt, current.outcome == nil {
                     directives.append(.send(.cancel(id, epoch: current.epoch), to: current.peer))
@@ -477,6 +569,10 @@ public struct TaskSubmitter: Sendable {
         }
         func open(_ candidate: Candidate) -> Int { self.inFlight[candidate.id]?[task.capability] ?? 0 }
         let usable = willing.filter { open($0) < $0.capabilities[task.capability] ?? 0 }
+        // A conversation stays with the member that ran its previous task while that member can take it.
+        if let context = task.options.context, let member = self.affinity[context], usable.contains(where: { $0.id == member }) {
+            return .peer(member)
+        }
         func score(_ candidate: Candidate) -> Double {
             Double(max(candidate.load, open(candidate))) / Double(candidate.capabilities[task.capability] ?? 1)
         }
@@ -538,7 +634,7 @@ public struct TaskSubmitter: Sendable {
         .send(
             .offer(TaskOffer(
                 id: task.id, epoch: epoch, capability: task.capability, input: task.input,
-                timeRemaining: task.deadline - now)),
+                timeRemaining: task.deadline - now, options: task.options)),
             to: peer)
     }
 

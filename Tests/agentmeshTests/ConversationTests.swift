@@ -1,0 +1,137 @@
+import Foundation
+import MeshControl
+import MeshTestKit
+import Testing
+
+/// Issue 18 on real nodes: idempotent submission across a kill -9, agents that ask back, conversations.
+@Suite(.serialized) struct ConversationTests {
+    typealias Node = MeshProcessTests.Node
+
+    static func submit(_ node: Node, _ body: String, key: String) throws -> ControlClient.Response {
+        try node.client.request(method: "POST", path: "/v1/tasks", body: Array(body.utf8), headers: ["Idempotency-Key": key])
+    }
+
+    @Test func aRepeatedSubmissionAfterKill9ReturnsTheSameTaskAndRunsItOnce() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-conv-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "b"])
+        let recorder = root + "/recorder.py", log = root + "/runs.log"
+        try MeshProcessTests.recorder.write(toFile: recorder, atomically: true, encoding: .utf8)
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["work=exec:python3 \(recorder) \(log) b 0.2"])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false })
+        let body = #"{"capability": "work", "input": {"n": 7}}"#
+        let first = try Self.submit(a, body, key: "order-7")
+        #expect(first.status == 202)
+        let id = try a.client.decode(first, as: ControlAPI.TaskInfo.self).id
+        // The client's connection "dropped": the node dies, comes back, and the client sends the same request again.
+        a.signal(SIGKILL)
+        try a.start(join: b.address)
+        let again = try Self.submit(a, body, key: "order-7")
+        #expect(again.status == 200, "a repeat answers 200 with the original")
+        #expect(try a.client.decode(again, as: ControlAPI.TaskInfo.self).id == id)
+        #expect(MeshProcessTests.waitUntil(30) { (try? a.client.get("/v1/tasks/\(id)", as: ControlAPI.TaskInfo.self))?.state == "completed" })
+        #expect(MeshProcessTests.runs(in: log).count == 1 && MeshProcessTests.runs(in: log)[7]?.count == 1, "the agent ran once")
+        let different = try Self.submit(a, #"{"capability": "work", "input": {"n": 8}}"#, key: "order-7")
+        #expect(different.status == 409)
+        #expect(String(decoding: different.body, as: UTF8.self).contains("was used for a different request"))
+        // The CLI derives a key from the task itself with --idempotent.
+        let once = try CommandLineTests.agentmesh("submit", "--home", a.home, "--capability", "work", "--input", "{\"n\": 9}", "--idempotent")
+        let twice = try CommandLineTests.agentmesh("submit", "--home", a.home, "--capability", "work", "--input", "{\"n\": 9}", "--idempotent")
+        #expect(once.status == 0 && once.stdout == twice.stdout, "\(once.stdout) \(twice.stdout)")
+    }
+
+    @Test func anAgentThatAsksIsAnsweredFromTheCLIAlsoAfterItsNodeWasKilledWhileWaiting() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-conv-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "b"])
+        let agent = FileManager.default.currentDirectoryPath + "/scripts/examples/approval_agent.py"
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["approve=exec:python3 \(agent)"])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false })
+        func task(_ id: String) -> ControlAPI.TaskInfo? { try? a.client.get("/v1/tasks/\(id)", as: ControlAPI.TaskInfo.self) }
+
+        // Asked and answered.
+        let submitted = try CommandLineTests.agentmesh(
+            "submit", "--home", a.home, "--capability", "approve", "--input", #"{"action": "pay"}"#, "--input-timeout", "60")
+        let id = submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(MeshProcessTests.waitUntil { task(id)?.state == "input_required" })
+        #expect(task(id)?.question == ControlAPI.JSONValue(["prompt": "Approve: pay?", "earlier_decisions": 0]))
+        let early = try CommandLineTests.agentmesh("reply", "--home", a.home, "0000", "--input", "{}")
+        #expect(early.status != 0)
+        let replied = try CommandLineTests.agentmesh("reply", "--home", a.home, String(id.prefix(8)), "--input", #"{"approved": true}"#)
+        #expect(replied.status == 0, "\(replied.stderr)")
+        #expect(MeshProcessTests.waitUntil { task(id)?.state == "completed" })
+        #expect((task(id)?.result?.value as? [String: Any])?["approved"] as? Bool == true)
+
+        // The executor is killed while its agent waits; restarted, it runs the agent again, which asks again.
+        let second = try CommandLineTests.agentmesh(
+            "submit", "--home", a.home, "--capability", "approve", "--input", #"{"action": "ship"}"#, "--input-timeout", "60",
+            "--timeout", "120")
+        let waiting = second.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(MeshProcessTests.waitUntil { task(waiting)?.state == "input_required" })
+        b.signal(SIGKILL)
+        try b.start(join: a.address, capabilities: ["approve=exec:python3 \(agent)"])
+        func questions() -> Int {
+            let page = try? a.client.get("/v1/tasks/\(waiting)/events", as: ControlAPI.TaskEvents.self)
+            return page?.events.count { ($0.data.value as? [String: Any])?["agentmesh"] as? String == "input-required" } ?? 0
+        }
+        #expect(MeshProcessTests.waitUntil(30) { questions() == 2 && task(waiting)?.state == "input_required" }, "asked again after the restart")
+        let answered = try CommandLineTests.agentmesh("reply", "--home", a.home, String(waiting.prefix(8)), "--input", #"{"approved": false}"#)
+        #expect(answered.status == 0, "\(answered.stderr)")
+        #expect(MeshProcessTests.waitUntil(30) { task(waiting)?.state == "completed" }, "\(task(waiting)?.state ?? "?") \(task(waiting)?.error ?? "")")
+        #expect((task(waiting)?.result?.value as? [String: Any])?["approved"] as? Bool == false)
+
+        // The submitting node is killed while the agent waits: the question is still there after the restart.
+        let third = try CommandLineTests.agentmesh(
+            "submit", "--home", a.home, "--capability", "approve", "--input", #"{"action": "refund"}"#, "--input-timeout", "60")
+        let pending = third.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(MeshProcessTests.waitUntil { task(pending)?.state == "input_required" })
+        a.signal(SIGKILL)
+        try a.start(join: b.address)
+        #expect(task(pending)?.state == "input_required")
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.status == "alive" })
+        let late = try CommandLineTests.agentmesh("reply", "--home", a.home, String(pending.prefix(8)), "--input", #"{"approved": true}"#)
+        #expect(late.status == 0, "\(late.stderr)")
+        #expect(MeshProcessTests.waitUntil(30) { task(pending)?.state == "completed" })
+    }
+
+    @Test func aConversationsTasksStayOnOneMemberWhileItLivesAndMoveWhenItLeaves() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-conv-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "b", "c"])
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b"), c = Node(home: "\(root)/c")
+        defer { for node in [a, b, c] { node.signal(SIGKILL) } }
+        let agent = "chat=exec:sh -c 'echo \"{\\\"context\\\": \\\"$AGENTMESH_CONTEXT_ID\\\"}\"'"
+        try b.start(join: nil, capabilities: [agent])
+        try c.start(join: b.address, capabilities: [agent])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { ["b", "c"].allSatisfy { a.status(of: $0)?.capabilities.isEmpty == false } })
+        func run(_ context: String) throws -> ControlAPI.TaskInfo {
+            let outcome = try CommandLineTests.agentmesh(
+                "submit", "--home", a.home, "--capability", "chat", "--input", "{}", "--context", context, "--wait", "--json")
+            return try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(outcome.stdout.utf8))
+        }
+        let first = try run("talk-1")
+        #expect(first.result == ControlAPI.JSONValue(["context": "talk-1"]), "the agent knows its conversation")
+        let member = try #require(first.executedBy)
+        for _ in 0..<2 { #expect(try run("talk-1").executedBy == member, "the conversation stays on \(member)") }
+        let listed = try CommandLineTests.agentmesh("tasks", "--home", a.home, "--context", "talk-1", "--json")
+        #expect(try ControlAPI.decoder().decode(ControlAPI.TaskList.self, from: Data(listed.stdout.utf8)).tasks.count == 3)
+        // The member leaves: the conversation moves to the other one, and stays there.
+        let leaving = member == "b" ? b : c
+        #expect(try CommandLineTests.agentmesh("leave", "--home", leaving.home).status == 0)
+        leaving.process?.waitForExit()
+        #expect(MeshProcessTests.waitUntil { a.status(of: member)?.status == "left" })
+        let moved = try run("talk-1")
+        #expect(moved.executedBy != member && moved.executedBy != nil)
+        #expect(try run("talk-1").executedBy == moved.executedBy)
+    }
+}
