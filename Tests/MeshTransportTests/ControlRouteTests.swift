@@ -12,6 +12,19 @@ import Testing
         ControlRoute(ControlRequest(method: method, path: path, query: query, body: body, headers: headers))
     }
 
+    @Test func answersContextsEventsAndWorkflowsAreRouted() {
+        #expect(Self.route("POST", "/v1/tasks/\(Self.id)/input", body: [1]) == .reply(.id(Self.id), body: [1]))
+        #expect(Self.route("GET", "/v1/tasks", ["context": "chat-1"]) == .listTasks(TaskFilter(context: "chat-1")))
+        #expect(Self.route("GET", "/v1/tasks", ["context": "has space"])
+            == .refused(status: 400, message: "context must be 1 to 128 printable ASCII characters without spaces"))
+        #expect(Self.route("GET", "/v1/events", ["topic": "orders", "after": "5", "wait": "1"])
+            == .events(topic: "orders", after: 5, limit: 1_000, wait: .seconds(1)))
+        #expect(Self.route("DELETE", "/v1/events") == .refused(status: 405, message: "DELETE is not allowed on /v1/events"))
+        #expect(Self.route("GET", "/v1/workflows/\(Self.id)", ["version": "3", "wait": "10"])
+            == .workflow(.id(Self.id), version: 3, wait: .seconds(10)))
+        #expect(Self.route("POST", "/v1/workflows/\(Self.id)/cancel") == .cancelWorkflow(.id(Self.id)))
+    }
+
     @Test func progressEventsAreAPageOrAStreamResumingAfterTheLastSeen() {
         #expect(Self.route("GET", "/v1/tasks/\(Self.id)/events", ["after": "3", "wait": "30"])
             == .taskEvents(.id(Self.id), after: 3, wait: .seconds(30), stream: false))

@@ -12,12 +12,8 @@ import Testing
     }
 
     @Test func aRepeatedSubmissionAfterKill9ReturnsTheSameTaskAndRunsItOnce() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
-        let root = "/tmp/am-conv-" + UUID().uuidString.prefix(8)
+        let (root, recorder, log) = try MeshProcessTests.scratch("conv", ["a", "b"])
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try MeshProcessTests.initHomes(root, ["a", "b"])
-        let recorder = root + "/recorder.py", log = root + "/runs.log"
-        try MeshProcessTests.recorder.write(toFile: recorder, atomically: true, encoding: .utf8)
         let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
         defer { for node in [a, b] { node.signal(SIGKILL) } }
         try b.start(join: nil, capabilities: ["work=exec:python3 \(recorder) \(log) b 0.2"])

@@ -106,6 +106,16 @@ import MeshCore
         }.sorted()
     }
 
+    /// A scratch folder with node homes under `names` and the recorder agent: (root, recorder script, its log).
+    /// The caller removes `root`.
+    static func scratch(_ prefix: String, _ names: [String]) throws -> (root: String, recorder: String, log: String) {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-\(prefix)-" + UUID().uuidString.prefix(8)
+        try Self.initHomes(root, names)
+        try Self.recorder.write(toFile: root + "/recorder.py", atomically: true, encoding: .utf8)
+        return (root, root + "/recorder.py", root + "/runs.log")
+    }
+
     static func initHomes(_ root: String, _ names: [String]) throws {
         for name in names {
             let arguments = ["init", "--home", "\(root)/\(name)", "--name", name]

@@ -27,12 +27,8 @@ import Testing
     }
 
     @Test func aWorkflowSurvivesKill9OfItsOwnerAndNoFinishedStepRunsAgain() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
-        let root = "/tmp/am-wf-" + UUID().uuidString.prefix(8)
+        let (root, recorder, log) = try MeshProcessTests.scratch("wf", ["worker", "owner"])
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try MeshProcessTests.initHomes(root, ["worker", "owner"])
-        let recorder = root + "/recorder.py", log = root + "/runs.log"
-        try MeshProcessTests.recorder.write(toFile: recorder, atomically: true, encoding: .utf8)
         let worker = Node(home: "\(root)/worker"), owner = Node(home: "\(root)/owner")
         defer { for node in [worker, owner] { node.signal(SIGKILL) } }
         try worker.start(join: nil, capabilities: ["step=exec:python3 \(recorder) \(log) worker 1.0"])
@@ -62,12 +58,8 @@ import Testing
     }
 
     @Test func aFailingThirdStepCompensatesTheFirstTwoInReverseOrder() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
-        let root = "/tmp/am-wf-" + UUID().uuidString.prefix(8)
+        let (root, recorder, log) = try MeshProcessTests.scratch("wf", ["a", "b"])
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try MeshProcessTests.initHomes(root, ["a", "b"])
-        let recorder = root + "/recorder.py", log = root + "/runs.log"
-        try MeshProcessTests.recorder.write(toFile: recorder, atomically: true, encoding: .utf8)
         let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
         defer { for node in [a, b] { node.signal(SIGKILL) } }
         try b.start(join: nil, capabilities: [
@@ -98,12 +90,8 @@ import Testing
     }
 
     @Test func aFanOutOfAHundredItemsRunsEightAtATimeAndFansInInOrder() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
-        let root = "/tmp/am-wf-" + UUID().uuidString.prefix(8)
+        let (root, recorder, log) = try MeshProcessTests.scratch("wf", ["a", "b", "c"])
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try MeshProcessTests.initHomes(root, ["a", "b", "c"])
-        let recorder = root + "/recorder.py", log = root + "/runs.log"
-        try MeshProcessTests.recorder.write(toFile: recorder, atomically: true, encoding: .utf8)
         let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b"), c = Node(home: "\(root)/c")
         defer { for node in [a, b, c] { node.signal(SIGKILL) } }
         try b.start(join: nil, capabilities: ["work*8=exec:python3 \(recorder) \(log) b 0.02"])
