@@ -562,6 +562,52 @@ public enum ControlAPI {
         }
     }
 
+    /// Seconds: how many samples, p50, p90, p99 (within 5 %) and the mean.
+    public struct Timing: Codable, Sendable, Equatable {
+        public let count: Int
+        public let p50: Double
+        public let p90: Double
+        public let p99: Double
+        public let mean: Double
+
+        package init(_ count: Int, _ p50: Double, _ p90: Double, _ p99: Double, _ mean: Double) {
+            (self.count, self.p50, self.p90, self.p99, self.mean) = (count, p50, p90, p99, mean)
+        }
+    }
+
+    /// How one capability did (peer nil), or one capability on one executing peer.
+    public struct StatsRow: Codable, Sendable, Equatable {
+        public let capability: String
+        public let peer: String?
+        /// Tasks that ended (any way).
+        public let executions: Int
+        public let successRate: Double
+        /// From the accept to the end of the attempt that ran it.
+        public let execution: Timing
+        /// From submission to that accept.
+        public let queueWait: Timing
+
+        package init(capability: String, peer: String?, executions: Int, successRate: Double, execution: Timing, queueWait: Timing) {
+            self.capability = capability
+            self.peer = peer
+            self.executions = executions
+            self.successRate = successRate
+            self.execution = execution
+            self.queueWait = queueWait
+        }
+    }
+
+    /// `GET /v1/stats`: the tasks submitted here, since the node started and in the last five minutes.
+    public struct Stats: Codable, Sendable, Equatable {
+        public let lifetime: [StatsRow]
+        public let lastFiveMinutes: [StatsRow]
+
+        package init(lifetime: [StatsRow], lastFiveMinutes: [StatsRow]) {
+            self.lifetime = lifetime
+            self.lastFiveMinutes = lastFiveMinutes
+        }
+    }
+
     /// One progress event an agent emitted while running a task.
     public struct TaskEventInfo: Codable, Sendable, Equatable {
         /// Numbered from 1 across the task's attempts; pass the last one seen as `after` (or `Last-Event-ID`).

@@ -274,7 +274,7 @@ public struct NodeHome: Sendable {
 public struct RunConfiguration: Sendable, Equatable {
     public static let keys = [
         "listen", "advertise", "join", "capabilities", "timers", "http", "durability", "max_connections", "open",
-        "log_level", "max_input_bytes", "allow_private_callbacks", "subscribe",
+        "log_level", "max_input_bytes", "allow_private_callbacks", "subscribe", "log_format", "metrics",
     ]
     public var listen: String?
     public var advertise: String?
@@ -289,6 +289,8 @@ public struct RunConfiguration: Sendable, Equatable {
     public var maxInputBytes: Int?
     public var allowPrivateCallbacks: Bool?
     public var subscribe: [String]?
+    public var logFormat: String?
+    public var metrics: String?
     public var limits: [LimitClass: Rate] = [:]
 
     public init() {}
@@ -347,6 +349,8 @@ public struct RunConfiguration: Sendable, Equatable {
         self.open = try boolean("open")
         self.allowPrivateCallbacks = try boolean("allow_private_callbacks")
         self.subscribe = try strings("subscribe")
+        self.logFormat = try string("log_format")
+        self.metrics = try string("metrics")
         self.logLevel = try string("log_level")
         self.maxInputBytes = try integer("max_input_bytes")
     }

@@ -60,6 +60,7 @@ package final class AuditLog: Sendable {
         var checkpoint = false
 
         var isEmpty: Bool { self.entries.isEmpty && !self.checkpoint }
+        var count: Int { self.entries.count }
 
         mutating func putBack(_ unwritten: Appends) {
             self.entries = unwritten.entries + self.entries
@@ -167,6 +168,9 @@ package final class AuditLog: Sendable {
     }
 
     /// Called on the commit executor after every append attempt.
+    /// Called after each commit that succeeded: how many records it wrote and how long it took.
+    package func onCommit(_ observer: @escaping @Sendable (Int, Duration) -> Void) { self.commits.onCommit(observer) }
+
     package func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {
         self.commits.onProgress { progress in
             switch progress {

@@ -6,6 +6,8 @@ import Synchronization
 protocol CommitBatch: Sendable {
     init()
     var isEmpty: Bool { get }
+    /// Changes in the batch (for the batch-size metric).
+    var count: Int { get }
     /// After a failed commit: `unwritten` (what it did not write) goes back ahead of `self` (what was queued
     /// meanwhile).
     mutating func putBack(_ unwritten: Self)
@@ -40,6 +42,7 @@ final class GroupCommitWriter<Batch: CommitBatch>: Sendable {
     let timers: DispatchQueue
     private let retryDelay: Duration
     private let progressHandler = Mutex<ProgressHandler<CommitProgress>?>(nil)
+    private let commitObserver = Mutex<(@Sendable (_ changes: Int, _ took: Duration) -> Void)?>(nil)
 
     init(label: String, executor: CommitExecutor?, retryDelay: Duration, commit: @escaping Commit) {
         let timers = DispatchQueue(label: label)
@@ -52,6 +55,11 @@ final class GroupCommitWriter<Batch: CommitBatch>: Sendable {
     /// Called after every commit attempt, on the commit executor.
     func onProgress(_ handler: @escaping @Sendable (CommitProgress) -> Void) {
         self.progressHandler.withLock { $0 = ProgressHandler(handler) }
+    }
+
+    /// Called after every commit that succeeded, with its size and how long it took (metrics).
+    func onCommit(_ observer: @escaping @Sendable (_ changes: Int, _ took: Duration) -> Void) {
+        self.commitObserver.withLock { $0 = observer }
     }
 
     /// The sequence number of the newest queued change (committed or not).
@@ -88,7 +96,9 @@ final class GroupCommitWriter<Batch: CommitBatch>: Sendable {
                 return (state.pending, state.lastQueued)
             }
             guard let batch else { return }
+            let started = ContinuousClock.now
             guard let failure = self.commit(batch) else {
+                if let observer = self.commitObserver.withLock({ $0 }) { observer(batch.count, ContinuousClock.now - started) }
                 self.report(.committed(through: through))
                 continue
             }

@@ -64,6 +64,7 @@ package final class TaskStore: Sendable {
         var byKey: [Key: (change: Change, order: UInt64)] = [:]
 
         var isEmpty: Bool { self.byKey.isEmpty }
+        var count: Int { self.byKey.count }
 
         /// In the order they were queued.
         var ordered: [Change] { self.byKey.values.sorted { $0.order < $1.order }.map(\.change) }
@@ -207,6 +208,9 @@ package final class TaskStore: Sendable {
         }
         return migrator
     }
+
+    /// Called after each commit that succeeded: how many changes it wrote and how long it took.
+    package func onCommit(_ observer: @escaping @Sendable (Int, Duration) -> Void) { self.commits.onCommit(observer) }
 
     /// Called on the writer thread after each commit attempt.
     package func onProgress(_ handler: @escaping @Sendable (Progress) -> Void) {

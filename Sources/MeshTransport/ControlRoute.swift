@@ -36,6 +36,10 @@ enum ControlRoute: Equatable {
     case workflow(TaskReference, version: Int?, wait: Duration?)
     /// `POST /v1/workflows/ID/cancel`
     case cancelWorkflow(TaskReference)
+    /// `GET /metrics`: Prometheus text
+    case metrics
+    /// `GET /v1/stats`: per capability and executing peer
+    case stats
     /// `POST /v1/events`: publish
     case publish(body: [UInt8])
     /// `GET /v1/events[?topic=T&after=N&limit=L&wait=S]`: the history after N, oldest first
@@ -45,6 +49,10 @@ enum ControlRoute: Equatable {
 
     init(_ request: ControlRequest) {
         let parts = request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
+        if parts == ["metrics"] {
+            self = request.method == "GET" ? .metrics : Self.notAllowed(request)
+            return
+        }
         guard parts.count >= 2, parts[0] == "v1" else {
             self = .refused(status: 404, message: "no such endpoint: \(request.path)")
             return
@@ -59,6 +67,7 @@ enum ControlRoute: Equatable {
         case ("tasks", 2...4): self = Self.taskRoute(request, parts)
         case ("workflows", 2...4): self = Self.workflowRoute(request, parts)
         case ("events", 2): self = Self.eventRoute(request)
+        case ("stats", 2): self = request.method == "GET" ? .stats : Self.notAllowed(request)
         default: self = .refused(status: 404, message: "no such endpoint: \(request.path)")
         }
     }

@@ -97,6 +97,10 @@ extension MeshNode {
                 respond(self.taskDocument(id))
             case .refused(let response): respond(response)
             }
+        case .metrics:
+            respond(self.metricsExposition())
+        case .stats:
+            respond(.json(self.statsReport()))
         case .publish(let body):
             self.publishEvent(body, respond: respond)
         case .events(let topic, let after, let limit, let wait):
@@ -191,6 +195,7 @@ extension MeshNode {
                 timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, options: options, now: self.now)
         }
         if let callback { self.registerWebhook(callback, for: .task(id)) }
+        self.metricsTaskSubmitted(request.capability)
         if let idempotencyKey { self.rememberIdempotencyKey(idempotencyKey, digest: digest, target: id, kind: "task") }
         // The client hears "accepted" only once the task is durable.
         self.whenStored(self.taskStore?.lastQueued ?? 0) { error in

@@ -49,6 +49,7 @@ extension MeshNode {
     /// Carries out what accounting decided, in order.
     func perform(_ actions: [PeerAccountability.Action]) {
         for action in actions {
+            self.metricsAccounting(action)
             switch action {
             case .audit(let entry, let peer):
                 self.audit(entry, peer: peer)

@@ -162,6 +162,7 @@ extension MeshNode {
                 "error": "\(task.error ?? "-")",
             ])
             self.wakeWaiters(for: task.id)
+            self.metricsTaskFinished(task)
             self.workflowTaskEnded(task)
             self.webhookStateChanged(.task(task.id), state: task.state.rawValue, isFinal: true) { self.taskDocumentBytes(task.id) }
         case .runner(.send(let message, let peer)):
@@ -290,11 +291,13 @@ extension MeshNode {
         let timeout = task.options.inputTimeout == nil ? task.deadline - self.now : .seconds(366 * 86_400)
         if case .builtinEcho = spec.executor, timeout > .zero {
             // Nothing to wait for: answering in the same turn saves two thread hand-offs per task.
+            self.metrics.increment("agentmesh_executions_total", [("capability", task.capability), ("outcome", "completed")])
             self.runTaskRunner { $0.finished(task.id, outcome: .success(task.input), now: self.now) }
             return
         }
         let answers = AgentInput()
         self.agentInputs[task.id] = answers
+        self.metricsExecutionStarted(task.id, capability: task.capability)
         self.executions[task.id] = Task {
             let context = TaskExecution.Context(
                 taskID: task.id, attempt: task.epoch, deadline: self.clock.wallClockDate(for: task.deadline),
@@ -323,6 +326,7 @@ extension MeshNode {
     private func executionFinished(_ id: TaskID, outcome: TaskOutcome) {
         self.executions[id] = nil
         self.agentInputs[id] = nil
+        self.metricsExecutionFinished(id, outcome: outcome)
         // A run stopped by shutdown is not an outcome: the restarted node holds the task and asks to run it again.
         guard self.isRunning else { return }
         self.runTaskRunner { $0.finished(id, outcome: outcome, now: self.now) }

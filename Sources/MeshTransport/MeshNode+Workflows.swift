@@ -110,6 +110,7 @@ extension MeshNode {
             if known.state.isTerminal { self.workflowTaskEnded(known) }
             return
         }
+        self.metricsTaskSubmitted(task.capability)
         self.runSubmitter {
             $0.submit(
                 id: task.id, capability: task.capability, input: task.input,

@@ -119,6 +119,13 @@ public actor MeshNode: Service {
     var publishWaiters = TaskWaiters()
     /// Idempotency keys of recent submissions (`Idempotency-Key`), kept in the store too.
     var idempotency = IdempotencyBook()
+    /// Prometheus metrics (`GET /metrics`) and the stats of the tasks submitted here (`GET /v1/stats`).
+    nonisolated let metrics: NodeMetrics
+    var stats = TaskStats()
+    /// Runs in progress for peers: their capability and start, for the execution metrics.
+    var executionStarts: [TaskID: (String, Duration)] = [:]
+    /// The received counters as the last scrape reported them.
+    var metricsReported: (messages: UInt64, bytes: UInt64) = (0, 0)
     /// Task actions and client answers held until the store and the audit log have committed what they need.
     var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
         storeCommitted: 0, auditCommitted: 0)
@@ -160,6 +167,7 @@ public actor MeshNode: Service {
         submitterSettings.finishedInMemory = settings.finishedTasksInMemory
         self.submitter = TaskSubmitter(local: identity.nodeID, settings: submitterSettings, seed: seed.next())
         self.eventBus = EventBus(local: identity.nodeID)
+        self.metrics = NodeMetrics(enabled: settings.metricsEnabled)
         self.runner = TaskRunner(capacity: Dictionary(
             settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
         self.accountability = PeerAccountability(
@@ -291,6 +299,7 @@ public actor MeshNode: Service {
         self.restoreWebhooks()
         self.restoreEvents()
         self.restoreIdempotencyKeys()
+        self.observeCommits()
         self.logger.info("listening", metadata: [
             "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
             "trusted-peers": "\(self.gate.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
@@ -448,6 +457,7 @@ public actor MeshNode: Service {
         let remote = channel.remoteAddress
         ended.assumeIsolated().whenFailure { error in
             self.assumeIsolated { node in
+                node.metricsHandshakeRefused(error)
                 if let left = node.refusedConnectionLog.admit(now: node.now) {
                     var metadata: Logger.Metadata = ["remote": "\(remote.display)", "reason": "\(error)"]
                     if left > 0 { metadata["not-logged"] = "\(left)" }

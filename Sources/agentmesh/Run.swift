@@ -73,10 +73,18 @@ struct Run: AsyncParsableCommand {
             completion: .list(["trace", "debug", "info", "notice", "warning", "error", "critical"]))
     var logLevel: String?
 
+    @Option(help: "text (one readable line a record; the default) or json (one JSON object a line).",
+            completion: .list(["text", "json"]))
+    var logFormat: String?
+
+    @Option(help: "on (the default) or off: count metrics for GET /metrics.", completion: .list(["on", "off"]))
+    var metrics: String?
+
     /// Flags over `DIR/config.toml` over the defaults, checked; every mistake names the flag or key.
     struct Effective {
         var settings: NodeSettings
         var logLevel: Logger.Level
+        var jsonLogs = false
     }
 
     func effectiveSettings(_ file: RunConfiguration) throws -> Effective {
@@ -139,13 +147,22 @@ struct Run: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: levelText) else {
             throw CLIError("unknown log level '\(levelText)'", status: .badInput)
         }
+        let format = self.logFormat ?? file.logFormat ?? "text"
+        guard ["text", "json"].contains(format) else {
+            throw CLIError("\(source(self.logFormat != nil, "log_format")) must be text or json, not '\(format)'", status: .badInput)
+        }
+        let metrics = self.metrics ?? file.metrics ?? "on"
+        guard ["on", "off"].contains(metrics) else {
+            throw CLIError("\(source(self.metrics != nil, "metrics")) must be on or off, not '\(metrics)'", status: .badInput)
+        }
+        settings.metricsEnabled = metrics == "on"
         for spec in settings.capabilities {
             if case .exec(let command, _) = spec.executor, !Self.isExecutable(command) {
                 throw CLIError(
                     "capability \(spec.name): '\(command)' is not an executable file nor a command on PATH", status: .badInput)
             }
         }
-        return Effective(settings: settings, logLevel: level)
+        return Effective(settings: settings, logLevel: level, jsonLogs: format == "json")
     }
 
     /// As `posix_spawnp` will look it up: a path, or a name searched in PATH.
@@ -177,7 +194,11 @@ struct Run: AsyncParsableCommand {
         let home = self.options.nodeHome
         let effective = try self.effectiveSettings(try reporting { try home.loadRunConfiguration() })
         let settings = effective.settings
-        LoggingSystem.bootstrap { _ in LineLogHandler(logLevel: effective.logLevel) }
+        if effective.jsonLogs {
+            LoggingSystem.bootstrap { _ in JSONLogHandler(logLevel: effective.logLevel) }
+        } else {
+            LoggingSystem.bootstrap { _ in LineLogHandler(logLevel: effective.logLevel) }
+        }
         let logger = Logger(label: "agentmesh")
         let identity = try reporting { try home.loadIdentity() }
         let networkKey = try reporting { try home.loadNetworkKey() }
