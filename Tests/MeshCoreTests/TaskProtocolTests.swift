@@ -816,3 +816,25 @@ extension TaskProtocolTests {
         #expect(try TaskMessage(decoding: answer.encoded()) == answer)
     }
 }
+
+@Suite struct TaskStatsTests {
+    @Test func percentilesAreWithinFivePercentAndTheWindowKeepsTheLastFiveMinutes() {
+        var stats = TaskStats()
+        let peer = NodeID(high: 4, low: 4)
+        for number in 1...1_000 {
+            stats.record(TaskStats.Sample(
+                capability: "echo", peer: peer, succeeded: number % 10 != 0, execution: Double(number) / 1000,
+                wait: 0.002, at: .seconds(number)))
+        }
+        let all = stats.lifetime[TaskStats.Key(capability: "echo", peer: nil)]!
+        #expect(all.executions == 1_000 && all.successRate == 0.9)
+        for (fraction, exact) in [(0.5, 0.5), (0.9, 0.9), (0.99, 0.99)] {
+            let estimate = all.execution.quantile(fraction)
+            #expect(estimate >= exact && estimate <= exact * 1.05, "p\(Int(fraction * 100)) \(estimate) for \(exact)")
+        }
+        #expect(abs(all.execution.mean - 0.5005) < 1e-9)
+        #expect(stats.lifetime[TaskStats.Key(capability: "echo", peer: peer)]?.executions == 1_000)
+        let recent = stats.lastWindow(now: .seconds(1_000))[TaskStats.Key(capability: "echo", peer: nil)]!
+        #expect(recent.executions == 301, "samples from 700 s to 1,000 s")
+    }
+}

@@ -23,6 +23,9 @@ import Testing
         #expect(Self.route("GET", "/v1/workflows/\(Self.id)", ["version": "3", "wait": "10"])
             == .workflow(.id(Self.id), version: 3, wait: .seconds(10)))
         #expect(Self.route("POST", "/v1/workflows/\(Self.id)/cancel") == .cancelWorkflow(.id(Self.id)))
+        #expect(Self.route("GET", "/metrics") == .metrics)
+        #expect(Self.route("GET", "/v1/stats") == .stats)
+        #expect(Self.route("POST", "/metrics") == .refused(status: 405, message: "POST is not allowed on /metrics"))
     }
 
     @Test func progressEventsAreAPageOrAStreamResumingAfterTheLastSeen() {

@@ -75,6 +75,11 @@ public struct TaskStats: Sendable {
     public struct Key: Hashable, Sendable {
         public let capability: String
         public let peer: NodeID?
+
+        public init(capability: String, peer: NodeID?) {
+            self.capability = capability
+            self.peer = peer
+        }
     }
 
     public static let window: Duration = .seconds(300)
