@@ -257,6 +257,8 @@ public enum ControlAPI {
         public let callback: String?
         /// `final` (the default) or `all`: every state change, not only the end.
         public let callbackEvents: String?
+        /// W3C trace context (also accepted as the `traceparent` header); a new trace when absent.
+        public let traceparent: String?
         /// The conversation the task belongs to: it prefers the member that ran the conversation's previous task.
         public let context: String?
         /// Pause the deadline while the agent waits for an answer, for at most this many seconds.
@@ -264,8 +266,10 @@ public enum ControlAPI {
 
         public init(
             capability: String, input: JSONValue, timeoutSeconds: Double?, maxAttempts: Int?, waitForCapability: Bool? = nil,
-            callback: String? = nil, callbackEvents: String? = nil, context: String? = nil, inputTimeoutSeconds: Double? = nil
+            callback: String? = nil, callbackEvents: String? = nil, context: String? = nil, inputTimeoutSeconds: Double? = nil,
+            traceparent: String? = nil
         ) {
+            self.traceparent = traceparent
             self.context = context
             self.inputTimeoutSeconds = inputTimeoutSeconds
             self.capability = capability
@@ -314,6 +318,7 @@ public enum ControlAPI {
             self.callback = try text("callback")
             self.callbackEvents = try text("callback_events")
             self.context = try text("context")
+            self.traceparent = try text("traceparent")
             self.inputTimeoutSeconds = try number("input_timeout_seconds")?.doubleValue
         }
     }
@@ -355,12 +360,15 @@ public enum ControlAPI {
         public let context: String?
         /// The agent's question, while the task is `input_required` (answer with `POST /v1/tasks/ID/input`).
         public let question: JSONValue?
+        /// The W3C trace the task belongs to.
+        public let traceId: String?
 
         package init(
             id: String, capability: String, state: String, submittedAt: Date, deadline: Date, attempts: [AttemptInfo],
             executedBy: String?, finishedAt: Date? = nil, result: JSONValue?, error: String?, waiting: String? = nil,
-            context: String? = nil, question: JSONValue? = nil
+            context: String? = nil, question: JSONValue? = nil, traceId: String? = nil
         ) {
+            self.traceId = traceId
             self.context = context
             self.question = question
             self.id = id

@@ -274,7 +274,7 @@ public struct NodeHome: Sendable {
 public struct RunConfiguration: Sendable, Equatable {
     public static let keys = [
         "listen", "advertise", "join", "capabilities", "timers", "http", "durability", "max_connections", "open",
-        "log_level", "max_input_bytes", "allow_private_callbacks", "subscribe", "log_format", "metrics",
+        "log_level", "max_input_bytes", "allow_private_callbacks", "subscribe", "log_format", "metrics", "otlp_endpoint",
     ]
     public var listen: String?
     public var advertise: String?
@@ -291,6 +291,7 @@ public struct RunConfiguration: Sendable, Equatable {
     public var subscribe: [String]?
     public var logFormat: String?
     public var metrics: String?
+    public var otlpEndpoint: String?
     public var limits: [LimitClass: Rate] = [:]
 
     public init() {}
@@ -351,6 +352,7 @@ public struct RunConfiguration: Sendable, Equatable {
         self.subscribe = try strings("subscribe")
         self.logFormat = try string("log_format")
         self.metrics = try string("metrics")
+        self.otlpEndpoint = try string("otlp_endpoint")
         self.logLevel = try string("log_level")
         self.maxInputBytes = try integer("max_input_bytes")
     }

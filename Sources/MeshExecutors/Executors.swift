@@ -24,12 +24,15 @@ package enum TaskExecution {
         package let deadline: Date
         /// The conversation the task belongs to (`AGENTMESH_CONTEXT_ID`, `X-AgentMesh-Context-Id`).
         package let contextID: String?
+        /// W3C trace context whose parent is the executing node's span (`TRACEPARENT`, `traceparent`).
+        package let traceparent: String?
 
-        package init(taskID: TaskID, attempt: UInt32, deadline: Date, contextID: String? = nil) {
+        package init(taskID: TaskID, attempt: UInt32, deadline: Date, contextID: String? = nil, traceparent: String? = nil) {
             self.taskID = taskID
             self.attempt = attempt
             self.deadline = deadline
             self.contextID = contextID
+            self.traceparent = traceparent
         }
 
         var fields: [(name: String, value: String)] {
@@ -41,9 +44,11 @@ package enum TaskExecution {
         }
 
         var environment: [String: String] {
-            Dictionary(uniqueKeysWithValues: self.fields.map {
+            var environment = Dictionary(uniqueKeysWithValues: self.fields.map {
                 ("AGENTMESH_" + $0.name.uppercased().replacingOccurrences(of: "-", with: "_"), $0.value)
             })
+            if let traceparent = self.traceparent { environment["TRACEPARENT"] = traceparent }
+            return environment
         }
     }
 
@@ -90,7 +95,8 @@ package enum TaskExecution {
                 },
                 answers: channels.answers)
         case .http(let url):
-            return await self.postUntilAnswered(url: url, input: input, timeout: timeout, headers: context.fields, channels: channels)
+            return await self.postUntilAnswered(
+                url: url, input: input, timeout: timeout, headers: context.fields, traceparent: context.traceparent, channels: channels)
         }
     }
 
@@ -107,12 +113,14 @@ package enum TaskExecution {
     /// An `http:` agent that answers 202 `{"input_required": QUESTION, "state": …}` waits for a person: once the
     /// answer is given it is POSTed `{"input": …, "reply": …, "state": …}` with `X-AgentMesh-Reply: 1`.
     private static func postUntilAnswered(
-        url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)], channels: Channels
+        url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)], traceparent: String?,
+        channels: Channels
     ) async -> TaskOutcome {
         var body = input
         var extra: [(name: String, value: String)] = []
         for _ in 0..<100 {
-            let outcome = await self.post(url: url, input: body, timeout: timeout, headers: headers + extra, progress: channels.progress)
+            let outcome = await self.post(
+                url: url, input: body, timeout: timeout, headers: headers + extra, traceparent: traceparent, progress: channels.progress)
             guard case .asking(let question, let state) = outcome else { return outcome.taskOutcome }
             channels.question(question)
             guard let reply = await channels.answers.next() else { return .canceled }
@@ -231,7 +239,7 @@ package enum TaskExecution {
     /// its lines (events) are progress events until a `{"result": …}` line (an event named `result`) gives the
     /// result, or an `{"error": "…"}` line (an event named `error`) fails the run.
     private static func post(
-        url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)],
+        url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)], traceparent: String?,
         progress: @escaping @Sendable ([[UInt8]]) -> Void
     ) async -> HTTPOutcome {
         guard let endpoint = URL(string: url) else { return .done(.failure("invalid URL \(url)")) }
@@ -240,6 +248,7 @@ package enum TaskExecution {
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
         request.setValue("application/json, application/x-ndjson, text/event-stream", forHTTPHeaderField: "Accept")
         for header in headers { request.setValue(header.value, forHTTPHeaderField: "X-AgentMesh-" + header.name) }
+        if let traceparent { request.setValue(traceparent, forHTTPHeaderField: "traceparent") }
         request.httpBody = Data(input)
         let answer = HTTPAnswer(url: url, progress: progress)
         let session = URLSession(configuration: .ephemeral, delegate: answer, delegateQueue: nil)

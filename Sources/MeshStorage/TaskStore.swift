@@ -206,6 +206,12 @@ package final class TaskStore: Sendable {
                 ALTER TABLE accepted_task ADD COLUMN input_timeout REAL;
                 """)
         }
+        migrator.registerMigration("trace-context-v4") { db in
+            try db.execute(sql: """
+                ALTER TABLE submitted_task ADD COLUMN traceparent TEXT;
+                ALTER TABLE accepted_task ADD COLUMN traceparent TEXT;
+                """)
+        }
         return migrator
     }
 
@@ -334,7 +340,9 @@ package final class TaskStore: Sendable {
     }
 
     private static func options(_ row: Row) -> TaskOptions {
-        TaskOptions(context: row["context"], inputTimeout: (row["input_timeout"] as Double?).map { .milliseconds(Int64($0 * 1000)) })
+        TaskOptions(
+            context: row["context"], inputTimeout: (row["input_timeout"] as Double?).map { .milliseconds(Int64($0 * 1000)) },
+            traceparent: row["traceparent"])
     }
 
     private static func outcome(kind: Int?, bytes: Data?, task: String) throws -> TaskOutcome? {
@@ -412,8 +420,8 @@ package final class TaskStore: Sendable {
             try db.cachedStatement(sql: """
                 INSERT INTO submitted_task
                 (id, capability, input, submitted_at, deadline, max_attempts, state, attempts, outcome_kind, outcome,
-                 error, finished_at, next_offer_at, failures, context, input_timeout, question, reply, asked_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 error, finished_at, next_offer_at, failures, context, input_timeout, question, reply, asked_at, traceparent)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,
                  outcome_kind = excluded.outcome_kind, outcome = excluded.outcome, error = excluded.error,
                  finished_at = excluded.finished_at, next_offer_at = excluded.next_offer_at, failures = excluded.failures,
@@ -424,20 +432,20 @@ package final class TaskStore: Sendable {
                     String(decoding: attempts, as: UTF8.self), kind, outcome, task.error,
                     task.finishedAt.map(self.timeBase.wall), task.nextOfferAt.map(self.timeBase.wall), task.failures,
                     task.options.context, task.options.inputTimeout.map(\.seconds), task.question.map { Data($0) },
-                    task.reply.map { Data($0) }, task.askedAt.map(self.timeBase.wall),
+                    task.reply.map { Data($0) }, task.askedAt.map(self.timeBase.wall), task.options.traceparent,
                 ])
         case .accepted(let task):
             let (kind, outcome) = Self.columns(task.outcome)
             try db.cachedStatement(sql: """
                 INSERT INTO accepted_task
-                (id, epoch, submitter, capability, input, deadline, outcome_kind, outcome, context, input_timeout)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                (id, epoch, submitter, capability, input, deadline, outcome_kind, outcome, context, input_timeout, traceparent)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET epoch = excluded.epoch, deadline = excluded.deadline,
                  outcome_kind = excluded.outcome_kind, outcome = excluded.outcome
                 """).execute(arguments: [
                     task.id.description, Int64(task.epoch), task.submitter.description, task.capability,
                     Data(task.input), self.timeBase.wall(task.deadline), kind, outcome, task.options.context,
-                    task.options.inputTimeout.map(\.seconds),
+                    task.options.inputTimeout.map(\.seconds), task.options.traceparent,
                 ])
         case .forgetSubmitted(let id):
             try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE id = ?").execute(arguments: [id.description])

@@ -150,8 +150,15 @@ extension MeshNode {
         if let seconds = request.inputTimeoutSeconds, !(seconds > 0 && seconds <= 7 * 86_400) {
             return respond(.error(400, "input_timeout_seconds must be more than 0 and at most 604800 (a week)"))
         }
+        let given = control.headers["traceparent"] ?? request.traceparent
+        if let given, TraceContext(given) == nil {
+            return respond(.error(400, "traceparent must be a W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>, lowercase, ids not all zero"))
+        }
+        var generator = SystemRandomNumberGenerator()
+        let id = TaskID(using: &generator)
         let options = TaskOptions(
-            context: request.context, inputTimeout: request.inputTimeoutSeconds.map { .milliseconds(Int64($0 * 1000)) })
+            context: request.context, inputTimeout: request.inputTimeoutSeconds.map { .milliseconds(Int64($0 * 1000)) },
+            traceparent: given ?? TraceContext.new(for: id, using: &generator).description)
         let callback: WebhookTarget?
         switch self.webhookTarget(request.callback, events: request.callbackEvents) {
         case .success(let target): callback = target
@@ -187,8 +194,6 @@ extension MeshNode {
                     + "; submit with wait_for_capability (--wait-for-capability) to queue it until one does"))
             }
         }
-        var generator = SystemRandomNumberGenerator()
-        let id = TaskID(using: &generator)
         self.runSubmitter {
             $0.submit(
                 id: id, capability: request.capability, input: Array(input),

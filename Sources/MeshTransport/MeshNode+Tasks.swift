@@ -163,6 +163,7 @@ extension MeshNode {
             ])
             self.wakeWaiters(for: task.id)
             self.metricsTaskFinished(task)
+            self.traceTaskFinished(task)
             self.workflowTaskEnded(task)
             self.webhookStateChanged(.task(task.id), state: task.state.rawValue, isFinal: true) { self.taskDocumentBytes(task.id) }
         case .runner(.send(let message, let peer)):
@@ -262,6 +263,7 @@ extension MeshNode {
     /// At shutdown: signs what the audit logs have unsigned, and gives queued store changes and audit records up to
     /// 2 s to reach the disk.
     func flushToDisk() async {
+        await self.tracer?.flush()
         self.auditLog?.requestCheckpoints()
         let deadline = ContinuousClock.now + .seconds(2)
         while ContinuousClock.now < deadline,
@@ -292,6 +294,7 @@ extension MeshNode {
         if case .builtinEcho = spec.executor, timeout > .zero {
             // Nothing to wait for: answering in the same turn saves two thread hand-offs per task.
             self.metrics.increment("agentmesh_executions_total", [("capability", task.capability), ("outcome", "completed")])
+            self.traceExecutionFinished(task, started: self.now, outcome: .success([]))
             self.runTaskRunner { $0.finished(task.id, outcome: .success(task.input), now: self.now) }
             return
         }
@@ -301,7 +304,7 @@ extension MeshNode {
         self.executions[task.id] = Task {
             let context = TaskExecution.Context(
                 taskID: task.id, attempt: task.epoch, deadline: self.clock.wallClockDate(for: task.deadline),
-                contextID: task.options.context)
+                contextID: task.options.context, traceparent: self.executionTrace(task)?.description)
             let loop = self.loop
             // Read on a GCD thread; one `execute` per chunk keeps them in order on the node's loop.
             let stderr: @Sendable ([UInt8]) -> Void = { chunk in
@@ -326,6 +329,9 @@ extension MeshNode {
     private func executionFinished(_ id: TaskID, outcome: TaskOutcome) {
         self.executions[id] = nil
         self.agentInputs[id] = nil
+        if let task = self.runner.task(id), let started = self.executionStarts[id]?.1 {
+            self.traceExecutionFinished(task, started: started, outcome: outcome)
+        }
         self.metricsExecutionFinished(id, outcome: outcome)
         // A run stopped by shutdown is not an outcome: the restarted node holds the task and asks to run it again.
         guard self.isRunning else { return }

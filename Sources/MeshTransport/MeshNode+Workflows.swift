@@ -98,6 +98,12 @@ extension MeshNode {
                 self.workflowOfTask[task] = nil
             }
             self.logger.info("workflow ended", metadata: ["workflow": "\(id)", "state": "\(run.state.rawValue)"])
+            self.tracer?.export(Span(
+                traceID: id.description, spanID: TraceContext.spanID(of: id), parentID: nil, name: "workflow \(run.definition.name)",
+                kind: .internal, start: Date(timeIntervalSince1970: Double(run.submittedAt) / 1000),
+                end: Date(timeIntervalSince1970: Double(run.finishedAt ?? run.submittedAt) / 1000),
+                attributes: [("agentmesh.workflow.id", id.description), ("agentmesh.outcome", run.state.rawValue)],
+                error: run.state == .completed ? nil : (run.error ?? run.state.rawValue)))
             self.forgetOldWorkflows()
         }
     }
@@ -111,10 +117,13 @@ extension MeshNode {
             return
         }
         self.metricsTaskSubmitted(task.capability)
+        // Every step of a run is in the run's trace: the trace id is the workflow id, the run's span their parent.
+        let trace = self.workflowOfTask[task.id].map { TraceContext(traceID: $0.description, parentID: TraceContext.spanID(of: $0)) }
         self.runSubmitter {
             $0.submit(
                 id: task.id, capability: task.capability, input: task.input,
-                timeout: .milliseconds(Int64(task.timeoutSeconds * 1000)), maximumAttempts: task.attempts, now: self.now)
+                timeout: .milliseconds(Int64(task.timeoutSeconds * 1000)), maximumAttempts: task.attempts,
+                options: TaskOptions(traceparent: trace?.description), now: self.now)
         }
         // The submitter hears of members on its tick; membership may know one already.
         if !self.submitter.hasCandidate(for: task.capability) {

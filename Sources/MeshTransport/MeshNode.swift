@@ -121,6 +121,8 @@ public actor MeshNode: Service {
     var idempotency = IdempotencyBook()
     /// Prometheus metrics (`GET /metrics`) and the stats of the tasks submitted here (`GET /v1/stats`).
     nonisolated let metrics: NodeMetrics
+    /// Spans of tasks and runs, when `--otlp-endpoint` is set.
+    nonisolated let tracer: SpanExporter?
     var stats = TaskStats()
     /// Runs in progress for peers: their capability and start, for the execution metrics.
     var executionStarts: [TaskID: (String, Duration)] = [:]
@@ -168,6 +170,9 @@ public actor MeshNode: Service {
         self.submitter = TaskSubmitter(local: identity.nodeID, settings: submitterSettings, seed: seed.next())
         self.eventBus = EventBus(local: identity.nodeID)
         self.metrics = NodeMetrics(enabled: settings.metricsEnabled)
+        self.tracer = settings.otlpEndpoint.flatMap {
+            SpanExporter(endpoint: $0, serviceName: "agentmesh", instance: "\(identity.name) \(identity.nodeID.short)", logger: logger)
+        }
         self.runner = TaskRunner(capacity: Dictionary(
             settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
         self.accountability = PeerAccountability(

@@ -98,6 +98,10 @@ struct TaskDocuments {
         json.string(task.state.rawValue)
         json.key("submitted_at")
         json.date(self.date(task.submittedAt))
+        if let trace = task.options.traceparent.flatMap(TraceContext.init) {
+            json.key("trace_id")
+            json.string(trace.traceID)
+        }
         if let waiting = self.waiting(task) {
             json.key("waiting")
             json.string(waiting)

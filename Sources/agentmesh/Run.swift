@@ -80,6 +80,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "on (the default) or off: count metrics for GET /metrics.", completion: .list(["on", "off"]))
     var metrics: String?
 
+    @Option(help: ArgumentHelp("Export spans of tasks, runs and workflows over OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318.", valueName: "URL"))
+    var otlpEndpoint: String?
+
     /// Flags over `DIR/config.toml` over the defaults, checked; every mistake names the flag or key.
     struct Effective {
         var settings: NodeSettings
@@ -156,6 +159,10 @@ struct Run: AsyncParsableCommand {
             throw CLIError("\(source(self.metrics != nil, "metrics")) must be on or off, not '\(metrics)'", status: .badInput)
         }
         settings.metricsEnabled = metrics == "on"
+        settings.otlpEndpoint = self.otlpEndpoint ?? file.otlpEndpoint
+        if let endpoint = settings.otlpEndpoint, !(endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://")) {
+            throw CLIError("\(source(self.otlpEndpoint != nil, "otlp_endpoint")) must be an http:// or https:// URL", status: .badInput)
+        }
         for spec in settings.capabilities {
             if case .exec(let command, _) = spec.executor, !Self.isExecutable(command) {
                 throw CLIError(

@@ -85,7 +85,9 @@ struct Submit: ParsableCommand {
         let body = try ControlAPI.encoder().encode(ControlAPI.SubmitRequest(
             capability: self.capability, input: ControlAPI.JSONValue(value), timeoutSeconds: self.timeout,
             maxAttempts: self.maxAttempts, waitForCapability: self.waitForCapability ? true : nil, callback: self.callback,
-            callbackEvents: self.callbackAllStates ? "all" : nil, context: self.context, inputTimeoutSeconds: self.inputTimeout))
+            callbackEvents: self.callbackAllStates ? "all" : nil, context: self.context, inputTimeoutSeconds: self.inputTimeout,
+            // An agent that submits a task carries its own trace on (it runs with TRACEPARENT set).
+            traceparent: ProcessInfo.processInfo.environment["TRACEPARENT"]))
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
         var headers: [String: String] = [:]
         if let key = self.idempotencyKey {

@@ -153,7 +153,7 @@ public struct PeerAccountability: Sendable {
             self.sessions[number]?.received.append(digest: digest)
             actions.append(.audit(AuditEntry(
                 .received, time: time, session: number, message: task.tag, task: task.taskID, epoch: task.epoch,
-                digest: digest), peer: peer))
+                digest: digest, detail: Self.trace(of: task)), peer: peer))
         case .transcript(let checkpoint):
             return (false, self.checkTranscript(checkpoint, from: peer, session: number, now: now, time: time))
         case .membership, .other:
@@ -177,6 +177,12 @@ public struct PeerAccountability: Sendable {
             else { return (false, actions) }
         }
         return (true, actions)
+    }
+
+    /// An offer's trace context, kept in the audit record so a trace and the record of who did what meet.
+    static func trace(of task: TaskMessage) -> String {
+        guard case .offer(let offer) = task, let traceparent = offer.options.traceparent else { return "" }
+        return "traceparent \(traceparent)"
     }
 
     /// Over the limit, an offer is declined `rate_limited` and anything else is dropped; a peer that stays over its
@@ -263,7 +269,8 @@ public struct PeerAccountability: Sendable {
     public mutating func sent(_ task: TaskMessage, digest: [UInt8], session number: UInt64, now: Duration, time: Int64) -> [Action] {
         guard var session = self.sessions[number] else { return [] }
         var actions: [Action] = [.audit(AuditEntry(
-            .sent, time: time, session: number, message: task.tag, task: task.taskID, epoch: task.epoch, digest: digest),
+            .sent, time: time, session: number, message: task.tag, task: task.taskID, epoch: task.epoch, digest: digest,
+            detail: Self.trace(of: task)),
             peer: session.peer)]
         session.sent.append(digest: digest)
         if session.firstUnsignedAt == nil { session.firstUnsignedAt = now }

@@ -72,10 +72,13 @@ public struct TaskOptions: Sendable, Equatable {
     public var context: String?
     /// Set: while the agent waits for an answer the deadline pauses, and the wait may last this long.
     public var inputTimeout: Duration?
+    /// W3C trace context: on the submitter, the client's (or one made up); in an offer, the submitter's task span.
+    public var traceparent: String?
 
-    public init(context: String? = nil, inputTimeout: Duration? = nil) {
+    public init(context: String? = nil, inputTimeout: Duration? = nil, traceparent: String? = nil) {
         self.context = context
         self.inputTimeout = inputTimeout
+        self.traceparent = traceparent
     }
 
     public static let maximumContextLength = 128
@@ -213,6 +216,7 @@ public enum TaskMessage: Sendable, Equatable {
             writer.longBytes(offer.input)
             writer.shortString(offer.options.context ?? "")
             writer.u64(offer.options.inputTimeout.map(Self.milliseconds) ?? 0)
+            writer.shortString(offer.options.traceparent ?? "")
         case .accept(let id, let epoch):
             header(id, epoch)
         case .decline(let id, let epoch, let reason):
@@ -302,10 +306,13 @@ public enum TaskMessage: Sendable, Equatable {
                 let context = try reader.shortString("context")
                 guard context.isEmpty || TaskOptions.isValidContext(context) else { throw DecodeError(description: "invalid context") }
                 let inputTimeout = try reader.u64("input timeout")
+                let traceparent = try reader.shortString("traceparent")
+                guard traceparent.isEmpty || TraceContext(traceparent) != nil else { throw DecodeError(description: "invalid traceparent") }
                 self = .offer(TaskOffer(
                     id: id, epoch: epoch, capability: capability, input: input, timeRemaining: Self.duration(milliseconds),
                     options: TaskOptions(
-                        context: context.isEmpty ? nil : context, inputTimeout: inputTimeout == 0 ? nil : Self.duration(inputTimeout))))
+                        context: context.isEmpty ? nil : context, inputTimeout: inputTimeout == 0 ? nil : Self.duration(inputTimeout),
+                        traceparent: traceparent.isEmpty ? nil : traceparent)))
             case 2:
                 self = .accept(id, epoch: epoch)
             case 3:

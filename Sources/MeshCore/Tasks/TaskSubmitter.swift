@@ -630,11 +630,14 @@ public struct TaskSubmitter: Sendable {
         directives.append(self.offerMessage(task, epoch: epoch, now: now, to: chosen))
     }
 
+    /// The offer carries the trace with this node's span for the task as the parent of the executor's.
     private func offerMessage(_ task: SubmittedTask, epoch: UInt32, now: Duration, to peer: NodeID) -> Directive {
-        .send(
+        var options = task.options
+        options.traceparent = options.traceparent.flatMap(TraceContext.init).map { $0.child(of: TraceContext.spanID(of: task.id)).description }
+        return .send(
             .offer(TaskOffer(
                 id: task.id, epoch: epoch, capability: task.capability, input: task.input,
-                timeRemaining: task.deadline - now, options: task.options)),
+                timeRemaining: task.deadline - now, options: options)),
             to: peer)
     }
 

@@ -1,0 +1,44 @@
+/// A W3C trace context (`traceparent: 00-TRACE-PARENT-FLAGS`): which trace a task belongs to and which span is its
+/// parent. The submitting node's span for a task is named by the task id's low 8 bytes, so it needs no storage.
+public struct TraceContext: Sendable, Equatable, CustomStringConvertible {
+    /// 16 bytes as 32 lowercase hex digits.
+    public let traceID: String
+    /// 8 bytes as 16 lowercase hex digits.
+    public let parentID: String
+    public let flags: String
+
+    public init?(_ text: String) {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 4, parts[0] == "00", parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
+            (parts[1] + parts[2] + parts[3]).allSatisfy({ $0.isHexDigit && !$0.isUppercase }),
+            parts[1] != String(repeating: "0", count: 32), parts[2] != String(repeating: "0", count: 16)
+        else { return nil }
+        (self.traceID, self.parentID, self.flags) = (parts[1], parts[2], parts[3])
+    }
+
+    public init(traceID: String, parentID: String, flags: String = "01") {
+        (self.traceID, self.parentID, self.flags) = (traceID, parentID, flags)
+    }
+
+    /// A new trace, for a task submitted without one (its parent is then the task's own span: it has none above).
+    public static func new(for task: TaskID, using generator: inout some RandomNumberGenerator) -> TraceContext {
+        let trace = TaskID(using: &generator).description
+        return TraceContext(traceID: trace, parentID: Self.spanID(of: task))
+    }
+
+    public var description: String { "00-\(self.traceID)-\(self.parentID)-\(self.flags)" }
+
+    /// The submitting node's span for a task.
+    public static func spanID(of task: TaskID) -> String { String(task.description.suffix(16)) }
+
+    /// The executing node's span for one attempt of a task.
+    public static func executionSpanID(of task: TaskID, epoch: UInt32) -> String {
+        let mixed = task.high ^ (UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15) ^ 0xA5A5_A5A5_A5A5_A5A5
+        let value = mixed == 0 ? 1 : mixed
+        let digits = Array("0123456789abcdef")
+        return String((0..<16).map { digits[Int((value >> (60 - 4 * UInt64($0))) & 0xF)] })
+    }
+
+    /// The same trace with another parent span.
+    public func child(of span: String) -> TraceContext { TraceContext(traceID: self.traceID, parentID: span, flags: self.flags) }
+}
