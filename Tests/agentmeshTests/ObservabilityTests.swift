@@ -70,3 +70,56 @@ import Testing
         #expect(audit.stdout.contains("traceparent 00-\(trace)-\(taskSpan)-01"), "\(audit.stdout.prefix(600))")
     }
 }
+
+/// The MCP server, driven by the `mcp` Python SDK from PyPI (installed by scripts/test) as the client.
+@Suite(.serialized) struct MCPTests {
+    typealias Node = MeshProcessTests.Node
+
+    @Test func anMCPClientListsTheMeshsCapabilitiesAndCallsThemWithProgress() throws {
+        let probe = try SpawnedProcess.run("/usr/bin/env", ["python3", "-c", "import mcp"])
+        try #require(probe.status == 0, "the mcp package is missing: scripts/test installs it (pip install mcp)")
+        let (root, _, _) = try MeshProcessTests.scratch("mcp", ["a", "b"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["echo=builtin:echo", "stream=builtin:stream", "broken=exec:sh -c 'echo no >&2; exit 65'"])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.count == 3 })
+        let client = """
+            import asyncio, json, sys
+            from mcp import ClientSession, StdioServerParameters
+            from mcp.client.stdio import stdio_client
+            async def main():
+                params = StdioServerParameters(command=sys.argv[1], args=["mcp", "--home", sys.argv[2]])
+                async with stdio_client(params) as (read, write):
+                    async with ClientSession(read, write) as session:
+                        init = await session.initialize()
+                        out = {"server": init.server_info.name, "tools": sorted(t.name for t in (await session.list_tools()).tools)}
+                        echoed = await session.call_tool("echo", {"text": "hi"})
+                        out["echo"] = [echoed.is_error, echoed.content[0].text, echoed.structured_content]
+                        seen = []
+                        async def progress(progress, total, message):
+                            seen.append([progress, message])
+                        streamed = await session.call_tool("stream", {"events": 3, "interval_ms": 30}, progress_callback=progress)
+                        out["stream"] = [streamed.content[0].text, seen]
+                        broken = await session.call_tool("broken", {})
+                        out["broken"] = [broken.is_error, broken.content[0].text]
+                        print(json.dumps(out))
+            asyncio.run(main())
+            """
+        let run = try SpawnedProcess.run("/usr/bin/env", ["python3", "-c", client, CommandLineTests.binary, a.home])
+        #expect(run.status == 0, "\(run.stderr.suffix(1500))")
+        let out = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+        #expect(out["server"] as? String == "agentmesh")
+        #expect(out["tools"] as? [String] == ["broken", "echo", "stream"], "every capability of the live mesh is a tool")
+        let echo = try #require(out["echo"] as? [Any])
+        #expect(echo[0] as? Bool == false && echo[1] as? String == #"{"text":"hi"}"#)
+        #expect((echo[2] as? [String: String]) == ["text": "hi"])
+        let stream = try #require(out["stream"] as? [Any])
+        #expect(stream[0] as? String == #"{"events":3}"#)
+        #expect((stream[1] as? [[Any]])?.map { $0[1] as? String } == [#"{"event":1,"of":3}"#, #"{"event":2,"of":3}"#, #"{"event":3,"of":3}"#],
+                "each progress event arrived as an MCP progress notification")
+        let broken = try #require(out["broken"] as? [Any])
+        #expect(broken[0] as? Bool == true && (broken[1] as? String)?.contains("sh rejected the input (exit status 65): no") == true)
+    }
+}
