@@ -38,6 +38,10 @@ enum ControlRoute: Equatable {
     case cancelWorkflow(TaskReference)
     /// `GET /metrics`: Prometheus text
     case metrics
+    /// `GET /.well-known/agent-card.json`: the A2A agent card
+    case agentCard(host: String?)
+    /// `POST /a2a`: an A2A JSON-RPC request
+    case a2a(body: [UInt8])
     /// `GET /v1/stats`: per capability and executing peer
     case stats
     /// `POST /v1/events`: publish
@@ -51,6 +55,14 @@ enum ControlRoute: Equatable {
         let parts = request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
         if parts == ["metrics"] {
             self = request.method == "GET" ? .metrics : Self.notAllowed(request)
+            return
+        }
+        if parts == [".well-known", "agent-card.json"] {
+            self = request.method == "GET" ? .agentCard(host: request.headers["host"]) : Self.notAllowed(request)
+            return
+        }
+        if parts == ["a2a"] {
+            self = request.method == "POST" ? .a2a(body: request.body) : Self.notAllowed(request)
             return
         }
         guard parts.count >= 2, parts[0] == "v1" else {

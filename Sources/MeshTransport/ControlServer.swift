@@ -156,8 +156,10 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
             self.head = head
             self.body = []
             // The health check answers without the token (a liveness probe carries none); it says only ok or not.
-            let isHealthCheck = head.method == .GET && head.uri.split(separator: "?").first == "/v1/health"
-            self.refusal = isHealthCheck || self.isAuthorized(head)
+            // So is the A2A agent card: clients read it to learn how to authenticate.
+            let path = head.uri.split(separator: "?").first
+            let isPublic = head.method == .GET && (path == "/v1/health" || path == "/.well-known/agent-card.json")
+            self.refusal = isPublic || self.isAuthorized(head)
                 ? nil : .error(401, "send the token from the node's control.token as 'Authorization: Bearer TOKEN'")
         case .body(let buffer):
             guard self.refusal == nil else { return }

@@ -99,6 +99,10 @@ extension MeshNode {
             }
         case .metrics:
             respond(self.metricsExposition())
+        case .agentCard(let host):
+            respond(self.agentCard(host: host))
+        case .a2a(let body):
+            self.answerA2A(body, respond: respond)
         case .stats:
             respond(.json(self.statsReport()))
         case .publish(let body):

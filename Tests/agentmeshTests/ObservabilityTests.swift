@@ -123,3 +123,73 @@ import Testing
         #expect(broken[0] as? Bool == true && (broken[1] as? String)?.contains("sh rejected the input (exit status 65): no") == true)
     }
 }
+
+/// The A2A facade, driven by the `a2a-sdk` Python package from PyPI (installed by scripts/test) as the client.
+@Suite(.serialized) struct A2ATests {
+    typealias Node = MeshProcessTests.Node
+
+    @Test func anA2AClientSendsStreamsAndAnswersAnAgentThatAsks() throws {
+        let probe = try SpawnedProcess.run("/usr/bin/env", ["python3", "-c", "import a2a.client"])
+        try #require(probe.status == 0, "the a2a-sdk package is missing: scripts/test installs it")
+        let (root, _, _) = try MeshProcessTests.scratch("a2a", ["a", "b"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let free = try SpawnedProcess.run(
+            "/usr/bin/env", ["python3", "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"])
+        let port = free.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let agent = FileManager.default.currentDirectoryPath + "/scripts/examples/approval_agent.py"
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["echo=builtin:echo", "stream=builtin:stream", "approve=exec:python3 \(agent)"])
+        try a.start(join: b.address, extra: ["--http", "127.0.0.1:\(port)"])
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.count == 3 })
+        let client = """
+            import asyncio, httpx, json, sys, uuid
+            from google.protobuf import json_format, struct_pb2
+            from a2a.client import ClientConfig, ClientFactory
+            from a2a.types import a2a_pb2 as p
+            def message(skill, data, task_id=None):
+                meta = struct_pb2.Struct(); meta.update({"skill": skill})
+                value = struct_pb2.Value(); json_format.ParseDict(data, value)
+                return p.Message(message_id=str(uuid.uuid4()), role=p.ROLE_USER, parts=[p.Part(data=value)], metadata=meta,
+                                 context_id="conv-1", task_id=task_id or "")
+            async def send(client, msg):
+                return [json_format.MessageToDict(event) for event in [e async for e in client.send_message(p.SendMessageRequest(message=msg))]]
+            async def main():
+                token = open(sys.argv[2]).read().strip()
+                out = {}
+                async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+                    blocking = await ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create_from_url(f"http://127.0.0.1:{sys.argv[1]}")
+                    out["skills"] = sorted(s.id for s in blocking._card.skills)
+                    out["echo"] = await send(blocking, message("echo", {"text": "hi"}))
+                    asked = await send(blocking, message("approve", {"action": "pay"}))
+                    out["asked"] = asked
+                    task_id = asked[0]["task"]["id"]
+                    out["answered"] = await send(blocking, message("approve", {"approved": True}, task_id))
+                    out["got"] = json_format.MessageToDict(await blocking.get_task(p.GetTaskRequest(id=task_id)))
+                    streaming = await ClientFactory(ClientConfig(httpx_client=http, streaming=True)).create_from_url(f"http://127.0.0.1:{sys.argv[1]}")
+                    out["stream"] = await send(streaming, message("stream", {"events": 3, "interval_ms": 30}))
+                print(json.dumps(out))
+            asyncio.run(main())
+            """
+        let run = try SpawnedProcess.run("/usr/bin/env", ["python3", "-c", client, port, a.home + "/control.token"])
+        #expect(run.status == 0, "\(run.stderr.suffix(1500))")
+        let out = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+        #expect(out["skills"] as? [String] == ["approve", "echo", "stream"], "the card lists the mesh's capabilities as skills")
+        func task(_ key: String, _ index: Int = 0) -> [String: Any] {
+            (((out[key] as? [[String: Any]])?[index])?["task"] as? [String: Any]) ?? [:]
+        }
+        func state(_ task: [String: Any]) -> String? { (task["status"] as? [String: Any])?["state"] as? String }
+        #expect(state(task("echo")) == "TASK_STATE_COMPLETED" && task("echo")["contextId"] as? String == "conv-1")
+        let artifact = ((task("echo")["artifacts"] as? [[String: Any]])?.first?["parts"] as? [[String: Any]])?.first?["data"]
+        #expect((artifact as? [String: String]) == ["text": "hi"])
+        #expect(state(task("asked")) == "TASK_STATE_INPUT_REQUIRED", "the agent's question is A2A's input-required")
+        let question = (((task("asked")["status"] as? [String: Any])?["message"] as? [String: Any])?["parts"] as? [[String: Any]])?.first?["data"]
+        #expect((question as? [String: Any])?["prompt"] as? String == "Approve: pay?")
+        #expect(state(task("answered")) == "TASK_STATE_COMPLETED", "a message with the taskId answered it")
+        #expect(state(out["got"] as? [String: Any] ?? [:]) == "TASK_STATE_COMPLETED")
+        let stream = out["stream"] as? [[String: Any]] ?? []
+        let working = stream.compactMap { ($0["statusUpdate"] as? [String: Any])?["status"] as? [String: Any] }.filter { $0["state"] as? String == "TASK_STATE_WORKING" }
+        #expect(working.count == 3, "each progress event streamed as a working status update")
+        #expect((stream.last?["statusUpdate"] as? [String: Any]).flatMap { ($0["status"] as? [String: Any])?["state"] as? String } == "TASK_STATE_COMPLETED")
+    }
+}

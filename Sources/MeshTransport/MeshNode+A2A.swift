@@ -1,0 +1,241 @@
+import Foundation
+import MeshControl
+import MeshCore
+import NIOCore
+
+/// An A2A server facade on the control listener (A2A 1.0, JSON-RPC binding): the agent card at
+/// `/.well-known/agent-card.json` lists this mesh's capabilities as skills, and `POST /a2a` takes `SendMessage`,
+/// `SendStreamingMessage` (server-sent events), `GetTask` and `CancelTask`. A message becomes a task of the skill it
+/// names (`metadata.skill`; the only one if the mesh offers one), its data part (or its text) the input, its
+/// `contextId` the conversation; a message with the `taskId` of a task in `input-required` answers its question.
+extension MeshNode {
+    static let a2aVersion = "1.0"
+
+    /// The card, pointing its JSON-RPC interface at the address the client reached (the request's Host).
+    func agentCard(host: String?) -> ControlResponse {
+        var offered: [String: Int] = [:]
+        for capability in self.taskCandidates().flatMap(\.capabilities) { offered[capability.key, default: 0] += capability.value }
+        let skills: [[String: Any]] = offered.keys.sorted().map { name in
+            ["id": name, "name": name, "tags": ["agentmesh"],
+             "description": "The '\(name)' agents of this AgentMesh mesh (\(offered[name]!) at once); a data part is the task's input, text becomes {\"text\": …}.",
+             "inputModes": ["application/json", "text/plain"], "outputModes": ["application/json"]]
+        }
+        let card: [String: Any] = [
+            "name": "AgentMesh node \(self.identity.name)",
+            "description": "Every agent on this brokerless AgentMesh mesh, reached through one node; tasks run on any capable member.",
+            "version": AgentMeshVersion.current,
+            "supportedInterfaces": [["url": "http://\(host ?? "127.0.0.1")/a2a", "protocolBinding": "JSONRPC", "protocolVersion": Self.a2aVersion]],
+            "capabilities": ["streaming": true, "pushNotifications": false],
+            "securitySchemes": ["controlToken": ["httpAuthSecurityScheme": [
+                "scheme": "bearer", "description": "The token in the node's DIR/control.token."]]],
+            "securityRequirements": [["schemes": ["controlToken": ["list": [String]()]]]],
+            "defaultInputModes": ["application/json", "text/plain"],
+            "defaultOutputModes": ["application/json"],
+            "skills": skills,
+        ]
+        return Self.jsonObject(card)
+    }
+
+    /// `POST /a2a`: one JSON-RPC request.
+    func answerA2A(_ body: [UInt8], respond: @escaping Respond) {
+        guard let request = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+            let method = request["method"] as? String
+        else { return respond(Self.rpcError(nil, -32700, "parse error: send one JSON-RPC 2.0 request object")) }
+        let id = request["id"] ?? NSNull()
+        let params = request["params"] as? [String: Any] ?? [:]
+        switch method {
+        case "SendMessage", "SendStreamingMessage":
+            let streaming = method == "SendStreamingMessage"
+            switch self.a2aStartTask(params) {
+            case .failure(let error): respond(Self.rpcError(id, error.code, error.message))
+            case .success(let taskID):
+                if streaming { return self.a2aStream(taskID, id: id, respond: respond) }
+                let configuration = params["configuration"] as? [String: Any] ?? [:]
+                let wait: Duration = configuration["returnImmediately"] as? Bool == true ? .zero : .seconds(300)
+                let rpcID = Unchecked(id)
+                self.whenTaskAsksOrEnds(taskID, until: self.now + wait, then: Unchecked {
+                    respond(Self.rpcResult(rpcID.value, ["task": self.a2aTask(taskID) ?? [:]]))
+                })
+            }
+        case "GetTask":
+            guard let taskID = (params["id"] as? String).flatMap(TaskID.init(hex:)), let task = self.a2aTask(taskID) else {
+                return respond(Self.rpcError(id, -32001, "task not found"))
+            }
+            respond(Self.rpcResult(id, task))
+        case "CancelTask":
+            guard let taskID = (params["id"] as? String).flatMap(TaskID.init(hex:)), self.a2aTask(taskID) != nil else {
+                return respond(Self.rpcError(id, -32001, "task not found"))
+            }
+            self.runSubmitter { $0.cancel(taskID, now: self.now) }
+            respond(Self.rpcResult(id, self.a2aTask(taskID) ?? [:]))
+        default:
+            respond(Self.rpcError(id, -32601, "method not found: \(method) (this node serves A2A \(Self.a2aVersion): SendMessage, SendStreamingMessage, GetTask, CancelTask)"))
+        }
+    }
+
+    struct RPCFailure: Error {
+        let code: Int
+        let message: String
+    }
+
+    /// A new task for the message, or the answer to a waiting task's question.
+    private func a2aStartTask(_ params: [String: Any]) -> Result<TaskID, RPCFailure> {
+        guard let message = params["message"] as? [String: Any], let parts = message["parts"] as? [[String: Any]], !parts.isEmpty else {
+            return .failure(RPCFailure(code: -32602, message: "params.message needs parts"))
+        }
+        let input: Any
+        if let data = parts.first(where: { $0["data"] != nil })?["data"] {
+            input = data
+        } else {
+            input = ["text": parts.compactMap { $0["text"] as? String }.joined(separator: "\n")]
+        }
+        if let waiting = (message["taskId"] as? String).flatMap(TaskID.init(hex:)) {
+            guard let answer = try? JSONSerialization.data(withJSONObject: input, options: [.fragmentsAllowed, .sortedKeys]) else {
+                return .failure(RPCFailure(code: -32602, message: "the answer is not JSON"))
+            }
+            var refused: TaskSubmitter.ReplyRefusal?
+            self.runSubmitter { submitter in
+                switch submitter.reply(waiting, Array(answer), now: self.now) {
+                case .success(let directives): return directives
+                case .failure(let why):
+                    refused = why
+                    return []
+                }
+            }
+            if refused != nil { return .failure(RPCFailure(code: -32004, message: "task \(waiting) is not waiting for input")) }
+            return .success(waiting)
+        }
+        let metadata = (message["metadata"] as? [String: Any]) ?? (params["metadata"] as? [String: Any]) ?? [:]
+        let offered = Set(self.taskCandidates().flatMap(\.capabilities.keys))
+        guard let skill = metadata["skill"] as? String ?? (offered.count == 1 ? offered.first : nil) else {
+            return .failure(RPCFailure(code: -32602, message: "name the skill in message.metadata.skill; offered: \(offered.sorted().joined(separator: ", "))"))
+        }
+        guard offered.contains(skill) else {
+            return .failure(RPCFailure(code: -32602, message: "no live member offers the skill '\(skill)'"))
+        }
+        guard let inputBytes = try? JSONSerialization.data(withJSONObject: input, options: [.fragmentsAllowed, .sortedKeys]),
+            inputBytes.count <= self.settings.maximumTaskInput
+        else { return .failure(RPCFailure(code: -32602, message: "the input is not JSON or is too large")) }
+        let context = (message["contextId"] as? String).flatMap { TaskOptions.isValidContext($0) ? $0 : nil }
+        var generator = SystemRandomNumberGenerator()
+        let id = TaskID(using: &generator)
+        self.runSubmitter {
+            $0.submit(
+                id: id, capability: skill, input: Array(inputBytes), timeout: .seconds(300), maximumAttempts: 5,
+                options: TaskOptions(context: context, traceparent: TraceContext.new(for: id, using: &generator).description),
+                now: self.now)
+        }
+        self.metricsTaskSubmitted(skill)
+        return .success(id)
+    }
+
+    /// Calls `then` when the task ends or asks a question, or at `deadline` (checked every 20 ms).
+    private func whenTaskAsksOrEnds(_ id: TaskID, until deadline: Duration, then: Unchecked<() -> Void>) {
+        let state = self.submitter.task(id)?.state
+        if state == nil || state!.isTerminal || state == .inputRequired || self.now >= deadline { return then.value() }
+        self.loop.scheduleTask(in: .milliseconds(20)) {
+            self.assumeIsolated { node in node.whenTaskAsksOrEnds(id, until: deadline, then: then) }
+        }
+    }
+
+    /// `SendStreamingMessage`: the task, each progress event as a working status update, then the final status.
+    private func a2aStream(_ taskID: TaskID, id: Any, respond: Respond) {
+        let rpcID = Unchecked(id)
+        respond(.eventStream { sink in
+            self.loop.execute {
+                self.assumeIsolated { node in
+                    let send = { (result: [String: Any]) in
+                        let object: [String: Any] = ["jsonrpc": "2.0", "id": rpcID.value, "result": result]
+                        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+                        sink.write(Array("data: ".utf8) + Array(data) + Array("\n\n".utf8))
+                    }
+                    send(["task": node.a2aTask(taskID) ?? [:]])
+                    node.a2aFollow(taskID, after: 0, sink: sink, send: Unchecked(send))
+                }
+            }
+        })
+    }
+
+    private func a2aFollow(_ taskID: TaskID, after: Int, sink: ControlStreamSink, send sender: Unchecked<([String: Any]) -> Void>) {
+        guard !sink.isClosed else { return }
+        let send = sender.value
+        let log = self.eventLog(taskID)
+        var next = after
+        let context = self.submitter.task(taskID)?.options.context ?? ""
+        for event in log.events(after: after) {
+            next = event.sequence
+            let data = (try? JSONSerialization.jsonObject(with: Data(event.data), options: [.fragmentsAllowed])) ?? NSNull()
+            send(["statusUpdate": [
+                "taskId": taskID.description, "contextId": context,
+                "status": ["state": "TASK_STATE_WORKING", "message": Self.agentMessage(data, task: taskID, context: context)],
+            ]])
+        }
+        let state = self.submitter.task(taskID)?.state
+        if state == nil || state!.isTerminal || state == .inputRequired {
+            let task = self.a2aTask(taskID) ?? [:]
+            if let artifacts = task["artifacts"] as? [[String: Any]], let artifact = artifacts.first {
+                send(["artifactUpdate": ["taskId": taskID.description, "contextId": context, "artifact": artifact, "lastChunk": true]])
+            }
+            send(["statusUpdate": ["taskId": taskID.description, "contextId": context, "status": task["status"] ?? [:]]])
+            return sink.finish()
+        }
+        let resumeAfter = next
+        self.loop.scheduleTask(in: .milliseconds(20)) {
+            self.assumeIsolated { node in node.a2aFollow(taskID, after: resumeAfter, sink: sink, send: sender) }
+        }
+    }
+
+    /// A task as A2A shows it (proto3 JSON of `Task`).
+    private func a2aTask(_ id: TaskID) -> [String: Any]? {
+        guard let bytes = self.taskDocumentBytes(id),
+            let task = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any]
+        else { return nil }
+        let context = task["context"] as? String ?? ""
+        let state: String
+        switch task["state"] as? String {
+        case "running": state = "TASK_STATE_WORKING"
+        case "input_required": state = "TASK_STATE_INPUT_REQUIRED"
+        case "completed": state = "TASK_STATE_COMPLETED"
+        case "failed", "expired": state = "TASK_STATE_FAILED"
+        case "canceled": state = "TASK_STATE_CANCELED"
+        default: state = "TASK_STATE_SUBMITTED"
+        }
+        var status: [String: Any] = ["state": state, "timestamp": Date().formatted(.iso8601)]
+        if let question = task["question"] {
+            status["message"] = Self.agentMessage(question, task: id, context: context)
+        } else if let error = task["error"] as? String {
+            status["message"] = Self.agentMessage(error, task: id, context: context)
+        }
+        var answer: [String: Any] = ["id": id.description, "contextId": context, "status": status, "history": [Any]()]
+        if state == "TASK_STATE_COMPLETED" {
+            answer["artifacts"] = [["artifactId": "result", "name": "result", "parts": [["data": task["result"] ?? NSNull(), "mediaType": "application/json"]]]]
+        }
+        return answer
+    }
+
+    private static func agentMessage(_ content: Any, task: TaskID, context: String) -> [String: Any] {
+        var generator = SystemRandomNumberGenerator()
+        let part: [String: Any] = (content as? String).map { ["text": $0] } ?? ["data": content]
+        return ["messageId": TaskID(using: &generator).description, "role": "ROLE_AGENT", "parts": [part],
+                "taskId": task.description, "contextId": context]
+    }
+
+    private static func rpcResult(_ id: Any, _ result: Any) -> ControlResponse {
+        Self.jsonObject(["jsonrpc": "2.0", "id": id, "result": result])
+    }
+
+    private static func rpcError(_ id: Any?, _ code: Int, _ message: String) -> ControlResponse {
+        Self.jsonObject(["jsonrpc": "2.0", "id": id ?? NSNull(), "error": ["code": code, "message": message]])
+    }
+
+    private static func jsonObject(_ object: Any) -> ControlResponse {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        return ControlResponse(status: 200, body: Array(data) + [0x0A])
+    }
+}
+
+/// A value handed to exactly one other thread.
+struct Unchecked<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
