@@ -42,7 +42,9 @@ final class GroupCommitWriter<Batch: CommitBatch>: Sendable {
     let timers: DispatchQueue
     private let retryDelay: Duration
     private let progressHandler = Mutex<ProgressHandler<CommitProgress>?>(nil)
-    private let commitObserver = Mutex<(@Sendable (_ changes: Int, _ took: Duration) -> Void)?>(nil)
+    /// Boxed like the progress handler: a function type as a Mutex's own value is re-abstracted on every `withLock`
+    /// and came back wrapped in one more thunk each time (measured: 1.3 ms a task after 30,000 commits).
+    private let commitObserver = Mutex<ProgressHandler<(changes: Int, took: Duration)>?>(nil)
 
     init(label: String, executor: CommitExecutor?, retryDelay: Duration, commit: @escaping Commit) {
         let timers = DispatchQueue(label: label)
@@ -59,7 +61,7 @@ final class GroupCommitWriter<Batch: CommitBatch>: Sendable {
 
     /// Called after every commit that succeeded, with its size and how long it took (metrics).
     func onCommit(_ observer: @escaping @Sendable (_ changes: Int, _ took: Duration) -> Void) {
-        self.commitObserver.withLock { $0 = observer }
+        self.commitObserver.withLock { $0 = ProgressHandler(observer) }
     }
 
     /// The sequence number of the newest queued change (committed or not).
@@ -98,7 +100,7 @@ final class GroupCommitWriter<Batch: CommitBatch>: Sendable {
             guard let batch else { return }
             let started = ContinuousClock.now
             guard let failure = self.commit(batch) else {
-                if let observer = self.commitObserver.withLock({ $0 }) { observer(batch.count, ContinuousClock.now - started) }
+                if let observer = self.commitObserver.withLock({ $0 }) { observer.call((batch.count, ContinuousClock.now - started)) }
                 self.report(.committed(through: through))
                 continue
             }
