@@ -7,13 +7,22 @@ public struct TraceContext: Sendable, Equatable, CustomStringConvertible {
     public let parentID: String
     public let flags: String
 
+    /// Checked byte by byte (it runs for every task document and offer): `00-` 32 hex `-` 16 hex `-` 2 hex, lowercase,
+    /// ids not all zero.
     public init?(_ text: String) {
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count == 4, parts[0] == "00", parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
-            (parts[1] + parts[2] + parts[3]).allSatisfy({ $0.isHexDigit && !$0.isUppercase }),
-            parts[1] != String(repeating: "0", count: 32), parts[2] != String(repeating: "0", count: 16)
+        let bytes = Array(text.utf8)
+        guard bytes.count == 55, bytes[0] == UInt8(ascii: "0"), bytes[1] == UInt8(ascii: "0"), bytes[2] == UInt8(ascii: "-"),
+            bytes[35] == UInt8(ascii: "-"), bytes[52] == UInt8(ascii: "-")
         else { return nil }
-        (self.traceID, self.parentID, self.flags) = (parts[1], parts[2], parts[3])
+        func isHex(_ range: Range<Int>) -> Bool {
+            bytes[range].allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+        }
+        guard isHex(3..<35), isHex(36..<52), isHex(53..<55),
+            bytes[3..<35].contains(where: { $0 != 48 }), bytes[36..<52].contains(where: { $0 != 48 })
+        else { return nil }
+        self.traceID = String(decoding: bytes[3..<35], as: UTF8.self)
+        self.parentID = String(decoding: bytes[36..<52], as: UTF8.self)
+        self.flags = String(decoding: bytes[53..<55], as: UTF8.self)
     }
 
     public init(traceID: String, parentID: String, flags: String = "01") {

@@ -74,9 +74,10 @@ extension MeshNode {
         case refused(ControlResponse)
     }
 
-    func checkIdempotency(_ request: ControlRequest, canonical parts: [[UInt8]], kind: String) -> IdempotencyCheck {
-        let digest = Hex.encode(SHA256.hash(parts.flatMap { $0 + [0] }))
-        guard let key = request.headers["idempotency-key"] else { return .proceed(key: nil, digest: digest) }
+    /// The request is digested only when it carries a key.
+    func checkIdempotency(_ request: ControlRequest, canonical parts: @autoclosure () -> [[UInt8]], kind: String) -> IdempotencyCheck {
+        guard let key = request.headers["idempotency-key"] else { return .proceed(key: nil, digest: "") }
+        let digest = Hex.encode(SHA256.hash(parts().flatMap { $0 + [0] }))
         guard IdempotencyBook.isValid(key) else {
             return .refused(.error(400, "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces"))
         }
