@@ -52,6 +52,8 @@ struct IdempotencyBook {
         return dropped
     }
 
+    mutating func forget(_ key: String) { self.records[key] = nil }
+
     /// The store's id for a key's record.
     static func documentID(_ key: String) -> TaskID {
         let digest = SHA256.hash(Array("agentmesh idempotency key \(key)".utf8))
@@ -102,6 +104,11 @@ extension MeshNode {
             changes.append(.forgetDocument(kind: IdempotencyBook.document, id: IdempotencyBook.documentID(dropped)))
         }
         self.taskStore?.enqueue(changes)
+    }
+
+    func forgetIdempotencyKey(_ key: String) {
+        self.idempotency.forget(key)
+        self.taskStore?.enqueue([.forgetDocument(kind: IdempotencyBook.document, id: IdempotencyBook.documentID(key))])
     }
 
     func restoreIdempotencyKeys() {

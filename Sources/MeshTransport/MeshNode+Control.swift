@@ -210,6 +210,8 @@ extension MeshNode {
         self.whenStored(self.taskStore?.lastQueued ?? 0) { error in
             if let error {
                 self.runSubmitter { $0.abandon(id) }
+                // Nothing was submitted, so the key is free again: a retry must submit, not find a task that never was.
+                if let idempotencyKey { self.forgetIdempotencyKey(idempotencyKey) }
                 return respond(.error(507, "the task could not be stored: \(error.description); nothing was submitted"))
             }
             guard let wait else { return respond(self.taskDocument(id, status: 202)) }

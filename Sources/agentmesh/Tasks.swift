@@ -86,8 +86,9 @@ struct Submit: ParsableCommand {
             capability: self.capability, input: ControlAPI.JSONValue(value), timeoutSeconds: self.timeout,
             maxAttempts: self.maxAttempts, waitForCapability: self.waitForCapability ? true : nil, callback: self.callback,
             callbackEvents: self.callbackAllStates ? "all" : nil, context: self.context, inputTimeoutSeconds: self.inputTimeout,
-            // An agent that submits a task carries its own trace on (it runs with TRACEPARENT set).
-            traceparent: ProcessInfo.processInfo.environment["TRACEPARENT"]))
+            // An agent that submits a task carries its own trace on (it runs with TRACEPARENT set); a malformed one
+            // is left out rather than failing the submission.
+            traceparent: ProcessInfo.processInfo.environment["TRACEPARENT"].flatMap { TraceContext($0)?.description }))
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
         var headers: [String: String] = [:]
         if let key = self.idempotencyKey {
