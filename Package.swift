@@ -100,7 +100,7 @@ let package = Package(
         .target(
             name: "MeshTestKit",
             dependencies: [
-                "MeshCore", "MeshCrypto", "MeshWire", "MeshControl",
+                "MeshCore", "MeshCrypto", "MeshWire", "MeshControl", "MeshWorkflows",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

@@ -2,6 +2,7 @@ import MeshControl
 import MeshCore
 import MeshCrypto
 import MeshWire
+import MeshWorkflows
 import NIOCore
 
 /// Entry points for fuzzing every decoder that reads a peer's or a user's bytes. Each one must return normally for
@@ -10,7 +11,7 @@ import NIOCore
 public enum FuzzTargets {
     public static let names = [
         "frames", "hello", "finish", "response", "payload", "message", "membership", "identity-line", "toml",
-        "audit-log", "config", "submit-json",
+        "audit-log", "config", "submit-json", "workflow",
     ]
 
     /// Runs the named target; false if there is no such target.
@@ -31,9 +32,26 @@ public enum FuzzTargets {
         case "config": _ = try? RunConfiguration(parsing: String(decoding: data, as: UTF8.self))
         // A submission's body on the control API.
         case "submit-json": _ = try? ControlAPI.SubmitRequest(parsing: data)
+        // A workflow document (POST /v1/workflows, workflow run), then a run of it driven to its end.
+        case "workflow": workflow(data)
         default: return false
         }
         return true
+    }
+
+    /// Parses a definition; a valid one runs with the document itself as the input, every task ending with the
+    /// document as its output (then failing, to drive the compensations), until nothing is left to run.
+    private static func workflow(_ data: [UInt8]) {
+        guard let document = try? JSON(parsing: data), let definition = try? WorkflowDefinition(parsing: document) else { return }
+        var run = WorkflowRun(id: TaskID(high: 1, low: 2), definition: definition, input: document, time: 0)
+        var pending = run.start(time: 0)
+        var rounds = 0
+        while let directive = pending.first, rounds < 10_000 {
+            pending.removeFirst()
+            rounds += 1
+            guard case .submit(let task) = directive else { continue }
+            pending += run.taskEnded(task.id, rounds % 3 == 0 ? .failed("fuzz") : .completed(data), time: Int64(rounds))
+        }
     }
 
     /// Fixed keys, so that inputs replay exactly.
