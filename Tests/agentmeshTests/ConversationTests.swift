@@ -131,3 +131,68 @@ import Testing
         #expect(try run("talk-1").executedBy == moved.executedBy)
     }
 }
+
+/// `http:` agents that stream (NDJSON, SSE) and that ask back (202 input_required), with a Python service.
+@Suite(.serialized) struct HTTPAgentStreamingTests {
+    typealias Node = MeshProcessTests.Node
+
+    @Test func anHTTPAgentStreamsProgressAndAsksBack() throws {
+        let (root, _, _) = try MeshProcessTests.scratch("http", ["a", "b"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let service = try SpawnedProcess("/usr/bin/env", ["python3", "-c", """
+            import json, time
+            from http.server import BaseHTTPRequestHandler, HTTPServer
+            class Agent(BaseHTTPRequestHandler):
+                protocol_version = "HTTP/1.0"
+                def do_POST(self):
+                    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                    if self.path == "/ask":
+                        if self.headers.get("X-AgentMesh-Reply") != "1":
+                            answer = json.dumps({"input_required": {"prompt": "which color?"}, "state": {"asked": 1}}).encode()
+                            self.send_response(202); self.send_header("Content-Type", "application/json")
+                            self.send_header("Content-Length", str(len(answer))); self.end_headers(); self.wfile.write(answer); return
+                        answer = json.dumps({"color": body["reply"]["color"], "state": body["state"], "input": body["input"]}).encode()
+                        self.send_response(200); self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(answer))); self.end_headers(); self.wfile.write(answer); return
+                    self.send_response(200)
+                    if self.path == "/sse":
+                        self.send_header("Content-Type", "text/event-stream"); self.end_headers()
+                        for i in range(3):
+                            self.wfile.write(f"event: progress\\ndata: {json.dumps({'token': i})}\\n\\n".encode()); self.wfile.flush(); time.sleep(0.05)
+                        self.wfile.write(b'event: result\\ndata: {"answer": 42}\\n\\n')
+                    else:
+                        self.send_header("Content-Type", "application/x-ndjson"); self.end_headers()
+                        for i in range(3):
+                            self.wfile.write((json.dumps({"token": i}) + "\\n").encode()); self.wfile.flush(); time.sleep(0.05)
+                        self.wfile.write(b'{"result": {"answer": 7}}\\n')
+                def log_message(self, *args): pass
+            server = HTTPServer(("127.0.0.1", 0), Agent)
+            print(server.server_address[1], flush=True)
+            server.serve_forever()
+            """])
+        defer { service.signal(SIGKILL) }
+        let port = try #require(service.waitForLine { !$0.isEmpty }).trimmingCharacters(in: .whitespacesAndNewlines)
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: [
+            "sse=http:http://127.0.0.1:\(port)/sse", "nd=http:http://127.0.0.1:\(port)/nd", "ask=http:http://127.0.0.1:\(port)/ask",
+        ])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.count == 3 })
+        for (capability, answer) in [("sse", 42), ("nd", 7)] {
+            let followed = try CommandLineTests.agentmesh("submit", "--home", a.home, "--capability", capability, "--input", "{}", "--follow")
+            #expect(followed.status == 0, "\(followed.stderr)")
+            #expect(followed.stdout == #"{"token":0}"# + "\n" + #"{"token":1}"# + "\n" + #"{"token":2}"# + "\n" + #"{"answer":\#(answer)}"# + "\n",
+                    "\(capability): \(followed.stdout)")
+        }
+        let asked = try CommandLineTests.agentmesh("submit", "--home", a.home, "--capability", "ask", "--input", #"{"item": "car"}"#)
+        let id = asked.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        func task() -> ControlAPI.TaskInfo? { try? a.client.get("/v1/tasks/\(id)", as: ControlAPI.TaskInfo.self) }
+        #expect(MeshProcessTests.waitUntil { task()?.state == "input_required" })
+        #expect(task()?.question == ControlAPI.JSONValue(["prompt": "which color?"]))
+        #expect(try CommandLineTests.agentmesh("reply", "--home", a.home, String(id.prefix(8)), "--input", #"{"color": "red"}"#).status == 0)
+        #expect(MeshProcessTests.waitUntil { task()?.state == "completed" })
+        #expect(task()?.result == ControlAPI.JSONValue(["color": "red", "state": ["asked": 1], "input": ["item": "car"]]),
+                "the resumed POST carried the input, the answer and the agent's state")
+    }
+}
