@@ -88,3 +88,22 @@ import Testing
         #expect(message.hasPrefix("unknown state 'dancing': use one of submitted"))
     }
 }
+
+/// Which callback targets a node refuses (SSRF), from the URL alone.
+@Suite struct CallbackAddressTests {
+    @Test func privateLoopbackLinkLocalAndMulticastAddressesAreRefused() {
+        for address in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
+                        "100.64.0.1", "0.0.0.0", "224.0.0.1", "::1", "::", "fe80::1", "fd00::1", "ff02::1", "::ffff:10.0.0.1"] {
+            #expect(CallbackAddress.isPrivate(address) == true, "\(address)")
+        }
+        for address in ["8.8.8.8", "172.32.0.1", "192.169.0.1", "2606:4700::1111", "::ffff:1.1.1.1"] {
+            #expect(CallbackAddress.isPrivate(address) == false, "\(address)")
+        }
+        #expect(CallbackAddress.isPrivate("example.com") == nil, "a name is judged once resolved")
+        #expect(CallbackAddress.refusal("http://localhost:8080/x", allowPrivate: false)?.contains("private, loopback") == true)
+        #expect(CallbackAddress.refusal("http://[::1]/x", allowPrivate: false) != nil)
+        #expect(CallbackAddress.refusal("ftp://example.com/x", allowPrivate: false)?.contains("http:// or https://") == true)
+        #expect(CallbackAddress.refusal("https://hooks.example.com/x", allowPrivate: false) == nil)
+        #expect(CallbackAddress.refusal("http://127.0.0.1/x", allowPrivate: true) == nil)
+    }
+}
