@@ -201,16 +201,12 @@ import Testing
                         self.send_response(503); self.end_headers(); return
                     mac = hmac.new(b"\(secret)", self.headers["X-AgentMesh-Timestamp"].encode() + b"." + body, hashlib.sha256).hexdigest()
                     ok = self.headers["X-AgentMesh-Signature"] == "sha256=" + mac
-                    print(self.headers["X-AgentMesh-Event"], "signed" if ok else "FORGED", json.loads(body)["result"], flush=True)
+                    print(self.headers["X-AgentMesh-Event"], "signed" if ok else "FORGED", json.loads(body).get("result"), flush=True)
                     self.send_response(204); self.end_headers()
-                    sys.exit(0)
                 def log_message(self, *args): pass
             server = HTTPServer(("127.0.0.1", 0), Hook)
             print(server.server_address[1], flush=True)
-            try:
-                server.serve_forever()
-            except SystemExit:
-                pass
+            server.serve_forever()
             """
         let hook = try SpawnedProcess("/usr/bin/python3", ["-c", receiver])
         defer { hook.signal(SIGKILL) }
@@ -221,6 +217,15 @@ import Testing
         let delivered = hook.waitForLine(timeout: .seconds(20)) { $0.contains("task.") }
         #expect(delivered?.trimmingCharacters(in: .whitespacesAndNewlines) == "task.completed signed {'x': 1}",
                 "delivered after one 503, signed: \(delivered ?? "nothing")")
+        // Every state change, when asked: the task's way through the mesh, then its end.
+        let all = try CommandLineTests.agentmesh(
+            "submit", "--home", b.home, "--capability", "echo", "--input", "{\"y\": 2}", "--callback", "http://127.0.0.1:\(port)/hook",
+            "--callback-all-states")
+        #expect(all.status == 0, "\(all.stderr)")
+        // Each delivery is its own POST: they may arrive in any order.
+        #expect(hook.waitForLine(timeout: .seconds(20)) { $0.hasPrefix("task.completed signed {'y': 2}") } != nil)
+        #expect(hook.waitForLine(timeout: .seconds(20)) { $0.hasPrefix("task.offered signed") || $0.hasPrefix("task.running signed") } != nil,
+                "\(hook.stdout)")
     }
 }
 
