@@ -234,8 +234,8 @@ extension MeshNode {
     }
 }
 
-/// A value handed to exactly one other thread.
-struct Unchecked<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
+/// A value handed to exactly one other thread (JSON values from `JSONSerialization`, closures kept on the loop).
+package struct Unchecked<Value>: @unchecked Sendable {
+    package let value: Value
+    package init(_ value: Value) { self.value = value }
 }

@@ -344,7 +344,7 @@ extension MeshNode {
     }
 
     /// A member's name as task documents show it.
-    private func displayName(_ id: NodeID) -> String {
+    func displayName(_ id: NodeID) -> String {
         id == self.identity.nodeID ? self.identity.name : (self.membership.member(id)?.record.name ?? id.short)
     }
 

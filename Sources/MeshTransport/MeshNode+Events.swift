@@ -121,7 +121,7 @@ extension MeshNode {
             let waiting = self.eventBus.waiting(for: event.id)
             let published = ControlAPI.PublishedEvent(
                 id: event.id.description, topic: topic, members: members.count,
-                waitingFor: waiting.map(self.memberDisplayName).sorted())
+                waitingFor: waiting.map(self.displayName).sorted())
             respond(.json(published, status: waiting.isEmpty ? 200 : 202))
         }
         // Answered once the event is stored here and every live member has it (or the wait ran out).
@@ -154,15 +154,11 @@ extension MeshNode {
             events: records.map { record in
                 ControlAPI.EventInfo(
                     sequence: record.sequence, id: record.event.id.description, topic: record.event.topic,
-                    origin: self.memberDisplayName(record.event.origin), time: Date(timeIntervalSince1970: Double(record.event.time) / 1000),
+                    origin: self.displayName(record.event.origin), time: Date(timeIntervalSince1970: Double(record.event.time) / 1000),
                     data: ControlAPI.JSONValue((try? JSONSerialization.jsonObject(with: Data(record.event.data), options: [.fragmentsAllowed])) ?? NSNull()),
                     outcomes: record.outcomes.isEmpty ? nil : record.outcomes)
             },
             next: records.last?.sequence ?? max(after, 0))
-    }
-
-    func memberDisplayName(_ id: NodeID) -> String {
-        id == self.identity.nodeID ? self.identity.name : (self.membership.member(id)?.record.name ?? id.short)
     }
 
     // MARK: - Subscriptions
@@ -179,24 +175,45 @@ extension MeshNode {
                 let run = self.startWorkflow(definition, input: input, callback: nil)
                 self.runEventBus { $0.handled(event.id, by: key, outcome: "workflow \(run)") }
             case .executor(let executor):
+                guard self.subscriberQueue.count < Self.maximumWaitingSubscriberRuns else {
+                    self.logger.warning("an event was not acted on: too many wait for this node's subscribers", metadata: [
+                        "event": "\(event.id)", "subscription": "\(key)", "waiting": "\(self.subscriberQueue.count)",
+                    ])
+                    self.runEventBus { $0.handled(event.id, by: key, outcome: "dropped: \(Self.maximumWaitingSubscriberRuns) events already waited") }
+                    continue
+                }
                 self.runEventBus { $0.handled(event.id, by: key, outcome: "running") }
-                let input = self.envelope(event)
-                let context = TaskExecution.Context(
-                    taskID: event.id, attempt: 1, deadline: Date().addingTimeInterval(Self.subscriberTimeout.seconds))
-                let loop = self.loop
-                Task {
-                    let outcome = await TaskExecution.run(executor, input: input, timeout: Self.subscriberTimeout, context: context)
-                    loop.execute {
-                        self.assumeIsolated { node in node.subscriberFinished(event.id, key: key, outcome: outcome) }
-                    }
+                self.subscriberQueue.append((event, key, executor))
+            }
+        }
+        self.startSubscriberRuns()
+    }
+
+    static let subscriberTimeout: Duration = .seconds(300)
+    /// Subscriber runs at once, and events waiting for one: peers' events cannot start processes without bound.
+    static let maximumSubscriberRuns = 8
+    static let maximumWaitingSubscriberRuns = 1_000
+
+    private func startSubscriberRuns() {
+        while self.subscriberRuns < Self.maximumSubscriberRuns, !self.subscriberQueue.isEmpty {
+            let (event, key, executor) = self.subscriberQueue.removeFirst()
+            self.subscriberRuns += 1
+            let input = self.envelope(event)
+            let context = TaskExecution.Context(
+                taskID: event.id, attempt: 1, deadline: Date().addingTimeInterval(Self.subscriberTimeout.seconds))
+            let loop = self.loop
+            Task {
+                let outcome = await TaskExecution.run(executor, input: input, timeout: Self.subscriberTimeout, context: context)
+                loop.execute {
+                    self.assumeIsolated { node in node.subscriberFinished(event.id, key: key, outcome: outcome) }
                 }
             }
         }
     }
 
-    static let subscriberTimeout: Duration = .seconds(300)
-
     private func subscriberFinished(_ id: TaskID, key: String, outcome: TaskOutcome) {
+        self.subscriberRuns -= 1
+        defer { self.startSubscriberRuns() }
         let text: String
         switch outcome {
         case .success: text = "ran"
@@ -218,7 +235,7 @@ extension MeshNode {
         json.key("id")
         json.string(event.id.description)
         json.key("origin")
-        json.string(self.memberDisplayName(event.origin))
+        json.string(self.displayName(event.origin))
         json.key("time")
         json.date(Date(timeIntervalSince1970: Double(event.time) / 1000))
         json.key("topic")

@@ -36,7 +36,7 @@ extension MeshNode {
             }
             self.metrics.increment(
                 "agentmesh_task_attempts_total",
-                [("capability", capability), ("peer", self.memberDisplayName(attempt.peer)), ("outcome", outcome)])
+                [("capability", capability), ("peer", self.displayName(attempt.peer)), ("outcome", outcome)])
         }
         let ran = task.attempts.last { $0.acceptedAt != nil }
         let execution = ran.flatMap { attempt in attempt.acceptedAt.map { ((attempt.endedAt ?? end) - $0).seconds } }
@@ -130,7 +130,7 @@ extension MeshNode {
         func rows(_ summaries: [TaskStats.Key: TaskStats.Summary]) -> [ControlAPI.StatsRow] {
             summaries.map { key, summary in
                 ControlAPI.StatsRow(
-                    capability: key.capability, peer: key.peer.map(self.memberDisplayName), executions: summary.executions,
+                    capability: key.capability, peer: key.peer.map(self.displayName), executions: summary.executions,
                     successRate: summary.successRate,
                     execution: .init(summary.execution.count, summary.execution.quantile(0.5), summary.execution.quantile(0.9),
                                      summary.execution.quantile(0.99), summary.execution.mean),

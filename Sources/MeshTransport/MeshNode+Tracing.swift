@@ -11,7 +11,7 @@ extension MeshNode {
         let span = TraceContext.spanID(of: task.id)
         var attributes = [("agentmesh.task.id", task.id.description), ("agentmesh.capability", task.capability),
                           ("agentmesh.outcome", task.state.rawValue), ("agentmesh.attempts", "\(task.attempts.count)")]
-        if let ran = task.attempts.last(where: { $0.acceptedAt != nil }) { attributes.append(("agentmesh.executed_by", self.memberDisplayName(ran.peer))) }
+        if let ran = task.attempts.last(where: { $0.acceptedAt != nil }) { attributes.append(("agentmesh.executed_by", self.displayName(ran.peer))) }
         if let context = task.options.context { attributes.append(("agentmesh.context", context)) }
         tracer.export(Span(
             traceID: context.traceID, spanID: span, parentID: context.parentID == span ? nil : context.parentID,
@@ -39,7 +39,7 @@ extension MeshNode {
             parentID: offered.parentID, name: "execute \(task.capability)", kind: .server,
             start: self.wallClockDate(for: started), end: self.wallClockDate(for: self.now),
             attributes: [("agentmesh.task.id", task.id.description), ("agentmesh.capability", task.capability),
-                         ("agentmesh.attempt", "\(task.epoch)"), ("agentmesh.submitter", self.memberDisplayName(task.submitter))],
+                         ("agentmesh.attempt", "\(task.epoch)"), ("agentmesh.submitter", self.displayName(task.submitter))],
             error: error))
     }
 }

@@ -117,6 +117,9 @@ public actor MeshNode: Service {
     /// Clients long-polling the event history, and publishers waiting for acknowledgements.
     var eventHistoryWaiters = TaskWaiters()
     var publishWaiters = TaskWaiters()
+    /// Subscriber runs in progress, and the events waiting for one (bounded).
+    var subscriberRuns = 0
+    var subscriberQueue: [(MeshEvent, String, CapabilitySpec.Executor)] = []
     /// Idempotency keys of recent submissions (`Idempotency-Key`), kept in the store too.
     var idempotency = IdempotencyBook()
     /// Prometheus metrics (`GET /metrics`) and the stats of the tasks submitted here (`GET /v1/stats`).

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import MeshControl
+import MeshTransport
 import Synchronization
 
 /// `agentmesh mcp`: a Model Context Protocol server on stdio (JSON-RPC 2.0, one message a line) in front of the
@@ -200,10 +201,4 @@ final class MCPServer: Sendable {
             FileHandle.standardOutput.write(data + Data([0x0A]))
         }
     }
-}
-
-/// A value handed to exactly one other thread.
-struct Unchecked<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }

@@ -116,6 +116,13 @@ import MeshCore
         return (root, root + "/recorder.py", root + "/runs.log")
     }
 
+    /// A TCP port free on loopback now (for `run --http`).
+    static func freePort() throws -> String {
+        try SpawnedProcess.run(
+            "/usr/bin/env", ["python3", "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"]
+        ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     static func initHomes(_ root: String, _ names: [String]) throws {
         for name in names {
             let arguments = ["init", "--home", "\(root)/\(name)", "--name", name]

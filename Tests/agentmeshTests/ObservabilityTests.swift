@@ -133,9 +133,7 @@ import Testing
         try #require(probe.status == 0, "the a2a-sdk package is missing: scripts/test installs it")
         let (root, _, _) = try MeshProcessTests.scratch("a2a", ["a", "b"])
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let free = try SpawnedProcess.run(
-            "/usr/bin/env", ["python3", "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"])
-        let port = free.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let port = try MeshProcessTests.freePort()
         let agent = FileManager.default.currentDirectoryPath + "/scripts/examples/approval_agent.py"
         let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
         defer { for node in [a, b] { node.signal(SIGKILL) } }

@@ -127,16 +127,12 @@ import Testing
     }
 
     @Test func anSSEClientThatReconnectsWithLastEventIDSeesEveryProgressEventOnce() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
-        let root = "/tmp/am-wf-" + UUID().uuidString.prefix(8)
+        let (root, _, _) = try MeshProcessTests.scratch("wf", ["a", "b"])
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try MeshProcessTests.initHomes(root, ["a", "b"])
         let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
         defer { for node in [a, b] { node.signal(SIGKILL) } }
         try b.start(join: nil, capabilities: ["stream=builtin:stream"])
-        let free = try SpawnedProcess.run(
-            "/usr/bin/python3", ["-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"])
-        let port = free.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let port = try MeshProcessTests.freePort()
         try a.start(join: b.address, extra: ["--http", "127.0.0.1:\(port)"])
         #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false })
         let token = try String(contentsOfFile: a.home + "/control.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
