@@ -31,8 +31,10 @@ let package = Package(
             pkgConfig: "libsodium",
             providers: [.apt(["libsodium-dev"])]
         ),
+        // SHA-256 from OpenSSL's libcrypto (Debian's libssl-dev): it uses the CPU's SHA extensions.
+        .systemLibrary(name: "CLibCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // Small typed Swift face over libsodium: keys, signatures, AEAD, hashes. Secrets are wiped on drop.
-        .target(name: "MeshCrypto", dependencies: ["CSodium"], swiftSettings: strictSettings),
+        .target(name: "MeshCrypto", dependencies: ["CSodium", "CLibCrypto"], swiftSettings: strictSettings),
         // Pure state machines and codecs: no sockets, no files, no wall clock.
         .target(
             name: "MeshCore",

@@ -27,7 +27,8 @@ ensure_build_dependencies() {
     command -v swift >/dev/null || die "Swift is not installed (https://www.swift.org/install/linux/)"
     # libcurl4: the http: executor (FoundationNetworking) loads it at run time.
     # libsqlite3-dev: the task store (GRDB over the system SQLite).
-    ensure_packages libsodium-dev libsqlite3-dev pkg-config libcurl4
+    # libssl-dev: SHA-256 with the CPU's SHA extensions (libcrypto), for audit digests and artifacts.
+    ensure_packages libsodium-dev libsqlite3-dev libssl-dev pkg-config libcurl4
 }
 
 # Builds the agentmesh binary (debug unless CONFIGURATION=release) and prints its path.

@@ -1,19 +1,57 @@
 internal import CSodium
+internal import CLibCrypto
 
-/// SHA-256, the Noise hash function and the audit chain's hash.
+/// SHA-256: the Noise hash function, the audit chain's hash and the name of an artifact. OpenSSL's libcrypto
+/// computes it with the CPU's SHA extensions where there are some (about 1.8 GB/s here against libsodium's 0.35).
 public enum SHA256 {
     public static let byteCount = 32
+    /// SHA-256 works on 64-byte blocks: between blocks its whole state is the 32-byte chaining value.
+    public static let blockLength = 64
 
     public static func hash(_ parts: [UInt8]...) -> [UInt8] {
-        ensureSodium()
-        var state = crypto_hash_sha256_state()
-        crypto_hash_sha256_init(&state)
-        for part in parts {
-            part.withUnsafeBufferPointer { _ = crypto_hash_sha256_update(&state, $0.baseAddress, UInt64($0.count)) }
+        var hasher = Hasher()
+        for part in parts { hasher.update(part) }
+        return hasher.finalize()
+    }
+
+    /// Incremental SHA-256 (a value type: a copy is a checkpoint to go back to).
+    public struct Hasher: Sendable {
+        private var context = SHA256_CTX()
+
+        public init() {
+            SHA256_Init(&self.context)
         }
-        var out = [UInt8](repeating: 0, count: byteCount)
-        out.withUnsafeMutableBufferPointer { _ = crypto_hash_sha256_final(&state, $0.baseAddress!) }
-        return out
+
+        public mutating func update(_ bytes: [UInt8]) {
+            bytes.withUnsafeBytes { self.update($0) }
+        }
+
+        public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+            guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+            SHA256_Update(&self.context, base, bytes.count)
+        }
+
+        /// Bytes hashed so far.
+        public var count: UInt64 { (UInt64(self.context.Nh) << 32 | UInt64(self.context.Nl)) >> 3 }
+
+        /// The chaining value after the bytes so far, or nil unless they fill whole blocks: an artifact's owner
+        /// records it at each chunk's end, so a receiver can tell which chunk went wrong without hashing twice.
+        public var chainingValue: [UInt8]? {
+            guard self.count % UInt64(SHA256.blockLength) == 0 else { return nil }
+            return withUnsafeBytes(of: self.context.h) { words in
+                (0..<8).flatMap { index -> [UInt8] in
+                    let word = words.load(fromByteOffset: index * 4, as: UInt32.self)
+                    return [UInt8(word >> 24), UInt8(word >> 16 & 0xFF), UInt8(word >> 8 & 0xFF), UInt8(word & 0xFF)]
+                }
+            }
+        }
+
+        public func finalize() -> [UInt8] {
+            var context = self.context
+            var out = [UInt8](repeating: 0, count: SHA256.byteCount)
+            out.withUnsafeMutableBufferPointer { _ = SHA256_Final($0.baseAddress!, &context) }
+            return out
+        }
     }
 }
 

@@ -120,3 +120,23 @@ import Testing
         #expect(original.allSatisfy { $0 == 0 }, "consuming wipes the caller's copy")
     }
 }
+
+@Suite struct IncrementalSHA256Tests {
+    @Test func incrementalHashingMatchesOneShotAndExposesChainingValuesOnBlockBoundaries() {
+        let bytes = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        var hasher = SHA256.Hasher()
+        hasher.update(Array(bytes[0..<128]))
+        #expect(hasher.count == 128)
+        let checkpoint = hasher
+        #expect(hasher.chainingValue?.count == 32)
+        hasher.update(Array(bytes[128..<129]))
+        #expect(hasher.chainingValue == nil)
+        hasher.update(Array(bytes[129...]))
+        #expect(hasher.finalize() == SHA256.hash(bytes))
+        // A copy is a checkpoint: going back and hashing the rest again gives the same digest.
+        var again = checkpoint
+        again.update(Array(bytes[128...]))
+        #expect(again.finalize() == SHA256.hash(bytes))
+        #expect(SHA256.hash(Array("abc".utf8)) == VectorTests.hex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"))
+    }
+}
