@@ -263,12 +263,15 @@ public enum ControlAPI {
         public let context: String?
         /// Pause the deadline while the agent waits for an answer, for at most this many seconds.
         public let inputTimeoutSeconds: Double?
+        /// Artifacts the task takes, stored on this node first (`POST /v1/artifacts` answers each one's reference).
+        public let artifacts: [ArtifactInfo]?
 
         public init(
             capability: String, input: JSONValue, timeoutSeconds: Double?, maxAttempts: Int?, waitForCapability: Bool? = nil,
             callback: String? = nil, callbackEvents: String? = nil, context: String? = nil, inputTimeoutSeconds: Double? = nil,
-            traceparent: String? = nil
+            traceparent: String? = nil, artifacts: [ArtifactInfo]? = nil
         ) {
+            self.artifacts = artifacts
             self.traceparent = traceparent
             self.context = context
             self.inputTimeoutSeconds = inputTimeoutSeconds
@@ -320,6 +323,35 @@ public enum ControlAPI {
             self.context = try text("context")
             self.traceparent = try text("traceparent")
             self.inputTimeoutSeconds = try number("input_timeout_seconds")?.doubleValue
+            if let value = object["artifacts"], !(value is NSNull) {
+                guard let list = value as? [Any], list.count <= 64 else { throw SubmitError() }
+                self.artifacts = try list.map { item throws(SubmitError) in
+                    guard let fields = item as? [String: Any], let digest = fields["sha256"] as? String else { throw SubmitError() }
+                    return ArtifactInfo(
+                        sha256: digest, size: (fields["size"] as? NSNumber)?.uint64Value ?? 0,
+                        mediaType: fields["media_type"] as? String, name: fields["name"] as? String)
+                }
+            } else {
+                self.artifacts = nil
+            }
+        }
+    }
+
+    /// An artifact's reference: `POST /v1/artifacts` answers one, a submission lists them under `artifacts`, and a
+    /// task shows its input's (`artifacts`) and its result's (`result_artifacts`). Fetch the bytes with
+    /// `GET /v1/artifacts/SHA256`.
+    public struct ArtifactInfo: Codable, Sendable, Equatable {
+        public let sha256: String
+        public let size: UInt64
+        /// Taken from the stored artifact when a submission leaves it out.
+        public let mediaType: String?
+        public let name: String?
+
+        public init(sha256: String, size: UInt64, mediaType: String?, name: String?) {
+            self.sha256 = sha256
+            self.size = size
+            self.mediaType = mediaType
+            self.name = name
         }
     }
 
@@ -362,12 +394,18 @@ public enum ControlAPI {
         public let question: JSONValue?
         /// The W3C trace the task belongs to.
         public let traceId: String?
+        /// The artifacts the task took, and those its result gave (`GET /v1/artifacts/SHA256` for the bytes).
+        public let artifacts: [ArtifactInfo]?
+        public let resultArtifacts: [ArtifactInfo]?
 
         package init(
             id: String, capability: String, state: String, submittedAt: Date, deadline: Date, attempts: [AttemptInfo],
             executedBy: String?, finishedAt: Date? = nil, result: JSONValue?, error: String?, waiting: String? = nil,
-            context: String? = nil, question: JSONValue? = nil, traceId: String? = nil
+            context: String? = nil, question: JSONValue? = nil, traceId: String? = nil, artifacts: [ArtifactInfo]? = nil,
+            resultArtifacts: [ArtifactInfo]? = nil
         ) {
+            self.artifacts = artifacts
+            self.resultArtifacts = resultArtifacts
             self.traceId = traceId
             self.context = context
             self.question = question
@@ -745,6 +783,15 @@ public struct ControlResponse: Sendable {
     public var contentType = "application/json"
     /// A body written over time (server-sent events): the server writes the head, then hands `stream` the sink.
     package var stream: (@Sendable (ControlStreamSink) -> Void)?
+    /// A body that is a file (an artifact), sent from the file with `sendfile`, never read into memory.
+    package var file: (path: String, size: UInt64)?
+
+    package static func file(_ path: String, size: UInt64, contentType: String) -> ControlResponse {
+        var response = ControlResponse(status: 200, body: [])
+        response.contentType = contentType
+        response.file = (path, size)
+        return response
+    }
 
     /// A `text/event-stream` answer whose events `start` writes to the sink it is given.
     package static func eventStream(_ start: @escaping @Sendable (ControlStreamSink) -> Void) -> ControlResponse {

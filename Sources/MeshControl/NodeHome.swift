@@ -29,6 +29,8 @@ public struct NodeHome: Sendable {
     public var taskStorePath: String { self.path + "/node.sqlite" }
     public var controlTokenPath: String { self.path + "/control.token" }
     public var auditDirectory: String { self.path + "/audit" }
+    /// Artifacts by SHA-256 (`HEX`, with `HEX.chain` and `HEX.meta`), downloads in progress in `partial/`.
+    public var artifactsDirectory: String { self.path + "/artifacts" }
     public var configPath: String { self.path + "/config.toml" }
 
     // MARK: - init

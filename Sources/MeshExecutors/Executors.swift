@@ -26,13 +26,19 @@ package enum TaskExecution {
         package let contextID: String?
         /// W3C trace context whose parent is the executing node's span (`TRACEPARENT`, `traceparent`).
         package let traceparent: String?
+        /// Where the run's artifacts are: nil for runs that take and give none (builtin agents).
+        package let artifacts: ArtifactFolders?
 
-        package init(taskID: TaskID, attempt: UInt32, deadline: Date, contextID: String? = nil, traceparent: String? = nil) {
+        package init(
+            taskID: TaskID, attempt: UInt32, deadline: Date, contextID: String? = nil, traceparent: String? = nil,
+            artifacts: ArtifactFolders? = nil
+        ) {
             self.taskID = taskID
             self.attempt = attempt
             self.deadline = deadline
             self.contextID = contextID
             self.traceparent = traceparent
+            self.artifacts = artifacts
         }
 
         var fields: [(name: String, value: String)] {
@@ -48,6 +54,10 @@ package enum TaskExecution {
                 ("AGENTMESH_" + $0.name.uppercased().replacingOccurrences(of: "-", with: "_"), $0.value)
             })
             if let traceparent = self.traceparent { environment["TRACEPARENT"] = traceparent }
+            if let artifacts = self.artifacts {
+                environment["AGENTMESH_ARTIFACTS_IN"] = artifacts.input
+                environment["AGENTMESH_ARTIFACTS_OUT"] = artifacts.output
+            }
             return environment
         }
     }
@@ -96,7 +106,8 @@ package enum TaskExecution {
                 answers: channels.answers)
         case .http(let url):
             return await self.postUntilAnswered(
-                url: url, input: input, timeout: timeout, headers: context.fields, traceparent: context.traceparent, channels: channels)
+                url: url, input: input, timeout: timeout, headers: context.fields, traceparent: context.traceparent,
+                artifacts: context.artifacts, channels: channels)
         }
     }
 
@@ -114,13 +125,14 @@ package enum TaskExecution {
     /// answer is given it is POSTed `{"input": …, "reply": …, "state": …}` with `X-AgentMesh-Reply: 1`.
     private static func postUntilAnswered(
         url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)], traceparent: String?,
-        channels: Channels
+        artifacts: ArtifactFolders?, channels: Channels
     ) async -> TaskOutcome {
         var body = input
         var extra: [(name: String, value: String)] = []
         for _ in 0..<100 {
             let outcome = await self.post(
-                url: url, input: body, timeout: timeout, headers: headers + extra, traceparent: traceparent, progress: channels.progress)
+                url: url, input: body, timeout: timeout, headers: headers + extra, traceparent: traceparent, artifacts: artifacts,
+                progress: channels.progress)
             guard case .asking(let question, let state) = outcome else { return outcome.taskOutcome }
             channels.question(question)
             guard let reply = await channels.answers.next() else { return .canceled }
@@ -240,20 +252,35 @@ package enum TaskExecution {
     /// result, or an `{"error": "…"}` line (an event named `error`) fails the run.
     private static func post(
         url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)], traceparent: String?,
-        progress: @escaping @Sendable ([[UInt8]]) -> Void
+        artifacts: ArtifactFolders?, progress: @escaping @Sendable ([[UInt8]]) -> Void
     ) async -> HTTPOutcome {
         guard let endpoint = URL(string: url) else { return .done(.failure("invalid URL \(url)")) }
         var request = URLRequest(url: endpoint, timeoutInterval: Double(timeout.components.seconds) + 1)
         request.httpMethod = "POST"
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        request.setValue("application/json, application/x-ndjson, text/event-stream", forHTTPHeaderField: "Accept")
+        request.setValue(
+            "application/json, application/x-ndjson, text/event-stream" + (artifacts == nil ? "" : ", multipart/form-data"),
+            forHTTPHeaderField: "Accept")
         for header in headers { request.setValue(header.value, forHTTPHeaderField: "X-AgentMesh-" + header.name) }
         if let traceparent { request.setValue(traceparent, forHTTPHeaderField: "traceparent") }
-        request.httpBody = Data(input)
-        let answer = HTTPAnswer(url: url, progress: progress)
+        // With input artifacts the body is multipart, written to a file first and sent from it.
+        var bodyFile: URL?
+        if let artifacts, !artifacts.inputs.isEmpty {
+            let path = artifacts.scratch + "/request"
+            do {
+                let boundary = try Multipart.writeRequest(to: path, json: input, inputs: artifacts.inputs)
+                request.setValue("multipart/form-data; boundary=\(boundary)", forHTTPHeaderField: "Content-Type")
+                bodyFile = URL(fileURLWithPath: path)
+            } catch {
+                return .done(.failure("cannot prepare the artifacts for \(url): \(error)"))
+            }
+        } else {
+            request.httpBody = Data(input)
+        }
+        let answer = HTTPAnswer(url: url, artifacts: artifacts, progress: progress)
         let session = URLSession(configuration: .ephemeral, delegate: answer, delegateQueue: nil)
         defer { session.finishTasksAndInvalidate() }
-        let task = session.dataTask(with: request)
+        let task = bodyFile.map { session.uploadTask(with: request, fromFile: $0) } ?? session.dataTask(with: request)
         let ending: HTTPAnswer.Ending = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 answer.whenDone { continuation.resume(returning: $0) }
@@ -297,9 +324,13 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
         case failed(any Error)
     }
 
-    private enum Format { case whole, ndjson, sse }
+    private enum Format { case whole, ndjson, sse, multipart }
 
     private let url: String
+    private let artifacts: ArtifactFolders?
+    /// A multipart answer, written to the scratch folder as it arrives.
+    private var multipartBody: FileHandle?
+    private var multipartType = ""
     private let progress: @Sendable ([[UInt8]]) -> Void
     private let lock = NSLock()
     private var status = 0
@@ -314,8 +345,9 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
     private var done: ((Ending) -> Void)?
     private var ending: Ending?
 
-    init(url: String, progress: @escaping @Sendable ([[UInt8]]) -> Void) {
+    init(url: String, artifacts: ArtifactFolders?, progress: @escaping @Sendable ([[UInt8]]) -> Void) {
         self.url = url
+        self.artifacts = artifacts
         self.progress = progress
     }
 
@@ -339,15 +371,25 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
                 self.format = .ndjson
             } else if type.hasPrefix("text/event-stream") {
                 self.format = .sse
+            } else if type.hasPrefix("multipart/form-data"), let artifacts = self.artifacts {
+                let path = artifacts.scratch + "/answer"
+                _ = FileManager.default.createFile(atPath: path, contents: nil)
+                self.multipartBody = FileHandle(forWritingAtPath: path)
+                self.multipartType = http?.value(forHTTPHeaderField: "Content-Type") ?? ""
+                self.format = .multipart
             }
         }
-        if self.format != .whole {
+        if self.format == .ndjson || self.format == .sse {
             self.lines = LineSplitter(keepsBlankLines: self.format == .sse) { [weak self] lines in self?.streamed(lines) }
         }
         completionHandler(.allow)
     }
 
     func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
+        if let file = self.multipartBody {
+            if (try? file.write(contentsOf: data)) == nil { self.overflowed = true }
+            return
+        }
         if let lines = self.lines {
             lines.append(Array(data))
             return
@@ -399,6 +441,19 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
             let isFinal = (400..<500).contains(self.status) && self.status != 408 && self.status != 429
             return isFinal ? .rejected(sentence) : .failure(sentence)
         }
+        if self.format == .multipart, let artifacts = self.artifacts {
+            try? self.multipartBody?.close()
+            guard !self.overflowed else { return .failure("cannot keep \(url)'s answer: \(artifacts.scratch) is not writable") }
+            do {
+                let result = try Multipart.readAnswer(from: artifacts.scratch + "/answer", contentType: self.multipartType, into: artifacts.output)
+                guard (try? JSONSerialization.jsonObject(with: Data(result), options: [.fragmentsAllowed])) != nil else {
+                    return .failure("\(url) answered a \"result\" part that is not JSON")
+                }
+                return .success(result)
+            } catch {
+                return .failure("\(url) answered a multipart body that cannot be read: \(error)")
+            }
+        }
         if self.format != .whole {
             return self.streamed ?? .failure("\(url) ended its event stream without a result (send {\"result\": …} last)")
         }
@@ -411,7 +466,7 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
 
     private func streamed(_ lines: [[UInt8]]) {
         switch self.format {
-        case .whole: return
+        case .whole, .multipart: return
         case .ndjson:
             var events: [[UInt8]] = []
             for line in lines where self.streamed == nil {

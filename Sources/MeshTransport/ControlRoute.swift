@@ -48,6 +48,8 @@ enum ControlRoute: Equatable {
     case publish(body: [UInt8])
     /// `GET /v1/events[?topic=T&after=N&limit=L&wait=S]`: the history after N, oldest first
     case events(topic: String?, after: Int, limit: Int, wait: Duration?)
+    /// `GET /v1/artifacts/SHA256`: an artifact's bytes (`POST /v1/artifacts` streams one in, before routing)
+    case artifact(digest: [UInt8])
     /// Answered without the node: a bad path, method or parameter.
     case refused(status: Int, message: String)
 
@@ -80,6 +82,16 @@ enum ControlRoute: Equatable {
         case ("workflows", 2...4): self = Self.workflowRoute(request, parts)
         case ("events", 2): self = Self.eventRoute(request)
         case ("stats", 2): self = request.method == "GET" ? .stats : Self.notAllowed(request)
+        case ("artifacts", 2):
+            self = .refused(status: request.method == "POST" ? 411 : 405, message: request.method == "POST"
+                ? "send the artifact's bytes with a Content-Length" : "POST /v1/artifacts stores an artifact; GET /v1/artifacts/SHA256 fetches one")
+        case ("artifacts", 3):
+            guard request.method == "GET" else { self = Self.notAllowed(request); return }
+            guard let digest = Hex.decode(parts[2].lowercased()), digest.count == 32 else {
+                self = .refused(status: 400, message: "'\(parts[2])' is not a SHA-256 (64 hex digits)")
+                return
+            }
+            self = .artifact(digest: digest)
         default: self = .refused(status: 404, message: "no such endpoint: \(request.path)")
         }
     }

@@ -13,6 +13,14 @@ import MeshControl
 struct ControlServer: Sendable {
     /// Answers one request; called on the server's event loop, which answers by calling `respond` (on any thread).
     typealias Handler = @Sendable (ControlRequest, _ respond: @escaping @Sendable (ControlResponse) -> Void) -> Void
+    /// Starts taking a streamed body (`POST /v1/artifacts`): given the request's head and its Content-Length, the
+    /// upload that takes the bytes, or a refusal sent before any byte is stored.
+    typealias Uploader = @Sendable (ControlRequest, _ length: UInt64) -> UploadStart
+
+    enum UploadStart {
+        case accepted(ArtifactUpload)
+        case refused(ControlResponse)
+    }
 
     static let maximumBodyLength = 4 * 1024 * 1024
     /// Connections open at once; more are closed as they arrive.
@@ -38,7 +46,8 @@ struct ControlServer: Sendable {
     /// Binds the socket. A leftover socket file from a crashed node is replaced; one that a live node answers on is
     /// an error, so two nodes never share a home.
     static func bind(
-        socketPath: String, loop: any EventLoop, idleTimeout: Duration, logger: Logger, handler: @escaping Handler
+        socketPath: String, loop: any EventLoop, idleTimeout: Duration, logger: Logger, handler: @escaping Handler,
+        uploader: @escaping Uploader
     ) async throws -> ControlServer {
         if FileManager.default.fileExists(atPath: socketPath) {
             if ControlClient(socketPath: socketPath).isAnswering() { throw BindError.alreadyRunning(socketPath) }
@@ -49,7 +58,8 @@ struct ControlServer: Sendable {
         defer { umask(previousMask) }
         let channel: any Channel
         do {
-            channel = try await Self.bootstrap(loop: loop, token: nil, idleTimeout: idleTimeout, logger: logger, handler: handler)
+            channel = try await Self.bootstrap(
+                loop: loop, token: nil, idleTimeout: idleTimeout, logger: logger, handler: handler, uploader: uploader)
                 .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: false).get()
         } catch {
             throw BindError.cannotBind(socketPath, "\(error)")
@@ -61,11 +71,12 @@ struct ControlServer: Sendable {
     /// Binds a TCP listener that answers only requests carrying `token`.
     static func bind(
         http address: HostAndPort, token: String, loop: any EventLoop, idleTimeout: Duration, logger: Logger,
-        handler: @escaping Handler
+        handler: @escaping Handler, uploader: @escaping Uploader
     ) async throws -> ControlServer {
         let channel: any Channel
         do {
-            channel = try await Self.bootstrap(loop: loop, token: token, idleTimeout: idleTimeout, logger: logger, handler: handler)
+            channel = try await Self.bootstrap(
+                loop: loop, token: token, idleTimeout: idleTimeout, logger: logger, handler: handler, uploader: uploader)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .bind(host: address.host, port: address.port).get()
         } catch {
@@ -75,7 +86,8 @@ struct ControlServer: Sendable {
     }
 
     private static func bootstrap(
-        loop: any EventLoop, token: String?, idleTimeout: Duration, logger: Logger, handler: @escaping Handler
+        loop: any EventLoop, token: String?, idleTimeout: Duration, logger: Logger, handler: @escaping Handler,
+        uploader: @escaping Uploader
     ) -> ServerBootstrap {
         let open = Mutex(0)
         return ServerBootstrap(group: loop, childGroup: loop)
@@ -94,7 +106,8 @@ struct ControlServer: Sendable {
                     try child.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: TimeAmount(idleTimeout)))
                     try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try child.pipeline.syncOperations.addHandler(
-                        ControlHTTPHandler(bearerToken: token, logger: logger, handler: handler, loop: child.eventLoop))
+                        ControlHTTPHandler(
+                            bearerToken: token, logger: logger, handler: handler, uploader: uploader, loop: child.eventLoop))
                 }
             }
     }
@@ -123,6 +136,9 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
     private let bearerToken: String?
     private let logger: Logger
     private let handler: ControlServer.Handler
+    private let uploader: ControlServer.Uploader
+    /// The artifact being streamed in, when the request is an upload.
+    private var upload: ArtifactUpload?
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var refusal: ControlResponse?
@@ -133,10 +149,14 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
         var value = 0
     }
 
-    init(bearerToken: String?, logger: Logger, handler: @escaping ControlServer.Handler, loop: any EventLoop) {
+    init(
+        bearerToken: String?, logger: Logger, handler: @escaping ControlServer.Handler, uploader: @escaping ControlServer.Uploader,
+        loop: any EventLoop
+    ) {
         self.bearerToken = bearerToken
         self.logger = logger
         self.handler = handler
+        self.uploader = uploader
         self.inFlight = NIOLoopBound(Counter(), eventLoop: loop)
     }
 
@@ -161,8 +181,23 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
             let isPublic = head.method == .GET && (path == "/v1/health" || path == "/.well-known/agent-card.json")
             self.refusal = isPublic || self.isAuthorized(head)
                 ? nil : .error(401, "send the token from the node's control.token as 'Authorization: Bearer TOKEN'")
+            if self.refusal == nil, head.method == .POST, path == "/v1/artifacts" {
+                // Streamed to disk as it arrives; refused on its announced length before any byte is stored.
+                guard let length = head.headers.first(name: "Content-Length").flatMap({ UInt64($0) }) else {
+                    self.refusal = .error(411, "send the artifact's bytes with a Content-Length")
+                    return
+                }
+                switch self.uploader(Self.request(head, body: []), length) {
+                case .accepted(let upload): self.upload = upload
+                case .refused(let refusal): self.refusal = refusal
+                }
+            }
         case .body(let buffer):
             guard self.refusal == nil else { return }
+            if let upload = self.upload {
+                upload.write(buffer, channel: context.channel)
+                return
+            }
             if self.body.count + buffer.readableBytes > ControlServer.maximumBodyLength {
                 self.refusal = .error(413, "request body exceeds \(ControlServer.maximumBodyLength) bytes")
                 self.body = []
@@ -183,12 +218,22 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
             }
             if let refusal = self.refusal {
                 respond(refusal)
+            } else if let upload = self.upload {
+                self.upload = nil
+                upload.finish(respond)
             } else {
                 let request = Self.request(head, body: self.body)
                 self.body = []
                 self.handler(request, respond)
             }
         }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // A client gone mid-upload: what it sent is dropped.
+        self.upload?.abort()
+        self.upload = nil
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -219,6 +264,7 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
     /// right after the write would drop whatever the socket had not yet taken (a long task list).
     private static func write(_ response: ControlResponse, keepAlive: Bool, to channel: any Channel) {
         if let stream = response.stream { return Self.stream(response, start: stream, to: channel) }
+        if let file = response.file { return Self.send(file, response, keepAlive: keepAlive, to: channel) }
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: "\(response.body.count)")
@@ -229,6 +275,27 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
         channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: response.body))), promise: nil)
         let written = channel.writeAndFlush(HTTPServerResponsePart.end(nil))
         if !keepAlive { written.whenComplete { _ in channel.close(promise: nil) } }
+    }
+
+    /// A file as the body, with `sendfile`: a gigabyte artifact never passes through the node's memory.
+    private static func send(_ file: (path: String, size: UInt64), _ response: ControlResponse, keepAlive: Bool, to channel: any Channel) {
+        let handle: NIOFileHandle
+        do {
+            handle = try NIOFileHandle(_deprecatedPath: file.path)
+        } catch {
+            return Self.write(.error(404, "the artifact is gone from this node"), keepAlive: keepAlive, to: channel)
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Content-Length", value: "\(file.size)")
+        headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers)), promise: nil)
+        let region = FileRegion(fileHandle: handle, readerIndex: 0, endIndex: Int(file.size))
+        channel.write(HTTPServerResponsePart.body(.fileRegion(region)), promise: nil)
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in
+            try? handle.close()
+            if !keepAlive { channel.close(promise: nil) }
+        }
     }
 
     /// A body written over time, chunked, until the node finishes it or the client goes away; the connection closes

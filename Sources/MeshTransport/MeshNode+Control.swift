@@ -117,6 +117,8 @@ extension MeshNode {
             self.answerWorkflow(reference, version: version, wait: wait, respond: respond)
         case .cancelWorkflow(let reference):
             self.cancelWorkflow(reference, respond: respond)
+        case .artifact(let digest):
+            respond(self.artifactResponse(digest))
         case .refused(let status, let message):
             respond(.error(status, message))
         }
@@ -142,7 +144,13 @@ extension MeshNode {
             return respond(.error(400, "the input is not JSON"))
         }
         guard input.count <= self.settings.maximumTaskInput else {
-            return respond(.error(413, "the input has \(input.count) bytes; this node accepts at most \(self.settings.maximumTaskInput)"))
+            return respond(.error(413, "the input has \(input.count) bytes; this node accepts at most \(self.settings.maximumTaskInput) "
+                + "(run --max-input-bytes); send larger data as artifacts (submit --attach, POST /v1/artifacts)"))
+        }
+        let artifacts: [ArtifactRef]
+        switch self.storedArtifacts(request.artifacts ?? []) {
+        case .success(let found): artifacts = found
+        case .failure(let refusal): return respond(.error(400, refusal.description))
         }
         let timeout = request.timeoutSeconds ?? 60
         guard timeout > 0, timeout <= 86_400 else { return respond(.error(400, "timeout_seconds must be between 0 and 86400")) }
@@ -173,6 +181,7 @@ extension MeshNode {
             Array(request.capability.utf8), Array(input), Array("\(timeout) \(attempts) \(request.waitForCapability == true)".utf8),
             Array((request.callback ?? "").utf8), Array((request.callbackEvents ?? "").utf8),
             Array("\(request.context ?? "") \(request.inputTimeoutSeconds ?? 0)".utf8),
+            artifacts.flatMap { $0.digest + Array($0.name.utf8) },
         ], kind: "task") {
         case .proceed(let key, let hash): (idempotencyKey, digest) = (key, hash)
         case .refused(let response): return respond(response)
@@ -200,10 +209,11 @@ extension MeshNode {
         }
         self.runSubmitter {
             $0.submit(
-                id: id, capability: request.capability, input: Array(input),
+                id: id, capability: request.capability, input: TaskPayload(json: Array(input), artifacts: artifacts).encoded(),
                 timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, options: options, now: self.now)
         }
         if let callback { self.registerWebhook(callback, for: .task(id)) }
+        self.touchArtifacts(artifacts)
         self.metricsTaskSubmitted(request.capability)
         if let idempotencyKey { self.rememberIdempotencyKey(idempotencyKey, digest: digest, target: id, kind: "task") }
         // The client hears "accepted" only once the task is durable.

@@ -19,7 +19,7 @@ extension MeshNode {
     func receive(_ message: WireMessage, bytes: [UInt8], from peer: NodeID, session number: UInt64) {
         let inbound: PeerAccountability.Inbound
         switch message {
-        case .task(let task): inbound = .task(task, digest: SHA256.hash(bytes))
+        case .task(let task): inbound = .task(task, digest: task.auditDigest(wireBytes: bytes))
         case .transcript(let checkpoint): inbound = .transcript(checkpoint)
         case .membership(let membership): inbound = .membership(updates: membership.updates.count)
         case .ping, .pong, .welcome: inbound = .other
@@ -142,7 +142,7 @@ extension MeshNode {
     /// Audits a task message written to a peer; enough unsigned ones get this node's signature.
     func auditSent(_ task: TaskMessage, bytes: [UInt8], on connection: PeerConnection) {
         self.perform(self.accountability.sent(
-            task, digest: SHA256.hash(bytes), session: connection.number, now: self.now,
+            task, digest: task.auditDigest(wireBytes: bytes), session: connection.number, now: self.now,
             time: AuditLog.wallClockMilliseconds()))
     }
 

@@ -18,8 +18,17 @@ extension MeshNode {
         switch message {
         case .offer, .resultAck, .cancel, .resume:
             self.runTaskRunner { $0.receive(message, from: peer, now: self.now) }
-        case .accept, .decline, .result, .held:
+        case .result:
+            guard !self.holdResultForArtifacts(message, from: peer) else { return }
             self.runSubmitter { $0.receive(message, from: peer, now: self.now) }
+        case .accept, .decline, .held:
+            self.runSubmitter { $0.receive(message, from: peer, now: self.now) }
+        case .artifactRequest(let id, let digest, let offset, let length):
+            self.serveArtifact(id, digest: digest, offset: offset, length: length, to: peer)
+        case .artifactChunk(let id, let digest, let offset, let chainingValue, let bytes):
+            self.receiveArtifactChunk(id, digest: digest, offset: offset, chainingValue: chainingValue, bytes: bytes, from: peer)
+        case .artifactUnavailable(let id, let digest, let reason):
+            self.receiveArtifactUnavailable(id, digest: digest, reason: reason, from: peer)
         case .log(let id, let epoch, let chunk):
             guard self.submitter.acceptsLog(id, epoch: epoch, from: peer) else { return }
             self.taskLogs.append(chunk, to: id)
@@ -48,6 +57,11 @@ extension MeshNode {
             submitter.candidatesChanged(self.taskCandidates(), now: now) + submitter.tick(now: now)
         }
         self.runTaskRunner { $0.tick(now: now) }
+        self.artifactTick(now: now)
+        if now - self.artifactsSweptAt > .seconds(600) {
+            self.artifactsSweptAt = now
+            self.sweepArtifacts()
+        }
         self.eventTick(now: now)
         self.advertiseLoadIfChanged(now: now)
     }
@@ -298,13 +312,31 @@ extension MeshNode {
             self.runTaskRunner { $0.finished(task.id, outcome: .success(task.input), now: self.now) }
             return
         }
+        self.prepareArtifacts(for: task, executor: spec.executor) { prepared in
+            // The task may have been canceled or superseded while its inputs arrived.
+            guard self.isRunning, let current = self.runner.task(task.id), current.epoch == task.epoch, current.outcome == nil else { return }
+            switch prepared {
+            case .failure(let error):
+                let sentence = "the task's input artifacts could not be fetched: \(error)"
+                self.runTaskRunner {
+                    $0.finished(task.id, outcome: error.description.contains("(run --") ? .rejected(sentence) : .failure(sentence), now: self.now)
+                }
+            case .success(let (json, folders)):
+                self.run(task, spec: spec, input: json, folders: folders, timeout: timeout)
+            }
+        }
+    }
+
+    private func run(
+        _ task: TaskRunner.AcceptedTask, spec: CapabilitySpec, input: [UInt8], folders: ArtifactFolders?, timeout: Duration
+    ) {
         let answers = AgentInput()
         self.agentInputs[task.id] = answers
         self.metricsExecutionStarted(task.id, capability: task.capability)
         self.executions[task.id] = Task {
             let context = TaskExecution.Context(
                 taskID: task.id, attempt: task.epoch, deadline: self.clock.wallClockDate(for: task.deadline),
-                contextID: task.options.context, traceparent: self.executionTrace(task)?.description)
+                contextID: task.options.context, traceparent: self.executionTrace(task)?.description, artifacts: folders)
             let loop = self.loop
             // Read on a GCD thread; one `execute` per chunk keeps them in order on the node's loop.
             let stderr: @Sendable ([UInt8]) -> Void = { chunk in
@@ -320,8 +352,9 @@ extension MeshNode {
             channels.question = { question in
                 loop.execute { self.assumeIsolated { node in node.runTaskRunner { $0.askedForInput(task.id, question: question) } } }
             }
-            let outcome = await TaskExecution.run(spec.executor, input: task.input, timeout: timeout, context: context, channels: channels)
+            let ran = await TaskExecution.run(spec.executor, input: input, timeout: timeout, context: context, channels: channels)
             answers.close()
+            let outcome = await self.collectArtifacts(folders, outcome: ran)
             self.executionFinished(task.id, outcome: outcome)
         }
     }

@@ -137,7 +137,7 @@ extension MeshNode {
         let outcome: WorkflowTaskOutcome
         switch task.state {
         case .completed:
-            if case .success(let output)? = task.outcome { outcome = .completed(output) } else { outcome = .completed(Array("null".utf8)) }
+            if case .success(let output)? = task.outcome { outcome = .completed(Array(TaskPayload.json(of: output))) } else { outcome = .completed(Array("null".utf8)) }
         case .canceled: outcome = .canceled
         default: outcome = .failed(task.error ?? "\(task.state.rawValue)")
         }

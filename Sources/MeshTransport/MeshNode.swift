@@ -120,6 +120,15 @@ public actor MeshNode: Service {
     /// Subscriber runs in progress, and the events waiting for one (bounded).
     var subscriberRuns = 0
     var subscriberQueue: [(MeshEvent, String, CapabilitySpec.Executor)] = []
+    /// Artifacts by SHA-256 (`DIR/artifacts/`), opened at bind, and the queue all their file work runs on.
+    nonisolated let artifactHolder = Mutex<ArtifactStore?>(nil)
+    nonisolated let artifactQueue = DispatchQueue(label: "agentmesh.artifacts")
+    nonisolated var artifactStore: ArtifactStore? { self.artifactHolder.withLock { $0 } }
+    /// Transfers of artifacts to this node, by hex digest; results held until theirs are here.
+    var artifactPulls: [String: ArtifactPull] = [:]
+    var heldResults: Set<TaskID> = []
+    var artifactFaults = ArtifactFaults.fromEnvironment()
+    var artifactsSweptAt: Duration = .zero
     /// Idempotency keys of recent submissions (`Idempotency-Key`), kept in the store too.
     var idempotency = IdempotencyBook()
     /// Prometheus metrics (`GET /metrics`) and the stats of the tasks submitted here (`GET /v1/stats`).
@@ -218,6 +227,7 @@ public actor MeshNode: Service {
         case alreadyStarted
         case taskStore(String)
         case auditLog(String)
+        case artifactStore(String)
 
         public var description: String {
             switch self {
@@ -225,6 +235,7 @@ public actor MeshNode: Service {
             case .alreadyStarted: return "the node was already started"
             case .taskStore(let why): return why
             case .auditLog(let why): return "\(why) (start with --set-aside-broken-audit to move it aside and begin a new log)"
+            case .artifactStore(let why): return "cannot open the artifact store: \(why)"
             }
         }
     }
@@ -255,6 +266,14 @@ public actor MeshNode: Service {
         } catch {
             throw StartError.auditLog(error.description)
         }
+        do {
+            let artifacts = try ArtifactStore(
+                directory: self.home.artifactsDirectory, maximumArtifact: self.settings.maximumArtifact,
+                capacity: self.settings.artifactCapacity, durable: self.settings.durability == .fsync)
+            self.artifactHolder.withLock { $0 = artifacts }
+        } catch {
+            throw StartError.artifactStore(error.description)
+        }
         let listener: any Channel
         do {
             listener = try await self.makeListener()
@@ -270,7 +289,7 @@ public actor MeshNode: Service {
             control = try await ControlServer.bind(
                 socketPath: self.home.controlSocketPath, loop: self.loop, idleTimeout: self.settings.controlIdleTimeout,
                 logger: self.logger,
-                handler: self.controlHandler)
+                handler: self.controlHandler, uploader: self.artifactUploader)
         } catch {
             try? await listener.close()
             throw error
@@ -281,7 +300,7 @@ public actor MeshNode: Service {
                 let token = try self.home.loadOrCreateControlToken()
                 httpControl = try await ControlServer.bind(
                     http: http, token: token, loop: self.loop, idleTimeout: self.settings.controlIdleTimeout,
-                    logger: self.logger, handler: self.controlHandler)
+                    logger: self.logger, handler: self.controlHandler, uploader: self.artifactUploader)
             } catch {
                 try? await listener.close()
                 await control.close()

@@ -41,10 +41,15 @@ public struct NodeSettings: Sendable {
     /// First and largest delay between re-dials of a join address.
     public var redialInitialDelay: Duration = .milliseconds(250)
     public var redialMaximumDelay: Duration = .seconds(30)
-    /// Largest task input a client may submit, in bytes of JSON.
+    /// Largest task input a client may submit, in bytes of JSON (`run --max-input-bytes`). Larger data goes as
+    /// artifacts.
     public var maximumTaskInput = 1024 * 1024
-    /// The most `maximumTaskInput` may be: a submission's body is at most 4 MiB, JSON around the input included.
-    public static let largestTaskInput = 4 * 1024 * 1024 - 64 * 1024
+    /// The most `maximumTaskInput` may be: an offer is one message of at most 16 MiB, the input and its framing.
+    public static let largestTaskInput = 15 * 1024 * 1024
+    /// The largest artifact this node takes (`run --max-artifact-bytes`), and all of them together
+    /// (`run --artifact-store-bytes`).
+    public var maximumArtifact: UInt64 = 1 << 30
+    public var artifactCapacity: UInt64 = 10 << 30
     /// Also serve the control API over HTTP on this address (keep it on loopback); every request needs the bearer
     /// token in `DIR/control.token`, created on first use.
     public var httpControl: HostAndPort?

@@ -32,6 +32,7 @@ struct TaskDocuments {
     /// Keys in the order `ControlAPI.encoder()` sorts them; absent values are left out, as it leaves out nil.
     func write(_ task: TaskSubmitter.SubmittedTask, into json: inout JSONWriter) {
         json.beginObject()
+        Self.artifacts(TaskPayload.artifacts(of: task.input), key: "artifacts", into: &json)
         json.key("attempts")
         json.beginArray()
         for attempt in task.attempts {
@@ -85,14 +86,16 @@ struct TaskDocuments {
             json.key("question")
             json.raw(JSONText.compacted(question) ?? Array("null".utf8))
         }
-        if case .success(let output)? = task.outcome {
+        if case .success(let bytes)? = task.outcome {
             json.key("result")
             // A result that is not JSON is shown as the text it is.
+            let output = Array(TaskPayload.json(of: bytes))
             if let compact = JSONText.compacted(output) {
                 json.raw(compact)
             } else {
                 json.string(String(decoding: output, as: UTF8.self))
             }
+            Self.artifacts(TaskPayload.artifacts(of: bytes), key: "result_artifacts", into: &json)
         }
         json.key("state")
         json.string(task.state.rawValue)
@@ -107,6 +110,26 @@ struct TaskDocuments {
             json.string(waiting)
         }
         json.endObject()
+    }
+
+    /// A list of artifact references (`ControlAPI.ArtifactInfo`), left out when there are none.
+    static func artifacts(_ artifacts: [ArtifactRef], key: String, into json: inout JSONWriter) {
+        guard !artifacts.isEmpty else { return }
+        json.key(key)
+        json.beginArray()
+        for artifact in artifacts {
+            json.beginObject()
+            json.key("media_type")
+            json.string(artifact.mediaType)
+            json.key("name")
+            json.string(artifact.name)
+            json.key("sha256")
+            json.string(artifact.hex)
+            json.key("size")
+            json.int(Int(artifact.size))
+            json.endObject()
+        }
+        json.endArray()
     }
 
     static func describe(_ outcome: TaskSubmitter.AttemptOutcome) -> String {

@@ -153,7 +153,7 @@ public struct PeerAccountability: Sendable {
             self.sessions[number]?.received.append(digest: digest)
             actions.append(.audit(AuditEntry(
                 .received, time: time, session: number, message: task.tag, task: task.taskID, epoch: task.epoch,
-                digest: digest, detail: Self.trace(of: task)), peer: peer))
+                digest: digest, detail: Self.detail(of: task)), peer: peer))
         case .transcript(let checkpoint):
             return (false, self.checkTranscript(checkpoint, from: peer, session: number, now: now, time: time))
         case .membership, .other:
@@ -166,8 +166,12 @@ public struct PeerAccountability: Sendable {
         // A message stuffed with updates costs accordingly: one token, plus one per 32 updates.
         case .membership(let updates): classes.append((.gossip, 1 + Double(updates / 32)))
         case .task(.offer, _), .task(.event, _), .task(.input, _): classes.append((.offers, 1))
-        case .task(.result, _), .task(.log, _), .task(.progress, _), .task(.eventAck, _), .task(.inputRequired, _):
+        case .task(.result, _), .task(.log, _), .task(.progress, _), .task(.eventAck, _), .task(.inputRequired, _),
+            .task(.artifactUnavailable, _):
             classes.append((.results, 1))
+        // Asking for an artifact costs what is asked for, as if it had been sent here: serving a peer that asks for
+        // the same bytes again and again is a flood like receiving them.
+        case .task(.artifactRequest(_, _, _, let length), _): classes.append((.bytes, Double(length)))
         // Keepalives and unknown kinds cost a gossip token each: a flood of them is a flood like any other.
         case .other: classes.append((.gossip, 1))
         case .task, .transcript: break
@@ -179,10 +183,25 @@ public struct PeerAccountability: Sendable {
         return (true, actions)
     }
 
-    /// An offer's trace context, kept in the audit record so a trace and the record of who did what meet.
-    static func trace(of task: TaskMessage) -> String {
-        guard case .offer(let offer) = task, let traceparent = offer.options.traceparent else { return "" }
-        return "traceparent \(traceparent)"
+    /// An offer's trace context, kept in the audit record so a trace and the record of who did what meet; which
+    /// artifact, and which of its bytes, an artifact message is about.
+    static func detail(of task: TaskMessage) -> String {
+        switch task {
+        case .offer(let offer): return offer.options.traceparent.map { "traceparent \($0)" } ?? ""
+        case .artifactRequest(_, let digest, let offset, let length):
+            return "artifact sha256:\(Hex.encode(digest)) asked \(offset)+\(length)"
+        case .artifactChunk(_, let digest, let offset, _, let bytes):
+            return "artifact sha256:\(Hex.encode(digest)) bytes \(offset)+\(bytes.count)"
+        case .artifactUnavailable(_, let digest, let reason):
+            return "artifact sha256:\(Hex.encode(digest)) unavailable: \(reason)"
+        default: return ""
+        }
+    }
+
+    /// Bytes the peer may still send before its `bytes` limit refuses more: a node pulling an artifact asks for
+    /// no more than this, so an honest transfer slows down instead of getting its peer refused.
+    public func bytesAllowance(for peer: NodeID, now: Duration) -> Double {
+        self.limiter.usage(of: peer, now: now).first { $0.limitClass == .bytes }?.tokensLeft ?? .infinity
     }
 
     /// Over the limit, an offer is declined `rate_limited` and anything else is dropped; a peer that stays over its
@@ -270,7 +289,7 @@ public struct PeerAccountability: Sendable {
         guard var session = self.sessions[number] else { return [] }
         var actions: [Action] = [.audit(AuditEntry(
             .sent, time: time, session: number, message: task.tag, task: task.taskID, epoch: task.epoch, digest: digest,
-            detail: Self.trace(of: task)),
+            detail: Self.detail(of: task)),
             peer: session.peer)]
         session.sent.append(digest: digest)
         if session.firstUnsignedAt == nil { session.firstUnsignedAt = now }

@@ -1,3 +1,5 @@
+import MeshCrypto
+
 /// A task's id: 16 random bytes chosen by the submitting node, written as 32 hex digits. It makes every step of
 /// the task protocol idempotent: a repeated offer, result or acknowledgement for the same id and epoch is harmless.
 public struct TaskID: Hashable, Sendable, Comparable, CustomStringConvertible {
@@ -140,6 +142,13 @@ public enum TaskMessage: Sendable, Equatable {
     case inputRequired(TaskID, epoch: UInt32, question: [UInt8])
     /// Submitter → executor: the answer (JSON), and the time the run has left from now on.
     case input(TaskID, epoch: UInt32, reply: [UInt8], timeRemaining: Duration)
+    /// Either way, from the node that needs an artifact of the task: send `length` bytes of it from `offset`.
+    case artifactRequest(TaskID, digest: [UInt8], offset: UInt64, length: UInt32)
+    /// The answer: bytes of the artifact from `offset`, with the owner's SHA-256 chaining value after them (empty
+    /// after the last chunk, which the whole digest checks), so the receiver spots a damaged chunk at once.
+    case artifactChunk(TaskID, digest: [UInt8], offset: UInt64, chainingValue: [UInt8], bytes: [UInt8])
+    /// The owner cannot serve the artifact for this task (it does not have it, or the task does not reference it).
+    case artifactUnavailable(TaskID, digest: [UInt8], reason: String)
 
     public static let maximumLogChunk = 4 * 1024
     /// One progress event's JSON, at most; an agent's longer event is replaced by a note saying so.
@@ -149,12 +158,15 @@ public enum TaskMessage: Sendable, Equatable {
     public static let maximumProgressBatchBytes = 64 * 1024
 
     public static let maximumInputLength = 16 * 1024 * 1024 - 1024
+    /// An artifact chunk's bytes, at most; requests ask for whole multiples of the SHA-256 block below it.
+    public static let maximumArtifactChunk = 1024 * 1024
 
     /// The message's tag on the wire (1 offer … 8 resume, 9 log).
     public var tag: UInt8 { self.encodedHeaderTag }
 
     public static func name(ofTag tag: UInt8) -> String {
-        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log", "progress", "event", "event-ack", "input-required", "input"][Int(tag) < 15 ? Int(tag) : 0]
+        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log", "progress", "event", "event-ack", "input-required", "input",
+         "artifact-request", "artifact-chunk", "artifact-unavailable"][Int(tag) < 18 ? Int(tag) : 0]
     }
 
     public var epoch: UInt32 {
@@ -164,8 +176,22 @@ public enum TaskMessage: Sendable, Equatable {
             .cancel(_, let epoch), .held(_, let epoch), .resume(_, let epoch), .log(_, let epoch, _),
             .progress(_, let epoch, _, _), .inputRequired(_, let epoch, _), .input(_, let epoch, _, _):
             return epoch
-        case .event, .eventAck:
+        case .event, .eventAck, .artifactRequest, .artifactChunk, .artifactUnavailable:
             return 0
+        }
+    }
+
+    /// The digest the audit log and the session transcript keep. An artifact chunk's is over everything but its
+    /// bytes: the owner's chaining value in it commits to them, and the receiver checks that value against the
+    /// bytes, so a gigabyte is hashed once on its way, not once more for the record.
+    public func auditDigest(wireBytes: [UInt8]) -> [UInt8] {
+        guard case .artifactChunk(_, _, _, _, let bytes) = self, bytes.count <= wireBytes.count else {
+            return SHA256.hash(wireBytes)
+        }
+        return wireBytes.withUnsafeBytes { raw in
+            var hasher = SHA256.Hasher()
+            hasher.update(UnsafeRawBufferPointer(rebasing: raw[..<(raw.count - bytes.count)]))
+            return hasher.finalize()
         }
     }
 
@@ -185,6 +211,9 @@ public enum TaskMessage: Sendable, Equatable {
         case .eventAck: return 12
         case .inputRequired: return 13
         case .input: return 14
+        case .artifactRequest: return 15
+        case .artifactChunk: return 16
+        case .artifactUnavailable: return 17
         }
     }
 
@@ -193,7 +222,8 @@ public enum TaskMessage: Sendable, Equatable {
         case .offer(let offer): return offer.id
         case .accept(let id, _), .decline(let id, _, _), .result(let id, _, _), .resultAck(let id, _), .cancel(let id, _),
             .held(let id, _), .resume(let id, _), .log(let id, _, _), .progress(let id, _, _, _), .eventAck(let id),
-            .inputRequired(let id, _, _), .input(let id, _, _, _):
+            .inputRequired(let id, _, _), .input(let id, _, _, _), .artifactRequest(let id, _, _, _),
+            .artifactChunk(let id, _, _, _, _), .artifactUnavailable(let id, _, _):
             return id
         case .event(let event):
             return event.id
@@ -271,6 +301,23 @@ public enum TaskMessage: Sendable, Equatable {
             header(id, epoch)
             writer.u64(Self.milliseconds(timeRemaining))
             writer.longBytes(reply)
+        case .artifactRequest(let id, let digest, let offset, let length):
+            header(id, 0)
+            writer.raw(digest)
+            writer.u64(offset)
+            writer.u32(length)
+        case .artifactChunk(let id, let digest, let offset, let chainingValue, let bytes):
+            header(id, 0)
+            writer.raw(digest)
+            writer.u64(offset)
+            writer.u8(UInt8(chainingValue.count))
+            writer.raw(chainingValue)
+            // Last, so the audit digest can leave the bytes out.
+            writer.longBytes(bytes)
+        case .artifactUnavailable(let id, let digest, let reason):
+            header(id, 0)
+            writer.raw(digest)
+            writer.shortString(reason)
         }
         return writer.bytes
     }
@@ -368,6 +415,27 @@ public enum TaskMessage: Sendable, Equatable {
             case 14:
                 let milliseconds = try reader.u64("time remaining")
                 self = .input(id, epoch: epoch, reply: try reader.longBytes("reply", limit: Self.maximumExchange), timeRemaining: Self.duration(milliseconds))
+            case 15:
+                let digest = Array(try reader.take(SHA256.byteCount, "artifact digest"))
+                let offset = try reader.u64("offset")
+                let length = try reader.u32("length")
+                guard (1...UInt32(Self.maximumArtifactChunk)).contains(length) else {
+                    throw DecodeError(description: "an artifact request asks for 1 to \(Self.maximumArtifactChunk) bytes, not \(length)")
+                }
+                self = .artifactRequest(id, digest: digest, offset: offset, length: length)
+            case 16:
+                let digest = Array(try reader.take(SHA256.byteCount, "artifact digest"))
+                let offset = try reader.u64("offset")
+                let chainLength = Int(try reader.u8("chaining value length"))
+                guard chainLength == 0 || chainLength == SHA256.byteCount else {
+                    throw DecodeError(description: "a chaining value is 0 or 32 bytes, not \(chainLength)")
+                }
+                let chainingValue = Array(try reader.take(chainLength, "chaining value"))
+                let bytes = try reader.longBytes("artifact bytes", limit: Self.maximumArtifactChunk)
+                self = .artifactChunk(id, digest: digest, offset: offset, chainingValue: chainingValue, bytes: bytes)
+            case 17:
+                let digest = Array(try reader.take(SHA256.byteCount, "artifact digest"))
+                self = .artifactUnavailable(id, digest: digest, reason: try reader.shortString("reason"))
             default:
                 throw DecodeError(description: "unknown task message tag \(tag)")
             }

@@ -158,7 +158,7 @@ public struct TaskRunner: Sendable {
             task.deadline = now + timeRemaining
             self.tasks[id] = task
             directives.append(.deliverInput(id, reply: reply))
-        case .accept, .decline, .result, .held, .log, .progress, .event, .eventAck, .inputRequired:
+        case .accept, .decline, .result, .held, .log, .progress, .event, .eventAck, .inputRequired, .artifactRequest, .artifactChunk, .artifactUnavailable:
             break  // submitter-side messages; a confused peer's are ignored here
         }
         return directives

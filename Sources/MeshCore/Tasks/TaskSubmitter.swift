@@ -425,7 +425,7 @@ public struct TaskSubmitter: Sendable {
             self.tasks[id] = task
             directives.append(.persist(task))
 
-        case .offer, .resultAck, .cancel, .resume, .log, .progress, .event, .eventAck, .input:
+        case .offer, .resultAck, .cancel, .resume, .log, .progress, .event, .eventAck, .input, .artifactRequest, .artifactChunk, .artifactUnavailable:
             break  // executor-side messages; logs are kept by the shell (see `acceptsLog`)
         }
         self.offerQueuedTasks(now: now, into: &directives)

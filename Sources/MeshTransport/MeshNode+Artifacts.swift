@@ -1,0 +1,539 @@
+import Foundation
+import Logging
+import MeshControl
+import MeshCore
+import MeshCrypto
+import MeshExecutors
+import MeshStorage
+import NIOCore
+import Synchronization
+
+/// One artifact on its way here from a peer: chunks are asked for in order, a window at a time, and checked as they
+/// arrive. A dropped session or a silent peer costs a re-ask from the first missing chunk, never a restart.
+final class ArtifactPull: @unchecked Sendable {  // touched only on the node's loop
+    let artifact: ArtifactRef
+    let task: TaskID
+    let peer: NodeID
+    /// Opened on the artifact queue (it may hash a partial file); nil until then.
+    var download: Unchecked<ArtifactStore.Download>?
+    /// The next offset to ask for, and the next the loop expects to receive.
+    var nextRequest: UInt64 = 0
+    var expected: UInt64 = 0
+    /// Offsets asked for and not yet answered.
+    var outstanding: Set<UInt64> = []
+    var lastProgress: Duration
+    /// Damaged chunks in a row: three means the owner's bytes are wrong, not the way here.
+    var damaged = 0
+    var waiters: [(ArtifactError?) -> Void] = []
+
+    init(artifact: ArtifactRef, task: TaskID, peer: NodeID, now: Duration) {
+        self.artifact = artifact
+        self.task = task
+        self.peer = peer
+        self.lastProgress = now
+    }
+}
+
+/// In-process faults for the transfer tests (`AGENTMESH_FAULT_*`); never set in normal use.
+struct ArtifactFaults: Sendable {
+    /// Flip a byte of the Nth chunk this node serves (once): the receiver must notice and ask again.
+    var corruptChunk: Int?
+    /// Cut the session to the receiver right after serving the Nth chunk (once): the transfer must resume.
+    var cutAfterChunk: Int?
+    var served = 0
+
+    static func fromEnvironment() -> ArtifactFaults {
+        let environment = ProcessInfo.processInfo.environment
+        return ArtifactFaults(
+            corruptChunk: environment["AGENTMESH_FAULT_CORRUPT_ARTIFACT_CHUNK"].flatMap { Int($0) },
+            cutAfterChunk: environment["AGENTMESH_FAULT_CUT_AFTER_ARTIFACT_CHUNK"].flatMap { Int($0) })
+    }
+}
+
+/// Artifacts: taken in over the control API or from an agent, pulled from the peer that has them when a task needs
+/// them here (the executor pulls a task's inputs from the submitter, the submitter a result's from the executor),
+/// and served to peers that a task entitles to them. File work runs on the artifact queue, never on the loop.
+extension MeshNode {
+    /// Chunks in flight per pull: enough to keep loopback and a LAN busy, little enough to bound memory (8 MiB).
+    static let artifactWindow = 8
+    /// A pull with nothing arriving for this long asks again from its first missing chunk (a dropped session).
+    static let artifactStall: Duration = .seconds(2)
+    /// A pull with no progress for this long gives up.
+    static let artifactGiveUp: Duration = .seconds(120)
+
+    // MARK: - Submitting
+
+    /// The references a submission lists, checked against what this node has: each must have been stored here
+    /// (`POST /v1/artifacts`), and names must be usable as file names and distinct.
+    func storedArtifacts(_ listed: [ControlAPI.ArtifactInfo]) -> Result<[ArtifactRef], ArtifactError> {
+        guard listed.count <= ArtifactRef.maximumPerTask else {
+            return .failure(ArtifactError("a task takes at most \(ArtifactRef.maximumPerTask) artifacts, not \(listed.count)"))
+        }
+        guard !listed.isEmpty else { return .success([]) }
+        guard let store = self.artifactStore else { return .failure(ArtifactError("this node has no artifact store")) }
+        var artifacts: [ArtifactRef] = []
+        for info in listed {
+            guard let digest = Hex.decode(info.sha256.lowercased()), digest.count == SHA256.byteCount else {
+                return .failure(ArtifactError("'\(info.sha256)' is not a SHA-256 (64 hex digits)"))
+            }
+            guard let size = store.size(of: digest) else {
+                return .failure(ArtifactError("this node has no artifact \(info.sha256); store it first with POST /v1/artifacts"))
+            }
+            let stored = store.metadata(of: digest)
+            let name = info.name ?? stored?.name ?? String(info.sha256.prefix(16))
+            let mediaType = info.mediaType ?? stored?.mediaType ?? "application/octet-stream"
+            guard ArtifactRef.isValidName(name) else {
+                return .failure(ArtifactError("artifact name '\(name)' must be 1 to 128 bytes, without '/', '\\' or a leading '.'"))
+            }
+            guard ArtifactRef.isValidMediaType(mediaType) else { return .failure(ArtifactError("'\(mediaType)' is not a media type")) }
+            artifacts.append(ArtifactRef(digest: digest, size: size, mediaType: mediaType, name: name))
+        }
+        guard Set(artifacts.map(\.name)).count == artifacts.count else {
+            return .failure(ArtifactError("two artifacts of the task share a name; give each its own"))
+        }
+        return .success(artifacts)
+    }
+
+    // MARK: - Pulling
+
+    /// Brings every artifact in `artifacts` here from `peer` (once each, however many ask), then calls `done` with
+    /// nil, or with the first artifact's failure.
+    func fetchArtifacts(_ artifacts: [ArtifactRef], of task: TaskID, from peer: NodeID, then done: @escaping (ArtifactError?) -> Void) {
+        guard let store = self.artifactStore else { return done(ArtifactError("this node has no artifact store")) }
+        let missing = artifacts.filter { store.size(of: $0.digest) != $0.size }
+        guard !missing.isEmpty else { return done(nil) }
+        var remaining = missing.count
+        var failure: ArtifactError?
+        for artifact in missing {
+            self.pull(artifact, of: task, from: peer) { error in
+                if failure == nil { failure = error }
+                remaining -= 1
+                if remaining == 0 { done(failure) }
+            }
+        }
+    }
+
+    private func pull(_ artifact: ArtifactRef, of task: TaskID, from peer: NodeID, then done: @escaping (ArtifactError?) -> Void) {
+        if let pull = self.artifactPulls[artifact.hex] {
+            pull.waiters.append(done)
+            return
+        }
+        guard let store = self.artifactStore else { return done(ArtifactError("this node has no artifact store")) }
+        let pull = ArtifactPull(artifact: artifact, task: task, peer: peer, now: self.now)
+        pull.waiters.append(done)
+        self.artifactPulls[artifact.hex] = pull
+        self.artifactQueue.async {
+            let opened: Result<Unchecked<ArtifactStore.Download>, ArtifactError> = Result { () throws(ArtifactError) in
+                Unchecked(try ArtifactStore.Download(store: store, artifact: artifact))
+            }
+            self.onLoop { node in
+                switch opened {
+                case .failure(let error): node.endPull(pull, error)
+                case .success(let opened):
+                    let download = opened.value
+                    pull.download = opened
+                    pull.nextRequest = download.received
+                    pull.expected = download.received
+                    if download.received > 0 {
+                        node.logger.info("resuming an artifact transfer", metadata: [
+                            "artifact": "\(artifact.hex.prefix(16))", "offset": "\(download.received)", "size": "\(artifact.size)"])
+                    }
+                    if artifact.size == 0 { return node.appendChunk([], chainingValue: [], offset: 0, to: pull) }
+                    node.pump(pull)
+                }
+            }
+        }
+    }
+
+    /// Asks for chunks until the window is full, within what the peer's `bytes` limit lets it send here.
+    private func pump(_ pull: ArtifactPull) {
+        guard pull.download != nil, self.artifactPulls[pull.artifact.hex] === pull else { return }
+        var allowance = self.accountability.bytesAllowance(for: pull.peer, now: self.now)
+            - Double(pull.outstanding.count * ArtifactStore.chunkLength)
+        while pull.outstanding.count < Self.artifactWindow, pull.nextRequest < pull.artifact.size {
+            let length = Int(min(UInt64(ArtifactStore.chunkLength), pull.artifact.size - pull.nextRequest))
+            guard allowance >= Double(length) else { break }
+            allowance -= Double(length)
+            pull.outstanding.insert(pull.nextRequest)
+            self.deliver(.artifactRequest(pull.task, digest: pull.artifact.digest, offset: pull.nextRequest, length: UInt32(length)), to: pull.peer)
+            pull.nextRequest += UInt64(length)
+        }
+    }
+
+    func receiveArtifactChunk(_ task: TaskID, digest: [UInt8], offset: UInt64, chainingValue: [UInt8], bytes: [UInt8], from peer: NodeID) {
+        guard let pull = self.artifactPulls[Hex.encode(digest)], pull.peer == peer, pull.outstanding.remove(offset) != nil,
+            offset == pull.expected
+        else { return }
+        pull.expected += UInt64(bytes.count)
+        self.appendChunk(bytes, chainingValue: chainingValue, offset: offset, to: pull)
+        self.pump(pull)
+    }
+
+    private func appendChunk(_ bytes: [UInt8], chainingValue: [UInt8], offset: UInt64, to pull: ArtifactPull) {
+        guard let download = pull.download else { return }
+        self.artifactQueue.async {
+            // A chunk after a damaged one was asked for before the damage was known: it is asked for again.
+            guard download.value.received == offset else { return }
+            let verdict: Result<ArtifactStore.Download.Verdict, ArtifactError> = Result { () throws(ArtifactError) in
+                try download.value.append(bytes, chainingValue: chainingValue)
+            }
+            self.onLoop { node in node.chunkChecked(pull, offset: offset, verdict: verdict) }
+        }
+    }
+
+    private func chunkChecked(_ pull: ArtifactPull, offset: UInt64, verdict: Result<ArtifactStore.Download.Verdict, ArtifactError>) {
+        guard self.artifactPulls[pull.artifact.hex] === pull else { return }
+        switch verdict {
+        case .failure(let error):
+            self.endPull(pull, error)
+        case .success(.complete):
+            self.endPull(pull, nil)
+        case .success(.accepted):
+            pull.damaged = 0
+            pull.lastProgress = self.now
+        case .success(.damaged):
+            pull.damaged += 1
+            self.metrics.increment("agentmesh_artifact_chunks_damaged_total")
+            self.logger.warning("an artifact chunk did not match its owner's digest; asking for it again", metadata: [
+                "artifact": "\(pull.artifact.hex.prefix(16))", "offset": "\(offset)", "peer": "\(self.displayName(pull.peer))"])
+            guard pull.damaged < 3 else {
+                return self.endPull(pull, ArtifactError(
+                    "\(self.displayName(pull.peer)) sent bytes of \(pull.artifact) that do not match its digest, three times"))
+            }
+            pull.outstanding.removeAll()
+            pull.nextRequest = offset
+            pull.expected = offset
+            self.pump(pull)
+        }
+    }
+
+    func receiveArtifactUnavailable(_ task: TaskID, digest: [UInt8], reason: String, from peer: NodeID) {
+        guard let pull = self.artifactPulls[Hex.encode(digest)], pull.peer == peer else { return }
+        self.endPull(pull, ArtifactError("\(self.displayName(peer)) cannot send \(pull.artifact): \(reason)"))
+    }
+
+    private func endPull(_ pull: ArtifactPull, _ error: ArtifactError?) {
+        guard self.artifactPulls[pull.artifact.hex] === pull else { return }
+        self.artifactPulls[pull.artifact.hex] = nil
+        if let error {
+            self.logger.notice("an artifact transfer failed", metadata: ["artifact": "\(pull.artifact.hex.prefix(16))", "error": "\(error)"])
+            // Room reserved for the rest goes back; the bytes so far stay for a later try to resume from.
+            if let download = pull.download, let store = self.artifactStore {
+                self.artifactQueue.async { store.release(download.value.artifact.size - download.value.received) }
+            }
+        } else {
+            self.metrics.increment("agentmesh_artifacts_fetched_total")
+            self.metrics.increment("agentmesh_artifact_bytes_fetched_total", by: Int(pull.artifact.size))
+        }
+        for waiter in pull.waiters { waiter(error) }
+    }
+
+    /// Re-asks stalled pulls (a session dropped with requests in it) and gives up on dead ones.
+    func artifactTick(now: Duration) {
+        for pull in self.artifactPulls.values where pull.download != nil {
+            if now - pull.lastProgress > Self.artifactGiveUp {
+                self.endPull(pull, ArtifactError("no bytes of \(pull.artifact) came from \(self.displayName(pull.peer)) for \(Int(Self.artifactGiveUp.seconds)) s"))
+            } else if pull.outstanding.isEmpty || now - pull.lastProgress > Self.artifactStall {
+                if !pull.outstanding.isEmpty {
+                    pull.outstanding.removeAll()
+                    pull.nextRequest = pull.expected
+                    pull.lastProgress = now - Self.artifactStall / 2
+                }
+                self.pump(pull)
+            }
+        }
+    }
+
+    // MARK: - Serving
+
+    /// A peer asks for bytes of an artifact: served only when a task between the two entitles it (the input of a
+    /// task offered to it, the result of a task it submitted here).
+    func serveArtifact(_ task: TaskID, digest: [UInt8], offset: UInt64, length: UInt32, to peer: NodeID) {
+        guard let store = self.artifactStore, self.mayServe(digest, of: task, to: peer) else {
+            return self.deliver(.artifactUnavailable(task, digest: digest, reason: "not an artifact of that task here"), to: peer)
+        }
+        self.artifactFaults.served += 1
+        let served = self.artifactFaults.served
+        let corrupt = self.artifactFaults.corruptChunk == served
+        let cut = self.artifactFaults.cutAfterChunk == served
+        self.artifactQueue.async {
+            let read: Result<(bytes: [UInt8], chainingValue: [UInt8]), ArtifactError> = Result { () throws(ArtifactError) in
+                try store.read(digest, offset: offset, length: Int(length))
+            }
+            self.onLoop { node in
+                switch read {
+                case .failure(let error):
+                    node.deliver(.artifactUnavailable(task, digest: digest, reason: String(error.description.prefix(200))), to: peer)
+                case .success(var chunk):
+                    if corrupt, !chunk.bytes.isEmpty { chunk.bytes[chunk.bytes.count / 2] ^= 0xFF }
+                    node.deliver(.artifactChunk(task, digest: digest, offset: offset, chainingValue: chunk.chainingValue, bytes: chunk.bytes), to: peer)
+                    if cut { node.connections[peer]?.channel.close(promise: nil) }
+                }
+            }
+        }
+    }
+
+    private func mayServe(_ digest: [UInt8], of task: TaskID, to peer: NodeID) -> Bool {
+        if let submitted = self.submitter.task(task), submitted.attempts.contains(where: { $0.peer == peer }),
+            TaskPayload.artifacts(of: submitted.input).contains(where: { $0.digest == digest })
+        {
+            return true
+        }
+        if let accepted = self.runner.task(task), accepted.submitter == peer, case .success(let output)? = accepted.outcome,
+            TaskPayload.artifacts(of: output).contains(where: { $0.digest == digest })
+        {
+            return true
+        }
+        return false
+    }
+
+    // MARK: - Results
+
+    /// A result whose artifacts are not here yet is held while they are pulled from the executor, then handed to
+    /// the submitter (not acknowledged before, so a crash on either side re-sends it). False: hand it on now.
+    func holdResultForArtifacts(_ message: TaskMessage, from peer: NodeID) -> Bool {
+        guard case .result(let id, let epoch, .success(let output)) = message, output.contains(0),
+            let task = self.submitter.task(id), !task.state.isTerminal,
+            task.attempts.last.map({ $0.epoch == epoch && $0.peer == peer }) == true
+        else { return false }
+        let artifacts: [ArtifactRef]
+        do {
+            artifacts = try TaskPayload(decoding: output).artifacts
+        } catch {
+            self.runSubmitter { $0.receive(.result(id, epoch: epoch, outcome: .failure("the result's artifact list is malformed: \(error)")), from: peer, now: self.now) }
+            return true
+        }
+        guard let store = self.artifactStore, artifacts.contains(where: { store.size(of: $0.digest) != $0.size }) else { return false }
+        guard !self.heldResults.contains(id) else { return true }
+        self.heldResults.insert(id)
+        self.fetchArtifacts(artifacts, of: id, from: peer) { error in
+            self.heldResults.remove(id)
+            let outcome: TaskMessage
+            if let error {
+                // Too large for this node: no other executor's result would fit either.
+                let sentence = "the result's artifacts could not be fetched: \(error)"
+                outcome = .result(id, epoch: epoch, outcome: error.description.contains("(run --") ? .rejected(sentence) : .failure(sentence))
+            } else {
+                outcome = message
+            }
+            self.runSubmitter { $0.receive(outcome, from: peer, now: self.now) }
+        }
+        return true
+    }
+
+    // MARK: - Runs
+
+    /// Readies a run's artifacts: pulls the inputs from the submitter, links them into the run's input folder and
+    /// makes an empty output folder. nil for builtin agents, which take no files.
+    func prepareArtifacts(
+        for task: TaskRunner.AcceptedTask, executor: CapabilitySpec.Executor,
+        then done: @escaping (Result<(json: [UInt8], folders: ArtifactFolders?), ArtifactError>) -> Void
+    ) {
+        let payload: TaskPayload
+        do {
+            payload = try TaskPayload(decoding: task.input)
+        } catch {
+            return done(.failure(ArtifactError("the task's artifact list is malformed: \(error)")))
+        }
+        switch executor {
+        case .builtinEcho, .builtinStream: return done(.success((payload.json, nil)))
+        case .exec, .http: break
+        }
+        guard let store = self.artifactStore else { return done(.success((payload.json, nil))) }
+        let done = Unchecked(done)
+        self.fetchArtifacts(payload.artifacts, of: task.id, from: task.submitter) { error in
+            if let error { return done.value(.failure(error)) }
+            self.artifactQueue.async {
+                let run = store.directory + "/runs/\(task.id)-\(task.epoch)"
+                let folders = ArtifactFolders(
+                    input: run + "/in", output: run + "/out", scratch: run,
+                    inputs: payload.artifacts.map { .init(name: $0.name, mediaType: $0.mediaType, path: run + "/in/" + $0.name) })
+                Self.removeTree(run)
+                var failure: ArtifactError?
+                for folder in [store.directory + "/runs", run, folders.input, folders.output] where mkdir(folder, 0o700) != 0 && errno != EEXIST {
+                    failure = ArtifactError("cannot create \(folder): \(String(cString: strerror(errno)))")
+                }
+                for artifact in payload.artifacts where failure == nil {
+                    // A hard link: the agent reads the stored bytes without a copy.
+                    if link(store.path(of: artifact.digest), folders.input + "/" + artifact.name) != 0 {
+                        failure = ArtifactError("cannot give \(artifact.name) to the agent: \(String(cString: strerror(errno)))")
+                    }
+                }
+                let result: Result<(json: [UInt8], folders: ArtifactFolders?), ArtifactError> =
+                    failure.map { .failure($0) } ?? .success((payload.json, folders))
+                self.onLoop { _ in done.value(result) }
+            }
+        }
+    }
+
+    /// After a run: a successful one's output files become the result's artifacts. The run's folder goes either way.
+    nonisolated func collectArtifacts(_ folders: ArtifactFolders?, outcome: TaskOutcome) async -> TaskOutcome {
+        guard let folders else { return outcome }
+        let store = self.artifactStore
+        return await withCheckedContinuation { continuation in
+            self.artifactQueue.async {
+                defer { Self.removeTree(folders.scratch) }
+                guard case .success(let json) = outcome, let store else { return continuation.resume(returning: outcome) }
+                let names = ((try? FileManager.default.contentsOfDirectory(atPath: folders.output)) ?? []).sorted()
+                guard names.count <= ArtifactRef.maximumPerTask else {
+                    return continuation.resume(returning: .failure(
+                        "the agent left \(names.count) files in AGENTMESH_ARTIFACTS_OUT; a result carries at most \(ArtifactRef.maximumPerTask)"))
+                }
+                var artifacts: [ArtifactRef] = []
+                for name in names where ArtifactRef.isValidName(name) {
+                    do {
+                        artifacts.append(try store.ingest(file: folders.output + "/" + name, name: name, mediaType: Self.mediaType(of: name)))
+                    } catch {
+                        return continuation.resume(returning: .failure("the result's artifact \(name) could not be kept: \(error)"))
+                    }
+                }
+                continuation.resume(returning: .success(TaskPayload(json: json, artifacts: artifacts).encoded()))
+            }
+        }
+    }
+
+    /// A media type from a file name's extension, for agents' output files.
+    static func mediaType(of name: String) -> String {
+        let types = [
+            "json": "application/json", "txt": "text/plain", "md": "text/markdown", "csv": "text/csv", "html": "text/html",
+            "pdf": "application/pdf", "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+            "webp": "image/webp", "svg": "image/svg+xml", "wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "video/mp4",
+            "zip": "application/zip", "gz": "application/gzip", "jsonl": "application/x-ndjson", "yaml": "application/yaml",
+        ]
+        return types[(name as NSString).pathExtension.lowercased()] ?? "application/octet-stream"
+    }
+
+    nonisolated static func removeTree(_ path: String) {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    // MARK: - Retention
+
+    /// Every ten minutes: artifacts no task in memory refers to, stored (or last used) longer ago than the task
+    /// retention, are removed, as are partial downloads nobody continued for as long.
+    func sweepArtifacts() {
+        guard let store = self.artifactStore else { return }
+        var keep = Set(self.artifactPulls.keys)
+        for task in self.submitter.allTasks {
+            for artifact in TaskPayload.artifacts(of: task.input) { keep.insert(artifact.hex) }
+            if case .success(let output)? = task.outcome { for artifact in TaskPayload.artifacts(of: output) { keep.insert(artifact.hex) } }
+        }
+        for task in self.runner.allTasks {
+            for artifact in TaskPayload.artifacts(of: task.input) { keep.insert(artifact.hex) }
+            if case .success(let output)? = task.outcome { for artifact in TaskPayload.artifacts(of: output) { keep.insert(artifact.hex) } }
+        }
+        let cutoff = Date().addingTimeInterval(-self.submitter.settings.finishedRetention.seconds)
+        let keeping = keep
+        self.artifactQueue.async {
+            let freed = store.sweep(keeping: keeping, storedBefore: cutoff)
+            if freed > 0 { self.logger.info("removed artifacts past retention", metadata: ["bytes": "\(freed)"]) }
+        }
+    }
+
+    /// Marks artifacts as just used, so retention counts from their last task, not their arrival.
+    func touchArtifacts(_ artifacts: [ArtifactRef]) {
+        guard let store = self.artifactStore, !artifacts.isEmpty else { return }
+        self.artifactQueue.async { for artifact in artifacts { utime(store.path(of: artifact.digest), nil) } }
+    }
+}
+
+// MARK: - The control API's artifacts
+
+extension MeshNode {
+    /// `POST /v1/artifacts?name=N` with `Content-Type` and `Content-Length`: refused on the length alone when the
+    /// artifact is too large or the store is full, otherwise written to disk as it arrives.
+    nonisolated var artifactUploader: ControlServer.Uploader {
+        { [weak self] request, length in
+            guard let self, let store = self.artifactStore else { return .refused(.error(503, "this node has no artifact store")) }
+            let name = request.query["name"] ?? "artifact"
+            guard ArtifactRef.isValidName(name) else {
+                return .refused(.error(400, "name must be 1 to 128 bytes, without '/', '\\' or a leading '.'"))
+            }
+            let mediaType = request.headers["content-type"].flatMap { $0.isEmpty ? nil : $0 } ?? "application/octet-stream"
+            guard ArtifactRef.isValidMediaType(mediaType) else { return .refused(.error(400, "'\(mediaType)' is not a media type")) }
+            do {
+                let writer = try ArtifactStore.Writer(store: store, size: length)
+                return .accepted(ArtifactUpload(writer: writer, queue: self.artifactQueue, name: name, mediaType: mediaType))
+            } catch {
+                return .refused(.error(413, "\(error)"))
+            }
+        }
+    }
+
+    /// `GET /v1/artifacts/SHA256`: the bytes, with the media type they were stored with.
+    func artifactResponse(_ digest: [UInt8]) -> ControlResponse {
+        guard let store = self.artifactStore, let size = store.size(of: digest) else {
+            return .error(404, "no artifact \(Hex.encode(digest)) on this node")
+        }
+        return .file(store.path(of: digest), size: size, contentType: store.metadata(of: digest)?.mediaType ?? "application/octet-stream")
+    }
+}
+
+/// One artifact streaming in over the control API. The connection's bytes are written on the artifact queue; while
+/// more than 8 MiB wait for the disk the connection stops reading, so a fast client cannot fill the node's memory.
+final class ArtifactUpload: @unchecked Sendable {  // `pending` is locked; the writer is used only on the queue
+    private let writer: ArtifactStore.Writer
+    private let queue: DispatchQueue
+    private let name: String
+    private let mediaType: String
+    private let pending = Mutex((bytes: 0, paused: false))
+    private var failure: ArtifactError?
+    private var ended = false
+
+    init(writer: ArtifactStore.Writer, queue: DispatchQueue, name: String, mediaType: String) {
+        self.writer = writer
+        self.queue = queue
+        self.name = name
+        self.mediaType = mediaType
+    }
+
+    func write(_ buffer: ByteBuffer, channel: any Channel) {
+        let bytes = Array(buffer.readableBytesView)
+        let pause = self.pending.withLock { pending -> Bool in
+            pending.bytes += bytes.count
+            guard pending.bytes > 8 << 20, !pending.paused else { return false }
+            pending.paused = true
+            return true
+        }
+        if pause { channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
+        self.queue.async {
+            if self.failure == nil {
+                do throws(ArtifactError) { try self.writer.write(bytes) } catch { self.failure = error }
+            }
+            let resume = self.pending.withLock { pending -> Bool in
+                pending.bytes -= bytes.count
+                guard pending.paused, pending.bytes < 2 << 20 else { return false }
+                pending.paused = false
+                return true
+            }
+            if resume { channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
+        }
+    }
+
+    func finish(_ respond: @escaping @Sendable (ControlResponse) -> Void) {
+        self.queue.async {
+            guard !self.ended else { return }
+            self.ended = true
+            if let failure = self.failure {
+                self.writer.abort()
+                return respond(.error(507, "the artifact could not be stored: \(failure)"))
+            }
+            do {
+                let artifact = try self.writer.finish(name: self.name, mediaType: self.mediaType)
+                respond(.json(
+                    ControlAPI.ArtifactInfo(sha256: artifact.hex, size: artifact.size, mediaType: artifact.mediaType, name: artifact.name),
+                    status: 201))
+            } catch {
+                respond(.error(400, "\(error)"))
+            }
+        }
+    }
+
+    func abort() {
+        self.queue.async {
+            guard !self.ended else { return }
+            self.ended = true
+            self.writer.abort()
+        }
+    }
+}
