@@ -67,6 +67,97 @@ public struct ControlClient: Sendable {
         return try Self.parse(received)
     }
 
+    /// `POST /v1/artifacts`: streams a file to the node (never read whole into memory); answers the reference.
+    public func upload(file path: String, name: String, mediaType: String) throws(Error) -> ControlAPI.ArtifactInfo {
+        let input = open(path, O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else { throw .io("cannot read \(path): \(String(cString: strerror(errno)))") }
+        defer { close(input) }
+        var info = stat()
+        guard fstat(input, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { throw .io("\(path) is not a regular file") }
+        let fd = try self.connect()
+        defer { close(fd) }
+        let query = name.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))) ?? "artifact"
+        let head = "POST /v1/artifacts?name=\(query) HTTP/1.1\r\nHost: agentmesh\r\nConnection: close\r\n"
+            + "Content-Type: \(mediaType)\r\nContent-Length: \(info.st_size)\r\n\r\n"
+        try Self.writeAll(fd, Array(head.utf8))
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .io("cannot read \(path): \(String(cString: strerror(errno)))")
+            }
+            if count == 0 { break }
+            do {
+                try Self.writeAll(fd, Array(chunk[0..<count]))
+            } catch {
+                // The node may have refused on the length and closed: its answer says why.
+                break
+            }
+        }
+        return try self.decode(Self.parse(Self.readAll(fd, timeout: .seconds(600))), as: ControlAPI.ArtifactInfo.self)
+    }
+
+    /// `GET /v1/artifacts/SHA256` into a file, streamed; returns the bytes written.
+    public func download(artifact sha256: String, to path: String) throws(Error) -> UInt64 {
+        let fd = try self.connect()
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 600, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        try Self.writeAll(fd, Array("GET /v1/artifacts/\(sha256) HTTP/1.1\r\nHost: agentmesh\r\nConnection: close\r\n\r\n".utf8))
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        // The head first; an error answer is small and read whole.
+        while received.firstRange(of: [13, 10, 13, 10]) == nil {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { throw .badResponse("the node closed the connection before answering") }
+            received += chunk[0..<count]
+        }
+        let headEnd = received.firstRange(of: [13, 10, 13, 10])!
+        let status = Int(String(decoding: received[..<headEnd.lowerBound], as: UTF8.self).split(separator: " ").dropFirst().first ?? "") ?? 0
+        guard status == 200 else {
+            let rest = Array(received[headEnd.upperBound...]) + (try Self.readAll(fd, timeout: .seconds(30)))
+            _ = try self.decode(Response(status: status, body: rest), as: ControlAPI.ErrorBody.self)
+            throw .badResponse("HTTP \(status)")
+        }
+        let output = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard output >= 0 else { throw .io("cannot write \(path): \(String(cString: strerror(errno)))") }
+        defer { close(output) }
+        var written: UInt64 = 0
+        var pending = Array(received[headEnd.upperBound...])
+        while true {
+            if !pending.isEmpty {
+                try Self.writeAll(output, pending)
+                written += UInt64(pending.count)
+            }
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { pending = []; continue }
+                throw .io(String(cString: strerror(errno)))
+            }
+            if count == 0 { break }
+            pending = Array(chunk[0..<count])
+        }
+        return written
+    }
+
+    private static func readAll(_ fd: Int32, timeout: Duration) throws(Error) -> [UInt8] {
+        var tv = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .io(errno == EAGAIN ? "no answer within \(timeout)" : String(cString: strerror(errno)))
+            }
+            if count == 0 { return received }
+            received += chunk[0..<count]
+        }
+    }
+
     /// Decodes a JSON response of type `T`, or throws the node's error message.
     public func get<T: Decodable>(_ path: String, as type: T.Type) throws(Error) -> T {
         try self.decode(self.request(method: "GET", path: path), as: type)

@@ -22,7 +22,8 @@ struct ControlServer: Sendable {
         case refused(ControlResponse)
     }
 
-    static let maximumBodyLength = 4 * 1024 * 1024
+    /// A request's body, at most (artifacts stream past it): the largest inline input, twice over for JSON escapes.
+    static let maximumBodyLength = 2 * NodeSettings.largestTaskInput + 1024 * 1024
     /// Connections open at once; more are closed as they arrive.
     static let maximumConnections = 256
 
@@ -220,7 +221,9 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
                 respond(refusal)
             } else if let upload = self.upload {
                 self.upload = nil
-                upload.finish(respond)
+                // The upload ends on the artifact queue; the answer is written from the connection's loop.
+                let loop = context.eventLoop
+                upload.finish { response in loop.execute { respond(response) } }
             } else {
                 let request = Self.request(head, body: self.body)
                 self.body = []

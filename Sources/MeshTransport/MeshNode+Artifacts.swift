@@ -382,7 +382,7 @@ extension MeshNode {
                 var artifacts: [ArtifactRef] = []
                 for name in names where ArtifactRef.isValidName(name) {
                     do {
-                        artifacts.append(try store.ingest(file: folders.output + "/" + name, name: name, mediaType: Self.mediaType(of: name)))
+                        artifacts.append(try store.ingest(file: folders.output + "/" + name, name: name, mediaType: ArtifactRef.mediaType(ofFileNamed: name)))
                     } catch {
                         return continuation.resume(returning: .failure("the result's artifact \(name) could not be kept: \(error)"))
                     }
@@ -390,17 +390,6 @@ extension MeshNode {
                 continuation.resume(returning: .success(TaskPayload(json: json, artifacts: artifacts).encoded()))
             }
         }
-    }
-
-    /// A media type from a file name's extension, for agents' output files.
-    static func mediaType(of name: String) -> String {
-        let types = [
-            "json": "application/json", "txt": "text/plain", "md": "text/markdown", "csv": "text/csv", "html": "text/html",
-            "pdf": "application/pdf", "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
-            "webp": "image/webp", "svg": "image/svg+xml", "wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "video/mp4",
-            "zip": "application/zip", "gz": "application/gzip", "jsonl": "application/x-ndjson", "yaml": "application/yaml",
-        ]
-        return types[(name as NSString).pathExtension.lowercased()] ?? "application/octet-stream"
     }
 
     nonisolated static func removeTree(_ path: String) {

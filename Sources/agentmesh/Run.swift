@@ -55,8 +55,14 @@ struct Run: AsyncParsableCommand {
         valueName: "fsync|process"), completion: .list(["fsync", "process"]))
     var durability: String?
 
-    @Option(help: "The largest task input this node accepts, in bytes (default 1048576; at most 4128768, as a submission's body is at most 4 MiB).")
+    @Option(help: "The largest inline task input (JSON) this node accepts, in bytes (default 1048576; at most 15728640, as an offer is one message of at most 16 MiB). Larger data goes as artifacts.")
     var maxInputBytes: Int?
+
+    @Option(help: ArgumentHelp("The largest artifact this node stores, fetches or serves (K, M, G suffixes; default 1G).", valueName: "BYTES"))
+    var maxArtifactBytes: String?
+
+    @Option(help: ArgumentHelp("All artifacts of this node together, at most (K, M, G suffixes; default 10G); when full, new ones are refused.", valueName: "BYTES"))
+    var artifactStoreBytes: String?
 
     @Option(help: ArgumentHelp(
         "Act on events of a topic (TOPIC may end in * for a prefix): run an executor (as --capability takes) with the event as its input, or start a workflow. Repeatable.",
@@ -126,6 +132,16 @@ struct Run: AsyncParsableCommand {
         settings.durability = mode
         settings.maximumConnections = self.maxConnections ?? file.maxConnections ?? settings.maximumConnections
         guard settings.maximumConnections >= 1 else { throw CLIError("--max-connections must be at least 1", status: .badInput) }
+        for (flag, text, setting) in [
+            ("--max-artifact-bytes", self.maxArtifactBytes, \NodeSettings.maximumArtifact),
+            ("--artifact-store-bytes", self.artifactStoreBytes, \NodeSettings.artifactCapacity),
+        ] {
+            guard let text else { continue }
+            guard let bytes = Rate.number(Substring(text)), bytes >= 0, bytes < 1e18 else {
+                throw CLIError("\(flag): '\(text)' is not a number of bytes (K, M and G suffixes allowed)", status: .badInput)
+            }
+            settings[keyPath: setting] = UInt64(bytes)
+        }
         settings.maximumTaskInput = self.maxInputBytes ?? file.maxInputBytes ?? settings.maximumTaskInput
         guard (1...NodeSettings.largestTaskInput).contains(settings.maximumTaskInput) else {
             throw CLIError("the input limit must be 1 to \(NodeSettings.largestTaskInput) bytes", status: .badInput)

@@ -67,6 +67,15 @@ struct Submit: ParsableCommand {
         valueName: "SECONDS"))
     var inputTimeout: Double?
 
+    @Option(name: .customLong("attach"), help: ArgumentHelp(
+        "A file the task takes as an artifact (repeatable): stored on this node, pulled by the executor, given to the agent as a file.",
+        valueName: "FILE"), completion: .file())
+    var attachments: [String] = []
+
+    @Option(help: ArgumentHelp("With --wait: save the result's artifacts into this folder, each under its name.", valueName: "DIR"),
+            completion: .directory)
+    var saveArtifacts: String?
+
     @Flag(help: "Print the task as JSON.")
     var json = false
 
@@ -82,14 +91,21 @@ struct Submit: ParsableCommand {
 
     func run() throws {
         let value = try parseJSONInput(try self.readInput())
+        let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+        let artifacts = try self.attachments.map { path in
+            try reporting {
+                let name = (path as NSString).lastPathComponent
+                return try client.upload(file: path, name: name, mediaType: ArtifactRef.mediaType(ofFileNamed: name))
+            }
+        }
         let body = try ControlAPI.encoder().encode(ControlAPI.SubmitRequest(
             capability: self.capability, input: ControlAPI.JSONValue(value), timeoutSeconds: self.timeout,
             maxAttempts: self.maxAttempts, waitForCapability: self.waitForCapability ? true : nil, callback: self.callback,
             callbackEvents: self.callbackAllStates ? "all" : nil, context: self.context, inputTimeoutSeconds: self.inputTimeout,
             // An agent that submits a task carries its own trace on (it runs with TRACEPARENT set); a malformed one
             // is left out rather than failing the submission.
-            traceparent: ProcessInfo.processInfo.environment["TRACEPARENT"].flatMap { TraceContext($0)?.description }))
-        let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
+            traceparent: ProcessInfo.processInfo.environment["TRACEPARENT"].flatMap { TraceContext($0)?.description },
+            artifacts: artifacts.isEmpty ? nil : artifacts))
         var headers: [String: String] = [:]
         if let key = self.idempotencyKey {
             headers["Idempotency-Key"] = key
@@ -115,6 +131,7 @@ struct Submit: ParsableCommand {
         }
         FileHandle.standardError.write(Data("task \(task.id) submitted; waiting for it to end (Ctrl-C stops waiting, not the task)\n".utf8))
         let ended = self.follow ? try followEvents(task, client: client) : try waitForEnd(task, client: client)
+        if let folder = self.saveArtifacts { try saveResultArtifacts(of: ended, into: folder, client: client) }
         try reportEnd(of: ended, json: self.json)
     }
 
@@ -130,6 +147,11 @@ struct Submit: ParsableCommand {
             throw CLIError("cannot read \(path): \(reason)", status: .badInput)
         }
     }
+}
+
+/// An artifact in one line: name, size, type and digest.
+func describe(_ artifact: ControlAPI.ArtifactInfo) -> String {
+    "\(artifact.name ?? "-")  \(artifact.size) bytes  \(artifact.mediaType ?? "-")  sha256:\(artifact.sha256)"
 }
 
 /// The input as a JSON value, or a sentence saying where it stops being JSON.
@@ -346,6 +368,11 @@ struct TaskCommand: ParsableCommand {
           help: "Print the task's progress events as they come (one JSON line each), then its result; with --logs, follow the log.")
     var follow = false
 
+    @Option(help: ArgumentHelp(
+        "Save the result's artifacts into this folder, each under its name (with --wait, once the task ends).", valueName: "DIR"),
+        completion: .directory)
+    var saveArtifacts: String?
+
     @Flag(help: "Print the task as JSON.")
     var json = false
 
@@ -353,14 +380,42 @@ struct TaskCommand: ParsableCommand {
         guard !(self.logs && (self.wait || self.json)) else { throw ValidationError("--logs prints the log; leave out --wait and --json") }
     }
 
+    private func save(_ task: ControlAPI.TaskInfo, client: ControlClient) throws {
+        guard let folder = self.saveArtifacts else { return }
+        try saveResultArtifacts(of: task, into: folder, client: client)
+    }
+}
+
+/// Writes each result artifact into the folder under its name; says where on stderr.
+func saveResultArtifacts(of task: ControlAPI.TaskInfo, into folder: String, client: ControlClient) throws {
+    guard let artifacts = task.resultArtifacts, !artifacts.isEmpty else {
+        FileHandle.standardError.write(Data("the task's result has no artifacts\n".utf8))
+        return
+    }
+    try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    for artifact in artifacts {
+        let path = folder + "/" + (artifact.name ?? artifact.sha256)
+        let size = try reporting { try client.download(artifact: artifact.sha256, to: path) }
+        FileHandle.standardError.write(Data("saved \(path) (\(size) bytes)\n".utf8))
+    }
+}
+
+extension TaskCommand {
     func run() throws {
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
         if self.logs { return try self.printLogs(client) }
         var task = try reporting { try client.get("/v1/tasks/\(self.id)", as: ControlAPI.TaskInfo.self) }
-        if self.follow { return try reportEnd(of: followEvents(task, client: client), json: self.json) }
+        if self.follow {
+            task = try followEvents(task, client: client)
+            try self.save(task, client: client)
+            return try reportEnd(of: task, json: self.json)
+        }
         if self.wait {
             task = try waitForEnd(task, client: client)
+            try self.save(task, client: client)
             if self.json { return try reportEnd(of: task, json: true) }
+        } else {
+            try self.save(task, client: client)
         }
         if self.json {
             try printJSON(task)
@@ -385,6 +440,8 @@ struct TaskCommand: ParsableCommand {
                 }))
         }
         if task.state == "completed" { print("result: \(try resultText(task.result))") }
+        for artifact in task.artifacts ?? [] { print("input artifact: \(describe(artifact))") }
+        for artifact in task.resultArtifacts ?? [] { print("result artifact: \(describe(artifact))") }
         if let error = task.error { print("error: \(error)") }
         if self.wait { try reportEnd(of: task, json: false) }
     }

@@ -31,6 +31,18 @@ public struct ArtifactRef: Sendable, Hashable, CustomStringConvertible {
             && type.split(separator: ";").first.map { $0.split(separator: "/").count == 2 } == true
     }
 
+    /// The media type of a file, from its name's extension (the common ones; anything else is octet-stream).
+    public static func mediaType(ofFileNamed name: String) -> String {
+        let types = [
+            "json": "application/json", "txt": "text/plain", "md": "text/markdown", "csv": "text/csv", "html": "text/html",
+            "pdf": "application/pdf", "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+            "webp": "image/webp", "svg": "image/svg+xml", "wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "video/mp4",
+            "zip": "application/zip", "gz": "application/gzip", "jsonl": "application/x-ndjson", "yaml": "application/yaml",
+        ]
+        let dot = name.lastIndex(of: ".").map { name.index(after: $0) }
+        return dot.flatMap { types[name[$0...].lowercased()] } ?? "application/octet-stream"
+    }
+
     /// Artifacts one task may carry on one side (input or result).
     public static let maximumPerTask = 64
 }

@@ -59,7 +59,7 @@ public struct Rate: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// A number with an optional binary suffix: `K` (×1024), `M` (×1024²) or `G` (×1024³), handy for `bytes`.
-    private static func number(_ text: Substring) -> Double? {
+    public static func number(_ text: Substring) -> Double? {
         let scale: Double
         var digits = text
         switch text.last {
