@@ -161,8 +161,10 @@ extension MeshNode {
     }
 
     func receiveArtifactChunk(_ task: TaskID, digest: [UInt8], offset: UInt64, chainingValue: [UInt8], bytes: [UInt8], from peer: NodeID) {
-        guard let pull = self.artifactPulls[Hex.encode(digest)], pull.peer == peer, pull.outstanding.remove(offset) != nil,
-            offset == pull.expected
+        // Only the next chunk in order counts; anything else answers a request made before a reset (a damaged chunk,
+        // a stall) and was asked for again.
+        guard let pull = self.artifactPulls[Hex.encode(digest)], pull.peer == peer, offset == pull.expected,
+            pull.outstanding.remove(offset) != nil
         else { return }
         pull.expected += UInt64(bytes.count)
         self.appendChunk(bytes, chainingValue: chainingValue, offset: offset, to: pull)
@@ -203,6 +205,7 @@ extension MeshNode {
             pull.outstanding.removeAll()
             pull.nextRequest = offset
             pull.expected = offset
+            pull.lastProgress = self.now
             self.pump(pull)
         }
     }
@@ -233,12 +236,15 @@ extension MeshNode {
         for pull in self.artifactPulls.values where pull.download != nil {
             if now - pull.lastProgress > Self.artifactGiveUp {
                 self.endPull(pull, ArtifactError("no bytes of \(pull.artifact) came from \(self.displayName(pull.peer)) for \(Int(Self.artifactGiveUp.seconds)) s"))
-            } else if pull.outstanding.isEmpty || now - pull.lastProgress > Self.artifactStall {
-                if !pull.outstanding.isEmpty {
-                    pull.outstanding.removeAll()
-                    pull.nextRequest = pull.expected
-                    pull.lastProgress = now - Self.artifactStall / 2
-                }
+            } else if now - pull.lastProgress > Self.artifactStall, pull.nextRequest > pull.expected {
+                self.logger.info("an artifact transfer stalled; asking again from the first missing chunk", metadata: [
+                    "artifact": "\(pull.artifact.hex.prefix(16))", "offset": "\(pull.expected)", "size": "\(pull.artifact.size)"])
+                pull.outstanding.removeAll()
+                pull.nextRequest = pull.expected
+                pull.lastProgress = now - Self.artifactStall / 2
+                self.pump(pull)
+            } else {
+                // The peer's byte allowance may have grown back since the last chunk.
                 self.pump(pull)
             }
         }

@@ -68,7 +68,9 @@ extension MeshNode {
 
     /// Membership declared a member dead: tasks it was running are offered elsewhere at once.
     func executorDied(_ peer: NodeID) {
-        self.runSubmitter { $0.peerDied(peer, now: self.now) }
+        // A result whose artifacts are still coming stays: they are on the executor's disk, and a restarted
+        // executor serves them (the pull gives up, and the task is retried, if it never comes back).
+        self.runSubmitter { $0.peerDied(peer, now: self.now, sparing: self.heldResults) }
     }
 
     /// A session with a submitter is back: it gets every result it has not acknowledged.

@@ -20,12 +20,14 @@ import MeshCore
             self.timers = timers
         }
 
-        func start(join: String?, capabilities: [String] = [], extra: [String] = []) throws {
-            let process = try SpawnedProcess(
-                CommandLineTests.binary,
-                ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", self.timers,
-                 "--durability", self.durability]
-                    + (join.map { ["--join", $0] } ?? []) + capabilities.flatMap { ["--capability", $0] } + extra)
+        /// `environment`: `NAME=VALUE` settings for the node process (the in-process fault switches).
+        func start(join: String?, capabilities: [String] = [], extra: [String] = [], environment: [String] = []) throws {
+            let arguments = ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", self.timers,
+                             "--durability", self.durability]
+                + (join.map { ["--join", $0] } ?? []) + capabilities.flatMap { ["--capability", $0] } + extra
+            let process = environment.isEmpty
+                ? try SpawnedProcess(CommandLineTests.binary, arguments)
+                : try SpawnedProcess("/usr/bin/env", environment + [CommandLineTests.binary] + arguments)
             self.process = process
             let line = process.waitForLine(containing: "listening on") ?? ""
             self.address = line.components(separatedBy: "listening on ").last?

@@ -315,10 +315,12 @@ public struct TaskSubmitter: Sendable {
     }
 
     /// Membership declared `peer` dead: every task offered to or running on it is re-offered at once.
-    public mutating func peerDied(_ peer: NodeID, now: Duration) -> [Directive] {
+    /// `sparing`: tasks whose result is already in hand (its artifacts on their way), which the peer's death does
+    /// not undo: they are not offered again.
+    public mutating func peerDied(_ peer: NodeID, now: Duration, sparing spared: Set<TaskID> = []) -> [Directive] {
         self.candidates.removeAll { $0.id == peer }
         var directives: [Directive] = []
-        for id in self.unfinished.sorted() {
+        for id in self.unfinished.sorted() where !spared.contains(id) {
             guard let task = self.tasks[id], !task.state.isTerminal, task.currentAttempt?.peer == peer,
                 task.currentAttempt?.outcome == nil
             else { continue }

@@ -1,0 +1,161 @@
+import Foundation
+import MeshControl
+import MeshCore
+import MeshCrypto
+import MeshTestKit
+import Testing
+
+/// Issue 16 on real nodes: artifacts pulled peer to peer, through a cut session, a damaged chunk, a full store and
+/// a kill -9 of the node they come from.
+@Suite(.serialized) struct ArtifactTests {
+    typealias Node = MeshProcessTests.Node
+
+    /// An `exec:` agent that leaves a file of `mib` MiB (each MiB starts with its index) in AGENTMESH_ARTIFACTS_OUT
+    /// and notes each run in `log`.
+    static let blobAgent = #"""
+        import json, os, sys
+        request = json.load(sys.stdin)
+        block = bytes(range(256)) * 4096
+        with open(os.path.join(os.environ["AGENTMESH_ARTIFACTS_OUT"], "blob.bin"), "wb") as out:
+            for index in range(int(request["mib"])):
+                out.write(bytes([index & 255]) + block[1:])
+        with open(request["log"], "a") as log:
+            log.write("ran\n")
+        json.dump({"mib": request["mib"]}, sys.stdout)
+        """#
+
+    static func setUp(_ prefix: String) throws -> (root: String, agent: String) {
+        let (root, _, _) = try MeshProcessTests.scratch(prefix, ["a", "b"])
+        try Self.blobAgent.write(toFile: root + "/blob.py", atomically: true, encoding: .utf8)
+        return (root, root + "/blob.py")
+    }
+
+    static func submitBlob(_ node: Node, mib: Int, log: String) throws -> String {
+        let body = try JSONSerialization.data(withJSONObject: [
+            "capability": "blob", "input": ["mib": mib, "log": log], "timeout_seconds": 300, "max_attempts": 1,
+        ])
+        let response = try node.client.request(method: "POST", path: "/v1/tasks", body: Array(body))
+        #expect(response.status == 202, "\(String(decoding: response.body, as: UTF8.self))")
+        return try node.client.decode(response, as: ControlAPI.TaskInfo.self).id
+    }
+
+    static func task(_ node: Node, _ id: String) -> ControlAPI.TaskInfo? {
+        try? node.client.get("/v1/tasks/\(id)", as: ControlAPI.TaskInfo.self)
+    }
+
+    /// The artifact as the node serves it, hashed, against the digest the result names and the bytes the agent wrote.
+    static func checkBlob(_ node: Node, _ task: ControlAPI.TaskInfo?, mib: Int, root: String) throws {
+        let artifact = try #require(task?.resultArtifacts?.first)
+        #expect(artifact.name == "blob.bin" && artifact.size == UInt64(mib) << 20)
+        let saved = root + "/saved.bin"
+        #expect(try node.client.download(artifact: artifact.sha256, to: saved) == UInt64(mib) << 20)
+        let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: saved)))
+        #expect(Hex.encode(SHA256.hash(bytes)) == artifact.sha256)
+        #expect((0..<mib).allSatisfy { bytes[$0 << 20] == UInt8($0 & 255) && bytes[($0 << 20) + 1] == 1 })
+    }
+
+    @Test func aLargeArtifactSurvivesASessionCutMidTransferAndResumes() throws {
+        let (root, agent) = try Self.setUp("art-cut")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        // b cuts the session right after serving the 20th chunk, once.
+        try b.start(join: nil, capabilities: ["blob=exec:python3 \(agent)"], environment: ["AGENTMESH_FAULT_CUT_AFTER_ARTIFACT_CHUNK=20"])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false })
+        let id = try Self.submitBlob(a, mib: 50, log: root + "/runs.log")
+        #expect(MeshProcessTests.waitUntil(120) { Self.task(a, id)?.state == "completed" }, "\(String(describing: Self.task(a, id)))")
+        try Self.checkBlob(a, Self.task(a, id), mib: 50, root: root)
+        // It went on from where the cut left it, not from the start.
+        let stderr = a.process?.stderr ?? ""
+        let resumedAt = stderr.split(separator: "\n").first { $0.contains("asking again from the first missing chunk") }
+            .flatMap { $0.components(separatedBy: "offset=").last?.split(separator: " ").first }.flatMap { Int($0) }
+        #expect((resumedAt ?? 0) >= 8 << 20, "\(stderr.suffix(2000))")
+    }
+
+    @Test func aCorruptedChunkIsDetectedAndFetchedAgain() throws {
+        let (root, agent) = try Self.setUp("art-bad")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        // b flips a byte of the 3rd chunk it serves, once, as a faulty disk or a lying peer would.
+        try b.start(join: nil, capabilities: ["blob=exec:python3 \(agent)"], environment: ["AGENTMESH_FAULT_CORRUPT_ARTIFACT_CHUNK=3"])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false })
+        let id = try Self.submitBlob(a, mib: 8, log: root + "/runs.log")
+        #expect(MeshProcessTests.waitUntil(60) { Self.task(a, id)?.state == "completed" }, "\(String(describing: Self.task(a, id)))")
+        try Self.checkBlob(a, Self.task(a, id), mib: 8, root: root)
+        let stderr = a.process?.stderr ?? ""
+        #expect(stderr.contains("did not match its owner's digest") && stderr.contains("offset=2097152"), "\(stderr.suffix(2000))")
+        let metrics = String(decoding: try a.client.request(method: "GET", path: "/metrics").body, as: UTF8.self)
+        #expect(metrics.contains("agentmesh_artifact_chunks_damaged_total 1"))
+    }
+
+    @Test func anArtifactOverTheCapIsRefusedBeforeAnyByteIsStored() throws {
+        let (root, agent) = try Self.setUp("art-cap")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["blob=exec:python3 \(agent)"])
+        try a.start(join: b.address, extra: ["--max-artifact-bytes", "2M", "--artifact-store-bytes", "3M"])
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false })
+        func stored() -> [String] {
+            ["", "/partial", "/incoming"].flatMap { folder in
+                ((try? FileManager.default.contentsOfDirectory(atPath: "\(root)/a/artifacts" + folder)) ?? []).filter { $0.count >= 64 || folder != "" }
+            }
+        }
+
+        // An upload over the per-artifact maximum: refused on its length, nothing written.
+        let big = root + "/big.bin"
+        try Data(count: 3 << 20).write(to: URL(fileURLWithPath: big))
+        let refused = try CommandLineTests.agentmesh("submit", "--home", a.home, "--capability", "blob", "--input", "{}", "--attach", big)
+        #expect(refused.status != 0 && refused.stderr.contains("takes at most 2097152") && refused.stderr.contains("--max-artifact-bytes"),
+                "\(refused.stderr)")
+        #expect(stored().isEmpty, "\(stored())")
+        // One that fits, then one the store has no room left for.
+        let small = root + "/small.bin"
+        try Data(count: 2 << 20).write(to: URL(fileURLWithPath: small))
+        let first = try a.client.upload(file: small, name: "small.bin", mediaType: "application/octet-stream")
+        #expect(first.size == 2 << 20)
+        try Data(repeating: 1, count: 2 << 20).write(to: URL(fileURLWithPath: small))
+        #expect(throws: ControlClient.Error.self) { try a.client.upload(file: small, name: "other.bin", mediaType: "application/octet-stream") }
+        let full = try CommandLineTests.agentmesh("submit", "--home", a.home, "--capability", "blob", "--input", "{}", "--attach", small)
+        #expect(full.stderr.contains("the artifact store is full") && full.stderr.contains("--artifact-store-bytes"), "\(full.stderr)")
+        #expect(stored().count == 3, "the first artifact, its chaining values and its metadata: \(stored())")
+
+        // A result artifact over the maximum: the task fails with the sentence, and no byte of it is kept.
+        let id = try Self.submitBlob(a, mib: 4, log: root + "/runs.log")
+        #expect(MeshProcessTests.waitUntil(60) { ["completed", "failed", "timed_out", "canceled"].contains(Self.task(a, id)?.state ?? "") })
+        let task = Self.task(a, id)
+        #expect(task?.state == "failed" && task?.error?.contains("--max-artifact-bytes") == true, "\(String(describing: task))")
+        #expect(stored().count == 3, "\(stored())")
+    }
+
+    @Test func kill9OfTheExecutorMidPullLosesNothingAcknowledged() throws {
+        let (root, agent) = try Self.setUp("art-kill")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["blob=exec:python3 \(agent)"])
+        // a lets b send it 16 MiB a second: a 64 MiB result takes about 4 s to come over.
+        try a.start(join: b.address, extra: ["--limit", "bytes=16M/s:4M"])
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false })
+        let log = root + "/runs.log"
+        let id = try Self.submitBlob(a, mib: 64, log: log)
+        func partial() -> Int {
+            let folder = "\(root)/a/artifacts/partial"
+            return ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).reduce(0) {
+                $0 + ((try? FileManager.default.attributesOfItem(atPath: folder + "/" + $1)[.size] as? Int) ?? 0)
+            }
+        }
+        #expect(MeshProcessTests.waitUntil(60) { partial() >= 8 << 20 })
+        b.signal(SIGKILL)
+        let before = partial()
+        try b.start(join: a.address, capabilities: ["blob=exec:python3 \(agent)"])
+        #expect(MeshProcessTests.waitUntil(120) { Self.task(a, id)?.state == "completed" }, "\(String(describing: Self.task(a, id)))")
+        try Self.checkBlob(a, Self.task(a, id), mib: 64, root: root)
+        #expect(before >= 8 << 20 && before < 64 << 20)
+        let runs = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(runs == "ran\n", "the result was kept through the kill: the agent ran once")
+    }
+}
