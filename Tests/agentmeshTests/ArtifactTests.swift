@@ -54,6 +54,40 @@ import Testing
         #expect((0..<mib).allSatisfy { bytes[$0 << 20] == UInt8($0 & 255) && bytes[($0 << 20) + 1] == 1 })
     }
 
+    /// The example agents: a text file in, its summary out as a file, through `exec:` and through `http:`
+    /// (multipart both ways), with `submit --attach` and `--save-artifacts`.
+    @Test func theExampleAgentsTurnAFileIntoAFileOverExecAndHTTP() throws {
+        let (root, _) = try Self.setUp("art-example")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let examples = FileManager.default.currentDirectoryPath + "/scripts/examples"
+        let service = try SpawnedProcess("/usr/bin/env", ["python3", examples + "/http_agent_service.py"])
+        defer { service.signal(SIGKILL) }
+        let port = try #require(service.waitForLine(timeout: .seconds(10)) { !$0.isEmpty }).trimmingCharacters(in: .whitespacesAndNewlines)
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: [
+            "summarize-file=exec:python3 \(examples)/summarize_file.py", "summarize-http=http:http://127.0.0.1:\(port)/summarize",
+        ])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.count == 2 })
+        let report = root + "/report.txt"
+        try String(repeating: "Agents pass files. The mesh moves them by hash! Nobody stands in the middle. ", count: 40)
+            .write(toFile: report, atomically: true, encoding: .utf8)
+        for capability in ["summarize-file", "summarize-http"] {
+            let out = root + "/out-" + capability
+            let run = try CommandLineTests.agentmesh(
+                "submit", "--home", a.home, "--capability", capability, "--input", #"{"sentences": 2}"#, "--attach", report,
+                "--wait", "--save-artifacts", out)
+            #expect(run.status == 0, "\(capability): \(run.stderr)")
+            #expect(run.stdout.contains("report.txt"), "\(run.stdout)")
+            let summary = (try? String(contentsOfFile: out + "/summary.md", encoding: .utf8)) ?? ""
+            #expect(summary.contains("## report.txt (560 words)") && summary.contains("The mesh moves them by hash!"), "\(capability): \(summary)")
+        }
+        // The submitter shows both sides of the task.
+        let shown = try CommandLineTests.agentmesh("tasks", "--home", a.home, "--json")
+        #expect(shown.stdout.contains("\"result_artifacts\"") && shown.stdout.contains("\"media_type\":\"text/markdown\""), "\(shown.stdout.prefix(600))")
+    }
+
     @Test func aLargeArtifactSurvivesASessionCutMidTransferAndResumes() throws {
         let (root, agent) = try Self.setUp("art-cut")
         defer { try? FileManager.default.removeItem(atPath: root) }
