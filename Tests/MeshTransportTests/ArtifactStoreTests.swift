@@ -1,0 +1,160 @@
+import Foundation
+import MeshCore
+import MeshCrypto
+import Testing
+
+@testable import MeshExecutors
+@testable import MeshStorage
+
+/// The artifact store, the payload framing, the artifact messages and the multipart reader, without nodes.
+@Suite struct ArtifactStoreTests {
+    static func store(maximum: UInt64 = 1 << 30, capacity: UInt64 = 1 << 30) throws -> ArtifactStore {
+        let directory = "/tmp/am-artifacts-" + UUID().uuidString.prefix(8)
+        return try ArtifactStore(directory: directory, maximumArtifact: maximum, capacity: capacity, durable: false)
+    }
+
+    /// 2.5 chunks of bytes that differ from chunk to chunk.
+    static let bytes = (0..<(ArtifactStore.chunkLength * 5 / 2)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 20) }
+
+    static func stored(in store: ArtifactStore) throws -> ArtifactRef {
+        let writer = try ArtifactStore.Writer(store: store, size: UInt64(Self.bytes.count))
+        // Written in uneven pieces: chaining values must still land on chunk ends.
+        var offset = 0
+        for piece in [1, 63, 700_000, 2_000_000, Self.bytes.count] where offset < Self.bytes.count {
+            let end = min(offset + piece, Self.bytes.count)
+            try writer.write(Array(Self.bytes[offset..<end]))
+            offset = end
+        }
+        return try writer.finish(name: "data.bin", mediaType: "application/octet-stream")
+    }
+
+    @Test func storedBytesAreReadBackByChunkWithTheChainingValuesADownloadChecks() throws {
+        let source = try Self.store(), target = try Self.store()
+        let artifact = try Self.stored(in: source)
+        #expect(artifact.digest == SHA256.hash(Self.bytes) && artifact.size == UInt64(Self.bytes.count))
+        #expect(source.usedBytes == artifact.size && source.metadata(of: artifact.digest)?.name == "data.bin")
+        let download = try ArtifactStore.Download(store: target, artifact: artifact)
+        var offset: UInt64 = 0
+        var verdicts: [ArtifactStore.Download.Verdict] = []
+        while offset < artifact.size {
+            let chunk = try source.read(artifact.digest, offset: offset, length: ArtifactStore.chunkLength)
+            #expect(chunk.chainingValue.count == (offset + UInt64(chunk.bytes.count) < artifact.size ? 32 : 0))
+            verdicts.append(try download.append(chunk.bytes, chainingValue: chunk.chainingValue))
+            offset += UInt64(chunk.bytes.count)
+        }
+        #expect(verdicts == [.accepted, .accepted, .complete])
+        #expect(target.size(of: artifact.digest) == artifact.size)
+        #expect(throws: ArtifactError.self) { try source.read(artifact.digest, offset: 5, length: 10) }
+    }
+
+    @Test func aDamagedChunkIsNotKeptAndADownloadResumesFromItsLastWholeChunk() throws {
+        let source = try Self.store(), target = try Self.store()
+        let artifact = try Self.stored(in: source)
+        let first = try source.read(artifact.digest, offset: 0, length: ArtifactStore.chunkLength)
+        var download: ArtifactStore.Download? = try ArtifactStore.Download(store: target, artifact: artifact)
+        var damaged = first.bytes
+        damaged[100] ^= 1
+        #expect(try download?.append(damaged, chainingValue: first.chainingValue) == .damaged)
+        #expect(download?.received == 0)
+        #expect(try download?.append(first.bytes, chainingValue: first.chainingValue) == .accepted)
+        // The process dies here: a new download of the same artifact goes on after the first chunk.
+        download = nil
+        let resumed = try ArtifactStore.Download(store: target, artifact: artifact)
+        #expect(resumed.received == UInt64(ArtifactStore.chunkLength))
+        var offset = resumed.received
+        var verdict = ArtifactStore.Download.Verdict.accepted
+        while offset < artifact.size {
+            let chunk = try source.read(artifact.digest, offset: offset, length: ArtifactStore.chunkLength)
+            verdict = try resumed.append(chunk.bytes, chainingValue: chunk.chainingValue)
+            offset += UInt64(chunk.bytes.count)
+        }
+        #expect(verdict == .complete && target.size(of: artifact.digest) == artifact.size)
+        // A last chunk that does not give the whole digest is damaged too.
+        let other = try Self.store()
+        let lying = try ArtifactStore.Download(store: other, artifact: ArtifactRef(digest: SHA256.hash([1]), size: 1, mediaType: "a/b", name: "x"))
+        #expect(try lying.append([2], chainingValue: []) == .damaged)
+    }
+
+    @Test func theCapsRefuseBeforeAnythingIsWrittenAndGiveTheRoomBack() throws {
+        let store = try Self.store(maximum: 1000, capacity: 1500)
+        #expect(throws: ArtifactError("the artifact has 1001 bytes; this node takes at most 1000 (run --max-artifact-bytes)")) {
+            try ArtifactStore.Writer(store: store, size: 1001)
+        }
+        let writer = try ArtifactStore.Writer(store: store, size: 1000)
+        #expect(throws: ArtifactError.self) { try ArtifactStore.Writer(store: store, size: 600) }
+        writer.abort()
+        #expect(store.usedBytes == 0)
+        let short = try ArtifactStore.Writer(store: store, size: 10)
+        try short.write([1, 2, 3])
+        #expect(throws: ArtifactError.self) { try short.finish(name: "x", mediaType: "a/b") }
+        #expect(store.usedBytes == 0)
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: store.directory + "/incoming"))?.isEmpty == true)
+    }
+
+    @Test func retentionRemovesWhatNoTaskKeeps() throws {
+        let store = try Self.store()
+        let artifact = try Self.stored(in: store)
+        #expect(store.sweep(keeping: [artifact.hex], storedBefore: Date().addingTimeInterval(60)) == 0)
+        #expect(store.sweep(keeping: [], storedBefore: Date().addingTimeInterval(-60)) == 0, "too new to go")
+        #expect(store.sweep(keeping: [], storedBefore: Date().addingTimeInterval(60)) == artifact.size)
+        #expect(store.size(of: artifact.digest) == nil && store.usedBytes == 0)
+    }
+
+    @Test func payloadsCarryArtifactsAfterANulAndRefuseMalformedLists() throws {
+        let artifact = ArtifactRef(digest: SHA256.hash([1]), size: 9, mediaType: "text/plain", name: "notes.txt")
+        let payload = TaskPayload(json: Array(#"{"a":1}"#.utf8), artifacts: [artifact])
+        let bytes = payload.encoded()
+        #expect(try TaskPayload(decoding: bytes) == payload)
+        #expect(Array(TaskPayload.json(of: bytes)) == payload.json && TaskPayload.artifacts(of: bytes) == [artifact])
+        #expect(TaskPayload(json: [0x31]).encoded() == [0x31], "no artifacts: the JSON alone")
+        #expect(throws: TaskPayload.DecodeError.self) { try TaskPayload(decoding: bytes + [0]) }
+        #expect(throws: TaskPayload.DecodeError.self) { try TaskPayload(decoding: Array(bytes.dropLast())) }
+        let twice = TaskPayload(json: [0x31], artifacts: [artifact, artifact]).encoded()
+        #expect(throws: TaskPayload.DecodeError.self) { try TaskPayload(decoding: twice) }
+        #expect(!ArtifactRef.isValidName("../x") && !ArtifactRef.isValidName(".hidden") && ArtifactRef.isValidName("report 1.pdf"))
+    }
+
+    @Test func artifactMessagesRoundTripAndRefuseBadLengths() throws {
+        let id = TaskID(high: 1, low: 2), digest = SHA256.hash([3])
+        let messages: [TaskMessage] = [
+            .artifactRequest(id, digest: digest, offset: 1 << 20, length: 1 << 20),
+            .artifactChunk(id, digest: digest, offset: 0, chainingValue: digest, bytes: [1, 2, 3]),
+            .artifactChunk(id, digest: digest, offset: 5, chainingValue: [], bytes: []),
+            .artifactUnavailable(id, digest: digest, reason: "gone"),
+        ]
+        for message in messages { #expect(try TaskMessage(decoding: message.encoded()) == message) }
+        var tooLong = TaskMessage.artifactRequest(id, digest: digest, offset: 0, length: 1).encoded()
+        tooLong.replaceSubrange(tooLong.count - 4..<tooLong.count, with: [0, 0x20, 0, 0])
+        #expect(throws: TaskMessage.DecodeError.self) { try TaskMessage(decoding: tooLong) }
+        // A chunk's audit digest leaves its bytes out but not its chaining value.
+        let chunk = TaskMessage.artifactChunk(id, digest: digest, offset: 0, chainingValue: digest, bytes: [1, 2, 3])
+        let other = TaskMessage.artifactChunk(id, digest: digest, offset: 0, chainingValue: digest, bytes: [4, 5, 6])
+        #expect(chunk.auditDigest(wireBytes: chunk.encoded()) == other.auditDigest(wireBytes: other.encoded()))
+        let request = TaskMessage.artifactRequest(id, digest: digest, offset: 0, length: 1)
+        #expect(request.auditDigest(wireBytes: request.encoded()) == SHA256.hash(request.encoded()))
+    }
+
+    @Test func multipartAnswersGiveTheResultAndTheirFiles() throws {
+        let folder = "/tmp/am-multipart-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: folder + "/out", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let body = "--b\r\nContent-Disposition: form-data; name=\"result\"\r\n\r\n{\"ok\":true}\r\n"
+            + "--b\r\nContent-Disposition: form-data; name=\"artifact\"; filename=\"../../escape.txt\"\r\nContent-Type: text/plain\r\n\r\nline\r\n"
+            + "--b--\r\n"
+        try body.write(toFile: folder + "/answer", atomically: true, encoding: .utf8)
+        let result = try Multipart.readAnswer(from: folder + "/answer", contentType: "multipart/form-data; boundary=b", into: folder + "/out")
+        #expect(result == Array("{\"ok\":true}".utf8))
+        #expect(try String(contentsOfFile: folder + "/out/escape.txt", encoding: .utf8) == "line", "only the base name is used")
+        try "--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nno end".write(toFile: folder + "/answer", atomically: true, encoding: .utf8)
+        #expect(throws: (any Error).self) {
+            try Multipart.readAnswer(from: folder + "/answer", contentType: "multipart/form-data; boundary=b", into: folder + "/out")
+        }
+        // The request side: the input part first, then each file.
+        try Data("abc".utf8).write(to: URL(fileURLWithPath: folder + "/in.txt"))
+        let boundary = try Multipart.writeRequest(
+            to: folder + "/request", json: Array("{}".utf8), inputs: [.init(name: "in.txt", mediaType: "text/plain", path: folder + "/in.txt")])
+        let request = try String(contentsOfFile: folder + "/request", encoding: .utf8)
+        #expect(request.hasPrefix("--\(boundary)\r\nContent-Disposition: form-data; name=\"input\"") && request.contains("filename=\"in.txt\"")
+                && request.hasSuffix("abc\r\n--\(boundary)--\r\n"))
+    }
+}
