@@ -38,7 +38,10 @@ public struct ByteReader: Sendable {
     private let bytes: [UInt8]
     public private(set) var offset = 0
 
-    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public init(_ bytes: [UInt8], offset: Int = 0) {
+        self.bytes = bytes
+        self.offset = min(max(offset, 0), bytes.count)
+    }
 
     public var remaining: Int { self.bytes.count - self.offset }
     public var isAtEnd: Bool { self.remaining == 0 }

@@ -148,13 +148,15 @@ public struct SecureSession: Sendable {
                 throw .messageTooLarge(limit: self.maximumMessageLength)
             }
             if type == .chunk {
+                // Room for a megabyte message at once: growing by doubling would copy it over and over.
+                if self.reassembly.isEmpty { self.reassembly.reserveCapacity(min(self.maximumMessageLength, 1024 * 1024 + 1024)) }
                 self.reassembly += data
                 return nil
             }
             if self.reassembly.isEmpty { return .message(Array(data)) }
-            let message = self.reassembly + data
-            self.reassembly = []
-            return .message(message)
+            self.reassembly += data
+            defer { self.reassembly = [] }
+            return .message(self.reassembly)
         case .close:
             self.isClosed = true
             let code = data.first ?? 0

@@ -18,11 +18,11 @@ public enum ChaChaPoly {
         precondition(key.count == keyByteCount, "ChaCha20-Poly1305 keys are 32 bytes")
         let nonce = nonceBytes(nonce)
         return plaintext.withUnsafeBytes { pt in
-            var out = [UInt8](repeating: 0, count: pt.count + tagByteCount)
-            var outLength: UInt64 = 0
-            key.withUnsafeBytes { k in
-                associatedData.withUnsafeBufferPointer { ad in
-                    out.withUnsafeMutableBufferPointer { o in
+            // Not zeroed first: the cipher writes every byte.
+            [UInt8](unsafeUninitializedCapacity: pt.count + tagByteCount) { o, initialized in
+                var outLength: UInt64 = 0
+                key.withUnsafeBytes { k in
+                    associatedData.withUnsafeBufferPointer { ad in
                         _ = crypto_aead_chacha20poly1305_ietf_encrypt(
                             o.baseAddress!, &outLength,
                             pt.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(pt.count),
@@ -30,8 +30,8 @@ public enum ChaChaPoly {
                             k.baseAddress!.assumingMemoryBound(to: UInt8.self))
                     }
                 }
+                initialized = pt.count + tagByteCount
             }
-            return out
         }
     }
 
@@ -43,11 +43,12 @@ public enum ChaChaPoly {
         let nonce = nonceBytes(nonce)
         let result: [UInt8]? = ciphertext.withUnsafeBytes { ct in
             guard ct.count >= tagByteCount else { return nil }
-            var out = [UInt8](repeating: 0, count: ct.count - tagByteCount)
-            var outLength: UInt64 = 0
-            let status = key.withUnsafeBytes { k in
-                associatedData.withUnsafeBufferPointer { ad in
-                    out.withUnsafeMutableBufferPointer { o in
+            var status: Int32 = -1
+            // Not zeroed first: on success every byte is written; on failure the bytes are dropped unread.
+            let out = [UInt8](unsafeUninitializedCapacity: ct.count - tagByteCount) { o, initialized in
+                var outLength: UInt64 = 0
+                status = key.withUnsafeBytes { k in
+                    associatedData.withUnsafeBufferPointer { ad in
                         crypto_aead_chacha20poly1305_ietf_decrypt(
                             o.baseAddress, &outLength, nil,
                             ct.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(ct.count),
@@ -55,6 +56,7 @@ public enum ChaChaPoly {
                             k.baseAddress!.assumingMemoryBound(to: UInt8.self))
                     }
                 }
+                initialized = status == 0 ? ct.count - tagByteCount : 0
             }
             return status == 0 ? out : nil
         }

@@ -97,8 +97,7 @@ public final class ArtifactStore: Sendable {
         private let temporary: String
         private let descriptor: Int32
         private let reserved: UInt64
-        private var hasher = SHA256.Hasher()
-        private var chain: [UInt8] = []
+        private var hasher = ChunkHasher()
         private var written: UInt64 = 0
 
         public init(store: ArtifactStore, size: UInt64) throws(ArtifactError) {
@@ -121,15 +120,7 @@ public final class ArtifactStore: Sendable {
                 throw ArtifactError("the artifact is longer than the \(self.reserved) bytes announced")
             }
             try ArtifactStore.writeAll(self.descriptor, bytes, at: self.written, path: self.temporary)
-            // Chaining values at each chunk's end: hash up to the boundary, note it, then the rest.
-            var rest = bytes
-            while !rest.isEmpty {
-                let room = ArtifactStore.chunkLength - Int(self.hasher.count % UInt64(ArtifactStore.chunkLength))
-                let part = UnsafeRawBufferPointer(rebasing: rest.prefix(room))
-                self.hasher.update(part)
-                if part.count == room, let value = self.hasher.chainingValue { self.chain += value }
-                rest = UnsafeRawBufferPointer(rebasing: rest.dropFirst(part.count))
-            }
+            self.hasher.update(bytes)
             self.written += UInt64(bytes.count)
         }
 
@@ -144,9 +135,9 @@ public final class ArtifactStore: Sendable {
                 self.abort()
                 throw ArtifactError("the artifact ended after \(self.written) of the \(self.reserved) bytes announced")
             }
-            let digest = self.hasher.finalize()
+            let digest = self.hasher.hasher.finalize()
             if self.store.durable { fsync(self.descriptor) }
-            try self.store.file(self.temporary, digest: digest, size: self.written, chain: self.chain, mediaType: mediaType, name: name)
+            try self.store.file(self.temporary, digest: digest, size: self.written, chain: self.hasher.chain, mediaType: mediaType, name: name)
             return ArtifactRef(digest: digest, size: self.written, mediaType: mediaType, name: name)
         }
 
@@ -157,31 +148,30 @@ public final class ArtifactStore: Sendable {
         }
     }
 
-    /// A file the node was handed (an agent's result), copied in through a `Writer`.
+    /// A file the node was handed (an agent's result, in a folder on the store's file system): hashed where it is,
+    /// then moved into the store, so its bytes are read once and never copied.
     public func ingest(file path: String, name: String, mediaType: String) throws(ArtifactError) -> ArtifactRef {
         let input = open(path, O_RDONLY | O_CLOEXEC)
         guard input >= 0 else { throw ArtifactError("cannot read \(path): \(String(cString: strerror(errno)))") }
         defer { close(input) }
         var info = stat()
         guard fstat(input, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { throw ArtifactError("\(path) is not a regular file") }
-        let writer = try Writer(store: self, size: UInt64(info.st_size))
+        let size = UInt64(info.st_size)
+        try self.reserve(size)
+        var hasher = ChunkHasher()
         var buffer = [UInt8](repeating: 0, count: Self.chunkLength)
-        while true {
+        while hasher.hasher.count < size {
             let count = buffer.withUnsafeMutableBytes { Glibc.read(input, $0.baseAddress, $0.count) }
-            if count < 0 {
-                let why = String(cString: strerror(errno))
-                writer.abort()
-                throw ArtifactError("cannot read \(path): \(why)")
+            guard count > 0 else {
+                self.release(size)
+                throw ArtifactError("cannot read \(path): \(count < 0 ? String(cString: strerror(errno)) : "it shrank while it was read")")
             }
-            if count == 0 { break }
-            do {
-                try withBytes(buffer) { raw throws(ArtifactError) in try writer.write(UnsafeRawBufferPointer(rebasing: raw[..<count])) }
-            } catch {
-                writer.abort()
-                throw error
-            }
+            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
         }
-        return try writer.finish(name: name, mediaType: mediaType)
+        let digest = hasher.hasher.finalize()
+        if self.durable { fsync(input) }
+        try self.file(path, digest: digest, size: size, chain: hasher.chain, mediaType: mediaType, name: name)
+        return ArtifactRef(digest: digest, size: size, mediaType: mediaType, name: name)
     }
 
     private func file(
@@ -222,13 +212,21 @@ public final class ArtifactStore: Sendable {
         let descriptor = open(self.path(of: digest), O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { throw ArtifactError("cannot open the artifact: \(String(cString: strerror(errno)))") }
         defer { close(descriptor) }
-        var bytes = [UInt8](repeating: 0, count: count)
-        var done = 0
-        while done < count {
-            let got = bytes.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done)) }
-            guard got > 0 else { throw ArtifactError("cannot read the artifact: \(got < 0 ? String(cString: strerror(errno)) : "it is shorter than it was")") }
-            done += got
+        var failure: ArtifactError?
+        // Not zeroed first: every byte is read over.
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            var done = 0
+            while done < count {
+                let got = pread(descriptor, buffer.baseAddress! + done, count - done, off_t(offset) + off_t(done))
+                guard got > 0 else {
+                    failure = ArtifactError("cannot read the artifact: \(got < 0 ? String(cString: strerror(errno)) : "it is shorter than it was")")
+                    break
+                }
+                done += got
+            }
+            initialized = done
         }
+        if let failure { throw failure }
         let end = offset + UInt64(count)
         guard end < size else { return (bytes, []) }
         guard end % UInt64(Self.chunkLength) == 0 else { throw ArtifactError("a chunk must end on a chunk boundary") }
@@ -292,10 +290,14 @@ public final class ArtifactStore: Sendable {
 
         /// The next chunk, in order: checked against the owner's chaining value, then written.
         public func append(_ bytes: [UInt8], chainingValue: [UInt8]) throws(ArtifactError) -> Verdict {
+            try self.append(bytes[...], chainingValue: chainingValue)
+        }
+
+        public func append(_ bytes: ArraySlice<UInt8>, chainingValue: [UInt8]) throws(ArtifactError) -> Verdict {
             let end = self.received + UInt64(bytes.count)
             guard end <= self.artifact.size else { throw ArtifactError("the owner sent more bytes than the artifact has") }
             var next = self.hasher
-            next.update(bytes)
+            bytes.withUnsafeBytes { next.update($0) }
             if end < self.artifact.size {
                 guard bytes.count == ArtifactStore.chunkLength, next.chainingValue == chainingValue else { return .damaged }
             } else {
@@ -358,7 +360,24 @@ public final class ArtifactStore: Sendable {
 }
 
 /// The bytes of an array to a body that throws only ``ArtifactError``.
-private func withBytes<T>(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) throws(ArtifactError) -> T) throws(ArtifactError) -> T {
+private func withBytes<T>(_ bytes: some ContiguousBytes, _ body: (UnsafeRawBufferPointer) throws(ArtifactError) -> T) throws(ArtifactError) -> T {
     let result: Result<T, ArtifactError> = bytes.withUnsafeBytes { raw in Result { () throws(ArtifactError) -> T in try body(raw) } }
     return try result.get()
+}
+
+/// SHA-256 over an artifact, noting the chaining value at the end of every chunk.
+private struct ChunkHasher {
+    var hasher = SHA256.Hasher()
+    var chain: [UInt8] = []
+
+    mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        var rest = bytes
+        while !rest.isEmpty {
+            let room = ArtifactStore.chunkLength - Int(self.hasher.count % UInt64(ArtifactStore.chunkLength))
+            let part = UnsafeRawBufferPointer(rebasing: rest.prefix(room))
+            self.hasher.update(part)
+            if part.count == room, let value = self.hasher.chainingValue { self.chain += value }
+            rest = UnsafeRawBufferPointer(rebasing: rest.dropFirst(part.count))
+        }
+    }
 }

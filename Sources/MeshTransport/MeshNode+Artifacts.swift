@@ -22,6 +22,7 @@ final class ArtifactPull: @unchecked Sendable {  // touched only on the node's l
     /// Offsets asked for and not yet answered.
     var outstanding: Set<UInt64> = []
     var lastProgress: Duration
+    let startedAt: Duration
     /// Damaged chunks in a row: three means the owner's bytes are wrong, not the way here.
     var damaged = 0
     var waiters: [(ArtifactError?) -> Void] = []
@@ -31,6 +32,7 @@ final class ArtifactPull: @unchecked Sendable {  // touched only on the node's l
         self.task = task
         self.peer = peer
         self.lastProgress = now
+        self.startedAt = now
     }
 }
 
@@ -160,7 +162,9 @@ extension MeshNode {
         }
     }
 
-    func receiveArtifactChunk(_ task: TaskID, digest: [UInt8], offset: UInt64, chainingValue: [UInt8], bytes: [UInt8], from peer: NodeID) {
+    func receiveArtifactChunk(
+        _ task: TaskID, digest: [UInt8], offset: UInt64, chainingValue: [UInt8], bytes: ArraySlice<UInt8>, from peer: NodeID
+    ) {
         // Only the next chunk in order counts; anything else answers a request made before a reset (a damaged chunk,
         // a stall) and was asked for again.
         guard let pull = self.artifactPulls[Hex.encode(digest)], pull.peer == peer, offset == pull.expected,
@@ -171,7 +175,7 @@ extension MeshNode {
         self.pump(pull)
     }
 
-    private func appendChunk(_ bytes: [UInt8], chainingValue: [UInt8], offset: UInt64, to pull: ArtifactPull) {
+    private func appendChunk(_ bytes: ArraySlice<UInt8>, chainingValue: [UInt8], offset: UInt64, to pull: ArtifactPull) {
         guard let download = pull.download else { return }
         self.artifactQueue.async {
             // A chunk after a damaged one was asked for before the damage was known: it is asked for again.
@@ -225,6 +229,10 @@ extension MeshNode {
                 self.artifactQueue.async { store.release(download.value.artifact.size - download.value.received) }
             }
         } else {
+            let seconds = max((self.now - pull.startedAt).seconds, 1e-6)
+            self.logger.info("fetched an artifact", metadata: [
+                "artifact": "\(pull.artifact.hex.prefix(16))", "bytes": "\(pull.artifact.size)", "peer": "\(self.displayName(pull.peer))",
+                "seconds": "\(String(format: "%.3f", seconds))", "mb_per_second": "\(Int(Double(pull.artifact.size) / seconds / 1e6))"])
             self.metrics.increment("agentmesh_artifacts_fetched_total")
             self.metrics.increment("agentmesh_artifact_bytes_fetched_total", by: Int(pull.artifact.size))
         }
@@ -272,7 +280,7 @@ extension MeshNode {
                     node.deliver(.artifactUnavailable(task, digest: digest, reason: String(error.description.prefix(200))), to: peer)
                 case .success(var chunk):
                     if corrupt, !chunk.bytes.isEmpty { chunk.bytes[chunk.bytes.count / 2] ^= 0xFF }
-                    node.deliver(.artifactChunk(task, digest: digest, offset: offset, chainingValue: chunk.chainingValue, bytes: chunk.bytes), to: peer)
+                    node.deliver(.artifactChunk(task, digest: digest, offset: offset, chainingValue: chunk.chainingValue, bytes: chunk.bytes[...]), to: peer)
                     if cut { node.connections[peer]?.channel.close(promise: nil) }
                 }
             }

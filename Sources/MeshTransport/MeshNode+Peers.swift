@@ -55,7 +55,7 @@ extension MeshNode {
                 self.audit(entry, peer: peer)
             case .sendTranscript(let checkpoint, let session, let peer):
                 guard let connection = self.connections[peer], connection.number == session else { continue }
-                connection.channel.writeAndFlush(WireMessage.transcript(checkpoint), promise: nil)
+                connection.channel.writeAndFlush(OutboundMessage(WireMessage.transcript(checkpoint).encoded()), promise: nil)
             case .declineRateLimited(let id, let epoch, let peer):
                 guard let connection = self.connections[peer] else { continue }
                 self.write(.task(.decline(id, epoch: epoch, reason: .rateLimited)), to: connection)

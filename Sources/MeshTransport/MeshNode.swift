@@ -453,6 +453,7 @@ public actor MeshNode: Service {
                 }
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: Self.sessionWaterMark)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try self.prepareAcceptedChannel(channel) }
             }
@@ -573,6 +574,7 @@ public actor MeshNode: Service {
         let ended = try await ClientBootstrap(group: self.loop)
             .connectTimeout(TimeAmount(self.settings.connectTimeout))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.writeBufferWaterMark, value: Self.sessionWaterMark)
             .connect(host: address.host, port: address.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try self.addSessionHandlers(
@@ -745,6 +747,10 @@ public actor MeshNode: Service {
         }
     }
 
+    /// What a session queues before it counts as slow: room for a window of artifact chunks and a large result
+    /// (NIO's default of 64 KiB would drop all but the first megabyte chunk of a window).
+    static let sessionWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 8 << 20, high: 24 << 20)
+
     /// Both protocols are loss-tolerant (probes repeat, offers time out, results are re-sent until acknowledged):
     /// a session that cannot take more (a slow peer) drops the message rather than queueing without bound.
     func write(_ message: WireMessage, to connection: PeerConnection) {
@@ -755,9 +761,11 @@ public actor MeshNode: Service {
             ])
             return
         }
-        channel.writeAndFlush(message, promise: nil)
+        // Encoded once: the same bytes are sealed and, for a task message, digested for the audit log.
+        let bytes = message.encoded()
+        channel.writeAndFlush(OutboundMessage(bytes), promise: nil)
         // After the write: a transcript checkpoint this may trigger must follow the message it covers.
-        if case .task(let task) = message { self.auditSent(task, bytes: message.encoded(), on: connection) }
+        if case .task(let task) = message { self.auditSent(task, bytes: bytes, on: connection) }
     }
 
     private nonisolated func dialOnDemand(_ peer: NodeID, at address: HostAndPort) async {

@@ -37,7 +37,7 @@ public struct CloseRequest: Sendable {
 final class SecureChannelHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = SessionEvent
-    typealias OutboundIn = WireMessage
+    typealias OutboundIn = OutboundMessage
     typealias OutboundOut = ByteBuffer
 
     struct Configuration: Sendable {
@@ -342,16 +342,20 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     // MARK: Outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        self.send(self.unwrapOutboundIn(data), context: context, promise: promise)
+        self.send(bytes: self.unwrapOutboundIn(data).bytes, context: context, promise: promise)
     }
 
     private func send(_ message: WireMessage, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        self.send(bytes: message.encoded(), context: context, promise: promise)
+    }
+
+    private func send(bytes: [UInt8], context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
         guard case .established(var session) = self.phase else {
             promise?.fail(TransportError.notEstablished)
             return
         }
         do {
-            let frames = try session.seal(message: message.encoded())
+            let frames = try session.seal(message: bytes)
             self.phase = .established(session)
             var buffer = context.channel.allocator.buffer(
                 capacity: frames.reduce(0) { $0 + $1.count + FrameCodec.lengthPrefixSize })
@@ -436,3 +440,11 @@ final class SecureChannelHandler: ChannelDuplexHandler {
 
 @available(*, unavailable)
 extension SecureChannelHandler: Sendable {}
+
+/// A message on its way into a session, already encoded: the node encodes it once, for the wire and for its audit
+/// digest.
+struct OutboundMessage: Sendable {
+    let bytes: [UInt8]
+
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+}

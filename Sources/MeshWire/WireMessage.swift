@@ -57,6 +57,7 @@ public enum WireMessage: Equatable, Sendable {
     }
 
     public func encoded() -> [UInt8] {
+        if case .task(let message) = self { return message.encoded(after: self.kind.rawValue) }
         var bytes: [UInt8] = [self.kind.rawValue]
         switch self {
         case .ping(let nonce), .pong(let nonce):
@@ -65,8 +66,8 @@ public enum WireMessage: Equatable, Sendable {
             break
         case .membership(let message):
             bytes += message.encoded()
-        case .task(let message):
-            bytes += message.encoded()
+        case .task:
+            break
         case .transcript(let checkpoint):
             bytes += checkpoint.encoded()
         }
@@ -88,7 +89,7 @@ public enum WireMessage: Equatable, Sendable {
         case .membership:
             do { self = .membership(try MembershipMessage(decoding: Array(body))) } catch { throw .membership(error) }
         case .task:
-            do { self = .task(try TaskMessage(decoding: Array(body))) } catch { throw .task(error) }
+            do { self = .task(try TaskMessage(decoding: bytes, from: 1)) } catch { throw .task(error) }
         case .transcript:
             guard let checkpoint = TranscriptCheckpoint(decoding: Array(body)) else { throw .malformed(kind) }
             self = .transcript(checkpoint)

@@ -214,6 +214,10 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Artifact chunks and large messages are a megabyte or more each: served from the heap rather than a fresh
+        // mmap (page faults and zeroing) every time, with up to 32 MiB kept for the next ones.
+        _ = glibcMallopt(-3, 8 << 20)  // M_MMAP_THRESHOLD
+        _ = glibcMallopt(-1, 32 << 20)  // M_TRIM_THRESHOLD
         let home = self.options.nodeHome
         let effective = try self.effectiveSettings(try reporting { try home.loadRunConfiguration() })
         let settings = effective.settings
@@ -263,3 +267,7 @@ struct Run: AsyncParsableCommand {
         }
     }
 }
+
+/// glibc's `mallopt` (from <malloc.h>, which Swift's Glibc module does not export).
+@_silgen_name("mallopt")
+private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32

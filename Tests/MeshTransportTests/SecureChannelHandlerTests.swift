@@ -117,7 +117,7 @@ import Testing
         let pair = try Pair()
         try pair.pump()
         _ = try pair.events(pair.responder)
-        try pair.initiator.writeOutbound(WireMessage.ping(nonce: 1))
+        try pair.initiator.writeOutbound(OutboundMessage(WireMessage.ping(nonce: 1).encoded()))
         var frame = try #require(try pair.initiator.readOutbound(as: ByteBuffer.self))
         var bytes = Array(frame.readableBytesView)
         bytes[5] ^= 1
@@ -182,6 +182,6 @@ import Testing
 
     @Test func writesBeforeTheSessionExistsAreRefused() throws {
         let pair = try Pair()
-        #expect(throws: TransportError.self) { try pair.initiator.writeOutbound(WireMessage.ping(nonce: 1)) }
+        #expect(throws: TransportError.self) { try pair.initiator.writeOutbound(OutboundMessage(WireMessage.ping(nonce: 1).encoded())) }
     }
 }

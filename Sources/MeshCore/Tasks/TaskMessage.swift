@@ -146,7 +146,8 @@ public enum TaskMessage: Sendable, Equatable {
     case artifactRequest(TaskID, digest: [UInt8], offset: UInt64, length: UInt32)
     /// The answer: bytes of the artifact from `offset`, with the owner's SHA-256 chaining value after them (empty
     /// after the last chunk, which the whole digest checks), so the receiver spots a damaged chunk at once.
-    case artifactChunk(TaskID, digest: [UInt8], offset: UInt64, chainingValue: [UInt8], bytes: [UInt8])
+    /// The bytes are a slice of the received message: a megabyte is not copied out of it again.
+    case artifactChunk(TaskID, digest: [UInt8], offset: UInt64, chainingValue: [UInt8], bytes: ArraySlice<UInt8>)
     /// The owner cannot serve the artifact for this task (it does not have it, or the task does not reference it).
     case artifactUnavailable(TaskID, digest: [UInt8], reason: String)
 
@@ -230,8 +231,11 @@ public enum TaskMessage: Sendable, Equatable {
         }
     }
 
-    public func encoded() -> [UInt8] {
-        var writer = ByteWriter(capacity: 64)
+    /// The message's bytes, after `prefix` when given (the wire's message kind): written once, at their full size,
+    /// so a megabyte chunk is not copied again on its way out.
+    public func encoded(after prefix: UInt8? = nil) -> [UInt8] {
+        var writer = ByteWriter(capacity: 128 + self.payloadLength)
+        if let prefix { writer.u8(prefix) }
         func header(_ id: TaskID, _ epoch: UInt32) {
             writer.u8(self.tag)
             writer.u64(id.high)
@@ -313,13 +317,27 @@ public enum TaskMessage: Sendable, Equatable {
             writer.u8(UInt8(chainingValue.count))
             writer.raw(chainingValue)
             // Last, so the audit digest can leave the bytes out.
-            writer.longBytes(bytes)
+            writer.u32(UInt32(bytes.count))
+            writer.raw(bytes)
         case .artifactUnavailable(let id, let digest, let reason):
             header(id, 0)
             writer.raw(digest)
             writer.shortString(reason)
         }
         return writer.bytes
+    }
+
+    /// Roughly the bytes a message carries beyond its fixed fields.
+    private var payloadLength: Int {
+        switch self {
+        case .offer(let offer): return offer.input.count + 512
+        case .result(_, _, .success(let output)): return output.count
+        case .artifactChunk(_, _, _, _, let bytes): return bytes.count
+        case .progress(_, _, _, let events): return events.reduce(0) { $0 + $1.count + 4 }
+        case .event(let event): return event.data.count + 256
+        case .log(_, _, let chunk): return chunk.count
+        default: return 0
+        }
     }
 
     private static func milliseconds(_ duration: Duration) -> UInt64 {
@@ -338,8 +356,9 @@ public enum TaskMessage: Sendable, Equatable {
         public let description: String
     }
 
-    public init(decoding bytes: [UInt8]) throws(DecodeError) {
-        var reader = ByteReader(bytes)
+    /// Decodes the message in `bytes` from `offset` on (the wire's message kind before it is skipped, not copied).
+    public init(decoding bytes: [UInt8], from offset: Int = 0) throws(DecodeError) {
+        var reader = ByteReader(bytes, offset: offset)
         do {
             let tag = try reader.u8("tag")
             let id = TaskID(high: try reader.u64("task id"), low: try reader.u64("task id"))
@@ -431,7 +450,9 @@ public enum TaskMessage: Sendable, Equatable {
                     throw DecodeError(description: "a chaining value is 0 or 32 bytes, not \(chainLength)")
                 }
                 let chainingValue = Array(try reader.take(chainLength, "chaining value"))
-                let bytes = try reader.longBytes("artifact bytes", limit: Self.maximumArtifactChunk)
+                let count = Int(try reader.u32("artifact bytes"))
+                guard count <= Self.maximumArtifactChunk else { throw DecodeError(description: "an artifact chunk of \(count) bytes") }
+                let bytes = try reader.take(count, "artifact bytes")
                 self = .artifactChunk(id, digest: digest, offset: offset, chainingValue: chainingValue, bytes: bytes)
             case 17:
                 let digest = Array(try reader.take(SHA256.byteCount, "artifact digest"))
