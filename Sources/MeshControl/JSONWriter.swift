@@ -140,11 +140,27 @@ package enum JSONText {
         return scanner.output
     }
 
+    /// For a JSON object: where each top-level member's value is in `bytes`, or nil when `bytes` are not one JSON
+    /// object. Lets a large input be taken as it was sent instead of being parsed into values and written again.
+    package static func members(of bytes: [UInt8], maximumDepth: Int = 256) -> [String: Range<Int>]? {
+        guard String(validating: bytes, as: UTF8.self) != nil else { return nil }
+        var scanner = Scanner(input: bytes, maximumDepth: maximumDepth)
+        scanner.recordsMembers = true
+        scanner.skipWhitespace()
+        guard scanner.current == UInt8(ascii: "{"), scanner.value(depth: 0) else { return nil }
+        scanner.skipWhitespace()
+        guard scanner.position == bytes.count else { return nil }
+        return scanner.members
+    }
+
     private struct Scanner {
         let input: [UInt8]
         let maximumDepth: Int
         var position = 0
         var output: [UInt8] = []
+        /// With `recordsMembers`: the top-level object's members and where their values are.
+        var recordsMembers = false
+        var members: [String: Range<Int>] = [:]
 
         init(input: [UInt8], maximumDepth: Int) {
             self.input = input
@@ -189,13 +205,21 @@ package enum JSONText {
             self.skipWhitespace()
             if self.take(close) { return true }
             while true {
+                var key: String?
                 if keyed {
                     self.skipWhitespace()
+                    let keyStart = self.position
                     guard self.current == UInt8(ascii: "\""), self.string() else { return false }
+                    if self.recordsMembers, depth == 0 {
+                        key = (try? JSONSerialization.jsonObject(with: Data(self.input[keyStart..<self.position]), options: .fragmentsAllowed)) as? String
+                    }
                     self.skipWhitespace()
                     guard self.take(UInt8(ascii: ":")) else { return false }
                 }
+                self.skipWhitespace()
+                let valueStart = self.position
                 guard self.value(depth: depth + 1) else { return false }
+                if let key { self.members[key] = valueStart..<self.position }
                 self.skipWhitespace()
                 if self.take(close) { return true }
                 guard self.take(UInt8(ascii: ",")) else { return false }
@@ -228,8 +252,15 @@ package enum JSONText {
                 case 0x00..<0x20:
                     return false
                 default:
-                    self.output.append(byte)
-                    self.position += 1
+                    // A run of plain bytes is copied at once: a 10 MB string is one copy, not ten million appends.
+                    var end = self.position + 1
+                    while end < self.input.count {
+                        let next = self.input[end]
+                        if next == UInt8(ascii: "\"") || next == UInt8(ascii: "\\") || next < 0x20 { break }
+                        end += 1
+                    }
+                    self.output += self.input[self.position..<end]
+                    self.position = end
                 }
             }
             return false

@@ -87,7 +87,9 @@ public struct SecureSession: Sendable {
     public let maximumMessageLength: Int
     private var sender: Noise.CipherState
     private var receiver: Noise.CipherState
-    private var reassembly: [UInt8] = []
+    /// The frames of a message in progress, joined once its last frame arrives (one copy at its final size).
+    private var reassembly: [[UInt8]] = []
+    private var reassembled = 0
     public private(set) var isClosed = false
 
     public init(_ established: EstablishedSession, maximumMessageLength: Int = defaultMaximumMessageLength) {
@@ -142,21 +144,34 @@ public struct SecureSession: Sendable {
         let data = plaintext[1...]
         switch type {
         case .chunk, .final:
-            guard self.reassembly.count + data.count <= self.maximumMessageLength else {
+            guard self.reassembled + data.count <= self.maximumMessageLength else {
                 self.isClosed = true
                 self.reassembly = []
+                self.reassembled = 0
                 throw .messageTooLarge(limit: self.maximumMessageLength)
             }
             if type == .chunk {
-                // Room for a megabyte message at once: growing by doubling would copy it over and over.
-                if self.reassembly.isEmpty { self.reassembly.reserveCapacity(min(self.maximumMessageLength, 1024 * 1024 + 1024)) }
-                self.reassembly += data
+                self.reassembly.append(plaintext)
+                self.reassembled += data.count
                 return nil
             }
             if self.reassembly.isEmpty { return .message(Array(data)) }
-            self.reassembly += data
-            defer { self.reassembly = [] }
-            return .message(self.reassembly)
+            self.reassembly.append(plaintext)
+            let total = self.reassembled + data.count
+            let message = [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
+                var offset = 0
+                for frame in self.reassembly {
+                    frame.withUnsafeBufferPointer { bytes in
+                        let body = UnsafeBufferPointer(rebasing: bytes[1...])
+                        UnsafeMutableRawPointer(buffer.baseAddress! + offset).copyMemory(from: body.baseAddress!, byteCount: body.count)
+                        offset += body.count
+                    }
+                }
+                initialized = offset
+            }
+            self.reassembly = []
+            self.reassembled = 0
+            return .message(message)
         case .close:
             self.isClosed = true
             let code = data.first ?? 0

@@ -19,8 +19,10 @@ final class ArtifactPull: @unchecked Sendable {  // touched only on the node's l
     /// The next offset to ask for, and the next the loop expects to receive.
     var nextRequest: UInt64 = 0
     var expected: UInt64 = 0
-    /// Offsets asked for and not yet answered.
+    /// Offsets asked for and not yet answered, and chunks received but not yet checked and written: together at
+    /// most a window, so a disk slower than the network holds the transfer back instead of filling memory.
     var outstanding: Set<UInt64> = []
+    var unwritten = 0
     var lastProgress: Duration
     let startedAt: Duration
     /// Damaged chunks in a row: three means the owner's bytes are wrong, not the way here.
@@ -152,7 +154,7 @@ extension MeshNode {
         guard pull.download != nil, self.artifactPulls[pull.artifact.hex] === pull else { return }
         var allowance = self.accountability.bytesAllowance(for: pull.peer, now: self.now)
             - Double(pull.outstanding.count * ArtifactStore.chunkLength)
-        while pull.outstanding.count < Self.artifactWindow, pull.nextRequest < pull.artifact.size {
+        while pull.outstanding.count + pull.unwritten < Self.artifactWindow, pull.nextRequest < pull.artifact.size {
             let length = Int(min(UInt64(ArtifactStore.chunkLength), pull.artifact.size - pull.nextRequest))
             guard allowance >= Double(length) else { break }
             allowance -= Double(length)
@@ -177,9 +179,12 @@ extension MeshNode {
 
     private func appendChunk(_ bytes: ArraySlice<UInt8>, chainingValue: [UInt8], offset: UInt64, to pull: ArtifactPull) {
         guard let download = pull.download else { return }
+        pull.unwritten += 1
         self.artifactQueue.async {
             // A chunk after a damaged one was asked for before the damage was known: it is asked for again.
-            guard download.value.received == offset else { return }
+            guard download.value.received == offset else {
+                return self.onLoop { _ in pull.unwritten -= 1 }
+            }
             let verdict: Result<ArtifactStore.Download.Verdict, ArtifactError> = Result { () throws(ArtifactError) in
                 try download.value.append(bytes, chainingValue: chainingValue)
             }
@@ -188,6 +193,7 @@ extension MeshNode {
     }
 
     private func chunkChecked(_ pull: ArtifactPull, offset: UInt64, verdict: Result<ArtifactStore.Download.Verdict, ArtifactError>) {
+        pull.unwritten -= 1
         guard self.artifactPulls[pull.artifact.hex] === pull else { return }
         switch verdict {
         case .failure(let error):
@@ -197,6 +203,7 @@ extension MeshNode {
         case .success(.accepted):
             pull.damaged = 0
             pull.lastProgress = self.now
+            self.pump(pull)
         case .success(.damaged):
             pull.damaged += 1
             self.metrics.increment("agentmesh_artifact_chunks_damaged_total")

@@ -214,10 +214,10 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
-        // Artifact chunks and large messages are a megabyte or more each: served from the heap rather than a fresh
-        // mmap (page faults and zeroing) every time, with up to 32 MiB kept for the next ones.
-        _ = glibcMallopt(-3, 8 << 20)  // M_MMAP_THRESHOLD
-        _ = glibcMallopt(-1, 32 << 20)  // M_TRIM_THRESHOLD
+        // Artifact chunks are a megabyte each: served from the heap rather than a fresh mmap (page faults and
+        // zeroing) every time, with up to 16 MiB kept for the next ones.
+        _ = glibcMallopt(-3, 4 << 20)  // M_MMAP_THRESHOLD
+        _ = glibcMallopt(-1, 16 << 20)  // M_TRIM_THRESHOLD
         let home = self.options.nodeHome
         let effective = try self.effectiveSettings(try reporting { try home.loadRunConfiguration() })
         let settings = effective.settings
