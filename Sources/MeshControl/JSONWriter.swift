@@ -132,7 +132,7 @@ package enum JSONText {
     /// `bytes` as one compact JSON value (whitespace between tokens removed), or nil when they are not exactly one
     /// JSON value in UTF-8 (or nest deeper than `maximumDepth`).
     package static func compacted(_ bytes: [UInt8], maximumDepth: Int = 256) -> [UInt8]? {
-        guard String(validating: bytes, as: UTF8.self) != nil else { return nil }
+        guard Self.isUTF8(bytes) else { return nil }
         var scanner = Scanner(input: bytes, maximumDepth: maximumDepth)
         guard scanner.value(depth: 0) else { return nil }
         scanner.skipWhitespace()
@@ -143,9 +143,10 @@ package enum JSONText {
     /// For a JSON object: where each top-level member's value is in `bytes`, or nil when `bytes` are not one JSON
     /// object. Lets a large input be taken as it was sent instead of being parsed into values and written again.
     package static func members(of bytes: [UInt8], maximumDepth: Int = 256) -> [String: Range<Int>]? {
-        guard String(validating: bytes, as: UTF8.self) != nil else { return nil }
+        guard Self.isUTF8(bytes) else { return nil }
         var scanner = Scanner(input: bytes, maximumDepth: maximumDepth)
         scanner.recordsMembers = true
+        scanner.writesOutput = false
         scanner.skipWhitespace()
         guard scanner.current == UInt8(ascii: "{"), scanner.value(depth: 0) else { return nil }
         scanner.skipWhitespace()
@@ -153,11 +154,33 @@ package enum JSONText {
         return scanner.members
     }
 
+    /// `bytes` is valid UTF-8: checked without building a string when it is all ASCII (most JSON is).
+    static func isUTF8(_ bytes: [UInt8]) -> Bool {
+        let ascii = bytes.withUnsafeBufferPointer { buffer in
+            var combined: UInt8 = 0
+            for byte in buffer { combined |= byte }
+            return combined < 0x80
+        }
+        return ascii || String(validating: bytes, as: UTF8.self) != nil
+    }
+
+    /// JSON text that is exactly one value, checked without copying it (whitespace kept).
+    package static func isValue(_ bytes: [UInt8], maximumDepth: Int = 256) -> Bool {
+        guard Self.isUTF8(bytes) else { return false }
+        var scanner = Scanner(input: bytes, maximumDepth: maximumDepth)
+        scanner.writesOutput = false
+        guard scanner.value(depth: 0) else { return false }
+        scanner.skipWhitespace()
+        return scanner.position == bytes.count
+    }
+
     private struct Scanner {
         let input: [UInt8]
         let maximumDepth: Int
         var position = 0
         var output: [UInt8] = []
+        /// Off: only check (and find members); nothing is copied.
+        var writesOutput = true
         /// With `recordsMembers`: the top-level object's members and where their values are.
         var recordsMembers = false
         var members: [String: Range<Int>] = [:]
@@ -165,7 +188,6 @@ package enum JSONText {
         init(input: [UInt8], maximumDepth: Int) {
             self.input = input
             self.maximumDepth = maximumDepth
-            self.output.reserveCapacity(input.count)
         }
 
         var current: UInt8? { self.position < self.input.count ? self.input[self.position] : nil }
@@ -178,7 +200,7 @@ package enum JSONText {
 
         mutating func take(_ byte: UInt8) -> Bool {
             guard self.current == byte else { return false }
-            self.output.append(byte)
+            if self.writesOutput { self.output.append(byte) }
             self.position += 1
             return true
         }
@@ -200,7 +222,7 @@ package enum JSONText {
 
         mutating func container(close: UInt8, depth: Int, keyed: Bool) -> Bool {
             guard depth < self.maximumDepth else { return false }
-            self.output.append(self.input[self.position])
+            if self.writesOutput { self.output.append(self.input[self.position]) }
             self.position += 1
             self.skipWhitespace()
             if self.take(close) { return true }
@@ -233,7 +255,7 @@ package enum JSONText {
                 case UInt8(ascii: "\""):
                     return self.take(byte)
                 case UInt8(ascii: "\\"):
-                    self.output.append(byte)
+                    if self.writesOutput { self.output.append(byte) }
                     self.position += 1
                     guard let escaped = self.current else { return false }
                     switch escaped {
@@ -252,14 +274,22 @@ package enum JSONText {
                 case 0x00..<0x20:
                     return false
                 default:
-                    // A run of plain bytes is copied at once: a 10 MB string is one copy, not ten million appends.
-                    var end = self.position + 1
-                    while end < self.input.count {
-                        let next = self.input[end]
-                        if next == UInt8(ascii: "\"") || next == UInt8(ascii: "\\") || next < 0x20 { break }
-                        end += 1
+                    // A run of plain bytes is found and copied at once: a 10 MB string is one copy, not ten million
+                    // appends.
+                    let start = self.position
+                    let end = self.input.withUnsafeBufferPointer { buffer in
+                        var end = start + 1
+                        while end < buffer.count {
+                            let next = buffer[end]
+                            if next == UInt8(ascii: "\"") || next == UInt8(ascii: "\\") || next < 0x20 { break }
+                            end += 1
+                        }
+                        return end
                     }
-                    self.output += self.input[self.position..<end]
+                    if self.writesOutput {
+                        if self.output.isEmpty { self.output.reserveCapacity(self.input.count) }
+                        self.output += self.input[start..<end]
+                    }
                     self.position = end
                 }
             }

@@ -212,6 +212,15 @@ package final class TaskStore: Sendable {
                 ALTER TABLE accepted_task ADD COLUMN traceparent TEXT;
                 """)
         }
+        // Large inputs and outputs live in files of their own beside the store, written once: SQLite rewrites a
+        // whole row on every update (a 10 MiB input was written again with each of its task's state changes), and
+        // writes everything twice (the WAL, then the database).
+        migrator.registerMigration("payloads-apart-v5") { db in
+            try db.execute(sql: """
+                ALTER TABLE submitted_task ADD COLUMN input_apart INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE accepted_task ADD COLUMN input_apart INTEGER NOT NULL DEFAULT 0;
+                """)
+        }
         return migrator
     }
 
@@ -243,8 +252,8 @@ package final class TaskStore: Sendable {
                 let finished = try Row.fetchAll(
                     db, sql: "SELECT * FROM submitted_task WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
                     arguments: [Int64(clamping: finishedLimit)])
-                let submitted = try (unfinished + finished).map(self.submittedTask).sorted { $0.submittedAt < $1.submittedAt }
-                let accepted = try Row.fetchAll(db, sql: "SELECT * FROM accepted_task ORDER BY id").map(self.acceptedTask)
+                let submitted = try (unfinished + finished).map { try self.submittedTask($0, db) }.sorted { $0.submittedAt < $1.submittedAt }
+                let accepted = try Row.fetchAll(db, sql: "SELECT * FROM accepted_task ORDER BY id").map { try self.acceptedTask($0, db) }
                 return (submitted, accepted)
             }
         } catch let error as StoreError {
@@ -259,7 +268,7 @@ package final class TaskStore: Sendable {
         do {
             return try self.database.read { db in
                 try Row.fetchOne(db, sql: "SELECT * FROM submitted_task WHERE id = ?", arguments: [id.description])
-                    .map(self.submittedTask)
+                    .map { try self.submittedTask($0, db) }
             }
         } catch let error as StoreError {
             throw error
@@ -311,38 +320,100 @@ package final class TaskStore: Sendable {
         }
     }
 
-    private func submittedTask(_ row: Row) throws -> TaskSubmitter.SubmittedTask {
+    /// Inputs and outputs larger than this are stored in files in `PATH.payloads/` (`input_apart`, or a success
+    /// with a NULL outcome, in the task's row says so).
+    static let payloadInRowLimit = 64 * 1024
+
+    var payloadDirectory: String { self.path + ".payloads" }
+
+    private func payloadPath(_ id: String, _ part: String) -> String { self.payloadDirectory + "/\(id).\(part)" }
+
+    /// The bytes of a payload kept apart.
+    private func payload(_ id: String, _ part: String) throws -> [UInt8] {
+        guard let bytes = FileManager.default.contents(atPath: self.payloadPath(id, part)) else {
+            throw StoreError(description: "task \(id)'s \(part) is missing from \(self.payloadDirectory)")
+        }
+        return Array(bytes)
+    }
+
+    /// Writes a payload apart: to a temporary file, synced with `.fsync` durability, then renamed, so a crash never
+    /// leaves half of one under its name. Inputs and a submitted task's output are written once (they never
+    /// change); an executor's output is written again, as a later attempt may have run to another one.
+    private func writePayload(_ bytes: [UInt8], _ id: TaskID, _ part: String) throws {
+        let target = self.payloadPath(id.description, part)
+        var info = stat()
+        if part != "accepted-output", stat(target, &info) == 0, Int(info.st_size) == bytes.count { return }
+        if mkdir(self.payloadDirectory, 0o700) != 0, errno != EEXIST { throw Self.payloadError(self.payloadDirectory) }
+        let temporary = self.payloadDirectory + "/.\(id).\(part).partial"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw Self.payloadError(temporary) }
+        defer { close(descriptor) }
+        var written = 0
+        while written < bytes.count {
+            let count = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress! + written, $0.count - written) }
+            guard count > 0 else {
+                let error = Self.payloadError(temporary)
+                unlink(temporary)
+                throw error
+            }
+            written += count
+        }
+        if self.durability == .fsync, fsync(descriptor) != 0 {
+            let error = Self.payloadError(temporary)
+            unlink(temporary)
+            throw error
+        }
+        guard rename(temporary, target) == 0 else { throw Self.payloadError(target) }
+    }
+
+    private static func payloadError(_ path: String) -> StoreError {
+        StoreError(description: "cannot write \(path): \(String(cString: strerror(errno)))")
+    }
+
+    private func removePayloads(_ id: String, side: String) {
+        for part in ["input", "output"] { unlink(self.payloadPath(id, "\(side)-\(part)")) }
+    }
+
+    private func submittedTask(_ row: Row, _ db: Database) throws -> TaskSubmitter.SubmittedTask {
         let idText: String = row["id"]
         guard let id = TaskID(hex: idText), let state = TaskState(rawValue: row["state"]),
             let attempts = try? JSONDecoder().decode([StoredAttempt].self, from: Data((row["attempts"] as String).utf8))
         else { throw StoreError(description: "submitted task \(idText) in \(self.path) is corrupted") }
+        let input = row["input_apart"] as Int == 1 ? try self.payload(idText, "submitted-input") : Array(row["input"] as Data)
         return TaskSubmitter.SubmittedTask(
-            id: id, capability: row["capability"], input: Array(row["input"] as Data),
+            id: id, capability: row["capability"], input: input,
             submittedAt: self.timeBase.core(row["submitted_at"]), deadline: self.timeBase.core(row["deadline"]),
             maximumAttempts: row["max_attempts"], state: state,
             attempts: try attempts.map { try $0.attempt(self.timeBase, task: idText) },
-            outcome: try Self.outcome(kind: row["outcome_kind"], bytes: row["outcome"], task: idText),
+            outcome: try self.outcome(row, part: "submitted-output", task: idText),
             error: row["error"], finishedAt: (row["finished_at"] as Double?).map(self.timeBase.core),
             nextOfferAt: (row["next_offer_at"] as Double?).map(self.timeBase.core), failures: row["failures"],
             options: Self.options(row), question: (row["question"] as Data?).map(Array.init),
             reply: (row["reply"] as Data?).map(Array.init), askedAt: (row["asked_at"] as Double?).map(self.timeBase.core))
     }
 
-    private func acceptedTask(_ row: Row) throws -> TaskRunner.AcceptedTask {
+    private func acceptedTask(_ row: Row, _ db: Database) throws -> TaskRunner.AcceptedTask {
         let idText: String = row["id"]
         guard let id = TaskID(hex: idText), let submitter = NodeID(hex: row["submitter"] as String) else {
             throw StoreError(description: "accepted task \(idText) in \(self.path) is corrupted")
         }
+        let input = row["input_apart"] as Int == 1 ? try self.payload(idText, "accepted-input") : Array(row["input"] as Data)
         return TaskRunner.AcceptedTask(
             id: id, epoch: row["epoch"], submitter: submitter, capability: row["capability"],
-            input: Array(row["input"] as Data), deadline: self.timeBase.core(row["deadline"]),
-            outcome: try Self.outcome(kind: row["outcome_kind"], bytes: row["outcome"], task: idText), options: Self.options(row))
+            input: input, deadline: self.timeBase.core(row["deadline"]),
+            outcome: try self.outcome(row, part: "accepted-output", task: idText), options: Self.options(row))
     }
 
     private static func options(_ row: Row) -> TaskOptions {
         TaskOptions(
             context: row["context"], inputTimeout: (row["input_timeout"] as Double?).map { .milliseconds(Int64($0 * 1000)) },
             traceparent: row["traceparent"])
+    }
+
+    private func outcome(_ row: Row, part: String, task: String) throws -> TaskOutcome? {
+        let kind: Int? = row["outcome_kind"], bytes: Data? = row["outcome"]
+        if kind == 1, bytes == nil { return .success(try self.payload(task, part)) }
+        return try Self.outcome(kind: kind, bytes: bytes, task: task)
     }
 
     private static func outcome(kind: Int?, bytes: Data?, task: String) throws -> TaskOutcome? {
@@ -355,6 +426,20 @@ package final class TaskStore: Sendable {
         case 5?: return .timedOut(String(decoding: bytes ?? Data(), as: UTF8.self))
         default: throw StoreError(description: "task \(task) has an unknown outcome kind \(kind!)")
         }
+    }
+
+    /// The input column's value: the bytes, or, for a large input, nil (the bytes are written apart, once).
+    private func inputColumn(_ input: [UInt8], of id: TaskID, part: String) throws -> Data? {
+        guard input.count > Self.payloadInRowLimit else { return Data(input) }
+        try self.writePayload(input, id, part)
+        return nil
+    }
+
+    /// The outcome columns; a large output is written apart (once per attempt), with NULL in the row.
+    private func columns(_ outcome: TaskOutcome?, of id: TaskID, part: String) throws -> (Int?, Data?) {
+        guard case .success(let bytes)? = outcome, bytes.count > Self.payloadInRowLimit else { return Self.columns(outcome) }
+        try self.writePayload(bytes, id, part)
+        return (1, nil)
     }
 
     private static func columns(_ outcome: TaskOutcome?) -> (Int?, Data?) {
@@ -413,50 +498,63 @@ package final class TaskStore: Sendable {
     private func apply(_ change: Change, in db: Database) throws {
         switch change {
         case .submitted(let task):
-            let (kind, outcome) = Self.columns(task.outcome)
+            let (kind, outcome) = try self.columns(task.outcome, of: task.id, part: "submitted-output")
+            let input = try self.inputColumn(task.input, of: task.id, part: "submitted-input")
             let attempts = StoredAttempt.json(task.attempts.map { StoredAttempt($0, self.timeBase) })
             // A task's first row is inserted whole; later changes rewrite only the columns that change (an upsert,
             // not a replace: no delete and re-insert of the row and its key).
             try db.cachedStatement(sql: """
                 INSERT INTO submitted_task
                 (id, capability, input, submitted_at, deadline, max_attempts, state, attempts, outcome_kind, outcome,
-                 error, finished_at, next_offer_at, failures, context, input_timeout, question, reply, asked_at, traceparent)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 error, finished_at, next_offer_at, failures, context, input_timeout, question, reply, asked_at, traceparent,
+                 input_apart)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,
                  outcome_kind = excluded.outcome_kind, outcome = excluded.outcome, error = excluded.error,
                  finished_at = excluded.finished_at, next_offer_at = excluded.next_offer_at, failures = excluded.failures,
                  deadline = excluded.deadline, question = excluded.question, reply = excluded.reply, asked_at = excluded.asked_at
                 """).execute(arguments: [
-                    task.id.description, task.capability, Data(task.input), self.timeBase.wall(task.submittedAt),
+                    task.id.description, task.capability, input ?? Data(), self.timeBase.wall(task.submittedAt),
                     self.timeBase.wall(task.deadline), task.maximumAttempts, task.state.rawValue,
                     String(decoding: attempts, as: UTF8.self), kind, outcome, task.error,
                     task.finishedAt.map(self.timeBase.wall), task.nextOfferAt.map(self.timeBase.wall), task.failures,
                     task.options.context, task.options.inputTimeout.map(\.seconds), task.question.map { Data($0) },
                     task.reply.map { Data($0) }, task.askedAt.map(self.timeBase.wall), task.options.traceparent,
+                    input == nil ? 1 : 0,
                 ])
         case .accepted(let task):
-            let (kind, outcome) = Self.columns(task.outcome)
+            let (kind, outcome) = try self.columns(task.outcome, of: task.id, part: "accepted-output")
+            let input = try self.inputColumn(task.input, of: task.id, part: "accepted-input")
             try db.cachedStatement(sql: """
                 INSERT INTO accepted_task
-                (id, epoch, submitter, capability, input, deadline, outcome_kind, outcome, context, input_timeout, traceparent)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                (id, epoch, submitter, capability, input, deadline, outcome_kind, outcome, context, input_timeout, traceparent,
+                 input_apart)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET epoch = excluded.epoch, deadline = excluded.deadline,
                  outcome_kind = excluded.outcome_kind, outcome = excluded.outcome
                 """).execute(arguments: [
                     task.id.description, Int64(task.epoch), task.submitter.description, task.capability,
-                    Data(task.input), self.timeBase.wall(task.deadline), kind, outcome, task.options.context,
-                    task.options.inputTimeout.map(\.seconds), task.options.traceparent,
+                    input ?? Data(), self.timeBase.wall(task.deadline), kind, outcome, task.options.context,
+                    task.options.inputTimeout.map(\.seconds), task.options.traceparent, input == nil ? 1 : 0,
                 ])
         case .forgetSubmitted(let id):
             try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE id = ?").execute(arguments: [id.description])
             try db.cachedStatement(sql: "DELETE FROM task_event WHERE task_id = ?").execute(arguments: [id.description])
+            self.removePayloads(id.description, side: "submitted")
         case .forgetAccepted(let id):
             try db.cachedStatement(sql: "DELETE FROM accepted_task WHERE id = ?").execute(arguments: [id.description])
+            self.removePayloads(id.description, side: "accepted")
         case .forgetFinished(let before):
+            let apart = try String.fetchAll(db, sql: """
+                SELECT id FROM submitted_task WHERE finished_at IS NOT NULL AND finished_at < ?
+                AND (input_apart = 1 OR (outcome_kind = 1 AND outcome IS NULL))
+                """, arguments: [self.timeBase.wall(before)])
+            for id in apart { self.removePayloads(id, side: "submitted") }
             try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE finished_at IS NOT NULL AND finished_at < ?")
                 .execute(arguments: [self.timeBase.wall(before)])
             try db.cachedStatement(sql: "DELETE FROM task_event WHERE task_id NOT IN (SELECT id FROM submitted_task)")
                 .execute()
+
         case .taskEvents(let id, let events):
             let insert = try db.cachedStatement(
                 sql: "INSERT OR IGNORE INTO task_event (task_id, sequence, epoch, time, data) VALUES (?, ?, ?, ?, ?)")

@@ -89,8 +89,11 @@ struct TaskDocuments {
         if case .success(let bytes)? = task.outcome {
             json.key("result")
             // A result that is not JSON is shown as the text it is.
-            let output = Array(TaskPayload.json(of: bytes))
-            if let compact = JSONText.compacted(output) {
+            let output = bytes.contains(0) ? Array(TaskPayload.json(of: bytes)) : bytes
+            // A large result is checked in place and written as it is; a small one is compacted.
+            if output.count > 64 * 1024, JSONText.isValue(output) {
+                json.raw(output)
+            } else if let compact = JSONText.compacted(output) {
                 json.raw(compact)
             } else {
                 json.string(String(decoding: output, as: UTF8.self))
