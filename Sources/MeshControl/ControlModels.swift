@@ -337,6 +337,80 @@ public enum ControlAPI {
         }
     }
 
+    /// `GET /v1/audit`: each per-peer audit log's verification, and its newest records (`agentmesh audit` shows the same).
+    public struct AuditSummary: Codable, Sendable {
+        public let logs: [AuditLogState]
+        public let records: [AuditRecordInfo]
+
+        public init(logs: [AuditLogState], records: [AuditRecordInfo]) {
+            self.logs = logs
+            self.records = records
+        }
+    }
+
+    public struct AuditLogState: Codable, Sendable {
+        public let file: String
+        public let peerID: String?
+        public let peerName: String?
+        public let ok: Bool
+        public let records: UInt64
+        public let checkpoints: Int
+        public let peerCheckpoints: Int
+        public let unsignedAtEnd: Int
+        public let incompleteTail: Int
+        public let problem: String?
+
+        public init(
+            file: String, peerID: String?, peerName: String?, ok: Bool, records: UInt64, checkpoints: Int, peerCheckpoints: Int,
+            unsignedAtEnd: Int, incompleteTail: Int, problem: String?
+        ) {
+            self.file = file
+            self.peerID = peerID
+            self.peerName = peerName
+            self.ok = ok
+            self.records = records
+            self.checkpoints = checkpoints
+            self.peerCheckpoints = peerCheckpoints
+            self.unsignedAtEnd = unsignedAtEnd
+            self.incompleteTail = incompleteTail
+            self.problem = problem
+        }
+    }
+
+    public struct AuditRecordInfo: Codable, Sendable {
+        public let peerID: String
+        public let peerName: String
+        public let index: UInt64
+        /// RFC 3339, UTC, to the millisecond.
+        public let time: String
+        public let timeMilliseconds: Int64
+        public let event: String
+        public let session: UInt64
+        public let message: String?
+        public let task: String?
+        public let epoch: UInt32
+        public let digest: String?
+        public let detail: String
+
+        public init(
+            peerID: String, peerName: String, index: UInt64, time: String, timeMilliseconds: Int64, event: String, session: UInt64,
+            message: String?, task: String?, epoch: UInt32, digest: String?, detail: String
+        ) {
+            self.peerID = peerID
+            self.peerName = peerName
+            self.index = index
+            self.time = time
+            self.timeMilliseconds = timeMilliseconds
+            self.event = event
+            self.session = session
+            self.message = message
+            self.task = task
+            self.epoch = epoch
+            self.digest = digest
+            self.detail = detail
+        }
+    }
+
     /// An artifact's reference: `POST /v1/artifacts` answers one, a submission lists them under `artifacts`, and a
     /// task shows its input's (`artifacts`) and its result's (`result_artifacts`). Fetch the bytes with
     /// `GET /v1/artifacts/SHA256`.
@@ -785,6 +859,8 @@ public struct ControlResponse: Sendable {
     package var stream: (@Sendable (ControlStreamSink) -> Void)?
     /// A body that is a file (an artifact), sent from the file with `sendfile`, never read into memory.
     package var file: (path: String, size: UInt64)?
+    /// Further headers (the browser view's `Set-Cookie`, its page's security headers).
+    package var headers: [(name: String, value: String)] = []
 
     package static func file(_ path: String, size: UInt64, contentType: String) -> ControlResponse {
         var response = ControlResponse(status: 200, body: [])

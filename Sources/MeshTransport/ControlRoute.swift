@@ -48,6 +48,16 @@ enum ControlRoute: Equatable {
     case publish(body: [UInt8])
     /// `GET /v1/events[?topic=T&after=N&limit=L&wait=S]`: the history after N, oldest first
     case events(topic: String?, after: Int, limit: Int, wait: Duration?)
+    /// `GET /ui`, `/ui/app.js`, `/ui/app.css`: the browser view's page (no data: it signs in, then reads `/ui/api/…`)
+    case uiAsset(String)
+    /// `POST /ui/session` `{"code": C}`: a one-time code traded for a browser session
+    case uiSession(body: [UInt8])
+    /// `POST /v1/ui/login`: a one-time sign-in link for the browser view (`agentmesh ui`)
+    case uiLogin
+    /// `GET /v1/ui/stream`: server-sent events with the mesh, the newest tasks and workflows, and the stats, when they change
+    case uiStream
+    /// `GET /v1/audit[?peer=P&last=N]`: each audit log's verification, and the newest records (of one peer)
+    case audit(peer: String?, last: Int)
     /// `GET /v1/artifacts/SHA256`: an artifact's bytes (`POST /v1/artifacts` streams one in, before routing)
     case artifact(digest: [UInt8])
     /// Answered without the node: a bad path, method or parameter.
@@ -61,6 +71,15 @@ enum ControlRoute: Equatable {
         }
         if parts == [".well-known", "agent-card.json"] {
             self = request.method == "GET" ? .agentCard(host: request.headers["host"]) : Self.notAllowed(request)
+            return
+        }
+        if parts.first == "ui" {
+            switch (request.method, Array(parts.dropFirst())) {
+            case ("GET", []), ("GET", [""]): self = .uiAsset("index.html")
+            case ("GET", ["app.js"]), ("GET", ["app.css"]): self = .uiAsset(parts[1])
+            case ("POST", ["session"]): self = .uiSession(body: request.body)
+            default: self = .refused(status: 404, message: "no such page: \(request.path)")
+            }
             return
         }
         if parts == ["a2a"] {
@@ -82,6 +101,16 @@ enum ControlRoute: Equatable {
         case ("workflows", 2...4): self = Self.workflowRoute(request, parts)
         case ("events", 2): self = Self.eventRoute(request)
         case ("stats", 2): self = request.method == "GET" ? .stats : Self.notAllowed(request)
+        case ("ui", 3) where parts[2] == "login": self = request.method == "POST" ? .uiLogin : Self.notAllowed(request)
+        case ("ui", 3) where parts[2] == "stream": self = request.method == "GET" ? .uiStream : Self.notAllowed(request)
+        case ("audit", 2):
+            guard request.method == "GET" else { self = Self.notAllowed(request); return }
+            let last = request.query["last"].map { Int($0) } ?? 50
+            guard let last, (1...1000).contains(last) else {
+                self = .refused(status: 400, message: "last must be 1 to 1000")
+                return
+            }
+            self = .audit(peer: request.query["peer"], last: last)
         case ("artifacts", 2):
             self = .refused(status: request.method == "POST" ? 411 : 405, message: request.method == "POST"
                 ? "send the artifact's bytes with a Content-Length" : "POST /v1/artifacts stores an artifact; GET /v1/artifacts/SHA256 fetches one")

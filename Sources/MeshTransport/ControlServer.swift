@@ -60,7 +60,8 @@ struct ControlServer: Sendable {
         let channel: any Channel
         do {
             channel = try await Self.bootstrap(
-                loop: loop, token: nil, idleTimeout: idleTimeout, logger: logger, handler: handler, uploader: uploader)
+                loop: loop, token: nil, browser: nil, idleTimeout: idleTimeout, logger: logger, handler: handler,
+                uploader: uploader)
                 .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: false).get()
         } catch {
             throw BindError.cannotBind(socketPath, "\(error)")
@@ -71,13 +72,14 @@ struct ControlServer: Sendable {
 
     /// Binds a TCP listener that answers only requests carrying `token`.
     static func bind(
-        http address: HostAndPort, token: String, loop: any EventLoop, idleTimeout: Duration, logger: Logger,
-        handler: @escaping Handler, uploader: @escaping Uploader
+        http address: HostAndPort, token: String, browser: BrowserSessions, loop: any EventLoop, idleTimeout: Duration,
+        logger: Logger, handler: @escaping Handler, uploader: @escaping Uploader
     ) async throws -> ControlServer {
         let channel: any Channel
         do {
             channel = try await Self.bootstrap(
-                loop: loop, token: token, idleTimeout: idleTimeout, logger: logger, handler: handler, uploader: uploader)
+                loop: loop, token: token, browser: browser, idleTimeout: idleTimeout, logger: logger, handler: handler,
+                uploader: uploader)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .bind(host: address.host, port: address.port).get()
         } catch {
@@ -87,8 +89,8 @@ struct ControlServer: Sendable {
     }
 
     private static func bootstrap(
-        loop: any EventLoop, token: String?, idleTimeout: Duration, logger: Logger, handler: @escaping Handler,
-        uploader: @escaping Uploader
+        loop: any EventLoop, token: String?, browser: BrowserSessions?, idleTimeout: Duration, logger: Logger,
+        handler: @escaping Handler, uploader: @escaping Uploader
     ) -> ServerBootstrap {
         let open = Mutex(0)
         return ServerBootstrap(group: loop, childGroup: loop)
@@ -108,7 +110,8 @@ struct ControlServer: Sendable {
                     try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try child.pipeline.syncOperations.addHandler(
                         ControlHTTPHandler(
-                            bearerToken: token, logger: logger, handler: handler, uploader: uploader, loop: child.eventLoop))
+                            bearerToken: token, browser: browser, logger: logger, handler: handler, uploader: uploader,
+                            loop: child.eventLoop))
                 }
             }
     }
@@ -135,6 +138,10 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let bearerToken: String?
+    /// The browser view's sessions (the `--http` listener only): `/ui/api/…` is authorised by them, not the token.
+    private let browser: BrowserSessions?
+    /// The request is the browser view's: its path loses the `/ui/api` prefix before it is routed.
+    private var fromBrowser = false
     private let logger: Logger
     private let handler: ControlServer.Handler
     private let uploader: ControlServer.Uploader
@@ -151,10 +158,11 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
     }
 
     init(
-        bearerToken: String?, logger: Logger, handler: @escaping ControlServer.Handler, uploader: @escaping ControlServer.Uploader,
-        loop: any EventLoop
+        bearerToken: String?, browser: BrowserSessions?, logger: Logger, handler: @escaping ControlServer.Handler,
+        uploader: @escaping ControlServer.Uploader, loop: any EventLoop
     ) {
         self.bearerToken = bearerToken
+        self.browser = browser
         self.logger = logger
         self.handler = handler
         self.uploader = uploader
@@ -180,6 +188,12 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
             // So is the A2A agent card: clients read it to learn how to authenticate.
             let path = head.uri.split(separator: "?").first
             let isPublic = head.method == .GET && (path == "/v1/health" || path == "/.well-known/agent-card.json")
+            self.fromBrowser = false
+            if let browser = self.browser, let path, path == "/ui" || path.hasPrefix("/ui/") {
+                self.refusal = Self.browserRefusal(head, path: path, browser: browser)
+                self.fromBrowser = path.hasPrefix("/ui/api/")
+                return
+            }
             self.refusal = isPublic || self.isAuthorized(head)
                 ? nil : .error(401, "send the token from the node's control.token as 'Authorization: Bearer TOKEN'")
             if self.refusal == nil, head.method == .POST, path == "/v1/artifacts" {
@@ -225,7 +239,12 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
                 let loop = context.eventLoop
                 upload.finish { response in loop.execute { respond(response) } }
             } else {
-                let request = Self.request(head, body: self.body)
+                var request = Self.request(head, body: self.body)
+                if self.fromBrowser {
+                    request = ControlRequest(
+                        method: request.method, path: String(request.path.dropFirst("/ui/api".count)), query: request.query,
+                        body: request.body, headers: request.headers)
+                }
                 self.body = []
                 self.handler(request, respond)
             }
@@ -242,6 +261,23 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.debug("control connection ended", metadata: ["error": "\(error)"])
         context.close(promise: nil)
+    }
+
+    /// The browser view: its page (`GET /ui`) and sign-in (`POST /ui/session`, which checks the one-time code) are
+    /// open; its API (`/ui/api/…`, the control API below that prefix) needs a live session cookie, and a request
+    /// that changes anything also the session's CSRF token in `X-CSRF-Token`.
+    private static func browserRefusal(_ head: HTTPRequestHead, path: Substring, browser: BrowserSessions) -> ControlResponse? {
+        if ["/ui", "/ui/", "/ui/app.js", "/ui/app.css", "/ui/session"].contains(path) { return nil }
+        guard path.hasPrefix("/ui/api/") else { return .error(404, "no such page: \(path)") }
+        guard let session = browser.session(cookieHeader: head.headers.first(name: "Cookie")) else {
+            return .error(401, "not signed in (or the session ended): run 'agentmesh ui' for a new sign-in link")
+        }
+        if head.method != .GET && head.method != .HEAD,
+            !BrowserSessions.matches(head.headers.first(name: "X-CSRF-Token"), session.csrf)
+        {
+            return .error(403, "a request that changes something must carry the session's X-CSRF-Token")
+        }
+        return nil
     }
 
     /// Compares in time independent of where the first difference is, so the token cannot be guessed byte by byte.
@@ -272,6 +308,7 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: "\(response.body.count)")
         headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        for header in response.headers { headers.add(name: header.name, value: header.value) }
         let head = HTTPResponseHead(
             version: .http1_1, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
         channel.write(HTTPServerResponsePart.head(head), promise: nil)

@@ -119,6 +119,16 @@ extension MeshNode {
             self.cancelWorkflow(reference, respond: respond)
         case .artifact(let digest):
             respond(self.artifactResponse(digest))
+        case .uiAsset(let name):
+            respond(self.browserAsset(name))
+        case .uiSession(let body):
+            respond(self.browserSignIn(body))
+        case .uiLogin:
+            respond(self.browserLoginLink())
+        case .uiStream:
+            respond(self.browserStream())
+        case .audit(let peer, let last):
+            self.answerAudit(peer: peer, last: last, respond: respond)
         case .refused(let status, let message):
             respond(.error(status, message))
         }
@@ -298,7 +308,7 @@ extension MeshNode {
     }
 
     /// Newest first: the tasks in memory (every unfinished one and the newest finished ones).
-    private func tasks(matching filter: TaskFilter) -> [TaskSubmitter.SubmittedTask] {
+    func tasks(matching filter: TaskFilter) -> [TaskSubmitter.SubmittedTask] {
         let earliest = filter.since.map { self.now - $0 }
         return Array(self.submitter.allTasks.reversed().lazy.filter { task in
             (filter.state == nil || task.state == filter.state)
@@ -365,7 +375,7 @@ extension MeshNode {
         return try? self.taskStore?.submittedTask(id)
     }
 
-    private var taskDocuments: TaskDocuments {
+    var taskDocuments: TaskDocuments {
         TaskDocuments(date: self.wallClockDate(for:), name: self.displayName, waiting: self.waitingSentence)
     }
 

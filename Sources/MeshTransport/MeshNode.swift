@@ -120,6 +120,11 @@ public actor MeshNode: Service {
     /// Subscriber runs in progress, and the events waiting for one (bounded).
     var subscriberRuns = 0
     var subscriberQueue: [(MeshEvent, String, CapabilitySpec.Executor)] = []
+    /// Sign-in codes and sessions of the browser view (`GET /ui` on the `--http` listener).
+    nonisolated let browserSessions: BrowserSessions = {
+        let origin = ContinuousClock.now
+        return BrowserSessions(now: { ContinuousClock.now - origin })
+    }()
     /// Artifacts by SHA-256 (`DIR/artifacts/`), opened at bind, and the queue all their file work runs on.
     nonisolated let artifactHolder = Mutex<ArtifactStore?>(nil)
     nonisolated let artifactQueue = DispatchQueue(label: "agentmesh.artifacts")
@@ -299,7 +304,7 @@ public actor MeshNode: Service {
             do {
                 let token = try self.home.loadOrCreateControlToken()
                 httpControl = try await ControlServer.bind(
-                    http: http, token: token, loop: self.loop, idleTimeout: self.settings.controlIdleTimeout,
+                    http: http, token: token, browser: self.browserSessions, loop: self.loop, idleTimeout: self.settings.controlIdleTimeout,
                     logger: self.logger, handler: self.controlHandler, uploader: self.artifactUploader)
             } catch {
                 try? await listener.close()

@@ -443,8 +443,8 @@ extension SecureChannelHandler: Sendable {}
 
 /// A message on its way into a session, already encoded: the node encodes it once, for the wire and for its audit
 /// digest.
-struct OutboundMessage: Sendable {
+package struct OutboundMessage: Sendable {
     let bytes: [UInt8]
 
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    package init(_ bytes: [UInt8]) { self.bytes = bytes }
 }

@@ -18,19 +18,20 @@ struct TaskDocuments {
         return ControlResponse(status: status, body: json.bytes + [0x0A])
     }
 
-    func list(_ tasks: [TaskSubmitter.SubmittedTask]) -> ControlResponse {
+    /// `brief`: without results (the browser view's live list, which must stay small however large they are).
+    func list(_ tasks: [TaskSubmitter.SubmittedTask], brief: Bool = false) -> ControlResponse {
         var json = JSONWriter(capacity: 512 * tasks.count + 16)
         json.beginObject()
         json.key("tasks")
         json.beginArray()
-        for task in tasks { self.write(task, into: &json) }
+        for task in tasks { self.write(task, into: &json, brief: brief) }
         json.endArray()
         json.endObject()
         return ControlResponse(status: 200, body: json.bytes + [0x0A])
     }
 
     /// Keys in the order `ControlAPI.encoder()` sorts them; absent values are left out, as it leaves out nil.
-    func write(_ task: TaskSubmitter.SubmittedTask, into json: inout JSONWriter) {
+    func write(_ task: TaskSubmitter.SubmittedTask, into json: inout JSONWriter, brief: Bool = false) {
         json.beginObject()
         Self.artifacts(TaskPayload.artifacts(of: task.input), key: "artifacts", into: &json)
         json.key("attempts")
@@ -86,7 +87,7 @@ struct TaskDocuments {
             json.key("question")
             json.raw(JSONText.compacted(question) ?? Array("null".utf8))
         }
-        if case .success(let bytes)? = task.outcome {
+        if case .success(let bytes)? = task.outcome, !brief {
             json.key("result")
             // A result that is not JSON is shown as the text it is.
             let output = bytes.contains(0) ? Array(TaskPayload.json(of: bytes)) : bytes

@@ -100,28 +100,8 @@ struct Audit: ParsableCommand {
 
     private func verify(_ logs: [AuditFolder.Log], home: NodeHome) throws {
         let localKey = try? home.loadIdentity().signingKey.publicKey
-        var failures: [String] = []
-        var results: [VerifyResult] = []
-        for log in logs {
-            guard let report = log.report else {
-                failures.append("\(log.file): \(log.error ?? "unreadable")")
-                results.append(VerifyResult(file: log.file, peerID: nil, peerName: nil, ok: false, records: 0,
-                                            checkpoints: 0, peerCheckpoints: 0, unsignedAtEnd: 0, incompleteTail: 0,
-                                            problem: log.error))
-                continue
-            }
-            let peer = "\(report.header.peerName) (\(report.header.peerID))"
-            var problem = report.problem.map { "peer \(peer): \($0)" }
-            if problem == nil, let localKey, report.header.local != localKey {
-                problem = "peer \(peer): the log was written by another node than the one in \(home.path)"
-            }
-            if let problem { failures.append(problem) }
-            results.append(VerifyResult(
-                file: log.file, peerID: report.header.peerID.description, peerName: report.header.peerName,
-                ok: problem == nil, records: report.recordCount, checkpoints: report.checkpoints,
-                peerCheckpoints: report.peerCheckpoints, unsignedAtEnd: report.unsignedAtEnd,
-                incompleteTail: report.incompleteTail, problem: problem))
-        }
+        let results = logs.map { ControlAPI.AuditLogState($0, localKey: localKey) }
+        let failures = results.compactMap { $0.ok ? nil : $0.problem ?? "\($0.file): broken" }
         if self.json {
             try printJSON(results)
         } else {
@@ -145,7 +125,6 @@ struct Audit: ParsableCommand {
     }
 
     private func show(_ logs: [AuditFolder.Log]) throws {
-        var rows: [ShownRecord] = []
         for log in logs {
             guard let report = log.report else {
                 FileHandle.standardError.write(Data("warning: \(log.file): \(log.error ?? "unreadable")\n".utf8))
@@ -154,12 +133,8 @@ struct Audit: ParsableCommand {
             if let problem = report.problem {
                 FileHandle.standardError.write(Data("warning: \(log.file): broken at \(problem); showing the records before it (run 'agentmesh audit --verify')\n".utf8))
             }
-            for record in report.records {
-                rows.append(ShownRecord(peerID: report.header.peerID.description, peerName: report.header.peerName, record: record))
-            }
         }
-        rows.sort { ($0.timeMilliseconds, $0.index) > ($1.timeMilliseconds, $1.index) }
-        if self.last > 0 { rows = Array(rows.prefix(self.last)) }
+        let rows = ControlAPI.AuditRecordInfo.newest(in: logs, limit: self.last)
         if self.json {
             try printJSON(rows)
             return
@@ -176,52 +151,5 @@ struct Audit: ParsableCommand {
                     row.message ?? "-", row.task.map { "\(String($0.prefix(12)))#\(row.epoch)" } ?? "-", row.detail,
                 ]
             }))
-    }
-
-    struct VerifyResult: Encodable {
-        let file: String
-        let peerID: String?
-        let peerName: String?
-        let ok: Bool
-        let records: UInt64
-        let checkpoints: Int
-        let peerCheckpoints: Int
-        let unsignedAtEnd: Int
-        let incompleteTail: Int
-        let problem: String?
-    }
-
-    struct ShownRecord: Encodable {
-        let peerID: String
-        let peerName: String
-        let index: UInt64
-        /// RFC 3339, UTC, to the millisecond.
-        let time: String
-        let timeMilliseconds: Int64
-        let event: String
-        let session: UInt64
-        let message: String?
-        let task: String?
-        let epoch: UInt32
-        let digest: String?
-        let detail: String
-
-        init(peerID: String, peerName: String, record: AuditRecord) {
-            let entry = record.entry
-            self.peerID = peerID
-            self.peerName = peerName
-            self.index = record.index
-            let formatter = ISO8601DateFormatter()
-            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-            self.time = formatter.string(from: Date(timeIntervalSince1970: Double(entry.time) / 1000))
-            self.timeMilliseconds = entry.time
-            self.event = entry.event.description
-            self.session = entry.session
-            self.message = entry.message == 0 ? nil : TaskMessage.name(ofTag: entry.message)
-            self.task = entry.task?.description
-            self.epoch = entry.epoch
-            self.digest = entry.digest.isEmpty ? nil : Hex.encode(entry.digest)
-            self.detail = entry.detail
-        }
     }
 }

@@ -15,7 +15,7 @@ struct AgentMesh: AsyncParsableCommand {
         subcommands: [
             Init.self, Id.self, Trust.self, Untrust.self, Peers.self, Run.self, Status.self, Members.self,
             Submit.self, Tasks.self, TaskCommand.self, Reply.self, Cancel.self, WorkflowCommand.self, Publish.self, Events.self, Stats.self, MCP.self, Limits.self, Audit.self, Bench.self,
-            Leave.self,
+            Leave.self, UI.self,
         ]
     )
 

@@ -82,7 +82,7 @@ struct TestNode: Sendable {
 
 extension TestNode {
     /// An authenticated session driven by the test itself, to send what a real node would not.
-    func openSession(to address: HostAndPort) async throws -> NIOAsyncChannel<SessionEvent, WireMessage> {
+    func openSession(to address: HostAndPort) async throws -> NIOAsyncChannel<SessionEvent, OutboundMessage> {
         try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(host: address.host, port: address.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -93,7 +93,7 @@ extension TestNode {
                             helloTimeout: .seconds(1), handshakeTimeout: .seconds(2), keepaliveInterval: .seconds(1), idleTimeout: .seconds(5),
                             maximumMessageLength: 1 << 20),
                         trust: { TrustPolicy(isOpen: true) }))
-                    return try NIOAsyncChannel<SessionEvent, WireMessage>(wrappingChannelSynchronously: channel)
+                    return try NIOAsyncChannel<SessionEvent, OutboundMessage>(wrappingChannelSynchronously: channel)
                 }
             }
     }
@@ -205,4 +205,11 @@ func offloaded<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async th
 struct CLIStyleError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+extension NIOAsyncChannelOutboundWriter where OutboundOut == OutboundMessage {
+    /// Tests write messages; the session handler takes them encoded.
+    func write(_ message: WireMessage) async throws {
+        try await self.write(OutboundMessage(message.encoded()))
+    }
 }
