@@ -11,7 +11,7 @@ import NIOCore
 public enum FuzzTargets {
     public static let names = [
         "frames", "hello", "finish", "response", "payload", "message", "membership", "identity-line", "toml",
-        "audit-log", "config", "submit-json", "workflow",
+        "audit-log", "config", "submit-json", "workflow", "task-payload",
     ]
 
     /// Runs the named target; false if there is no such target.
@@ -34,6 +34,12 @@ public enum FuzzTargets {
         case "submit-json": _ = try? ControlAPI.SubmitRequest(parsing: data)
         // A workflow document (POST /v1/workflows, workflow run), then a run of it driven to its end.
         case "workflow": workflow(data)
+        // A task's input or result as stored and sent (JSON, then maybe a NUL and artifact references), and a
+        // large submission's members as the control API finds them.
+        case "task-payload":
+            _ = try? TaskPayload(decoding: data)
+            _ = JSONText.members(of: data)
+            _ = JSONText.isValue(data)
         default: return false
         }
         return true
