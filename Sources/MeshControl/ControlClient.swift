@@ -46,25 +46,12 @@ public struct ControlClient: Sendable {
     ) throws(Error) -> Response {
         let fd = try self.connect()
         defer { close(fd) }
-        var tv = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let head =
             "\(method) \(path) HTTP/1.1\r\nHost: agentmesh\r\nConnection: close\r\nContent-Type: application/json\r\n"
             + headers.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)\r\n" }.joined()
             + "Content-Length: \(body.count)\r\n\r\n"
         try Self.writeAll(fd, Array(head.utf8) + body)
-        var received: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw .io(errno == EAGAIN ? "no answer within \(timeout)" : String(cString: strerror(errno)))
-            }
-            if count == 0 { break }
-            received += chunk[0..<count]
-        }
-        return try Self.parse(received)
+        return try Self.parse(Self.readAll(fd, timeout: timeout))
     }
 
     /// `POST /v1/artifacts`: streams a file to the node (never read whole into memory); answers the reference.
