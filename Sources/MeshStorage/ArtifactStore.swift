@@ -151,7 +151,8 @@ public final class ArtifactStore: Sendable {
     /// A file the node was handed (an agent's result, in a folder on the store's file system): hashed where it is,
     /// then moved into the store, so its bytes are read once and never copied.
     public func ingest(file path: String, name: String, mediaType: String) throws(ArtifactError) -> ArtifactRef {
-        let input = open(path, O_RDONLY | O_CLOEXEC)
+        // Not through a symbolic link: what the agent left in the folder, nothing it points at.
+        let input = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
         guard input >= 0 else { throw ArtifactError("cannot read \(path): \(String(cString: strerror(errno)))") }
         defer { close(input) }
         var info = stat()

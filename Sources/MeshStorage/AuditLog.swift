@@ -441,7 +441,7 @@ extension ControlAPI.AuditLogState {
         guard let report = log.report else {
             self.init(
                 file: log.file, peerID: nil, peerName: nil, ok: false, records: 0, checkpoints: 0, peerCheckpoints: 0,
-                unsignedAtEnd: 0, incompleteTail: 0, problem: log.error ?? "unreadable")
+                unsignedAtEnd: 0, incompleteTail: 0, problem: "\(log.file): \(log.error ?? "unreadable")")
             return
         }
         let peer = "\(report.header.peerName) (\(report.header.peerID))"

@@ -54,7 +54,8 @@ public struct NodeSettings: Sendable {
     /// token in `DIR/control.token`, created on first use.
     public var httpControl: HostAndPort?
     /// Caps the task store at this many 4 KiB pages (nil: only the disk limits it). A store that is full behaves
-    /// like a full disk: new tasks are refused with a clear error and nothing stored is lost.
+    /// like a full disk: new tasks are refused with a clear error and nothing stored is lost. Payloads over 64 KiB
+    /// are files beside the store, which only the disk limits.
     public var taskStoreMaximumPages: Int?
     /// Node-wide per-peer limits (`run --limit`, `DIR/config.toml`); a peer's descriptor may override them.
     public var limits = PeerLimiter<NodeID>.Settings()
