@@ -243,7 +243,7 @@ package final class TaskStore: Sendable {
     /// cannot be read is an error naming it: the node refuses to start on a store it would silently misread.
     /// Of the finished submitted tasks, only the newest `finishedLimit` are loaded; the rest stay in the store
     /// (``submittedTask(_:)`` reads one).
-    package func load(finishedLimit: Int = .max) throws(StoreError)
+    package func load(finishedLimit: Int = .max, finishedBytesLimit: Int = .max) throws(StoreError)
         -> (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask])
     {
         do {
@@ -252,7 +252,15 @@ package final class TaskStore: Sendable {
                 let finished = try Row.fetchAll(
                     db, sql: "SELECT * FROM submitted_task WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
                     arguments: [Int64(clamping: finishedLimit)])
-                let submitted = try (unfinished + finished).map { try self.submittedTask($0, db) }.sorted { $0.submittedAt < $1.submittedAt }
+                // The newest finished tasks, as many as fit in the byte budget (their payloads are read whole).
+                var kept: [TaskSubmitter.SubmittedTask] = [], bytes = 0
+                for row in finished {
+                    let task = try self.submittedTask(row, db)
+                    bytes += task.input.count + { if case .success(let output)? = task.outcome { output.count } else { 0 } }()
+                    guard bytes <= finishedBytesLimit || kept.isEmpty else { break }
+                    kept.append(task)
+                }
+                let submitted = (try unfinished.map { try self.submittedTask($0, db) } + kept).sorted { $0.submittedAt < $1.submittedAt }
                 let accepted = try Row.fetchAll(db, sql: "SELECT * FROM accepted_task ORDER BY id").map { try self.acceptedTask($0, db) }
                 return (submitted, accepted)
             }

@@ -258,7 +258,9 @@ public actor MeshNode: Service {
                 path: self.home.taskStorePath, timeBase: TaskStore.TimeBase(origin: self.clock.wallClockOrigin), durability: self.settings.durability,
                 commitOn: self.commitExecutor,
                 maximumPages: self.settings.taskStoreMaximumPages)
-            stored = try store.load(finishedLimit: self.submitter.settings.finishedInMemory)
+            stored = try store.load(
+                finishedLimit: self.submitter.settings.finishedInMemory,
+                finishedBytesLimit: self.submitter.settings.finishedBytesInMemory)
         } catch {
             throw StartError.taskStore(error.description)
         }

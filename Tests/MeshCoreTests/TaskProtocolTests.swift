@@ -593,6 +593,25 @@ import Testing
         }, "not again before the interval")
     }
 
+    /// Large results count against a byte budget too: a few of them push older finished tasks out of memory (they
+    /// stay stored), however few tasks that is.
+    @Test func largeFinishedTasksLeaveMemoryByTheirBytes() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 4]])
+        var settings = TaskSubmitter.Settings()
+        settings.finishedBytesInMemory = 1_000
+        mesh.submitter = TaskSubmitter(local: Self.a, settings: settings, seed: 1)
+        _ = mesh.submitter.candidatesChanged([.init(id: Self.c, capabilities: ["echo": 4], load: 0)], now: .zero)
+        var ids: [TaskID] = []
+        for _ in 0..<4 {
+            ids.append(mesh.submit())
+            mesh.completeRuns(output: Array(repeating: 0x31, count: 600))
+            mesh.advance(.milliseconds(100))
+        }
+        _ = mesh.submitter.tick(now: mesh.now)
+        #expect(ids.filter { mesh.submitter.task($0) != nil } == [ids[3]], "only the newest fits in 1,000 bytes")
+        #expect(ids.allSatisfy { mesh.storedSubmitted[$0]?.state == .completed }, "all stay stored")
+    }
+
     @Test func anExecutorThatCannotStoreDeclinesAndGivesBackWhatItCouldNotStore() {
         var runner = TaskRunner(capacity: ["echo": 2])
         let first = TaskID(high: 1, low: 2)

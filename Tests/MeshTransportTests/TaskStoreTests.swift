@@ -103,6 +103,21 @@ import Testing
         let reopened = try TaskStore(path: path, timeBase: Self.timeBase)
         #expect(try reopened.load().submitted == [done])
         #expect(try reopened.load().accepted == [accepted])
+        // A byte budget for finished tasks loads the newest that fit (at least one).
+        let later = TaskSubmitter.SubmittedTask(
+            id: TaskID(high: 2, low: 2), capability: "echo", input: big, submittedAt: .seconds(2), deadline: .seconds(60),
+            maximumAttempts: 1, state: .completed, attempts: [], outcome: .success(big), error: nil,
+            finishedAt: .seconds(3), nextOfferAt: nil, failures: 0)
+        guard case .committed = await Self.commit(reopened, [.submitted(later)]) else {
+            Issue.record("the commit failed")
+            return
+        }
+        #expect(try reopened.load(finishedBytesLimit: 500_000).submitted == [later], "the newest only: two would be 800 kB")
+        #expect(try reopened.load(finishedBytesLimit: 1_000_000).submitted == [done, later])
+        guard case .committed = await Self.commit(reopened, [.forgetSubmitted(later.id)]) else {
+            Issue.record("the commit failed")
+            return
+        }
         guard case .committed = await Self.commit(reopened, [.forgetAccepted(accepted.id), .forgetSubmitted(done.id)]) else {
             Issue.record("the commit failed")
             return

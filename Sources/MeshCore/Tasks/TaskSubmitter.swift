@@ -38,6 +38,8 @@ public struct TaskSubmitter: Sendable {
         /// How many finished tasks stay in memory; older ones are only in the store (a busy node finishes millions
         /// a day), where the node looks them up when asked.
         public var finishedInMemory = 10_000
+        /// And how many bytes of their inputs and results, at most: ten thousand 10 MiB results would not fit.
+        public var finishedBytesInMemory = 256 * 1024 * 1024
         /// How often the store is told to drop what is past retention.
         public var retentionSweepInterval: Duration = .seconds(60)
         public init() {}
@@ -205,6 +207,13 @@ public struct TaskSubmitter: Sendable {
     /// Finished tasks in the order they finished, for forgetting them after the retention period.
     private var finishedOrder: [(id: TaskID, at: Duration)] = []
     private var finishedOrderStart = 0
+    /// Bytes of the inputs and results of the finished tasks in memory.
+    private var finishedBytes = 0
+
+    private static func payloadBytes(_ task: SubmittedTask) -> Int {
+        if case .success(let output)? = task.outcome { return task.input.count + output.count }
+        return task.input.count
+    }
     private var retentionSweptAt: Duration = .zero
     /// Attempts of this node's tasks still open (offered or running) per peer and capability: a peer is offered no
     /// more than the capacity it advertises, so a burst queues here instead of drawing `busy` declines (and a
@@ -262,6 +271,7 @@ public struct TaskSubmitter: Sendable {
     /// The store could not make a just-submitted task durable: the client gets an error, the task never existed.
     public mutating func abandon(_ id: TaskID) -> [Directive] {
         guard let task = self.tasks.removeValue(forKey: id) else { return [] }
+        if task.state.isTerminal { self.finishedBytes -= Self.payloadBytes(task) }
         self.unfinished.remove(id)
         if let attempt = task.currentAttempt, attempt.outcome == nil { self.releaseSlot(of: attempt.peer, task.capability) }
         return [.forget(id)]
@@ -273,6 +283,7 @@ public struct TaskSubmitter: Sendable {
     public mutating func restore(_ stored: [SubmittedTask], now: Duration) {
         for task in stored.filter(\.state.isTerminal).sorted(by: { ($0.finishedAt ?? now) < ($1.finishedAt ?? now) }) {
             self.finishedOrder.append((task.id, task.finishedAt ?? now))
+            self.finishedBytes += Self.payloadBytes(task)
         }
         for var task in stored {
             if !task.state.isTerminal { self.unfinished.insert(task.id) }
@@ -735,15 +746,18 @@ public struct TaskSubmitter: Sendable {
     }
 
     /// Forgets finished tasks past their retention, oldest first, and keeps no more than `finishedInMemory` of the
-    /// rest in memory (the store keeps those until their retention ends).
+    /// rest (and `finishedBytesInMemory` of their payloads) in memory; the store keeps those until their retention ends.
     private mutating func forgetExpired(now: Duration) -> [Directive] {
         var directives: [Directive] = []
         while self.finishedOrderStart < self.finishedOrder.count {
             let (id, finishedAt) = self.finishedOrder[self.finishedOrderStart]
             let expired = now - finishedAt >= self.settings.finishedRetention
-            guard expired || self.finishedOrder.count - self.finishedOrderStart > self.settings.finishedInMemory else { break }
+            let overBound = self.finishedOrder.count - self.finishedOrderStart > self.settings.finishedInMemory
+                || self.finishedBytes > self.settings.finishedBytesInMemory
+            guard expired || overBound else { break }
             self.finishedOrderStart += 1
             if let task = self.tasks[id], task.state.isTerminal {
+                self.finishedBytes -= Self.payloadBytes(task)
                 self.tasks[id] = nil
                 if expired { directives.append(.forget(id)) }
             }
@@ -768,6 +782,7 @@ public struct TaskSubmitter: Sendable {
         self.tasks[id] = task
         self.unfinished.remove(id)
         self.finishedOrder.append((id, now))
+        self.finishedBytes += Self.payloadBytes(task)
         directives.append(.persist(task))
         directives.append(.finished(task))
     }
