@@ -56,6 +56,25 @@ public enum Noise {
             return ciphertext
         }
 
+        /// `encrypt` without associated data, in place (transport frames): the plaintext's bytes become the ciphertext,
+        /// and the tag follows them.
+        public mutating func encryptInPlace(_ buffer: UnsafeMutableRawBufferPointer, plaintextLength: Int) throws(Noise.Error) {
+            guard let key = self.key else { preconditionFailure("transport frames are sealed with a key") }
+            guard self.nonce < UInt64.max else { throw .nonceExhausted }
+            ChaChaPoly.sealInPlace(key: key, nonce: self.nonce, buffer: buffer, plaintextLength: plaintextLength)
+            self.nonce += 1
+        }
+
+        /// `decrypt` without associated data, in place (transport frames): `bytes` become the plaintext.
+        public mutating func decryptInPlace(_ bytes: inout [UInt8]) throws(Noise.Error) {
+            guard let key = self.key else { preconditionFailure("transport frames are opened with a key") }
+            guard self.nonce < UInt64.max else { throw .nonceExhausted }
+            guard ChaChaPoly.openInPlace(key: key, nonce: self.nonce, bytes: &bytes) else { throw .decryptionFailed }
+            bytes.removeLast(ChaChaPoly.tagByteCount)
+            // The nonce only advances on success, so a forged frame cannot desynchronise the session (§5.1).
+            self.nonce += 1
+        }
+
         public mutating func decrypt(associatedData: [UInt8], ciphertext: [UInt8]) throws(Noise.Error) -> [UInt8] {
             guard let key = self.key else { return ciphertext }
             guard self.nonce < UInt64.max else { throw .nonceExhausted }

@@ -105,17 +105,58 @@ public struct SecureSession: Sendable {
 
     /// Seals a message into one or more frame ciphertexts, to be written in order.
     public mutating func seal(message: [UInt8]) throws(Error) -> [[UInt8]] {
-        guard !self.isClosed else { throw .sessionClosed }
-        guard message.count <= self.maximumMessageLength else { throw .messageTooLarge(limit: self.maximumMessageLength) }
+        var wire = [UInt8](repeating: 0, count: Self.framedLength(of: message.count))
+        var session = self
+        let sealed: Result<Void, Error> = wire.withUnsafeMutableBytes { buffer in
+            Result { () throws(Error) in try session.seal(message: message, into: buffer) }
+        }
+        self = session
+        try sealed.get()
         var frames: [[UInt8]] = []
         var offset = 0
+        while offset < wire.count {
+            let length = Int(wire[offset]) << 8 | Int(wire[offset + 1])
+            frames.append(Array(wire[(offset + 2)..<(offset + 2 + length)]))
+            offset += 2 + length
+        }
+        return frames
+    }
+
+    /// The bytes `seal(message:into:)` writes for a message of `count` bytes: each frame's 2-byte length, its type
+    /// byte, its part of the message and its tag.
+    public static func framedLength(of count: Int) -> Int {
+        let frames = max(1, (count + Self.maximumChunkLength - 1) / Self.maximumChunkLength)
+        return count + frames * (2 + Self.frameOverhead)
+    }
+
+    /// Seals a message as the wire carries it (length-prefixed frames) straight into `buffer`, which holds exactly
+    /// `framedLength(of:)` bytes: each part is copied once, then encrypted where it lies.
+    public mutating func seal(message: [UInt8], into buffer: UnsafeMutableRawBufferPointer) throws(Error) {
+        guard !self.isClosed else { throw .sessionClosed }
+        guard message.count <= self.maximumMessageLength else { throw .messageTooLarge(limit: self.maximumMessageLength) }
+        precondition(buffer.count == Self.framedLength(of: message.count), "the buffer is the framed length")
+        var offset = 0, written = 0
         repeat {
             let end = min(offset + Self.maximumChunkLength, message.count)
             let type: FrameType = end == message.count ? .final : .chunk
-            frames.append(try self.sealFrame(type, message[offset..<end]))
+            let frameLength = 1 + (end - offset) + Noise.tagLength
+            buffer[written] = UInt8(frameLength >> 8)
+            buffer[written + 1] = UInt8(frameLength & 0xFF)
+            buffer[written + 2] = type.rawValue
+            message.withUnsafeBytes { source in
+                UnsafeMutableRawBufferPointer(rebasing: buffer[(written + 3)...])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<end]))
+            }
+            do {
+                try self.sender.encryptInPlace(
+                    UnsafeMutableRawBufferPointer(rebasing: buffer[(written + 2)..<(written + 2 + frameLength)]),
+                    plaintextLength: 1 + end - offset)
+            } catch {
+                throw .nonceExhausted
+            }
+            written += 2 + frameLength
             offset = end
         } while offset < message.count
-        return frames
     }
 
     /// Seals the close frame. After it, the session sends nothing more.
@@ -127,12 +168,13 @@ public struct SecureSession: Sendable {
     }
 
     /// Opens one frame ciphertext. Returns nil while a chunked message is incomplete.
-    public mutating func open(frame: [UInt8]) throws(Error) -> Inbound? {
+    public mutating func open(frame: consuming [UInt8]) throws(Error) -> Inbound? {
         guard !self.isClosed else { throw .sessionClosed }
         guard frame.count >= Self.frameOverhead else { throw .frameTooShort(frame.count) }
-        let plaintext: [UInt8]
+        // Opened where it lies: the frame's own bytes become its plaintext.
+        var plaintext = consume frame
         do {
-            plaintext = try self.receiver.decrypt(associatedData: [], ciphertext: frame)
+            try self.receiver.decryptInPlace(&plaintext)
         } catch {
             self.isClosed = true
             throw error == .nonceExhausted ? .nonceExhausted : .decryptionFailed

@@ -11,6 +11,41 @@ public enum ChaChaPoly {
         return nonce
     }
 
+    /// Encrypts the first `plaintextLength` bytes of `buffer` where they are and writes the tag right after them
+    /// (`buffer` holds `plaintextLength + tagByteCount` bytes): no copy in, no copy out. No associated data.
+    public static func sealInPlace(key: SecretBytes, nonce: UInt64, buffer: UnsafeMutableRawBufferPointer, plaintextLength: Int) {
+        ensureSodium()
+        precondition(key.count == keyByteCount, "ChaCha20-Poly1305 keys are 32 bytes")
+        precondition(buffer.count >= plaintextLength + tagByteCount, "room for the tag")
+        let nonce = nonceBytes(nonce)
+        var outLength: UInt64 = 0
+        let bytes = buffer.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        key.withUnsafeBytes { k in
+            // libsodium encrypts in place: the ciphertext may start where the plaintext does.
+            _ = crypto_aead_chacha20poly1305_ietf_encrypt(
+                bytes, &outLength, bytes, UInt64(plaintextLength), nil, 0, nil, nonce,
+                k.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+    }
+
+    /// Checks and decrypts `bytes` (ciphertext and tag) where they are: on success the plaintext is their first
+    /// `count - tagByteCount` bytes. No associated data. False when the tag does not match (nothing is decrypted).
+    public static func openInPlace(key: SecretBytes, nonce: UInt64, bytes: inout [UInt8]) -> Bool {
+        ensureSodium()
+        precondition(key.count == keyByteCount, "ChaCha20-Poly1305 keys are 32 bytes")
+        guard bytes.count >= tagByteCount else { return false }
+        let nonce = nonceBytes(nonce)
+        var outLength: UInt64 = 0
+        return bytes.withUnsafeMutableBufferPointer { buffer in
+            key.withUnsafeBytes { k in
+                // libsodium checks the tag first, then decrypts in place.
+                crypto_aead_chacha20poly1305_ietf_decrypt(
+                    buffer.baseAddress, &outLength, nil, buffer.baseAddress!, UInt64(buffer.count), nil, 0, nonce,
+                    k.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 0
+            }
+        }
+    }
+
     public static func seal(
         key: SecretBytes, nonce: UInt64, associatedData: [UInt8], plaintext: [UInt8]
     ) -> [UInt8] {

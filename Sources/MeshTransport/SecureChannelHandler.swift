@@ -354,16 +354,21 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             promise?.fail(TransportError.notEstablished)
             return
         }
-        do {
-            let frames = try session.seal(message: bytes)
-            self.phase = .established(session)
-            var buffer = context.channel.allocator.buffer(
-                capacity: frames.reduce(0) { $0 + $1.count + FrameCodec.lengthPrefixSize })
-            for frame in frames { FrameCodec.write(frame: frame, to: &buffer) }
-            context.write(self.wrapOutboundOut(buffer), promise: promise)
-        } catch {
-            promise?.fail(TransportError.session(error))
+        // Sealed straight into the outgoing buffer: each part of the message is copied once, then encrypted there.
+        let length = SecureSession.framedLength(of: bytes.count)
+        var buffer = context.channel.allocator.buffer(capacity: length)
+        var failure: SecureSession.Error?
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
+            do throws(SecureSession.Error) {
+                try session.seal(message: bytes, into: UnsafeMutableRawBufferPointer(rebasing: space[..<length]))
+            } catch {
+                failure = error
+            }
+            return length
         }
+        self.phase = .established(session)
+        if let failure { return promise?.fail(TransportError.session(failure)) ?? () }
+        context.write(self.wrapOutboundOut(buffer), promise: promise)
     }
 
     func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {

@@ -140,3 +140,22 @@ import Testing
         #expect(SHA256.hash(Array("abc".utf8)) == VectorTests.hex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"))
     }
 }
+
+@Suite struct InPlaceAEADTests {
+    @Test func sealingAndOpeningInPlaceMatchTheCopyingFunctions() {
+        let key = SecretBytes(randomCount: ChaChaPoly.keyByteCount)
+        let plaintext = (0..<70_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        let sealed = ChaChaPoly.seal(key: key, nonce: 7, associatedData: [], plaintext: plaintext)
+        var buffer = plaintext + [UInt8](repeating: 0, count: ChaChaPoly.tagByteCount)
+        buffer.withUnsafeMutableBytes { ChaChaPoly.sealInPlace(key: key, nonce: 7, buffer: $0, plaintextLength: plaintext.count) }
+        #expect(buffer == sealed)
+        var opened = buffer
+        #expect(ChaChaPoly.openInPlace(key: key, nonce: 7, bytes: &opened))
+        #expect(Array(opened.prefix(plaintext.count)) == plaintext)
+        var tampered = buffer
+        tampered[100] ^= 1
+        #expect(!ChaChaPoly.openInPlace(key: key, nonce: 7, bytes: &tampered), "a flipped bit fails the tag")
+        var wrongNonce = buffer
+        #expect(!ChaChaPoly.openInPlace(key: key, nonce: 8, bytes: &wrongNonce))
+    }
+}
