@@ -330,6 +330,8 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
     private let artifacts: ArtifactFolders?
     /// A multipart answer, written to the scratch folder as it arrives.
     private var multipartBody: FileHandle?
+    private var multipartBytes: UInt64 = 0
+    private var multipartTooLarge = false
     private var multipartType = ""
     private let progress: @Sendable ([[UInt8]]) -> Void
     private let lock = NSLock()
@@ -386,8 +388,14 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
     }
 
     func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
-        if let file = self.multipartBody {
-            if (try? file.write(contentsOf: data)) == nil { self.overflowed = true }
+        if let file = self.multipartBody, let artifacts = self.artifacts {
+            guard !self.overflowed, !self.multipartTooLarge else { return }
+            self.multipartBytes += UInt64(data.count)
+            if self.multipartBytes > artifacts.maximumAnswer {
+                self.multipartTooLarge = true
+            } else if (try? file.write(contentsOf: data)) == nil {
+                self.overflowed = true
+            }
             return
         }
         if let lines = self.lines {
@@ -443,6 +451,9 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
         }
         if self.format == .multipart, let artifacts = self.artifacts {
             try? self.multipartBody?.close()
+            guard !self.multipartTooLarge else {
+                return .failure("\(url) answered more than \(artifacts.maximumAnswer) bytes (the node's --max-artifact-bytes)")
+            }
             guard !self.overflowed else { return .failure("cannot keep \(url)'s answer: \(artifacts.scratch) is not writable") }
             do {
                 let result = try Multipart.readAnswer(from: artifacts.scratch + "/answer", contentType: self.multipartType, into: artifacts.output)

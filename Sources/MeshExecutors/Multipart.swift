@@ -22,12 +22,15 @@ package struct ArtifactFolders: Sendable {
     /// Scratch space for request and answer bodies that must not be held in memory.
     package let scratch: String
     package let inputs: [Input]
+    /// The most an `http:` agent's multipart answer may be (the node's largest artifact): more fails the run.
+    package let maximumAnswer: UInt64
 
-    package init(input: String, output: String, scratch: String, inputs: [Input]) {
+    package init(input: String, output: String, scratch: String, inputs: [Input], maximumAnswer: UInt64) {
         self.input = input
         self.output = output
         self.scratch = scratch
         self.inputs = inputs
+        self.maximumAnswer = maximumAnswer
     }
 }
 

@@ -6,7 +6,13 @@ import Synchronization
 /// Why the store cannot take or give an artifact, as a sentence for the person who asked.
 public struct ArtifactError: Error, Equatable, CustomStringConvertible {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// A limit of this node refused it (its size or the store's room): asking another peer would not help.
+    public let isLimit: Bool
+
+    public init(_ description: String, isLimit: Bool = false) {
+        self.description = description
+        self.isLimit = isLimit
+    }
 }
 
 /// The node's artifacts, one file per SHA-256 in `DIR/artifacts/`. Beside each: `HEX.chain`, the SHA-256 chaining
@@ -72,7 +78,8 @@ public final class ArtifactStore: Sendable {
     /// Counts `size` bytes against the capacity, or says which limit they would break and how to raise it.
     public func reserve(_ size: UInt64) throws(ArtifactError) {
         guard size <= self.maximumArtifact else {
-            throw ArtifactError("the artifact has \(size) bytes; this node takes at most \(self.maximumArtifact) (run --max-artifact-bytes)")
+            throw ArtifactError(
+                "the artifact has \(size) bytes; this node takes at most \(self.maximumArtifact) (run --max-artifact-bytes)", isLimit: true)
         }
         let refused: UInt64? = self.used.withLock { used in
             guard used + size <= self.capacity else { return used }
@@ -80,7 +87,9 @@ public final class ArtifactStore: Sendable {
             return nil
         }
         if let used = refused {
-            throw ArtifactError("the artifact store is full: \(used) of \(self.capacity) bytes used, \(size) more asked for (run --artifact-store-bytes)")
+            throw ArtifactError(
+                "the artifact store is full: \(used) of \(self.capacity) bytes used, \(size) more asked for (run --artifact-store-bytes)",
+                isLimit: true)
         }
     }
 

@@ -209,9 +209,11 @@ extension MeshNode {
             self.metrics.increment("agentmesh_artifact_chunks_damaged_total")
             self.logger.warning("an artifact chunk did not match its owner's digest; asking for it again", metadata: [
                 "artifact": "\(pull.artifact.hex.prefix(16))", "offset": "\(offset)", "peer": "\(self.displayName(pull.peer))"])
-            guard pull.damaged < 3 else {
+            // An empty artifact has nothing to ask for again: its digest is simply wrong.
+            guard pull.damaged < 3, pull.artifact.size > 0 else {
                 return self.endPull(pull, ArtifactError(
-                    "\(self.displayName(pull.peer)) sent bytes of \(pull.artifact) that do not match its digest, three times"))
+                    "\(self.displayName(pull.peer)) sent bytes of \(pull.artifact) that do not match its digest"
+                        + (pull.artifact.size > 0 ? ", three times" : "")))
             }
             pull.outstanding.removeAll()
             pull.nextRequest = offset
@@ -333,7 +335,7 @@ extension MeshNode {
             if let error {
                 // Too large for this node: no other executor's result would fit either.
                 let sentence = "the result's artifacts could not be fetched: \(error)"
-                outcome = .result(id, epoch: epoch, outcome: error.description.contains("(run --") ? .rejected(sentence) : .failure(sentence))
+                outcome = .result(id, epoch: epoch, outcome: error.isLimit ? .rejected(sentence) : .failure(sentence))
             } else {
                 outcome = message
             }
@@ -368,7 +370,8 @@ extension MeshNode {
                 let run = store.directory + "/runs/\(task.id)-\(task.epoch)"
                 let folders = ArtifactFolders(
                     input: run + "/in", output: run + "/out", scratch: run,
-                    inputs: payload.artifacts.map { .init(name: $0.name, mediaType: $0.mediaType, path: run + "/in/" + $0.name) })
+                    inputs: payload.artifacts.map { .init(name: $0.name, mediaType: $0.mediaType, path: run + "/in/" + $0.name) },
+                    maximumAnswer: store.maximumArtifact)
                 Self.removeTree(run)
                 var failure: ArtifactError?
                 for folder in [store.directory + "/runs", run, folders.input, folders.output] where mkdir(folder, 0o700) != 0 && errno != EEXIST {

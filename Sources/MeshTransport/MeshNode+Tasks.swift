@@ -321,7 +321,7 @@ extension MeshNode {
             case .failure(let error):
                 let sentence = "the task's input artifacts could not be fetched: \(error)"
                 self.runTaskRunner {
-                    $0.finished(task.id, outcome: error.description.contains("(run --") ? .rejected(sentence) : .failure(sentence), now: self.now)
+                    $0.finished(task.id, outcome: error.isLimit ? .rejected(sentence) : .failure(sentence), now: self.now)
                 }
             case .success(let (json, folders)):
                 self.run(task, spec: spec, input: json, folders: folders, timeout: timeout)

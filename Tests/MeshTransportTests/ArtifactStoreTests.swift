@@ -77,7 +77,7 @@ import Testing
 
     @Test func theCapsRefuseBeforeAnythingIsWrittenAndGiveTheRoomBack() throws {
         let store = try Self.store(maximum: 1000, capacity: 1500)
-        #expect(throws: ArtifactError("the artifact has 1001 bytes; this node takes at most 1000 (run --max-artifact-bytes)")) {
+        #expect(throws: ArtifactError("the artifact has 1001 bytes; this node takes at most 1000 (run --max-artifact-bytes)", isLimit: true)) {
             try ArtifactStore.Writer(store: store, size: 1001)
         }
         let writer = try ArtifactStore.Writer(store: store, size: 1000)

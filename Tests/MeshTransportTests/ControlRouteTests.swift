@@ -28,6 +28,24 @@ import Testing
         #expect(Self.route("POST", "/metrics") == .refused(status: 405, message: "POST is not allowed on /metrics"))
     }
 
+    @Test func artifactsTheBrowserViewAndTheAuditAreRouted() {
+        let digest = [UInt8](repeating: 0xAB, count: 32)
+        #expect(Self.route("GET", "/v1/artifacts/" + String(repeating: "AB", count: 32)) == .artifact(digest: digest))
+        #expect(Self.route("GET", "/v1/artifacts/abc") == .refused(status: 400, message: "'abc' is not a SHA-256 (64 hex digits)"))
+        #expect(Self.route("POST", "/v1/artifacts") == .refused(status: 411, message: "send the artifact's bytes with a Content-Length"))
+        #expect(Self.route("DELETE", "/v1/artifacts/" + String(repeating: "ab", count: 32))
+            == .refused(status: 405, message: "DELETE is not allowed on /v1/artifacts/" + String(repeating: "ab", count: 32)))
+        #expect(Self.route("GET", "/ui") == .uiAsset("index.html"))
+        #expect(Self.route("GET", "/ui/app.js") == .uiAsset("app.js"))
+        #expect(Self.route("GET", "/ui/secrets") == .refused(status: 404, message: "no such page: /ui/secrets"))
+        #expect(Self.route("POST", "/ui/session", body: [1]) == .uiSession(body: [1]))
+        #expect(Self.route("POST", "/v1/ui/login") == .uiLogin)
+        #expect(Self.route("GET", "/v1/ui/login") == .refused(status: 405, message: "GET is not allowed on /v1/ui/login"))
+        #expect(Self.route("GET", "/v1/ui/stream") == .uiStream)
+        #expect(Self.route("GET", "/v1/audit", ["peer": "beta", "last": "5"]) == .audit(peer: "beta", last: 5))
+        #expect(Self.route("GET", "/v1/audit", ["last": "0"]) == .refused(status: 400, message: "last must be 1 to 1000"))
+    }
+
     @Test func progressEventsAreAPageOrAStreamResumingAfterTheLastSeen() {
         #expect(Self.route("GET", "/v1/tasks/\(Self.id)/events", ["after": "3", "wait": "30"])
             == .taskEvents(.id(Self.id), after: 3, wait: .seconds(30), stream: false))
