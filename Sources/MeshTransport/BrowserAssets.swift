@@ -156,6 +156,11 @@ let stream = null;
 let taskEvents = null;
 let shownTask = null;
 let shownState = null;
+// Reads of the shown task travel on separate connections, so an older answer can arrive after a newer one: reads
+// are numbered as sent and an overtaken answer is dropped, and a finished task never goes back to running.
+let taskReads = 0;
+let taskReadShown = 0;
+const finishedStates = ["completed", "failed", "timed_out", "canceled"];
 
 function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -315,9 +320,8 @@ function renderTasks() {
 async function openTask(id) {
   if (shownTask && shownTask.startsWith(id)) return;
   closeTask();
-  const response = await call("GET", `/v1/tasks/${id}`);
-  if (!response.ok) return;
-  const task = await response.json();
+  const task = await readTask("GET", `/v1/tasks/${id}`);
+  if (!task) return;
   shownTask = task.id;
   $("#task-progress").replaceChildren();
   renderTask(task);
@@ -335,8 +339,16 @@ async function openTask(id) {
 }
 
 async function refreshTask(id) {
-  const response = await call("GET", `/v1/tasks/${id}`);
-  if (response.ok && shownTask === id) renderTask(await response.json());
+  const task = await readTask("GET", `/v1/tasks/${id}`);
+  if (task && shownTask === id) renderTask(task);
+}
+
+async function readTask(method, path) {
+  const number = ++taskReads;
+  const response = await call(method, path);
+  if (!response.ok || number < taskReadShown) return null;
+  taskReadShown = number;
+  return response.json();
 }
 
 function closeTask() {
@@ -352,13 +364,13 @@ async function loadLog(id) {
 }
 
 function renderTask(task) {
-  if (!task) return;
+  if (!task || (task.id === shownTask && finishedStates.includes(shownState) && !finishedStates.includes(task.state))) return;
   shownState = task.state;
   $("#task-id").textContent = task.id;
   $("#task-state").replaceWith(Object.assign(stateBadge(task.state), { id: "task-state" }));
   $("#task-summary").textContent = `${task.capability} · submitted ${time(task.submitted_at)} · deadline ${time(task.deadline)}`
     + (task.executed_by ? ` · ran on ${task.executed_by}` : "") + (task.waiting ? ` · ${task.waiting}` : "") + (task.error ? ` · ${task.error}` : "");
-  const finished = ["completed", "failed", "timed_out", "canceled"].includes(task.state);
+  const finished = finishedStates.includes(task.state);
   $("#cancel-task").hidden = finished;
   const steps = task.attempts.flatMap((attempt) => [
     el("li", {}, `${time(attempt.offered_at)} offered to ${attempt.peer_name} (attempt ${attempt.epoch})`),
@@ -471,8 +483,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#audit-peer").addEventListener("change", loadAudit);
   $("#cancel-task").addEventListener("click", async () => {
     if (!shownTask) return;
-    const response = await call("POST", `/v1/tasks/${shownTask}/cancel`);
-    if (response.ok) renderTask(await response.json());
+    const id = shownTask;
+    const task = await readTask("POST", `/v1/tasks/${id}/cancel`);
+    if (task && shownTask === id) renderTask(task);
   });
   $("#leave").addEventListener("click", async () => {
     if (confirm("This node leaves the mesh and stops. Leave?")) await call("POST", "/v1/leave");
