@@ -13,6 +13,12 @@ package struct JSONWriter {
 
     package init(capacity: Int = 512) { self.bytes.reserveCapacity(capacity) }
 
+    /// The document and a closing newline, handed over without copying (a document may hold a 10 MiB result).
+    package consuming func line() -> [UInt8] {
+        self.bytes.append(0x0A)
+        return self.bytes
+    }
+
     package mutating func beginObject() {
         self.separate()
         self.bytes.append(UInt8(ascii: "{"))
@@ -277,15 +283,7 @@ package enum JSONText {
                     // A run of plain bytes is found and copied at once: a 10 MB string is one copy, not ten million
                     // appends.
                     let start = self.position
-                    let end = self.input.withUnsafeBufferPointer { buffer in
-                        var end = start + 1
-                        while end < buffer.count {
-                            let next = buffer[end]
-                            if next == UInt8(ascii: "\"") || next == UInt8(ascii: "\\") || next < 0x20 { break }
-                            end += 1
-                        }
-                        return end
-                    }
+                    let end = self.input.withUnsafeBufferPointer { Self.endOfPlainRun($0, from: start + 1) }
                     if self.writesOutput {
                         if self.output.isEmpty { self.output.reserveCapacity(self.input.count) }
                         self.output += self.input[start..<end]
@@ -325,6 +323,32 @@ package enum JSONText {
                 guard self.take(byte) else { return false }
             }
             return true
+        }
+
+        /// The first quote, backslash or control byte at or after `start`, eight bytes at a time: a word with none
+        /// of them is passed in a few instructions (the tests below are exact as a whole, so a hit is then found byte
+        /// by byte).
+        static func endOfPlainRun(_ buffer: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
+            var end = start
+            if let base = buffer.baseAddress {
+                let ones: UInt64 = 0x0101_0101_0101_0101
+                let highs: UInt64 = 0x8080_8080_8080_8080
+                while end + 8 <= buffer.count {
+                    let word = UnsafeRawPointer(base + end).loadUnaligned(as: UInt64.self)
+                    let quotes = word ^ (ones &* 0x22)
+                    let backslashes = word ^ (ones &* 0x5C)
+                    let special = ((quotes &- ones) & ~quotes) | ((backslashes &- ones) & ~backslashes)
+                        | ((word &- ones &* 0x20) & ~word)
+                    if special & highs != 0 { break }
+                    end += 8
+                }
+            }
+            while end < buffer.count {
+                let next = buffer[end]
+                if next == UInt8(ascii: "\"") || next == UInt8(ascii: "\\") || next < 0x20 { break }
+                end += 1
+            }
+            return end
         }
 
         static func isHexDigit(_ byte: UInt8) -> Bool {

@@ -229,8 +229,19 @@ public struct NodeHome: Sendable {
     }
 
     /// The modification time of `peers/`, so a running node can notice `agentmesh trust` without polling files.
-    package func peersDirectoryStamp() -> Date? {
-        (try? FileManager.default.attributesOfItem(atPath: self.peersDirectory))?[.modificationDate] as? Date
+    /// A plain `stat`: Foundation's attributes also look up the owner's name, reading `/etc/passwd` and
+    /// `/etc/group` on every call, and the trust policy is consulted for every message.
+    package func peersDirectoryStamp() -> PeersDirectoryStamp? {
+        var status = stat()
+        guard stat(self.peersDirectory, &status) == 0 else { return nil }
+        return PeersDirectoryStamp(
+            seconds: Int64(status.st_mtim.tv_sec), nanoseconds: Int64(status.st_mtim.tv_nsec), inode: UInt64(status.st_ino))
+    }
+
+    package struct PeersDirectoryStamp: Equatable, Sendable {
+        let seconds: Int64
+        let nanoseconds: Int64
+        let inode: UInt64
     }
 
     // MARK: - trust

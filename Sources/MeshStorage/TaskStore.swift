@@ -358,7 +358,9 @@ package final class TaskStore: Sendable {
         defer { close(descriptor) }
         var written = 0
         while written < bytes.count {
-            let count = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress! + written, $0.count - written) }
+            // At most 1 MiB per call: one 10 MiB write to a new file took 12-25 ms here, ten of 1 MiB took 2.5.
+            let count = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress! + written, min($0.count - written, 1 << 20)) }
+            if count < 0, errno == EINTR { continue }
             guard count > 0 else {
                 let error = Self.payloadError(temporary)
                 unlink(temporary)

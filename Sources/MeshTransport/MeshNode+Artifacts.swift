@@ -315,7 +315,7 @@ extension MeshNode {
     /// A result whose artifacts are not here yet is held while they are pulled from the executor, then handed to
     /// the submitter (not acknowledged before, so a crash on either side re-sends it). False: hand it on now.
     func holdResultForArtifacts(_ message: TaskMessage, from peer: NodeID) -> Bool {
-        guard case .result(let id, let epoch, .success(let output)) = message, output.contains(0),
+        guard case .result(let id, let epoch, .success(let output)) = message, TaskPayload.hasArtifacts(output),
             let task = self.submitter.task(id), !task.state.isTerminal,
             task.attempts.last.map({ $0.epoch == epoch && $0.peer == peer }) == true
         else { return false }

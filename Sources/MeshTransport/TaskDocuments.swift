@@ -15,7 +15,7 @@ struct TaskDocuments {
     func task(_ task: TaskSubmitter.SubmittedTask, status: Int = 200) -> ControlResponse {
         var json = JSONWriter()
         self.write(task, into: &json)
-        return ControlResponse(status: status, body: json.bytes + [0x0A])
+        return ControlResponse(status: status, body: json.line())
     }
 
     /// `brief`: without results (the browser view's live list, which must stay small however large they are).
@@ -27,7 +27,7 @@ struct TaskDocuments {
         for task in tasks { self.write(task, into: &json, brief: brief) }
         json.endArray()
         json.endObject()
-        return ControlResponse(status: 200, body: json.bytes + [0x0A])
+        return ControlResponse(status: 200, body: json.line())
     }
 
     /// Keys in the order `ControlAPI.encoder()` sorts them; absent values are left out, as it leaves out nil.
@@ -90,7 +90,7 @@ struct TaskDocuments {
         if case .success(let bytes)? = task.outcome, !brief {
             json.key("result")
             // A result that is not JSON is shown as the text it is.
-            let output = bytes.contains(0) ? Array(TaskPayload.json(of: bytes)) : bytes
+            let output = TaskPayload.hasArtifacts(bytes) ? Array(TaskPayload.json(of: bytes)) : bytes
             // A large result is checked in place and written as it is; a small one is compacted.
             if output.count > 64 * 1024, JSONText.isValue(output) {
                 json.raw(output)

@@ -9,7 +9,7 @@ import MeshControl
 final class TrustStore: Sendable {
     private struct State {
         var policy: TrustPolicy
-        var stamp: Date?
+        var stamp: NodeHome.PeersDirectoryStamp?
         var generation: UInt64
     }
 
@@ -39,7 +39,7 @@ final class TrustStore: Sendable {
     }
 
     @discardableResult
-    private func reload(stamp: Date?) -> TrustPolicy {
+    private func reload(stamp: NodeHome.PeersDirectoryStamp?) -> TrustPolicy {
         let (descriptors, problems) = self.home.loadTrustedPeers()
         for problem in problems { self.logger.warning("\(problem)") }
         let policy = TrustPolicy(trusted: descriptors, isOpen: self.isOpen)

@@ -217,7 +217,7 @@ struct Run: AsyncParsableCommand {
         // Artifact chunks and large inputs are megabytes each: served from the heap rather than a fresh mmap (page
         // faults and zeroing) every time, with up to 32 MiB kept for the next ones.
         _ = glibcMallopt(-3, 32 << 20)  // M_MMAP_THRESHOLD (its largest value)
-        _ = glibcMallopt(-1, 32 << 20)  // M_TRIM_THRESHOLD
+        _ = glibcMallopt(-1, 128 << 20)  // M_TRIM_THRESHOLD
         let home = self.options.nodeHome
         let effective = try self.effectiveSettings(try reporting { try home.loadRunConfiguration() })
         let settings = effective.settings

@@ -97,4 +97,23 @@ import Testing
     func validJSONIsCompacted(_ pair: (String, String)) {
         #expect(JSONText.compacted(Array(pair.0.utf8)) == Array(pair.1.utf8))
     }
+
+    /// Plain runs of a string are passed eight bytes at a time: a quote, a backslash or a control byte at any place
+    /// within a word, after bytes of every kind (UTF-8 included), is still found.
+    @Test func aSpecialByteAnywhereInAWordIsFound() {
+        let fillers: [[UInt8]] = [Array("abcdefghijklmnopqrstuvwx".utf8), Array("é€😀 ~ÿ~~~~~~~".utf8)]
+        for filler in fillers {
+            for length in 0..<20 {
+                let plain = Array(filler.prefix(length))
+                let whole = [0x22] + plain + [0x22]
+                #expect(JSONText.compacted(whole) == whole || String(validating: plain, as: UTF8.self) == nil)
+                for special: UInt8 in [0x00, 0x01, 0x0A, 0x1F] {
+                    #expect(JSONText.compacted([0x22] + plain + [special] + plain + [0x22]) == nil, "\(length) \(special)")
+                }
+                let escaped = [0x22] + plain + Array("\\\"".utf8) + plain + [0x22]
+                #expect(JSONText.isValue(escaped) || String(validating: plain, as: UTF8.self) == nil, "\(length)")
+                #expect(!JSONText.isValue([0x22] + plain + [0x22] + plain + [0x22]) || length == 0, "\(length)")
+            }
+        }
+    }
 }

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import MeshCrypto
 
 /// A named byte blob a task takes or gives (a PDF, an image, a JSON file), stored once per node under its SHA-256
@@ -65,7 +70,7 @@ public struct TaskPayload: Sendable, Equatable {
 
     /// Splits stored or received bytes; bytes without a NUL are JSON alone.
     public init(decoding bytes: [UInt8]) throws(DecodeError) {
-        guard let split = bytes.firstIndex(of: 0) else {
+        guard let split = Self.separator(in: bytes) else {
             self.init(json: bytes)
             return
         }
@@ -100,12 +105,23 @@ public struct TaskPayload: Sendable, Equatable {
 
     /// The JSON of bytes that may carry artifact references (for readers that need the value only).
     public static func json(of bytes: [UInt8]) -> ArraySlice<UInt8> {
-        bytes.firstIndex(of: 0).map { bytes[..<$0] } ?? bytes[...]
+        Self.separator(in: bytes).map { bytes[..<$0] } ?? bytes[...]
+    }
+
+    /// Whether bytes carry artifact references after their JSON.
+    public static func hasArtifacts(_ bytes: [UInt8]) -> Bool { Self.separator(in: bytes) != nil }
+
+    /// The NUL after the JSON, found with `memchr`: a generic search read a 10 MiB result at a byte per cycle.
+    static func separator(in bytes: [UInt8]) -> Int? {
+        bytes.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress, let found = memchr(base, 0, raw.count) else { return nil }
+            return base.distance(to: UnsafeRawPointer(found))
+        }
     }
 
     /// The artifacts referenced by bytes that may carry them; none when they are malformed.
     public static func artifacts(of bytes: [UInt8]) -> [ArtifactRef] {
-        guard bytes.contains(0) else { return [] }
+        guard Self.hasArtifacts(bytes) else { return [] }
         return (try? TaskPayload(decoding: bytes).artifacts) ?? []
     }
 
