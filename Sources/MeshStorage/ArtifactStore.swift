@@ -106,6 +106,7 @@ public final class ArtifactStore: Sendable {
         private let temporary: String
         private let descriptor: Int32
         private let reserved: UInt64
+        private let appender: DirectAppender
         private var hasher = ChunkHasher()
         private var written: UInt64 = 0
 
@@ -120,6 +121,7 @@ public final class ArtifactStore: Sendable {
                 store.release(size)
                 throw ArtifactError("cannot create \(self.temporary): \(why)")
             }
+            self.appender = DirectAppender(descriptor: self.descriptor, path: self.temporary, at: 0)
         }
 
         public var count: UInt64 { self.written }
@@ -128,7 +130,7 @@ public final class ArtifactStore: Sendable {
             guard self.written + UInt64(bytes.count) <= self.reserved else {
                 throw ArtifactError("the artifact is longer than the \(self.reserved) bytes announced")
             }
-            try ArtifactStore.writeAll(self.descriptor, bytes, at: self.written, path: self.temporary)
+            try self.appender.append(bytes)
             self.hasher.update(bytes)
             self.written += UInt64(bytes.count)
         }
@@ -143,6 +145,12 @@ public final class ArtifactStore: Sendable {
             guard self.written == self.reserved else {
                 self.abort()
                 throw ArtifactError("the artifact ended after \(self.written) of the \(self.reserved) bytes announced")
+            }
+            do {
+                try self.appender.flush()
+            } catch {
+                self.abort()
+                throw error
             }
             let digest = self.hasher.hasher.finalize()
             if self.store.durable { fsync(self.descriptor) }
@@ -256,6 +264,7 @@ public final class ArtifactStore: Sendable {
         private let store: ArtifactStore
         private let partial: String
         private let descriptor: Int32
+        private var appender: DirectAppender!
         private var hasher = SHA256.Hasher()
         private var chain: [UInt8] = []
         public private(set) var received: UInt64 = 0
@@ -286,6 +295,7 @@ public final class ArtifactStore: Sendable {
                 self.received += UInt64(got)
             }
             if self.received < whole { ftruncate(self.descriptor, off_t(self.received)) }
+            self.appender = DirectAppender(descriptor: self.descriptor, path: self.partial, at: self.received)
         }
 
         deinit { close(self.descriptor) }
@@ -313,9 +323,9 @@ public final class ArtifactStore: Sendable {
             } else {
                 guard next.finalize() == self.artifact.digest else { return .damaged }
             }
-            try withBytes(bytes) { raw throws(ArtifactError) in
-                try ArtifactStore.writeAll(self.descriptor, raw, at: self.received, path: self.partial)
-            }
+            // Each chunk is whole on disk before the next is asked for, so a crash resumes after it.
+            try withBytes(bytes) { raw throws(ArtifactError) in try self.appender.append(raw) }
+            try self.appender.flush()
             self.hasher = next
             if end < self.artifact.size { self.chain += chainingValue }
             self.received = end
@@ -355,17 +365,6 @@ public final class ArtifactStore: Sendable {
         }
         self.release(freed)
         return freed
-    }
-
-    fileprivate static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, path: String) throws(ArtifactError) {
-        var done = 0
-        while done < bytes.count {
-            let wrote = pwrite(descriptor, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
-            guard wrote > 0 else {
-                throw ArtifactError("cannot write \(path): \(wrote < 0 ? String(cString: strerror(errno)) : "no progress")")
-            }
-            done += wrote
-        }
     }
 }
 

@@ -28,6 +28,38 @@ import Testing
         return try writer.finish(name: "data.bin", mediaType: "application/octet-stream")
     }
 
+    /// Whole megabytes go to the device directly, the rest through the page cache: every byte lands where it
+    /// belongs for sizes around the block and the alignment, from an unaligned start, and on tmpfs, which refuses
+    /// `O_DIRECT`.
+    @Test(arguments: ["/tmp", "/dev/shm"])
+    func theDirectAppenderWritesEveryByteInPlace(_ folder: String) throws {
+        let block = DirectAppender.blockLength
+        for (start, sizes) in [(0, [0, 1, 4095, 4096, 4097, block - 1, block, block + 1, 2 * block + 12_345]), (100, [block + 7])] {
+            for size in sizes {
+                let path = "\(folder)/am-direct-" + UUID().uuidString.prefix(8)
+                defer { unlink(path) }
+                let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+                #expect(descriptor >= 0)
+                defer { close(descriptor) }
+                let head = [UInt8](repeating: 0xEE, count: start)
+                _ = head.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+                let appender = DirectAppender(descriptor: descriptor, path: path, at: UInt64(start))
+                let bytes = Array(Self.bytes.prefix(size))
+                // In uneven pieces, as an upload arrives.
+                var offset = 0
+                for piece in [3, 5000, block, Int.max] where offset < bytes.count {
+                    let end = offset + min(piece, bytes.count - offset)
+                    try bytes[offset..<end].withUnsafeBytes { try appender.append($0) }
+                    offset = end
+                }
+                try appender.flush()
+                #expect(appender.offset == UInt64(start + size))
+                let contents = FileManager.default.contents(atPath: path).map { [UInt8]($0) }
+                #expect(contents == head + bytes, "\(folder) from \(start), \(size) bytes")
+            }
+        }
+    }
+
     @Test func storedBytesAreReadBackByChunkWithTheChainingValuesADownloadChecks() throws {
         let source = try Self.store(), target = try Self.store()
         let artifact = try Self.stored(in: source)
