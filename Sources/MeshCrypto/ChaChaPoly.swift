@@ -1,3 +1,4 @@
+internal import CLibCrypto
 internal import CSodium
 
 /// ChaCha20-Poly1305 (IETF) as Noise uses it: a 96-bit nonce of 4 zero bytes and a 64-bit little-endian counter.
@@ -18,6 +19,12 @@ public enum ChaChaPoly {
         precondition(key.count == keyByteCount, "ChaCha20-Poly1305 keys are 32 bytes")
         precondition(buffer.count >= plaintextLength + tagByteCount, "room for the tag")
         let nonce = nonceBytes(nonce)
+        if plaintextLength >= largeFrame {
+            let sealed = key.withUnsafeBytes { k in
+                OpenSSLChaChaPoly.seal(key: k, nonce: nonce, bytes: buffer.baseAddress!, count: plaintextLength)
+            }
+            if sealed { return }
+        }
         var outLength: UInt64 = 0
         let bytes = buffer.baseAddress!.assumingMemoryBound(to: UInt8.self)
         key.withUnsafeBytes { k in
@@ -35,6 +42,18 @@ public enum ChaChaPoly {
         precondition(key.count == keyByteCount, "ChaCha20-Poly1305 keys are 32 bytes")
         guard bytes.count >= tagByteCount else { return false }
         let nonce = nonceBytes(nonce)
+        if bytes.count - tagByteCount >= largeFrame {
+            let opened = bytes.withUnsafeMutableBytes { buffer in
+                key.withUnsafeBytes { k in
+                    OpenSSLChaChaPoly.open(key: k, nonce: nonce, bytes: buffer.baseAddress!, count: buffer.count - tagByteCount)
+                }
+            }
+            if let opened {
+                // OpenSSL decrypts as it authenticates: a forgery's bytes are wiped, never left to be read.
+                if !opened { bytes.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) } }
+                return opened
+            }
+        }
         var outLength: UInt64 = 0
         return bytes.withUnsafeMutableBufferPointer { buffer in
             key.withUnsafeBytes { k in
@@ -45,6 +64,10 @@ public enum ChaChaPoly {
             }
         }
     }
+
+    /// Frames of at least this many bytes are sealed and opened by OpenSSL; below it, libsodium's lower set-up cost
+    /// wins. Both compute the same bytes (a test holds them to it).
+    static let largeFrame = 4096
 
     public static func seal(
         key: SecretBytes, nonce: UInt64, associatedData: [UInt8], plaintext: [UInt8]
@@ -97,5 +120,38 @@ public enum ChaChaPoly {
         }
         guard let result else { throw .authenticationFailed }
         return result
+    }
+}
+
+/// ChaCha20-Poly1305 (IETF, no associated data) through OpenSSL's EVP interface, in place. Each returns nil when
+/// OpenSSL could not set up (the caller then uses libsodium).
+enum OpenSSLChaChaPoly {
+    static func seal(key: UnsafeRawBufferPointer, nonce: [UInt8], bytes: UnsafeMutableRawPointer, count: Int) -> Bool {
+        guard let context = EVP_CIPHER_CTX_new() else { return false }
+        defer { EVP_CIPHER_CTX_free(context) }
+        let data = bytes.assumingMemoryBound(to: UInt8.self)
+        var written: Int32 = 0
+        var final: Int32 = 0
+        guard EVP_EncryptInit_ex(context, EVP_chacha20_poly1305(), nil, key.baseAddress!.assumingMemoryBound(to: UInt8.self), nonce) == 1,
+            EVP_EncryptUpdate(context, data, &written, data, Int32(count)) == 1, Int(written) == count,
+            EVP_EncryptFinal_ex(context, data + count, &final) == 1,
+            EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_AEAD_GET_TAG, Int32(ChaChaPoly.tagByteCount), data + count) == 1
+        else { return false }
+        return true
+    }
+
+    /// True when the tag matched (the bytes are now plaintext), false when it did not, nil when OpenSSL failed.
+    static func open(key: UnsafeRawBufferPointer, nonce: [UInt8], bytes: UnsafeMutableRawPointer, count: Int) -> Bool? {
+        guard let context = EVP_CIPHER_CTX_new() else { return nil }
+        defer { EVP_CIPHER_CTX_free(context) }
+        let data = bytes.assumingMemoryBound(to: UInt8.self)
+        var written: Int32 = 0
+        var final: Int32 = 0
+        guard EVP_DecryptInit_ex(context, EVP_chacha20_poly1305(), nil, key.baseAddress!.assumingMemoryBound(to: UInt8.self), nonce) == 1,
+            EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_AEAD_SET_TAG, Int32(ChaChaPoly.tagByteCount), data + count) == 1
+        else { return nil }
+        // From here the bytes change: any failure is a refusal, never a retry with libsodium on half-decrypted bytes.
+        guard EVP_DecryptUpdate(context, data, &written, data, Int32(count)) == 1, Int(written) == count else { return false }
+        return EVP_DecryptFinal_ex(context, data + count, &final) == 1
     }
 }
