@@ -13,7 +13,10 @@ struct TaskDocuments {
     let waiting: (TaskSubmitter.SubmittedTask) -> String?
 
     func task(_ task: TaskSubmitter.SubmittedTask, status: Int = 200) -> ControlResponse {
-        var json = JSONWriter()
+        // Room for the result up front: growing past a 10 MiB result copied it again.
+        var resultCount = 0
+        if case .success(let bytes)? = task.outcome { resultCount = bytes.count }
+        var json = JSONWriter(capacity: resultCount + 4096)
         self.write(task, into: &json)
         return ControlResponse(status: status, body: json.line())
     }
