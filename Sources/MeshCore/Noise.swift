@@ -65,14 +65,23 @@ public enum Noise {
             self.nonce += 1
         }
 
-        /// `decrypt` without associated data, in place (transport frames): `bytes` become the plaintext.
-        public mutating func decryptInPlace(_ bytes: inout [UInt8]) throws(Noise.Error) {
+        /// `decrypt` without associated data, for transport frames: the plaintext is read straight from where the
+        /// frame arrived (no copy of the frame first).
+        public mutating func decrypt(frame: UnsafeRawBufferPointer) throws(Noise.Error) -> [UInt8] {
             guard let key = self.key else { preconditionFailure("transport frames are opened with a key") }
             guard self.nonce < UInt64.max else { throw .nonceExhausted }
-            guard ChaChaPoly.openInPlace(key: key, nonce: self.nonce, bytes: &bytes) else { throw .decryptionFailed }
-            bytes.removeLast(ChaChaPoly.tagByteCount)
+            guard frame.count >= ChaChaPoly.tagByteCount else { throw .decryptionFailed }
+            let length = frame.count - ChaChaPoly.tagByteCount
+            var opened = false
+            // Not zeroed first: on success every byte is written, on failure they are wiped and dropped.
+            let plaintext = [UInt8](unsafeUninitializedCapacity: max(length, 1)) { buffer, initialized in
+                opened = ChaChaPoly.open(key: key, nonce: self.nonce, ciphertext: frame, into: UnsafeMutableRawPointer(buffer.baseAddress!))
+                initialized = opened ? length : 0
+            }
+            guard opened else { throw .decryptionFailed }
             // The nonce only advances on success, so a forged frame cannot desynchronise the session (§5.1).
             self.nonce += 1
+            return plaintext
         }
 
         public mutating func decrypt(associatedData: [UInt8], ciphertext: [UInt8]) throws(Noise.Error) -> [UInt8] {

@@ -168,13 +168,21 @@ public struct SecureSession: Sendable {
     }
 
     /// Opens one frame ciphertext. Returns nil while a chunked message is incomplete.
-    public mutating func open(frame: consuming [UInt8]) throws(Error) -> Inbound? {
+    public mutating func open(frame: [UInt8]) throws(Error) -> Inbound? {
+        let result: Result<Inbound?, Error> = frame.withUnsafeBytes { bytes in
+            Result { () throws(Error) -> Inbound? in try self.open(frame: bytes) }
+        }
+        return try result.get()
+    }
+
+    /// Opens one frame ciphertext where it arrived (a connection's read buffer). Returns nil while a chunked message
+    /// is incomplete.
+    public mutating func open(frame: UnsafeRawBufferPointer) throws(Error) -> Inbound? {
         guard !self.isClosed else { throw .sessionClosed }
         guard frame.count >= Self.frameOverhead else { throw .frameTooShort(frame.count) }
-        // Opened where it lies: the frame's own bytes become its plaintext.
-        var plaintext = consume frame
+        let plaintext: [UInt8]
         do {
-            try self.receiver.decryptInPlace(&plaintext)
+            plaintext = try self.receiver.decrypt(frame: frame)
         } catch {
             self.isClosed = true
             throw error == .nonceExhausted ? .nonceExhausted : .decryptionFailed

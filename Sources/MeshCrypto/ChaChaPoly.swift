@@ -35,34 +35,33 @@ public enum ChaChaPoly {
         }
     }
 
-    /// Checks and decrypts `bytes` (ciphertext and tag) where they are: on success the plaintext is their first
-    /// `count - tagByteCount` bytes. No associated data. False when the tag does not match (nothing is decrypted).
-    public static func openInPlace(key: SecretBytes, nonce: UInt64, bytes: inout [UInt8]) -> Bool {
+    /// Checks and decrypts `ciphertext` (ending in its tag) into `plaintext`, which has room for
+    /// `ciphertext.count - tagByteCount` bytes and may be the ciphertext's own start (in place). Reading the frame
+    /// where it arrived spares a copy of it first. No associated data. False when the tag does not match; the
+    /// plaintext's bytes are then wiped (OpenSSL decrypts as it checks), never left to be read.
+    public static func open(
+        key: SecretBytes, nonce: UInt64, ciphertext: UnsafeRawBufferPointer, into plaintext: UnsafeMutableRawPointer
+    ) -> Bool {
         ensureSodium()
         precondition(key.count == keyByteCount, "ChaCha20-Poly1305 keys are 32 bytes")
-        guard bytes.count >= tagByteCount else { return false }
+        guard ciphertext.count >= tagByteCount else { return false }
+        let length = ciphertext.count - tagByteCount
         let nonce = nonceBytes(nonce)
-        if bytes.count - tagByteCount >= largeFrame {
-            let opened = bytes.withUnsafeMutableBytes { buffer in
-                key.withUnsafeBytes { k in
-                    OpenSSLChaChaPoly.open(key: k, nonce: nonce, bytes: buffer.baseAddress!, count: buffer.count - tagByteCount)
-                }
-            }
-            if let opened {
-                // OpenSSL decrypts as it authenticates: a forgery's bytes are wiped, never left to be read.
-                if !opened { bytes.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) } }
+        let opened = key.withUnsafeBytes { k in
+            if length >= largeFrame,
+                let opened = OpenSSLChaChaPoly.open(key: k, nonce: nonce, ciphertext: ciphertext, into: plaintext)
+            {
                 return opened
             }
+            var outLength: UInt64 = 0
+            // libsodium checks the tag first, then decrypts (in place too).
+            return crypto_aead_chacha20poly1305_ietf_decrypt(
+                plaintext.assumingMemoryBound(to: UInt8.self), &outLength, nil,
+                ciphertext.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(ciphertext.count), nil, 0, nonce,
+                k.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 0
         }
-        var outLength: UInt64 = 0
-        return bytes.withUnsafeMutableBufferPointer { buffer in
-            key.withUnsafeBytes { k in
-                // libsodium checks the tag first, then decrypts in place.
-                crypto_aead_chacha20poly1305_ietf_decrypt(
-                    buffer.baseAddress, &outLength, nil, buffer.baseAddress!, UInt64(buffer.count), nil, 0, nonce,
-                    k.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 0
-            }
-        }
+        if !opened { plaintext.initializeMemory(as: UInt8.self, repeating: 0, count: length) }
+        return opened
     }
 
     /// Frames of at least this many bytes are sealed and opened by OpenSSL; below it, libsodium's lower set-up cost
@@ -140,18 +139,21 @@ enum OpenSSLChaChaPoly {
         return true
     }
 
-    /// True when the tag matched (the bytes are now plaintext), false when it did not, nil when OpenSSL failed.
-    static func open(key: UnsafeRawBufferPointer, nonce: [UInt8], bytes: UnsafeMutableRawPointer, count: Int) -> Bool? {
+    /// True when the tag matched (`plaintext` holds it), false when it did not, nil when OpenSSL could not set up.
+    static func open(key: UnsafeRawBufferPointer, nonce: [UInt8], ciphertext: UnsafeRawBufferPointer, into plaintext: UnsafeMutableRawPointer) -> Bool? {
         guard let context = EVP_CIPHER_CTX_new() else { return nil }
         defer { EVP_CIPHER_CTX_free(context) }
-        let data = bytes.assumingMemoryBound(to: UInt8.self)
+        let count = ciphertext.count - ChaChaPoly.tagByteCount
+        let input = ciphertext.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let output = plaintext.assumingMemoryBound(to: UInt8.self)
+        var tag = Array(UnsafeRawBufferPointer(rebasing: ciphertext[count...]))
         var written: Int32 = 0
         var final: Int32 = 0
         guard EVP_DecryptInit_ex(context, EVP_chacha20_poly1305(), nil, key.baseAddress!.assumingMemoryBound(to: UInt8.self), nonce) == 1,
-            EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_AEAD_SET_TAG, Int32(ChaChaPoly.tagByteCount), data + count) == 1
+            EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_AEAD_SET_TAG, Int32(ChaChaPoly.tagByteCount), &tag) == 1
         else { return nil }
-        // From here the bytes change: any failure is a refusal, never a retry with libsodium on half-decrypted bytes.
-        guard EVP_DecryptUpdate(context, data, &written, data, Int32(count)) == 1, Int(written) == count else { return false }
-        return EVP_DecryptFinal_ex(context, data + count, &final) == 1
+        // From here the output changes: any failure is a refusal, never a retry with libsodium.
+        guard EVP_DecryptUpdate(context, output, &written, input, Int32(count)) == 1, Int(written) == count else { return false }
+        return EVP_DecryptFinal_ex(context, output + count, &final) == 1
     }
 }

@@ -184,17 +184,18 @@ final class SecureChannelHandler: ChannelDuplexHandler {
                 return
             }
             guard let frame else { return }
-            self.handle(frame: Array(frame.readableBytesView), context: context)
+            self.handle(frame: frame, context: context)
         }
     }
 
-    private func handle(frame: [UInt8], context: ChannelHandlerContext) {
+    /// A transport frame is opened where it arrived; a handshake message (a few hundred bytes) is taken as bytes.
+    private func handle(frame: ByteBuffer, context: ChannelHandlerContext) {
         switch self.phase {
         case .idle, .closed:
             return
 
         case .awaitingHello(var responder, let replayGuard):
-            switch replayGuard.receiveHello(frame, into: &responder) {
+            switch replayGuard.receiveHello(Array(frame.readableBytesView), into: &responder) {
             case .success(let response):
                 self.phase = .awaitingFinish(responder)
                 // The hello came in time; the rest of the handshake gets the full timeout.
@@ -206,7 +207,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             }
 
         case .awaitingFinish(var responder):
-            switch responder.receiveFinish(frame, trust: self.trust()) {
+            switch responder.receiveFinish(Array(frame.readableBytesView), trust: self.trust()) {
             case .success(let established):
                 self.phase = .established(
                     SecureSession(established, maximumMessageLength: self.configuration.maximumMessageLength))
@@ -224,7 +225,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             }
 
         case .awaitingResponse(var initiator):
-            switch initiator.receiveResponse(frame, trust: self.trust()) {
+            switch initiator.receiveResponse(Array(frame.readableBytesView), trust: self.trust()) {
             case .success(let (finish, established)):
                 self.writeFrame(finish, context: context)
                 context.flush()
@@ -265,10 +266,13 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     /// Opens a transport frame. A frame that fails to open ends the connection (`nil`); `.some(nil)` means a
     /// chunked message is still incomplete.
     private func open(
-        _ frame: [UInt8], with session: inout SecureSession, context: ChannelHandlerContext
+        _ frame: ByteBuffer, with session: inout SecureSession, context: ChannelHandlerContext
     ) -> SecureSession.Inbound?? {
+        let result: Result<SecureSession.Inbound?, SecureSession.Error> = frame.withUnsafeReadableBytes { bytes in
+            Result { () throws(SecureSession.Error) -> SecureSession.Inbound? in try session.open(frame: bytes) }
+        }
         do {
-            return .some(try session.open(frame: frame))
+            return .some(try result.get())
         } catch {
             self.fail(context: context, .session(error))
             return nil

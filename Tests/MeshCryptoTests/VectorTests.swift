@@ -142,24 +142,37 @@ import Testing
 }
 
 @Suite struct InPlaceAEADTests {
-    /// In place, frames of 4 KiB and more go through OpenSSL and smaller ones through libsodium; the copying
-    /// functions are libsodium's. The same key, nonce and bytes give the same ciphertext and tag either way.
+    /// Transport frames of 4 KiB and more go through OpenSSL and smaller ones through libsodium; the copying
+    /// functions are libsodium's. The same key, nonce and bytes give the same ciphertext and tag either way, and a
+    /// frame opens in place or into another buffer.
     @Test(arguments: [0, 1, 4095, 4096, 4097, 65_535, 70_000])
-    func sealingAndOpeningInPlaceMatchTheCopyingFunctions(_ length: Int) {
+    func transportSealingAndOpeningMatchTheCopyingFunctions(_ length: Int) {
         let key = SecretBytes(randomCount: ChaChaPoly.keyByteCount)
         let plaintext = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 13) }
         let sealed = ChaChaPoly.seal(key: key, nonce: 7, associatedData: [], plaintext: plaintext)
         var buffer = plaintext + [UInt8](repeating: 0, count: ChaChaPoly.tagByteCount)
         buffer.withUnsafeMutableBytes { ChaChaPoly.sealInPlace(key: key, nonce: 7, buffer: $0, plaintextLength: plaintext.count) }
         #expect(buffer == sealed)
-        var opened = buffer
-        #expect(ChaChaPoly.openInPlace(key: key, nonce: 7, bytes: &opened))
-        #expect(Array(opened.prefix(plaintext.count)) == plaintext)
-        var tampered = buffer
-        tampered[length / 2] ^= 1
-        #expect(!ChaChaPoly.openInPlace(key: key, nonce: 7, bytes: &tampered), "a flipped bit fails the tag")
-        #expect(length < 4096 || tampered.prefix(length).allSatisfy { $0 == 0 }, "a forgery's bytes are not left decrypted")
-        var wrongNonce = buffer
-        #expect(!ChaChaPoly.openInPlace(key: key, nonce: 8, bytes: &wrongNonce))
+        func open(_ frame: [UInt8], nonce: UInt64, inPlace: Bool) -> (Bool, [UInt8]) {
+            var target = inPlace ? frame : [UInt8](repeating: 0x55, count: frame.count)
+            let source = frame
+            let opened = source.withUnsafeBytes { ciphertext in
+                target.withUnsafeMutableBytes { output in
+                    inPlace
+                        ? ChaChaPoly.open(key: key, nonce: nonce, ciphertext: UnsafeRawBufferPointer(output), into: output.baseAddress!)
+                        : ChaChaPoly.open(key: key, nonce: nonce, ciphertext: ciphertext, into: output.baseAddress!)
+                }
+            }
+            return (opened, Array(target.prefix(length)))
+        }
+        for inPlace in [true, false] {
+            #expect(open(buffer, nonce: 7, inPlace: inPlace) == (true, plaintext))
+            var tampered = buffer
+            tampered[length / 2] ^= 1
+            let (opened, left) = open(tampered, nonce: 7, inPlace: inPlace)
+            #expect(!opened, "a flipped bit fails the tag")
+            #expect(left.allSatisfy { $0 == 0 }, "a forgery's bytes are not left decrypted")
+            #expect(!open(buffer, nonce: 8, inPlace: inPlace).0)
+        }
     }
 }
