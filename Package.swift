@@ -114,7 +114,7 @@ let package = Package(
         .executableTarget(name: "mesh-sim", dependencies: ["MeshTestKit", "MeshCore"], swiftSettings: strictSettings),
         // The handshake load of scripts/bench (the NATS and Redis anchors use their official clients).
         .executableTarget(
-            name: "mesh-baseline", dependencies: ["MeshControl", "MeshBench", "MeshCore", "MeshTestKit"], swiftSettings: strictSettings),
+            name: "mesh-baseline", dependencies: ["MeshControl", "MeshBench", "MeshCore", "MeshStorage", "MeshTestKit"], swiftSettings: strictSettings),
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strictSettings),
         .testTarget(name: "MeshWorkflowTests", dependencies: ["MeshWorkflows", "MeshCore"], swiftSettings: strictSettings),

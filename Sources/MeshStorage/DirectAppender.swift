@@ -12,9 +12,9 @@ import Glibc
 ///
 /// The caller owns `descriptor` (opened for writing) and decides when to sync; `flush()` must be called before the
 /// file is synced, read or closed.
-final class DirectAppender {
+package final class DirectAppender {
     /// Bytes per direct write: one artifact chunk, a multiple of every block size.
-    static let blockLength = ArtifactStore.chunkLength
+    package static let blockLength = ArtifactStore.chunkLength
     /// `O_DIRECT` needs the buffer, the offset and the length aligned to the device's logical block; 4 KiB fits all.
     private static let alignment = 4096
     /// `O_DIRECT` (Swift's Glibc module leaves it out: it needs `_GNU_SOURCE`); its value differs by architecture.
@@ -33,7 +33,7 @@ final class DirectAppender {
     /// Where the next block starts in the file.
     private(set) var offset: UInt64
 
-    init(descriptor: Int32, path: String, at offset: UInt64) {
+    package init(descriptor: Int32, path: String, at offset: UInt64) {
         self.descriptor = descriptor
         self.path = path
         self.offset = offset
@@ -61,7 +61,7 @@ final class DirectAppender {
         }
     }
 
-    func append(_ bytes: [UInt8]) throws(ArtifactError) {
+    package func append(_ bytes: [UInt8]) throws(ArtifactError) {
         let result: Result<Void, ArtifactError> = bytes.withUnsafeBytes { raw in
             Result { () throws(ArtifactError) in try self.append(raw) }
         }
@@ -69,7 +69,7 @@ final class DirectAppender {
     }
 
     /// Writes what is pending (a last, partial block goes through the page cache: `O_DIRECT` takes whole blocks).
-    func flush() throws(ArtifactError) {
+    package func flush() throws(ArtifactError) {
         if self.pending > 0 { try self.writePending() }
     }
 

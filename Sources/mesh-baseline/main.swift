@@ -6,6 +6,8 @@
 //                                                      attacker inside the network would) and hanging up, plus SLOW
 //                                                      handshakes that trickle one byte every 200 ms and are re-opened
 //                                                      as soon as the node closes them
+//   mesh-baseline floor MIB DIR                        the least work of a MIB-sized inline task on this machine,
+//                                                      step by step (Floor.swift), with new files in DIR
 // It prints one JSON document in the shape of `agentmesh bench --json`. The NATS and Redis anchors are measured with
 // their official clients (scripts/baselines/).
 import Foundation
@@ -111,6 +113,7 @@ func usage() -> Never {
     FileHandle.standardError.write(Data("""
         usage: mesh-baseline handshakes HOME PORT SECONDS
                mesh-baseline flood HOME HOST PORT SECONDS RATE SLOW
+               mesh-baseline floor MIB DIR
 
         """.utf8))
     exit(2)
@@ -126,6 +129,9 @@ do {
             let rate = Int(arguments[5]), let slow = Int(arguments[6])
         else { usage() }
         try flood(home: arguments[1], host: arguments[2], port: port, seconds: seconds, rate: rate, slow: slow)
+    case "floor":
+        guard arguments.count == 3, let mib = Int(arguments[1]), mib > 0 else { usage() }
+        try measureFloor(mib: mib, directory: arguments[2])
     default:
         usage()
     }
