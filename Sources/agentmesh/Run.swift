@@ -215,9 +215,10 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         // Artifact chunks and large inputs are megabytes each: served from the heap rather than a fresh mmap (page
-        // faults and zeroing) every time, with up to 32 MiB kept for the next ones.
+        // faults and zeroing) every time, with up to 64 MiB kept for the next ones: a 10 MiB inline task holds about
+        // five such buffers at once, and giving them back made the executor fault 50 MiB in again for every task.
         _ = glibcMallopt(-3, 32 << 20)  // M_MMAP_THRESHOLD (its largest value)
-        _ = glibcMallopt(-1, 128 << 20)  // M_TRIM_THRESHOLD
+        _ = glibcMallopt(-1, 64 << 20)  // M_TRIM_THRESHOLD
         let home = self.options.nodeHome
         let effective = try self.effectiveSettings(try reporting { try home.loadRunConfiguration() })
         let settings = effective.settings

@@ -57,6 +57,33 @@ import Testing
         #expect(initScript.contains("agentmesh trust --home /data"))
     }
 
+    /// Every system library a target links (`link "…"` in Sources/*/module.modulemap) is installed in both stages of
+    /// the container recipe: its -dev package to build, its runtime package to run.
+    @Test func theContainerInstallsEverySystemLibraryThePackageLinks() throws {
+        let recipe = try String(contentsOfFile: Self.folder + "/Containerfile", encoding: .utf8)
+        let stages = Array(recipe.components(separatedBy: "\nFROM ").dropFirst())  // the comment before the first
+        #expect(stages.count == 2, "a build stage and a runtime stage")
+        let packages: [String: (build: String, run: String)] = [
+            "sodium": ("libsodium-dev", "libsodium23"), "crypto": ("libssl-dev", "libssl3"),
+            "sqlite3": ("libsqlite3-dev", "libsqlite3-0"),
+        ]
+        let sources = URL(fileURLWithPath: Self.folder).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Sources").path
+        var linked: Set<String> = ["sqlite3"]  // GRDB links the system SQLite
+        for target in try FileManager.default.contentsOfDirectory(atPath: sources) {
+            guard let map = try? String(contentsOfFile: "\(sources)/\(target)/module.modulemap", encoding: .utf8) else { continue }
+            for line in map.split(separator: "\n") where line.trimmingCharacters(in: .whitespaces).hasPrefix("link \"") {
+                linked.insert(String(line.split(separator: "\"")[1]))
+            }
+        }
+        #expect(linked.isSuperset(of: ["sodium", "crypto"]))
+        for library in linked {
+            let names = try #require(packages[library], "a Debian package for lib\(library)")
+            #expect(stages[0].contains(names.build), "the build stage installs \(names.build)")
+            #expect(stages.last?.contains(names.run) == true, "the runtime stage installs \(names.run)")
+        }
+    }
+
     @Test func theContainerAndSystemdCommandLinesAreAccepted() throws {
         let recipe = try String(contentsOfFile: Self.folder + "/Containerfile", encoding: .utf8)
         let cmd = try #require(recipe.split(separator: "\n").first { $0.hasPrefix("CMD ") })
