@@ -27,7 +27,8 @@ final class ArtifactPull: @unchecked Sendable {  // touched only on the node's l
     let startedAt: Duration
     /// Damaged chunks in a row: three means the owner's bytes are wrong, not the way here.
     var damaged = 0
-    var waiters: [(ArtifactError?) -> Void] = []
+    /// Every task waiting for the artifact, with the peer it would pull from itself.
+    var waiters: [(task: TaskID, peer: NodeID, done: (ArtifactError?) -> Void)] = []
 
     init(artifact: ArtifactRef, task: TaskID, peer: NodeID, now: Duration) {
         self.artifact = artifact
@@ -119,12 +120,12 @@ extension MeshNode {
 
     private func pull(_ artifact: ArtifactRef, of task: TaskID, from peer: NodeID, then done: @escaping (ArtifactError?) -> Void) {
         if let pull = self.artifactPulls[artifact.hex] {
-            pull.waiters.append(done)
+            pull.waiters.append((task, peer, done))
             return
         }
         guard let store = self.artifactStore else { return done(ArtifactError("this node has no artifact store")) }
         let pull = ArtifactPull(artifact: artifact, task: task, peer: peer, now: self.now)
-        pull.waiters.append(done)
+        pull.waiters.append((task, peer, done))
         self.artifactPulls[artifact.hex] = pull
         self.artifactQueue.async {
             let opened: Result<Unchecked<ArtifactStore.Download>, ArtifactError> = Result { () throws(ArtifactError) in
@@ -245,7 +246,19 @@ extension MeshNode {
             self.metrics.increment("agentmesh_artifacts_fetched_total")
             self.metrics.increment("agentmesh_artifact_bytes_fetched_total", by: Int(pull.artifact.size))
         }
-        for waiter in pull.waiters { waiter(error) }
+        // A task that joined this pull from another peer's task tries its own peer before failing: the first peer's
+        // failure (it left, its copy is damaged) says nothing about the second's. The bytes so far are kept.
+        guard let error, !error.isLimit else {
+            for waiter in pull.waiters { waiter.done(error) }
+            return
+        }
+        for waiter in pull.waiters {
+            if waiter.peer == pull.peer {
+                waiter.done(error)
+            } else {
+                self.pull(pull.artifact, of: waiter.task, from: waiter.peer, then: waiter.done)
+            }
+        }
     }
 
     /// Re-asks stalled pulls (a session dropped with requests in it) and gives up on dead ones.

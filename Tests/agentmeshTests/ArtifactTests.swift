@@ -30,9 +30,9 @@ import Testing
         return (root, root + "/blob.py")
     }
 
-    static func submitBlob(_ node: Node, mib: Int, log: String) throws -> String {
+    static func submitBlob(_ node: Node, mib: Int, log: String, capability: String = "blob") throws -> String {
         let body = try JSONSerialization.data(withJSONObject: [
-            "capability": "blob", "input": ["mib": mib, "log": log], "timeout_seconds": 300, "max_attempts": 1,
+            "capability": capability, "input": ["mib": mib, "log": log], "timeout_seconds": 300, "max_attempts": 1,
         ])
         let response = try node.client.request(method: "POST", path: "/v1/tasks", body: Array(body))
         #expect(response.status == 202, "\(String(decoding: response.body, as: UTF8.self))")
@@ -163,6 +163,48 @@ import Testing
         let task = Self.task(a, id)
         #expect(task?.state == "failed" && task?.error?.contains("--max-artifact-bytes") == true, "\(String(describing: task))")
         #expect(stored().count == 3, "\(stored())")
+    }
+
+    /// Two results that are the same artifact, from two executors, share one pull. When the first executor's copy
+    /// is gone mid-transfer (it answers that it has none), the second task's result comes from its own executor,
+    /// from where the first pull left off, instead of failing with the first.
+    @Test func aSharedPullThatFailsAtOnePeerGoesOnFromTheOther() throws {
+        let (root, _, _) = try MeshProcessTests.scratch("art-shared", ["a", "b", "c"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try Self.blobAgent.write(toFile: root + "/blob.py", atomically: true, encoding: .utf8)
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b"), c = Node(home: "\(root)/c")
+        defer { for node in [a, b, c] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["blob-b=exec:python3 \(root)/blob.py"])
+        try c.start(join: b.address, capabilities: ["blob-c=exec:python3 \(root)/blob.py"])
+        // a lets each peer send it 16 MiB a second: a 64 MiB result takes about 4 s to come over.
+        try a.start(join: b.address, extra: ["--limit", "bytes=16M/s:4M"])
+        #expect(MeshProcessTests.waitUntil {
+            a.status(of: "b")?.capabilities.isEmpty == false && a.status(of: "c")?.capabilities.isEmpty == false
+        })
+        let log = root + "/runs.log"
+        let first = try Self.submitBlob(a, mib: 64, log: log, capability: "blob-b")
+        let partial = "\(root)/a/artifacts/partial"
+        func received() -> Int {
+            ((try? FileManager.default.contentsOfDirectory(atPath: partial)) ?? []).reduce(0) {
+                $0 + ((try? FileManager.default.attributesOfItem(atPath: partial + "/" + $1)[.size] as? Int) ?? 0)
+            }
+        }
+        #expect(MeshProcessTests.waitUntil(60) { received() >= 4 << 20 })
+        let second = try Self.submitBlob(a, mib: 64, log: log, capability: "blob-c")
+        #expect(MeshProcessTests.waitUntil(60) { ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "") == "ran\nran\n" })
+        // c's result (the same bytes, so the same digest) reaches a and joins the pull from b.
+        Thread.sleep(forTimeInterval: 1)
+        let stored = "\(root)/b/artifacts"
+        for name in try FileManager.default.contentsOfDirectory(atPath: stored) where name.count == 64 {
+            try FileManager.default.removeItem(atPath: stored + "/" + name)
+        }
+        let left = received()
+        #expect(MeshProcessTests.waitUntil(120) { Self.task(a, second)?.state == "completed" }, "\(String(describing: Self.task(a, second)))")
+        try Self.checkBlob(a, Self.task(a, second), mib: 64, root: root)
+        let logged = a.process?.stderr.split(separator: "\n").filter { $0.contains("resuming an artifact transfer") } ?? []
+        #expect(logged.count == 1 && logged[0].contains("offset="), "the pull from c went on from the bytes b had sent: \(logged)")
+        #expect(left >= 4 << 20 && left < 64 << 20)
+        #expect(Self.task(a, first)?.state == "failed", "b has no copy left, and the task had one attempt")
     }
 
     @Test func kill9OfTheExecutorMidPullLosesNothingAcknowledged() throws {
