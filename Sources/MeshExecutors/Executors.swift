@@ -339,6 +339,8 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
     private var format = Format.whole
     private var body: [UInt8] = []
     private var overflowed = false
+    /// Set when this side cut the answer off: the cancellation that follows is not the agent's failure.
+    private var refusedAnswer = false
     private var lines: LineSplitter?
     /// Streams: the outcome a `result` or `error` line gave.
     private var streamed: TaskOutcome?
@@ -393,8 +395,10 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
             self.multipartBytes += UInt64(data.count)
             if self.multipartBytes > artifacts.maximumAnswer {
                 self.multipartTooLarge = true
+                self.stopReading(dataTask)
             } else if (try? file.write(contentsOf: data)) == nil {
                 self.overflowed = true
+                self.stopReading(dataTask)
             }
             return
         }
@@ -407,12 +411,20 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
         if self.body.count > TaskMessage.maximumInputLength {
             self.overflowed = true
             self.body = []
+            self.stopReading(dataTask)
         }
+    }
+
+    /// The answer is already refused (too large, or nowhere to keep it): the connection is closed now instead of
+    /// reading the rest until the agent finishes or the task's time runs out, and the run ends with why.
+    private func stopReading(_ dataTask: URLSessionDataTask) {
+        self.refusedAnswer = true
+        dataTask.cancel()
     }
 
     func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: (any Error)?) {
         let ending: Ending
-        if let error {
+        if let error, !self.refusedAnswer {
             ending = .failed(error)
         } else {
             self.lines?.finish()

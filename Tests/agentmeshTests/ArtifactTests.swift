@@ -165,6 +165,64 @@ import Testing
         #expect(stored().count == 3, "\(stored())")
     }
 
+    /// An `http:` agent that answers without end: once its answer passes the limit (a multipart answer the node's
+    /// `--max-artifact-bytes`, a JSON answer the inline limit) the node closes the connection and fails the run with
+    /// why, at once, instead of reading on until the task's time runs out.
+    @Test func anEndlessHTTPAnswerIsCutOffAtItsLimit() throws {
+        let (root, _) = try Self.setUp("art-endless")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let server = #"""
+            import sys, time
+            from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+            class Endless(BaseHTTPRequestHandler):
+                def do_POST(self):
+                    self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                    self.send_response(200)
+                    multipart = self.path == "/multipart"
+                    self.send_header("Content-Type", "multipart/form-data; boundary=b" if multipart else "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'--b\r\nContent-Disposition: form-data; name="out"; filename="o.bin"\r\n\r\n' if multipart else b"[")
+                    started = time.time()
+                    try:
+                        while time.time() - started < 100:
+                            self.wfile.write(b"1," * 32768)
+                    except (BrokenPipeError, ConnectionResetError):
+                        with open(sys.argv[1], "a") as log:
+                            log.write("closed %s after %.1f s\n" % (self.path, time.time() - started))
+                def log_message(self, *arguments):
+                    pass
+            server = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+            print(server.server_address[1], flush=True)
+            server.serve_forever()
+            """#
+        try server.write(toFile: root + "/endless.py", atomically: true, encoding: .utf8)
+        let closed = root + "/closed.log"
+        let service = try SpawnedProcess("/usr/bin/env", ["python3", root + "/endless.py", closed])
+        defer { service.signal(SIGKILL) }
+        let port = try #require(service.waitForLine(timeout: .seconds(10)) { !$0.isEmpty }).trimmingCharacters(in: .whitespacesAndNewlines)
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: [
+            "multipart=http:http://127.0.0.1:\(port)/multipart", "json=http:http://127.0.0.1:\(port)/json",
+        ], extra: ["--max-artifact-bytes", "4M"])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.count == 2 })
+        for (capability, limit) in [("multipart", "--max-artifact-bytes"), ("json", "bytes")] {
+            let body = try JSONSerialization.data(withJSONObject: [
+                "capability": capability, "input": ["file": true], "timeout_seconds": 90, "max_attempts": 1,
+            ])
+            let response = try a.client.request(method: "POST", path: "/v1/tasks", body: Array(body))
+            let id = try a.client.decode(response, as: ControlAPI.TaskInfo.self).id
+            #expect(MeshProcessTests.waitUntil(20) { Self.task(a, id)?.state == "failed" }, "\(String(describing: Self.task(a, id)))")
+            let error = Self.task(a, id)?.error ?? ""
+            #expect(error.contains("answered more than") && error.contains(limit), "\(error)")
+        }
+        #expect(MeshProcessTests.waitUntil(10) {
+            let lines = ((try? String(contentsOfFile: closed, encoding: .utf8)) ?? "").split(separator: "\n")
+            return lines.count == 2 && lines.allSatisfy { $0.hasPrefix("closed") }
+        }, "the node hung up on both answers")
+    }
+
     /// Two results that are the same artifact, from two executors, share one pull. When the first executor's copy
     /// is gone mid-transfer (it answers that it has none), the second task's result comes from its own executor,
     /// from where the first pull left off, instead of failing with the first.
