@@ -61,21 +61,31 @@ extension MeshNode {
     /// and the limits, at once and then whenever any of them changes.
     func browserStream() -> ControlResponse {
         .eventStream { sink in
-            self.onLoop { node in node.sendBrowserSnapshot(to: sink, last: []) }
+            self.onLoop { node in
+                node.browserStreams.append((sink, []))
+                // The first stream starts the ticks; a new one among others gets the snapshot at once.
+                if node.browserStreams.count == 1 { node.tickBrowserStreams() } else { node.sendBrowserSnapshots() }
+            }
         }
     }
 
-    private func sendBrowserSnapshot(to sink: ControlStreamSink, last: [UInt8]) {
-        guard !sink.isClosed, self.isServing else { return sink.finish() }
-        var snapshot = self.browserSnapshot()
-        if snapshot != last {
-            sink.write(Array("event: mesh\ndata: ".utf8) + snapshot + Array("\n\n".utf8))
-        } else {
-            snapshot = last
-        }
-        let next = snapshot
+    /// Every half second while any browser view is open: one snapshot, sent to each stream it is news to.
+    private func tickBrowserStreams() {
+        self.sendBrowserSnapshots()
+        guard !self.browserStreams.isEmpty else { return }
         _ = self.loop.scheduleTask(in: TimeAmount(Self.browserStreamInterval)) {
-            self.assumeIsolated { node in node.sendBrowserSnapshot(to: sink, last: next) }
+            self.assumeIsolated { node in node.tickBrowserStreams() }
+        }
+    }
+
+    private func sendBrowserSnapshots() {
+        for (sink, _) in self.browserStreams where sink.isClosed || !self.isServing { sink.finish() }
+        self.browserStreams.removeAll { $0.sink.isClosed || !self.isServing }
+        guard !self.browserStreams.isEmpty else { return }
+        let snapshot = self.browserSnapshot()
+        for index in self.browserStreams.indices where self.browserStreams[index].sent != snapshot {
+            self.browserStreams[index].sink.write(Array("event: mesh\ndata: ".utf8) + snapshot + Array("\n\n".utf8))
+            self.browserStreams[index].sent = snapshot
         }
     }
 

@@ -120,6 +120,9 @@ public actor MeshNode: Service {
     /// Subscriber runs in progress, and the events waiting for one (bounded).
     var subscriberRuns = 0
     var subscriberQueue: [(MeshEvent, String, CapabilitySpec.Executor)] = []
+    /// Open browser views' live streams, each with the snapshot it was sent last; one snapshot is built per tick for
+    /// all of them.
+    var browserStreams: [(sink: ControlStreamSink, sent: [UInt8])] = []
     /// Sign-in codes and sessions of the browser view (`GET /ui` on the `--http` listener).
     nonisolated let browserSessions: BrowserSessions = {
         let origin = ContinuousClock.now
