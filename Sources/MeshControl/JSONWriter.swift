@@ -13,9 +13,11 @@ package struct JSONWriter {
 
     package init(capacity: Int = 512) { self.bytes.reserveCapacity(capacity) }
 
-    /// The document and a closing newline, handed over without copying (a document may hold a 10 MiB result).
-    package consuming func line() -> [UInt8] {
+    /// The document and a closing newline, handed over without copying (a document may hold a 10 MiB result): the
+    /// writer gives its bytes up, so the newline is appended to storage nothing else shares.
+    package mutating func line() -> [UInt8] {
         self.bytes.append(0x0A)
+        defer { self.bytes = [] }
         return self.bytes
     }
 
