@@ -125,18 +125,33 @@ public enum ChaChaPoly {
 /// ChaCha20-Poly1305 (IETF, no associated data) through OpenSSL's EVP interface, in place. Each returns nil when
 /// OpenSSL could not set up (the caller then uses libsodium).
 enum OpenSSLChaChaPoly {
+    /// False when OpenSSL failed; the bytes are then the plaintext they were, for libsodium to seal instead.
     static func seal(key: UnsafeRawBufferPointer, nonce: [UInt8], bytes: UnsafeMutableRawPointer, count: Int) -> Bool {
-        guard let context = EVP_CIPHER_CTX_new() else { return false }
-        defer { EVP_CIPHER_CTX_free(context) }
         let data = bytes.assumingMemoryBound(to: UInt8.self)
-        var written: Int32 = 0
-        var final: Int32 = 0
-        guard EVP_EncryptInit_ex(context, EVP_chacha20_poly1305(), nil, key.baseAddress!.assumingMemoryBound(to: UInt8.self), nonce) == 1,
-            EVP_EncryptUpdate(context, data, &written, data, Int32(count)) == 1, Int(written) == count,
-            EVP_EncryptFinal_ex(context, data + count, &final) == 1,
-            EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_AEAD_GET_TAG, Int32(ChaChaPoly.tagByteCount), data + count) == 1
-        else { return false }
-        return true
+        func run(_ body: (OpaquePointer, inout Int32) -> Bool) -> Bool {
+            guard let context = EVP_CIPHER_CTX_new() else { return false }
+            defer { EVP_CIPHER_CTX_free(context) }
+            var written: Int32 = 0
+            guard EVP_EncryptInit_ex(context, EVP_chacha20_poly1305(), nil, key.baseAddress!.assumingMemoryBound(to: UInt8.self), nonce) == 1
+            else { return false }
+            return body(context, &written)
+        }
+        var encrypted: Int32 = 0
+        let sealed = run { context, written in
+            guard EVP_EncryptUpdate(context, data, &written, data, Int32(count)) == 1 else { return false }
+            encrypted = written
+            var final: Int32 = 0
+            return Int(written) == count && EVP_EncryptFinal_ex(context, data + count, &final) == 1
+                && EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_AEAD_GET_TAG, Int32(ChaChaPoly.tagByteCount), data + count) == 1
+        }
+        if !sealed && encrypted > 0 {
+            // The cipher is a keystream XORed in: running it again over the bytes it covered gives them back.
+            let restored = run { context, written in
+                EVP_EncryptUpdate(context, data, &written, data, encrypted) == 1 && written == encrypted
+            }
+            precondition(restored, "OpenSSL's ChaCha20 failed after it had run once")
+        }
+        return sealed
     }
 
     /// True when the tag matched (`plaintext` holds it), false when it did not, nil when OpenSSL could not set up.
