@@ -127,11 +127,20 @@ extension MeshNode {
                     }
                 }
             case .forget(let id): changes.append(.forgetSubmitted(id))
-            case .forgetFinished(let before): changes.append(.forgetFinished(before: before))
+            case .forgetFinished(let before):
+                changes.append(.forgetFinished(before: before))
+                Self.returnFreedHeap()
             case .send, .finished: actions.append(.submitter(directive))
             }
         }
         self.afterCommit(of: changes, perform: actions)
+    }
+
+    /// Once a minute (with the retention sweep): heap pages that large payloads left free go back to the system.
+    /// glibc keeps freed megabyte buffers for the next ones (`run` sets that up, and a chunk freed inside the heap is
+    /// never given back on its own), so a node that once moved 10 MiB payloads held on to hundreds of megabytes.
+    static func returnFreedHeap() {
+        _ = glibcMallocTrim(64 << 20)
     }
 
     func runTaskRunner(_ event: (inout TaskRunner) -> [TaskRunner.Directive]) {
@@ -373,3 +382,8 @@ extension MeshNode {
         self.runTaskRunner { $0.finished(id, outcome: outcome, now: self.now) }
     }
 }
+
+/// glibc's `malloc_trim` (from <malloc.h>, which Swift's Glibc module does not export): gives back free pages in every
+/// arena, keeping `pad` bytes at the top of the main heap.
+@_silgen_name("malloc_trim")
+private func glibcMallocTrim(_ pad: Int) -> Int32

@@ -39,7 +39,7 @@ public struct TaskSubmitter: Sendable {
         /// a day), where the node looks them up when asked.
         public var finishedInMemory = 10_000
         /// And how many bytes of their inputs and results, at most: ten thousand 10 MiB results would not fit.
-        public var finishedBytesInMemory = 256 * 1024 * 1024
+        public var finishedBytesInMemory = 64 * 1024 * 1024
         /// How often the store is told to drop what is past retention.
         public var retentionSweepInterval: Duration = .seconds(60)
         public init() {}
