@@ -217,6 +217,13 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
                 self.refusal = .error(413, "request body exceeds \(ControlServer.maximumBodyLength) bytes")
                 self.body = []
             } else {
+                if self.body.isEmpty, let length = self.head?.headers.first(name: "Content-Length").flatMap({ Int($0) }),
+                    length <= ControlServer.maximumBodyLength
+                {
+                    // Room for the announced body once it starts: a 10 MiB body grown by doubling was copied again
+                    // about as many times as it doubled.
+                    self.body.reserveCapacity(length)
+                }
                 self.body += buffer.readableBytesView
             }
         case .end:
