@@ -63,6 +63,7 @@ public struct SecureSession: Sendable {
         case frameTooShort(Int)
         case unknownFrameType(UInt8)
         case messageTooLarge(limit: Int)
+        case shortChunk(Int)
         case sessionClosed
         case nonceExhausted
 
@@ -72,6 +73,8 @@ public struct SecureSession: Sendable {
             case .frameTooShort(let n): return "frame of \(n) bytes is shorter than its tag"
             case .unknownFrameType(let t): return "unknown frame type \(t)"
             case .messageTooLarge(let limit): return "message exceeds the \(limit)-byte limit"
+            case .shortChunk(let n):
+                return "a chunk frame carried \(n) bytes; every chunk but a message's last carries \(SecureSession.maximumChunkLength)"
             case .sessionClosed: return "session is closed"
             case .nonceExhausted: return "session nonce space exhausted"
             }
@@ -201,6 +204,14 @@ public struct SecureSession: Sendable {
                 throw .messageTooLarge(limit: self.maximumMessageLength)
             }
             if type == .chunk {
+                // Chunks are whole: a peer sending a message a byte per frame would make the receiver hold an
+                // array per byte, dozens of times the message's size.
+                guard data.count == Self.maximumChunkLength else {
+                    self.isClosed = true
+                    self.reassembly = []
+                    self.reassembled = 0
+                    throw .shortChunk(data.count)
+                }
                 self.reassembly.append(plaintext)
                 self.reassembled += data.count
                 return nil
@@ -229,7 +240,7 @@ public struct SecureSession: Sendable {
         }
     }
 
-    private mutating func sealFrame(_ type: FrameType, _ data: ArraySlice<UInt8>) throws(Error) -> [UInt8] {
+    mutating func sealFrame(_ type: FrameType, _ data: ArraySlice<UInt8>) throws(Error) -> [UInt8] {
         var plaintext = [UInt8]()
         plaintext.reserveCapacity(data.count + 1)
         plaintext.append(type.rawValue)

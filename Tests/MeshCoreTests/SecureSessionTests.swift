@@ -1,4 +1,4 @@
-import MeshCore
+@testable import MeshCore
 import MeshCrypto
 import MeshTestKit
 import Testing
@@ -98,6 +98,16 @@ import Testing
         let outcome3 = try receiver.open(frame: frames[0])
         #expect(outcome3 == nil)
         #expect(throws: SecureSession.Error.messageTooLarge(limit: 100_000)) { try receiver.open(frame: frames[1]) }
+        #expect(receiver.isClosed)
+    }
+
+    /// A peer that sends a message a byte per chunk frame (which would cost the receiver an array per byte) is cut
+    /// off at its first short chunk; whole chunks and a short last frame are what an honest sender writes.
+    @Test func aChunkShorterThanWholeClosesTheSession() throws {
+        var (sender, receiver) = try Self.pair()
+        #expect(try receiver.open(frame: try sender.sealFrame(.chunk, [UInt8](repeating: 7, count: SecureSession.maximumChunkLength)[...])) == nil)
+        #expect(try receiver.open(frame: try sender.sealFrame(.final, [8][...])) != nil)
+        #expect(throws: SecureSession.Error.shortChunk(1)) { try receiver.open(frame: try sender.sealFrame(.chunk, [9][...])) }
         #expect(receiver.isClosed)
     }
 
