@@ -1,3 +1,5 @@
+import MeshCrypto
+
 /// The transport phase of a connection: every frame is sealed with the sending cipher state and opened with the
 /// receiving one (one per direction, from Noise `Split`).
 ///
@@ -26,8 +28,8 @@ public struct SecureSession: Sendable {
     }
 
     public enum Inbound: Equatable, Sendable {
-        /// A whole message.
-        case message([UInt8])
+        /// A whole message, and its SHA-256 when ``digestsWhileArriving`` asked for it.
+        case message([UInt8], digest: [UInt8]? = nil)
         /// The peer closed the session cleanly.
         case closed(CloseReason)
     }
@@ -93,6 +95,10 @@ public struct SecureSession: Sendable {
     /// The frames of a message in progress, joined once its last frame arrives (one copy at its final size).
     private var reassembly: [[UInt8]] = []
     private var reassembled = 0
+    /// Told a chunked message's first chunk, says whether to hash the message (SHA-256) frame by frame as it
+    /// arrives. The hashing then overlaps the peer still sending the rest, instead of following the last frame.
+    public var digestsWhileArriving: (@Sendable (UnsafeRawBufferPointer) -> Bool)?
+    private var arrivingDigest: SHA256.Hasher?
     public private(set) var isClosed = false
 
     public init(_ established: EstablishedSession, maximumMessageLength: Int = defaultMaximumMessageLength) {
@@ -128,17 +134,37 @@ public struct SecureSession: Sendable {
     /// The bytes `seal(message:into:)` writes for a message of `count` bytes: each frame's 2-byte length, its type
     /// byte, its part of the message and its tag.
     public static func framedLength(of count: Int) -> Int {
-        let frames = max(1, (count + Self.maximumChunkLength - 1) / Self.maximumChunkLength)
-        return count + frames * (2 + Self.frameOverhead)
+        Self.framedLength(of: count, frames: 0..<Self.frameCount(of: count))
+    }
+
+    /// How many frames carry a message of `count` bytes.
+    public static func frameCount(of count: Int) -> Int {
+        max(1, (count + Self.maximumChunkLength - 1) / Self.maximumChunkLength)
+    }
+
+    /// The bytes `seal(message:frames:into:)` writes for those frames of a message of `count` bytes.
+    public static func framedLength(of count: Int, frames: Range<Int>) -> Int {
+        let start = frames.lowerBound * Self.maximumChunkLength
+        let end = min(frames.upperBound * Self.maximumChunkLength, count)
+        return (end - start) + frames.count * (2 + Self.frameOverhead)
     }
 
     /// Seals a message as the wire carries it (length-prefixed frames) straight into `buffer`, which holds exactly
     /// `framedLength(of:)` bytes: each part is copied once, then encrypted where it lies.
     public mutating func seal(message: [UInt8], into buffer: UnsafeMutableRawBufferPointer) throws(Error) {
+        try self.seal(message: message, frames: 0..<Self.frameCount(of: message.count), into: buffer)
+    }
+
+    /// Seals some of a message's frames, in order (`frames` starts where the previous call ended, at 0 for a new
+    /// message), into `buffer`, which holds exactly `framedLength(of:frames:)` bytes. A large message sealed a part
+    /// at a time can be on its way before the rest is sealed.
+    public mutating func seal(message: [UInt8], frames: Range<Int>, into buffer: UnsafeMutableRawBufferPointer) throws(Error) {
         guard !self.isClosed else { throw .sessionClosed }
         guard message.count <= self.maximumMessageLength else { throw .messageTooLarge(limit: self.maximumMessageLength) }
-        precondition(buffer.count == Self.framedLength(of: message.count), "the buffer is the framed length")
-        var offset = 0, written = 0
+        precondition(!frames.isEmpty && frames.lowerBound >= 0 && frames.upperBound <= Self.frameCount(of: message.count), "frames of the message")
+        precondition(buffer.count == Self.framedLength(of: message.count, frames: frames), "the buffer is the framed length")
+        var offset = frames.lowerBound * Self.maximumChunkLength, written = 0
+        let last = min(frames.upperBound * Self.maximumChunkLength, message.count)
         repeat {
             let end = min(offset + Self.maximumChunkLength, message.count)
             let type: FrameType = end == message.count ? .final : .chunk
@@ -159,7 +185,7 @@ public struct SecureSession: Sendable {
             }
             written += 2 + frameLength
             offset = end
-        } while offset < message.count
+        } while offset < last
     }
 
     /// Seals the close frame. After it, the session sends nothing more.
@@ -210,13 +236,23 @@ public struct SecureSession: Sendable {
                     self.isClosed = true
                     self.reassembly = []
                     self.reassembled = 0
+                    self.arrivingDigest = nil
                     throw .shortChunk(data.count)
                 }
+                if self.reassembly.isEmpty, let digests = self.digestsWhileArriving,
+                    plaintext.withUnsafeBytes({ digests(UnsafeRawBufferPointer(rebasing: $0[1...])) })
+                {
+                    self.arrivingDigest = SHA256.Hasher()
+                }
+                self.digestArriving(plaintext)
                 self.reassembly.append(plaintext)
                 self.reassembled += data.count
                 return nil
             }
             if self.reassembly.isEmpty { return .message(Array(data)) }
+            self.digestArriving(plaintext)
+            let digest = self.arrivingDigest?.finalize()
+            self.arrivingDigest = nil
             self.reassembly.append(plaintext)
             let total = self.reassembled + data.count
             let message = [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
@@ -232,12 +268,17 @@ public struct SecureSession: Sendable {
             }
             self.reassembly = []
             self.reassembled = 0
-            return .message(message)
+            return .message(message, digest: digest)
         case .close:
             self.isClosed = true
             let code = data.first ?? 0
             return .closed(CloseReason(code: code, text: String(decoding: data.dropFirst(), as: UTF8.self)))
         }
+    }
+
+    private mutating func digestArriving(_ plaintext: [UInt8]) {
+        guard self.arrivingDigest != nil else { return }
+        plaintext.withUnsafeBytes { self.arrivingDigest!.update(UnsafeRawBufferPointer(rebasing: $0[1...])) }
     }
 
     mutating func sealFrame(_ type: FrameType, _ data: ArraySlice<UInt8>) throws(Error) -> [UInt8] {

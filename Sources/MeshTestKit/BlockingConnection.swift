@@ -102,7 +102,7 @@ extension BlockingConnection {
         case .success(let (finish, established)):
             try connection.sendFrame(finish)
             var session = SecureSession(established)
-            guard case .message(let welcome)? = try? session.open(frame: try connection.frame()), welcome == [3] else {
+            guard case .message(let welcome, _)? = try? session.open(frame: try connection.frame()), welcome == [3] else {
                 throw Failure(description: "the node did not welcome the session")
             }
             return (connection, session)

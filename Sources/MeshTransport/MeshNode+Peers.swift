@@ -16,10 +16,13 @@ extension MeshNode {
 
     /// Every message of an authenticated session comes through here: it is accounted for (audited, counted against
     /// the peer's limits), then handled if the accounting lets it through.
-    func receive(_ message: WireMessage, bytes: [UInt8], from peer: NodeID, session number: UInt64) {
+    func receive(_ message: WireMessage, bytes: [UInt8], digest: [UInt8]? = nil, from peer: NodeID, session number: UInt64) {
         let inbound: PeerAccountability.Inbound
         switch message {
-        case .task(let task): inbound = .task(task, digest: task.auditDigest(wireBytes: bytes))
+        case .task(let task):
+            // A large message's digest was taken by its session as it arrived.
+            let whole = task.digestCoversWholeMessage ? digest : nil
+            inbound = .task(task, digest: whole ?? task.auditDigest(wireBytes: bytes))
         case .transcript(let checkpoint): inbound = .transcript(checkpoint)
         case .membership(let membership): inbound = .membership(updates: membership.updates.count)
         case .ping, .pong, .welcome: inbound = .other
@@ -140,9 +143,9 @@ extension MeshNode {
     // MARK: - Sending
 
     /// Audits a task message written to a peer; enough unsigned ones get this node's signature.
-    func auditSent(_ task: TaskMessage, bytes: [UInt8], on connection: PeerConnection) {
+    func auditSent(_ task: TaskMessage, bytes: [UInt8], digest: [UInt8]? = nil, on connection: PeerConnection) {
         self.perform(self.accountability.sent(
-            task, digest: task.auditDigest(wireBytes: bytes), session: connection.number, now: self.now,
+            task, digest: digest ?? task.auditDigest(wireBytes: bytes), session: connection.number, now: self.now,
             time: AuditLog.wallClockMilliseconds()))
     }
 

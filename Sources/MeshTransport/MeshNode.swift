@@ -771,11 +771,17 @@ public actor MeshNode: Service {
             ])
             return
         }
-        // Encoded once: the same bytes are sealed and, for a task message, digested for the audit log.
+        // Encoded once: the same bytes are sealed and, for a task message, digested for the audit log (by the session
+        // as it writes a large one, part by part).
         let bytes = message.encoded()
-        channel.writeAndFlush(OutboundMessage(bytes), promise: nil)
+        guard case .task(let task) = message else {
+            channel.writeAndFlush(OutboundMessage(bytes), promise: nil)
+            return
+        }
+        let digest = task.digestCoversWholeMessage ? OutboundDigest() : nil
+        channel.writeAndFlush(OutboundMessage(bytes, digest: digest), promise: nil)
         // After the write: a transcript checkpoint this may trigger must follow the message it covers.
-        if case .task(let task) = message { self.auditSent(task, bytes: bytes, on: connection) }
+        self.auditSent(task, bytes: bytes, digest: digest?.value, on: connection)
     }
 
     private nonisolated func dialOnDemand(_ peer: NodeID, at address: HostAndPort) async {

@@ -1,13 +1,16 @@
 public import MeshCore
 public import MeshWire
+import MeshCrypto
 import NIOCore
+import Synchronization
 
 /// What a secure connection delivers to the node, in order: `established` once, then messages, then (maybe) the
 /// peer's authenticated close. A stream that ends without `closed` was cut (reset, EOF, or an error).
 public enum SessionEvent: Sendable {
     case established(EstablishedPeer)
-    /// A message and its exact bytes (audit digests and byte limits use them).
-    case message(WireMessage, bytes: [UInt8])
+    /// A message and its exact bytes (audit digests and byte limits use them), with their SHA-256 when the session
+    /// hashed them as they arrived (a large task message).
+    case message(WireMessage, bytes: [UInt8], digest: [UInt8]? = nil)
     /// A message of a kind this build does not know, and its size (still counted against the peer's limits).
     case unknownMessage(kind: UInt8, bytes: Int)
     case closed(SecureSession.CloseReason)
@@ -209,8 +212,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
         case .awaitingFinish(var responder):
             switch responder.receiveFinish(Array(frame.readableBytesView), trust: self.trust()) {
             case .success(let established):
-                self.phase = .established(
-                    SecureSession(established, maximumMessageLength: self.configuration.maximumMessageLength))
+                self.phase = .established(self.session(established))
                 self.send(.welcome, context: context, promise: nil)
                 context.flush()
                 // `send` advanced the session's nonce; establish with that state.
@@ -229,8 +231,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             case .success(let (finish, established)):
                 self.writeFrame(finish, context: context)
                 context.flush()
-                self.phase = .awaitingWelcome(
-                    SecureSession(established, maximumMessageLength: self.configuration.maximumMessageLength))
+                self.phase = .awaitingWelcome(self.session(established))
             case .failure(let error):
                 self.fail(context: context, .handshake(error))
             }
@@ -238,7 +239,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
         case .awaitingWelcome(var session):
             guard let inbound = self.open(frame, with: &session, context: context) else { return }
             switch inbound {
-            case .message(let bytes) where (try? WireMessage(decoding: bytes)) == .welcome:
+            case .message(let bytes, _) where (try? WireMessage(decoding: bytes)) == .welcome:
                 self.establish(session, context: context)
             case .closed(let reason):
                 self.fail(context: context, .refusedByPeer(session.peer, reason))
@@ -252,8 +253,8 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             switch inbound {
             case nil:
                 return
-            case .message(let bytes):
-                self.deliver(bytes, context: context)
+            case .message(let bytes, let digest):
+                self.deliver(bytes, digest: digest, context: context)
             case .closed(let reason):
                 self.phase = .closed
                 self.stopTimers()
@@ -292,7 +293,13 @@ final class SecureChannelHandler: ChannelDuplexHandler {
         context.fireChannelRead(self.wrapInboundOut(.established(peer)))
     }
 
-    private func deliver(_ bytes: [UInt8], context: ChannelHandlerContext) {
+    private func session(_ established: EstablishedSession) -> SecureSession {
+        var session = SecureSession(established, maximumMessageLength: self.configuration.maximumMessageLength)
+        session.digestsWhileArriving = WireMessage.isAuditedWhole
+        return session
+    }
+
+    private func deliver(_ bytes: [UInt8], digest: [UInt8]?, context: ChannelHandlerContext) {
         do {
             let message = try WireMessage(decoding: bytes)
             switch message {
@@ -307,7 +314,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             case .welcome:
                 self.fail(context: context, .protocolViolation("welcome after the session was established"))
             case .membership, .task, .transcript:
-                context.fireChannelRead(self.wrapInboundOut(.message(message, bytes: bytes)))
+                context.fireChannelRead(self.wrapInboundOut(.message(message, bytes: bytes, digest: digest)))
             }
         } catch .unknownKind(let kind) {
             // A newer peer may speak kinds this build does not know; the node decides what to do with that.
@@ -346,33 +353,59 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     // MARK: Outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        self.send(bytes: self.unwrapOutboundIn(data).bytes, context: context, promise: promise)
+        let message = self.unwrapOutboundIn(data)
+        self.send(bytes: message.bytes, digest: message.digest, context: context, promise: promise)
     }
 
     private func send(_ message: WireMessage, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
         self.send(bytes: message.encoded(), context: context, promise: promise)
     }
 
-    private func send(bytes: [UInt8], context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+    /// Frames sealed and written at a time. A larger message goes out in parts of this many frames (about a
+    /// megabyte), each flushed as soon as it is sealed, so the peer opens one part while this side seals the next.
+    static let framesPerWrite = 16
+
+    private func send(
+        bytes: [UInt8], digest: OutboundDigest? = nil, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?
+    ) {
         guard case .established(var session) = self.phase else {
             promise?.fail(TransportError.notEstablished)
             return
         }
-        // Sealed straight into the outgoing buffer: each part of the message is copied once, then encrypted there.
-        let length = SecureSession.framedLength(of: bytes.count)
-        var buffer = context.channel.allocator.buffer(capacity: length)
-        var failure: SecureSession.Error?
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
-            do throws(SecureSession.Error) {
-                try session.seal(message: bytes, into: UnsafeMutableRawBufferPointer(rebasing: space[..<length]))
-            } catch {
-                failure = error
+        let frames = SecureSession.frameCount(of: bytes.count)
+        var next = 0
+        repeat {
+            let part = next..<min(next + Self.framesPerWrite, frames)
+            // Sealed straight into the outgoing buffer: each part of the message is copied once, then encrypted there.
+            let length = SecureSession.framedLength(of: bytes.count, frames: part)
+            var buffer = context.channel.allocator.buffer(capacity: length)
+            var failure: SecureSession.Error?
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
+                do throws(SecureSession.Error) {
+                    try session.seal(message: bytes, frames: part, into: UnsafeMutableRawBufferPointer(rebasing: space[..<length]))
+                } catch {
+                    failure = error
+                }
+                return length
             }
-            return length
-        }
-        self.phase = .established(session)
-        if let failure { return promise?.fail(TransportError.session(failure)) ?? () }
-        context.write(self.wrapOutboundOut(buffer), promise: promise)
+            self.phase = .established(session)
+            if let failure {
+                promise?.fail(TransportError.session(failure))
+                // Part of the message is on the wire already: the session cannot go on.
+                if part.lowerBound > 0 { self.fail(context: context, .session(failure)) }
+                return
+            }
+            let isLast = part.upperBound == frames
+            context.write(self.wrapOutboundOut(buffer), promise: isLast ? promise : nil)
+            guard frames > Self.framesPerWrite else { return }
+            context.flush()
+            if let digest {
+                let start = part.lowerBound * SecureSession.maximumChunkLength
+                let end = min(part.upperBound * SecureSession.maximumChunkLength, bytes.count)
+                bytes.withUnsafeBytes { digest.add(UnsafeRawBufferPointer(rebasing: $0[start..<end]), first: start == 0) }
+            }
+            next = part.upperBound
+        } while next < frames
     }
 
     func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
@@ -454,6 +487,29 @@ extension SecureChannelHandler: Sendable {}
 /// digest.
 package struct OutboundMessage: Sendable {
     let bytes: [UInt8]
+    /// Asks the session to hash the message as it writes it (see ``OutboundDigest``).
+    let digest: OutboundDigest?
 
-    package init(_ bytes: [UInt8]) { self.bytes = bytes }
+    package init(_ bytes: [UInt8], digest: OutboundDigest? = nil) {
+        self.bytes = bytes
+        self.digest = digest
+    }
+}
+
+/// The SHA-256 of a large message, computed by its session a part at a time, each part after it went to the
+/// socket: the peer reads and opens one part while this side hashes it. Left empty when the message did not go
+/// out in parts; the node then hashes it whole.
+package final class OutboundDigest: Sendable {
+    private let hasher = Mutex<SHA256.Hasher?>(nil)
+
+    package init() {}
+
+    package var value: [UInt8]? { self.hasher.withLock { $0?.finalize() } }
+
+    fileprivate func add(_ part: UnsafeRawBufferPointer, first: Bool) {
+        self.hasher.withLock { hasher in
+            if first { hasher = SHA256.Hasher() }
+            hasher?.update(part)
+        }
+    }
 }

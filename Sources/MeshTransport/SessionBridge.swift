@@ -39,9 +39,9 @@ final class SessionBridge: ChannelInboundHandler {
             let channel = context.channel
             let origin = self.origin
             self.session = self.node.assumeIsolated { $0.register(peer, channel: channel, origin: origin) }
-        case .message(let message, let bytes):
+        case .message(let message, let bytes, let digest):
             guard let session = self.session, let peer = self.peer else { return }
-            self.node.assumeIsolated { $0.receive(message, bytes: bytes, from: peer, session: session) }
+            self.node.assumeIsolated { $0.receive(message, bytes: bytes, digest: digest, from: peer, session: session) }
         case .unknownMessage(let kind, let bytes):
             guard let session = self.session, let peer = self.peer else { return }
             self.node.logger.debug("ignored message of unknown kind", metadata: ["peer": "\(peer.short)", "kind": "\(kind)"])

@@ -56,6 +56,12 @@ public enum WireMessage: Equatable, Sendable {
         }
     }
 
+    /// Told the first bytes of a message, whether its audit digest is the SHA-256 of all its bytes (a task message
+    /// other than an artifact chunk), so a session may hash it as it arrives.
+    @Sendable public static func isAuditedWhole(_ first: UnsafeRawBufferPointer) -> Bool {
+        first.count >= 2 && first[0] == Kind.task.rawValue && TaskMessage.digestCoversWholeMessage(tag: first[1])
+    }
+
     public func encoded() -> [UInt8] {
         if case .task(let message) = self { return message.encoded(after: self.kind.rawValue) }
         var bytes: [UInt8] = [self.kind.rawValue]

@@ -34,6 +34,45 @@ import Testing
         #expect(delivered == [.message(message)])
     }
 
+    /// A large message goes out a part at a time (its session flushes each part as soon as it is sealed): the
+    /// parts, in order, are the same bytes as the whole message sealed at once.
+    @Test(arguments: [1, 2, 16])
+    func aMessageSealedInPartsIsTheMessageSealedWhole(framesPerPart: Int) throws {
+        var (whole, _) = try Self.pair()
+        var parted = whole
+        var rng = SeededGenerator(seed: 7)
+        let message = rng.bytes(16 * SecureSession.maximumChunkLength + 1000)
+        var expected = [UInt8](repeating: 0, count: SecureSession.framedLength(of: message.count))
+        try expected.withUnsafeMutableBytes { buffer in Result { () throws(SecureSession.Error) in try whole.seal(message: message, into: buffer) } }.get()
+        let frames = SecureSession.frameCount(of: message.count)
+        #expect(frames == 17)
+        var joined: [UInt8] = []
+        for start in stride(from: 0, to: frames, by: framesPerPart) {
+            let part = start..<min(start + framesPerPart, frames)
+            var bytes = [UInt8](repeating: 0, count: SecureSession.framedLength(of: message.count, frames: part))
+            try bytes.withUnsafeMutableBytes { buffer in
+                Result { () throws(SecureSession.Error) in try parted.seal(message: message, frames: part, into: buffer) }
+            }.get()
+            joined += bytes
+        }
+        #expect(joined == expected)
+    }
+
+    /// A session told to digest a chunked message hashes it frame by frame as it arrives: the digest is the
+    /// SHA-256 of the whole message. Messages it is not told to digest, and single-frame ones, come without.
+    @Test func aMessageAskedForIsDigestedAsItArrives() throws {
+        var (a, b) = try Self.pair()
+        b.digestsWhileArriving = { first in first.first == 42 }
+        var rng = SeededGenerator(seed: 8)
+        let digested = [42] + rng.bytes(3 * SecureSession.maximumChunkLength)
+        let skipped = [41] + rng.bytes(3 * SecureSession.maximumChunkLength)
+        for (message, digest) in [(digested, SHA256.hash(digested)), (skipped, nil), ([42, 1, 2], nil), (digested, SHA256.hash(digested))] {
+            var delivered: [SecureSession.Inbound] = []
+            for frame in try a.seal(message: message) { if let inbound = try b.open(frame: frame) { delivered.append(inbound) } }
+            #expect(delivered == [.message(message, digest: digest)])
+        }
+    }
+
     @Test func aBitFlipAnywhereClosesTheSession() throws {
         let frameLength = 1 + "important".utf8.count + 16
         for byte in 0..<frameLength {

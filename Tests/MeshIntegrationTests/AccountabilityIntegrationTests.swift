@@ -114,7 +114,7 @@ let canMountTmpfs: Bool = {
                 // The node closes with the flood's bytes unread, which the kernel may turn into a reset.
                 while let event = try? await events.next() {
                     switch event {
-                    case .message(.task(.decline(_, _, .rateLimited)), _): declined += 1
+                    case .message(.task(.decline(_, _, .rateLimited)), _, _): declined += 1
                     case .closed(let why): reason = why
                     default: break
                     }
@@ -186,6 +186,38 @@ let canMountTmpfs: Bool = {
         #expect(honestLog.peerCheckpoints >= 1, "the honest peer signed what it sent")
         #expect(honestLog.checkpoints >= 1, "the node signed its log at shutdown")
         #expect(!a.logs.matching("peer banned", ["peer": "flooder \(flooder.id.short)"]).isEmpty)
+    }
+
+    /// A 3 MiB input and its echoed result each go out in parts and are digested as they arrive (by their sending
+    /// session part by part, by their receiving session frame by frame): the digests each side records agree, so
+    /// each peer's signed transcript matches what the other received and no one is held to have misbehaved.
+    @Test func largeMessagesDigestedInPartsKeepBothLogsInAgreement() async throws {
+        let mesh = try TestMesh()
+        let (a, b) = try mesh.trustedPair()
+        let runningA = try await a.start { $0.maximumTaskInput = 4 << 20 }
+        let runningB = try await b.start {
+            $0.joins = [runningA.address]
+            $0.maximumTaskInput = 4 << 20
+            $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+        }
+        #expect(await eventually { await runningA.members("alive").contains("b") })
+        let input = String(repeating: "0123456789abcdef", count: 3 << 16)  // 3 MiB
+        let id = try await TaskIntegrationTests.submit(runningA, "echo", input)
+        let task = try await TaskIntegrationTests.wait(runningA, id)
+        #expect(task.state == "completed")
+        #expect(task.result == ControlAPI.JSONValue(input))
+        // Each side signs its transcript of what it sent a second after the first message it covers.
+        try await Task.sleep(for: .seconds(2))
+        await runningB.stop()
+        await runningA.stop()
+        for (node, peer) in [(a, "b"), (b, "a")] {
+            let logs = AuditFolder.read(node.home.auditDirectory, keepRecords: true)
+            let log = try #require(logs.first { $0.report?.header.peerName == peer }?.report)
+            #expect(log.problem == nil)
+            #expect(log.peerCheckpoints >= 1, "\(peer) signed a transcript that matched")
+            #expect(!log.records.contains { $0.entry.event == .misbehaved }, "\(peer) was not held to have misbehaved")
+            #expect(log.records.contains { $0.entry.event == .received && $0.entry.task != nil })
+        }
     }
 
     /// A peer whose signed transcript does not match what it sent is reported, and the mismatch is audited.

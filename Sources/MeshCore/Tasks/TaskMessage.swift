@@ -196,6 +196,18 @@ public enum TaskMessage: Sendable, Equatable {
         }
     }
 
+    /// Whether ``auditDigest(wireBytes:)`` is the SHA-256 of all the message's bytes: of every message but an
+    /// artifact chunk.
+    public var digestCoversWholeMessage: Bool {
+        if case .artifactChunk = self { return false }
+        return true
+    }
+
+    /// ``digestCoversWholeMessage`` told only the message's tag (its first byte).
+    public static func digestCoversWholeMessage(tag: UInt8) -> Bool { tag != Self.artifactChunkTag }
+
+    private static let artifactChunkTag: UInt8 = 16
+
     private var encodedHeaderTag: UInt8 {
         switch self {
         case .offer: return 1
@@ -213,7 +225,7 @@ public enum TaskMessage: Sendable, Equatable {
         case .inputRequired: return 13
         case .input: return 14
         case .artifactRequest: return 15
-        case .artifactChunk: return 16
+        case .artifactChunk: return Self.artifactChunkTag
         case .artifactUnavailable: return 17
         }
     }
