@@ -148,9 +148,16 @@ package enum JSONText {
         return scanner.output
     }
 
+    /// A top-level member's value in an object's text: where it is, and whether it is already compact (no
+    /// whitespace between its tokens), so that `compacted` of it would return it unchanged.
+    package struct Member: Equatable, Sendable {
+        package let range: Range<Int>
+        package let isCompact: Bool
+    }
+
     /// For a JSON object: where each top-level member's value is in `bytes`, or nil when `bytes` are not one JSON
     /// object. Lets a large input be taken as it was sent instead of being parsed into values and written again.
-    package static func members(of bytes: [UInt8], maximumDepth: Int = 256) -> [String: Range<Int>]? {
+    package static func members(of bytes: [UInt8], maximumDepth: Int = 256) -> [String: Member]? {
         guard Self.isUTF8(bytes) else { return nil }
         var scanner = Scanner(input: bytes, maximumDepth: maximumDepth)
         scanner.recordsMembers = true
@@ -191,7 +198,9 @@ package enum JSONText {
         var writesOutput = true
         /// With `recordsMembers`: the top-level object's members and where their values are.
         var recordsMembers = false
-        var members: [String: Range<Int>] = [:]
+        var members: [String: Member] = [:]
+        /// Whitespace bytes skipped between tokens so far.
+        var whitespace = 0
 
         init(input: [UInt8], maximumDepth: Int) {
             self.input = input
@@ -201,9 +210,11 @@ package enum JSONText {
         var current: UInt8? { self.position < self.input.count ? self.input[self.position] : nil }
 
         mutating func skipWhitespace() {
+            let start = self.position
             while let byte = self.current, byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09 {
                 self.position += 1
             }
+            self.whitespace += self.position - start
         }
 
         mutating func take(_ byte: UInt8) -> Bool {
@@ -247,9 +258,11 @@ package enum JSONText {
                     guard self.take(UInt8(ascii: ":")) else { return false }
                 }
                 self.skipWhitespace()
-                let valueStart = self.position
+                let valueStart = self.position, whitespaceBefore = self.whitespace
                 guard self.value(depth: depth + 1) else { return false }
-                if let key { self.members[key] = valueStart..<self.position }
+                if let key {
+                    self.members[key] = Member(range: valueStart..<self.position, isCompact: self.whitespace == whitespaceBefore)
+                }
                 self.skipWhitespace()
                 if self.take(close) { return true }
                 guard self.take(UInt8(ascii: ",")) else { return false }

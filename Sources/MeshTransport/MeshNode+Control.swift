@@ -148,10 +148,15 @@ extension MeshNode {
         if control.body.count > Self.largeSubmission {
             // A large input is taken as sent (whitespace removed): parsing it into values and writing it out again
             // cost more than everything else on its way. The rest of the request is parsed as usual.
-            guard let members = JSONText.members(of: control.body), let range = members["input"],
-                let compact = JSONText.compacted(Array(control.body[range]))
-            else { return respond(refusal) }
-            input = compact
+            guard let members = JSONText.members(of: control.body), let member = members["input"] else { return respond(refusal) }
+            let range = member.range
+            if member.isCompact {
+                // Checked whole by `members`: taking it is one copy, not another two passes and a copy.
+                input = Array(control.body[range])
+            } else {
+                guard let compact = JSONText.compacted(Array(control.body[range])) else { return respond(refusal) }
+                input = compact
+            }
             do {
                 request = try ControlAPI.SubmitRequest(
                     parsing: Array(control.body[..<range.lowerBound]) + Array("null".utf8) + Array(control.body[range.upperBound...]))

@@ -93,7 +93,8 @@ struct TaskDocuments {
         if case .success(let bytes)? = task.outcome, !brief {
             json.key("result")
             // A result that is not JSON is shown as the text it is.
-            let output = TaskPayload.hasArtifacts(bytes) ? Array(TaskPayload.json(of: bytes)) : bytes
+            let hasArtifacts = TaskPayload.hasArtifacts(bytes)  // one search of a result that may be large
+            let output = hasArtifacts ? Array(TaskPayload.json(of: bytes)) : bytes
             // A large result is checked in place and written as it is; a small one is compacted.
             if output.count > 64 * 1024, JSONText.isValue(output) {
                 json.raw(output)
@@ -102,7 +103,7 @@ struct TaskDocuments {
             } else {
                 json.string(String(decoding: output, as: UTF8.self))
             }
-            Self.artifacts(TaskPayload.artifacts(of: bytes), key: "result_artifacts", into: &json)
+            if hasArtifacts { Self.artifacts(TaskPayload.artifacts(of: bytes), key: "result_artifacts", into: &json) }
         }
         json.key("state")
         json.string(task.state.rawValue)

@@ -180,6 +180,35 @@ import Glibc
         await runningA.stop()
     }
 
+    /// An input over 256 KiB is taken as it was sent, its whitespace removed (keys keep their order), whether it
+    /// had whitespace or not; one that is not JSON is refused.
+    @Test func aLargeInputIsTakenAsSentWithoutItsWhitespace() async throws {
+        let mesh = try TestMesh()
+        let (a, b) = try mesh.trustedPair()
+        let runningA = try await a.start()
+        let runningB = try await b.start {
+            $0.joins = [runningA.address]
+            $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+        }
+        #expect(await eventually { await runningA.members("alive").contains("b") })
+        let text = String(repeating: "a b ", count: 80_000)  // 320 KB, spaces inside the string kept
+        for (input, expected) in [
+            ("[ \"\(text)\" , 1 ,\n {\"z\" : true, \"a\": null} ]", "[\"\(text)\",1,{\"z\":true,\"a\":null}]"),
+            ("{\"z\":[1,2],\"a\":\"\(text)\"}", "{\"z\":[1,2],\"a\":\"\(text)\"}"),
+        ] {
+            let body = "{\"capability\": \"echo\", \"input\": \(input), \"max_attempts\": 1}"
+            let response = await runningA.node.handleControl(ControlRequest(
+                method: "POST", path: "/v1/tasks", query: ["wait": "20"], body: Array(body.utf8)))
+            #expect(response.status == 200)
+            #expect(String(decoding: response.body, as: UTF8.self).contains("\"result\":\(expected)"))
+        }
+        let broken = "{\"capability\": \"echo\", \"input\": [\"\(text)\", ], \"max_attempts\": 1}"
+        let refused = await runningA.node.handleControl(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array(broken.utf8)))
+        #expect(refused.status == 400)
+        await runningB.stop()
+        await runningA.stop()
+    }
+
     @Test func anHTTPExecutorPostsTheInputAndReturnsItsJSON() async throws {
         let mesh = try TestMesh()
         let script = """

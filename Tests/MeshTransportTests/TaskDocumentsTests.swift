@@ -98,6 +98,21 @@ import Testing
         #expect(JSONText.compacted(Array(pair.0.utf8)) == Array(pair.1.utf8))
     }
 
+    /// A member whose value has no whitespace between its tokens is marked compact: taken as it is, it is what
+    /// `compacted` would make of it (the submit path then skips compacting a large input).
+    @Test(arguments: [
+        "{\"input\": [1,{\"a\":\" spaced string \"}], \"b\": 1}", "{\"input\":[1, 2],\"b\":1}", "{ \"input\" : \"x\" }",
+        "{\"input\":{\"k\" :1}}", "{\"input\":\"\\\" \\n\"}", "{\"b\":[ ],\"input\":-1.5e3}",
+    ])
+    func aMemberMarkedCompactIsItsCompactedForm(_ text: String) throws {
+        let bytes = Array(text.utf8)
+        let members = try #require(JSONText.members(of: bytes))
+        let input = try #require(members["input"])
+        let value = Array(bytes[input.range])
+        #expect(input.isCompact == (JSONText.compacted(value) == value), "\(text)")
+        #expect(members["b"].map { $0.isCompact == (JSONText.compacted(Array(bytes[$0.range])) == Array(bytes[$0.range])) } ?? true)
+    }
+
     /// Plain runs of a string are passed eight bytes at a time: a quote, a backslash or a control byte at any place
     /// within a word, after bytes of every kind (UTF-8 included), is still found.
     @Test func aSpecialByteAnywhereInAWordIsFound() {
