@@ -361,8 +361,9 @@ final class SecureChannelHandler: ChannelDuplexHandler {
         self.send(bytes: message.encoded(), context: context, promise: promise)
     }
 
-    /// Frames sealed and written at a time. A larger message goes out in parts of this many frames (about a
-    /// megabyte), each flushed as soon as it is sealed, so the peer opens one part while this side seals the next.
+    /// Frames sealed and written at a time. A message of more than twice as many (a 1 MiB artifact chunk is not)
+    /// goes out in parts of this many frames (about a megabyte), each flushed as soon as it is sealed, so the peer
+    /// opens one part while this side seals the next.
     static let framesPerWrite = 16
 
     private func send(
@@ -373,9 +374,10 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             return
         }
         let frames = SecureSession.frameCount(of: bytes.count)
+        let isParted = frames > 2 * Self.framesPerWrite
         var next = 0
         repeat {
-            let part = next..<min(next + Self.framesPerWrite, frames)
+            let part = next..<(isParted ? min(next + Self.framesPerWrite, frames) : frames)
             // Sealed straight into the outgoing buffer: each part of the message is copied once, then encrypted there.
             let length = SecureSession.framedLength(of: bytes.count, frames: part)
             var buffer = context.channel.allocator.buffer(capacity: length)
@@ -397,7 +399,7 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             }
             let isLast = part.upperBound == frames
             context.write(self.wrapOutboundOut(buffer), promise: isLast ? promise : nil)
-            guard frames > Self.framesPerWrite else { return }
+            guard isParted else { return }
             context.flush()
             if let digest {
                 let start = part.lowerBound * SecureSession.maximumChunkLength

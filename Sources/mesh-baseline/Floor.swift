@@ -26,12 +26,20 @@ struct FloorReport: Encodable {
     let fileWriteMs: Double
     let fileWriteBufferedMs: Double
     let fileWriteDirectMs: Double
+    /// A payload file as `--durability fsync` writes it before the task takes its next step: `O_DIRECT`, then fsync.
+    let fileWriteDurableMs: Double
     /// The inline echo's least work, one step after another: 4 socket passes (client → a → b → a → client),
     /// 2 seals and 2 opens, 4 audit digests (each message on both nodes), 3 JSON checks (the submission, the result
     /// on b, the result on a) and 4 payload files (input and result, on both nodes).
     let serialMs: Double
     /// The same work spread perfectly over every core.
     let perfectlyParallelMs: Double
+    /// The node's write-ahead rule (a step of a task is taken only once what it depends on is durable) puts the four
+    /// durable payload files one after another on the task's path, with nothing of the task beside them; the rest
+    /// of the work spread perfectly over every core. Under `--durability fsync` (`writeAheadMs`, each file
+    /// `fileWriteDurableMs`) and under `--durability process` (each file through the page cache).
+    let writeAheadMs: Double
+    let writeAheadProcessMs: Double
     let cores: Int
 
     enum CodingKeys: String, CodingKey {
@@ -39,6 +47,7 @@ struct FloorReport: Encodable {
         case socketPassMs = "socket_pass_ms", sealMs = "seal_ms", sealLibsodiumMs = "seal_libsodium_ms", openMs = "open_ms"
         case sha256Ms = "sha256_ms", jsonCheckMs = "json_check_ms", fileWriteMs = "file_write_ms"
         case fileWriteBufferedMs = "file_write_buffered_ms", fileWriteDirectMs = "file_write_direct_ms", serialMs = "serial_ms"
+        case fileWriteDurableMs = "file_write_durable_ms", writeAheadMs = "write_ahead_ms", writeAheadProcessMs = "write_ahead_process_ms"
         case perfectlyParallelMs = "perfectly_parallel_ms"
     }
 }
@@ -107,12 +116,16 @@ func measureFloor(mib: Int, directory: String) throws {
     let buffered = try cheapest { round in try writeNewFile(payload, to: "\(directory)/buffered-\(round)", direct: false) }
     let direct = try cheapest { round in try writeNewFile(payload, to: "\(directory)/direct-\(round)", direct: true) }
     let write = min(buffered, direct)
+    let durable = try cheapest { round in try writeNewFile(payload, to: "\(directory)/durable-\(round)", direct: true, sync: true) }
 
     let serial = 4 * socket + 2 * seal + 2 * open + 4 * sha + 3 * json + 4 * write
     let cores = ProcessInfo.processInfo.activeProcessorCount
     let report = FloorReport(
         mib: mib, socketPassMs: socket, sealMs: seal, sealLibsodiumMs: sealLibsodium, openMs: open, sha256Ms: sha,
-        jsonCheckMs: json, fileWriteMs: write, fileWriteBufferedMs: buffered, fileWriteDirectMs: direct, serialMs: serial, perfectlyParallelMs: serial / Double(cores), cores: cores)
+        jsonCheckMs: json, fileWriteMs: write, fileWriteBufferedMs: buffered, fileWriteDirectMs: direct,
+        fileWriteDurableMs: durable, serialMs: serial, perfectlyParallelMs: serial / Double(cores),
+        writeAheadMs: 4 * durable + (serial - 4 * write) / Double(cores),
+        writeAheadProcessMs: 4 * buffered + (serial - 4 * write) / Double(cores), cores: cores)
     print(String(decoding: try JSONEncoder().encode(report), as: UTF8.self))
 }
 
@@ -143,7 +156,7 @@ private func socketPass(_ bytes: [UInt8]) throws {
     finished.wait()
 }
 
-private func writeNewFile(_ bytes: [UInt8], to path: String, direct: Bool) throws {
+private func writeNewFile(_ bytes: [UInt8], to path: String, direct: Bool, sync: Bool = false) throws {
     unlink(path)
     let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
     guard descriptor >= 0 else { throw FloorError.system("open \(path)") }
@@ -152,6 +165,7 @@ private func writeNewFile(_ bytes: [UInt8], to path: String, direct: Bool) throw
         let appender = DirectAppender(descriptor: descriptor, path: path, at: 0)
         try appender.append(bytes)
         try appender.flush()
+        if sync, fsync(descriptor) != 0 { throw FloorError.system("fsync \(path)") }
         return
     }
     var written = 0
