@@ -37,7 +37,8 @@ struct FloorReport: Encodable {
     /// The node's write-ahead rule (a step of a task is taken only once what it depends on is durable) puts the four
     /// durable payload files one after another on the task's path, with nothing of the task beside them; the rest
     /// of the work spread perfectly over every core. Under `--durability fsync` (`writeAheadMs`, each file
-    /// `fileWriteDurableMs`) and under `--durability process` (each file through the page cache).
+    /// `fileWriteDurableMs`) and under `--durability process` (each file with `O_DIRECT`, unsynced, as the node
+    /// writes a payload of a megabyte or more).
     let writeAheadMs: Double
     let writeAheadProcessMs: Double
     let cores: Int
@@ -125,7 +126,7 @@ func measureFloor(mib: Int, directory: String) throws {
         jsonCheckMs: json, fileWriteMs: write, fileWriteBufferedMs: buffered, fileWriteDirectMs: direct,
         fileWriteDurableMs: durable, serialMs: serial, perfectlyParallelMs: serial / Double(cores),
         writeAheadMs: 4 * durable + (serial - 4 * write) / Double(cores),
-        writeAheadProcessMs: 4 * buffered + (serial - 4 * write) / Double(cores), cores: cores)
+        writeAheadProcessMs: 4 * direct + (serial - 4 * write) / Double(cores), cores: cores)
     print(String(decoding: try JSONEncoder().encode(report), as: UTF8.self))
 }
 
