@@ -26,6 +26,25 @@ public struct ByteWriter: Sendable {
         self.u32(UInt32(value.count))
         self.bytes += value
     }
+
+    /// Large byte strings kept as parts of their own (see ``parts``) rather than copied into ``bytes``.
+    private var apart: [ArraySlice<UInt8>] = []
+
+    /// Appends `value` as it is: a part of its own when it is large, so a megabyte is not copied on its way out.
+    public mutating func rawApart(_ value: ArraySlice<UInt8>) {
+        guard value.count >= Self.apartLength else { return self.raw(value) }
+        if !self.bytes.isEmpty { self.apart.append(self.bytes[...]) }
+        self.apart.append(value)
+        self.bytes = []
+    }
+
+    /// What was written, in order, as the parts `rawApart` left whole and the runs between them.
+    public var parts: [ArraySlice<UInt8>] {
+        self.bytes.isEmpty && !self.apart.isEmpty ? self.apart : self.apart + [self.bytes[...]]
+    }
+
+    /// Below this a byte string is copied in: a part of its own costs more than copying it.
+    static let apartLength = 16 * 1024
 }
 
 /// Bounds-checked big-endian reader: every read of a peer's bytes either succeeds or throws, never traps.

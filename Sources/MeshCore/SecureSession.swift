@@ -159,23 +159,27 @@ public struct SecureSession: Sendable {
     /// message), into `buffer`, which holds exactly `framedLength(of:frames:)` bytes. A large message sealed a part
     /// at a time can be on its way before the rest is sealed.
     public mutating func seal(message: [UInt8], frames: Range<Int>, into buffer: UnsafeMutableRawBufferPointer) throws(Error) {
+        try self.seal(parts: [message[...]], frames: frames, into: buffer)
+    }
+
+    /// ``seal(message:frames:into:)`` of a message given as parts, one after another (a large payload stays the
+    /// array it is and is copied only into its frames).
+    public mutating func seal(parts: [ArraySlice<UInt8>], frames: Range<Int>, into buffer: UnsafeMutableRawBufferPointer) throws(Error) {
+        let count = parts.reduce(0) { $0 + $1.count }
         guard !self.isClosed else { throw .sessionClosed }
-        guard message.count <= self.maximumMessageLength else { throw .messageTooLarge(limit: self.maximumMessageLength) }
-        precondition(!frames.isEmpty && frames.lowerBound >= 0 && frames.upperBound <= Self.frameCount(of: message.count), "frames of the message")
-        precondition(buffer.count == Self.framedLength(of: message.count, frames: frames), "the buffer is the framed length")
+        guard count <= self.maximumMessageLength else { throw .messageTooLarge(limit: self.maximumMessageLength) }
+        precondition(!frames.isEmpty && frames.lowerBound >= 0 && frames.upperBound <= Self.frameCount(of: count), "frames of the message")
+        precondition(buffer.count == Self.framedLength(of: count, frames: frames), "the buffer is the framed length")
         var offset = frames.lowerBound * Self.maximumChunkLength, written = 0
-        let last = min(frames.upperBound * Self.maximumChunkLength, message.count)
+        let last = min(frames.upperBound * Self.maximumChunkLength, count)
         repeat {
-            let end = min(offset + Self.maximumChunkLength, message.count)
-            let type: FrameType = end == message.count ? .final : .chunk
+            let end = min(offset + Self.maximumChunkLength, count)
+            let type: FrameType = end == count ? .final : .chunk
             let frameLength = 1 + (end - offset) + Noise.tagLength
             buffer[written] = UInt8(frameLength >> 8)
             buffer[written + 1] = UInt8(frameLength & 0xFF)
             buffer[written + 2] = type.rawValue
-            message.withUnsafeBytes { source in
-                UnsafeMutableRawBufferPointer(rebasing: buffer[(written + 3)...])
-                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<end]))
-            }
+            Self.copy(offset..<end, of: parts, to: UnsafeMutableRawBufferPointer(rebasing: buffer[(written + 3)...]))
             do {
                 try self.sender.encryptInPlace(
                     UnsafeMutableRawBufferPointer(rebasing: buffer[(written + 2)..<(written + 2 + frameLength)]),
@@ -186,6 +190,15 @@ public struct SecureSession: Sendable {
             written += 2 + frameLength
             offset = end
         } while offset < last
+    }
+
+    /// Copies the bytes at `range` of the parts' concatenation to the start of `destination`.
+    static func copy(_ range: Range<Int>, of parts: [ArraySlice<UInt8>], to destination: UnsafeMutableRawBufferPointer) {
+        var copied = 0
+        parts.forEachPiece(of: range) { piece in
+            UnsafeMutableRawBufferPointer(rebasing: destination[copied...]).copyMemory(from: piece)
+            copied += piece.count
+        }
     }
 
     /// Seals the close frame. After it, the session sends nothing more.
@@ -290,6 +303,21 @@ public struct SecureSession: Sendable {
             return try self.sender.encrypt(associatedData: [], plaintext: plaintext)
         } catch {
             throw .nonceExhausted
+        }
+    }
+}
+
+extension [ArraySlice<UInt8>] {
+    /// Calls `body` with each stretch of `range` of the parts' concatenation, in order, where it lies.
+    public func forEachPiece(of range: Range<Int>, _ body: (UnsafeRawBufferPointer) -> Void) {
+        var start = 0
+        for part in self {
+            let lower = Swift.max(range.lowerBound, start), upper = Swift.min(range.upperBound, start + part.count)
+            if lower < upper {
+                part.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[(lower - start)..<(upper - start)])) }
+            }
+            start += part.count
+            if start >= range.upperBound { break }
         }
     }
 }

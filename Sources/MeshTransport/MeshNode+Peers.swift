@@ -143,9 +143,9 @@ extension MeshNode {
     // MARK: - Sending
 
     /// Audits a task message written to a peer; enough unsigned ones get this node's signature.
-    func auditSent(_ task: TaskMessage, bytes: [UInt8], digest: [UInt8]? = nil, on connection: PeerConnection) {
+    func auditSent(_ task: TaskMessage, digest: [UInt8], on connection: PeerConnection) {
         self.perform(self.accountability.sent(
-            task, digest: digest ?? task.auditDigest(wireBytes: bytes), session: connection.number, now: self.now,
+            task, digest: digest, session: connection.number, now: self.now,
             time: AuditLog.wallClockMilliseconds()))
     }
 

@@ -773,15 +773,15 @@ public actor MeshNode: Service {
         }
         // Encoded once: the same bytes are sealed and, for a task message, digested for the audit log (by the session
         // as it writes a large one, part by part).
-        let bytes = message.encoded()
+        let parts = message.encodedParts()
         guard case .task(let task) = message else {
-            channel.writeAndFlush(OutboundMessage(bytes), promise: nil)
+            channel.writeAndFlush(OutboundMessage(parts: parts), promise: nil)
             return
         }
         let digest = task.digestCoversWholeMessage ? OutboundDigest() : nil
-        channel.writeAndFlush(OutboundMessage(bytes, digest: digest), promise: nil)
+        channel.writeAndFlush(OutboundMessage(parts: parts, digest: digest), promise: nil)
         // After the write: a transcript checkpoint this may trigger must follow the message it covers.
-        self.auditSent(task, bytes: bytes, digest: digest?.value, on: connection)
+        self.auditSent(task, digest: digest?.value ?? task.auditDigest(wireParts: parts), on: connection)
     }
 
     private nonisolated func dialOnDemand(_ peer: NodeID, at address: HostAndPort) async {

@@ -354,11 +354,11 @@ final class SecureChannelHandler: ChannelDuplexHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let message = self.unwrapOutboundIn(data)
-        self.send(bytes: message.bytes, digest: message.digest, context: context, promise: promise)
+        self.send(parts: message.parts, digest: message.digest, context: context, promise: promise)
     }
 
     private func send(_ message: WireMessage, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
-        self.send(bytes: message.encoded(), context: context, promise: promise)
+        self.send(parts: [message.encoded()[...]], context: context, promise: promise)
     }
 
     /// Frames sealed and written at a time. A message of more than twice as many (a 1 MiB artifact chunk is not)
@@ -367,24 +367,25 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     static let framesPerWrite = 16
 
     private func send(
-        bytes: [UInt8], digest: OutboundDigest? = nil, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?
+        parts: [ArraySlice<UInt8>], digest: OutboundDigest? = nil, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?
     ) {
         guard case .established(var session) = self.phase else {
             promise?.fail(TransportError.notEstablished)
             return
         }
-        let frames = SecureSession.frameCount(of: bytes.count)
+        let count = parts.reduce(0) { $0 + $1.count }
+        let frames = SecureSession.frameCount(of: count)
         let isParted = frames > 2 * Self.framesPerWrite
         var next = 0
         repeat {
             let part = next..<(isParted ? min(next + Self.framesPerWrite, frames) : frames)
             // Sealed straight into the outgoing buffer: each part of the message is copied once, then encrypted there.
-            let length = SecureSession.framedLength(of: bytes.count, frames: part)
+            let length = SecureSession.framedLength(of: count, frames: part)
             var buffer = context.channel.allocator.buffer(capacity: length)
             var failure: SecureSession.Error?
             buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
                 do throws(SecureSession.Error) {
-                    try session.seal(message: bytes, frames: part, into: UnsafeMutableRawBufferPointer(rebasing: space[..<length]))
+                    try session.seal(parts: parts, frames: part, into: UnsafeMutableRawBufferPointer(rebasing: space[..<length]))
                 } catch {
                     failure = error
                 }
@@ -403,8 +404,9 @@ final class SecureChannelHandler: ChannelDuplexHandler {
             context.flush()
             if let digest {
                 let start = part.lowerBound * SecureSession.maximumChunkLength
-                let end = min(part.upperBound * SecureSession.maximumChunkLength, bytes.count)
-                bytes.withUnsafeBytes { digest.add(UnsafeRawBufferPointer(rebasing: $0[start..<end]), first: start == 0) }
+                let end = min(part.upperBound * SecureSession.maximumChunkLength, count)
+                parts.forEachPiece(of: start..<end) { digest.add($0) }
+                if isLast { digest.finish() }
             }
             next = part.upperBound
         } while next < frames
@@ -486,32 +488,37 @@ final class SecureChannelHandler: ChannelDuplexHandler {
 extension SecureChannelHandler: Sendable {}
 
 /// A message on its way into a session, already encoded: the node encodes it once, for the wire and for its audit
-/// digest.
+/// digest, as parts (a large payload a part of its own, copied only into the frames that carry it).
 package struct OutboundMessage: Sendable {
-    let bytes: [UInt8]
+    let parts: [ArraySlice<UInt8>]
     /// Asks the session to hash the message as it writes it (see ``OutboundDigest``).
     let digest: OutboundDigest?
 
-    package init(_ bytes: [UInt8], digest: OutboundDigest? = nil) {
-        self.bytes = bytes
+    package init(parts: [ArraySlice<UInt8>], digest: OutboundDigest? = nil) {
+        self.parts = parts
         self.digest = digest
     }
+
+    package init(_ bytes: [UInt8]) { self.init(parts: [bytes[...]]) }
 }
 
 /// The SHA-256 of a large message, computed by its session a part at a time, each part after it went to the
 /// socket: the peer reads and opens one part while this side hashes it. Left empty when the message did not go
 /// out in parts; the node then hashes it whole.
 package final class OutboundDigest: Sendable {
-    private let hasher = Mutex<SHA256.Hasher?>(nil)
+    private let state = Mutex<(hasher: SHA256.Hasher, value: [UInt8]?)>((SHA256.Hasher(), nil))
 
     package init() {}
 
-    package var value: [UInt8]? { self.hasher.withLock { $0?.finalize() } }
+    /// The digest, once the session has hashed the whole message.
+    package var value: [UInt8]? { self.state.withLock { $0.value } }
 
-    fileprivate func add(_ part: UnsafeRawBufferPointer, first: Bool) {
-        self.hasher.withLock { hasher in
-            if first { hasher = SHA256.Hasher() }
-            hasher?.update(part)
-        }
+    /// Adds the next stretch of the message (one instance digests one message).
+    fileprivate func add(_ stretch: UnsafeRawBufferPointer) {
+        self.state.withLock { $0.hasher.update(stretch) }
+    }
+
+    fileprivate func finish() {
+        self.state.withLock { $0.value = $0.hasher.finalize() }
     }
 }

@@ -62,6 +62,12 @@ public enum WireMessage: Equatable, Sendable {
         first.count >= 2 && first[0] == Kind.task.rawValue && TaskMessage.digestCoversWholeMessage(tag: first[1])
     }
 
+    /// ``encoded()`` as parts to be sent one after another, a task message's large payload a part of its own.
+    public func encodedParts() -> [ArraySlice<UInt8>] {
+        if case .task(let message) = self { return message.encodedParts(after: self.kind.rawValue) }
+        return [self.encoded()[...]]
+    }
+
     public func encoded() -> [UInt8] {
         if case .task(let message) = self { return message.encoded(after: self.kind.rawValue) }
         var bytes: [UInt8] = [self.kind.rawValue]

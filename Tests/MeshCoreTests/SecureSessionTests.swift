@@ -34,19 +34,21 @@ import Testing
         #expect(delivered == [.message(message)])
     }
 
-    /// A large message goes out a part at a time (its session flushes each part as soon as it is sealed): the
-    /// parts, in order, are the same bytes as the whole message sealed at once.
+    /// A large message goes out a part at a time (its session flushes each part as soon as it is sealed), and is
+    /// given as pieces (its large payload apart from the bytes around it): the parts, in order, are the same bytes
+    /// as the whole message sealed at once, wherever the pieces meet.
     @Test(arguments: [1, 2, 16])
     func aMessageSealedInPartsIsTheMessageSealedWhole(framesPerPart: Int) throws {
         var (whole, _) = try Self.pair()
-        var parted = whole
+        var parted = whole, pieced = whole
         var rng = SeededGenerator(seed: 7)
         let message = rng.bytes(16 * SecureSession.maximumChunkLength + 1000)
         var expected = [UInt8](repeating: 0, count: SecureSession.framedLength(of: message.count))
         try expected.withUnsafeMutableBytes { buffer in Result { () throws(SecureSession.Error) in try whole.seal(message: message, into: buffer) } }.get()
         let frames = SecureSession.frameCount(of: message.count)
         #expect(frames == 17)
-        var joined: [UInt8] = []
+        let pieces = [message[..<1], message[1..<70_000], message[70_000..<70_001], message[70_001...]]
+        var joined: [UInt8] = [], joinedFromPieces: [UInt8] = []
         for start in stride(from: 0, to: frames, by: framesPerPart) {
             let part = start..<min(start + framesPerPart, frames)
             var bytes = [UInt8](repeating: 0, count: SecureSession.framedLength(of: message.count, frames: part))
@@ -54,8 +56,13 @@ import Testing
                 Result { () throws(SecureSession.Error) in try parted.seal(message: message, frames: part, into: buffer) }
             }.get()
             joined += bytes
+            try bytes.withUnsafeMutableBytes { buffer in
+                Result { () throws(SecureSession.Error) in try pieced.seal(parts: pieces, frames: part, into: buffer) }
+            }.get()
+            joinedFromPieces += bytes
         }
         #expect(joined == expected)
+        #expect(joinedFromPieces == expected)
     }
 
     /// A session told to digest a chunked message hashes it frame by frame as it arrives: the digest is the

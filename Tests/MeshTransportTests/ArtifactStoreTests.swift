@@ -166,6 +166,34 @@ import Testing
         #expect(request.auditDigest(wireBytes: request.encoded()) == SHA256.hash(request.encoded()))
     }
 
+    /// A message sent as parts (its large payload a part of its own, not copied) is byte for byte the message
+    /// encoded whole, and its audit digest over the parts is the digest over the bytes, however they are split.
+    @Test func aMessageInPartsIsTheMessageEncodedWhole() throws {
+        let id = TaskID(high: 1, low: 2), digest = SHA256.hash([3])
+        var rng = SplitMix64(seed: 5)
+        let large = rng.bytes(100_000), small = Array("{\"a\":1}".utf8)
+        // Each message with how many parts it goes out in: the large payload apart, between the bytes around it.
+        let messages: [(TaskMessage, Int)] = [
+            (.offer(TaskOffer(id: id, epoch: 1, capability: "echo", input: large, timeRemaining: .seconds(9),
+                              options: TaskOptions(context: "c", traceparent: "t"))), 3),
+            (.offer(TaskOffer(id: id, epoch: 1, capability: "echo", input: small, timeRemaining: .seconds(9))), 1),
+            (.result(id, epoch: 1, outcome: .success(large)), 2), (.result(id, epoch: 1, outcome: .success(small)), 1),
+            (.artifactChunk(id, digest: digest, offset: 0, chainingValue: digest, bytes: large[...]), 2),
+            (.artifactChunk(id, digest: digest, offset: 0, chainingValue: digest, bytes: [1, 2, 3]), 1),
+            (.accept(id, epoch: 1), 1),
+        ]
+        for (message, count) in messages {
+            let whole = message.encoded(after: 5), parts = message.encodedParts(after: 5)
+            #expect(Array(parts.joined()) == whole)
+            #expect(parts.count == count)
+            #expect(message.auditDigest(wireParts: parts) == message.auditDigest(wireBytes: whole))
+            for split in [0, 1, 7, whole.count / 2, whole.count - 1, whole.count] {
+                let halves = [whole[..<split], whole[split...]]
+                #expect(message.auditDigest(wireParts: halves) == message.auditDigest(wireBytes: whole))
+            }
+        }
+    }
+
     @Test func multipartAnswersGiveTheResultAndTheirFiles() throws {
         let folder = "/tmp/am-multipart-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: folder + "/out", withIntermediateDirectories: true)

@@ -186,14 +186,19 @@ public enum TaskMessage: Sendable, Equatable {
     /// bytes: the owner's chaining value in it commits to them, and the receiver checks that value against the
     /// bytes, so a gigabyte is hashed once on its way, not once more for the record.
     public func auditDigest(wireBytes: [UInt8]) -> [UInt8] {
-        guard case .artifactChunk(_, _, _, _, let bytes) = self, bytes.count <= wireBytes.count else {
-            return SHA256.hash(wireBytes)
+        self.auditDigest(wireParts: [wireBytes[...]])
+    }
+
+    /// ``auditDigest(wireBytes:)`` of the message's bytes in parts, one after another.
+    public func auditDigest(wireParts: [ArraySlice<UInt8>]) -> [UInt8] {
+        var left = wireParts.reduce(0) { $0 + $1.count }
+        if case .artifactChunk(_, _, _, _, let bytes) = self, bytes.count <= left { left -= bytes.count }
+        var hasher = SHA256.Hasher()
+        for part in wireParts where left > 0 {
+            part.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[..<min($0.count, left)])) }
+            left -= min(part.count, left)
         }
-        return wireBytes.withUnsafeBytes { raw in
-            var hasher = SHA256.Hasher()
-            hasher.update(UnsafeRawBufferPointer(rebasing: raw[..<(raw.count - bytes.count)]))
-            return hasher.finalize()
-        }
+        return hasher.finalize()
     }
 
     /// Whether ``auditDigest(wireBytes:)`` is the SHA-256 of all the message's bytes: of every message but an
@@ -243,11 +248,25 @@ public enum TaskMessage: Sendable, Equatable {
         }
     }
 
-    /// The message's bytes, after `prefix` when given (the wire's message kind): written once, at their full size,
-    /// so a megabyte chunk is not copied again on its way out.
+    /// The message's bytes, after `prefix` when given (the wire's message kind): written once, at their full size.
     public func encoded(after prefix: UInt8? = nil) -> [UInt8] {
-        var writer = ByteWriter(capacity: 128 + self.payloadLength)
+        self.write(after: prefix, apart: false).bytes
+    }
+
+    /// The message's bytes as parts to be sent one after another: a large input, result or artifact chunk is a part
+    /// of its own, the very array the message holds, so it is copied only into the frames that carry it.
+    public func encodedParts(after prefix: UInt8? = nil) -> [ArraySlice<UInt8>] {
+        self.write(after: prefix, apart: true).parts
+    }
+
+    private func write(after prefix: UInt8?, apart: Bool) -> ByteWriter {
+        var writer = ByteWriter(capacity: 128 + (apart ? 0 : self.payloadLength))
         if let prefix { writer.u8(prefix) }
+        /// A large byte string, length-prefixed: copied in, or (`apart`) left as a part of its own.
+        func longBytes(_ value: ArraySlice<UInt8>) {
+            writer.u32(UInt32(value.count))
+            if apart { writer.rawApart(value) } else { writer.raw(value) }
+        }
         func header(_ id: TaskID, _ epoch: UInt32) {
             writer.u8(self.tag)
             writer.u64(id.high)
@@ -259,7 +278,7 @@ public enum TaskMessage: Sendable, Equatable {
             header(offer.id, offer.epoch)
             writer.shortString(offer.capability)
             writer.u64(Self.milliseconds(offer.timeRemaining))
-            writer.longBytes(offer.input)
+            longBytes(offer.input[...])
             writer.shortString(offer.options.context ?? "")
             writer.u64(offer.options.inputTimeout.map(Self.milliseconds) ?? 0)
             writer.shortString(offer.options.traceparent ?? "")
@@ -273,7 +292,7 @@ public enum TaskMessage: Sendable, Equatable {
             switch outcome {
             case .success(let output):
                 writer.u8(1)
-                writer.longBytes(output)
+                longBytes(output[...])
             case .failure(let message):
                 writer.u8(2)
                 writer.longBytes(Array(message.utf8))
@@ -329,14 +348,13 @@ public enum TaskMessage: Sendable, Equatable {
             writer.u8(UInt8(chainingValue.count))
             writer.raw(chainingValue)
             // Last, so the audit digest can leave the bytes out.
-            writer.u32(UInt32(bytes.count))
-            writer.raw(bytes)
+            longBytes(bytes)
         case .artifactUnavailable(let id, let digest, let reason):
             header(id, 0)
             writer.raw(digest)
             writer.shortString(reason)
         }
-        return writer.bytes
+        return writer
     }
 
     /// Roughly the bytes a message carries beyond its fixed fields.
