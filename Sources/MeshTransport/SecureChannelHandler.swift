@@ -369,15 +369,17 @@ final class SecureChannelHandler: ChannelDuplexHandler {
     private func send(
         parts: [ArraySlice<UInt8>], digest: OutboundDigest? = nil, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?
     ) {
-        guard case .established(var session) = self.phase else {
-            promise?.fail(TransportError.notEstablished)
-            return
-        }
         let count = parts.reduce(0) { $0 + $1.count }
         let frames = SecureSession.frameCount(of: count)
         let isParted = frames > 2 * Self.framesPerWrite
         var next = 0
         repeat {
+            // Read again for every part: flushing the one before may have ended the session (a write to a peer that
+            // went away closes it at once), and a closed session's cipher state must never seal again.
+            guard case .established(var session) = self.phase else {
+                promise?.fail(TransportError.notEstablished)
+                return
+            }
             let part = next..<(isParted ? min(next + Self.framesPerWrite, frames) : frames)
             // Sealed straight into the outgoing buffer: each part of the message is copied once, then encrypted there.
             let length = SecureSession.framedLength(of: count, frames: part)

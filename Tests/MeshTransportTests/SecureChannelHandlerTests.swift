@@ -20,7 +20,10 @@ import Testing
         let loop: EmbeddedEventLoop
         let slots: PendingHandshakes
 
-        init(trustResponder: Bool = true, trustInitiator: Bool = true) throws {
+        init(trustResponder: Bool = true, trustInitiator: Bool = true, maximumMessageLength: Int = 1 << 20) throws {
+            let configuration = SecureChannelHandler.Configuration(
+                helloTimeout: .seconds(1), handshakeTimeout: .seconds(5), keepaliveInterval: .seconds(1),
+                idleTimeout: .seconds(3), maximumMessageLength: maximumMessageLength)
             let network = NetworkKey.generate()
             let a = NodeIdentity(name: "a")
             let b = NodeIdentity(name: "b")
@@ -35,11 +38,11 @@ import Testing
             try self.initiator.pipeline.syncOperations.addHandler(SecureChannelHandler(
                 role: .initiator(InitiatorHandshake(credentials: HandshakeCredentials(
                     identity: a, networkKey: network, listenAddress: "127.0.0.1:1"))),
-                configuration: SecureChannelHandlerTests.configuration, trust: { initiatorTrust }))
+                configuration: configuration, trust: { initiatorTrust }))
             try self.responder.pipeline.syncOperations.addHandler(SecureChannelHandler(
                 role: .responder(ResponderHandshake(credentials: HandshakeCredentials(
                     identity: b, networkKey: network, listenAddress: "127.0.0.1:2")), ReplayGuard(capacity: 16)),
-                configuration: SecureChannelHandlerTests.configuration, trust: { responderTrust },
+                configuration: configuration, trust: { responderTrust },
                 releaseHandshakeSlot: { slots.end(ticket, from: "a") }))
             try self.responder.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
             try self.initiator.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
@@ -111,6 +114,40 @@ import Testing
             while try pair.initiator.readOutbound(as: ByteBuffer.self) != nil {}
         }
         #expect(!pair.initiator.isActive)
+    }
+
+    /// A large message goes out in parts, each flushed as it is sealed. When a flush ends the connection (a write to
+    /// a peer that went away), the session seals nothing more: a closed session's cipher state must not be used
+    /// again, or the close frame's nonce would be reused.
+    @Test func aConnectionEndingWhileALargeMessageGoesOutStopsTheSealing() throws {
+        final class CloseOnSecondFlush: ChannelOutboundHandler {
+            typealias OutboundIn = ByteBuffer
+            var flushes = 0
+            var writesAfterClose = 0
+            var closed = false
+            func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+                if self.closed { self.writesAfterClose += 1 }
+                context.write(data, promise: promise)
+            }
+            func flush(context: ChannelHandlerContext) {
+                self.flushes += 1
+                context.flush()
+                if self.flushes == 2 {
+                    self.closed = true
+                    context.close(promise: nil)
+                }
+            }
+        }
+        let pair = try Pair(maximumMessageLength: 4 << 20)
+        try pair.pump(dripping: false)
+        _ = try pair.events(pair.initiator)
+        let recorder = CloseOnSecondFlush()
+        try pair.initiator.pipeline.syncOperations.addHandler(recorder, position: .first)
+        let message = WireMessage.task(.result(TaskID(high: 1, low: 1), epoch: 1, outcome: .success([UInt8](repeating: 7, count: 3 << 20))))
+        let written = pair.initiator.pipeline.write(NIOAny(OutboundMessage(parts: message.encodedParts())))
+        #expect(recorder.closed && !pair.initiator.isActive)
+        #expect(recorder.writesAfterClose == 0, "no part was sealed after the session closed")
+        #expect(throws: (any Error).self) { try written.wait() }
     }
 
     @Test func tamperedTransportFrameClosesTheConnection() throws {
