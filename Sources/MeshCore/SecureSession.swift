@@ -142,7 +142,7 @@ public struct SecureSession: Sendable {
         max(1, (count + Self.maximumChunkLength - 1) / Self.maximumChunkLength)
     }
 
-    /// The bytes `seal(message:frames:into:)` writes for those frames of a message of `count` bytes.
+    /// The bytes `seal(parts:frames:into:)` writes for those frames of a message of `count` bytes.
     public static func framedLength(of count: Int, frames: Range<Int>) -> Int {
         let start = frames.lowerBound * Self.maximumChunkLength
         let end = min(frames.upperBound * Self.maximumChunkLength, count)
@@ -152,18 +152,13 @@ public struct SecureSession: Sendable {
     /// Seals a message as the wire carries it (length-prefixed frames) straight into `buffer`, which holds exactly
     /// `framedLength(of:)` bytes: each part is copied once, then encrypted where it lies.
     public mutating func seal(message: [UInt8], into buffer: UnsafeMutableRawBufferPointer) throws(Error) {
-        try self.seal(message: message, frames: 0..<Self.frameCount(of: message.count), into: buffer)
+        try self.seal(parts: [message[...]], frames: 0..<Self.frameCount(of: message.count), into: buffer)
     }
 
-    /// Seals some of a message's frames, in order (`frames` starts where the previous call ended, at 0 for a new
+    /// Seals some frames of a message given as parts, one after another (a large payload stays the array it is and
+    /// is copied only into its frames), in order (`frames` starts where the previous call ended, at 0 for a new
     /// message), into `buffer`, which holds exactly `framedLength(of:frames:)` bytes. A large message sealed a part
     /// at a time can be on its way before the rest is sealed.
-    public mutating func seal(message: [UInt8], frames: Range<Int>, into buffer: UnsafeMutableRawBufferPointer) throws(Error) {
-        try self.seal(parts: [message[...]], frames: frames, into: buffer)
-    }
-
-    /// ``seal(message:frames:into:)`` of a message given as parts, one after another (a large payload stays the
-    /// array it is and is copied only into its frames).
     public mutating func seal(parts: [ArraySlice<UInt8>], frames: Range<Int>, into buffer: UnsafeMutableRawBufferPointer) throws(Error) {
         let count = parts.reduce(0) { $0 + $1.count }
         guard !self.isClosed else { throw .sessionClosed }

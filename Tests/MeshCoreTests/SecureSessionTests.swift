@@ -53,7 +53,7 @@ import Testing
             let part = start..<min(start + framesPerPart, frames)
             var bytes = [UInt8](repeating: 0, count: SecureSession.framedLength(of: message.count, frames: part))
             try bytes.withUnsafeMutableBytes { buffer in
-                Result { () throws(SecureSession.Error) in try parted.seal(message: message, frames: part, into: buffer) }
+                Result { () throws(SecureSession.Error) in try parted.seal(parts: [message[...]], frames: part, into: buffer) }
             }.get()
             joined += bytes
             try bytes.withUnsafeMutableBytes { buffer in
