@@ -73,9 +73,11 @@ extension MeshNode {
         self.runSubmitter { $0.peerDied(peer, now: self.now, sparing: self.heldResults) }
     }
 
-    /// A session with a submitter is back: it gets every result it has not acknowledged.
-    func submitterReconnected(_ peer: NodeID) {
+    /// A session with a peer started. As a submitter it gets every result it has not acknowledged; as an executor,
+    /// every attempt still open there is confirmed with it (either side may have restarted in between).
+    func taskSessionStarted(with peer: NodeID) {
         self.runTaskRunner { $0.reconnected(to: peer, now: self.now) }
+        self.runSubmitter { $0.reconnected(to: peer, now: self.now) }
     }
 
     /// Alive members and their capabilities, with this node's own live load.

@@ -643,7 +643,7 @@ public actor MeshNode: Service {
         self.membership.updateTrust(self.gate.trustStore.current())
         self.handle(self.membership.connected(to: peerID, address: peer.listenAddress, now: self.now))
         for message in pending { self.write(message, to: connection) }
-        self.submitterReconnected(peerID)
+        self.taskSessionStarted(with: peerID)
         return number
     }
 

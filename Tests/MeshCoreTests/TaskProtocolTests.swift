@@ -111,6 +111,18 @@ import Testing
             self.apply(self.submitter.candidatesChanged(candidates, now: self.now))
         }
 
+        /// A session between the submitter and `node` started (after either restarted): both sides catch up.
+        mutating func sessionStarted(with node: NodeID) {
+            var runner = self.runners[node]!
+            let caughtUp = runner.reconnected(to: TaskProtocolTests.a, now: self.now)
+            self.runners[node] = runner
+            self.deliver(self.runnerEffects(caughtUp, at: node))
+            self.apply(self.submitter.reconnected(to: node, now: self.now))
+        }
+
+        /// Every task a runner runs now, by id: more than one entry for an id would be two runs at once.
+        var runningIDs: [TaskID] { self.inFlight.map(\.1) }
+
         /// Completes every run in flight with `output`.
         mutating func completeRuns(output: [UInt8] = Array("{\"ok\":true}".utf8)) {
             self.endRuns(.success(output))
@@ -523,6 +535,135 @@ import Testing
         #expect(mesh.submitter.task(id)?.state == .completed)
         #expect(mesh.storedSubmitted[id]?.state == .completed)
         #expect(mesh.storedAccepted[Self.c]?[id] == nil)
+    }
+
+    // MARK: - Crashes in a row
+
+    /// Found with kill -9 of b, c, b, c and then a while 1,000 tasks were posted: an executor declared dead ended
+    /// its attempts in memory only (their tasks waited for a slot), so the restarted submitter restored them as
+    /// running there, holding slots its new life never frees, and every task behind them waited for good.
+    @Test func anAttemptEndedByAnExecutorsDeathIsStoredEndedAndFreesItsSlotAfterTheSubmitterRestarts() {
+        let both: [TaskSubmitter.Candidate] = [
+            .init(id: Self.b, capabilities: ["echo": 1], load: 0), .init(id: Self.c, capabilities: ["echo": 1], load: 0),
+        ]
+        var mesh = Mesh(runners: [Self.b: ["echo": 1], Self.c: ["echo": 1]])
+        let ids = (0..<4).map { _ in mesh.submit(timeout: .seconds(600), attempts: 100) }
+        let orphan = try! #require(ids.first { mesh.submitter.task($0)?.currentAttempt?.peer == Self.b })
+        // b dies mid-run and is declared dead; c is full, so its task waits for a slot.
+        mesh.silent = [Self.b]
+        mesh.inFlight.removeAll { $0.0 == Self.b }
+        mesh.apply(mesh.submitter.peerDied(Self.b, now: mesh.now))
+        #expect(mesh.submitter.task(orphan)?.waiting == .forSlot)
+        #expect(mesh.storedSubmitted[orphan]?.currentAttempt?.outcome == .peerDied, "the store knows the attempt ended")
+        #expect(mesh.submitter.slotAccountingError == nil)
+        // b comes back at once and drops the task it held (the submitter moved on); then the submitter is killed.
+        mesh.silent = []
+        mesh.restartRunner(Self.b, capacity: ["echo": 1])
+        #expect(mesh.runners[Self.b]!.load == 0)
+        mesh.restartSubmitter(candidates: both)
+        for node in [Self.b, Self.c] { mesh.sessionStarted(with: node) }
+        #expect(mesh.submitter.slotAccountingError == nil)
+        for (_, open, capacity) in mesh.submitter.slots(for: "echo") { #expect(open <= capacity) }
+        #expect(mesh.submitter.slots(for: "echo").map(\.open) == [1, 1], "both executors busy again at once")
+        for _ in 0..<4 {
+            mesh.completeRuns()
+            mesh.advance(.seconds(1))
+        }
+        for id in ids { #expect(mesh.submitter.task(id)?.state == .completed) }
+        #expect(mesh.submitter.slots(for: "echo").allSatisfy { $0.open == 0 })
+    }
+
+    /// A node reinstalled with its old key but an empty store: the submitter's running attempt there is one the
+    /// executor's new life never heard of. The session that starts confirms it, and the executor takes it afresh.
+    @Test func anAttemptTheExecutorsNewLifeNeverHeardOfIsOfferedAgainWhenTheirSessionStarts() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        let id = mesh.submit()
+        #expect(mesh.submitter.task(id)?.state == .running)
+        mesh.storedAccepted[Self.c] = [:]
+        mesh.restartRunner(Self.c, capacity: ["echo": 1])
+        #expect(mesh.runners[Self.c]!.task(id) == nil)
+        mesh.sessionStarted(with: Self.c)
+        #expect(mesh.runners[Self.c]!.task(id)?.epoch == 1, "the same attempt, taken afresh")
+        #expect(mesh.executed.map(\.2) == [1, 1])
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(id)?.state == .completed)
+        #expect(mesh.submitter.task(id)?.attempts.count == 1)
+    }
+
+    @Test func aSessionThatStartsWhileATaskRunsNeverStartsItTwice() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 1]])
+        let id = mesh.submit()
+        let writes = mesh.storedAccepted[Self.c]?[id]
+        mesh.sessionStarted(with: Self.c)
+        mesh.sessionStarted(with: Self.c)
+        #expect(mesh.executed.count == 1)
+        #expect(mesh.runningIDs == [id])
+        #expect(mesh.storedAccepted[Self.c]?[id] == writes)
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(id)?.state == .completed)
+    }
+
+    /// Random kills of both executors and the submitter, declared dead or back before anyone noticed, between
+    /// submissions and finished runs: after every step the slot accounting matches the open attempts and no task
+    /// runs twice at once; once the kills stop, every task completes.
+    @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8] as [UInt64])
+    func killsOfEveryRoleInARowLeaveNoTaskStrandedAndNoSlotHeld(seed: UInt64) {
+        var random = SeededGenerator(seed: seed)
+        let capacity = ["echo": 2]
+        let candidates: [TaskSubmitter.Candidate] = [
+            .init(id: Self.b, capabilities: capacity, load: 0), .init(id: Self.c, capabilities: capacity, load: 0),
+        ]
+        var mesh = Mesh(runners: [Self.b: capacity, Self.c: capacity])
+        var ids: [TaskID] = []
+        func check(_ step: String) {
+            #expect(mesh.submitter.slotAccountingError == nil, "after \(step)")
+            #expect(Set(mesh.runningIDs).count == mesh.runningIDs.count, "a task ran twice at once after \(step)")
+        }
+        for step in 0..<300 {
+            switch Int.random(in: 0..<10, using: &random) {
+            case 0...3:
+                ids.append(mesh.submit(timeout: .seconds(3600), attempts: 1000))
+                check("submit \(step)")
+            case 4, 5:
+                // Some runs end.
+                let ending = mesh.inFlight.filter { _ in Bool.random(using: &random) }
+                mesh.inFlight.removeAll { run in ending.contains { $0 == run } }
+                for (node, id) in ending {
+                    var runner = mesh.runners[node]!
+                    let directives = runner.finished(id, outcome: .success(Array("{}".utf8)), now: mesh.now)
+                    mesh.runners[node] = runner
+                    mesh.deliver(mesh.runnerEffects(directives, at: node))
+                }
+                check("runs ending \(step)")
+            case 6, 7:
+                let node = Bool.random(using: &random) ? Self.b : Self.c
+                mesh.inFlight.removeAll { $0.0 == node }
+                if Bool.random(using: &random) {
+                    mesh.silent = [node]
+                    mesh.apply(mesh.submitter.peerDied(node, now: mesh.now))
+                    mesh.silent = []
+                }
+                mesh.restartRunner(node, capacity: capacity)
+                mesh.apply(mesh.submitter.candidatesChanged(candidates, now: mesh.now))
+                mesh.sessionStarted(with: node)
+                check("executor kill \(step)")
+            case 8:
+                mesh.restartSubmitter(candidates: candidates)
+                for node in [Self.b, Self.c] { mesh.sessionStarted(with: node) }
+                check("submitter kill \(step)")
+            default:
+                mesh.advance(.milliseconds(Int.random(in: 10...3000, using: &random)))
+                check("time passing \(step)")
+            }
+        }
+        for _ in 0..<200 where !ids.allSatisfy({ mesh.submitter.task($0)?.state == .completed }) {
+            mesh.completeRuns()
+            mesh.advance(.seconds(1))
+            check("the end")
+        }
+        let open = ids.filter { mesh.submitter.task($0)?.state != .completed }
+        #expect(open.isEmpty, "\(open.count) of \(ids.count) tasks never completed")
+        #expect(mesh.submitter.slots(for: "echo").allSatisfy { $0.open == 0 })
     }
 
     @Test func aHeldTaskTheSubmitterNeverHeardOfIsCanceled() {

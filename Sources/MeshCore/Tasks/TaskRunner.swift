@@ -175,10 +175,12 @@ public struct TaskRunner: Sendable {
             // The same task again (a retry after a lost accept, or a newer epoch): never a second run. A held task
             // re-offered is confirmed by the offer itself.
             let wasHeld = existing.isHeld
+            let changed = wasHeld || offer.epoch != existing.epoch
             existing.epoch = offer.epoch
             existing.isHeld = false
             self.tasks[offer.id] = existing
-            directives.append(.persistAccepted(existing))
+            // The submitter confirming an attempt after a reconnection changes nothing worth a write.
+            if changed { directives.append(.persistAccepted(existing)) }
             directives.append(.send(.accept(offer.id, epoch: offer.epoch), to: peer))
             if wasHeld { directives.append(.start(existing)) }
             if let outcome = existing.outcome {
