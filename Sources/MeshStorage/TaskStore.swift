@@ -93,7 +93,8 @@ package final class TaskStore: Sendable {
         package func core(_ wall: Double) -> Duration { .milliseconds(Int64(((wall - self.origin.timeIntervalSince1970) * 1000).rounded())) }
     }
 
-    /// Opens (creating if needed) the store. `maximumPages` caps the database size, for testing a full disk.
+    /// Opens (creating if needed) the store. `maximumPages` caps the database size, for testing a full disk;
+    /// `beforeCommit` runs on the writer before each commit, for tests that hold a commit back.
     ///
     /// With `.process` durability a commit is done once SQLite has written it to the kernel (`synchronous = NORMAL`:
     /// the WAL is not synced per commit). A second connection checkpoints in the background, which syncs the WAL,
@@ -101,14 +102,15 @@ package final class TaskStore: Sendable {
     /// to run where the caller says (`commitOn`, the node's event loop), which saves two thread hand-offs each.
     package init(
         path: String, timeBase: TimeBase, durability: Durability = .fsync, commitOn: CommitExecutor? = nil,
-        retryDelay: Duration = .seconds(1), maximumPages: Int? = nil
+        retryDelay: Duration = .seconds(1), maximumPages: Int? = nil, beforeCommit: (@Sendable () -> Void)? = nil
     ) throws(StoreError) {
         self.path = path
         self.timeBase = timeBase
         self.durability = durability
         let store = WeakBox<TaskStore>()
         self.commits = GroupCommitWriter(label: "agentmesh.task-store", executor: commitOn, retryDelay: retryDelay) { batch in
-            store.value?.commit(batch)
+            beforeCommit?()
+            return store.value?.commit(batch)
         }
         var configuration = Configuration()
         configuration.journalMode = .wal

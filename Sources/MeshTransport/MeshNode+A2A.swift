@@ -1,6 +1,7 @@
 import Foundation
 import MeshControl
 import MeshCore
+import MeshStorage
 import NIOCore
 
 /// An A2A server facade on the control listener (A2A 1.0, JSON-RPC binding): the agent card at
@@ -46,16 +47,19 @@ extension MeshNode {
         switch method {
         case "SendMessage", "SendStreamingMessage":
             let streaming = method == "SendStreamingMessage"
-            switch self.a2aStartTask(params) {
-            case .failure(let error): respond(Self.rpcError(id, error.code, error.message))
-            case .success(let taskID):
-                if streaming { return self.a2aStream(taskID, id: id, respond: respond) }
-                let configuration = params["configuration"] as? [String: Any] ?? [:]
-                let wait: Duration = configuration["returnImmediately"] as? Bool == true ? .zero : .seconds(300)
-                let rpcID = Unchecked(id)
-                self.whenTaskAsksOrEnds(taskID, until: self.now + wait, then: Unchecked {
-                    respond(Self.rpcResult(rpcID.value, ["task": self.a2aTask(taskID) ?? [:]]))
-                })
+            let rpcID = Unchecked(id)
+            let configuration = params["configuration"] as? [String: Any] ?? [:]
+            let wait: Duration = configuration["returnImmediately"] as? Bool == true ? .zero : .seconds(300)
+            // Answered only once the task is durable, like every way in (see `admit`).
+            self.a2aStartTask(params) { started in
+                switch started {
+                case .failure(let error): respond(Self.rpcError(rpcID.value, error.code, error.message))
+                case .success(let taskID):
+                    if streaming { return self.a2aStream(taskID, id: rpcID.value, respond: respond) }
+                    self.whenTaskAsksOrEnds(taskID, until: self.now + wait, then: Unchecked {
+                        respond(Self.rpcResult(rpcID.value, ["task": self.a2aTask(taskID) ?? [:]]))
+                    })
+                }
             }
         case "GetTask":
             guard let taskID = (params["id"] as? String).flatMap(TaskID.init(hex:)), let task = self.a2aTask(taskID) else {
@@ -78,8 +82,33 @@ extension MeshNode {
         let message: String
     }
 
-    /// A new task for the message, or the answer to a waiting task's question.
-    private func a2aStartTask(_ params: [String: Any]) -> Result<TaskID, RPCFailure> {
+    /// A new task for the message, or the answer to a waiting task's question; `then` hears of it once it is stored.
+    private func a2aStartTask(_ params: [String: Any], then: @escaping (Result<TaskID, RPCFailure>) -> Void) {
+        switch self.a2aAdmission(params) {
+        case .failure(let failure): then(.failure(failure))
+        case .success(.answered(let id)):
+            self.whenStored(self.taskStore?.lastQueued ?? 0) { error in
+                if let error { return then(.failure(RPCFailure(code: -32603, message: "the answer could not be stored: \(error.description)"))) }
+                then(.success(id))
+            }
+        case .success(.submit(let admission)):
+            self.admit(admission) { admitted in
+                switch admitted {
+                case .success: then(.success(admission.id))
+                case .failure(let refusal):
+                    // A2A has no status codes of its own: the reason says what HTTP's 507 or 409 would.
+                    then(.failure(RPCFailure(code: -32603, message: "not submitted (\(refusal.status)): \(refusal.message)")))
+                }
+            }
+        }
+    }
+
+    private enum A2AStart {
+        case answered(TaskID)
+        case submit(TaskAdmission)
+    }
+
+    private func a2aAdmission(_ params: [String: Any]) -> Result<A2AStart, RPCFailure> {
         guard let message = params["message"] as? [String: Any], let parts = message["parts"] as? [[String: Any]], !parts.isEmpty else {
             return .failure(RPCFailure(code: -32602, message: "params.message needs parts"))
         }
@@ -103,7 +132,7 @@ extension MeshNode {
                 }
             }
             if refused != nil { return .failure(RPCFailure(code: -32004, message: "task \(waiting) is not waiting for input")) }
-            return .success(waiting)
+            return .success(.answered(waiting))
         }
         let metadata = (message["metadata"] as? [String: Any]) ?? (params["metadata"] as? [String: Any]) ?? [:]
         let offered = Set(self.taskCandidates().flatMap(\.capabilities.keys))
@@ -119,14 +148,10 @@ extension MeshNode {
         let context = (message["contextId"] as? String).flatMap { TaskOptions.isValidContext($0) ? $0 : nil }
         var generator = SystemRandomNumberGenerator()
         let id = TaskID(using: &generator)
-        self.runSubmitter {
-            $0.submit(
-                id: id, capability: skill, input: Array(inputBytes), timeout: .seconds(300), maximumAttempts: 5,
-                options: TaskOptions(context: context, traceparent: TraceContext.new(for: id, using: &generator).description),
-                now: self.now)
-        }
-        self.metricsTaskSubmitted(skill)
-        return .success(id)
+        return .success(.submit(TaskAdmission(
+            id: id, capability: skill, payload: Array(inputBytes), timeout: .seconds(300), maximumAttempts: 5,
+            options: TaskOptions(context: context, traceparent: TraceContext.new(for: id, using: &generator).description),
+            waitForCapability: false)))
     }
 
     /// Calls `then` when the task ends or asks a question, or at `deadline` (checked every 20 ms).

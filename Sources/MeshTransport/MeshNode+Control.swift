@@ -220,41 +220,19 @@ extension MeshNode {
             // The original, as a repeat of the same call answers it: 200, not 202.
             return self.whenTaskEnds(id, within: wait ?? .zero) { respond(self.taskDocument(id, status: 200)) }
         }
-        guard self.commitGate.isStoreWritable else {
-            return respond(.error(507, "this node cannot store new tasks now (\(self.taskStore?.path ?? "its task store") is not writable); try another node"))
-        }
-        guard self.commitGate.isAuditWritable else {
-            return respond(.error(507, "this node cannot audit new work now (\(self.auditLog?.directory ?? "its audit log") is not writable); try another node"))
-        }
-        if !self.submitter.hasCandidate(for: request.capability) {
-            // The task machine hears of members on its tick; membership may already know one that offers it.
-            let candidates = self.taskCandidates()
-            if candidates.contains(where: { $0.capabilities[request.capability] != nil }) {
-                self.runSubmitter { $0.candidatesChanged(candidates, now: self.now) }
-            } else if request.waitForCapability != true {
-                let offered = Set(candidates.flatMap(\.capabilities.keys)).sorted()
-                return respond(.error(409, "no live member offers \(request.capability)"
-                    + (offered.isEmpty ? " (no member offers any capability now)" : "; offered now: \(offered.joined(separator: ", "))")
-                    + "; submit with wait_for_capability (--wait-for-capability) to queue it until one does"))
-            }
-        }
-        self.runSubmitter {
-            $0.submit(
-                id: id, capability: request.capability, input: TaskPayload(json: input, artifacts: artifacts).encoded(),
-                timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, options: options, now: self.now)
-        }
-        if let callback { self.registerWebhook(callback, for: .task(id)) }
-        self.touchArtifacts(artifacts)
-        self.metricsTaskSubmitted(request.capability)
+        let admission = TaskAdmission(
+            id: id, capability: request.capability, payload: TaskPayload(json: input, artifacts: artifacts).encoded(),
+            timeout: .milliseconds(Int64(timeout * 1000)), maximumAttempts: attempts, options: options,
+            waitForCapability: request.waitForCapability == true)
         if let idempotencyKey { self.rememberIdempotencyKey(idempotencyKey, digest: digest, target: id, kind: "task") }
-        // The client hears "accepted" only once the task is durable.
-        self.whenStored(self.taskStore?.lastQueued ?? 0) { error in
-            if let error {
-                self.runSubmitter { $0.abandon(id) }
+        self.admit(admission) { admitted in
+            if case .failure(let refusal) = admitted {
                 // Nothing was submitted, so the key is free again: a retry must submit, not find a task that never was.
                 if let idempotencyKey { self.forgetIdempotencyKey(idempotencyKey) }
-                return respond(.error(507, "the task could not be stored: \(error.description); nothing was submitted"))
+                return respond(.error(refusal.status, refusal.message))
             }
+            if let callback { self.registerWebhook(callback, for: .task(id)) }
+            self.touchArtifacts(artifacts)
             guard let wait else { return respond(self.taskDocument(id, status: 202)) }
             self.whenTaskEnds(id, within: wait) {
                 // Without `wait` the answer is "accepted" (202) even when a fast executor has already finished.
@@ -409,7 +387,7 @@ extension MeshNode {
     // MARK: - Waiting
 
     /// Calls `then` once store change `sequence` is durable, with the store's error if it cannot be.
-    private func whenStored(_ sequence: UInt64, then: @escaping (TaskStore.StoreError?) -> Void) {
+    func whenStored(_ sequence: UInt64, then: @escaping (TaskStore.StoreError?) -> Void) {
         if !self.commitGate.wait(forStore: sequence, then) { then(nil) }
     }
 

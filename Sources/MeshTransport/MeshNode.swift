@@ -260,7 +260,7 @@ public actor MeshNode: Service {
             store = try TaskStore(
                 path: self.home.taskStorePath, timeBase: TaskStore.TimeBase(origin: self.clock.wallClockOrigin), durability: self.settings.durability,
                 commitOn: self.commitExecutor,
-                maximumPages: self.settings.taskStoreMaximumPages)
+                maximumPages: self.settings.taskStoreMaximumPages, beforeCommit: self.settings.taskStoreBeforeCommit)
             stored = try store.load(
                 finishedLimit: self.submitter.settings.finishedInMemory,
                 finishedBytesLimit: self.submitter.settings.finishedBytesInMemory)

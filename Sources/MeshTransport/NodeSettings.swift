@@ -57,6 +57,9 @@ public struct NodeSettings: Sendable {
     /// like a full disk: new tasks are refused with a clear error and nothing stored is lost. Payloads over 64 KiB
     /// are files beside the store, which only the disk limits.
     public var taskStoreMaximumPages: Int?
+    /// A test seam: called on the store's writer before each commit (a test holds it there to see what waits for
+    /// the disk). Nil in the product.
+    public var taskStoreBeforeCommit: (@Sendable () -> Void)?
     /// Node-wide per-peer limits (`run --limit`, `DIR/config.toml`); a peer's descriptor may override them.
     public var limits = PeerLimiter<NodeID>.Settings()
     /// Count connections from this host (127.0.0.0/8, ::1) against the per-address `connections` limit too. Off by

@@ -3,7 +3,9 @@ import Foundation
 import FoundationNetworking
 #endif
 import MeshCore
+import MeshStorage
 import MeshTestKit
+import Synchronization
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -259,6 +261,73 @@ import Glibc
             "capability": capability, "input": input, "timeout_seconds": 60, "wait_for_capability": true,
         ])
         return await node.node.handleControl(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array(body)))
+    }
+
+    static func a2aSend(_ node: RunningNode, skill: String, _ data: Any, returnImmediately: Bool) async throws -> [String: Any] {
+        let body = try JSONSerialization.data(withJSONObject: [
+            "jsonrpc": "2.0", "id": 7, "method": "SendMessage",
+            "params": [
+                "message": ["role": "ROLE_USER", "messageId": "m1", "parts": [["data": data]], "metadata": ["skill": skill]],
+                "configuration": ["returnImmediately": returnImmediately],
+            ] as [String: Any],
+        ])
+        let response = await node.node.handleControl(ControlRequest(method: "POST", path: "/a2a", query: [:], body: Array(body)))
+        return try JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any] ?? [:]
+    }
+
+    /// A2A's `returnImmediately` used to answer before the task was stored, so a kill -9 right after the answer
+    /// could lose a task the client was told about. Every way in now answers only once the task is durable.
+    @Test func anA2ATaskAnsweredAtOnceIsAlreadyInTheStore() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let held = Mutex(false)
+        let running = try await a.start {
+            $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+            // The store's writer waits while `held` is set: nothing it was given is durable until then.
+            $0.taskStoreBeforeCommit = { while held.withLock({ $0 }) { usleep(1_000) } }
+        }
+        held.withLock { $0 = true }
+        let answered = Mutex(false)
+        let sending = Task { () -> String? in
+            let answer = try await Self.a2aSend(running, skill: "echo", ["n": 1], returnImmediately: true)
+            answered.withLock { $0 = true }
+            return ((answer["result"] as? [String: Any])?["task"] as? [String: Any])?["id"] as? String
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(!answered.withLock { $0 }, "answered while the task's commit was held back")
+        held.withLock { $0 = false }
+        let id = try #require(try await sending.value.flatMap(TaskID.init(hex:)))
+        let store = try TaskStore(path: a.home.path + "/node.sqlite", timeBase: TaskStore.TimeBase(origin: Date()))
+        #expect(try store.submittedTask(id) != nil)
+        await running.stop()
+    }
+
+    @Test func anA2AMessageToANodeWhoseStoreIsFullIsRefusedWithTheReason() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let running = try await a.start {
+            $0.taskStoreMaximumPages = 40
+            $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+        }
+        let padding = String(repeating: "x", count: 20_000)
+        var full = false
+        for number in 0..<100 where !full {
+            full = try await Self.post(running, "echo", ["n": number, "pad": padding]).status == 507
+        }
+        try #require(full)
+        let listed = { () async throws -> Int in
+            let list = await running.node.handleControl(ControlRequest(method: "GET", path: "/v1/tasks", query: [:], body: []))
+            return try ControlAPI.decoder().decode(ControlAPI.TaskList.self, from: Data(list.body)).tasks.count
+        }
+        let before = try await listed()
+        for returnImmediately in [true, false] {
+            let answer = try await Self.a2aSend(running, skill: "echo", ["n": -1], returnImmediately: returnImmediately)
+            let message = (answer["error"] as? [String: Any])?["message"] as? String ?? ""
+            #expect(message.contains("507") && message.contains("not writable"), "\(answer)")
+            #expect(answer["result"] == nil)
+        }
+        #expect(try await listed() == before, "nothing was submitted")
+        await running.stop()
     }
 
     @Test func aFullStoreRefusesNewTasksKeepsServingAndLosesNothingItAcknowledged() async throws {
