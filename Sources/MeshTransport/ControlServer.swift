@@ -24,8 +24,36 @@ struct ControlServer: Sendable {
 
     /// A request's body, at most (artifacts stream past it): the largest inline input, twice over for JSON escapes.
     static let maximumBodyLength = 2 * NodeSettings.largestTaskInput + 1024 * 1024
+    /// How long a request may take to arrive, head and body (artifact uploads excepted).
+    static let requestTimeout: Duration = .seconds(10)
+    /// The browser's sign-in sends a one-time code of a few dozen bytes.
+    static let maximumSignInBody = 1024
     /// Connections open at once; more are closed as they arrive.
     static let maximumConnections = 256
+    /// One client address holds at most this many of them, so one client cannot fill the listener and lock out
+    /// the others (a liveness probe included).
+    static let maximumConnectionsPerAddress = 64
+
+    /// Open connections, in all and per client address.
+    struct ConnectionShares {
+        private var total = 0
+        private var byAddress: [String: Int] = [:]
+
+        mutating func admit(_ address: String?) -> Bool {
+            guard self.total < ControlServer.maximumConnections else { return false }
+            if let address {
+                guard self.byAddress[address, default: 0] < ControlServer.maximumConnectionsPerAddress else { return false }
+                self.byAddress[address, default: 0] += 1
+            }
+            self.total += 1
+            return true
+        }
+
+        mutating func release(_ address: String?) {
+            self.total -= 1
+            if let address, let count = self.byAddress[address] { self.byAddress[address] = count > 1 ? count - 1 : nil }
+        }
+    }
 
     let channel: any Channel
     /// The socket file to remove at the end (Unix socket only).
@@ -92,19 +120,19 @@ struct ControlServer: Sendable {
         loop: any EventLoop, token: String?, browser: BrowserSessions?, idleTimeout: Duration, logger: Logger,
         handler: @escaping Handler, uploader: @escaping Uploader
     ) -> ServerBootstrap {
-        let open = Mutex(0)
+        let open = Mutex(ConnectionShares())
         return ServerBootstrap(group: loop, childGroup: loop)
             .childChannelInitializer { child in
-                let admitted = open.withLock { count -> Bool in
-                    guard count < Self.maximumConnections else { return false }
-                    count += 1
-                    return true
-                }
+                // The Unix socket's clients have no address; each TCP client address gets a share of the listener.
+                let address = child.remoteAddress?.ipAddress
+                let admitted = open.withLock { $0.admit(address) }
                 guard admitted else {
-                    logger.debug("refused a control connection over the limit", metadata: ["limit": "\(Self.maximumConnections)"])
+                    logger.debug("refused a control connection over the limit", metadata: [
+                        "limit": "\(Self.maximumConnections), \(Self.maximumConnectionsPerAddress) per address",
+                    ])
                     return child.close()
                 }
-                child.closeFuture.whenComplete { _ in open.withLock { $0 -= 1 } }
+                child.closeFuture.whenComplete { _ in open.withLock { $0.release(address) } }
                 return child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: TimeAmount(idleTimeout)))
                     try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
@@ -150,6 +178,14 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var refusal: ControlResponse?
+    /// The most body the current request may carry: paths open without the token take none (the sign-in a few
+    /// hundred bytes), so a stranger cannot make the node hold or parse megabytes.
+    private var bodyLimit = ControlServer.maximumBodyLength
+    /// Refused and answered; what else arrives before the close is dropped.
+    private var isClosing = false
+    /// Ends a connection whose request (head and body) is not complete in time: a client announcing a body and
+    /// then saying nothing would otherwise hold one of the listener's connections for as long as it likes.
+    private var requestDeadline: Scheduled<Void>?
     /// Requests handed to the node and not yet answered (a long poll may take an hour; the connection stays).
     private let inFlight: NIOLoopBound<Counter>
 
@@ -180,21 +216,36 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !self.isClosing else { return }
         switch self.unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
             self.body = []
+            self.requestDeadline?.cancel()
+            let channel = context.channel
+            self.requestDeadline = context.eventLoop.scheduleTask(in: TimeAmount(ControlServer.requestTimeout)) {
+                channel.close(promise: nil)
+            }
             // The health check answers without the token (a liveness probe carries none); it says only ok or not.
             // So is the A2A agent card: clients read it to learn how to authenticate.
             let path = head.uri.split(separator: "?").first
             let isPublic = head.method == .GET && (path == "/v1/health" || path == "/.well-known/agent-card.json")
             self.fromBrowser = false
+            self.bodyLimit = ControlServer.maximumBodyLength
             if let browser = self.browser, let path, path == "/ui" || path.hasPrefix("/ui/") {
                 self.refusal = Self.browserRefusal(head, path: path, browser: browser)
                 self.fromBrowser = path.hasPrefix("/ui/api/")
+                if !self.fromBrowser { self.bodyLimit = path == "/ui/session" ? ControlServer.maximumSignInBody : 0 }
+                self.refuseAnnouncedBodyOverLimit(head, context: context)
                 return
             }
-            self.refusal = isPublic || self.isAuthorized(head)
+            if isPublic {
+                self.refusal = nil
+                self.bodyLimit = 0
+                self.refuseAnnouncedBodyOverLimit(head, context: context)
+                return
+            }
+            self.refusal = self.isAuthorized(head)
                 ? nil : .error(401, "send the token from the node's control.token as 'Authorization: Bearer TOKEN'")
             if self.refusal == nil, head.method == .POST, path == "/v1/artifacts" {
                 // Streamed to disk as it arrives; refused on its announced length before any byte is stored.
@@ -203,7 +254,10 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
                     return
                 }
                 switch self.uploader(Self.request(head, body: []), length) {
-                case .accepted(let upload): self.upload = upload
+                case .accepted(let upload):
+                    // An upload may take as long as its bytes need; the idle timeout still ends a silent one.
+                    self.requestDeadline?.cancel()
+                    self.upload = upload
                 case .refused(let refusal): self.refusal = refusal
                 }
             }
@@ -213,12 +267,11 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
                 upload.write(buffer, channel: context.channel)
                 return
             }
-            if self.body.count + buffer.readableBytes > ControlServer.maximumBodyLength {
-                self.refusal = .error(413, "request body exceeds \(ControlServer.maximumBodyLength) bytes")
-                self.body = []
+            if self.body.count + buffer.readableBytes > self.bodyLimit {
+                self.refuseAndClose(Self.tooLarge(self.bodyLimit), context: context)
             } else {
                 if self.body.isEmpty, let length = self.head?.headers.first(name: "Content-Length").flatMap({ Int($0) }),
-                    length <= ControlServer.maximumBodyLength
+                    length <= self.bodyLimit
                 {
                     // Room for the announced body once it starts: a 10 MiB body grown by doubling was copied again
                     // about as many times as it doubled.
@@ -227,6 +280,7 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
                 self.body += buffer.readableBytesView
             }
         case .end:
+            self.requestDeadline?.cancel()
             guard let head = self.head else { return }
             self.head = nil
             let channel = context.channel
@@ -259,6 +313,7 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.requestDeadline?.cancel()
         // A client gone mid-upload: what it sent is dropped.
         self.upload?.abort()
         self.upload = nil
@@ -268,6 +323,26 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.debug("control connection ended", metadata: ["error": "\(error)"])
         context.close(promise: nil)
+    }
+
+    private static func tooLarge(_ limit: Int) -> ControlResponse {
+        .error(413, limit == 0 ? "this path takes no request body" : "request body exceeds \(limit) bytes")
+    }
+
+    /// A request whose announced body is over the path's limit is refused before any of it arrives.
+    private func refuseAnnouncedBodyOverLimit(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard self.refusal == nil, let length = head.headers.first(name: "Content-Length").flatMap({ Int($0) }),
+            length > self.bodyLimit
+        else { return }
+        self.refuseAndClose(Self.tooLarge(self.bodyLimit), context: context)
+    }
+
+    /// Answers at once and ends the connection: the rest of an oversized body is never read, nor waited for.
+    private func refuseAndClose(_ response: ControlResponse, context: ChannelHandlerContext) {
+        self.isClosing = true
+        self.head = nil
+        self.body = []
+        Self.write(response, keepAlive: false, to: context.channel)
     }
 
     /// The browser view: its page (`GET /ui`) and sign-in (`POST /ui/session`, which checks the one-time code) are

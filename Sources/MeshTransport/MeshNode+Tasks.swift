@@ -44,12 +44,23 @@ extension MeshNode {
             self.runSubmitter { $0.receive(message, from: peer, now: self.now) }
             if self.submitter.task(id)?.state == .inputRequired {
                 // Followers see the question where they see progress.
-                let event = Array(#"{"agentmesh":"input-required","question":"#.utf8) + question + Array("}".utf8)
-                self.recordLocalEvent(id, event)
+                self.recordLocalEvent(id, Self.inputRequiredEvent(question))
             }
         case .event, .eventAck:
             self.receiveEvent(message, from: peer)
         }
+    }
+
+    /// The event followers see for an agent's question. The question comes from a peer: it is written as the JSON
+    /// value it is, or as a string when it is not exactly one JSON value, never spliced in as text (a question of
+    /// `1,"agentmesh":"forged"` put a key of its own into the event).
+    static func inputRequiredEvent(_ question: [UInt8]) -> [UInt8] {
+        let value = JSONText.compacted(question, maximumDepth: 64) ?? {
+            var writer = JSONWriter()
+            writer.string(String(decoding: question, as: UTF8.self))
+            return writer.bytes
+        }()
+        return Array(#"{"agentmesh":"input-required","question":"#.utf8) + value + Array("}".utf8)
     }
 
     func taskTick(now: Duration) {

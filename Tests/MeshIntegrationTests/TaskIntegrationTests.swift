@@ -461,6 +461,71 @@ import Glibc
         await runningA.stop()
     }
 
+    /// Paths open without the token take no body (the browser's sign-in a kilobyte): ~31 MiB bodies on
+    /// `GET /v1/health` used to be held whole (+497 MiB for 16), and a 31 MiB JSON sign-in parsed on the event loop.
+    @Test func pathsOpenWithoutTheTokenRefuseABodyBeforeReadingIt() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let running = try await a.start { $0.httpControl = HostAndPort(host: "127.0.0.1", port: 0) }
+        let port = try #require(await running.node.httpControlPort)
+        func status(_ head: String, body: [UInt8] = []) throws -> String {
+            let connection = try BlockingConnection(port: port, timeout: .seconds(10))
+            try connection.send(Array(head.utf8) + body)
+            return String(decoding: try connection.bytes(12), as: UTF8.self)
+        }
+        let huge = "Content-Length: 31000000\r\n"
+        // Refused on the announced length: not one byte of the body was sent.
+        #expect(try status("GET /v1/health HTTP/1.1\r\nHost: x\r\n\(huge)\r\n") == "HTTP/1.1 413")
+        #expect(try status("GET /.well-known/agent-card.json HTTP/1.1\r\nHost: x\r\n\(huge)\r\n") == "HTTP/1.1 413")
+        #expect(try status("POST /ui/session HTTP/1.1\r\nHost: x\r\n\(huge)\r\n") == "HTTP/1.1 413")
+        #expect(try status("GET /ui/app.js HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", body: Array("hello".utf8)) == "HTTP/1.1 413")
+        // And a body sent in chunks, with no length announced.
+        #expect(try status(
+            "GET /v1/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n") == "HTTP/1.1 413")
+        // Without a body they answer as before; the sign-in takes its small code.
+        #expect(try status("GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n") == "HTTP/1.1 200")
+        let code = Array(#"{"code":"0123"}"#.utf8)
+        #expect(try status("POST /ui/session HTTP/1.1\r\nHost: x\r\nContent-Length: \(code.count)\r\n\r\n", body: code) != "HTTP/1.1 413")
+        await running.stop()
+    }
+
+    /// 256 connections that each sent a head announcing a body and then nothing used to fill the listener for
+    /// good (health checks refused for 70 s and more): a request now has 10 s to arrive whole.
+    @Test func aRequestThatNeverFinishesArrivingLosesItsConnection() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let running = try await a.start { $0.httpControl = HostAndPort(host: "127.0.0.1", port: 0) }
+        let port = try #require(await running.node.httpControlPort)
+        let silent = try BlockingConnection(port: port, timeout: .seconds(30))
+        try silent.send(Array("POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{".utf8))
+        let started = ContinuousClock.now
+        #expect(throws: (any Error).self) { _ = try silent.bytes(1) }
+        let waited = ContinuousClock.now - started
+        #expect(waited >= .seconds(9) && waited < .seconds(25), "closed after \(waited)")
+        await running.stop()
+    }
+
+    @Test func oneClientAddressGetsAShareOfTheListenerNotAllOfIt() {
+        var shares = ControlServer.ConnectionShares()
+        var admitted = (0..<ControlServer.maximumConnectionsPerAddress).map { _ in shares.admit("10.0.0.1") }
+        #expect(admitted.allSatisfy { $0 })
+        let overShare = shares.admit("10.0.0.1")
+        #expect(!overShare)
+        let other = shares.admit("10.0.0.2")
+        #expect(other)
+        let unix = shares.admit(nil)
+        #expect(unix, "the Unix socket's clients have no address")
+        shares.release("10.0.0.1")
+        let again = shares.admit("10.0.0.1")
+        #expect(again)
+        admitted = (0..<(ControlServer.maximumConnections - ControlServer.maximumConnectionsPerAddress - 2)).map { index in
+            shares.admit("10.1.\(index / 200).\(index % 200)")
+        }
+        #expect(admitted.allSatisfy { $0 })
+        let full = shares.admit("10.0.0.3")
+        #expect(!full, "the listener is full")
+    }
+
     @Test func theControlAPIOverHTTPAnswersOnlyTheBearerOfTheToken() async throws {
         let mesh = try TestMesh()
         let a = try mesh.node("a")

@@ -132,3 +132,26 @@ import Testing
         }
     }
 }
+
+/// A peer's `input_required` question is encoded into the event followers see, never spliced in as text.
+@Suite struct InputRequiredEventTests {
+    static func object(_ bytes: [UInt8]) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
+    }
+
+    @Test func aQuestionThatIsNotOneJSONValueCannotAddKeysToTheEvent() throws {
+        let forged = try Self.object(MeshNode.inputRequiredEvent(Array(#"1,"agentmesh":"forged","extra":true"#.utf8)))
+        #expect(forged.keys.sorted() == ["agentmesh", "question"])
+        #expect(forged["agentmesh"] as? String == "input-required")
+        #expect(forged["question"] as? String == #"1,"agentmesh":"forged","extra":true"#)
+        let notUTF8 = try Self.object(MeshNode.inputRequiredEvent([0xFF, 0x22, 0x7D]))
+        #expect(notUTF8.keys.sorted() == ["agentmesh", "question"])
+    }
+
+    @Test func aJSONQuestionIsKeptAsItsValue() throws {
+        let event = try Self.object(MeshNode.inputRequiredEvent(Array(#"{ "prompt": "Approve?", "n": [1, 2] }"#.utf8)))
+        let question = try #require(event["question"] as? [String: Any])
+        #expect(question["prompt"] as? String == "Approve?")
+        #expect(question["n"] as? [Int] == [1, 2])
+    }
+}
