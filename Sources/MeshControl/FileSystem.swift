@@ -5,7 +5,7 @@ package import Glibc
 #endif
 
 /// Durable file writes: temp file, fsync, rename, fsync of the directory, so a crash leaves either the old file or
-/// the new one, never a torn one (SECURITY.md, crash safety).
+/// the new one, never a torn one (.github/SECURITY.md, keys and files).
 package enum FileSystem {
     package static func writeAtomically(_ bytes: [UInt8], to path: String, mode: mode_t) throws(HomeError) {
         let directory = (path as NSString).deletingLastPathComponent

@@ -73,7 +73,7 @@ public struct PeerIdentity: Hashable, Sendable {
 }
 
 /// This node's secret credentials: an Ed25519 identity and a separate X25519 Noise static key
-/// (SECURITY.md: never convert one into the other).
+/// (.github/SECURITY.md, keys: never convert one into the other).
 public struct NodeIdentity: Sendable {
     public let name: String
     public let signingKey: Ed25519SigningKey

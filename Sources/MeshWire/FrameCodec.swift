@@ -1,7 +1,7 @@
 public import NIOCore
 
 /// The outer framing of every AgentMesh connection: a 2-byte big-endian length, then that many bytes
-/// (a handshake message, or a transport ciphertext). See SECURITY.md and Noise §13.
+/// (a handshake message, or a transport ciphertext). See .github/SECURITY.md and Noise §13.
 public enum FrameCodec {
     public static let lengthPrefixSize = 2
     public static let maximumFrameLength = Int(UInt16.max)
