@@ -133,6 +133,22 @@ struct WorkflowCommand: ParsableCommand {
     }
 }
 
+/// The most values a workflow file's YAML may hold with its aliases expanded: anchors and aliases are welcome, but
+/// not to grow (a 536-byte file of nested aliases made the CLI grow to 3 GiB and abort).
+let maximumWorkflowYAMLNodes = 100_000
+
+/// Counts `node`'s values against `budget`, stopping as soon as it runs out (so an alias bomb costs no more than
+/// the budget to find).
+func fitsBudget(_ node: Node, _ budget: inout Int) -> Bool {
+    budget -= 1
+    guard budget >= 0 else { return false }
+    switch node {
+    case .scalar, .alias: return true
+    case .sequence(let sequence): return sequence.allSatisfy { fitsBudget($0, &budget) }
+    case .mapping(let mapping): return mapping.allSatisfy { fitsBudget($0.key, &budget) && fitsBudget($0.value, &budget) }
+    }
+}
+
 /// A workflow file as a JSON value: JSON if it parses as JSON, otherwise YAML.
 func readWorkflowFile(_ path: String) throws -> Any {
     let data: Data
@@ -143,10 +159,16 @@ func readWorkflowFile(_ path: String) throws -> Any {
     }
     if let json = try? JSONSerialization.jsonObject(with: data) { return json }
     do {
-        guard let value = try Yams.load(yaml: String(decoding: data, as: UTF8.self)) else {
+        guard let node = try Yams.compose(yaml: String(decoding: data, as: UTF8.self)) else {
             throw CLIError("\(path) is empty", status: .badInput)
         }
-        return value
+        var budget = maximumWorkflowYAMLNodes
+        guard fitsBudget(node, &budget) else {
+            throw CLIError(
+                "\(path) grows past \(maximumWorkflowYAMLNodes) YAML values once its aliases are expanded; a workflow needs far fewer",
+                status: .badInput)
+        }
+        return node.any
     } catch let error as CLIError {
         throw error
     } catch {

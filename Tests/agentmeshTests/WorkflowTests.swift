@@ -291,3 +291,30 @@ import Testing
         #expect(bad.status == 64)
     }
 }
+
+/// A workflow file's YAML aliases may not grow it without bound (a 536-byte file made the CLI grow to 3 GiB).
+@Suite struct WorkflowFileTests {
+    @Test func anAliasBombIsRefusedBeforeItGrowsAndAnchorsWithinReasonStillWork() throws {
+        let folder = "/tmp/am-yaml-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        var bomb = #"a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]"# + "\n"
+        for level in 1...9 {
+            bomb += "a\(level): &a\(level) [" + Array(repeating: "*a\(level - 1)", count: 9).joined(separator: ",") + "]\n"
+        }
+        try bomb.write(toFile: folder + "/bomb.yaml", atomically: true, encoding: .utf8)
+        let refused = try CommandLineTests.agentmesh("workflow", "run", folder + "/bomb.yaml", "--home", folder + "/none")
+        #expect(refused.status == 64, "\(refused.stderr)")
+        #expect(refused.stderr.contains("grows past 100000 YAML values"), "\(refused.stderr)")
+
+        let anchored = """
+            name: anchored
+            steps:
+              first: &step {capability: echo, input: {n: 1}}
+              second: *step
+            """
+        try anchored.write(toFile: folder + "/anchored.yaml", atomically: true, encoding: .utf8)
+        let accepted = try CommandLineTests.agentmesh("workflow", "run", folder + "/anchored.yaml", "--home", folder + "/none")
+        #expect(!accepted.stderr.contains("YAML"), "read as a workflow; it fails only for want of a node: \(accepted.stderr)")
+    }
+}
