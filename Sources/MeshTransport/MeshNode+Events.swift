@@ -171,49 +171,66 @@ extension MeshNode {
             guard record.outcomes[key] == nil else { continue }
             switch subscription.action {
             case .workflow(_, let definition):
-                let input = (try? JSON(parsing: self.envelope(event))) ?? .null
-                let run = self.startWorkflow(definition, input: input, callback: nil)
-                self.runEventBus { $0.handled(event.id, by: key, outcome: "workflow \(run)") }
-            case .executor(let executor):
-                guard self.subscriberQueue.count < Self.maximumWaitingSubscriberRuns else {
-                    self.logger.warning("an event was not acted on: too many wait for this node's subscribers", metadata: [
-                        "event": "\(event.id)", "subscription": "\(key)", "waiting": "\(self.subscriberQueue.count)",
-                    ])
-                    self.runEventBus { $0.handled(event.id, by: key, outcome: "dropped: \(Self.maximumWaitingSubscriberRuns) events already waited") }
-                    continue
+                switch self.subscribers.workflows.admit((event, key, definition)) {
+                case .start(let run): self.startSubscribedWorkflow(run.event, key: run.key, definition: run.definition)
+                case .queued: self.runEventBus { $0.handled(event.id, by: key, outcome: "waiting") }
+                case .dropped: self.dropForSubscriber(event, key: key, waiting: self.subscribers.workflows.waitingCount)
                 }
-                self.runEventBus { $0.handled(event.id, by: key, outcome: "running") }
-                self.subscriberQueue.append((event, key, executor))
+            case .executor(let executor):
+                switch self.subscribers.executors.admit((event, key, executor)) {
+                case .start(let run):
+                    self.runEventBus { $0.handled(event.id, by: key, outcome: "running") }
+                    self.startSubscriberRun(run.event, key: run.key, executor: run.executor)
+                case .queued: self.runEventBus { $0.handled(event.id, by: key, outcome: "running") }
+                case .dropped: self.dropForSubscriber(event, key: key, waiting: self.subscribers.executors.waitingCount)
+                }
             }
         }
-        self.startSubscriberRuns()
+    }
+
+    private func dropForSubscriber(_ event: MeshEvent, key: String, waiting: Int) {
+        self.logger.warning("an event was not acted on: too many wait for this node's subscribers", metadata: [
+            "event": "\(event.id)", "subscription": "\(key)", "waiting": "\(waiting)",
+        ])
+        self.runEventBus { $0.handled(event.id, by: key, outcome: "dropped: \(EventSubscribers.maximumWaiting) events already waited") }
+    }
+
+    private func startSubscribedWorkflow(_ event: MeshEvent, key: String, definition: WorkflowDefinition) {
+        let input = (try? JSON(parsing: self.envelope(event))) ?? .null
+        let run = self.startWorkflow(definition, input: input, callback: nil)
+        if self.workflows[run]?.state.isTerminal == false {
+            self.subscribers.workflowRuns.insert(run)
+        } else if let next = self.subscribers.workflows.finished() {
+            self.startSubscribedWorkflow(next.event, key: next.key, definition: next.definition)
+        }
+        self.runEventBus { $0.handled(event.id, by: key, outcome: "workflow \(run)") }
+    }
+
+    /// A workflow run ended: if a subscription started it, the next event waiting for one starts its run.
+    func subscribedWorkflowEnded(_ run: TaskID) {
+        guard self.subscribers.workflowRuns.remove(run) != nil, let next = self.subscribers.workflows.finished() else { return }
+        self.startSubscribedWorkflow(next.event, key: next.key, definition: next.definition)
     }
 
     static let subscriberTimeout: Duration = .seconds(300)
-    /// Subscriber runs at once, and events waiting for one: peers' events cannot start processes without bound.
-    static let maximumSubscriberRuns = 8
-    static let maximumWaitingSubscriberRuns = 1_000
 
-    private func startSubscriberRuns() {
-        while self.subscriberRuns < Self.maximumSubscriberRuns, !self.subscriberQueue.isEmpty {
-            let (event, key, executor) = self.subscriberQueue.removeFirst()
-            self.subscriberRuns += 1
-            let input = self.envelope(event)
-            let context = TaskExecution.Context(
-                taskID: event.id, attempt: 1, deadline: Date().addingTimeInterval(Self.subscriberTimeout.seconds))
-            let loop = self.loop
-            Task {
-                let outcome = await TaskExecution.run(executor, input: input, timeout: Self.subscriberTimeout, context: context)
-                loop.execute {
-                    self.assumeIsolated { node in node.subscriberFinished(event.id, key: key, outcome: outcome) }
-                }
+    private func startSubscriberRun(_ event: MeshEvent, key: String, executor: CapabilitySpec.Executor) {
+        let input = self.envelope(event)
+        let context = TaskExecution.Context(
+            taskID: event.id, attempt: 1, deadline: Date().addingTimeInterval(Self.subscriberTimeout.seconds))
+        let loop = self.loop
+        Task {
+            let outcome = await TaskExecution.run(executor, input: input, timeout: Self.subscriberTimeout, context: context)
+            loop.execute {
+                self.assumeIsolated { node in node.subscriberFinished(event.id, key: key, outcome: outcome) }
             }
         }
     }
 
     private func subscriberFinished(_ id: TaskID, key: String, outcome: TaskOutcome) {
-        self.subscriberRuns -= 1
-        defer { self.startSubscriberRuns() }
+        defer {
+            if let next = self.subscribers.executors.finished() { self.startSubscriberRun(next.event, key: next.key, executor: next.executor) }
+        }
         let text: String
         switch outcome {
         case .success: text = "ran"

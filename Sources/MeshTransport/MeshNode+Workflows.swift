@@ -105,6 +105,7 @@ extension MeshNode {
                 attributes: [("agentmesh.workflow.id", id.description), ("agentmesh.outcome", run.state.rawValue)],
                 error: run.state == .completed ? nil : (run.error ?? run.state.rawValue)))
             self.forgetOldWorkflows()
+            self.subscribedWorkflowEnded(id)
         }
     }
 

@@ -117,9 +117,8 @@ public actor MeshNode: Service {
     /// Clients long-polling the event history, and publishers waiting for acknowledgements.
     var eventHistoryWaiters = TaskWaiters()
     var publishWaiters = TaskWaiters()
-    /// Subscriber runs in progress, and the events waiting for one (bounded).
-    var subscriberRuns = 0
-    var subscriberQueue: [(MeshEvent, String, CapabilitySpec.Executor)] = []
+    /// Runs that events started (executors and workflows), and the events waiting for one (bounded).
+    var subscribers = EventSubscribers()
     /// Open browser views' live streams, each with the snapshot it was sent last; one snapshot is built per tick for
     /// all of them.
     var browserStreams: [(sink: ControlStreamSink, sent: [UInt8])] = []
