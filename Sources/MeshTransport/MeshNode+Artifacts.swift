@@ -391,9 +391,11 @@ extension MeshNode {
                     failure = ArtifactError("cannot create \(folder): \(String(cString: strerror(errno)))")
                 }
                 for artifact in payload.artifacts where failure == nil {
-                    // A hard link: the agent reads the stored bytes without a copy.
-                    if link(store.path(of: artifact.digest), folders.input + "/" + artifact.name) != 0 {
-                        failure = ArtifactError("cannot give \(artifact.name) to the agent: \(String(cString: strerror(errno)))")
+                    // A copy, not a link: an agent that wrote to a hard link changed the stored, content-addressed
+                    // bytes, still served under their old digest. The kernel copies (or clones) it without
+                    // passing it through this process.
+                    if let error = ArtifactStore.copyFile(store.path(of: artifact.digest), to: folders.input + "/" + artifact.name) {
+                        failure = ArtifactError("cannot give \(artifact.name) to the agent: \(error)")
                     }
                 }
                 let result: Result<(json: [UInt8], folders: ArtifactFolders?), ArtifactError> =

@@ -128,6 +128,35 @@ import Testing
         #expect(metrics.contains("agentmesh_artifact_chunks_damaged_total 1"))
     }
 
+    /// Input artifacts were hard links into the store: an agent that appended to its input changed the stored,
+    /// content-addressed bytes (1,500 -> 1,507), still served under the old SHA-256. Agents now get a copy.
+    @Test func anAgentThatWritesToItsInputCannotChangeTheStoredArtifact() throws {
+        let (root, _) = try Self.setUp("art-tamper")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let tamper = """
+            import json, os, sys
+            json.load(sys.stdin)
+            folder = os.environ["AGENTMESH_ARTIFACTS_IN"]
+            for name in os.listdir(folder):
+                with open(os.path.join(folder, name), "ab") as f:
+                    f.write(b"tamper!")
+            print("{}")
+            """
+        try tamper.write(toFile: root + "/tamper.py", atomically: true, encoding: .utf8)
+        let a = Node(home: "\(root)/a")
+        defer { a.signal(SIGKILL) }
+        try a.start(join: nil, capabilities: ["tamper=exec:python3 \(root)/tamper.py"])
+        let original = [UInt8](repeating: 0x41, count: 1500)
+        try Data(original).write(to: URL(fileURLWithPath: root + "/notes.txt"))
+        let ran = try CommandLineTests.agentmesh(
+            "submit", "--home", a.home, "--capability", "tamper", "--input", "{}", "--attach", root + "/notes.txt", "--wait")
+        #expect(ran.status == 0, "\(ran.stderr)")
+        let digest = Hex.encode(SHA256.hash(original))
+        #expect(try a.client.download(artifact: digest, to: root + "/served.txt") == 1500)
+        let served = try [UInt8](Data(contentsOf: URL(fileURLWithPath: root + "/served.txt")))
+        #expect(served == original, "the stored artifact changed under its digest")
+    }
+
     @Test func anArtifactOverTheCapIsRefusedBeforeAnyByteIsStored() throws {
         let (root, agent) = try Self.setUp("art-cap")
         defer { try? FileManager.default.removeItem(atPath: root) }
