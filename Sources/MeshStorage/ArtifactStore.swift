@@ -347,15 +347,16 @@ public final class ArtifactStore: Sendable {
     // MARK: - Retention
 
     /// Removes every artifact not in `keep` (hex digests) that was stored before `cutoff`, and partial downloads
-    /// nobody continued since then; returns how many bytes went.
+    /// nobody continued since `partialsBefore` (a failed pull's bytes are worth keeping only for a retry soon);
+    /// returns how many bytes went.
     @discardableResult
-    public func sweep(keeping keep: Set<String>, storedBefore cutoff: Date) -> UInt64 {
+    public func sweep(keeping keep: Set<String>, storedBefore cutoff: Date, partialsBefore: Date? = nil) -> UInt64 {
         var freed: UInt64 = 0
-        for folder in [self.directory, self.directory + "/partial"] {
+        for (folder, before) in [(self.directory, cutoff), (self.directory + "/partial", partialsBefore ?? cutoff)] {
             for name in (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [] where name.count == 64 && !keep.contains(name) {
                 let path = folder + "/" + name
                 var info = stat()
-                guard stat(path, &info) == 0, Double(info.st_mtim.tv_sec) < cutoff.timeIntervalSince1970 else { continue }
+                guard stat(path, &info) == 0, Double(info.st_mtim.tv_sec) < before.timeIntervalSince1970 else { continue }
                 if unlink(path) == 0 {
                     freed += UInt64(info.st_size)
                     unlink(path + ".chain")

@@ -214,7 +214,7 @@ extension MeshNode {
             guard pull.damaged < 3, pull.artifact.size > 0 else {
                 return self.endPull(pull, ArtifactError(
                     "\(self.displayName(pull.peer)) sent bytes of \(pull.artifact) that do not match its digest"
-                        + (pull.artifact.size > 0 ? ", three times" : "")))
+                        + (pull.artifact.size > 0 ? ", three times" : "")), discarding: true)
             }
             pull.outstanding.removeAll()
             pull.nextRequest = offset
@@ -229,14 +229,19 @@ extension MeshNode {
         self.endPull(pull, ArtifactError("\(self.displayName(peer)) cannot send \(pull.artifact): \(reason)"))
     }
 
-    private func endPull(_ pull: ArtifactPull, _ error: ArtifactError?) {
+    /// `discarding`: the peer sent bytes that do not match the digest, so nothing it sent is worth resuming from.
+    private func endPull(_ pull: ArtifactPull, _ error: ArtifactError?, discarding: Bool = false) {
         guard self.artifactPulls[pull.artifact.hex] === pull else { return }
         self.artifactPulls[pull.artifact.hex] = nil
         if let error {
             self.logger.notice("an artifact transfer failed", metadata: ["artifact": "\(pull.artifact.hex.prefix(16))", "error": "\(error)"])
-            // Room reserved for the rest goes back; the bytes so far stay for a later try to resume from.
             if let download = pull.download, let store = self.artifactStore {
-                self.artifactQueue.async { store.release(download.value.artifact.size - download.value.received) }
+                if discarding {
+                    self.artifactQueue.async { download.value.discard() }
+                } else {
+                    // Room reserved for the rest goes back; the bytes so far stay for a later try to resume from.
+                    self.artifactQueue.async { store.release(download.value.artifact.size - download.value.received) }
+                }
             }
         } else {
             let seconds = max((self.now - pull.startedAt).seconds, 1e-6)
@@ -439,6 +444,10 @@ extension MeshNode {
 
     /// Every ten minutes: artifacts no task in memory refers to, stored (or last used) longer ago than the task
     /// retention, are removed, as are partial downloads nobody continued for as long.
+    /// A pull that stopped keeps its bytes this long for a retry to resume from (one executor's failed pulls
+    /// could hold the store's room for the day the finished artifacts are kept).
+    static let partialLife: Duration = .seconds(3600)
+
     func sweepArtifacts() {
         guard let store = self.artifactStore else { return }
         var keep = Set(self.artifactPulls.keys)
@@ -451,9 +460,10 @@ extension MeshNode {
             if case .success(let output)? = task.outcome { for artifact in TaskPayload.artifacts(of: output) { keep.insert(artifact.hex) } }
         }
         let cutoff = Date().addingTimeInterval(-self.submitter.settings.finishedRetention.seconds)
+        let partialsCutoff = Date().addingTimeInterval(-Self.partialLife.seconds)
         let keeping = keep
         self.artifactQueue.async {
-            let freed = store.sweep(keeping: keeping, storedBefore: cutoff)
+            let freed = store.sweep(keeping: keeping, storedBefore: cutoff, partialsBefore: partialsCutoff)
             if freed > 0 { self.logger.info("removed artifacts past retention", metadata: ["bytes": "\(freed)"]) }
         }
     }

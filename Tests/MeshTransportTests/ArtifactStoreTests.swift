@@ -132,6 +132,30 @@ import Testing
         #expect(store.size(of: artifact.digest) == nil && store.usedBytes == 0)
     }
 
+    /// A failed pull's partial file lives an hour, not the day finished artifacts do; a damaged one goes at once.
+    @Test func partialsHaveAShortLifeAndADamagedOneIsDropped() throws {
+        let store = try Self.store()
+        let bytes = [UInt8](repeating: 7, count: ArtifactStore.chunkLength + 10)
+        let artifact = ArtifactRef(digest: SHA256.hash(bytes), size: UInt64(bytes.count), mediaType: "a/b", name: "x")
+        let download = try ArtifactStore.Download(store: store, artifact: artifact)
+        var hasher = SHA256.Hasher()
+        hasher.update(Array(bytes[..<ArtifactStore.chunkLength]))
+        #expect(try download.append(Array(bytes[..<ArtifactStore.chunkLength]), chainingValue: hasher.chainingValue ?? []) == .accepted)
+        #expect(store.usedBytes == artifact.size, "the first chunk counts, the rest is reserved")
+        store.release(artifact.size - download.received)  // the pull stopped: what it reserved goes back
+        let partial = store.directory + "/partial/" + artifact.hex
+        #expect(FileManager.default.fileExists(atPath: partial))
+        #expect(store.sweep(keeping: [], storedBefore: Date().addingTimeInterval(-86_400), partialsBefore: Date().addingTimeInterval(-60)) == 0)
+        #expect(store.sweep(keeping: [], storedBefore: Date().addingTimeInterval(-86_400), partialsBefore: Date().addingTimeInterval(60))
+            == UInt64(ArtifactStore.chunkLength))
+        #expect(!FileManager.default.fileExists(atPath: partial) && store.usedBytes == 0)
+
+        let damaged = try ArtifactStore.Download(store: store, artifact: artifact)
+        #expect(try damaged.append(Array(repeating: 8, count: ArtifactStore.chunkLength), chainingValue: hasher.chainingValue ?? []) == .damaged)
+        damaged.discard()
+        #expect(!FileManager.default.fileExists(atPath: partial) && store.usedBytes == 0)
+    }
+
     @Test func payloadsCarryArtifactsAfterANulAndRefuseMalformedLists() throws {
         let artifact = ArtifactRef(digest: SHA256.hash([1]), size: 9, mediaType: "text/plain", name: "notes.txt")
         let payload = TaskPayload(json: Array(#"{"a":1}"#.utf8), artifacts: [artifact])
