@@ -426,4 +426,32 @@ import MeshCore
         guard response.status == 202 else { throw CLIFailure(String(decoding: response.body, as: UTF8.self)) }
         return try node.client.decode(response, as: ControlAPI.TaskInfo.self).id
     }
+
+    /// 720 KB of pipelined `GET /ui/app.js` from a client that never reads its answers cost the node +441 MiB per
+    /// connection: it now answers the next request only once the answers before it have drained.
+    @Test func pipelinedRequestsWhoseAnswersAreNeverReadDoNotGrowTheNode() throws {
+        let (root, _, _) = try Self.scratch("pipeline", ["a"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let a = Node(home: "\(root)/a")
+        defer { a.signal(SIGKILL) }
+        let port = try Self.freePort()
+        try a.start(join: nil, extra: ["--http", "127.0.0.1:\(port)"])
+        let pid = try #require(a.process?.pid)
+        func residentMiB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
+        }
+        let before = residentMiB()
+        let request = Array("GET /ui/app.js HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+        let connection = try BlockingConnection(port: Int(port)!, timeout: .seconds(5))
+        var sent = 0
+        // The client stops reading at once; its sends stall when the node stops reading too (a full socket).
+        let batch = Array(repeating: request, count: 100).flatMap { $0 }
+        while sent < 720_000, (try? connection.send(batch)) != nil { sent += batch.count }
+        Thread.sleep(forTimeInterval: 2)
+        let grown = residentMiB() - before
+        #expect(grown < 64, "the node grew by \(grown) MiB for one connection's unread answers (\(sent) bytes of requests sent)")
+        connection.abort()
+    }
 }
