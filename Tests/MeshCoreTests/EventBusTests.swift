@@ -58,4 +58,28 @@ import Testing
         #expect(try TaskMessage(decoding: message.encoded()) == message)
         #expect(try TaskMessage(decoding: TaskMessage.eventAck(Self.event(7).id).encoded()) == .eventAck(Self.event(7).id))
     }
+
+    /// One peer's 10,000 events of 64 KiB grew a node by 890 MiB within every rate limit: the history now holds
+    /// at most 64 MiB, one origin at most 16 MiB of it, and a flooding origin pushes out its own oldest events.
+    @Test func aFloodingOriginPushesOutItsOwnEventsAndTheHistoryStaysWithinItsBytes() {
+        var bus = EventBus(local: Self.a)
+        let data = [UInt8](repeating: 0x31, count: MeshEvent.maximumData)
+        func event(_ number: UInt64, from origin: NodeID) -> MeshEvent {
+            MeshEvent(id: TaskID(high: number, low: origin.low), topic: "t", origin: origin, time: 0, data: data)
+        }
+        let quiet = event(1, from: Self.c)
+        _ = bus.receive(.event(quiet), from: Self.c, members: [Self.a, Self.b, Self.c], now: .zero)
+        var forgotten = 0
+        for number in 1...2_000 {
+            for case .forget in bus.receive(.event(event(UInt64(number), from: Self.b)), from: Self.b, members: [Self.a, Self.b, Self.c], now: .zero) {
+                forgotten += 1
+            }
+        }
+        #expect(bus.bytes(from: Self.b) <= bus.settings.originBytesLimit)
+        #expect(bus.historyBytes <= bus.settings.historyBytesLimit)
+        #expect(bus.record(quiet.id) != nil, "another origin's event stays")
+        #expect(bus.record(event(2_000, from: Self.b).id) != nil, "the newest of the flood stays")
+        #expect(bus.record(event(1, from: Self.b).id) == nil)
+        #expect(forgotten == 2_000 - bus.history.count + 1)
+    }
 }

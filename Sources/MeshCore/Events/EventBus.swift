@@ -33,6 +33,11 @@ public struct MeshEvent: Sendable, Equatable {
 public struct EventBus: Sendable {
     public struct Settings: Sendable {
         public var historyLimit = 10_000
+        /// And at most this many bytes of events, and of those one origin's at most `originBytesLimit`: one
+        /// peer's 10,000 events of 64 KiB grew a node by 890 MiB (and each node it relayed them to by 750), within
+        /// every rate limit. A flooding origin now pushes out its own oldest events, not everyone's.
+        public var historyBytesLimit = 64 * 1024 * 1024
+        public var originBytesLimit = 16 * 1024 * 1024
         public var retryInterval: Duration = .seconds(1)
         public var giveUpAfter: Duration = .seconds(300)
         public init() {}
@@ -67,6 +72,9 @@ public struct EventBus: Sendable {
     public private(set) var history: [Record] = []
     /// Each kept event's sequence number.
     private var index: [TaskID: Int] = [:]
+    /// Bytes of the history, in all and per origin (see ``bytes(of:)``).
+    public private(set) var historyBytes = 0
+    private var bytesByOrigin: [NodeID: Int] = [:]
     /// Events this node published that some members have not acknowledged.
     private var unacknowledged: [TaskID: (event: MeshEvent, waiting: Set<NodeID>, nextAt: Duration, until: Duration)] = [:]
 
@@ -174,17 +182,42 @@ public struct EventBus: Sendable {
         return directives
     }
 
-    /// Appends, dropping the oldest beyond the limit; returns the ids dropped.
+    /// What a kept event counts against the byte budgets: its data, its topic and a record's overhead.
+    static func bytes(of event: MeshEvent) -> Int { event.data.count + event.topic.utf8.count + 128 }
+
+    /// The bytes of the history that came from `origin`.
+    public func bytes(from origin: NodeID) -> Int { self.bytesByOrigin[origin] ?? 0 }
+
+    /// Appends, dropping the origin's own oldest events past its share, then the oldest beyond the count and byte
+    /// limits; returns the ids dropped.
     @discardableResult
     private mutating func append(_ record: Record) -> [TaskID] {
+        let origin = record.event.origin
         self.history.append(record)
         self.index[record.event.id] = record.sequence
+        self.historyBytes += Self.bytes(of: record.event)
+        self.bytesByOrigin[origin, default: 0] += Self.bytes(of: record.event)
         var dropped: [TaskID] = []
-        while self.history.count > self.settings.historyLimit {
-            let oldest = self.history.removeFirst()
-            self.index[oldest.event.id] = nil
-            dropped.append(oldest.event.id)
+        while self.bytes(from: origin) > self.settings.originBytesLimit,
+            let oldest = self.history.firstIndex(where: { $0.event.origin == origin })
+        {
+            dropped.append(self.remove(at: oldest))
+        }
+        while !self.history.isEmpty,
+            self.history.count > self.settings.historyLimit || self.historyBytes > self.settings.historyBytesLimit
+        {
+            dropped.append(self.remove(at: 0))
         }
         return dropped
+    }
+
+    private mutating func remove(at position: Int) -> TaskID {
+        let record = self.history.remove(at: position)
+        self.index[record.event.id] = nil
+        let size = Self.bytes(of: record.event)
+        self.historyBytes -= size
+        let left = self.bytes(from: record.event.origin) - size
+        self.bytesByOrigin[record.event.origin] = left > 0 ? left : nil
+        return record.event.id
     }
 }
