@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // The only target that touches C: libsodium 1.0.18 as shipped by Debian.
@@ -82,6 +83,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                // Webhook deliveries: no redirects, the checked address, a bounded answer.
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             exclude: ["openapi.yaml"],  // the control API's description, checked by scripts/check-openapi
             swiftSettings: strictSettings

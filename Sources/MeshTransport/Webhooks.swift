@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Foundation
 import Logging
 import MeshControl
@@ -5,10 +6,7 @@ import MeshCore
 import MeshCrypto
 import MeshStorage
 import NIOCore
-
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import NIOHTTP1
 
 /// Where a task's or a workflow's webhook goes, and whether every state change is sent or only the end.
 struct WebhookTarget: Sendable, Equatable, Codable {
@@ -83,27 +81,51 @@ enum CallbackAddress {
         return nil
     }
 
-    /// The same, for every address the host resolves to (at delivery time, off the node's loop).
-    static func resolvedRefusal(_ url: String, allowPrivate: Bool) -> String? {
-        if let refusal = self.refusal(url, allowPrivate: allowPrivate) { return refusal }
-        guard !allowPrivate, let host = URLComponents(string: url)?.host else { return nil }
+    /// Where a delivery connects: the URL to call (for `http:`, the host replaced by the address that was checked,
+    /// so a name that resolves differently a moment later (DNS rebinding) cannot send it elsewhere; for `https:`
+    /// the name, whose certificate an address it rebinds to cannot present) and the `Host` header to send.
+    struct Destination: Equatable {
+        let url: String
+        let host: String?
+    }
+
+    /// The same, for every address the host resolves to (at delivery time, off the node's loop); where to connect.
+    static func resolve(_ url: String, allowPrivate: Bool) -> Result<Destination, Refusal> {
+        if let refusal = self.refusal(url, allowPrivate: allowPrivate) { return .failure(Refusal(refusal)) }
+        guard !allowPrivate, var components = URLComponents(string: url), let host = components.host else {
+            return .success(Destination(url: url, host: nil))
+        }
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, nil, &hints, &list) == 0 else { return "callback host \(host) does not resolve" }
+        guard getaddrinfo(host, nil, &hints, &list) == 0 else { return .failure(Refusal("callback host \(host) does not resolve")) }
         defer { freeaddrinfo(list) }
+        var addresses: [String] = []
         var cursor = list
         while let entry = cursor {
             var buffer = [CChar](repeating: 0, count: Int(NI_MAXHOST))
             if getnameinfo(entry.pointee.ai_addr, entry.pointee.ai_addrlen, &buffer, socklen_t(buffer.count), nil, 0, NI_NUMERICHOST) == 0 {
                 let address = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
                 if Self.isPrivate(address) != false {
-                    return "callback host \(host) resolves to \(address), a private, loopback or link-local address; a node refuses that unless run with --allow-private-callbacks"
+                    return .failure(Refusal(
+                        "callback host \(host) resolves to \(address), a private, loopback or link-local address; a node refuses that unless run with --allow-private-callbacks"))
                 }
+                addresses.append(address)
             }
             cursor = entry.pointee.ai_next
         }
-        return nil
+        guard let address = addresses.first else { return .failure(Refusal("callback host \(host) does not resolve")) }
+        guard components.scheme?.lowercased() == "http", Self.isPrivate(host) == nil else {
+            return .success(Destination(url: url, host: nil))
+        }
+        let hostHeader = components.port.map { "\(host):\($0)" } ?? host
+        components.host = address.contains(":") ? "[\(address)]" : address
+        return .success(Destination(url: components.string ?? url, host: hostHeader))
+    }
+
+    struct Refusal: Error, Equatable {
+        let reason: String
+        init(_ reason: String) { self.reason = reason }
     }
 
     /// True for an address in a range a callback may not reach, false for a public one, nil if not an IP address.
@@ -266,26 +288,40 @@ extension MeshNode {
     /// (Unix seconds) and `X-AgentMesh-Signature: sha256=HEX`, the HMAC-SHA256 of `TIMESTAMP.BODY` keyed by the
     /// node's `webhook.secret`.
     private static func post(_ delivery: WebhookDelivery, secret: SecretBytes?, allowPrivate: Bool) async -> DeliveryResult {
-        if let refusal = CallbackAddress.resolvedRefusal(delivery.url, allowPrivate: allowPrivate) { return .refused(refusal) }
-        guard let url = URL(string: delivery.url), let secret else { return .refused("no URL or no secret") }
+        let destination: CallbackAddress.Destination
+        switch CallbackAddress.resolve(delivery.url, allowPrivate: allowPrivate) {
+        case .failure(let refusal): return .refused(refusal.reason)
+        case .success(let found): destination = found
+        }
+        guard let secret else { return .refused("no secret") }
         let timestamp = String(Int(Date().timeIntervalSince1970))
         let signature = HMACSHA256.authenticate(key: secret, Array(timestamp.utf8), Array(".".utf8), delivery.body).exportedCopy()
-        var request = URLRequest(url: url, timeoutInterval: 10)
-        request.httpMethod = "POST"
-        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        request.setValue(delivery.event, forHTTPHeaderField: "X-AgentMesh-Event")
-        request.setValue(delivery.id.description, forHTTPHeaderField: "X-AgentMesh-Delivery")
-        request.setValue(timestamp, forHTTPHeaderField: "X-AgentMesh-Timestamp")
-        request.setValue("sha256=" + Hex.encode(signature), forHTTPHeaderField: "X-AgentMesh-Signature")
-        request.httpBody = Data(delivery.body)
+        var request = HTTPClientRequest(url: destination.url)
+        request.method = .POST
+        if let host = destination.host { request.headers.replaceOrAdd(name: "Host", value: host) }
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "X-AgentMesh-Event", value: delivery.event)
+        request.headers.add(name: "X-AgentMesh-Delivery", value: delivery.id.description)
+        request.headers.add(name: "X-AgentMesh-Timestamp", value: timestamp)
+        request.headers.add(name: "X-AgentMesh-Signature", value: "sha256=" + Hex.encode(signature))
+        request.body = .bytes(delivery.body)
         do {
-            let (_, response) = try await URLSession.shared.data(for: request)
-            let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+            // Only the status counts: the answer's body is never read (dropping it ends the connection), so a
+            // receiver answering a gigabyte costs nothing.
+            let status = Int(try await Self.client.execute(request, timeout: .seconds(10)).status.code)
             if (200..<300).contains(status) { return .delivered }
+            if (300..<400).contains(status) { return .refused("HTTP \(status): a webhook does not follow redirects") }
             if (400..<500).contains(status) && status != 408 && status != 429 { return .refused("HTTP \(status)") }
             return .retry("HTTP \(status)")
         } catch {
-            return .retry(error.localizedDescription)
+            return .retry("\(error)")
         }
     }
+
+    /// One client for every delivery: it never follows a redirect (a receiver answering 302 sent the signed
+    /// request wherever it pointed, past the private-address check).
+    private static let client = HTTPClient(
+        eventLoopGroup: HTTPClient.defaultEventLoopGroup,
+        configuration: HTTPClient.Configuration(
+            redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10), read: .seconds(10))))
 }

@@ -225,6 +225,63 @@ import Testing
     }
 }
 
+extension WorkflowTests {
+    /// A receiver answering 302 had the signed request followed wherever it pointed (past the private-address
+    /// check), and one answering 1.2 GB grew the node by 1.3 GiB (the answer was read whole). Webhooks now never
+    /// follow a redirect and never read an answer's body.
+    @Test func aWebhookFollowsNoRedirectAndReadsNoAnswerBody() throws {
+        let (root, _, _) = try MeshProcessTests.scratch("hook", ["a"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let a = Node(home: "\(root)/a")
+        defer { a.signal(SIGKILL) }
+        try a.start(join: nil, capabilities: ["echo=builtin:echo"], extra: ["--allow-private-callbacks"])
+        let receiver = """
+            import sys
+            from http.server import BaseHTTPRequestHandler, HTTPServer
+            class Hook(BaseHTTPRequestHandler):
+                def do_POST(self):
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                    print(self.path, flush=True)
+                    if self.path == "/moved":
+                        self.send_response(302); self.send_header("Location", "/elsewhere"); self.end_headers(); return
+                    if self.path == "/huge":
+                        self.send_response(200); self.send_header("Content-Length", str(1200 << 20)); self.end_headers()
+                        chunk = b"x" * (1 << 20)
+                        try:
+                            for _ in range(1200):
+                                self.wfile.write(chunk)
+                        except OSError:
+                            print("the node stopped reading", flush=True)
+                        return
+                    self.send_response(204); self.end_headers()
+                def log_message(self, *args): pass
+            server = HTTPServer(("127.0.0.1", 0), Hook)
+            print(server.server_address[1], flush=True)
+            server.serve_forever()
+            """
+        let hook = try SpawnedProcess("/usr/bin/python3", ["-c", receiver])
+        defer { hook.signal(SIGKILL) }
+        let port = try #require(hook.waitForLine { !$0.isEmpty }).trimmingCharacters(in: .whitespacesAndNewlines)
+        let pid = try #require(a.process?.pid)
+        func residentMiB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
+        }
+        for path in ["moved", "huge"] {
+            let submitted = try CommandLineTests.agentmesh(
+                "submit", "--home", a.home, "--capability", "echo", "--input", "{}", "--callback", "http://127.0.0.1:\(port)/\(path)")
+            #expect(submitted.status == 0, "\(submitted.stderr)")
+        }
+        let before = residentMiB()
+        #expect(hook.waitForLine(timeout: .seconds(20)) { $0.contains("the node stopped reading") } != nil, "\(hook.stdout)")
+        #expect(residentMiB() - before < 64, "the node read the answer")
+        Thread.sleep(forTimeInterval: 1)
+        #expect(!hook.stdout.contains("/elsewhere"), "the redirect was followed: \(hook.stdout)")
+        #expect(hook.stdout.components(separatedBy: "/moved").count == 2, "a redirect is not retried: \(hook.stdout)")
+    }
+}
+
 /// Events on real nodes: published peer to peer, acted on once by every subscriber.
 @Suite(.serialized) struct EventTests {
     typealias Node = MeshProcessTests.Node
