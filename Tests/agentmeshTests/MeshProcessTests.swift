@@ -133,6 +133,13 @@ import MeshCore
         }
     }
 
+    /// A process's resident size in MiB, from /proc.
+    static func residentMiB(_ pid: Int32) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
+    }
+
     static func waitUntil(_ seconds: Double = 30, _ condition: () -> Bool) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
@@ -437,12 +444,7 @@ import MeshCore
         let port = try Self.freePort()
         try a.start(join: nil, extra: ["--http", "127.0.0.1:\(port)"])
         let pid = try #require(a.process?.pid)
-        func residentMiB() -> Int {
-            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-            return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
-        }
-        let before = residentMiB()
+        let before = Self.residentMiB(pid)
         let request = Array("GET /ui/app.js HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
         let connection = try BlockingConnection(port: Int(port)!, timeout: .seconds(5))
         var sent = 0
@@ -450,7 +452,7 @@ import MeshCore
         let batch = Array(repeating: request, count: 100).flatMap { $0 }
         while sent < 720_000, (try? connection.send(batch)) != nil { sent += batch.count }
         Thread.sleep(forTimeInterval: 2)
-        let grown = residentMiB() - before
+        let grown = Self.residentMiB(pid) - before
         #expect(grown < 64, "the node grew by \(grown) MiB for one connection's unread answers (\(sent) bytes of requests sent)")
         connection.abort()
     }

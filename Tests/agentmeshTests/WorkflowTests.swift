@@ -263,19 +263,14 @@ extension WorkflowTests {
         defer { hook.signal(SIGKILL) }
         let port = try #require(hook.waitForLine { !$0.isEmpty }).trimmingCharacters(in: .whitespacesAndNewlines)
         let pid = try #require(a.process?.pid)
-        func residentMiB() -> Int {
-            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-            return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
-        }
         for path in ["moved", "huge"] {
             let submitted = try CommandLineTests.agentmesh(
                 "submit", "--home", a.home, "--capability", "echo", "--input", "{}", "--callback", "http://127.0.0.1:\(port)/\(path)")
             #expect(submitted.status == 0, "\(submitted.stderr)")
         }
-        let before = residentMiB()
+        let before = MeshProcessTests.residentMiB(pid)
         #expect(hook.waitForLine(timeout: .seconds(20)) { $0.contains("the node stopped reading") } != nil, "\(hook.stdout)")
-        #expect(residentMiB() - before < 64, "the node read the answer")
+        #expect(MeshProcessTests.residentMiB(pid) - before < 64, "the node read the answer")
         Thread.sleep(forTimeInterval: 1)
         #expect(!hook.stdout.contains("/elsewhere"), "the redirect was followed: \(hook.stdout)")
         #expect(hook.stdout.components(separatedBy: "/moved").count == 2, "a redirect is not retried: \(hook.stdout)")
