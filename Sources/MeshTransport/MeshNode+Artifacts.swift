@@ -124,6 +124,19 @@ extension MeshNode {
             return
         }
         guard let store = self.artifactStore else { return done(ArtifactError("this node has no artifact store")) }
+        // One peer's artifacts on their way here hold at most 16 transfers and a quarter of the store (or one
+        // artifact of the largest size, if more): results that claimed gigabytes and sent nothing reserved the whole
+        // store, and every upload was refused while they lasted.
+        let fromPeer = self.artifactPulls.values.filter { $0.peer == peer }
+        let claimed = fromPeer.reduce(artifact.size) { $0 + $1.artifact.size }
+        let share = max(store.capacity / 4, store.maximumArtifact)
+        // (One too large for the node at all is refused as such when its download opens.)
+        guard artifact.size > store.maximumArtifact || (fromPeer.count < Self.maximumPullsPerPeer && claimed <= share) else {
+            return done(ArtifactError(
+                "\(self.displayName(peer)) already has \(fromPeer.count) artifacts (\(claimed - artifact.size) bytes) on their way here; "
+                    + "one peer may hold at most \(Self.maximumPullsPerPeer) transfers and \(share) bytes (run --artifact-store-bytes)",
+                isLimit: true))
+        }
         let pull = ArtifactPull(artifact: artifact, task: task, peer: peer, now: self.now)
         pull.waiters.append((task, peer, done))
         self.artifactPulls[artifact.hex] = pull
@@ -444,6 +457,9 @@ extension MeshNode {
 
     /// Every ten minutes: artifacts no task in memory refers to, stored (or last used) longer ago than the task
     /// retention, are removed, as are partial downloads nobody continued for as long.
+    /// Transfers from one peer at once.
+    static let maximumPullsPerPeer = 16
+
     /// A pull that stopped keeps its bytes this long for a retry to resume from (one executor's failed pulls
     /// could hold the store's room for the day the finished artifacts are kept).
     static let partialLife: Duration = .seconds(3600)

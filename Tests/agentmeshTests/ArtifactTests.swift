@@ -157,6 +157,39 @@ import Testing
         #expect(served == original, "the stored artifact changed under its digest")
     }
 
+    /// Results that claimed gigabytes of artifacts reserved the whole store until their pulls gave up, and every
+    /// upload was refused meanwhile: one peer's transfers now hold at most a quarter of the store (or one artifact
+    /// of the largest size). Here the store has 8 MiB, so b's result may bring 2 MiB, not two files of 1.5 MiB.
+    @Test func onePeersArtifactsOnTheirWayHoldAtMostItsShareOfTheStore() throws {
+        let (root, _) = try Self.setUp("art-share")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let twoFiles = """
+            import json, os, sys
+            json.load(sys.stdin)
+            for name in ["one.bin", "two.bin"]:
+                with open(os.path.join(os.environ["AGENTMESH_ARTIFACTS_OUT"], name), "wb") as out:
+                    out.write(name.encode() * ((3 << 19) // 7))
+            print("{}")
+            """
+        try twoFiles.write(toFile: root + "/two.py", atomically: true, encoding: .utf8)
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["two=exec:python3 \(root)/two.py"])
+        try a.start(join: b.address, extra: ["--max-artifact-bytes", "2M", "--artifact-store-bytes", "8M"])
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.isEmpty == false })
+        let ran = try CommandLineTests.agentmesh(
+            "submit", "--home", a.home, "--capability", "two", "--input", "{}", "--max-attempts", "1", "--wait", "--json")
+        let task = try? ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(ran.stdout.utf8))
+        #expect(task?.state == "failed", "\(ran.stdout)\(ran.stderr)")
+        #expect(task?.error?.contains("on their way here") == true, "\(task?.error ?? ran.stderr)")
+        // The store keeps its room for everyone else: an upload of 6 MiB (three artifacts of 2 MiB) still fits.
+        for number in 0..<3 {
+            let file = root + "/upload\(number).bin"
+            try Data(repeating: UInt8(number), count: 2 << 20).write(to: URL(fileURLWithPath: file))
+            #expect(throws: Never.self) { try a.client.upload(file: file, name: "u\(number).bin", mediaType: "application/octet-stream") }
+        }
+    }
+
     @Test func anArtifactOverTheCapIsRefusedBeforeAnyByteIsStored() throws {
         let (root, agent) = try Self.setUp("art-cap")
         defer { try? FileManager.default.removeItem(atPath: root) }
