@@ -71,12 +71,10 @@ extension MeshNode {
                 maximumAttempts: admission.maximumAttempts, options: admission.options, now: self.now)
         }
         self.metricsTaskSubmitted(admission.capability)
-        let sequence = self.taskStore?.lastQueued ?? 0
-        let stored: (TaskStore.StoreError?) -> Void = { error in
+        self.whenStored(self.taskStore?.lastQueued ?? 0) { error in
             guard let error else { return then(.success(())) }
             self.runSubmitter { $0.abandon(admission.id) }
             then(.failure(.notStored("the task could not be stored: \(error.description); nothing was submitted")))
         }
-        if !self.commitGate.wait(forStore: sequence, stored) { stored(nil) }
     }
 }
