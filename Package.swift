@@ -160,7 +160,7 @@ let package = Package(
         .testTarget(
             name: "agentmeshTests",
             dependencies: [
-                "agentmesh", "MeshCore", "MeshTransport", "MeshControl", "MeshStorage", "MeshBench", "MeshTestKit", "MeshWorkflows",
+                "agentmesh", "MeshCore", "MeshCrypto", "MeshTransport", "MeshControl", "MeshStorage", "MeshBench", "MeshTestKit", "MeshWorkflows",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

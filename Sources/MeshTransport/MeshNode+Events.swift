@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MeshCrypto
 import MeshControl
 public import MeshCore
 import MeshExecutors
@@ -63,6 +64,17 @@ extension MeshNode {
     }
 
     func receiveEvent(_ message: TaskMessage, from peer: NodeID) {
+        if case .event(let event) = message {
+            // Signed by its origin: a peer that passes events on cannot put another node's name on one.
+            guard event.isAuthentic else {
+                return self.peerMisbehaved(peer, reason: "an event whose signature is not its origin's (\(event.origin))")
+            }
+            // Kept only when this node would admit its origin as a peer; acknowledged either way, so the sender
+            // stops sending it.
+            guard self.admitsEvents(from: event) else {
+                return self.deliver(.eventAck(event.id), to: peer)
+            }
+        }
         let members = self.liveMemberIDs()
         self.runEventBus { $0.receive(message, from: peer, members: members, now: self.now) }
         if case .event = message {
@@ -76,6 +88,12 @@ extension MeshNode {
                 waiter.wake()
             }
         }
+    }
+
+    private func admitsEvents(from event: MeshEvent) -> Bool {
+        guard let key = event.seal?.originKey else { return false }
+        let trust = self.gate.trustStore.current()
+        return trust.isOpen || trust.trusted[key] != nil || event.origin == self.identity.nodeID
     }
 
     func eventTick(now: Duration) {
@@ -108,7 +126,7 @@ extension MeshNode {
         }
         var generator = SystemRandomNumberGenerator()
         let event = MeshEvent(
-            id: TaskID(using: &generator), topic: topic, origin: self.identity.nodeID, time: AuditLog.wallClockMilliseconds(),
+            id: TaskID(using: &generator), topic: topic, publishedBy: self.identity, time: AuditLog.wallClockMilliseconds(),
             data: Array(data))
         let members = self.liveMemberIDs()
         self.runEventBus { $0.publish(event, to: members, now: self.now) }
@@ -271,14 +289,25 @@ extension MeshNode {
         let time: Int64
         let data: String
         let outcomes: [String: String]
+        /// The publisher's key and signature, in hex (absent from events kept before events were signed).
+        let originKey: String?
+        let signature: String?
     }
 
     private func storeEventRecord(_ record: EventBus.Record) {
         let stored = StoredEvent(
             sequence: record.sequence, id: record.event.id, topic: record.event.topic, origin: record.event.origin.description,
-            time: record.event.time, data: String(decoding: record.event.data, as: UTF8.self), outcomes: record.outcomes)
+            time: record.event.time, data: String(decoding: record.event.data, as: UTF8.self), outcomes: record.outcomes,
+            originKey: record.event.seal.map { Hex.encode($0.originKey.bytes) }, signature: record.event.seal.map { Hex.encode($0.signature) })
         guard let body = try? JSONEncoder().encode(stored) else { return }
         self.taskStore?.enqueue([.document(kind: Self.eventDocument, id: record.event.id, body: Array(body))])
+    }
+
+    private static func seal(key: String?, signature: String?) -> MeshEvent.Seal? {
+        guard let key = key.flatMap(Hex.decode), let signature = signature.flatMap(Hex.decode),
+            let originKey = try? Ed25519PublicKey(bytes: key)
+        else { return nil }
+        return MeshEvent.Seal(originKey: originKey, signature: signature)
     }
 
     /// After a restart: the history comes back; a subscription that had not finished with an event acts on it again
@@ -291,7 +320,9 @@ extension MeshNode {
             else { return nil }
             return EventBus.Record(
                 sequence: stored.sequence,
-                event: MeshEvent(id: stored.id, topic: stored.topic, origin: origin, time: stored.time, data: Array(stored.data.utf8)),
+                event: MeshEvent(
+                    id: stored.id, topic: stored.topic, origin: origin, time: stored.time, data: Array(stored.data.utf8),
+                    seal: Self.seal(key: stored.originKey, signature: stored.signature)),
                 outcomes: stored.outcomes.filter { $0.value != "running" })
         }
         self.eventBus.restore(records)

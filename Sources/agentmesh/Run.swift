@@ -46,7 +46,7 @@ struct Run: AsyncParsableCommand {
     var http: String?
 
     @Option(help: ArgumentHelp(
-        "A node-wide per-peer limit, for example offers=20/s:20 (classes: gossip, offers, results, bytes, connections). Repeatable; overrides DIR/config.toml.",
+        "A node-wide per-peer limit, for example offers=20/s:20 (classes: gossip, offers, results, events, bytes, connections). Repeatable; overrides DIR/config.toml.",
         valueName: "CLASS=RATE/s[:BURST]"))
     var limit: [String] = []
 

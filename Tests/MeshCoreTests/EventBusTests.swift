@@ -5,7 +5,7 @@ import Testing
 @Suite struct EventBusTests {
     static let (a, b, c, d) = (NodeID(high: 0, low: 1), NodeID(high: 0, low: 2), NodeID(high: 0, low: 3), NodeID(high: 0, low: 4))
     static func event(_ number: UInt64, from origin: NodeID = a) -> MeshEvent {
-        MeshEvent(id: TaskID(high: 9, low: number), topic: "orders", origin: origin, time: 0, data: Array("{}".utf8))
+        MeshEvent(id: TaskID(high: 9, low: number), topic: "orders", origin: origin, time: 0, data: Array("{}".utf8), seal: nil)
     }
 
     static func sends(_ directives: [EventBus.Directive]) -> [String] {
@@ -54,7 +54,8 @@ import Testing
         var restored = EventBus(local: Self.a, settings: settings)
         restored.restore(bus.history)
         #expect(restored.lastSequence == 5 && restored.record(Self.event(5).id) != nil)
-        let message = TaskMessage.event(Self.event(7, from: Self.b))
+        let message = TaskMessage.event(MeshEvent(
+            id: TaskID(high: 9, low: 7), topic: "orders", publishedBy: NodeIdentity(name: "b"), time: 0, data: Array("{}".utf8)))
         #expect(try TaskMessage(decoding: message.encoded()) == message)
         #expect(try TaskMessage(decoding: TaskMessage.eventAck(Self.event(7).id).encoded()) == .eventAck(Self.event(7).id))
     }
@@ -65,7 +66,7 @@ import Testing
         var bus = EventBus(local: Self.a)
         let data = [UInt8](repeating: 0x31, count: MeshEvent.maximumData)
         func event(_ number: UInt64, from origin: NodeID) -> MeshEvent {
-            MeshEvent(id: TaskID(high: number, low: origin.low), topic: "t", origin: origin, time: 0, data: data)
+            MeshEvent(id: TaskID(high: number, low: origin.low), topic: "t", origin: origin, time: 0, data: data, seal: nil)
         }
         let quiet = event(1, from: Self.c)
         _ = bus.receive(.event(quiet), from: Self.c, members: [Self.a, Self.b, Self.c], now: .zero)

@@ -1,5 +1,7 @@
 import Foundation
 import MeshControl
+import MeshCore
+import MeshCrypto
 import MeshTestKit
 import Testing
 
@@ -341,6 +343,69 @@ extension WorkflowTests {
         #expect(orders == [1, 2, 3, 4, 5])
         let bad = try CommandLineTests.agentmesh("publish", "--home", nodes[1].home, "no spaces", "--data", "{}")
         #expect(bad.status == 64)
+    }
+}
+
+extension EventTests {
+    /// A trusted peer passing events on used to write any origin it liked: subscribers saw "b" for an event b never
+    /// sent. Events are now signed by their origin; a forged one is refused and counts as misbehaviour.
+    @Test func aPeerCannotPutAnotherNodesNameOnAnEvent() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-ev-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "b", "m"])
+        let (a, b) = (Node(home: "\(root)/a"), Node(home: "\(root)/b"))
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try a.start(join: nil)
+        try b.start(join: a.address)
+        #expect(MeshProcessTests.waitUntil { a.members().count { $0.status == "alive" } == 2 })
+        let bIdentity = try NodeHome(path: "\(root)/b").loadIdentity()
+        let mallory = NodeHome(path: "\(root)/m")
+        let mIdentity = try mallory.loadIdentity()
+        let port = try #require(a.address.split(separator: ":").last.flatMap { Int($0) })
+        var (connection, session) = try BlockingConnection.handshake(
+            host: "127.0.0.1", port: port,
+            credentials: HandshakeCredentials(identity: mIdentity, networkKey: try mallory.loadNetworkKey(), listenAddress: "127.0.0.1:9"))
+        let data = Array("{\"forged\":true}".utf8)
+        var generator = SystemRandomNumberGenerator()
+        // The unsigned form of earlier builds, naming b as its origin.
+        var unsigned = ByteWriter()
+        unsigned.u8(11)
+        let first = TaskID(using: &generator)
+        unsigned.u64(first.high)
+        unsigned.u64(first.low)
+        unsigned.u32(0)
+        unsigned.shortString("orders")
+        unsigned.nodeID(bIdentity.nodeID)
+        unsigned.u64(0)
+        unsigned.longBytes(data)
+        // A signed event with b's key on it, signed by m.
+        let second = TaskID(using: &generator)
+        let bKey = bIdentity.signingKey.publicKey
+        let forged = MeshEvent(
+            id: second, topic: "orders", origin: bIdentity.nodeID, time: 0, data: data,
+            seal: MeshEvent.Seal(
+                originKey: bKey,
+                signature: mIdentity.signingKey.signature(
+                    for: MeshEvent.signedBytes(id: second, topic: "orders", originKey: bKey, time: 0, data: data))))
+        // The unsigned one last: a message that does not decode ends the session.
+        for message in [TaskMessage.event(forged).encoded(after: 5), [5] + unsigned.bytes] {
+            for frame in try session.seal(message: message) { try connection.sendFrame(frame) }
+        }
+        // A genuine event from b arrives, with b's name on it; the forged ones never do.
+        let published = try CommandLineTests.agentmesh("publish", "--home", b.home, "orders", "--data", "{\"real\":true}")
+        #expect(published.status == 0, "\(published.stderr)")
+        var history: [ControlAPI.EventInfo] = []
+        #expect(MeshProcessTests.waitUntil(10) {
+            history = (try? a.client.get("/v1/events?topic=orders", as: ControlAPI.EventHistory.self))?.events ?? []
+            return !history.isEmpty
+        })
+        Thread.sleep(forTimeInterval: 0.5)
+        history = try a.client.get("/v1/events?topic=orders", as: ControlAPI.EventHistory.self).events
+        #expect(history.count == 1 && history.allSatisfy { $0.origin == "b" && ($0.data.value as? [String: Any])?["real"] != nil },
+            "only b's own event is kept: \(history.map { "\($0.origin) \($0.data.value)" })")
+        #expect(MeshProcessTests.waitUntil(5) { (a.process?.stderr ?? "").contains("peer misbehaved") }, "\(a.process?.stderr ?? "")")
+        connection.abort()
     }
 }
 

@@ -165,7 +165,8 @@ public struct PeerAccountability: Sendable {
         switch inbound {
         // A message stuffed with updates costs accordingly: one token, plus one per 32 updates.
         case .membership(let updates): classes.append((.gossip, 1 + Double(updates / 32)))
-        case .task(.offer, _), .task(.event, _), .task(.input, _): classes.append((.offers, 1))
+        case .task(.offer, _), .task(.input, _): classes.append((.offers, 1))
+        case .task(.event, _): classes.append((.events, 1))
         case .task(.result, _), .task(.log, _), .task(.progress, _), .task(.eventAck, _), .task(.inputRequired, _),
             .task(.artifactUnavailable, _):
             classes.append((.results, 1))

@@ -1,21 +1,72 @@
-/// An event published on the mesh: a topic and JSON data, named by a random id that every node de-duplicates on.
+public import MeshCrypto
+
+/// An event published on the mesh: a topic and JSON data, named by a random id that every node de-duplicates on,
+/// and signed by the node that published it, so no peer that passes it on can put another node's name on it.
 public struct MeshEvent: Sendable, Equatable {
     public let id: TaskID
     public let topic: String
-    /// The node that published it.
+    /// The node that published it: the hash of `originKey` (see ``NodeID/init(identityKey:)``).
     public let origin: NodeID
     /// Wall-clock milliseconds when it was published.
     public let time: Int64
     public let data: [UInt8]
+    /// The publisher's identity key and its signature over ``signedBytes``. Only events kept by a node from before
+    /// events were signed lack them; such an event is never sent again.
+    public let seal: Seal?
+
+    public struct Seal: Sendable, Equatable {
+        public let originKey: Ed25519PublicKey
+        public let signature: [UInt8]
+
+        public init(originKey: Ed25519PublicKey, signature: [UInt8]) {
+            self.originKey = originKey
+            self.signature = signature
+        }
+    }
 
     public static let maximumData = 64 * 1024
+    public static let signatureLength = 64
+    static let signatureDomain = Array("agentmesh-event-v1".utf8)
 
-    public init(id: TaskID, topic: String, origin: NodeID, time: Int64, data: [UInt8]) {
+    public init(id: TaskID, topic: String, origin: NodeID, time: Int64, data: [UInt8], seal: Seal?) {
         self.id = id
         self.topic = topic
         self.origin = origin
         self.time = time
         self.data = data
+        self.seal = seal
+    }
+
+    /// An event published by `identity`, signed with its key.
+    public init(id: TaskID, topic: String, publishedBy identity: NodeIdentity, time: Int64, data: [UInt8]) {
+        let originKey = identity.signingKey.publicKey
+        let signature = identity.signingKey.signature(
+            for: Self.signedBytes(id: id, topic: topic, originKey: originKey, time: time, data: data))
+        self.init(
+            id: id, topic: topic, origin: identity.nodeID, time: time, data: data,
+            seal: Seal(originKey: originKey, signature: signature))
+    }
+
+    /// What the publisher signs: `"agentmesh-event-v1" ‖ id ‖ topic (1 + n) ‖ origin key ‖ time ‖ data (4 + n)`.
+    public static func signedBytes(id: TaskID, topic: String, originKey: Ed25519PublicKey, time: Int64, data: [UInt8]) -> [UInt8] {
+        var writer = ByteWriter(capacity: data.count + 128)
+        writer.raw(Self.signatureDomain)
+        writer.u64(id.high)
+        writer.u64(id.low)
+        writer.shortString(topic)
+        writer.raw(originKey.bytes)
+        writer.u64(UInt64(bitPattern: time))
+        writer.longBytes(data)
+        return writer.bytes
+    }
+
+    /// Whether the event is what its origin signed: the seal's key is the origin's, and the signature covers
+    /// every field.
+    public var isAuthentic: Bool {
+        guard let seal, NodeID(identityKey: seal.originKey) == self.origin else { return false }
+        return seal.originKey.isValidSignature(
+            seal.signature,
+            for: Self.signedBytes(id: self.id, topic: self.topic, originKey: seal.originKey, time: self.time, data: self.data))
     }
 
     /// Topics are named like capabilities: 1 to 64 characters of A-Z a-z 0-9 . _ -

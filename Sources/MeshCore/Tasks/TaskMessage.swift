@@ -134,7 +134,8 @@ public enum TaskMessage: Sendable, Equatable {
     /// Executor → submitter while the run goes on: progress events (each a JSON value the agent emitted), numbered
     /// within the run from `first`, so a repeated or reordered batch is recognised.
     case progress(TaskID, epoch: UInt32, first: UInt32, events: [[UInt8]])
-    /// A published event, passed from node to node (see ``EventBus``); its id rides in the task-id field.
+    /// A published event, passed from node to node (see ``EventBus``); its id rides in the task-id field. Sent with
+    /// tag 18 and its publisher's signature; tag 11, the unsigned form of earlier builds, is refused.
     case event(MeshEvent)
     /// The receiver has the event.
     case eventAck(TaskID)
@@ -167,7 +168,7 @@ public enum TaskMessage: Sendable, Equatable {
 
     public static func name(ofTag tag: UInt8) -> String {
         ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log", "progress", "event", "event-ack", "input-required", "input",
-         "artifact-request", "artifact-chunk", "artifact-unavailable"][Int(tag) < 18 ? Int(tag) : 0]
+         "artifact-request", "artifact-chunk", "artifact-unavailable", "event"][Int(tag) < 19 ? Int(tag) : 0]
     }
 
     public var epoch: UInt32 {
@@ -225,7 +226,7 @@ public enum TaskMessage: Sendable, Equatable {
         case .resume: return 8
         case .log: return 9
         case .progress: return 10
-        case .event: return 11
+        case .event: return 18
         case .eventAck: return 12
         case .inputRequired: return 13
         case .input: return 14
@@ -322,11 +323,14 @@ public enum TaskMessage: Sendable, Equatable {
             writer.u16(UInt16(events.count))
             for event in events { writer.longBytes(event) }
         case .event(let event):
+            // An event without a seal (kept from before events were signed) is never sent; were it, the receiver
+            // would refuse the zero key.
             header(event.id, 0)
             writer.shortString(event.topic)
-            writer.nodeID(event.origin)
+            writer.raw(event.seal?.originKey.bytes ?? [UInt8](repeating: 0, count: Ed25519PublicKey.byteCount))
             writer.u64(UInt64(bitPattern: event.time))
             writer.longBytes(event.data)
+            writer.raw(event.seal?.signature ?? [UInt8](repeating: 0, count: MeshEvent.signatureLength))
         case .eventAck(let id):
             header(id, 0)
         case .inputRequired(let id, let epoch, let question):
@@ -451,12 +455,17 @@ public enum TaskMessage: Sendable, Equatable {
                 for _ in 0..<count { events.append(try reader.longBytes("event", limit: Self.maximumProgressEvent)) }
                 self = .progress(id, epoch: epoch, first: first, events: events)
             case 11:
+                throw DecodeError(description: "an unsigned event (tag 11, from a build before events were signed)")
+            case 18:
                 let topic = try reader.shortString("topic")
                 guard MeshEvent.isValidTopic(topic) else { throw DecodeError(description: "invalid topic") }
-                let origin = try reader.nodeID("origin")
+                let originKey = try Ed25519PublicKey(bytes: try reader.take(Ed25519PublicKey.byteCount, "origin key"))
                 let time = Int64(bitPattern: try reader.u64("time"))
                 let data = try reader.longBytes("data", limit: MeshEvent.maximumData)
-                self = .event(MeshEvent(id: id, topic: topic, origin: origin, time: time, data: data))
+                let signature = Array(try reader.take(MeshEvent.signatureLength, "signature"))
+                self = .event(MeshEvent(
+                    id: id, topic: topic, origin: NodeID(identityKey: originKey), time: time, data: data,
+                    seal: MeshEvent.Seal(originKey: originKey, signature: signature)))
             case 12:
                 self = .eventAck(id)
             case 13:
