@@ -31,6 +31,25 @@ public final class ArtifactStore: Sendable {
     public let capacity: UInt64
     private let durable: Bool
     private let used: Mutex<UInt64>
+    /// Artifacts whose bytes were last seen to match their digest, with the file as it was then: one whose file
+    /// changed since (another size, inode, or change time) is hashed again before it is served.
+    private let verified = Mutex<[[UInt8]: FileStamp]>([:])
+
+    struct FileStamp: Equatable {
+        let size: Int
+        let inode: UInt
+        let changed: (seconds: Int, nanoseconds: Int)
+
+        init(_ info: stat) {
+            self.size = Int(info.st_size)
+            self.inode = UInt(info.st_ino)
+            self.changed = (info.st_ctim.tv_sec, info.st_ctim.tv_nsec)
+        }
+
+        static func == (lhs: Self, rhs: Self) -> Bool {
+            lhs.size == rhs.size && lhs.inode == rhs.inode && lhs.changed == rhs.changed
+        }
+    }
 
     public init(directory: String, maximumArtifact: UInt64, capacity: UInt64, durable: Bool) throws(ArtifactError) {
         self.directory = directory
@@ -216,12 +235,65 @@ public final class ArtifactStore: Sendable {
             self.release(size)
             throw ArtifactError("cannot file \(final): \(why)")
         }
+        // Hashed on its way in: verified as it is now.
+        var info = stat()
+        if stat(final, &info) == 0 { self.verified.withLock { $0[digest] = FileStamp(info) } }
     }
 
     // MARK: - Serving
 
-    /// `length` bytes from `offset` (a chunk boundary), with the chaining value after them unless they end the artifact.
+    /// Checks that the stored bytes still hash to their digest before anything serves them: a file changed on disk
+    /// (by another process, or the disk) is removed, not served under a digest it no longer has. Hashes only when
+    /// the file changed since it was last checked; otherwise it costs one `stat`.
+    public func verify(_ digest: [UInt8]) throws(ArtifactError) {
+        let path = self.path(of: digest)
+        let input = open(path, O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else { throw ArtifactError("no such artifact") }
+        defer { close(input) }
+        var info = stat()
+        guard fstat(input, &info) == 0 else { throw ArtifactError("cannot read the artifact: \(String(cString: strerror(errno)))") }
+        let stamp = FileStamp(info)
+        if self.verified.withLock({ $0[digest] }) == stamp { return }
+        var hasher = SHA256.Hasher()
+        var buffer = [UInt8](repeating: 0, count: Self.chunkLength)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { Glibc.read(input, $0.baseAddress, $0.count) }
+            guard count >= 0 else { throw ArtifactError("cannot read the artifact: \(String(cString: strerror(errno)))") }
+            if count == 0 { break }
+            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+        }
+        guard hasher.finalize() == digest else {
+            self.remove(digest, size: UInt64(info.st_size))
+            throw ArtifactError("the stored artifact sha256:\(Hex.encode(digest)) no longer matches its digest (its file was changed on disk); it was removed")
+        }
+        self.verified.withLock { $0[digest] = stamp }
+    }
+
+    /// Marks an artifact as just used (retention counts from its last task), keeping what was verified verified:
+    /// the new change time is this node's own.
+    public func touch(_ digest: [UInt8]) {
+        let path = self.path(of: digest)
+        var before = stat()
+        guard stat(path, &before) == 0 else { return }
+        let wasVerified = self.verified.withLock { $0[digest] } == FileStamp(before)
+        var after = stat()
+        guard utime(path, nil) == 0, wasVerified, stat(path, &after) == 0 else { return }
+        self.verified.withLock { $0[digest] = FileStamp(after) }
+    }
+
+    private func remove(_ digest: [UInt8], size: UInt64) {
+        let path = self.path(of: digest)
+        self.verified.withLock { $0[digest] = nil }
+        guard unlink(path) == 0 else { return }
+        unlink(path + ".chain")
+        unlink(path + ".meta")
+        self.release(size)
+    }
+
+    /// `length` bytes from `offset` (a chunk boundary), with the chaining value after them unless they end the
+    /// artifact; verified first (see ``verify(_:)``).
     public func read(_ digest: [UInt8], offset: UInt64, length: Int) throws(ArtifactError) -> (bytes: [UInt8], chainingValue: [UInt8]) {
+        try self.verify(digest)
         guard let size = self.size(of: digest) else { throw ArtifactError("no such artifact") }
         guard offset % UInt64(Self.chunkLength) == 0, offset < size || (offset == 0 && size == 0) else {
             throw ArtifactError("offset \(offset) is not a chunk of the artifact")

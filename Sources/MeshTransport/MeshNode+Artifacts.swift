@@ -409,6 +409,10 @@ extension MeshNode {
                     failure = ArtifactError("cannot create \(folder): \(String(cString: strerror(errno)))")
                 }
                 for artifact in payload.artifacts where failure == nil {
+                    do throws(ArtifactError) { try store.verify(artifact.digest) } catch {
+                        failure = ArtifactError("cannot give \(artifact.name) to the agent: \(error)")
+                        break
+                    }
                     // A copy, not a link: an agent that wrote to a hard link changed the stored, content-addressed
                     // bytes, still served under their old digest. The kernel copies (or clones) it without
                     // passing it through this process.
@@ -487,7 +491,7 @@ extension MeshNode {
     /// Marks artifacts as just used, so retention counts from their last task, not their arrival.
     func touchArtifacts(_ artifacts: [ArtifactRef]) {
         guard let store = self.artifactStore, !artifacts.isEmpty else { return }
-        self.artifactQueue.async { for artifact in artifacts { utime(store.path(of: artifact.digest), nil) } }
+        self.artifactQueue.async { for artifact in artifacts { store.touch(artifact.digest) } }
     }
 }
 
@@ -514,12 +518,26 @@ extension MeshNode {
         }
     }
 
-    /// `GET /v1/artifacts/SHA256`: the bytes, with the media type they were stored with.
-    func artifactResponse(_ digest: [UInt8]) -> ControlResponse {
-        guard let store = self.artifactStore, let size = store.size(of: digest) else {
-            return .error(404, "no artifact \(Hex.encode(digest)) on this node")
+    /// `GET /v1/artifacts/SHA256`: the bytes, with the media type they were stored with, once they are verified
+    /// against their digest (on the artifact queue: hashing a large file would hold the event loop).
+    func answerArtifact(_ digest: [UInt8], respond: @escaping Respond) {
+        guard let store = self.artifactStore, store.size(of: digest) != nil else {
+            return respond(.error(404, "no artifact \(Hex.encode(digest)) on this node"))
         }
-        return .file(store.path(of: digest), size: size, contentType: store.metadata(of: digest)?.mediaType ?? "application/octet-stream")
+        self.artifactQueue.async {
+            let response: ControlResponse
+            do throws(ArtifactError) {
+                try store.verify(digest)
+                guard let size = store.size(of: digest) else { throw ArtifactError("no such artifact") }
+                response = .file(store.path(of: digest), size: size, contentType: store.metadata(of: digest)?.mediaType ?? "application/octet-stream")
+            } catch {
+                // Gone (removed meanwhile, or removed because its bytes no longer matched): 404 with the reason.
+                response = store.size(of: digest) == nil
+                    ? .error(404, error.description == "no such artifact" ? "no artifact \(Hex.encode(digest)) on this node" : error.description)
+                    : .error(500, error.description)
+            }
+            self.onLoop { _ in respond(response) }
+        }
     }
 }
 

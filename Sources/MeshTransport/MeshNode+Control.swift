@@ -118,7 +118,7 @@ extension MeshNode {
         case .cancelWorkflow(let reference):
             self.cancelWorkflow(reference, respond: respond)
         case .artifact(let digest):
-            respond(self.artifactResponse(digest))
+            self.answerArtifact(digest, respond: respond)
         case .uiAsset(let name):
             respond(self.browserAsset(name))
         case .uiSession(let body):

@@ -107,6 +107,25 @@ import Testing
         #expect(try lying.append([2], chainingValue: []) == .damaged)
     }
 
+    /// Bytes changed on disk after they were stored are never served under the old digest: the store checks a file
+    /// that changed since it last hashed it, and removes it (its room given back). Its own touch is not a change.
+    @Test func anArtifactChangedOnDiskIsRemovedInsteadOfServed() throws {
+        let store = try Self.store()
+        defer { try? FileManager.default.removeItem(atPath: store.directory) }
+        let artifact = try Self.stored(in: store)
+        store.touch(artifact.digest)
+        try store.verify(artifact.digest)
+        #expect(try store.read(artifact.digest, offset: 0, length: ArtifactStore.chunkLength).bytes == Array(Self.bytes[0..<ArtifactStore.chunkLength]))
+        let used = store.usedBytes
+        let file = try #require(FileHandle(forUpdatingAtPath: store.path(of: artifact.digest)))
+        try file.seek(toOffset: 5)
+        file.write(Data([Self.bytes[5] ^ 1]))
+        try file.close()
+        #expect(throws: ArtifactError.self) { try store.read(artifact.digest, offset: 0, length: ArtifactStore.chunkLength) }
+        #expect(store.size(of: artifact.digest) == nil && store.usedBytes == used - artifact.size)
+        #expect(!FileManager.default.fileExists(atPath: store.path(of: artifact.digest) + ".chain"))
+    }
+
     @Test func theCapsRefuseBeforeAnythingIsWrittenAndGiveTheRoomBack() throws {
         let store = try Self.store(maximum: 1000, capacity: 1500)
         #expect(throws: ArtifactError("the artifact has 1001 bytes; this node takes at most 1000 (run --max-artifact-bytes)", isLimit: true)) {

@@ -155,6 +155,20 @@ import Testing
         #expect(try a.client.download(artifact: digest, to: root + "/served.txt") == 1500)
         let served = try [UInt8](Data(contentsOf: URL(fileURLWithPath: root + "/served.txt")))
         #expect(served == original, "the stored artifact changed under its digest")
+
+        // Changed on disk some other way, it is no longer served under its digest: removed, with the reason.
+        let stored = try #require(FileHandle(forWritingAtPath: "\(root)/a/artifacts/\(digest)"))
+        stored.seekToEndOfFile()
+        stored.write(Data("changed on disk".utf8))
+        try stored.close()
+        let refused = try a.client.request(method: "GET", path: "/v1/artifacts/\(digest)", body: [])
+        #expect(refused.status == 404 && String(decoding: refused.body, as: UTF8.self).contains("no longer matches its digest"),
+            "\(refused.status) \(String(decoding: refused.body, as: UTF8.self).prefix(200))")
+        #expect(!FileManager.default.fileExists(atPath: "\(root)/a/artifacts/\(digest)"))
+        let again = try CommandLineTests.agentmesh(
+            "submit", "--home", a.home, "--capability", "tamper", "--input", "{}", "--attach", root + "/notes.txt", "--wait")
+        #expect(again.status == 0, "the same file attached again is stored afresh: \(again.stderr)")
+        #expect(try a.client.download(artifact: digest, to: root + "/served.txt") == 1500)
     }
 
     /// Results that claimed gigabytes of artifacts reserved the whole store until their pulls gave up, and every
