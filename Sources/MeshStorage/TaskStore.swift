@@ -83,6 +83,9 @@ package final class TaskStore: Sendable {
     /// `.process` durability: the connection that checkpoints (and so syncs) in the background.
     private let checkpointer: DatabaseQueue?
     private let isSyncScheduled = Mutex(false)
+    /// Bytes of progress events in the store, counting those queued to be written: what the node's budget for
+    /// stored progress is measured against.
+    private let eventBytes = Mutex(0)
     private let durability: Durability
 
     /// Core time (a duration since the node started) to and from wall-clock seconds, which outlive the process.
@@ -145,6 +148,14 @@ package final class TaskStore: Sendable {
             throw StoreError(description: "cannot open the task store \(path): \(Self.explain(error))")
         }
         store.value = self
+        do {
+            let stored = try self.database.read { db in
+                try Int.fetchOne(db, sql: "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM task_event") ?? 0
+            }
+            self.eventBytes.withLock { $0 = stored }
+        } catch {
+            throw StoreError(description: "cannot read the task store \(path): \(Self.explain(error))")
+        }
     }
 
     private static var migrator: DatabaseMigrator {
@@ -487,10 +498,18 @@ package final class TaskStore: Sendable {
 
     // MARK: - Writing
 
+    /// Bytes of progress events stored or queued (see ``eventBytes``).
+    package var storedEventBytes: Int { self.eventBytes.withLock { $0 } }
+
     /// Queues changes for the next commit; returns the sequence number to wait for.
     @discardableResult
     package func enqueue(_ changes: [Change]) -> UInt64 {
         guard !changes.isEmpty else { return self.commits.lastQueued }
+        let events = changes.reduce(0) { total, change in
+            guard case .taskEvents(_, let events) = change else { return total }
+            return total + events.reduce(0) { $0 + $1.data.count }
+        }
+        if events > 0 { self.eventBytes.withLock { $0 += events } }
         return self.commits.enqueue(count: changes.count) { batch, first in
             for (offset, change) in changes.enumerated() { batch.byKey[change.key] = (change, first + UInt64(offset)) }
         }
@@ -501,13 +520,16 @@ package final class TaskStore: Sendable {
 
     /// One transaction for the whole batch; on failure all of it goes back for the retry.
     fileprivate func commit(_ batch: Changes) -> (error: String, unwritten: Changes)? {
+        var forgottenEventBytes = 0
         do {
             try self.database.write { db in
-                for change in batch.ordered { try self.apply(change, in: db) }
+                forgottenEventBytes = 0
+                for change in batch.ordered { try self.apply(change, in: db, forgottenEventBytes: &forgottenEventBytes) }
             }
         } catch {
             return (Self.explain(error), batch)
         }
+        if forgottenEventBytes > 0 { self.eventBytes.withLock { $0 = max(0, $0 - forgottenEventBytes) } }
         if self.durability == .process { self.scheduleBackgroundSync() }
         return nil
     }
@@ -527,7 +549,7 @@ package final class TaskStore: Sendable {
         }
     }
 
-    private func apply(_ change: Change, in db: Database) throws {
+    private func apply(_ change: Change, in db: Database, forgottenEventBytes: inout Int) throws {
         switch change {
         case .submitted(let task):
             let (kind, outcome) = try self.columns(task.outcome, of: task.id, part: "submitted-output")
@@ -571,6 +593,8 @@ package final class TaskStore: Sendable {
                 ])
         case .forgetSubmitted(let id):
             try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE id = ?").execute(arguments: [id.description])
+            forgottenEventBytes += try Int.fetchOne(
+                db, sql: "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM task_event WHERE task_id = ?", arguments: [id.description]) ?? 0
             try db.cachedStatement(sql: "DELETE FROM task_event WHERE task_id = ?").execute(arguments: [id.description])
             self.removePayloads(id.description, side: "submitted")
         case .forgetAccepted(let id):
@@ -584,6 +608,9 @@ package final class TaskStore: Sendable {
             for id in apart { self.removePayloads(id, side: "submitted") }
             try db.cachedStatement(sql: "DELETE FROM submitted_task WHERE finished_at IS NOT NULL AND finished_at < ?")
                 .execute(arguments: [self.timeBase.wall(before)])
+            forgottenEventBytes += try Int.fetchOne(db, sql: """
+                SELECT COALESCE(SUM(LENGTH(data)), 0) FROM task_event WHERE task_id NOT IN (SELECT id FROM submitted_task)
+                """) ?? 0
             try db.cachedStatement(sql: "DELETE FROM task_event WHERE task_id NOT IN (SELECT id FROM submitted_task)")
                 .execute()
 

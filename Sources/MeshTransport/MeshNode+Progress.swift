@@ -11,7 +11,8 @@ extension MeshNode {
     func receiveProgress(_ id: TaskID, epoch: UInt32, first: UInt32, events: [[UInt8]], from peer: NodeID) {
         guard self.submitter.acceptsLog(id, epoch: epoch, from: peer) else { return }
         var log = self.eventLog(id)
-        let kept = log.receive(epoch: epoch, first: first, events: events, time: AuditLog.wallClockMilliseconds())
+        let kept = log.receive(
+            epoch: epoch, first: first, events: events, time: AuditLog.wallClockMilliseconds(), room: self.progressRoom)
         self.taskEvents.set(log, for: id)
         self.publishKeptEvents(id, kept)
     }
@@ -19,10 +20,13 @@ extension MeshNode {
     /// An event this node adds to a task's log itself (the agent's question), numbered with the agent's.
     func recordLocalEvent(_ id: TaskID, _ data: [UInt8]) {
         var log = self.eventLog(id)
-        let kept = log.note(data, time: AuditLog.wallClockMilliseconds())
+        let kept = log.note(data, time: AuditLog.wallClockMilliseconds(), room: self.progressRoom)
         self.taskEvents.set(log, for: id)
         self.publishKeptEvents(id, kept)
     }
+
+    /// Bytes of progress the node-wide budgets leave for new events.
+    private var progressRoom: Int { self.taskEvents.room(stored: self.taskStore?.storedEventBytes ?? 0) }
 
     private func publishKeptEvents(_ id: TaskID, _ kept: [TaskEvent]) {
         guard !kept.isEmpty else { return }
@@ -40,7 +44,7 @@ extension MeshNode {
     func eventLog(_ id: TaskID) -> TaskEventLog {
         if let log = self.taskEvents.log(id) { return log }
         let log = TaskEventLog(events: (try? self.taskStore?.taskEvents(id)) ?? [])
-        self.taskEvents.set(log, for: id)
+        self.taskEvents.set(log, for: id, isFinished: self.submittedTaskState(id)?.isTerminal ?? true)
         return log
     }
 

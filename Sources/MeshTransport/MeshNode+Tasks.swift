@@ -200,6 +200,7 @@ extension MeshNode {
                 "error": "\(task.error ?? "-")",
             ])
             self.wakeWaiters(for: task.id)
+            self.taskEvents.taskFinished(task.id)
             self.metricsTaskFinished(task)
             self.traceTaskFinished(task)
             self.workflowTaskEnded(task)

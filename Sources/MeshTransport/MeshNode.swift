@@ -99,7 +99,7 @@ public actor MeshNode: Service {
     /// The stderr of this node's tasks' runs, as their executors forward it.
     var taskLogs = TaskLogBook()
     /// The progress events of this node's newest tasks (all of them are in the store).
-    var taskEvents = TaskEventBook()
+    var taskEvents: TaskEventBook
     /// Clients long-polling for a task's next progress events.
     var eventWaiters = TaskWaiters()
     /// Clients following a task's progress as server-sent events.
@@ -188,6 +188,7 @@ public actor MeshNode: Service {
         submitterSettings.finishedInMemory = settings.finishedTasksInMemory
         self.submitter = TaskSubmitter(local: identity.nodeID, settings: submitterSettings, seed: seed.next())
         self.eventBus = EventBus(local: identity.nodeID)
+        self.taskEvents = TaskEventBook(budget: settings.progressBudget)
         self.metrics = NodeMetrics(enabled: settings.metricsEnabled)
         self.tracer = settings.otlpEndpoint.flatMap {
             SpanExporter(endpoint: $0, serviceName: "agentmesh", instance: "\(identity.name) \(identity.nodeID.short)", logger: logger)

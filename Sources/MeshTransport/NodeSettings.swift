@@ -76,6 +76,8 @@ public struct NodeSettings: Sendable {
     public var controlIdleTimeout: Duration = .seconds(60)
     /// Finished tasks kept in memory (newest first); older ones are answered from the task store.
     public var finishedTasksInMemory = 10_000
+    /// Node-wide bounds on streamed progress: logs and bytes in memory, bytes stored.
+    public var progressBudget = TaskEventBook.Budget()
     /// Export spans over OTLP/HTTP (JSON) to this collector (`run --otlp-endpoint http://HOST:4318`).
     public var otlpEndpoint: String?
     /// Count metrics for `GET /metrics` (`run --metrics off` turns them off).

@@ -897,6 +897,31 @@ extension TaskProtocolTests {
         _ = full.receive(epoch: 1, first: 1, events: Array(repeating: a, count: TaskEventLog.maximumEvents + 3), time: 1)
         #expect(full.events.count == TaskEventLog.maximumEvents && full.dropped == 3)
     }
+
+    /// All logs together stay within the node's budget: running tasks' logs grow only into the room left, and
+    /// finished tasks' logs are let go first, oldest first, while running ones stay (their numbering goes on).
+    @Test func theNodeWideBudgetBoundsRunningLogsAndLetsGoOfFinishedOnesFirst() {
+        var budget = TaskEventBook.Budget()
+        budget.maximumTasks = 2
+        budget.maximumMemoryBytes = 1_000
+        budget.maximumStoredBytes = 1_500
+        var book = TaskEventBook(budget: budget)
+        let (one, two, three) = (TaskID(high: 1, low: 1), TaskID(high: 1, low: 2), TaskID(high: 1, low: 3))
+        let event = Array(repeating: UInt8(0x31), count: 100)
+        var log = TaskEventLog()
+        _ = log.receive(epoch: 1, first: 1, events: Array(repeating: event, count: 20), time: 0, room: book.room(stored: 0))
+        #expect(log.events.count == 10 && log.dropped == 10, "1,000 bytes of memory: ten events of 100")
+        book.set(log, for: one)
+        #expect(book.room(stored: 1_000) == 0 && book.runningBytes == 1_000)
+        book.taskFinished(one)
+        #expect(book.room(stored: 1_000) == 500, "finished, its bytes leave the running share; the store's budget is what is left")
+        #expect(book.room(stored: 1_600) == 0)
+        book.set(TaskEventLog(), for: two)
+        book.set(TaskEventLog(), for: three)
+        #expect(book.log(one) == nil && book.log(two) != nil && book.log(three) != nil, "the finished log went, not a running one")
+        book.set(TaskEventLog(), for: TaskID(high: 1, low: 4))
+        #expect(book.log(two) != nil && book.log(three) != nil, "running logs stay past the count")
+    }
 }
 
 /// Agents that ask back, and conversations, driven by hand on the two machines.

@@ -56,6 +56,36 @@ import Glibc
         await runningA.stop()
     }
 
+    /// Progress was bounded per task (8 MiB) but not node-wide: an executor streaming to many of this node's tasks
+    /// could fill its memory and disk. The node keeps at most its budget, drops the rest (counted in the page's
+    /// numbering), and the tasks still complete.
+    @Test func progressStaysWithinTheNodeWideBudget() async throws {
+        let mesh = try TestMesh()
+        let (a, b) = try mesh.trustedPair()
+        let runningB = try await b.start { $0.capabilities = [CapabilitySpec(name: "stream", executor: .builtinStream, concurrency: 4)] }
+        let runningA = try await a.start {
+            $0.joins = [runningB.address]
+            $0.progressBudget.maximumStoredBytes = 40_000
+            $0.progressBudget.maximumMemoryBytes = 16_000
+        }
+        var ids: [String] = []
+        for _ in 0..<4 { ids.append(try await Self.submit(runningA, "stream", ["events": 2_000, "interval_ms": 0])) }
+        for id in ids { #expect(try await Self.wait(runningA, id).state == "completed") }
+        let stored = try #require(await runningA.node.taskStore).storedEventBytes
+        #expect(stored <= 40_000, "\(stored) bytes of progress stored")
+        var kept = 0
+        for id in ids {
+            let page = await runningA.node.handleControl(ControlRequest(
+                method: "GET", path: "/v1/tasks/\(id)/events", query: [:], body: []))
+            let events = try ControlAPI.decoder().decode(ControlAPI.TaskEvents.self, from: Data(page.body))
+            kept += events.events.count
+            #expect(events.next <= 2_000)
+        }
+        #expect(kept > 0 && kept < 8_000, "\(kept) of 8,000 events kept")
+        await runningA.stop()
+        await runningB.stop()
+    }
+
     static func connectUnix(_ path: String) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_un()

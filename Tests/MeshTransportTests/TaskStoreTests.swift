@@ -148,9 +148,17 @@ import Testing
         #expect(try store.submittedTask(finished[0].id)?.state == .completed)
         #expect(try store.submittedTask(TaskID(high: 1, low: 1)) == nil)
 
+        // Progress counts against the node's budget from when it is queued until its task is forgotten.
+        let event = { (sequence: Int) in TaskEvent(sequence: sequence, epoch: 1, time: 0, data: Array(repeating: 0x31, count: 100)) }
+        _ = await Self.commit(store, [.taskEvents(finished[0].id, [event(1), event(2)]), .taskEvents(waiting.id, [event(1)])])
+        #expect(store.storedEventBytes == 300)
         _ = await Self.commit(store, [.forgetFinished(before: .seconds(35))])
         let left = try store.load().submitted.map(\.id)
         #expect(Set(left) == Set([waiting.id, finished[3].id, finished[4].id]))
+        #expect(store.storedEventBytes == 100, "the forgotten task's 200 bytes went with it")
+        #expect(try TaskStore(path: path, timeBase: Self.timeBase).storedEventBytes == 100, "counted again on opening")
+        _ = await Self.commit(store, [.forgetSubmitted(waiting.id)])
+        #expect(store.storedEventBytes == 0)
     }
 
     /// The store holds the users' inputs and results: only the node's user may read it, WAL included.

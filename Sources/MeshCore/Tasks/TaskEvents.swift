@@ -41,28 +41,31 @@ public struct TaskEventLog: Sendable {
     /// Adds a batch the run numbered from `first`; returns the events kept (to store and to send to followers). A
     /// batch that overlaps what the run already sent is kept from where it is new; one numbered from 1 again comes
     /// from the same attempt run again (its executor restarted) and is kept whole.
-    public mutating func receive(epoch: UInt32, first: UInt32, events: [[UInt8]], time: Int64) -> [TaskEvent] {
+    /// At most `room` bytes of them are kept (the node-wide budget, see ``TaskEventBook/room(stored:)``).
+    public mutating func receive(epoch: UInt32, first: UInt32, events: [[UInt8]], time: Int64, room: Int = .max) -> [TaskEvent] {
         if epoch != self.run.epoch || first == 1 { self.run = (epoch, 0) }
         let skip = Int(self.run.received) - Int(first) + 1
         guard skip < events.count else { return [] }
         var kept: [TaskEvent] = []
+        var room = room
         for data in events.dropFirst(max(0, skip)) {
             self.run.received += 1
-            guard self.events.count < Self.maximumEvents, self.bytes + data.count <= Self.maximumBytes else {
+            guard self.events.count < Self.maximumEvents, self.bytes + data.count <= Self.maximumBytes, data.count <= room else {
                 self.dropped += 1
                 continue
             }
             let event = TaskEvent(sequence: self.lastSequence + 1, epoch: epoch, time: time, data: data)
             self.events.append(event)
             self.bytes += data.count
+            room -= data.count
             kept.append(event)
         }
         return kept
     }
 
     /// An event the submitting node adds itself (not counted as the run's).
-    public mutating func note(_ data: [UInt8], time: Int64) -> [TaskEvent] {
-        guard self.events.count < Self.maximumEvents, self.bytes + data.count <= Self.maximumBytes else {
+    public mutating func note(_ data: [UInt8], time: Int64, room: Int = .max) -> [TaskEvent] {
+        guard self.events.count < Self.maximumEvents, self.bytes + data.count <= Self.maximumBytes, data.count <= room else {
             self.dropped += 1
             return []
         }
@@ -79,23 +82,75 @@ public struct TaskEventLog: Sendable {
     }
 }
 
-/// The event logs of the newest `maximumTasks` tasks with events, in memory; older ones are read from the store.
+/// The event logs in memory, within node-wide budgets: one task's log is bounded by ``TaskEventLog``, and all of
+/// them together by bytes in memory and bytes stored. A peer running many of this node's tasks could otherwise make
+/// it keep 8 MiB for each (1.4 GiB projected in memory for the 256 logs kept, and nothing bounded the disk).
+///
+/// Logs of finished tasks are let go first (the oldest first) once there are more than `maximumTasks` logs or
+/// `maximumMemoryBytes` of them; they are read back from the store when asked for. Logs of running tasks stay, since
+/// their numbering goes on; their growth is what ``room(stored:)`` bounds.
 public struct TaskEventBook: Sendable {
-    public let maximumTasks: Int
-    private var logs: [TaskID: TaskEventLog] = [:]
-    private var order: [TaskID] = []
+    public struct Budget: Sendable {
+        public var maximumTasks = 256
+        public var maximumMemoryBytes = 64 * 1024 * 1024
+        public var maximumStoredBytes = 1024 * 1024 * 1024
+        public init() {}
+    }
 
-    public init(maximumTasks: Int = 256) { self.maximumTasks = maximumTasks }
+    public let budget: Budget
+    private var logs: [TaskID: TaskEventLog] = [:]
+    /// Oldest first.
+    private var order: [TaskID] = []
+    private var finished: Set<TaskID> = []
+    /// Bytes of the logs in memory, and of those the logs of tasks still running.
+    public private(set) var memoryBytes = 0
+    public private(set) var runningBytes = 0
+
+    public init(budget: Budget = Budget()) { self.budget = budget }
 
     public func log(_ id: TaskID) -> TaskEventLog? { self.logs[id] }
 
-    /// Puts a log in memory (received events, or one loaded from the store), evicting the oldest over the bound.
-    public mutating func set(_ log: TaskEventLog, for id: TaskID) {
-        if self.logs.updateValue(log, forKey: id) == nil {
+    /// Bytes of new events this node may keep now, with `stored` bytes of events already in its store: what is
+    /// left of the stored budget and of the running tasks' share of memory.
+    public func room(stored: Int) -> Int {
+        max(0, min(self.budget.maximumStoredBytes - stored, self.budget.maximumMemoryBytes - self.runningBytes))
+    }
+
+    /// Puts a log in memory (received events, or one loaded from the store), then lets go of finished tasks' logs
+    /// over the bounds.
+    public mutating func set(_ log: TaskEventLog, for id: TaskID, isFinished: Bool = false) {
+        if let old = self.logs.updateValue(log, forKey: id) {
+            self.account(old, sign: -1, isFinished: self.finished.contains(id))
+        } else {
             self.order.append(id)
-            if self.order.count > self.maximumTasks {
-                self.logs[self.order.removeFirst()] = nil
-            }
+        }
+        if isFinished { self.finished.insert(id) }
+        self.account(log, sign: 1, isFinished: self.finished.contains(id))
+        self.evict()
+    }
+
+    /// The task ended: its log no longer grows and may be let go.
+    public mutating func taskFinished(_ id: TaskID) {
+        guard !self.finished.contains(id) else { return }
+        if let log = self.logs[id] {
+            self.runningBytes -= log.bytes
+            self.finished.insert(id)
+            self.evict()
+        }
+    }
+
+    private mutating func account(_ log: TaskEventLog, sign: Int, isFinished: Bool) {
+        self.memoryBytes += sign * log.bytes
+        if !isFinished { self.runningBytes += sign * log.bytes }
+    }
+
+    private mutating func evict() {
+        while self.order.count > self.budget.maximumTasks || self.memoryBytes > self.budget.maximumMemoryBytes,
+            let oldest = self.order.firstIndex(where: self.finished.contains)
+        {
+            let id = self.order.remove(at: oldest)
+            self.finished.remove(id)
+            if let log = self.logs.removeValue(forKey: id) { self.memoryBytes -= log.bytes }
         }
     }
 }
