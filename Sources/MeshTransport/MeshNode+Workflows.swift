@@ -10,6 +10,10 @@ import NIOCore
 /// document) after every change; its steps are ordinary tasks submitted here, whose ends drive the run.
 extension MeshNode {
     static let workflowDocument = "workflow"
+    /// One item of a run, stored apart from it (see ``WorkflowRun/storedHeader()``).
+    static let workflowItemDocument = "workflow-item"
+    /// A run's definition and input, stored once when it starts.
+    static let workflowStartDocument = "workflow-start"
     /// Finished runs kept (in memory and in the store); the oldest beyond this are forgotten.
     static let finishedWorkflowsKept = 1_000
 
@@ -65,6 +69,9 @@ extension MeshNode {
         var run = WorkflowRun(id: id, definition: definition, input: input, time: AuditLog.wallClockMilliseconds())
         let directives = run.start(time: AuditLog.wallClockMilliseconds())
         self.workflows[id] = run
+        if let start = try? JSONEncoder().encode(run.storedStart) {
+            self.taskStore?.enqueue([.document(kind: Self.workflowStartDocument, id: id, body: Array(start))])
+        }
         if let callback { self.registerWebhook(callback, for: .workflow(id)) }
         self.logger.info("workflow started", metadata: ["workflow": "\(id)", "name": "\(definition.name)"])
         self.performWorkflow(id, directives)
@@ -77,15 +84,15 @@ extension MeshNode {
             switch directive {
             case .submit(let task):
                 // A task that ended at once (found in the store) may have moved the run on past this one.
-                guard self.workflows[id]?.tasksInFlight.contains(task) == true else { continue }
+                guard self.workflows[id]?.isWaiting(for: task.id) == true else { continue }
                 self.workflowOfTask[task.id] = id
                 self.submitWorkflowTask(task, afterRestart: false)
             case .cancel(let task):
                 self.runSubmitter { $0.cancel(task, now: self.now) }
             }
         }
-        guard let run = self.workflows[id] else { return }
-        self.storeWorkflow(run)
+        guard let changedItems = self.workflows[id]?.takeChangedItems(), let run = self.workflows[id] else { return }
+        self.storeWorkflow(run, changedItems: changedItems)
         self.webhookStateChanged(.workflow(id), state: run.state.rawValue, isFinal: run.state.isTerminal) {
             self.workflowDocumentBytes(id)
         }
@@ -134,7 +141,7 @@ extension MeshNode {
 
     /// A task ended: if a workflow waits for it, the run moves on.
     func workflowTaskEnded(_ task: TaskSubmitter.SubmittedTask) {
-        guard let id = self.workflowOfTask[task.id], var run = self.workflows[id] else { return }
+        guard let id = self.workflowOfTask[task.id], self.workflows[id] != nil else { return }
         let outcome: WorkflowTaskOutcome
         switch task.state {
         case .completed:
@@ -143,21 +150,37 @@ extension MeshNode {
         default: outcome = .failed(task.error ?? "\(task.state.rawValue)")
         }
         self.workflowOfTask[task.id] = nil
-        let directives = run.taskEnded(task.id, outcome, time: AuditLog.wallClockMilliseconds())
-        self.workflows[id] = run
+        // In place: a copy of the run would make the machine copy a map's items on every change.
+        let directives = self.workflows[id]?.taskEnded(task.id, outcome, time: AuditLog.wallClockMilliseconds()) ?? []
         self.performWorkflow(id, directives)
     }
 
-    private func storeWorkflow(_ run: WorkflowRun) {
-        guard let body = try? JSONEncoder().encode(run) else { return }
-        self.taskStore?.enqueue([.document(kind: Self.workflowDocument, id: run.id, body: Array(body))])
+    /// The run's header and the items that changed: what changed, not the whole run.
+    private func storeWorkflow(_ run: WorkflowRun, changedItems: [WorkflowRun.ItemKey]) {
+        let encoder = JSONEncoder()
+        var changes: [TaskStore.Change] = []
+        do {
+            for key in changedItems {
+                guard let item = run.storedItem(key) else { continue }
+                changes.append(.document(
+                    kind: Self.workflowItemDocument, id: WorkflowRun.documentID(of: key, in: run.id), body: Array(try encoder.encode(item))))
+            }
+            changes.append(.document(kind: Self.workflowDocument, id: run.id, body: Array(try encoder.encode(run.storedHeader()))))
+        } catch {
+            return self.logger.error("a workflow run cannot be encoded to be stored", metadata: ["workflow": "\(run.id)", "error": "\(error)"])
+        }
+        self.taskStore?.enqueue(changes)
     }
 
     private func forgetOldWorkflows() {
         let finished = self.workflows.values.filter(\.state.isTerminal).sorted { ($0.finishedAt ?? 0) < ($1.finishedAt ?? 0) }
         for run in finished.dropLast(Self.finishedWorkflowsKept) {
             self.workflows[run.id] = nil
-            self.taskStore?.enqueue([.forgetDocument(kind: Self.workflowDocument, id: run.id)])
+            self.taskStore?.enqueue([
+                .forgetDocument(kind: Self.workflowDocument, id: run.id), .forgetDocument(kind: Self.workflowStartDocument, id: run.id),
+            ] + run.itemKeys.map {
+                .forgetDocument(kind: Self.workflowItemDocument, id: WorkflowRun.documentID(of: $0, in: run.id))
+            })
         }
     }
 
@@ -167,15 +190,37 @@ extension MeshNode {
     func restoreWorkflows() {
         guard let store = self.taskStore else { return }
         let documents: [(id: TaskID, body: [UInt8])]
+        var itemsByRun: [TaskID: [WorkflowRun.StoredItem]] = [:]
+        var starts: [TaskID: [UInt8]] = [:]
         do {
             documents = try store.documents(kind: Self.workflowDocument)
+            for document in try store.documents(kind: Self.workflowStartDocument) { starts[document.id] = document.body }
+            for document in try store.documents(kind: Self.workflowItemDocument) {
+                guard let item = try? JSONDecoder().decode(WorkflowRun.StoredItem.self, from: Data(document.body)) else {
+                    self.logger.error("a stored workflow item cannot be read; it is skipped", metadata: ["document": "\(document.id)"])
+                    continue
+                }
+                itemsByRun[item.run, default: []].append(item)
+            }
         } catch {
             return self.logger.error("cannot read the stored workflows", metadata: ["error": "\(error)"])
         }
         var unfinished: [TaskID] = []
         for document in documents {
-            guard let run = try? JSONDecoder().decode(WorkflowRun.self, from: Data(document.body)) else {
-                self.logger.error("a stored workflow cannot be read; it is skipped", metadata: ["workflow": "\(document.id)"])
+            let decoder = JSONDecoder()
+            // A run stored whole (before runs were stored in parts) has no start document.
+            let restored = Result {
+                guard let start = starts[document.id] else { return try decoder.decode(WorkflowRun.self, from: Data(document.body)) }
+                return WorkflowRun.restored(
+                    start: try decoder.decode(WorkflowRun.StoredStart.self, from: Data(start)),
+                    header: try decoder.decode(WorkflowRun.StoredHeader.self, from: Data(document.body)),
+                    items: itemsByRun[document.id] ?? [])
+            }
+            let run: WorkflowRun
+            switch restored {
+            case .success(let restored): run = restored
+            case .failure(let error):
+                self.logger.error("a stored workflow cannot be read; it is skipped", metadata: ["workflow": "\(document.id)", "error": "\(error)"])
                 continue
             }
             self.workflows[run.id] = run
@@ -183,7 +228,7 @@ extension MeshNode {
         }
         if !unfinished.isEmpty { self.logger.info("resuming workflows", metadata: ["count": "\(unfinished.count)"]) }
         for id in unfinished {
-            for task in self.workflows[id]?.tasksInFlight ?? [] where self.workflows[id]?.tasksInFlight.contains(task) == true {
+            for task in self.workflows[id]?.tasksInFlight ?? [] where self.workflows[id]?.isWaiting(for: task.id) == true {
                 self.workflowOfTask[task.id] = id
                 self.submitWorkflowTask(task, afterRestart: true)
             }

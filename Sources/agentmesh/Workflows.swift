@@ -195,10 +195,11 @@ func waitForWorkflow(_ run: ControlAPI.WorkflowInfo, client: ControlClient, foll
         }
         if run.isFinished { return run }
         let current = run
+        // Following, every change is drawn; otherwise the node answers once the run ends (a document per change of
+        // a 5,000-item map would be quadratic work for nothing).
+        let path = "/v1/workflows/\(current.id)?" + (follow ? "version=\(current.version)&" : "") + "wait=30"
         run = try reporting {
-            try client.decode(
-                client.request(method: "GET", path: "/v1/workflows/\(current.id)?version=\(current.version)&wait=30", timeout: .seconds(40)),
-                as: ControlAPI.WorkflowInfo.self)
+            try client.decode(client.request(method: "GET", path: path, timeout: .seconds(40)), as: ControlAPI.WorkflowInfo.self)
         }
     }
 }
