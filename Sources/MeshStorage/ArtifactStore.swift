@@ -18,8 +18,8 @@ public struct ArtifactError: Error, Equatable, CustomStringConvertible {
 /// The node's artifacts, one file per SHA-256 in `DIR/artifacts/`. Beside each: `HEX.chain`, the SHA-256 chaining
 /// value at the end of every chunk (so a receiver can tell which chunk went wrong), and `HEX.meta`, its media type
 /// and the name it came with. Every file operation here blocks: the node calls them on its artifact queue, never on
-/// its event loop. Bytes are counted against a per-node capacity from the moment a transfer starts, so a full store
-/// refuses before it stores anything.
+/// its event loop. Bytes are counted against a per-node capacity: an upload's from the moment it starts, so a full
+/// store refuses before it stores anything; a download's as they arrive (see ``Download``).
 public final class ArtifactStore: Sendable {
     /// Transfers move and check artifacts in chunks of this many bytes (a multiple of the SHA-256 block).
     public static let chunkLength = TaskMessage.maximumArtifactChunk
@@ -106,6 +106,21 @@ public final class ArtifactStore: Sendable {
             return nil
         }
         if let used = refused {
+            throw ArtifactError(
+                "the artifact store is full: \(used) of \(self.capacity) bytes used, \(size) more asked for (run --artifact-store-bytes)",
+                isLimit: true)
+        }
+    }
+
+    /// Whether `size` more bytes would fit now, without counting them: a download checks the whole artifact when it
+    /// starts and counts its bytes as they arrive.
+    public func checkRoom(_ size: UInt64, artifactSize: UInt64) throws(ArtifactError) {
+        guard artifactSize <= self.maximumArtifact else {
+            throw ArtifactError(
+                "the artifact has \(artifactSize) bytes; this node takes at most \(self.maximumArtifact) (run --max-artifact-bytes)", isLimit: true)
+        }
+        let used = self.usedBytes
+        guard used + size <= self.capacity else {
             throw ArtifactError(
                 "the artifact store is full: \(used) of \(self.capacity) bytes used, \(size) more asked for (run --artifact-store-bytes)",
                 isLimit: true)
@@ -331,6 +346,8 @@ public final class ArtifactStore: Sendable {
 
     /// An artifact arriving chunk by chunk in `partial/HEX`. Reopening one that a dropped session or a crash cut
     /// off resumes from its last whole chunk: the bytes before it are hashed again to restore the running digest.
+    /// Its bytes count against the store as they arrive, not when it starts: a peer whose result claimed gigabytes
+    /// and sent nothing held the store's room from every upload until its pulls gave up.
     public final class Download {
         public let artifact: ArtifactRef
         private let store: ArtifactStore
@@ -347,13 +364,11 @@ public final class ArtifactStore: Sendable {
             self.partial = store.directory + "/partial/" + artifact.hex
             var info = stat()
             let existing = stat(self.partial, &info) == 0 ? UInt64(info.st_size) : 0
-            // The partial file's bytes already count; the rest is reserved now.
-            try store.reserve(artifact.size - min(existing, artifact.size))
+            // The partial file's bytes already count; the rest must fit now, and is counted as it arrives.
+            try store.checkRoom(artifact.size - min(existing, artifact.size), artifactSize: artifact.size)
             self.descriptor = open(self.partial, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
             guard self.descriptor >= 0 else {
-                let why = String(cString: strerror(errno))
-                store.release(artifact.size - min(existing, artifact.size))
-                throw ArtifactError("cannot create \(self.partial): \(why)")
+                throw ArtifactError("cannot create \(self.partial): \(String(cString: strerror(errno)))")
             }
             let whole = min(existing, artifact.size) / UInt64(ArtifactStore.chunkLength) * UInt64(ArtifactStore.chunkLength)
             ftruncate(self.descriptor, off_t(whole))
@@ -396,8 +411,15 @@ public final class ArtifactStore: Sendable {
                 guard next.finalize() == self.artifact.digest else { return .damaged }
             }
             // Each chunk is whole on disk before the next is asked for, so a crash resumes after it.
-            try withBytes(bytes) { raw throws(ArtifactError) in try self.appender.append(raw) }
-            try self.appender.flush()
+            try self.store.reserve(UInt64(bytes.count))
+            do throws(ArtifactError) {
+                try withBytes(bytes) { raw throws(ArtifactError) in try self.appender.append(raw) }
+                try self.appender.flush()
+            } catch {
+                // The partial file is cut back to its last whole chunk when the download is opened again.
+                self.store.release(UInt64(bytes.count))
+                throw error
+            }
             self.hasher = next
             if end < self.artifact.size { self.chain += chainingValue }
             self.received = end
@@ -412,7 +434,7 @@ public final class ArtifactStore: Sendable {
         /// Gives up the download: its bytes are dropped and their room given back.
         public func discard() {
             unlink(self.partial)
-            self.store.release(self.artifact.size)
+            self.store.release(self.received)
         }
     }
 

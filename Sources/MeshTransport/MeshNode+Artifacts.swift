@@ -124,9 +124,9 @@ extension MeshNode {
             return
         }
         guard let store = self.artifactStore else { return done(ArtifactError("this node has no artifact store")) }
-        // One peer's artifacts on their way here hold at most 16 transfers and a quarter of the store (or one
-        // artifact of the largest size, if more): results that claimed gigabytes and sent nothing reserved the whole
-        // store, and every upload was refused while they lasted.
+        // One peer's artifacts on their way here are at most 16 transfers and a quarter of the store (or one
+        // artifact of the largest size, if more): the bytes of each count as they arrive, and this bounds how much
+        // of the store one peer's transfers can fill at once.
         let fromPeer = self.artifactPulls.values.filter { $0.peer == peer }
         let claimed = fromPeer.reduce(artifact.size) { $0 + $1.artifact.size }
         let share = max(store.capacity / 4, store.maximumArtifact)
@@ -248,13 +248,9 @@ extension MeshNode {
         self.artifactPulls[pull.artifact.hex] = nil
         if let error {
             self.logger.notice("an artifact transfer failed", metadata: ["artifact": "\(pull.artifact.hex.prefix(16))", "error": "\(error)"])
-            if let download = pull.download, let store = self.artifactStore {
-                if discarding {
-                    self.artifactQueue.async { download.value.discard() }
-                } else {
-                    // Room reserved for the rest goes back; the bytes so far stay for a later try to resume from.
-                    self.artifactQueue.async { store.release(download.value.artifact.size - download.value.received) }
-                }
+            // Otherwise the bytes so far stay for a later try to resume from (they count until the partials' sweep).
+            if let download = pull.download, discarding {
+                self.artifactQueue.async { download.value.discard() }
             }
         } else {
             let seconds = max((self.now - pull.startedAt).seconds, 1e-6)

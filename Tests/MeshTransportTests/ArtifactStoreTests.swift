@@ -142,6 +142,30 @@ import Testing
         #expect((try? FileManager.default.contentsOfDirectory(atPath: store.directory + "/incoming"))?.isEmpty == true)
     }
 
+    /// A download counts its bytes as they arrive: one that a peer announced and never sends holds no room (a result
+    /// claiming gigabytes held the whole store from every upload), and one that meets a full store mid-way stops
+    /// with the store's reason and keeps what it has.
+    @Test func aDownloadHoldsOnlyTheRoomOfTheBytesThatArrived() throws {
+        let source = try Self.store()
+        defer { try? FileManager.default.removeItem(atPath: source.directory) }
+        let artifact = try Self.stored(in: source)
+        let store = try Self.store(capacity: UInt64(ArtifactStore.chunkLength * 3))
+        defer { try? FileManager.default.removeItem(atPath: store.directory) }
+        let download = try ArtifactStore.Download(store: store, artifact: artifact)
+        #expect(store.usedBytes == 0, "announced, nothing arrived: nothing held")
+        let upload = try ArtifactStore.Writer(store: store, size: UInt64(ArtifactStore.chunkLength * 2))
+        let chunk = try source.read(artifact.digest, offset: 0, length: ArtifactStore.chunkLength)
+        #expect(try download.append(chunk.bytes, chainingValue: chunk.chainingValue) == .accepted)
+        #expect(store.usedBytes == UInt64(ArtifactStore.chunkLength * 3))
+        let next = try source.read(artifact.digest, offset: UInt64(ArtifactStore.chunkLength), length: ArtifactStore.chunkLength)
+        #expect(throws: ArtifactError.self, "the store is full now") { try download.append(next.bytes, chainingValue: next.chainingValue) }
+        #expect(download.received == UInt64(ArtifactStore.chunkLength) && store.usedBytes == UInt64(ArtifactStore.chunkLength * 3))
+        upload.abort()
+        #expect(try download.append(next.bytes, chainingValue: next.chainingValue) == .accepted, "room again: it goes on")
+        download.discard()
+        #expect(store.usedBytes == 0)
+    }
+
     @Test func retentionRemovesWhatNoTaskKeeps() throws {
         let store = try Self.store()
         let artifact = try Self.stored(in: store)
@@ -160,8 +184,7 @@ import Testing
         var hasher = SHA256.Hasher()
         hasher.update(Array(bytes[..<ArtifactStore.chunkLength]))
         #expect(try download.append(Array(bytes[..<ArtifactStore.chunkLength]), chainingValue: hasher.chainingValue ?? []) == .accepted)
-        #expect(store.usedBytes == artifact.size, "the first chunk counts, the rest is reserved")
-        store.release(artifact.size - download.received)  // the pull stopped: what it reserved goes back
+        #expect(store.usedBytes == UInt64(ArtifactStore.chunkLength), "the first chunk counts, and only it")
         let partial = store.directory + "/partial/" + artifact.hex
         #expect(FileManager.default.fileExists(atPath: partial))
         #expect(store.sweep(keeping: [], storedBefore: Date().addingTimeInterval(-86_400), partialsBefore: Date().addingTimeInterval(-60)) == 0)
