@@ -59,7 +59,17 @@ let package = Package(
         // Workflows as pure state machines: definitions, the reference syntax, runs with fan-out and compensation.
         .target(name: "MeshWorkflows", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strictSettings),
         // How a task runs: builtin:echo, exec: (a child process) and http: (a POST).
-        .target(name: "MeshExecutors", dependencies: ["MeshCore"], swiftSettings: strictSettings),
+        .target(
+            name: "MeshExecutors",
+            dependencies: [
+                "MeshCore",
+                // http: agents: a bounded client, no redirects, the answer read as a stream.
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // The control API load generator of `agentmesh bench` and scripts/bench.
         .target(
             name: "MeshBench",

@@ -175,10 +175,12 @@ final class ChildProcess: Sendable {
     ) async -> (stdout: [UInt8]?, stderrTail: [UInt8]) {
         async let output = Self.readAll(self.stdout, limit: limit)
         async let errors = Self.readAll(self.stderr, limit: nil, keepingLast: tailLength, each: onStderr)
-        let lines = LineSplitter(onLines: onEvents)
-        async let events = Self.readAll(self.events, limit: 0, each: { lines.append($0) })
+        // One reading thread at a time takes the lock: it only keeps the splitter Sendable.
+        let lines = Mutex(LineSplitter())
+        let deliver = { @Sendable (events: [[UInt8]]) in if !events.isEmpty { onEvents(events) } }
+        async let events = Self.readAll(self.events, limit: 0, each: { chunk in deliver(lines.withLock { $0.lines(in: chunk) }) })
         _ = await events
-        lines.finish()
+        deliver(lines.withLock { $0.finish() })
         return await (output, errors ?? [])
     }
 
@@ -232,21 +234,19 @@ private func systemPipe2(_ fds: UnsafeMutablePointer<Int32>, _ flags: Int32) -> 
 @_silgen_name("posix_spawn_file_actions_addclosefrom_np")
 private func spawnCloseFrom(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ lowest: Int32) -> Int32
 
-/// Cuts a byte stream into lines (without their newline), handing over the complete lines of each chunk together;
-/// a line longer than `maximumLine` is handed over cut at that length; blank lines are dropped unless kept (SSE
-/// ends an event with one). Used by one reading thread at a time.
-final class LineSplitter: @unchecked Sendable {
+/// Cuts a byte stream into lines (without their newline), giving back the complete lines of each chunk together;
+/// a line longer than `maximumLine` is given back cut at that length; blank lines are dropped unless kept (SSE
+/// ends an event with one).
+struct LineSplitter {
     static let maximumLine = 1024 * 1024
     private var partial: [UInt8] = []
     private let keepsBlankLines: Bool
-    private let onLines: @Sendable ([[UInt8]]) -> Void
 
-    init(keepsBlankLines: Bool = false, onLines: @escaping @Sendable ([[UInt8]]) -> Void) {
+    init(keepsBlankLines: Bool = false) {
         self.keepsBlankLines = keepsBlankLines
-        self.onLines = onLines
     }
 
-    func append(_ chunk: [UInt8]) {
+    mutating func lines(in chunk: some Sequence<UInt8>) -> [[UInt8]] {
         var lines: [[UInt8]] = []
         for byte in chunk {
             if byte == 0x0A {
@@ -256,17 +256,16 @@ final class LineSplitter: @unchecked Sendable {
                 self.partial.append(byte)
             }
         }
-        self.deliver(lines)
+        return self.kept(lines)
     }
 
     /// The last line, if the stream ended without a newline.
-    func finish() {
-        self.deliver(self.partial.isEmpty ? [] : [self.partial])
-        self.partial = []
+    mutating func finish() -> [[UInt8]] {
+        defer { self.partial = [] }
+        return self.kept(self.partial.isEmpty ? [] : [self.partial])
     }
 
-    private func deliver(_ lines: [[UInt8]]) {
-        let nonEmpty = self.keepsBlankLines ? lines : lines.filter { line in line.contains { $0 != 0x20 && $0 != 0x09 && $0 != 0x0D } }
-        if !nonEmpty.isEmpty { self.onLines(nonEmpty) }
+    private func kept(_ lines: [[UInt8]]) -> [[UInt8]] {
+        self.keepsBlankLines ? lines : lines.filter { line in line.contains { $0 != 0x20 && $0 != 0x09 && $0 != 0x0D } }
     }
 }

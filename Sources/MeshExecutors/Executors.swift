@@ -1,10 +1,9 @@
+import AsyncHTTPClient
 import Dispatch
 package import Foundation
 package import MeshCore
-
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import NIOCore
+import NIOHTTP1
 
 /// Runs one task with the executor its capability names. Every way an executor can go wrong (a command that does
 /// not exist, a non-zero exit, a service that is down or answers garbage, a deadline) becomes a `.failure` with a
@@ -247,57 +246,107 @@ package enum TaskExecution {
 
     // MARK: http
 
+    /// One client for every `http:` agent, configured here rather than by its defaults. Redirects are not followed:
+    /// an agent's URL is the operator's choice, and a redirect would send the task's input where they did not name.
+    private static let httpClient: HTTPClient = {
+        var configuration = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10)))
+        // An agent that is down fails the attempt at once; the task's own attempts are the retries.
+        configuration.connectionPool.retryConnectionEstablishment = false
+        // Each capability's concurrency already bounds the runs calling an agent; the client adds no queue of its own.
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = Int(UInt16.max)
+        // Below common servers' keep-alive (gunicorn 2 s, uvicorn and Node 5 s): this side closes an idle connection
+        // first, so no run is sent on one the agent is closing at that moment.
+        configuration.connectionPool.idleTimeout = .seconds(1)
+        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }()
+
     /// POSTs the input. A JSON answer is the result; an `application/x-ndjson` or `text/event-stream` answer streams:
     /// its lines (events) are progress events until a `{"result": …}` line (an event named `result`) gives the
-    /// result, or an `{"error": "…"}` line (an event named `error`) fails the run.
+    /// result, or an `{"error": "…"}` line (an event named `error`) fails the run. The whole exchange, answer
+    /// included, gets the run's timeout and a second more, so a node's own deadline (which cancels) comes first.
     private static func post(
         url: String, input: [UInt8], timeout: Duration, headers: [(name: String, value: String)], traceparent: String?,
         artifacts: ArtifactFolders?, progress: @escaping @Sendable ([[UInt8]]) -> Void
     ) async -> HTTPOutcome {
-        guard let endpoint = URL(string: url) else { return .done(.failure("invalid URL \(url)")) }
-        var request = URLRequest(url: endpoint, timeoutInterval: Double(timeout.components.seconds) + 1)
-        request.httpMethod = "POST"
-        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        request.setValue(
-            "application/json, application/x-ndjson, text/event-stream" + (artifacts == nil ? "" : ", multipart/form-data"),
-            forHTTPHeaderField: "Accept")
-        for header in headers { request.setValue(header.value, forHTTPHeaderField: "X-AgentMesh-" + header.name) }
-        if let traceparent { request.setValue(traceparent, forHTTPHeaderField: "traceparent") }
+        guard let endpoint = URL(string: url), let scheme = endpoint.scheme?.lowercased(), scheme == "http" || scheme == "https",
+            endpoint.host != nil
+        else { return .done(.failure("invalid URL \(url)")) }
+        var request = HTTPClientRequest(url: url)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(
+            name: "Accept",
+            value: "application/json, application/x-ndjson, text/event-stream" + (artifacts == nil ? "" : ", multipart/form-data"))
+        for header in headers { request.headers.replaceOrAdd(name: "X-AgentMesh-" + header.name, value: header.value) }
+        if let traceparent { request.headers.add(name: "traceparent", value: traceparent) }
         // With input artifacts the body is multipart, written to a file first and sent from it.
-        var bodyFile: URL?
         if let artifacts, !artifacts.inputs.isEmpty {
             let path = artifacts.scratch + "/request"
             do {
                 let boundary = try Multipart.writeRequest(to: path, json: input, inputs: artifacts.inputs)
-                request.setValue("multipart/form-data; boundary=\(boundary)", forHTTPHeaderField: "Content-Type")
-                bodyFile = URL(fileURLWithPath: path)
+                request.headers.replaceOrAdd(name: "Content-Type", value: "multipart/form-data; boundary=\(boundary)")
+                let size = try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int ?? 0
+                request.body = .stream(FileChunks(path: path), length: .known(Int64(size)))
             } catch {
                 return .done(.failure("cannot prepare the artifacts for \(url): \(error)"))
             }
         } else {
-            request.httpBody = Data(input)
+            request.body = .bytes(input)
         }
-        let answer = HTTPAnswer(url: url, artifacts: artifacts, progress: progress)
-        let session = URLSession(configuration: .ephemeral, delegate: answer, delegateQueue: nil)
-        defer { session.finishTasksAndInvalidate() }
-        let task = bodyFile.map { session.uploadTask(with: request, fromFile: $0) } ?? session.dataTask(with: request)
-        let ending: HTTPAnswer.Ending = await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                answer.whenDone { continuation.resume(returning: $0) }
-                task.resume()
+        let seconds = String(format: "%.1f", timeout.seconds)
+        return await withTaskGroup(of: HTTPOutcome?.self) { [request] group in
+            group.addTask { await Self.exchange(request, url: url, artifacts: artifacts, progress: progress) }
+            group.addTask {
+                do { try await Task.sleep(for: timeout + .seconds(1)) } catch { return nil }
+                return .done(.timedOut("\(url) did not answer within \(seconds) s"))
             }
-        } onCancel: {
-            task.cancel()
+            // The first to end decides; cancelling the other closes the connection before the group returns.
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first ?? .done(.canceled)
         }
-        switch ending {
-        case .failed(let error):
-            if Task.isCancelled || (error as? URLError)?.code == .cancelled { return .done(.canceled) }
-            if let error = error as? URLError, error.code == .timedOut {
-                return .done(.timedOut("\(url) did not answer within \(String(format: "%.1f", timeout.seconds)) s"))
+    }
+
+    /// Sends the request and reads the answer as it arrives, stopping as soon as it is refused.
+    private static func exchange(
+        _ request: HTTPClientRequest, url: String, artifacts: ArtifactFolders?, progress: @escaping @Sendable ([[UInt8]]) -> Void
+    ) async -> HTTPOutcome {
+        do {
+            // No deadline of the client's own: `post` bounds the whole exchange, the answer's body included.
+            let response = try await Self.httpClient.execute(request, deadline: .distantFuture)
+            var answer = HTTPAnswer(
+                url: url, status: Int(response.status.code), contentType: response.headers.first(name: "Content-Type") ?? "",
+                artifacts: artifacts, progress: progress)
+            // Leaving the loop early drops the body's iterator, which closes the connection.
+            for try await chunk in response.body {
+                guard answer.take(chunk) else { break }
             }
-            return .done(.failure("\(url) unreachable: \(error.localizedDescription)"))
-        case .answered(let outcome):
-            return outcome
+            if Task.isCancelled { return .done(.canceled) }
+            return answer.outcome()
+        } catch {
+            if Task.isCancelled { return .done(.canceled) }
+            // NIO's words for a refused connection are "connection reset (error set): Connection refused)".
+            let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)) } ?? "\(error)"
+            return .done(.failure("\(url) unreachable: \(reason)"))
+        }
+    }
+}
+
+/// A file read 1 MiB at a time, so a request body is never whole in memory. Reading a local file blocks only
+/// briefly; the handle closes when the iterator is released.
+private struct FileChunks: AsyncSequence, Sendable {
+    let path: String
+
+    func makeAsyncIterator() -> Iterator { Iterator(path: self.path, file: FileHandle(forReadingAtPath: self.path)) }
+
+    struct Iterator: AsyncIteratorProtocol {
+        let path: String
+        let file: FileHandle?
+
+        func next() async throws -> ByteBuffer? {
+            guard let file = self.file else { throw Multipart.Failure(description: "cannot read \(self.path)") }
+            guard let data = try file.read(upToCount: 1 << 20), !data.isEmpty else { return nil }
+            return ByteBuffer(bytes: data)
         }
     }
 }
@@ -316,130 +365,91 @@ enum HTTPOutcome: Sendable {
     }
 }
 
-/// One `http:` agent's answer as it arrives: a whole JSON body, or a stream of events (NDJSON or SSE) whose events
-/// are forwarded as they come.
-private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sendable {
-    enum Ending: Sendable {
-        case answered(HTTPOutcome)
-        case failed(any Error)
-    }
-
+/// One `http:` agent's answer as it arrives: a whole JSON body, a stream of events (NDJSON or SSE) whose events are
+/// forwarded as they come, or a multipart body written to the scratch folder.
+private struct HTTPAnswer {
     private enum Format { case whole, ndjson, sse, multipart }
+    /// Why this side stopped reading before the answer ended.
+    private enum Refusal { case tooLarge, multipartTooLarge, notWritable }
 
     private let url: String
+    private let status: Int
+    private let contentType: String
+    private let format: Format
     private let artifacts: ArtifactFolders?
-    /// A multipart answer, written to the scratch folder as it arrives.
+    private let progress: @Sendable ([[UInt8]]) -> Void
+    /// A whole answer, or the first bytes of an error's body.
+    private var body: [UInt8] = []
+    private var refusal: Refusal?
+    /// A multipart answer's file and how much was written to it.
     private var multipartBody: FileHandle?
     private var multipartBytes: UInt64 = 0
-    private var multipartTooLarge = false
-    private var multipartType = ""
-    private let progress: @Sendable ([[UInt8]]) -> Void
-    private let lock = NSLock()
-    private var status = 0
-    private var format = Format.whole
-    private var body: [UInt8] = []
-    private var overflowed = false
-    /// Set when this side cut the answer off: the cancellation that follows is not the agent's failure.
-    private var refusedAnswer = false
-    private var lines: LineSplitter?
+    private var lines: LineSplitter
     /// Streams: the outcome a `result` or `error` line gave.
     private var streamed: TaskOutcome?
     /// SSE: the event being read (its name and data lines).
     private var sseEvent: (name: String, data: [String]) = ("", [])
-    private var done: ((Ending) -> Void)?
-    private var ending: Ending?
 
-    init(url: String, artifacts: ArtifactFolders?, progress: @escaping @Sendable ([[UInt8]]) -> Void) {
+    init(url: String, status: Int, contentType: String, artifacts: ArtifactFolders?, progress: @escaping @Sendable ([[UInt8]]) -> Void) {
         self.url = url
+        self.status = status
+        self.contentType = contentType
         self.artifacts = artifacts
         self.progress = progress
-    }
-
-    func whenDone(_ done: @escaping (Ending) -> Void) {
-        let ended = self.lock.withLock { () -> Ending? in
-            if self.ending == nil { self.done = done }
-            return self.ending
-        }
-        if let ended { done(ended) }
-    }
-
-    func urlSession(
-        _ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
-        completionHandler: @escaping (URLSession.ResponseDisposition) -> Void
-    ) {
-        let http = response as? HTTPURLResponse
-        self.status = http?.statusCode ?? 0
-        let type = (http?.value(forHTTPHeaderField: "Content-Type") ?? "").lowercased()
-        if (200..<300).contains(self.status) {
-            if type.hasPrefix("application/x-ndjson") || type.hasPrefix("application/jsonl") {
-                self.format = .ndjson
-            } else if type.hasPrefix("text/event-stream") {
-                self.format = .sse
-            } else if type.hasPrefix("multipart/form-data"), let artifacts = self.artifacts {
-                let path = artifacts.scratch + "/answer"
-                _ = FileManager.default.createFile(atPath: path, contents: nil)
-                self.multipartBody = FileHandle(forWritingAtPath: path)
-                self.multipartType = http?.value(forHTTPHeaderField: "Content-Type") ?? ""
-                self.format = .multipart
-            }
-        }
-        if self.format == .ndjson || self.format == .sse {
-            self.lines = LineSplitter(keepsBlankLines: self.format == .sse) { [weak self] lines in self?.streamed(lines) }
-        }
-        completionHandler(.allow)
-    }
-
-    func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
-        if let file = self.multipartBody, let artifacts = self.artifacts {
-            guard !self.overflowed, !self.multipartTooLarge else { return }
-            self.multipartBytes += UInt64(data.count)
-            if self.multipartBytes > artifacts.maximumAnswer {
-                self.multipartTooLarge = true
-                self.stopReading(dataTask)
-            } else if (try? file.write(contentsOf: data)) == nil {
-                self.overflowed = true
-                self.stopReading(dataTask)
-            }
-            return
-        }
-        if let lines = self.lines {
-            lines.append(Array(data))
-            return
-        }
-        guard !self.overflowed else { return }
-        self.body += data
-        if self.body.count > TaskMessage.maximumInputLength {
-            self.overflowed = true
-            self.body = []
-            self.stopReading(dataTask)
-        }
-    }
-
-    /// The answer is already refused (too large, or nowhere to keep it): the connection is closed now instead of
-    /// reading the rest until the agent finishes or the task's time runs out, and the run ends with why.
-    private func stopReading(_ dataTask: URLSessionDataTask) {
-        self.refusedAnswer = true
-        dataTask.cancel()
-    }
-
-    func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: (any Error)?) {
-        let ending: Ending
-        if let error, !self.refusedAnswer {
-            ending = .failed(error)
+        let type = contentType.lowercased()
+        if !(200..<300).contains(status) {
+            self.format = .whole
+        } else if type.hasPrefix("application/x-ndjson") || type.hasPrefix("application/jsonl") {
+            self.format = .ndjson
+        } else if type.hasPrefix("text/event-stream") {
+            self.format = .sse
+        } else if type.hasPrefix("multipart/form-data"), let artifacts {
+            self.format = .multipart
+            let path = artifacts.scratch + "/answer"
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
+            self.multipartBody = FileHandle(forWritingAtPath: path)
+            if self.multipartBody == nil { self.refusal = .notWritable }
         } else {
-            self.lines?.finish()
-            if self.format == .sse { self.dispatchSSEEvent() }
-            ending = .answered(self.outcome())
+            self.format = .whole
         }
-        let done = self.lock.withLock { () -> ((Ending) -> Void)? in
-            self.ending = ending
-            defer { self.done = nil }
-            return self.done
-        }
-        done?(ending)
+        self.lines = LineSplitter(keepsBlankLines: self.format == .sse)
     }
 
-    private func outcome() -> HTTPOutcome {
+    /// Takes the next piece of the answer; false when reading should stop: the answer is refused (too large, or
+    /// nowhere to keep it: the connection is closed now instead of reading on until the agent finishes or the
+    /// task's time runs out), or enough of an error's body is read.
+    mutating func take(_ chunk: ByteBuffer) -> Bool {
+        guard self.refusal == nil else { return false }
+        let bytes = chunk.readableBytesView
+        guard (200..<300).contains(self.status) else {
+            self.body += bytes.prefix(TaskExecution.stderrTailLength - self.body.count)
+            return self.body.count < TaskExecution.stderrTailLength
+        }
+        switch self.format {
+        case .multipart:
+            self.multipartBytes += UInt64(bytes.count)
+            if self.multipartBytes > self.artifacts?.maximumAnswer ?? 0 {
+                self.refusal = .multipartTooLarge
+            } else if (try? self.multipartBody?.write(contentsOf: Data(bytes))) == nil {
+                self.refusal = .notWritable
+            }
+        case .ndjson, .sse:
+            self.streamed(self.lines.lines(in: bytes))
+        case .whole:
+            self.body += bytes
+            if self.body.count > TaskMessage.maximumInputLength {
+                self.body = []
+                self.refusal = .tooLarge
+            }
+        }
+        return self.refusal == nil
+    }
+
+    /// What the answer amounts to, once it ended or was refused.
+    mutating func outcome() -> HTTPOutcome {
+        try? self.multipartBody?.close()
+        self.streamed(self.lines.finish())
+        if self.format == .sse { self.dispatchSSEEvent() }
         if self.status == 202, self.format == .whole,
             let object = (try? JSONSerialization.jsonObject(with: Data(self.body))) as? [String: Any],
             let question = object["input_required"]
@@ -455,20 +465,21 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
     private func taskOutcome() -> TaskOutcome {
         let url = self.url
         guard (200..<300).contains(self.status) else {
-            let text = String(decoding: self.body.prefix(TaskExecution.stderrTailLength), as: UTF8.self)
+            let text = String(decoding: self.body, as: UTF8.self)
             let sentence = "\(url) answered HTTP \(self.status)" + (text.isEmpty ? "" : ": \(text)")
             // A 4xx says the request itself is wrong, except a timeout (408) and too many requests (429).
             let isFinal = (400..<500).contains(self.status) && self.status != 408 && self.status != 429
             return isFinal ? .rejected(sentence) : .failure(sentence)
         }
         if self.format == .multipart, let artifacts = self.artifacts {
-            try? self.multipartBody?.close()
-            guard !self.multipartTooLarge else {
+            switch self.refusal {
+            case .multipartTooLarge:
                 return .failure("\(url) answered more than \(artifacts.maximumAnswer) bytes (the node's --max-artifact-bytes)")
+            case .notWritable: return .failure("cannot keep \(url)'s answer: \(artifacts.scratch) is not writable")
+            case .tooLarge, nil: break
             }
-            guard !self.overflowed else { return .failure("cannot keep \(url)'s answer: \(artifacts.scratch) is not writable") }
             do {
-                let result = try Multipart.readAnswer(from: artifacts.scratch + "/answer", contentType: self.multipartType, into: artifacts.output)
+                let result = try Multipart.readAnswer(from: artifacts.scratch + "/answer", contentType: self.contentType, into: artifacts.output)
                 guard (try? JSONSerialization.jsonObject(with: Data(result), options: [.fragmentsAllowed])) != nil else {
                     return .failure("\(url) answered a \"result\" part that is not JSON")
                 }
@@ -480,14 +491,14 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
         if self.format != .whole {
             return self.streamed ?? .failure("\(url) ended its event stream without a result (send {\"result\": …} last)")
         }
-        if self.overflowed { return .failure("\(url) answered more than \(TaskMessage.maximumInputLength) bytes") }
+        if self.refusal == .tooLarge { return .failure("\(url) answered more than \(TaskMessage.maximumInputLength) bytes") }
         guard (try? JSONSerialization.jsonObject(with: Data(self.body), options: [.fragmentsAllowed])) != nil else {
             return .failure("\(url) answered with a body that is not JSON")
         }
         return .success(self.body)
     }
 
-    private func streamed(_ lines: [[UInt8]]) {
+    private mutating func streamed(_ lines: [[UInt8]]) {
         switch self.format {
         case .whole, .multipart: return
         case .ndjson:
@@ -520,7 +531,7 @@ private final class HTTPAnswer: NSObject, URLSessionDataDelegate, @unchecked Sen
         }
     }
 
-    private func dispatchSSEEvent() {
+    private mutating func dispatchSSEEvent() {
         defer { self.sseEvent = ("", []) }
         guard !self.sseEvent.data.isEmpty, self.streamed == nil else { return }
         let data = Array(self.sseEvent.data.joined(separator: "\n").utf8)
