@@ -265,10 +265,6 @@ import Testing
                     try:
                         while time.time() - started < 100:
                             self.wfile.write(b"1," * 32768)
-                            # Paced (64 MB/s at most): FoundationNetworking's URLSession on Linux can stall for
-                            # good on an answer written back to back into a full socket (3 of 40 tries by hand),
-                            # a known problem of its own, apart from the limit this test is about.
-                            time.sleep(0.001)
                     except (BrokenPipeError, ConnectionResetError):
                         with open(sys.argv[1], "a") as log:
                             log.write("closed %s after %.1f s\n" % (self.path, time.time() - started))
