@@ -47,7 +47,7 @@ import Testing
         try await Task.sleep(for: .milliseconds(300))
         run.cancel()
         #expect(await run.value == .canceled)
-        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(ContinuousClock.now - started < .seconds(30), "canceled, not waited out (60 s), even on a busy machine")
         #expect(await hangUps(reach: 2), "the connection was closed")
 
         #expect(await Self.run("http://", timeout: .seconds(1)) == .failure("invalid URL http://"))
