@@ -39,19 +39,17 @@ final class ArtifactPull: @unchecked Sendable {  // touched only on the node's l
     }
 }
 
-/// In-process faults for the transfer tests (`AGENTMESH_FAULT_*`); never set in normal use.
-struct ArtifactFaults: Sendable {
+/// Faults a test asks a node to make in the transfers it serves (``NodeSettings/artifactFaults``); none in normal
+/// use, and no way to set them from outside the process.
+public struct ArtifactFaults: Sendable {
     /// Flip a byte of the Nth chunk this node serves (once): the receiver must notice and ask again.
-    var corruptChunk: Int?
+    public var corruptChunk: Int?
     /// Cut the session to the receiver right after serving the Nth chunk (once): the transfer must resume.
-    var cutAfterChunk: Int?
-    var served = 0
+    public var cutAfterChunk: Int?
 
-    static func fromEnvironment() -> ArtifactFaults {
-        let environment = ProcessInfo.processInfo.environment
-        return ArtifactFaults(
-            corruptChunk: environment["AGENTMESH_FAULT_CORRUPT_ARTIFACT_CHUNK"].flatMap { Int($0) },
-            cutAfterChunk: environment["AGENTMESH_FAULT_CUT_AFTER_ARTIFACT_CHUNK"].flatMap { Int($0) })
+    public init(corruptChunk: Int? = nil, cutAfterChunk: Int? = nil) {
+        self.corruptChunk = corruptChunk
+        self.cutAfterChunk = cutAfterChunk
     }
 }
 
@@ -302,10 +300,9 @@ extension MeshNode {
         guard let store = self.artifactStore, self.mayServe(digest, of: task, to: peer) else {
             return self.deliver(.artifactUnavailable(task, digest: digest, reason: "not an artifact of that task here"), to: peer)
         }
-        self.artifactFaults.served += 1
-        let served = self.artifactFaults.served
-        let corrupt = self.artifactFaults.corruptChunk == served
-        let cut = self.artifactFaults.cutAfterChunk == served
+        self.chunksServed += 1
+        let corrupt = self.settings.artifactFaults.corruptChunk == self.chunksServed
+        let cut = self.settings.artifactFaults.cutAfterChunk == self.chunksServed
         self.artifactQueue.async {
             let read: Result<(bytes: [UInt8], chainingValue: [UInt8]), ArtifactError> = Result { () throws(ArtifactError) in
                 try store.read(digest, offset: offset, length: Int(length))

@@ -134,7 +134,8 @@ public actor MeshNode: Service {
     /// Transfers of artifacts to this node, by hex digest; results held until theirs are here.
     var artifactPulls: [String: ArtifactPull] = [:]
     var heldResults: Set<TaskID> = []
-    var artifactFaults = ArtifactFaults.fromEnvironment()
+    /// Chunks served to peers, counted for ``NodeSettings/artifactFaults``.
+    var chunksServed = 0
     var artifactsSweptAt: Duration = .zero
     /// Idempotency keys of recent submissions (`Idempotency-Key`), kept in the store too.
     var idempotency = IdempotencyBook()

@@ -78,6 +78,8 @@ public struct NodeSettings: Sendable {
     public var finishedTasksInMemory = 10_000
     /// Node-wide bounds on streamed progress: logs and bytes in memory, bytes stored.
     public var progressBudget = TaskEventBook.Budget()
+    /// A test seam: faults in the artifact transfers this node serves. Never set by `agentmesh run`.
+    public var artifactFaults = ArtifactFaults()
     /// Export spans over OTLP/HTTP (JSON) to this collector (`run --otlp-endpoint http://HOST:4318`).
     public var otlpEndpoint: String?
     /// Count metrics for `GET /metrics` (`run --metrics off` turns them off).

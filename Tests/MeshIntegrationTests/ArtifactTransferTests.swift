@@ -1,0 +1,64 @@
+import Foundation
+import MeshControl
+import MeshCore
+import MeshCrypto
+import MeshTestKit
+import Testing
+
+@testable import MeshTransport
+
+/// Artifact transfers between in-process nodes, with faults the serving node makes on purpose
+/// (``NodeSettings/artifactFaults``, a seam no environment variable reaches).
+@Suite(.serialized) struct ArtifactTransferTests {
+    /// An agent that leaves MIB MiB of random bytes as its result's artifact.
+    static func blobAgent(mib: Int) -> CapabilitySpec {
+        CapabilitySpec(name: "blob", executor: .exec(command: "sh", arguments: [
+            "-c", "head -c \(mib << 20) /dev/urandom > \"$AGENTMESH_ARTIFACTS_OUT/blob.bin\"; echo '{}'",
+        ]))
+    }
+
+    /// Runs `blob` on b for a, with b making `faults`; returns a's task once it ended, and its one artifact's bytes
+    /// as a serves them.
+    static func fetchThroughFaults(_ faults: ArtifactFaults, mib: Int) async throws
+        -> (a: TestNode, task: ControlAPI.TaskInfo, bytes: [UInt8], digest: String)
+    {
+        let mesh = try TestMesh()
+        let (a, b) = try mesh.trustedPair()
+        let runningB = try await b.start {
+            $0.capabilities = [Self.blobAgent(mib: mib)]
+            $0.artifactFaults = faults
+        }
+        let runningA = try await a.start { $0.joins = [runningB.address] }
+        let id = try await TaskIntegrationTests.submit(runningA, "blob", [:] as [String: String], timeout: 120, attempts: 1)
+        let task = try await TaskIntegrationTests.wait(runningA, id, seconds: 120)
+        let artifact = try #require(task.resultArtifacts?.first, "\(task.state) \(task.error ?? "")")
+        let saved = "/tmp/am-transfer-" + UUID().uuidString.prefix(8)
+        defer { unlink(saved) }
+        _ = try ControlClient(socketPath: a.home.controlSocketPath).download(artifact: artifact.sha256, to: saved)
+        let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: saved)))
+        await runningA.stop()
+        await runningB.stop()
+        return (a, task, bytes, artifact.sha256)
+    }
+
+    @Test func aLargeArtifactSurvivesASessionCutMidTransferAndResumes() async throws {
+        // b cuts the session right after serving the 20th chunk, once.
+        let (a, task, bytes, digest) = try await Self.fetchThroughFaults(ArtifactFaults(cutAfterChunk: 20), mib: 50)
+        #expect(task.state == "completed" && bytes.count == 50 << 20)
+        #expect(Hex.encode(SHA256.hash(bytes)) == digest)
+        // The session was cut, and the transfer went on from where the cut left it, not from the start: either the
+        // chunks b read after the cut reach a over the next session, or a notices the silence and asks again from
+        // its first missing chunk.
+        #expect(!a.logs.matching("peer disconnected").isEmpty)
+        for stalled in a.logs.matching("an artifact transfer stalled; asking again from the first missing chunk") {
+            #expect((Int(stalled.metadata["offset"] ?? "") ?? 0) >= 8 << 20, "\(stalled)")
+        }
+    }
+
+    @Test func aCorruptedChunkIsDetectedAndFetchedAgain() async throws {
+        // b flips a byte of the 3rd chunk it serves, once, as a faulty disk or a lying peer would.
+        let (a, task, bytes, digest) = try await Self.fetchThroughFaults(ArtifactFaults(corruptChunk: 3), mib: 8)
+        #expect(task.state == "completed" && Hex.encode(SHA256.hash(bytes)) == digest)
+        #expect(!a.logs.matching("an artifact chunk did not match its owner's digest; asking for it again", ["offset": "2097152"]).isEmpty)
+    }
+}
