@@ -207,9 +207,12 @@ extension MeshNode {
     }
 
     private func dropForSubscriber(_ event: MeshEvent, key: String, waiting: Int) {
-        self.logger.warning("an event was not acted on: too many wait for this node's subscribers", metadata: [
-            "event": "\(event.id)", "subscription": "\(key)", "waiting": "\(waiting)",
-        ])
+        self.metrics.increment("agentmesh_subscription_events_dropped_total")
+        if let leftOut = self.subscribers.dropLog.admit(now: self.now) {
+            self.logger.warning("an event was not acted on: too many wait for this node's subscribers", metadata: [
+                "event": "\(event.id)", "subscription": "\(key)", "waiting": "\(waiting)", "not_logged_since": "\(leftOut)",
+            ])
+        }
         self.runEventBus { $0.handled(event.id, by: key, outcome: "dropped: \(EventSubscribers.maximumWaiting) events already waited") }
     }
 

@@ -6,6 +6,10 @@
 //                                                      attacker inside the network would) and hanging up, plus SLOW
 //                                                      handshakes that trickle one byte every 200 ms and are re-opened
 //                                                      as soon as the node closes them
+//   mesh-baseline events HOME PORT COUNT BYTES         a trusted peer's event flood: HOME's identity (which the
+//                                                      node on 127.0.0.1 must admit) publishes COUNT signed events
+//                                                      of BYTES of data each, as fast as the session takes them,
+//                                                      until they are sent or the node closes the session
 //   mesh-baseline floor MIB DIR                        the least work of a MIB-sized inline task on this machine,
 //                                                      step by step (Floor.swift), with new files in DIR
 // It prints one JSON document in the shape of `agentmesh bench --json`. The NATS and Redis anchors are measured with
@@ -107,12 +111,68 @@ extension Duration {
     var seconds: Double { Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18 }
 }
 
+// MARK: - An event flood from a trusted peer
+
+struct EventFloodReport: Encodable {
+    var sent = 0
+    var acknowledged = 0
+    var seconds = 0.0
+    /// Why the node ended the session, if it did (a ban says so).
+    var closedBecause: String?
+}
+
+func eventFlood(home: String, port: Int, count: Int, bytes: Int) throws {
+    let nodeHome = NodeHome(path: home)
+    let identity = try nodeHome.loadIdentity()
+    let credentials = HandshakeCredentials(identity: identity, networkKey: try nodeHome.loadNetworkKey(), listenAddress: "127.0.0.1:9")
+    let (connection, sealing) = try BlockingConnection.handshake(host: "127.0.0.1", port: port, credentials: credentials)
+    // The node's side of the session (acknowledgements, pings, the close) is read on its own thread, so a full
+    // socket never stops the flood; the two halves of the session state are used apart.
+    let opening = Mutex(sealing)
+    let report = Mutex(EventFloodReport())
+    let reader = Thread {
+        while let frame = try? connection.frame() {
+            let opened = opening.withLock { session in try? session.open(frame: frame) }
+            switch opened {
+            case .message(let message, _)?:
+                if message.first == 5, case .eventAck? = try? TaskMessage(decoding: message, from: 1) {
+                    report.withLock { $0.acknowledged += 1 }
+                }
+            case .closed(let reason)?:
+                report.withLock { $0.closedBecause = reason.text }
+                return
+            default:
+                continue
+            }
+        }
+    }
+    reader.start()
+    let data = Array("\"".utf8) + [UInt8](repeating: UInt8(ascii: "x"), count: max(0, bytes - 2)) + Array("\"".utf8)
+    var generator = SystemRandomNumberGenerator()
+    let started = ContinuousClock.now
+    for _ in 0..<count {
+        let event = MeshEvent(
+            id: TaskID(using: &generator), topic: "flood", publishedBy: identity, time: Int64(Date().timeIntervalSince1970 * 1000), data: data)
+        guard let frames = try? opening.withLock({ session in try session.seal(message: TaskMessage.event(event).encoded(after: 5)) }),
+            (try? frames.forEach { try connection.sendFrame($0) }) != nil
+        else { break }
+        report.withLock { $0.sent += 1 }
+    }
+    // What the node still acknowledges after the last event was sent.
+    Thread.sleep(forTimeInterval: 2)
+    connection.abort()
+    var result = report.withLock { $0 }
+    result.seconds = (ContinuousClock.now - started).seconds
+    print(String(decoding: try ControlAPI.encoder().encode(result), as: UTF8.self))
+}
+
 let arguments = CommandLine.arguments.dropFirst().map { $0 }
 
 func usage() -> Never {
     FileHandle.standardError.write(Data("""
         usage: mesh-baseline handshakes HOME PORT SECONDS
                mesh-baseline flood HOME HOST PORT SECONDS RATE SLOW
+               mesh-baseline events HOME PORT COUNT BYTES
                mesh-baseline floor MIB DIR
 
         """.utf8))
@@ -129,6 +189,11 @@ do {
             let rate = Int(arguments[5]), let slow = Int(arguments[6])
         else { usage() }
         try flood(home: arguments[1], host: arguments[2], port: port, seconds: seconds, rate: rate, slow: slow)
+    case "events":
+        guard arguments.count == 5, let port = Int(arguments[2]), let count = Int(arguments[3]), let bytes = Int(arguments[4]),
+            bytes <= MeshEvent.maximumData
+        else { usage() }
+        try eventFlood(home: arguments[1], port: port, count: count, bytes: bytes)
     case "floor":
         guard arguments.count == 3, let mib = Int(arguments[1]), mib > 0 else { usage() }
         try measureFloor(mib: mib, directory: arguments[2])

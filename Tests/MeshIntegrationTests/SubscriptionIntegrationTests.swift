@@ -1,7 +1,9 @@
 import Foundation
 import MeshControl
 import MeshCore
+import MeshTestKit
 import MeshWorkflows
+import NIOCore
 import Testing
 
 @testable import MeshTransport
@@ -54,5 +56,39 @@ import Testing
         #expect(outcomes.filter { $0.hasPrefix("workflow ") }.count == 8)
         #expect(outcomes.filter { $0 == "waiting" }.count == 12)
         await running.stop()
+    }
+
+    /// One peer's 10,000 events of 64 KiB grew a node by 890 MiB within every rate limit. A peer's events now hold
+    /// at most its 16 MiB share of the history: of 300 events of 64 KiB over a real session, the newest 255.
+    @Test func aPeersEventFloodKeepsOnlyItsShareOfTheHistory() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let mallory = try mesh.node("mallory")
+        let runningA = try await a.start { $0.isOpen = true }
+        let data = Array("\"".utf8) + [UInt8](repeating: UInt8(ascii: "x"), count: MeshEvent.maximumData - 2) + Array("\"".utf8)
+        var generator = SystemRandomNumberGenerator()
+        let sent = (0..<300).map { _ in
+            MeshEvent(id: TaskID(using: &generator), topic: "flood", publishedBy: mallory.identity, time: 0, data: data)
+        }
+        func history() async throws -> [ControlAPI.EventInfo] {
+            let page = await runningA.node.handleControl(
+                ControlRequest(method: "GET", path: "/v1/events", query: ["topic": "flood", "limit": "1000"], body: []))
+            return try ControlAPI.decoder().decode(ControlAPI.EventHistory.self, from: Data(page.body)).events
+        }
+        let channel = try await mallory.openSession(to: runningA.address)
+        try await channel.executeThenClose { inbound, outbound in
+            var events = inbound.makeAsyncIterator()
+            guard case .established? = try await events.next() else {
+                Issue.record("the session was not established")
+                return
+            }
+            for event in sent { try await outbound.write(OutboundMessage(TaskMessage.event(event).encoded(after: 5))) }
+            #expect(await eventually { (try? await history().last?.id) == sent.last?.id.description })
+        }
+        let kept = try await history()
+        #expect(kept.count == 255, "\(kept.count) of 300 events of 64 KiB kept")
+        let newest = kept.map(\.id).elementsEqual(sent.suffix(255).map(\.id.description))
+        #expect(newest, "the newest, in order")
+        await runningA.stop()
     }
 }
