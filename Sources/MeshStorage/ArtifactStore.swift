@@ -438,6 +438,14 @@ public final class ArtifactStore: Sendable {
         }
     }
 
+    /// Removes the partial file of a transfer that will not be resumed, giving back its room.
+    public func discardPartial(_ hex: String) {
+        let path = self.directory + "/partial/" + hex
+        var info = stat()
+        guard hex.count == 64, stat(path, &info) == 0, unlink(path) == 0 else { return }
+        self.release(UInt64(info.st_size))
+    }
+
     // MARK: - Retention
 
     /// Removes every artifact not in `keep` (hex digests) that was stored before `cutoff`, and partial downloads

@@ -138,6 +138,7 @@ extension MeshNode {
         let pull = ArtifactPull(artifact: artifact, task: task, peer: peer, now: self.now)
         pull.waiters.append((task, peer, done))
         self.artifactPulls[artifact.hex] = pull
+        self.leftoverPartials.resumed(artifact.hex)
         self.artifactQueue.async {
             let opened: Result<Unchecked<ArtifactStore.Download>, ArtifactError> = Result { () throws(ArtifactError) in
                 Unchecked(try ArtifactStore.Download(store: store, artifact: artifact))
@@ -246,9 +247,18 @@ extension MeshNode {
         self.artifactPulls[pull.artifact.hex] = nil
         if let error {
             self.logger.notice("an artifact transfer failed", metadata: ["artifact": "\(pull.artifact.hex.prefix(16))", "error": "\(error)"])
-            // Otherwise the bytes so far stay for a later try to resume from (they count until the partials' sweep).
+            // Otherwise the bytes so far stay for a later try to resume from, within the peer's share of leftovers.
             if let download = pull.download, discarding {
                 self.artifactQueue.async { download.value.discard() }
+            } else if let download = pull.download, let store = self.artifactStore {
+                let dropped = self.leftoverPartials.stopped(
+                    pull.artifact.hex, bytes: download.value.received, from: pull.peer,
+                    share: max(store.capacity / 4, store.maximumArtifact))
+                if !dropped.isEmpty {
+                    self.logger.notice("partial artifacts let go: the peer's unfinished transfers hold their share", metadata: [
+                        "peer": "\(self.displayName(pull.peer))", "artifacts": "\(dropped.count)"])
+                    self.artifactQueue.async { for hex in dropped { store.discardPartial(hex) } }
+                }
             }
         } else {
             let seconds = max((self.now - pull.startedAt).seconds, 1e-6)

@@ -134,6 +134,7 @@ public actor MeshNode: Service {
     /// Transfers of artifacts to this node, by hex digest; results held until theirs are here.
     var artifactPulls: [String: ArtifactPull] = [:]
     var heldResults: Set<TaskID> = []
+    var leftoverPartials = LeftoverPartials()
     /// Chunks served to peers, counted for ``NodeSettings/artifactFaults``.
     var chunksServed = 0
     var artifactsSweptAt: Duration = .zero
