@@ -166,6 +166,20 @@ import Testing
         #expect(store.usedBytes == 0)
     }
 
+    @Test func aDiscardedPartialGivesBackItsRoom() throws {
+        let store = try Self.store()
+        defer { try? FileManager.default.removeItem(atPath: store.directory) }
+        let bytes = [UInt8](repeating: 7, count: ArtifactStore.chunkLength + 10)
+        let artifact = ArtifactRef(digest: SHA256.hash(bytes), size: UInt64(bytes.count), mediaType: "a/b", name: "x")
+        let download = try ArtifactStore.Download(store: store, artifact: artifact)
+        var hasher = SHA256.Hasher()
+        hasher.update(Array(bytes[..<ArtifactStore.chunkLength]))
+        _ = try download.append(Array(bytes[..<ArtifactStore.chunkLength]), chainingValue: hasher.chainingValue ?? [])
+        #expect(store.usedBytes == UInt64(ArtifactStore.chunkLength))
+        store.discardPartial(artifact.hex)
+        #expect(store.usedBytes == 0 && !FileManager.default.fileExists(atPath: store.directory + "/partial/" + artifact.hex))
+    }
+
     @Test func retentionRemovesWhatNoTaskKeeps() throws {
         let store = try Self.store()
         let artifact = try Self.stored(in: store)
