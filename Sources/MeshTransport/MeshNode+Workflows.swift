@@ -124,19 +124,26 @@ extension MeshNode {
             if known.state.isTerminal { self.workflowTaskEnded(known) }
             return
         }
-        self.metricsTaskSubmitted(task.capability)
         // Every step of a run is in the run's trace: the trace id is the workflow id, the run's span their parent.
         let trace = self.workflowOfTask[task.id].map { TraceContext(traceID: $0.description, parentID: TraceContext.spanID(of: $0)) }
-        self.runSubmitter {
-            $0.submit(
-                id: task.id, capability: task.capability, input: task.input,
-                timeout: .milliseconds(Int64(task.timeoutSeconds * 1000)), maximumAttempts: task.attempts,
-                options: TaskOptions(traceparent: trace?.description), now: self.now)
+        // Through the one way in, like a client's task: a step waits for a member that offers its capability, and
+        // one the node cannot take (its store or audit log not writable) fails the step with why.
+        let admission = TaskAdmission(
+            id: task.id, capability: task.capability, payload: task.input, timeout: .milliseconds(Int64(task.timeoutSeconds * 1000)),
+            maximumAttempts: task.attempts, options: TaskOptions(traceparent: trace?.description), waitForCapability: true)
+        self.admit(admission) { result in
+            guard case .failure(let refusal) = result else { return }
+            // Not now: the refusal may come while the run is still handing out this change's directives.
+            self.loop.execute {
+                self.assumeIsolated { node in node.workflowTaskRefused(task.id, refusal.message) }
+            }
         }
-        // The submitter hears of members on its tick; membership may know one already.
-        if !self.submitter.hasCandidate(for: task.capability) {
-            self.runSubmitter { $0.candidatesChanged(self.taskCandidates(), now: self.now) }
-        }
+    }
+
+    private func workflowTaskRefused(_ task: TaskID, _ reason: String) {
+        guard let id = self.workflowOfTask.removeValue(forKey: task) else { return }
+        let directives = self.workflows[id]?.taskEnded(task, .failed(reason), time: AuditLog.wallClockMilliseconds()) ?? []
+        self.performWorkflow(id, directives)
     }
 
     /// A task ended: if a workflow waits for it, the run moves on.
