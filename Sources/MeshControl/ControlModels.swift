@@ -28,12 +28,15 @@ public enum ControlAPI {
         /// Messages (and their bytes) received from peers since the node started.
         public let messagesReceived: UInt64
         public let bytesReceived: UInt64
+        /// What the node could not read back from its store when it started (each skipped, and logged).
+        public let restoreProblems: [String]
 
         package init(
             id: String, name: String, listen: String, identityLine: String, open: Bool, startedAt: Date,
             audit: AuditCost?, joins: [JoinStatus] = [], store: String = "ok", auditLog: String = "ok",
-            messagesReceived: UInt64 = 0, bytesReceived: UInt64 = 0
+            messagesReceived: UInt64 = 0, bytesReceived: UInt64 = 0, restoreProblems: [String] = []
         ) {
+            self.restoreProblems = restoreProblems
             self.id = id
             self.name = name
             self.version = AgentMeshVersion.current

@@ -113,9 +113,8 @@ extension MeshNode {
 
     func restoreIdempotencyKeys() {
         let now = AuditLog.wallClockMilliseconds()
-        let records = ((try? self.taskStore?.documents(kind: IdempotencyBook.document)) ?? [])
-            .compactMap { try? JSONDecoder().decode(IdempotencyRecord.self, from: Data($0.body)) }
-            .sorted { $0.time < $1.time }
+        let records = self.restoredDocuments(IdempotencyBook.document, as: IdempotencyRecord.self, what: "idempotency key")
+            .map(\.value).sorted { $0.time < $1.time }
         var dropped: [String] = []
         for record in records { dropped += self.idempotency.add(record, now: now) }
         self.taskStore?.enqueue(dropped.map { .forgetDocument(kind: IdempotencyBook.document, id: IdempotencyBook.documentID($0)) })

@@ -316,11 +316,11 @@ extension MeshNode {
     /// After a restart: the history comes back; a subscription that had not finished with an event acts on it again
     /// (at least once).
     func restoreEvents() {
-        guard let store = self.taskStore else { return }
-        let records = ((try? store.documents(kind: Self.eventDocument)) ?? []).compactMap { document -> EventBus.Record? in
-            guard let stored = try? JSONDecoder().decode(StoredEvent.self, from: Data(document.body)),
-                let origin = NodeID(hex: stored.origin)
-            else { return nil }
+        let records = self.restoredDocuments(Self.eventDocument, as: StoredEvent.self, what: "event").compactMap { id, stored -> EventBus.Record? in
+            guard let origin = NodeID(hex: stored.origin) else {
+                self.restoreProblem("a stored event (\(id)) names no node as its origin; it was skipped")
+                return nil
+            }
             return EventBus.Record(
                 sequence: stored.sequence,
                 event: MeshEvent(

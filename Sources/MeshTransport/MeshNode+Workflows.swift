@@ -202,15 +202,11 @@ extension MeshNode {
         do {
             documents = try store.documents(kind: Self.workflowDocument)
             for document in try store.documents(kind: Self.workflowStartDocument) { starts[document.id] = document.body }
-            for document in try store.documents(kind: Self.workflowItemDocument) {
-                guard let item = try? JSONDecoder().decode(WorkflowRun.StoredItem.self, from: Data(document.body)) else {
-                    self.logger.error("a stored workflow item cannot be read; it is skipped", metadata: ["document": "\(document.id)"])
-                    continue
-                }
-                itemsByRun[item.run, default: []].append(item)
-            }
         } catch {
-            return self.logger.error("cannot read the stored workflows", metadata: ["error": "\(error)"])
+            return self.restoreProblem("cannot read the stored workflows: \(error)")
+        }
+        for (_, item) in self.restoredDocuments(Self.workflowItemDocument, as: WorkflowRun.StoredItem.self, what: "workflow item") {
+            itemsByRun[item.run, default: []].append(item)
         }
         var unfinished: [TaskID] = []
         for document in documents {
@@ -227,7 +223,7 @@ extension MeshNode {
             switch restored {
             case .success(let restored): run = restored
             case .failure(let error):
-                self.logger.error("a stored workflow cannot be read; it is skipped", metadata: ["workflow": "\(document.id)", "error": "\(error)"])
+                self.restoreProblem("a stored workflow (\(document.id)) cannot be read; it was skipped: \(error)")
                 continue
             }
             self.workflows[run.id] = run

@@ -135,6 +135,8 @@ public actor MeshNode: Service {
     var artifactPulls: [String: ArtifactPull] = [:]
     var heldResults: Set<TaskID> = []
     var leftoverPartials = LeftoverPartials()
+    /// What the last start-up could not read back from the store (``restoredDocuments(_:as:what:)``).
+    var restoreProblems: [String] = []
     /// Chunks served to peers, counted for ``NodeSettings/artifactFaults``.
     var chunksServed = 0
     var artifactsSweptAt: Duration = .zero
@@ -934,7 +936,8 @@ public actor MeshNode: Service {
             },
             store: self.commitGate.isStoreWritable ? "ok" : "cannot write \(self.taskStore?.path ?? "the task store")",
             auditLog: self.commitGate.isAuditWritable ? "ok" : "cannot write \(self.auditLog?.directory ?? "the audit log")",
-            messagesReceived: self.accountability.received.messages, bytesReceived: self.accountability.received.bytes)
+            messagesReceived: self.accountability.received.messages, bytesReceived: self.accountability.received.bytes,
+            restoreProblems: self.restoreProblems)
     }
 }
 

@@ -270,15 +270,11 @@ extension MeshNode {
 
     /// After a restart: targets and undelivered deliveries come back from the store.
     func restoreWebhooks() {
-        guard let store = self.taskStore else { return }
-        for document in (try? store.documents(kind: WebhookBook.targetDocument)) ?? [] {
-            if let stored = try? JSONDecoder().decode(StoredTarget.self, from: Data(document.body)) {
-                self.webhooks.register(stored.target, for: stored.subject)
-            }
+        for (_, stored) in self.restoredDocuments(WebhookBook.targetDocument, as: StoredTarget.self, what: "webhook target") {
+            self.webhooks.register(stored.target, for: stored.subject)
         }
         let now = AuditLog.wallClockMilliseconds()
-        for document in (try? store.documents(kind: WebhookBook.deliveryDocument)) ?? [] {
-            guard let delivery = try? JSONDecoder().decode(WebhookDelivery.self, from: Data(document.body)) else { continue }
+        for (_, delivery) in self.restoredDocuments(WebhookBook.deliveryDocument, as: WebhookDelivery.self, what: "webhook delivery") {
             self.webhooks.pending[delivery.id] = delivery
             self.scheduleDelivery(delivery.id, in: .milliseconds(max(0, delivery.nextAt - now)))
         }

@@ -74,6 +74,7 @@ struct Status: ParsableCommand {
             let last = join.lastError.map { " (last error\(join.lastErrorAt.map { " " + ago($0, now: Date()) } ?? ""): \($0))" } ?? ""
             print("join     \(join.address): \(join.connected ? "connected" : "not connected")\(last)")
         }
+        for problem in node.restoreProblems { print("restore  \(problem)") }
     }
 }
 

@@ -1,6 +1,8 @@
 import Foundation
 import MeshControl
 import MeshCore
+import MeshStorage
+import Synchronization
 import MeshTestKit
 import MeshWorkflows
 import NIOCore
@@ -90,5 +92,29 @@ import Testing
         let newest = kept.map(\.id).elementsEqual(sent.suffix(255).map(\.id.description))
         #expect(newest, "the newest, in order")
         await runningA.stop()
+    }
+
+    /// A stored document that cannot be read was skipped without a word on restart (`try?`): it is now logged and
+    /// shown in `status`, and everything else comes back.
+    @Test func aStoredDocumentThatCannotBeReadIsSkippedAndShownInStatus() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let first = try await a.start()
+        let body = try JSONSerialization.data(withJSONObject: ["topic": "orders", "data": ["n": 1]])
+        let published = await first.node.handleControl(ControlRequest(method: "POST", path: "/v1/events", query: [:], body: Array(body)))
+        #expect(published.status < 300)
+        await first.stop()
+        let store = try TaskStore(path: a.home.taskStorePath, timeBase: TaskStore.TimeBase(origin: Date()))
+        let broken = TaskID(high: 7, low: 7)
+        let stored = Mutex(false)
+        store.onProgress { _ in stored.withLock { $0 = true } }
+        store.enqueue([.document(kind: "event", id: broken, body: Array("not an event".utf8))])
+        #expect(await eventually { stored.withLock { $0 } })
+        let second = try await a.start()
+        let problems = await second.node.nodeInfo().restoreProblems
+        #expect(problems.count == 1 && problems[0].contains("a stored event (\(broken)) cannot be read"), "\(problems)")
+        let history = await second.node.handleControl(ControlRequest(method: "GET", path: "/v1/events", query: [:], body: []))
+        #expect(try ControlAPI.decoder().decode(ControlAPI.EventHistory.self, from: Data(history.body)).events.count == 1)
+        await second.stop()
     }
 }
