@@ -5,32 +5,6 @@ import MeshStorage
 import NIOCore
 
 /// Clients long-polling for tasks to end, each until its wait runs out.
-struct TaskWaiters {
-    struct Waiter {
-        let wake: () -> Void
-        let expiry: Scheduled<Void>
-    }
-
-    private var byTask: [TaskID: [UInt64: Waiter]] = [:]
-    private var lastToken: UInt64 = 0
-
-    /// Adds a waiter; `expiry` is given the token that ``remove(_:token:)`` takes.
-    mutating func add(_ id: TaskID, wake: @escaping () -> Void, expiry: (UInt64) -> Scheduled<Void>) {
-        self.lastToken += 1
-        let token = self.lastToken
-        self.byTask[id, default: [:]][token] = Waiter(wake: wake, expiry: expiry(token))
-    }
-
-    mutating func remove(_ id: TaskID, token: UInt64) -> Waiter? {
-        defer { if self.byTask[id]?.isEmpty == true { self.byTask[id] = nil } }
-        return self.byTask[id]?.removeValue(forKey: token)
-    }
-
-    mutating func removeAll(_ id: TaskID) -> [Waiter] { Array(self.byTask.removeValue(forKey: id)?.values ?? [:].values) }
-
-    var tasks: [TaskID] { Array(self.byTask.keys) }
-}
-
 /// The control API: routes each request to what answers it. Everything runs on the node's loop and answers through
 /// a callback, so a request that waits (for its task to be stored, or to end) holds no thread and no Swift task.
 extension MeshNode {
@@ -323,11 +297,7 @@ extension MeshNode {
         guard let task = self.submitter.task(id), !task.state.isTerminal, timeout > .zero,
             (self.taskLogs.log(id)?.total ?? 0) <= after
         else { return then() }
-        self.logWaiters.add(id, wake: then) { token in
-            self.loop.scheduleTask(in: TimeAmount(timeout)) {
-                self.assumeIsolated { node in node.logWaiters.remove(id, token: token)?.wake() } as Void
-            }
-        }
+        self.wait(.taskLog, for: id, timeout: timeout, wake: then)
     }
 
     private func health() -> ControlAPI.Health {
@@ -394,28 +364,18 @@ extension MeshNode {
     /// Calls `then` when the task ends or `timeout` passes, whichever is first (at once for a task that ended).
     private func whenTaskEnds(_ id: TaskID, within timeout: Duration, then: @escaping () -> Void) {
         guard let task = self.submitter.task(id), !task.state.isTerminal, timeout > .zero else { return then() }
-        self.waiters.add(id, wake: then) { token in
-            self.loop.scheduleTask(in: TimeAmount(timeout)) {
-                self.assumeIsolated { node in node.waiters.remove(id, token: token)?.wake() } as Void
-            }
-        }
+        self.wait(.taskEnd, for: id, timeout: timeout, wake: then)
     }
 
     func wakeWaiters(for id: TaskID) {
         self.finishEventStreams(id)
-        for waiter in self.logWaiters.removeAll(id) {
-            waiter.expiry.cancel()
-            waiter.wake()
-        }
-        for waiter in self.waiters.removeAll(id) {
-            waiter.expiry.cancel()
-            waiter.wake()
-        }
+        self.wake(.taskLog, id)
+        self.wake(.taskEnd, id)
     }
 
+    /// The node is stopping: event streams end, and every long poll answers with what it has now.
     func wakeAllWaiters() {
-        for id in Set(self.waiters.tasks + self.logWaiters.tasks + self.eventWaiters.tasks + Array(self.eventStreams.keys)) {
-            self.wakeWaiters(for: id)
-        }
+        for id in Array(self.eventStreams.keys) { self.finishEventStreams(id) }
+        self.wakeEveryone()
     }
 }

@@ -78,15 +78,9 @@ extension MeshNode {
         let members = self.liveMemberIDs()
         self.runEventBus { $0.receive(message, from: peer, members: members, now: self.now) }
         if case .event = message {
-            for waiter in self.eventHistoryWaiters.removeAll(Self.historyWaitKey) {
-                waiter.expiry.cancel()
-                waiter.wake()
-            }
+            self.wake(.eventHistory, Self.historyWaitKey)
         } else if case .eventAck(let id) = message, self.eventBus.waiting(for: id).isEmpty {
-            for waiter in self.publishWaiters.removeAll(id) {
-                waiter.expiry.cancel()
-                waiter.wake()
-            }
+            self.wake(.eventPublished, id)
         }
     }
 
@@ -130,10 +124,7 @@ extension MeshNode {
             data: Array(data))
         let members = self.liveMemberIDs()
         self.runEventBus { $0.publish(event, to: members, now: self.now) }
-        for waiter in self.eventHistoryWaiters.removeAll(Self.historyWaitKey) {
-            waiter.expiry.cancel()
-            waiter.wake()
-        }
+        self.wake(.eventHistory, Self.historyWaitKey)
         let sequence = self.taskStore?.lastQueued ?? 0
         let answer = {
             let waiting = self.eventBus.waiting(for: event.id)
@@ -146,11 +137,7 @@ extension MeshNode {
         let stored = { (error: TaskStore.StoreError?) in
             if let error { return respond(.error(507, "the event could not be stored: \(error.description)")) }
             guard !self.eventBus.waiting(for: event.id).isEmpty else { return answer() }
-            self.publishWaiters.add(event.id, wake: answer) { token in
-                self.loop.scheduleTask(in: TimeAmount(Self.publishAnswerWithin)) {
-                    self.assumeIsolated { node in node.publishWaiters.remove(event.id, token: token)?.wake() } as Void
-                }
-            }
+            self.wait(.eventPublished, for: event.id, timeout: Self.publishAnswerWithin, wake: answer)
         }
         if !self.commitGate.wait(forStore: sequence, stored) { stored(nil) }
     }
@@ -159,11 +146,7 @@ extension MeshNode {
     func answerEventHistory(topic: String?, after: Int, limit: Int, wait: Duration?, respond: @escaping Respond) {
         let send = { respond(.json(self.eventHistory(topic: topic, after: after, limit: limit))) }
         guard let wait, wait > .zero, self.eventBus.records(after: after, topic: topic, limit: 1).isEmpty else { return send() }
-        self.eventHistoryWaiters.add(Self.historyWaitKey, wake: send) { token in
-            self.loop.scheduleTask(in: TimeAmount(wait)) {
-                self.assumeIsolated { node in node.eventHistoryWaiters.remove(Self.historyWaitKey, token: token)?.wake() } as Void
-            }
-        }
+        self.wait(.eventHistory, for: Self.historyWaitKey, timeout: wait, wake: send)
     }
 
     private func eventHistory(topic: String?, after: Int, limit: Int) -> ControlAPI.EventHistory {

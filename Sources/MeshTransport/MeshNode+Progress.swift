@@ -34,10 +34,7 @@ extension MeshNode {
         for stream in self.eventStreams[id] ?? [] {
             for event in kept { stream.write(Self.serverSentEvent(event)) }
         }
-        for waiter in self.eventWaiters.removeAll(id) {
-            waiter.expiry.cancel()
-            waiter.wake()
-        }
+        self.wake(.taskProgress, id)
     }
 
     /// The task's events: in memory, or read back from the store (a restarted node, an older task).
@@ -54,11 +51,7 @@ extension MeshNode {
         guard let task = self.submitter.task(id), !task.state.isTerminal, wait > .zero,
             self.eventLog(id).lastSequence <= after
         else { return send() }
-        self.eventWaiters.add(id, wake: send) { token in
-            self.loop.scheduleTask(in: TimeAmount(wait)) {
-                self.assumeIsolated { node in node.eventWaiters.remove(id, token: token)?.wake() } as Void
-            }
-        }
+        self.wait(.taskProgress, for: id, timeout: wait, wake: send)
     }
 
     private func eventsPage(_ id: TaskID, after: Int) -> ControlAPI.TaskEvents {
@@ -116,10 +109,7 @@ extension MeshNode {
     /// The task ended: its streams get the `end` event and close.
     func finishEventStreams(_ id: TaskID) {
         for sink in self.eventStreams.removeValue(forKey: id) ?? [] { self.endEventStream(sink, task: id) }
-        for waiter in self.eventWaiters.removeAll(id) {
-            waiter.expiry.cancel()
-            waiter.wake()
-        }
+        self.wake(.taskProgress, id)
     }
 
     private func endEventStream(_ sink: ControlStreamSink, task id: TaskID) {

@@ -32,10 +32,7 @@ extension MeshNode {
         case .log(let id, let epoch, let chunk):
             guard self.submitter.acceptsLog(id, epoch: epoch, from: peer) else { return }
             self.taskLogs.append(chunk, to: id)
-            for waiter in self.logWaiters.removeAll(id) {
-                waiter.expiry.cancel()
-                waiter.wake()
-            }
+            self.wake(.taskLog, id)
         case .progress(let id, let epoch, let first, let events):
             self.receiveProgress(id, epoch: epoch, first: first, events: events, from: peer)
         case .input:

@@ -96,10 +96,7 @@ extension MeshNode {
         self.webhookStateChanged(.workflow(id), state: run.state.rawValue, isFinal: run.state.isTerminal) {
             self.workflowDocumentBytes(id)
         }
-        for waiter in self.workflowWaiters.removeAll(id) {
-            waiter.expiry.cancel()
-            waiter.wake()
-        }
+        self.wake(.workflow, id)
         if run.state.isTerminal {
             for task in run.steps.values.flatMap({ ($0.items + $0.compensations.values).compactMap(\.task?.id) }) {
                 self.workflowOfTask[task] = nil
@@ -278,11 +275,7 @@ extension MeshNode {
         let deadline = self.now + timeout
         // Woken by every change: one that waits for the end waits on until then.
         let wake = { self.whenWorkflowChanges(id, after: version, within: version == nil ? deadline - self.now : .zero, then: then) }
-        self.workflowWaiters.add(id, wake: wake) { token in
-            self.loop.scheduleTask(in: TimeAmount(timeout)) {
-                self.assumeIsolated { node in node.workflowWaiters.remove(id, token: token)?.wake() } as Void
-            }
-        }
+        self.wait(.workflow, for: id, timeout: timeout, wake: wake)
     }
 
     private func whenWorkflowStored(_ id: TaskID, then: @escaping (String?) -> Void) {

@@ -92,31 +92,22 @@ public actor MeshNode: Service {
     /// Executor runs in progress, so a cancel or a deadline can stop them, and where their agents' answers go.
     var executions: [TaskID: Task<Void, Never>] = [:]
     var agentInputs: [TaskID: AgentInput] = [:]
-    /// Clients long-polling for a task to end.
-    var waiters = TaskWaiters()
-    /// Clients following a task's log (`task ID --logs -f`), woken by new bytes or the task's end.
-    var logWaiters = TaskWaiters()
+    /// Everyone long-polling: for a task to end, its log or progress, a workflow's change, events.
+    var waiters = Waiters()
     /// The stderr of this node's tasks' runs, as their executors forward it.
     var taskLogs = TaskLogBook()
     /// The progress events of this node's newest tasks (all of them are in the store).
     var taskEvents: TaskEventBook
-    /// Clients long-polling for a task's next progress events.
-    var eventWaiters = TaskWaiters()
     /// Clients following a task's progress as server-sent events.
     var eventStreams: [TaskID: [ControlStreamSink]] = [:]
     /// The workflow runs this node owns, and which run each of their tasks belongs to.
     var workflows: [TaskID: WorkflowRun] = [:]
     var workflowOfTask: [TaskID: TaskID] = [:]
-    /// Clients long-polling for a workflow's next change.
-    var workflowWaiters = TaskWaiters()
     /// Webhook targets and deliveries, and the key that signs them (`DIR/webhook.secret`).
     var webhooks = WebhookBook()
     var webhookSecret: SecretBytes?
     /// Published events: the history, and what this node still re-sends.
     var eventBus: EventBus
-    /// Clients long-polling the event history, and publishers waiting for acknowledgements.
-    var eventHistoryWaiters = TaskWaiters()
-    var publishWaiters = TaskWaiters()
     /// Runs that events started (executors and workflows), and the events waiting for one (bounded).
     var subscribers = EventSubscribers()
     /// Open browser views' live streams, each with the snapshot it was sent last; one snapshot is built per tick for
