@@ -63,7 +63,7 @@ extension MeshNode {
                 data: ControlAPI.JSONValue((try? JSONSerialization.jsonObject(with: Data(event.data), options: [.fragmentsAllowed])) ?? NSNull()))
         }
         let next = events.last?.sequence ?? max(after, 0)
-        let finished = (self.submittedTaskState(id)?.isTerminal ?? true) && next >= log.lastSequence - log.dropped
+        let finished = (self.submittedTaskState(id)?.isTerminal ?? true) && next >= (log.events.last?.sequence ?? 0)
         return ControlAPI.TaskEvents(id: id.description, events: Array(events), next: next, finished: finished)
     }
 

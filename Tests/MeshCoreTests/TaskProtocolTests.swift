@@ -921,6 +921,12 @@ extension TaskProtocolTests {
         #expect(book.log(one) == nil && book.log(two) != nil && book.log(three) != nil, "the finished log went, not a running one")
         book.set(TaskEventLog(), for: TaskID(high: 1, low: 4))
         #expect(book.log(two) != nil && book.log(three) != nil, "running logs stay past the count")
+        // Dropped for want of room, then kept once there is room again: the gap keeps its numbers.
+        var gapped = TaskEventLog()
+        _ = gapped.receive(epoch: 1, first: 1, events: [event, event], time: 0, room: 200)
+        _ = gapped.receive(epoch: 1, first: 3, events: [event, event], time: 0, room: 0)
+        #expect(gapped.receive(epoch: 1, first: 5, events: [event], time: 0).map(\.sequence) == [5])
+        #expect(gapped.lastSequence == 5 && gapped.dropped == 2 && gapped.events.map(\.sequence) == [1, 2, 5])
     }
 }
 

@@ -33,10 +33,12 @@ public struct TaskEventLog: Sendable {
         self.events = events
         self.bytes = events.reduce(0) { $0 + $1.data.count }
         self.dropped = dropped
+        self.lastSequence = (events.last?.sequence ?? 0) + dropped
         if let last = events.last { self.run = (last.epoch, UInt32(events.count { $0.epoch == last.epoch })) }
     }
 
-    public var lastSequence: Int { (self.events.last?.sequence ?? 0) + self.dropped }
+    /// Every event received has a number, a dropped one too (the gap shows it): the last one given.
+    public private(set) var lastSequence: Int
 
     /// Adds a batch the run numbered from `first`; returns the events kept (to store and to send to followers). A
     /// batch that overlaps what the run already sent is kept from where it is new; one numbered from 1 again comes
@@ -52,9 +54,11 @@ public struct TaskEventLog: Sendable {
             self.run.received += 1
             guard self.events.count < Self.maximumEvents, self.bytes + data.count <= Self.maximumBytes, data.count <= room else {
                 self.dropped += 1
+                self.lastSequence += 1
                 continue
             }
-            let event = TaskEvent(sequence: self.lastSequence + 1, epoch: epoch, time: time, data: data)
+            self.lastSequence += 1
+            let event = TaskEvent(sequence: self.lastSequence, epoch: epoch, time: time, data: data)
             self.events.append(event)
             self.bytes += data.count
             room -= data.count
@@ -67,9 +71,11 @@ public struct TaskEventLog: Sendable {
     public mutating func note(_ data: [UInt8], time: Int64, room: Int = .max) -> [TaskEvent] {
         guard self.events.count < Self.maximumEvents, self.bytes + data.count <= Self.maximumBytes, data.count <= room else {
             self.dropped += 1
+            self.lastSequence += 1
             return []
         }
-        let event = TaskEvent(sequence: self.lastSequence + 1, epoch: self.run.epoch, time: time, data: data)
+        self.lastSequence += 1
+        let event = TaskEvent(sequence: self.lastSequence, epoch: self.run.epoch, time: time, data: data)
         self.events.append(event)
         self.bytes += data.count
         return [event]
