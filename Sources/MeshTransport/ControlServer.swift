@@ -135,6 +135,7 @@ struct ControlServer: Sendable {
                 child.closeFuture.whenComplete { _ in open.withLock { $0.release(address) } }
                 return child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.addHandler(BackPressureHandler())
+                    try child.pipeline.syncOperations.addHandler(RequestHeadDeadline())
                     try child.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: TimeAmount(idleTimeout)))
                     try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try child.pipeline.syncOperations.addHandler(
@@ -162,6 +163,59 @@ struct ControlServer: Sendable {
 /// One control connection: gathers a request (refusing an unauthorised one on its headers, without keeping its
 /// body), hands it to the node and writes the answer. HTTP/1.1 pipelining is serialised by NIO's pipeline handler,
 /// so at most one request per connection is in flight.
+/// A request's head must be whole within ``ControlServer/requestTimeout`` of the connection opening or of its first
+/// byte: the deadline on a request started only once its head was in, so a client trickling a byte of a head every
+/// 20 s kept its connection past a minute, and 256 of them shut everyone out. Sits before the HTTP decoder, where
+/// the bytes of a head that is not whole yet are still visible; the request handler says when a head is in and when
+/// its request ended.
+private final class RequestHeadDeadline: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = IOData
+    typealias OutboundOut = IOData
+
+    enum Progress { case headReceived, requestEnded }
+
+    private var waitingForHead = true
+    private var deadline: Scheduled<Void>?
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.arm(context)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if self.waitingForHead, self.deadline == nil { self.arm(context) }
+        context.fireChannelRead(data)
+    }
+
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard let progress = event as? Progress else { return context.triggerUserOutboundEvent(event, promise: promise) }
+        switch progress {
+        case .headReceived:
+            self.waitingForHead = false
+            self.deadline?.cancel()
+            self.deadline = nil
+        case .requestEnded:
+            // The next bytes start the next request's head.
+            self.waitingForHead = true
+        }
+        promise?.succeed()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.deadline?.cancel()
+        context.fireChannelInactive()
+    }
+
+    private func arm(_ context: ChannelHandlerContext) {
+        let channel = context.channel
+        self.deadline = context.eventLoop.scheduleTask(in: TimeAmount(ControlServer.requestTimeout)) {
+            channel.close(promise: nil)
+        }
+    }
+}
+
 private final class ControlHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -222,6 +276,7 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
         guard !self.isClosing else { return }
         switch self.unwrapInboundIn(data) {
         case .head(let head):
+            context.triggerUserOutboundEvent(RequestHeadDeadline.Progress.headReceived, promise: nil)
             self.head = head
             self.body = []
             self.requestDeadline?.cancel()
@@ -283,6 +338,7 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
                 self.body += buffer.readableBytesView
             }
         case .end:
+            context.triggerUserOutboundEvent(RequestHeadDeadline.Progress.requestEnded, promise: nil)
             self.requestDeadline?.cancel()
             guard self.head != nil else { return }
             // Answers the client is not reading pile up in the outbound buffer: the next request is answered only

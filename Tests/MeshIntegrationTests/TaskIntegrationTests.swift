@@ -520,7 +520,9 @@ import Glibc
     }
 
     /// 256 connections that each sent a head announcing a body and then nothing used to fill the listener for
-    /// good (health checks refused for 70 s and more): a request now has 10 s to arrive whole.
+    /// good (health checks refused for 70 s and more), and so did heads trickled a byte at a time, or nothing at
+    /// all for the idle timeout's 60 s: a request now has 10 s to arrive whole, from its first byte or from the
+    /// connection's opening.
     @Test func aRequestThatNeverFinishesArrivingLosesItsConnection() async throws {
         let mesh = try TestMesh()
         let a = try mesh.node("a")
@@ -528,10 +530,23 @@ import Glibc
         let port = try #require(await running.node.httpControlPort)
         let silent = try BlockingConnection(port: port, timeout: .seconds(30))
         try silent.send(Array("POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{".utf8))
+        // A head trickled a byte every 2 s never arrives whole (the idle timeout, reset by each byte, let it live on),
+        // and a connection that sends nothing at all must start its request within the same 10 s.
+        let trickled = try BlockingConnection(port: port, timeout: .seconds(30))
+        let idle = try BlockingConnection(port: port, timeout: .seconds(30))
         let started = ContinuousClock.now
-        #expect(throws: (any Error).self) { _ = try silent.bytes(1) }
-        let waited = ContinuousClock.now - started
-        #expect(waited >= .seconds(9) && waited < .seconds(25), "closed after \(waited)")
+        let trickler = Thread {
+            for byte in Array("GET /v1/health HTTP/1.1\r\nHost: x\r\n".utf8) {
+                guard trickled.trickle([byte]) else { return }
+                Thread.sleep(forTimeInterval: 2)
+            }
+        }
+        trickler.start()
+        for connection in [silent, idle, trickled] {
+            #expect(throws: (any Error).self) { _ = try connection.bytes(1) }
+            let waited = ContinuousClock.now - started
+            #expect(waited >= .seconds(9) && waited < .seconds(25), "closed after \(waited)")
+        }
         await running.stop()
     }
 
