@@ -370,7 +370,7 @@ enum HTTPOutcome: Sendable {
 private struct HTTPAnswer {
     private enum Format { case whole, ndjson, sse, multipart }
     /// Why this side stopped reading before the answer ended.
-    private enum Refusal { case tooLarge, multipartTooLarge, notWritable }
+    private enum Refusal { case tooLarge, multipartTooLarge, notWritable, streamTooLong }
 
     private let url: String
     private let status: Int
@@ -385,8 +385,10 @@ private struct HTTPAnswer {
     private var multipartBody: FileHandle?
     private var multipartBytes: UInt64 = 0
     private var lines: LineSplitter
-    /// Streams: the outcome a `result` or `error` line gave.
+    /// Streams: the outcome a `result` or `error` line gave, and the bytes and events read so far.
     private var streamed: TaskOutcome?
+    private var streamedBytes = 0
+    private var streamedEvents = 0
     /// SSE: the event being read (its name and data lines).
     private var sseEvent: (name: String, data: [String]) = ("", [])
 
@@ -434,7 +436,15 @@ private struct HTTPAnswer {
                 self.refusal = .notWritable
             }
         case .ndjson, .sse:
+            // Bounded like a whole answer, and in events by what a run may forward: an endless stream was read
+            // until the task's deadline, and four of them held the node's cores for all of it.
+            self.streamedBytes += bytes.count
             self.streamed(self.lines.lines(in: bytes))
+            if self.streamedBytes > TaskMessage.maximumInputLength || self.streamedEvents > Int(TaskRunner.forwardedProgressLimit) {
+                self.refusal = .streamTooLong
+            }
+            // The result is in: nothing after it counts.
+            if self.streamed != nil { return false }
         case .whole:
             self.body += bytes
             if self.body.count > TaskMessage.maximumInputLength {
@@ -466,7 +476,8 @@ private struct HTTPAnswer {
         let url = self.url
         guard (200..<300).contains(self.status) else {
             let text = String(decoding: self.body, as: UTF8.self)
-            let sentence = "\(url) answered HTTP \(self.status)" + (text.isEmpty ? "" : ": \(text)")
+            let redirect = (300..<400).contains(self.status) ? " (a redirect: the node never follows them; configure the final URL)" : ""
+            let sentence = "\(url) answered HTTP \(self.status)\(redirect)" + (text.isEmpty ? "" : ": \(text)")
             // A 4xx says the request itself is wrong, except a timeout (408) and too many requests (429).
             let isFinal = (400..<500).contains(self.status) && self.status != 408 && self.status != 429
             return isFinal ? .rejected(sentence) : .failure(sentence)
@@ -476,7 +487,7 @@ private struct HTTPAnswer {
             case .multipartTooLarge:
                 return .failure("\(url) answered more than \(artifacts.maximumAnswer) bytes (the node's --max-artifact-bytes)")
             case .notWritable: return .failure("cannot keep \(url)'s answer: \(artifacts.scratch) is not writable")
-            case .tooLarge, nil: break
+            case .tooLarge, .streamTooLong, nil: break
             }
             do {
                 let result = try Multipart.readAnswer(from: artifacts.scratch + "/answer", contentType: self.contentType, into: artifacts.output)
@@ -489,7 +500,11 @@ private struct HTTPAnswer {
             }
         }
         if self.format != .whole {
-            return self.streamed ?? .failure("\(url) ended its event stream without a result (send {\"result\": …} last)")
+            if let streamed = self.streamed { return streamed }
+            if self.refusal == .streamTooLong {
+                return .failure("\(url) streamed more than \(TaskMessage.maximumInputLength) bytes or \(TaskRunner.forwardedProgressLimit) events without a result")
+            }
+            return .failure("\(url) ended its event stream without a result (send {\"result\": …} last)")
         }
         if self.refusal == .tooLarge { return .failure("\(url) answered more than \(TaskMessage.maximumInputLength) bytes") }
         guard (try? JSONSerialization.jsonObject(with: Data(self.body), options: [.fragmentsAllowed])) != nil else {
@@ -514,6 +529,7 @@ private struct HTTPAnswer {
                     events.append(TaskExecution.jsonEvent(line))
                 }
             }
+            self.streamedEvents += events.count
             if !events.isEmpty { self.progress(events) }
         case .sse:
             for line in lines {
@@ -538,7 +554,9 @@ private struct HTTPAnswer {
         switch self.sseEvent.name {
         case "result": self.streamed = .success(TaskExecution.jsonEvent(data))
         case "error": self.streamed = .failure("\(self.url): \(String(decoding: data, as: UTF8.self))")
-        default: self.progress([TaskExecution.jsonEvent(data)])
+        default:
+            self.streamedEvents += 1
+            self.progress([TaskExecution.jsonEvent(data)])
         }
     }
 }
