@@ -150,6 +150,16 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "MeshStorageTests",
+            dependencies: ["MeshStorage", "MeshControl", "MeshCore", "MeshCrypto", "MeshTestKit"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MeshExecutorsTests",
+            dependencies: ["MeshExecutors", "MeshCore", "MeshCrypto", "MeshTestKit"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "MeshTransportTests",
             dependencies: [
                 "MeshTransport", "MeshControl", "MeshStorage", "MeshExecutors", "MeshCore", "MeshCrypto", "MeshWire", "MeshTestKit",

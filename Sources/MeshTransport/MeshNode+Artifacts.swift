@@ -117,7 +117,7 @@ extension MeshNode {
     }
 
     private func pull(_ artifact: ArtifactRef, of task: TaskID, from peer: NodeID, then done: @escaping (ArtifactError?) -> Void) {
-        if let pull = self.artifactPulls[artifact.hex] {
+        if let pull = self.transfers.pulls[artifact.hex] {
             pull.waiters.append((task, peer, done))
             return
         }
@@ -125,7 +125,7 @@ extension MeshNode {
         // One peer's artifacts on their way here are at most 16 transfers and a quarter of the store (or one
         // artifact of the largest size, if more): the bytes of each count as they arrive, and this bounds how much
         // of the store one peer's transfers can fill at once.
-        let fromPeer = self.artifactPulls.values.filter { $0.peer == peer }
+        let fromPeer = self.transfers.pulls.values.filter { $0.peer == peer }
         let claimed = fromPeer.reduce(artifact.size) { $0 + $1.artifact.size }
         let share = max(store.capacity / 4, store.maximumArtifact)
         // (One too large for the node at all is refused as such when its download opens.)
@@ -137,8 +137,8 @@ extension MeshNode {
         }
         let pull = ArtifactPull(artifact: artifact, task: task, peer: peer, now: self.now)
         pull.waiters.append((task, peer, done))
-        self.artifactPulls[artifact.hex] = pull
-        self.leftoverPartials.resumed(artifact.hex)
+        self.transfers.pulls[artifact.hex] = pull
+        self.transfers.leftovers.resumed(artifact.hex)
         self.artifactQueue.async {
             let opened: Result<Unchecked<ArtifactStore.Download>, ArtifactError> = Result { () throws(ArtifactError) in
                 Unchecked(try ArtifactStore.Download(store: store, artifact: artifact))
@@ -164,7 +164,7 @@ extension MeshNode {
 
     /// Asks for chunks until the window is full, within what the peer's `bytes` limit lets it send here.
     private func pump(_ pull: ArtifactPull) {
-        guard pull.download != nil, self.artifactPulls[pull.artifact.hex] === pull else { return }
+        guard pull.download != nil, self.transfers.pulls[pull.artifact.hex] === pull else { return }
         var allowance = self.accountability.bytesAllowance(for: pull.peer, now: self.now)
             - Double(pull.outstanding.count * ArtifactStore.chunkLength)
         while pull.outstanding.count + pull.unwritten < Self.artifactWindow, pull.nextRequest < pull.artifact.size {
@@ -182,7 +182,7 @@ extension MeshNode {
     ) {
         // Only the next chunk in order counts; anything else answers a request made before a reset (a damaged chunk,
         // a stall) and was asked for again.
-        guard let pull = self.artifactPulls[Hex.encode(digest)], pull.peer == peer, offset == pull.expected,
+        guard let pull = self.transfers.pulls[Hex.encode(digest)], pull.peer == peer, offset == pull.expected,
             pull.outstanding.remove(offset) != nil
         else { return }
         pull.expected += UInt64(bytes.count)
@@ -207,7 +207,7 @@ extension MeshNode {
 
     private func chunkChecked(_ pull: ArtifactPull, offset: UInt64, verdict: Result<ArtifactStore.Download.Verdict, ArtifactError>) {
         pull.unwritten -= 1
-        guard self.artifactPulls[pull.artifact.hex] === pull else { return }
+        guard self.transfers.pulls[pull.artifact.hex] === pull else { return }
         switch verdict {
         case .failure(let error):
             self.endPull(pull, error)
@@ -237,21 +237,21 @@ extension MeshNode {
     }
 
     func receiveArtifactUnavailable(_ task: TaskID, digest: [UInt8], reason: String, from peer: NodeID) {
-        guard let pull = self.artifactPulls[Hex.encode(digest)], pull.peer == peer else { return }
+        guard let pull = self.transfers.pulls[Hex.encode(digest)], pull.peer == peer else { return }
         self.endPull(pull, ArtifactError("\(self.displayName(peer)) cannot send \(pull.artifact): \(reason)"))
     }
 
     /// `discarding`: the peer sent bytes that do not match the digest, so nothing it sent is worth resuming from.
     private func endPull(_ pull: ArtifactPull, _ error: ArtifactError?, discarding: Bool = false) {
-        guard self.artifactPulls[pull.artifact.hex] === pull else { return }
-        self.artifactPulls[pull.artifact.hex] = nil
+        guard self.transfers.pulls[pull.artifact.hex] === pull else { return }
+        self.transfers.pulls[pull.artifact.hex] = nil
         if let error {
             self.logger.notice("an artifact transfer failed", metadata: ["artifact": "\(pull.artifact.hex.prefix(16))", "error": "\(error)"])
             // Otherwise the bytes so far stay for a later try to resume from, within the peer's share of leftovers.
             if let download = pull.download, discarding {
                 self.artifactQueue.async { download.value.discard() }
             } else if let download = pull.download, let store = self.artifactStore {
-                let dropped = self.leftoverPartials.stopped(
+                let dropped = self.transfers.leftovers.stopped(
                     pull.artifact.hex, bytes: download.value.received, from: pull.peer,
                     share: max(store.capacity / 4, store.maximumArtifact))
                 if !dropped.isEmpty {
@@ -285,7 +285,7 @@ extension MeshNode {
 
     /// Re-asks stalled pulls (a session dropped with requests in it) and gives up on dead ones.
     func artifactTick(now: Duration) {
-        for pull in self.artifactPulls.values where pull.download != nil {
+        for pull in self.transfers.pulls.values where pull.download != nil {
             if now - pull.lastProgress > Self.artifactGiveUp {
                 self.endPull(pull, ArtifactError("no bytes of \(pull.artifact) came from \(self.displayName(pull.peer)) for \(Int(Self.artifactGiveUp.seconds)) s"))
             } else if now - pull.lastProgress > Self.artifactStall, pull.nextRequest > pull.expected {
@@ -310,9 +310,9 @@ extension MeshNode {
         guard let store = self.artifactStore, self.mayServe(digest, of: task, to: peer) else {
             return self.deliver(.artifactUnavailable(task, digest: digest, reason: "not an artifact of that task here"), to: peer)
         }
-        self.chunksServed += 1
-        let corrupt = self.settings.artifactFaults.corruptChunk == self.chunksServed
-        let cut = self.settings.artifactFaults.cutAfterChunk == self.chunksServed
+        self.transfers.chunksServed += 1
+        let corrupt = self.settings.artifactFaults.corruptChunk == self.transfers.chunksServed
+        let cut = self.settings.artifactFaults.cutAfterChunk == self.transfers.chunksServed
         self.artifactQueue.async {
             let read: Result<(bytes: [UInt8], chainingValue: [UInt8]), ArtifactError> = Result { () throws(ArtifactError) in
                 try store.read(digest, offset: offset, length: Int(length))
@@ -361,10 +361,10 @@ extension MeshNode {
             return true
         }
         guard let store = self.artifactStore, artifacts.contains(where: { store.size(of: $0.digest) != $0.size }) else { return false }
-        guard !self.heldResults.contains(id) else { return true }
-        self.heldResults.insert(id)
+        guard !self.transfers.heldResults.contains(id) else { return true }
+        self.transfers.heldResults.insert(id)
         self.fetchArtifacts(artifacts, of: id, from: peer) { error in
-            self.heldResults.remove(id)
+            self.transfers.heldResults.remove(id)
             let outcome: TaskMessage
             if let error {
                 // Too large for this node: no other executor's result would fit either.
@@ -473,7 +473,7 @@ extension MeshNode {
 
     func sweepArtifacts() {
         guard let store = self.artifactStore else { return }
-        var keep = Set(self.artifactPulls.keys)
+        var keep = Set(self.transfers.pulls.keys)
         for task in self.submitter.allTasks {
             for artifact in TaskPayload.artifacts(of: task.input) { keep.insert(artifact.hex) }
             if case .success(let output)? = task.outcome { for artifact in TaskPayload.artifacts(of: output) { keep.insert(artifact.hex) } }

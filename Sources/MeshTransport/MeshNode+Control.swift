@@ -285,7 +285,7 @@ extension MeshNode {
     }
 
     private func taskLog(_ id: TaskID, after: Int) -> ControlAPI.TaskLog {
-        let log = self.taskLogs.log(id) ?? TaskLog()
+        let log = self.followers.logs.log(id) ?? TaskLog()
         let (bytes, dropped) = log.read(after: after)
         return ControlAPI.TaskLog(
             id: id.description, from: min(after, log.total) + dropped, to: log.total, dropped: dropped,
@@ -295,7 +295,7 @@ extension MeshNode {
     /// Calls `then` once the log has bytes after `after`, the task has ended, or `timeout` passed.
     private func whenTaskLogs(_ id: TaskID, after: Int, within timeout: Duration, then: @escaping () -> Void) {
         guard let task = self.submitter.task(id), !task.state.isTerminal, timeout > .zero,
-            (self.taskLogs.log(id)?.total ?? 0) <= after
+            (self.followers.logs.log(id)?.total ?? 0) <= after
         else { return then() }
         self.wait(.taskLog, for: id, timeout: timeout, wake: then)
     }
@@ -375,7 +375,7 @@ extension MeshNode {
 
     /// The node is stopping: event streams end, and every long poll answers with what it has now.
     func wakeAllWaiters() {
-        for id in Array(self.eventStreams.keys) { self.finishEventStreams(id) }
+        for id in Array(self.followers.streams.keys) { self.finishEventStreams(id) }
         self.wakeEveryone()
     }
 }

@@ -53,7 +53,7 @@ extension MeshNode {
     static let historyWaitKey = TaskID(high: 0, low: 0)
 
     func runEventBus(_ event: (inout EventBus) -> [EventBus.Directive]) {
-        for directive in event(&self.eventBus) {
+        for directive in event(&self.meshEvents.bus) {
             switch directive {
             case .send(let message, let peer): self.deliver(message, to: peer)
             case .store(let record): self.storeEventRecord(record)
@@ -76,10 +76,10 @@ extension MeshNode {
             }
         }
         let members = self.liveMemberIDs()
-        self.runEventBus { $0.receive(message, from: peer, members: members, now: self.now) }
+        self.runEventBus { $0.receive(message, from: peer, members: members, now: self.now, time: AuditLog.wallClockMilliseconds()) }
         if case .event = message {
             self.wake(.eventHistory, Self.historyWaitKey)
-        } else if case .eventAck(let id) = message, self.eventBus.waiting(for: id).isEmpty {
+        } else if case .eventAck(let id) = message, self.meshEvents.bus.waiting(for: id).isEmpty {
             self.wake(.eventPublished, id)
         }
     }
@@ -87,7 +87,10 @@ extension MeshNode {
     private func admitsEvents(from event: MeshEvent) -> Bool {
         guard let key = event.seal?.originKey else { return false }
         let trust = self.gate.trustStore.current()
-        return trust.isOpen || trust.trusted[key] != nil || event.origin == self.identity.nodeID
+        // With --open, a member this node has heard of: any key could otherwise sign events, one fresh key each,
+        // and fill the history with origins that do not exist.
+        return trust.trusted[key] != nil || event.origin == self.identity.nodeID
+            || (trust.isOpen && self.membership.member(event.origin) != nil)
     }
 
     func eventTick(now: Duration) {
@@ -127,7 +130,7 @@ extension MeshNode {
         self.wake(.eventHistory, Self.historyWaitKey)
         let sequence = self.taskStore?.lastQueued ?? 0
         let answer = {
-            let waiting = self.eventBus.waiting(for: event.id)
+            let waiting = self.meshEvents.bus.waiting(for: event.id)
             let published = ControlAPI.PublishedEvent(
                 id: event.id.description, topic: topic, members: members.count,
                 waitingFor: waiting.map(self.displayName).sorted())
@@ -136,7 +139,7 @@ extension MeshNode {
         // Answered once the event is stored here and every live member has it (or the wait ran out).
         let stored = { (error: TaskStore.StoreError?) in
             if let error { return respond(.error(507, "the event could not be stored: \(error.description)")) }
-            guard !self.eventBus.waiting(for: event.id).isEmpty else { return answer() }
+            guard !self.meshEvents.bus.waiting(for: event.id).isEmpty else { return answer() }
             self.wait(.eventPublished, for: event.id, timeout: Self.publishAnswerWithin, wake: answer)
         }
         if !self.commitGate.wait(forStore: sequence, stored) { stored(nil) }
@@ -145,12 +148,12 @@ extension MeshNode {
     /// `GET /v1/events?topic=T&after=N&limit=L&wait=S`
     func answerEventHistory(topic: String?, after: Int, limit: Int, wait: Duration?, respond: @escaping Respond) {
         let send = { respond(.json(self.eventHistory(topic: topic, after: after, limit: limit))) }
-        guard let wait, wait > .zero, self.eventBus.records(after: after, topic: topic, limit: 1).isEmpty else { return send() }
+        guard let wait, wait > .zero, self.meshEvents.bus.records(after: after, topic: topic, limit: 1).isEmpty else { return send() }
         self.wait(.eventHistory, for: Self.historyWaitKey, timeout: wait, wake: send)
     }
 
     private func eventHistory(topic: String?, after: Int, limit: Int) -> ControlAPI.EventHistory {
-        let records = self.eventBus.records(after: after, topic: topic, limit: limit)
+        let records = self.meshEvents.bus.records(after: after, topic: topic, limit: limit)
         return ControlAPI.EventHistory(
             events: records.map { record in
                 ControlAPI.EventInfo(
@@ -166,24 +169,24 @@ extension MeshNode {
 
     /// Each matching subscription acts on the event once: an outcome on record means it already has.
     private func deliverToSubscribers(_ event: MeshEvent) {
-        guard let record = self.eventBus.record(event.id) else { return }
+        guard let record = self.meshEvents.bus.record(event.id) else { return }
         for subscription in self.settings.subscriptions where subscription.matches(event.topic) {
             let key = subscription.description
             guard record.outcomes[key] == nil else { continue }
             switch subscription.action {
             case .workflow(_, let definition):
-                switch self.subscribers.workflows.admit((event, key, definition)) {
+                switch self.meshEvents.subscribers.workflows.admit((event, key, definition)) {
                 case .start(let run): self.startSubscribedWorkflow(run.event, key: run.key, definition: run.definition)
                 case .queued: self.runEventBus { $0.handled(event.id, by: key, outcome: "waiting") }
-                case .dropped: self.dropForSubscriber(event, key: key, waiting: self.subscribers.workflows.waitingCount)
+                case .dropped: self.dropForSubscriber(event, key: key, waiting: self.meshEvents.subscribers.workflows.waitingCount)
                 }
             case .executor(let executor):
-                switch self.subscribers.executors.admit((event, key, executor)) {
+                switch self.meshEvents.subscribers.executors.admit((event, key, executor)) {
                 case .start(let run):
                     self.runEventBus { $0.handled(event.id, by: key, outcome: "running") }
                     self.startSubscriberRun(run.event, key: run.key, executor: run.executor)
                 case .queued: self.runEventBus { $0.handled(event.id, by: key, outcome: "running") }
-                case .dropped: self.dropForSubscriber(event, key: key, waiting: self.subscribers.executors.waitingCount)
+                case .dropped: self.dropForSubscriber(event, key: key, waiting: self.meshEvents.subscribers.executors.waitingCount)
                 }
             }
         }
@@ -191,7 +194,7 @@ extension MeshNode {
 
     private func dropForSubscriber(_ event: MeshEvent, key: String, waiting: Int) {
         self.metrics.increment("agentmesh_subscription_events_dropped_total")
-        if let leftOut = self.subscribers.dropLog.admit(now: self.now) {
+        if let leftOut = self.meshEvents.subscribers.dropLog.admit(now: self.now) {
             self.logger.warning("an event was not acted on: too many wait for this node's subscribers", metadata: [
                 "event": "\(event.id)", "subscription": "\(key)", "waiting": "\(waiting)", "not_logged_since": "\(leftOut)",
             ])
@@ -202,9 +205,9 @@ extension MeshNode {
     private func startSubscribedWorkflow(_ event: MeshEvent, key: String, definition: WorkflowDefinition) {
         let input = (try? JSON(parsing: self.envelope(event))) ?? .null
         let run = self.startWorkflow(definition, input: input, callback: nil)
-        if self.workflows[run]?.state.isTerminal == false {
-            self.subscribers.workflowRuns.insert(run)
-        } else if let next = self.subscribers.workflows.finished() {
+        if self.workflowRuns.runs[run]?.state.isTerminal == false {
+            self.meshEvents.subscribers.workflowRuns.insert(run)
+        } else if let next = self.meshEvents.subscribers.workflows.finished() {
             self.startSubscribedWorkflow(next.event, key: next.key, definition: next.definition)
         }
         self.runEventBus { $0.handled(event.id, by: key, outcome: "workflow \(run)") }
@@ -212,7 +215,7 @@ extension MeshNode {
 
     /// A workflow run ended: if a subscription started it, the next event waiting for one starts its run.
     func subscribedWorkflowEnded(_ run: TaskID) {
-        guard self.subscribers.workflowRuns.remove(run) != nil, let next = self.subscribers.workflows.finished() else { return }
+        guard self.meshEvents.subscribers.workflowRuns.remove(run) != nil, let next = self.meshEvents.subscribers.workflows.finished() else { return }
         self.startSubscribedWorkflow(next.event, key: next.key, definition: next.definition)
     }
 
@@ -233,7 +236,7 @@ extension MeshNode {
 
     private func subscriberFinished(_ id: TaskID, key: String, outcome: TaskOutcome) {
         defer {
-            if let next = self.subscribers.executors.finished() { self.startSubscriberRun(next.event, key: next.key, executor: next.executor) }
+            if let next = self.meshEvents.subscribers.executors.finished() { self.startSubscriberRun(next.event, key: next.key, executor: next.executor) }
         }
         let text: String
         switch outcome {
@@ -311,8 +314,8 @@ extension MeshNode {
                     seal: Self.seal(key: stored.originKey, signature: stored.signature)),
                 outcomes: stored.outcomes.filter { $0.value != "running" })
         }
-        self.eventBus.restore(records)
-        for record in self.eventBus.history where self.settings.subscriptions.contains(where: {
+        self.meshEvents.bus.restore(records)
+        for record in self.meshEvents.bus.history where self.settings.subscriptions.contains(where: {
             $0.matches(record.event.topic) && record.outcomes[$0.description] == nil
         }) {
             self.deliverToSubscribers(record.event)

@@ -40,18 +40,18 @@ extension MeshNode {
         }
         let ran = task.attempts.last { $0.acceptedAt != nil }
         let execution = ran.flatMap { attempt in attempt.acceptedAt.map { ((attempt.endedAt ?? end) - $0).seconds } }
-        self.stats.record(TaskStats.Sample(
+        self.observed.stats.record(TaskStats.Sample(
             capability: capability, peer: ran?.peer, succeeded: task.state == .completed, execution: execution,
             wait: ((ran?.acceptedAt ?? end) - task.submittedAt).seconds, at: end))
     }
 
     func metricsExecutionStarted(_ id: TaskID, capability: String) {
-        self.executionStarts[id] = (capability, self.now)
+        self.localRuns.starts[id] = (capability, self.now)
     }
 
     /// A run this node executed for a peer ended.
     func metricsExecutionFinished(_ id: TaskID, outcome: TaskOutcome) {
-        guard let (capability, started) = self.executionStarts.removeValue(forKey: id) else { return }
+        guard let (capability, started) = self.localRuns.starts.removeValue(forKey: id) else { return }
         let name: String
         switch outcome {
         case .success: name = "completed"
@@ -115,11 +115,11 @@ extension MeshNode {
             self.metrics.set("agentmesh_members", [("status", status)], to: Double(statuses[status] ?? 0))
         }
         let received = self.accountability.received
-        self.metrics.increment("agentmesh_messages_received_total", by: Int(received.messages - self.metricsReported.messages))
-        self.metrics.increment("agentmesh_bytes_received_total", by: Int(received.bytes - self.metricsReported.bytes))
-        self.metricsReported = received
+        self.metrics.increment("agentmesh_messages_received_total", by: Int(received.messages - self.observed.metricsReported.messages))
+        self.metrics.increment("agentmesh_bytes_received_total", by: Int(received.bytes - self.observed.metricsReported.bytes))
+        self.observed.metricsReported = received
         self.metrics.set("agentmesh_tasks_unfinished", to: Double(self.submitter.allTasks.count { !$0.state.isTerminal }))
-        self.metrics.set("agentmesh_workflows_running", to: Double(self.workflows.values.count { !$0.state.isTerminal }))
+        self.metrics.set("agentmesh_workflows_running", to: Double(self.workflowRuns.runs.values.count { !$0.state.isTerminal }))
         var response = ControlResponse(status: 200, body: self.metrics.exposition())
         response.contentType = "text/plain; version=0.0.4; charset=utf-8"
         return response
@@ -138,6 +138,6 @@ extension MeshNode {
                                      summary.wait.quantile(0.99), summary.wait.mean))
             }.sorted { ($0.capability, $0.peer ?? "") < ($1.capability, $1.peer ?? "") }
         }
-        return ControlAPI.Stats(lifetime: rows(self.stats.lifetime), lastFiveMinutes: rows(self.stats.lastWindow(now: self.now)))
+        return ControlAPI.Stats(lifetime: rows(self.observed.stats.lifetime), lastFiveMinutes: rows(self.observed.stats.lastWindow(now: self.now)))
     }
 }

@@ -31,7 +31,7 @@ extension MeshNode {
             self.receiveArtifactUnavailable(id, digest: digest, reason: reason, from: peer)
         case .log(let id, let epoch, let chunk):
             guard self.submitter.acceptsLog(id, epoch: epoch, from: peer) else { return }
-            self.taskLogs.append(chunk, to: id)
+            self.followers.logs.append(chunk, to: id)
             self.wake(.taskLog, id)
         case .progress(let id, let epoch, let first, let events):
             self.receiveProgress(id, epoch: epoch, first: first, events: events, from: peer)
@@ -66,8 +66,8 @@ extension MeshNode {
         }
         self.runTaskRunner { $0.tick(now: now) }
         self.artifactTick(now: now)
-        if now - self.artifactsSweptAt > .seconds(600) {
-            self.artifactsSweptAt = now
+        if now - self.transfers.sweptAt > .seconds(600) {
+            self.transfers.sweptAt = now
             self.sweepArtifacts()
         }
         self.eventTick(now: now)
@@ -78,7 +78,7 @@ extension MeshNode {
     func executorDied(_ peer: NodeID) {
         // A result whose artifacts are still coming stays: they are on the executor's disk, and a restarted
         // executor serves them (the pull gives up, and the task is retried, if it never comes back).
-        self.runSubmitter { $0.peerDied(peer, now: self.now, sparing: self.heldResults) }
+        self.runSubmitter { $0.peerDied(peer, now: self.now, sparing: self.transfers.heldResults) }
     }
 
     /// A session with a peer started. As a submitter it gets every result it has not acknowledged; as an executor,
@@ -167,7 +167,7 @@ extension MeshNode {
             case .send(.decline(let id, let epoch, let reason), let peer):
                 self.deliver(.decline(id, epoch: epoch, reason: reason), to: peer)
             case .send, .start, .stop: actions.append(.runner(directive))
-            case .deliverInput(let id, let reply): self.agentInputs[id]?.deliver(reply)
+            case .deliverInput(let id, let reply): self.localRuns.inputs[id]?.deliver(reply)
             }
         }
         self.afterCommit(of: changes, perform: actions)
@@ -197,7 +197,7 @@ extension MeshNode {
                 "error": "\(task.error ?? "-")",
             ])
             self.wakeWaiters(for: task.id)
-            self.taskEvents.taskFinished(task.id)
+            self.followers.progress.taskFinished(task.id)
             self.metricsTaskFinished(task)
             self.traceTaskFinished(task)
             self.workflowTaskEnded(task)
@@ -207,11 +207,11 @@ extension MeshNode {
             self.deliver(message, to: peer)
         case .runner(.start(let task)):
             guard let current = self.runner.task(task.id), current.outcome == nil, !current.isHeld,
-                self.executions[task.id] == nil
+                self.localRuns.tasks[task.id] == nil
             else { return }
             self.startExecution(current)
         case .runner(.stop(let id)):
-            self.executions[id]?.cancel()
+            self.localRuns.tasks[id]?.cancel()
         case .submitter(.persist), .submitter(.forget), .submitter(.forgetFinished), .runner(.persistAccepted),
             .runner(.persistResult),
             .runner(.forget), .runner(.deliverInput):
@@ -353,9 +353,9 @@ extension MeshNode {
         _ task: TaskRunner.AcceptedTask, spec: CapabilitySpec, input: [UInt8], folders: ArtifactFolders?, timeout: Duration
     ) {
         let answers = AgentInput()
-        self.agentInputs[task.id] = answers
+        self.localRuns.inputs[task.id] = answers
         self.metricsExecutionStarted(task.id, capability: task.capability)
-        self.executions[task.id] = Task {
+        self.localRuns.tasks[task.id] = Task {
             let context = TaskExecution.Context(
                 taskID: task.id, attempt: task.epoch, deadline: self.clock.wallClockDate(for: task.deadline),
                 contextID: task.options.context, traceparent: self.executionTrace(task)?.description, artifacts: folders)
@@ -382,9 +382,9 @@ extension MeshNode {
     }
 
     private func executionFinished(_ id: TaskID, outcome: TaskOutcome) {
-        self.executions[id] = nil
-        self.agentInputs[id] = nil
-        if let task = self.runner.task(id), let started = self.executionStarts[id]?.1 {
+        self.localRuns.tasks[id] = nil
+        self.localRuns.inputs[id] = nil
+        if let task = self.runner.task(id), let started = self.localRuns.starts[id]?.1 {
             self.traceExecutionFinished(task, started: started, outcome: outcome)
         }
         self.metricsExecutionFinished(id, outcome: outcome)

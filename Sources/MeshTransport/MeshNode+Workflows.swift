@@ -56,7 +56,7 @@ extension MeshNode {
             if let error { return respond(.error(507, "the workflow could not be stored: \(error)")) }
             guard let wait else { return respond(self.workflowResponse(id, status: 202)) }
             self.whenWorkflowChanges(id, after: nil, within: wait) {
-                respond(self.workflowResponse(id, status: self.workflows[id]?.state.isTerminal == true ? 200 : 202))
+                respond(self.workflowResponse(id, status: self.workflowRuns.runs[id]?.state.isTerminal == true ? 200 : 202))
             }
         }
     }
@@ -68,7 +68,7 @@ extension MeshNode {
         let id = TaskID(using: &generator)
         var run = WorkflowRun(id: id, definition: definition, input: input, time: AuditLog.wallClockMilliseconds())
         let directives = run.start(time: AuditLog.wallClockMilliseconds())
-        self.workflows[id] = run
+        self.workflowRuns.runs[id] = run
         if let start = try? JSONEncoder().encode(run.storedStart) {
             self.taskStore?.enqueue([.document(kind: Self.workflowStartDocument, id: id, body: Array(start))])
         }
@@ -84,14 +84,14 @@ extension MeshNode {
             switch directive {
             case .submit(let task):
                 // A task that ended at once (found in the store) may have moved the run on past this one.
-                guard self.workflows[id]?.isWaiting(for: task.id) == true else { continue }
-                self.workflowOfTask[task.id] = id
+                guard self.workflowRuns.runs[id]?.isWaiting(for: task.id) == true else { continue }
+                self.workflowRuns.runOfTask[task.id] = id
                 self.submitWorkflowTask(task, afterRestart: false)
             case .cancel(let task):
                 self.runSubmitter { $0.cancel(task, now: self.now) }
             }
         }
-        guard let changedItems = self.workflows[id]?.takeChangedItems(), let run = self.workflows[id] else { return }
+        guard let changedItems = self.workflowRuns.runs[id]?.takeChangedItems(), let run = self.workflowRuns.runs[id] else { return }
         self.storeWorkflow(run, changedItems: changedItems)
         self.webhookStateChanged(.workflow(id), state: run.state.rawValue, isFinal: run.state.isTerminal) {
             self.workflowDocumentBytes(id)
@@ -99,7 +99,7 @@ extension MeshNode {
         self.wake(.workflow, id)
         if run.state.isTerminal {
             for task in run.steps.values.flatMap({ ($0.items + $0.compensations.values).compactMap(\.task?.id) }) {
-                self.workflowOfTask[task] = nil
+                self.workflowRuns.runOfTask[task] = nil
             }
             self.logger.info("workflow ended", metadata: ["workflow": "\(id)", "state": "\(run.state.rawValue)"])
             self.tracer?.export(Span(
@@ -122,7 +122,7 @@ extension MeshNode {
             return
         }
         // Every step of a run is in the run's trace: the trace id is the workflow id, the run's span their parent.
-        let trace = self.workflowOfTask[task.id].map { TraceContext(traceID: $0.description, parentID: TraceContext.spanID(of: $0)) }
+        let trace = self.workflowRuns.runOfTask[task.id].map { TraceContext(traceID: $0.description, parentID: TraceContext.spanID(of: $0)) }
         // Through the one way in, like a client's task: a step waits for a member that offers its capability, and
         // one the node cannot take (its store or audit log not writable) fails the step with why.
         let admission = TaskAdmission(
@@ -138,14 +138,14 @@ extension MeshNode {
     }
 
     private func workflowTaskRefused(_ task: TaskID, _ reason: String) {
-        guard let id = self.workflowOfTask.removeValue(forKey: task) else { return }
-        let directives = self.workflows[id]?.taskEnded(task, .failed(reason), time: AuditLog.wallClockMilliseconds()) ?? []
+        guard let id = self.workflowRuns.runOfTask.removeValue(forKey: task) else { return }
+        let directives = self.workflowRuns.runs[id]?.taskEnded(task, .failed(reason), time: AuditLog.wallClockMilliseconds()) ?? []
         self.performWorkflow(id, directives)
     }
 
     /// A task ended: if a workflow waits for it, the run moves on.
     func workflowTaskEnded(_ task: TaskSubmitter.SubmittedTask) {
-        guard let id = self.workflowOfTask[task.id], self.workflows[id] != nil else { return }
+        guard let id = self.workflowRuns.runOfTask[task.id], self.workflowRuns.runs[id] != nil else { return }
         let outcome: WorkflowTaskOutcome
         switch task.state {
         case .completed:
@@ -153,9 +153,9 @@ extension MeshNode {
         case .canceled: outcome = .canceled
         default: outcome = .failed(task.error ?? "\(task.state.rawValue)")
         }
-        self.workflowOfTask[task.id] = nil
+        self.workflowRuns.runOfTask[task.id] = nil
         // In place: a copy of the run would make the machine copy a map's items on every change.
-        let directives = self.workflows[id]?.taskEnded(task.id, outcome, time: AuditLog.wallClockMilliseconds()) ?? []
+        let directives = self.workflowRuns.runs[id]?.taskEnded(task.id, outcome, time: AuditLog.wallClockMilliseconds()) ?? []
         self.performWorkflow(id, directives)
     }
 
@@ -177,9 +177,9 @@ extension MeshNode {
     }
 
     private func forgetOldWorkflows() {
-        let finished = self.workflows.values.filter(\.state.isTerminal).sorted { ($0.finishedAt ?? 0) < ($1.finishedAt ?? 0) }
+        let finished = self.workflowRuns.runs.values.filter(\.state.isTerminal).sorted { ($0.finishedAt ?? 0) < ($1.finishedAt ?? 0) }
         for run in finished.dropLast(Self.finishedWorkflowsKept) {
-            self.workflows[run.id] = nil
+            self.workflowRuns.runs[run.id] = nil
             self.taskStore?.enqueue([
                 .forgetDocument(kind: Self.workflowDocument, id: run.id), .forgetDocument(kind: Self.workflowStartDocument, id: run.id),
             ] + run.itemKeys.map {
@@ -223,13 +223,13 @@ extension MeshNode {
                 self.restoreProblem("a stored workflow (\(document.id)) cannot be read; it was skipped: \(error)")
                 continue
             }
-            self.workflows[run.id] = run
+            self.workflowRuns.runs[run.id] = run
             if !run.state.isTerminal { unfinished.append(run.id) }
         }
         if !unfinished.isEmpty { self.logger.info("resuming workflows", metadata: ["count": "\(unfinished.count)"]) }
         for id in unfinished {
-            for task in self.workflows[id]?.tasksInFlight ?? [] where self.workflows[id]?.isWaiting(for: task.id) == true {
-                self.workflowOfTask[task.id] = id
+            for task in self.workflowRuns.runs[id]?.tasksInFlight ?? [] where self.workflowRuns.runs[id]?.isWaiting(for: task.id) == true {
+                self.workflowRuns.runOfTask[task.id] = id
                 self.submitWorkflowTask(task, afterRestart: true)
             }
         }
@@ -238,7 +238,7 @@ extension MeshNode {
     // MARK: - Control API
 
     func listWorkflows() -> ControlResponse {
-        let runs = self.workflows.values.sorted { $0.submittedAt > $1.submittedAt }.prefix(1_000)
+        let runs = self.workflowRuns.runs.values.sorted { $0.submittedAt > $1.submittedAt }.prefix(1_000)
         return .json(ControlAPI.WorkflowList(workflows: runs.map(self.workflowInfo)))
     }
 
@@ -248,9 +248,9 @@ extension MeshNode {
     }
 
     func cancelWorkflow(_ reference: TaskReference, respond: @escaping Respond) {
-        guard let id = self.resolveWorkflow(reference, respond: respond), var run = self.workflows[id] else { return }
+        guard let id = self.resolveWorkflow(reference, respond: respond), var run = self.workflowRuns.runs[id] else { return }
         let directives = run.cancel(time: AuditLog.wallClockMilliseconds())
-        self.workflows[id] = run
+        self.workflowRuns.runs[id] = run
         self.performWorkflow(id, directives)
         respond(self.workflowResponse(id))
     }
@@ -258,8 +258,8 @@ extension MeshNode {
     private func resolveWorkflow(_ reference: TaskReference, respond: Respond) -> TaskID? {
         let matches: [TaskID]
         switch reference {
-        case .id(let id): matches = self.workflows[id] == nil ? [] : [id]
-        case .prefix(let prefix): matches = self.workflows.keys.filter { $0.description.hasPrefix(prefix) }
+        case .id(let id): matches = self.workflowRuns.runs[id] == nil ? [] : [id]
+        case .prefix(let prefix): matches = self.workflowRuns.runs.keys.filter { $0.description.hasPrefix(prefix) }
         }
         switch matches.count {
         case 1: return matches[0]
@@ -270,7 +270,7 @@ extension MeshNode {
 
     /// Calls `then` once the run's version passes `version` (without one: once the run ends), or `timeout` passes.
     private func whenWorkflowChanges(_ id: TaskID, after version: Int?, within timeout: Duration, then: @escaping () -> Void) {
-        guard let run = self.workflows[id], !run.state.isTerminal, timeout > .zero, version.map({ run.version <= $0 }) ?? true
+        guard let run = self.workflowRuns.runs[id], !run.state.isTerminal, timeout > .zero, version.map({ run.version <= $0 }) ?? true
         else { return then() }
         let deadline = self.now + timeout
         // Woken by every change: one that waits for the end waits on until then.
@@ -284,12 +284,12 @@ extension MeshNode {
     }
 
     func workflowResponse(_ id: TaskID, status: Int = 200) -> ControlResponse {
-        guard let run = self.workflows[id] else { return .error(404, "no workflow \(id) on this node") }
+        guard let run = self.workflowRuns.runs[id] else { return .error(404, "no workflow \(id) on this node") }
         return .json(self.workflowInfo(run), status: status)
     }
 
     func workflowDocumentBytes(_ id: TaskID) -> [UInt8]? {
-        guard let run = self.workflows[id] else { return nil }
+        guard let run = self.workflowRuns.runs[id] else { return nil }
         return ControlResponse.json(self.workflowInfo(run)).body
     }
 

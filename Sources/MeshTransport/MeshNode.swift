@@ -89,27 +89,30 @@ public actor MeshNode: Service {
     /// The two ends of the task protocol.
     var submitter: TaskSubmitter
     var runner: TaskRunner
-    /// Executor runs in progress, so a cancel or a deadline can stop them, and where their agents' answers go.
-    var executions: [TaskID: Task<Void, Never>] = [:]
-    var agentInputs: [TaskID: AgentInput] = [:]
     /// Everyone long-polling: for a task to end, its log or progress, a workflow's change, events.
     var waiters = Waiters()
-    /// The stderr of this node's tasks' runs, as their executors forward it.
-    var taskLogs = TaskLogBook()
-    /// The progress events of this node's newest tasks (all of them are in the store).
-    var taskEvents: TaskEventBook
-    /// Clients following a task's progress as server-sent events.
-    var eventStreams: [TaskID: [ControlStreamSink]] = [:]
-    /// The workflow runs this node owns, and which run each of their tasks belongs to.
-    var workflows: [TaskID: WorkflowRun] = [:]
-    var workflowOfTask: [TaskID: TaskID] = [:]
+    /// Task actions and client answers held until the store and the audit log have committed what they need.
+    var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
+        storeCommitted: 0, auditCommitted: 0)
+    /// The load in this node's member record, and when it was put there.
+    var advertisedLoad: (load: Int, at: Duration) = (0, .zero)
+    /// Per-peer limits, bans, audit entries and transcripts.
+    var accountability: PeerAccountability
+    var peerNotes = PeerNotes()
+    /// What the last start-up could not read back from the store (``restoredDocuments(_:as:what:)``).
+    var restoreProblems: [String] = []
+
+    // The features, each its own state (FeatureState.swift and the types named there).
+    var localRuns = LocalRuns()
+    var followers: TaskFollowers
+    var workflowRuns = WorkflowRuns()
+    var meshEvents: MeshEvents
     /// Webhook targets and deliveries, and the key that signs them (`DIR/webhook.secret`).
     var webhooks = WebhookBook()
-    var webhookSecret: SecretBytes?
-    /// Published events: the history, and what this node still re-sends.
-    var eventBus: EventBus
-    /// Runs that events started (executors and workflows), and the events waiting for one (bounded).
-    var subscribers = EventSubscribers()
+    var transfers = ArtifactTransfers()
+    /// Idempotency keys of recent submissions (`Idempotency-Key`), kept in the store too.
+    var idempotency = IdempotencyBook()
+    var observed = Observations()
     /// Open browser views' live streams, each with the snapshot it was sent last; one snapshot is built per tick for
     /// all of them.
     var browserStreams: [(sink: ControlStreamSink, sent: [UInt8])] = []
@@ -122,41 +125,9 @@ public actor MeshNode: Service {
     nonisolated let artifactHolder = Mutex<ArtifactStore?>(nil)
     nonisolated let artifactQueue = DispatchQueue(label: "agentmesh.artifacts")
     nonisolated var artifactStore: ArtifactStore? { self.artifactHolder.withLock { $0 } }
-    /// Transfers of artifacts to this node, by hex digest; results held until theirs are here.
-    var artifactPulls: [String: ArtifactPull] = [:]
-    var heldResults: Set<TaskID> = []
-    var leftoverPartials = LeftoverPartials()
-    /// What the last start-up could not read back from the store (``restoredDocuments(_:as:what:)``).
-    var restoreProblems: [String] = []
-    /// Chunks served to peers, counted for ``NodeSettings/artifactFaults``.
-    var chunksServed = 0
-    var artifactsSweptAt: Duration = .zero
-    /// Idempotency keys of recent submissions (`Idempotency-Key`), kept in the store too.
-    var idempotency = IdempotencyBook()
-    /// Prometheus metrics (`GET /metrics`) and the stats of the tasks submitted here (`GET /v1/stats`).
+    /// Prometheus metrics (`GET /metrics`), and spans of tasks and runs when `--otlp-endpoint` is set.
     nonisolated let metrics: NodeMetrics
-    /// Spans of tasks and runs, when `--otlp-endpoint` is set.
     nonisolated let tracer: SpanExporter?
-    var stats = TaskStats()
-    /// Runs in progress for peers: their capability and start, for the execution metrics.
-    var executionStarts: [TaskID: (String, Duration)] = [:]
-    /// The received counters as the last scrape reported them.
-    var metricsReported: (messages: UInt64, bytes: UInt64) = (0, 0)
-    /// Task actions and client answers held until the store and the audit log have committed what they need.
-    var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
-        storeCommitted: 0, auditCommitted: 0)
-    /// The load in this node's member record, and when it was put there.
-    var advertisedLoad: (load: Int, at: Duration) = (0, .zero)
-    /// When each member last sent this node a membership message (direct evidence it is alive).
-    private var lastHeardFrom: [NodeID: Date] = [:]
-    /// Per-peer limits, bans, audit entries and transcripts.
-    var accountability: PeerAccountability
-    /// The trust list this node last acted on (``TrustStore/generation``).
-    private var trustGeneration: UInt64 = 0
-    /// Each join address: whether a session through it is up, and the last dial's error.
-    private var joins: [HostAndPort: (connected: Bool, error: String?, at: Date?)] = [:]
-    /// Refused connections before authentication are logged at most ten a second (a flood is thousands).
-    private var refusedConnectionLog = LogThrottle(perSecond: 10)
     /// The node's one timer, due at the earliest deadline of all its machines.
     private var timer: Scheduled<Void>?
     /// When the task machines' and accountability's timers are next due (see `timerFired`).
@@ -182,8 +153,8 @@ public actor MeshNode: Service {
         var submitterSettings = TaskSubmitter.Settings()
         submitterSettings.finishedInMemory = settings.finishedTasksInMemory
         self.submitter = TaskSubmitter(local: identity.nodeID, settings: submitterSettings, seed: seed.next())
-        self.eventBus = EventBus(local: identity.nodeID)
-        self.taskEvents = TaskEventBook(budget: settings.progressBudget)
+        self.meshEvents = MeshEvents(bus: EventBus(local: identity.nodeID))
+        self.followers = TaskFollowers(progress: TaskEventBook(budget: settings.progressBudget))
         self.metrics = NodeMetrics(enabled: settings.metricsEnabled)
         self.tracer = settings.otlpEndpoint.flatMap {
             SpanExporter(endpoint: $0, serviceName: "agentmesh", instance: "\(identity.name) \(identity.nodeID.short)", logger: logger)
@@ -323,7 +294,7 @@ public actor MeshNode: Service {
         self.openTaskStore(store, restoring: stored)
         self.openAuditLog(audit)
         do {
-            self.webhookSecret = SecretBytes(copying: Array(try self.home.loadOrCreateWebhookSecret().utf8))
+            self.webhooks.secret = SecretBytes(copying: Array(try self.home.loadOrCreateWebhookSecret().utf8))
         } catch {
             self.logger.error("webhooks cannot be signed, so none will be sent", metadata: ["error": "\(error)"])
         }
@@ -427,7 +398,7 @@ public actor MeshNode: Service {
         self.state = .stopped(bound)
         self.timer?.cancel()
         self.logger.info("shutting down", metadata: ["peers": "\(self.connections.count)"])
-        for execution in self.executions.values { execution.cancel() }
+        for execution in self.localRuns.tasks.values { execution.cancel() }
         self.wakeAllWaiters()
         // Each peer gets this node's signature over what it sent, then the close; both are in the audit log.
         for connection in self.connections.all.values.sorted(by: { $0.number < $1.number }) {
@@ -491,7 +462,7 @@ public actor MeshNode: Service {
         ended.assumeIsolated().whenFailure { error in
             self.assumeIsolated { node in
                 node.metricsHandshakeRefused(error)
-                if let left = node.refusedConnectionLog.admit(now: node.now) {
+                if let left = node.peerNotes.refusedConnectionLog.admit(now: node.now) {
                     var metadata: Logger.Metadata = ["remote": "\(remote.display)", "reason": "\(error)"]
                     if left > 0 { metadata["not-logged"] = "\(left)" }
                     node.logger.info("refused connection", metadata: metadata)
@@ -568,8 +539,8 @@ public actor MeshNode: Service {
     }
 
     private func noteJoin(_ address: HostAndPort, connected: Bool, error: String?) {
-        let previous = self.joins[address]
-        self.joins[address] = (connected, error ?? previous?.error, error != nil ? Date() : previous?.at)
+        let previous = self.peerNotes.joins[address]
+        self.peerNotes.joins[address] = (connected, error ?? previous?.error, error != nil ? Date() : previous?.at)
     }
 
     /// Dials `address` and runs the connection from handshake to close. Throws the error that ended it before a
@@ -697,8 +668,8 @@ public actor MeshNode: Service {
         let now = self.now
         let trust = self.gate.trustStore.current()
         self.membership.updateTrust(trust)
-        if self.gate.trustStore.generation != self.trustGeneration {
-            self.trustGeneration = self.gate.trustStore.generation
+        if self.gate.trustStore.generation != self.peerNotes.trustGeneration {
+            self.peerNotes.trustGeneration = self.gate.trustStore.generation
             self.closeSessions(refusedBy: trust)
         }
         self.handle(self.membership.tick(now: now))
@@ -720,7 +691,7 @@ public actor MeshNode: Service {
     func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {
         guard self.isServing else { return }
         self.connections.heard(from: peer, now: self.now)
-        self.lastHeardFrom[peer] = Date()
+        self.peerNotes.lastHeardFrom[peer] = Date()
         self.handle(self.membership.receive(message, from: peer, now: self.now))
     }
 
@@ -844,7 +815,7 @@ public actor MeshNode: Service {
             self.executorDied(id)
             self.logger.info("member left", metadata: ["member": "\(self.memberName(id))"])
         case .reaped(let id):
-            self.lastHeardFrom[id] = nil
+            self.peerNotes.lastHeardFrom[id] = nil
             self.logger.debug("member forgotten", metadata: ["member": "\(id.short)"])
         case .refuted(let claim, let by, let incarnation):
             self.logger.notice("refuted a claim against this node", metadata: [
@@ -890,7 +861,7 @@ public actor MeshNode: Service {
                 id: view.record.nodeID.description, name: view.record.name, address: view.record.address,
                 status: view.status.rawValue, incarnation: view.incarnation,
                 capabilities: view.record.capabilities.map(ControlAPI.CapabilityInfo.init), load: view.record.load,
-                lastHeard: max(self.lastHeardFrom[view.record.nodeID] ?? .distantPast, self.clock.wallClockOrigin + view.lastChange.seconds),
+                lastHeard: max(self.peerNotes.lastHeardFrom[view.record.nodeID] ?? .distantPast, self.clock.wallClockOrigin + view.lastChange.seconds),
                 accuser: view.accuser?.description,
                 remoteAddress: connection.map { $0.channel.remoteAddress.display },
                 connection: connection.map { $0.origin.isAccepted ? "inbound" : "outbound" } ?? "none", trust: trust,
@@ -917,7 +888,7 @@ public actor MeshNode: Service {
                     writerBusySeconds: statistics.busy.seconds)
             },
             joins: self.settings.joins.map { address in
-                let status = self.joins[address]
+                let status = self.peerNotes.joins[address]
                 let connected = self.connections.all.values.contains { connection in
                     connection.origin == .dialled(address)
                         || self.membership.member(connection.peer)?.record.address == address.description

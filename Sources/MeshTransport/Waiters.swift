@@ -53,8 +53,10 @@ struct Waiters {
 }
 
 extension MeshNode {
-    /// Calls `wake` once `id` is woken for `kind`, or after `timeout`, whichever comes first.
+    /// Calls `wake` once `id` is woken for `kind`, or after `timeout`, whichever comes first; at once on a node that
+    /// is stopping (a request that came in after shutdown woke everyone must not wait out its time).
     func wait(_ kind: Waiters.Kind, for id: TaskID, timeout: Duration, wake: @escaping () -> Void) {
+        guard self.isServing else { return wake() }
         self.waiters.add(kind, id, wake: wake) { token in
             self.loop.scheduleTask(in: TimeAmount(timeout)) {
                 self.assumeIsolated { node in node.waiters.remove(kind, id, token: token)?.wake() } as Void

@@ -55,6 +55,8 @@ struct WebhookBook {
     var lastState: [WebhookSubject: String] = [:]
     var pending: [TaskID: WebhookDelivery] = [:]
     var inFlight: Set<TaskID> = []
+    /// The key that signs deliveries (`DIR/webhook.secret`), read when the node binds.
+    var secret: SecretBytes?
 
     mutating func register(_ target: WebhookTarget, for subject: WebhookSubject) { self.targets[subject] = target }
 
@@ -222,7 +224,7 @@ extension MeshNode {
         self.webhooks.inFlight.insert(id)
         delivery.attempts += 1
         self.webhooks.pending[id] = delivery
-        let secret = self.webhookSecret
+        let secret = self.webhooks.secret
         let allowPrivate = self.settings.allowPrivateCallbacks
         let loop = self.loop
         Task.detached {

@@ -7,7 +7,8 @@
 //                                                      handshakes that trickle one byte every 200 ms and are re-opened
 //                                                      as soon as the node closes them
 //   mesh-baseline events HOME PORT COUNT BYTES         a trusted peer's event flood: HOME's identity (which the
-//                                                      node on 127.0.0.1 must admit) publishes COUNT signed events
+//                                                      node on 127.0.0.1 must admit) gossips its member record, then
+//                                                      publishes COUNT signed events
 //                                                      of BYTES of data each, as fast as the session takes them,
 //                                                      until they are sent or the node closes the session
 //   mesh-baseline floor MIB DIR                        the least work of a MIB-sized inline task on this machine,
@@ -147,6 +148,13 @@ func eventFlood(home: String, port: Int, count: Int, bytes: Int) throws {
         }
     }
     reader.start()
+    // A member first: a node takes events only from origins it knows (trusted, or with --open a member).
+    let record = MemberRecord(
+        identity: identity.publicIdentity, address: "127.0.0.1:9", incarnation: 1, capabilities: [], load: 0, signer: .ed25519(identity))
+    for frame in try opening.withLock({ session in try session.seal(message: [4] + MembershipMessage.gossip(updates: [.alive(record)]).encoded()) }) {
+        try connection.sendFrame(frame)
+    }
+    Thread.sleep(forTimeInterval: 0.5)
     let data = Array("\"".utf8) + [UInt8](repeating: UInt8(ascii: "x"), count: max(0, bytes - 2)) + Array("\"".utf8)
     var generator = SystemRandomNumberGenerator()
     let started = ContinuousClock.now

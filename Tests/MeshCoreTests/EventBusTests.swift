@@ -20,7 +20,7 @@ import Testing
         let published = bus.publish(Self.event(1), to: [Self.a, Self.b, Self.c], now: .zero)
         #expect(Self.sends(published) == ["event→2", "event→3"])
         #expect(published.contains(.deliver(Self.event(1))), "the publisher's own subscribers get it too")
-        _ = bus.receive(.eventAck(Self.event(1).id), from: Self.b, members: [], now: .zero)
+        _ = bus.receive(.eventAck(Self.event(1).id), from: Self.b, members: [], now: .zero, time: 0)
         #expect(bus.waiting(for: Self.event(1).id) == [Self.c])
         #expect(Self.sends(bus.tick(now: .milliseconds(500), alive: [Self.b, Self.c])).isEmpty, "not yet due")
         #expect(Self.sends(bus.tick(now: .seconds(1), alive: [Self.b, Self.c])) == ["event→3"])
@@ -30,10 +30,10 @@ import Testing
 
     @Test func aReceiverAcknowledgesRelaysOnceAndDeliversOnce() {
         var bus = EventBus(local: Self.c)
-        let first = bus.receive(.event(Self.event(2)), from: Self.b, members: [Self.a, Self.b, Self.c, Self.d], now: .zero)
+        let first = bus.receive(.event(Self.event(2)), from: Self.b, members: [Self.a, Self.b, Self.c, Self.d], now: .zero, time: 0)
         #expect(Self.sends(first) == ["event-ack→2", "event→4"], "acknowledged to the sender, passed on to d, not back to a or b")
         #expect(first.filter { if case .deliver = $0 { return true } else { return false } }.count == 1)
-        let again = bus.receive(.event(Self.event(2)), from: Self.a, members: [Self.a, Self.b, Self.c, Self.d], now: .zero)
+        let again = bus.receive(.event(Self.event(2)), from: Self.a, members: [Self.a, Self.b, Self.c, Self.d], now: .zero, time: 0)
         #expect(Self.sends(again) == ["event-ack→1"], "a repeat is acknowledged and nothing else")
         #expect(bus.records(after: 0, topic: "orders", limit: 10).map(\.sequence) == [1])
         #expect(bus.handled(Self.event(2).id, by: "orders=builtin:echo", outcome: "ran").count == 1)
@@ -69,10 +69,10 @@ import Testing
             MeshEvent(id: TaskID(high: number, low: origin.low), topic: "t", origin: origin, time: 0, data: data, seal: nil)
         }
         let quiet = event(1, from: Self.c)
-        _ = bus.receive(.event(quiet), from: Self.c, members: [Self.a, Self.b, Self.c], now: .zero)
+        _ = bus.receive(.event(quiet), from: Self.c, members: [Self.a, Self.b, Self.c], now: .zero, time: 0)
         var forgotten = 0
         for number in 1...2_000 {
-            for case .forget in bus.receive(.event(event(UInt64(number), from: Self.b)), from: Self.b, members: [Self.a, Self.b, Self.c], now: .zero) {
+            for case .forget in bus.receive(.event(event(UInt64(number), from: Self.b)), from: Self.b, members: [Self.a, Self.b, Self.c], now: .zero, time: 0) {
                 forgotten += 1
             }
         }
@@ -82,5 +82,35 @@ import Testing
         #expect(bus.record(event(2_000, from: Self.b).id) != nil, "the newest of the flood stays")
         #expect(bus.record(event(1, from: Self.b).id) == nil)
         #expect(forgotten == 2_000 - bus.history.count + 1)
+    }
+
+    /// A peer replayed an honest event after its own flood had pushed it out of the history, and every subscriber
+    /// acted on it a second time. One origin now holds at most its share of places, an event that left the history
+    /// is remembered for the replay window, and one older than the window is refused by its signed time.
+    @Test func aReplayedEventIsNotTakenAgainAndOneOriginCannotPushOthersOut() {
+        var settings = EventBus.Settings()
+        settings.historyLimit = 8
+        settings.originCountLimit = 4
+        settings.replayWindow = 60_000
+        var bus = EventBus(local: Self.c, settings: settings)
+        let members = [Self.a, Self.b, Self.c]
+        let honest = MeshEvent(id: TaskID(high: 1, low: 1), topic: "orders", origin: Self.a, time: 1_000, data: Array("7".utf8), seal: nil)
+        #expect(bus.receive(.event(honest), from: Self.a, members: members, now: .zero, time: 1_000).contains(.deliver(honest)))
+        for number in 0..<50 {
+            let flood = MeshEvent(id: TaskID(high: 2, low: UInt64(number)), topic: "x", origin: Self.b, time: 1_000, data: [], seal: nil)
+            _ = bus.receive(.event(flood), from: Self.b, members: members, now: .zero, time: 1_000)
+        }
+        #expect(bus.record(honest.id) != nil, "b's flood pushed out only b's own events")
+        #expect(bus.history.count { $0.event.origin == Self.b } == 4)
+        // Honest traffic lets it go; a replay within the window is known, one after it is too old.
+        for number in 0..<8 {
+            let later = MeshEvent(id: TaskID(high: 3, low: UInt64(number)), topic: "x", origin: Self.d, time: 2_000, data: [], seal: nil)
+            _ = bus.receive(.event(later), from: Self.d, members: members, now: .zero, time: 2_000)
+        }
+        #expect(bus.record(honest.id) == nil && bus.knows(honest.id))
+        let replayed = bus.receive(.event(honest), from: Self.b, members: members, now: .zero, time: 30_000)
+        #expect(replayed == [.send(.eventAck(honest.id), to: Self.b)], "acknowledged, not delivered again")
+        let late = bus.receive(.event(honest), from: Self.b, members: members, now: .zero, time: 100_000)
+        #expect(late == [.send(.eventAck(honest.id), to: Self.b)] && !bus.knows(honest.id), "too old: refused by its time")
     }
 }

@@ -90,7 +90,8 @@ extension TestNode {
                         role: .initiator(InitiatorHandshake(credentials: HandshakeCredentials(
                             identity: self.identity, networkKey: self.networkKey, listenAddress: "127.0.0.1:9"))),
                         configuration: .init(
-                            helloTimeout: .seconds(1), handshakeTimeout: .seconds(2), keepaliveInterval: .seconds(1), idleTimeout: .seconds(5),
+                            // Long enough for a test's whole session on 2 cores busy with the rest of the suite.
+                            helloTimeout: .seconds(1), handshakeTimeout: .seconds(2), keepaliveInterval: .seconds(1), idleTimeout: .seconds(60),
                             maximumMessageLength: 1 << 20),
                         trust: { TrustPolicy(isOpen: true) }))
                     return try NIOAsyncChannel<SessionEvent, OutboundMessage>(wrappingChannelSynchronously: channel)

@@ -91,6 +91,13 @@ public struct EventBus: Sendable {
         public var originBytesLimit = 16 * 1024 * 1024
         public var retryInterval: Duration = .seconds(1)
         public var giveUpAfter: Duration = .seconds(300)
+        /// One origin's events hold at most this many places of the history: a peer's 10,001 tiny events pushed
+        /// every other origin's out (and with them what de-duplicated a replay of theirs).
+        public var originCountLimit = 2_500
+        /// Events are taken only within this much of their signed time (milliseconds), and the ids of events that
+        /// left the history are remembered that long: a replay of an old event is refused, a recent one is known.
+        public var replayWindow: Int64 = 15 * 60 * 1000
+        public var rememberedLimit = 100_000
         public init() {}
     }
 
@@ -126,6 +133,10 @@ public struct EventBus: Sendable {
     /// Bytes of the history, in all and per origin (see ``bytes(of:)``).
     public private(set) var historyBytes = 0
     private var bytesByOrigin: [NodeID: Int] = [:]
+    private var countByOrigin: [NodeID: Int] = [:]
+    /// Ids of events that left the history, with their signed time, oldest first, until the replay window passes.
+    private var remembered: [TaskID: Int64] = [:]
+    private var rememberedOrder: [TaskID] = []
     /// Events this node published that some members have not acknowledged.
     private var unacknowledged: [TaskID: (event: MeshEvent, waiting: Set<NodeID>, nextAt: Duration, until: Duration)] = [:]
 
@@ -176,11 +187,16 @@ public struct EventBus: Sendable {
         return directives
     }
 
-    public mutating func receive(_ message: TaskMessage, from peer: NodeID, members: [NodeID], now: Duration) -> [Directive] {
+    /// `time`: this node's wall clock in milliseconds, against the events' signed times.
+    public mutating func receive(_ message: TaskMessage, from peer: NodeID, members: [NodeID], now: Duration, time: Int64) -> [Directive] {
         switch message {
         case .event(let event):
             var directives: [Directive] = [.send(.eventAck(event.id), to: peer)]
-            guard self.index[event.id] == nil else { return directives }
+            self.forgetRemembered(before: time - self.settings.replayWindow)
+            // Known (kept, or let go within the window), or outside the window: acknowledged, not taken again.
+            guard self.index[event.id] == nil, self.remembered[event.id] == nil,
+                abs(event.time - time) <= self.settings.replayWindow
+            else { return directives }
             directives += self.keep(event)
             for member in Set(members).subtracting([self.local, peer, event.origin]).sorted() {
                 directives.append(.send(.event(event), to: member))
@@ -248,8 +264,9 @@ public struct EventBus: Sendable {
         self.index[record.event.id] = record.sequence
         self.historyBytes += Self.bytes(of: record.event)
         self.bytesByOrigin[origin, default: 0] += Self.bytes(of: record.event)
+        self.countByOrigin[origin, default: 0] += 1
         var dropped: [TaskID] = []
-        while self.bytes(from: origin) > self.settings.originBytesLimit,
+        while self.bytes(from: origin) > self.settings.originBytesLimit || (self.countByOrigin[origin] ?? 0) > self.settings.originCountLimit,
             let oldest = self.history.firstIndex(where: { $0.event.origin == origin })
         {
             dropped.append(self.remove(at: oldest))
@@ -269,6 +286,30 @@ public struct EventBus: Sendable {
         self.historyBytes -= size
         let left = self.bytes(from: record.event.origin) - size
         self.bytesByOrigin[record.event.origin] = left > 0 ? left : nil
+        let count = (self.countByOrigin[record.event.origin] ?? 1) - 1
+        self.countByOrigin[record.event.origin] = count > 0 ? count : nil
+        self.remember(record.event)
         return record.event.id
     }
+
+    private mutating func remember(_ event: MeshEvent) {
+        guard self.remembered.updateValue(event.time, forKey: event.id) == nil else { return }
+        self.rememberedOrder.append(event.id)
+        while self.rememberedOrder.count > self.settings.rememberedLimit {
+            self.remembered[self.rememberedOrder.removeFirst()] = nil
+        }
+    }
+
+    /// Lets go of remembered ids whose events are older than the window: such events are refused by their time.
+    private mutating func forgetRemembered(before cutoff: Int64) {
+        var drop = 0
+        while drop < self.rememberedOrder.count, let time = self.remembered[self.rememberedOrder[drop]], time < cutoff {
+            self.remembered[self.rememberedOrder[drop]] = nil
+            drop += 1
+        }
+        if drop > 0 { self.rememberedOrder.removeFirst(drop) }
+    }
+
+    /// Whether the bus knows the event: kept, or let go within the replay window.
+    public func knows(_ id: TaskID) -> Bool { self.index[id] != nil || self.remembered[id] != nil }
 }
