@@ -1029,3 +1029,21 @@ extension TaskProtocolTests {
         #expect(recent.executions == 301, "samples from 700 s to 1,000 s")
     }
 }
+
+/// The task message kinds are the protocol's: one table for the encoder, the decoder and the audit log's names.
+@Suite struct TaskMessageKindTests {
+    @Test func kindsAreNumberedOneToEighteenAndEachEncodesAsItsTag() throws {
+        #expect(TaskMessage.Kind.allCases.map(\.rawValue) == Array(1...18), "append-only: no gaps, none renumbered")
+        let id = TaskID(high: 1, low: 2)
+        let samples: [TaskMessage] = [
+            .accept(id, epoch: 1), .resultAck(id, epoch: 1), .cancel(id, epoch: 2), .held(id, epoch: 3), .resume(id, epoch: 3),
+            .eventAck(id), .log(id, epoch: 1, chunk: [1]), .inputRequired(id, epoch: 1, question: Array("1".utf8)),
+        ]
+        for message in samples {
+            let bytes = message.encoded()
+            #expect(bytes.first == message.kind.rawValue && TaskMessage.name(ofTag: bytes[0]) == message.kind.name)
+            #expect(try TaskMessage(decoding: bytes) == message)
+        }
+        #expect(TaskMessage.name(ofTag: 0).isEmpty && TaskMessage.name(ofTag: 19).isEmpty)
+    }
+}

@@ -24,12 +24,18 @@ import Testing
     {
         let mesh = try TestMesh()
         let (a, b) = try mesh.trustedPair()
+        // Sessions that outlast seconds of a busy machine: the whole suite shares 2 cores, and a session dropped
+        // for idleness would fail the attempt, not the transfer under test.
         let runningB = try await b.start {
             $0.capabilities = [Self.blobAgent(mib: mib)]
             $0.artifactFaults = faults
+            $0.idleTimeout = .seconds(30)
         }
-        let runningA = try await a.start { $0.joins = [runningB.address] }
-        let id = try await TaskIntegrationTests.submit(runningA, "blob", [:] as [String: String], timeout: 120, attempts: 1)
+        let runningA = try await a.start {
+            $0.joins = [runningB.address]
+            $0.idleTimeout = .seconds(30)
+        }
+        let id = try await TaskIntegrationTests.submit(runningA, "blob", [:] as [String: String], timeout: 120, attempts: 3)
         let task = try await TaskIntegrationTests.wait(runningA, id, seconds: 120)
         let artifact = try #require(task.resultArtifacts?.first, "\(task.state) \(task.error ?? "")")
         let saved = "/tmp/am-transfer-" + UUID().uuidString.prefix(8)

@@ -163,13 +163,42 @@ public enum TaskMessage: Sendable, Equatable {
     /// An artifact chunk's bytes, at most; requests ask for whole multiples of the SHA-256 block below it.
     public static let maximumArtifactChunk = 1024 * 1024
 
-    /// The message's tag on the wire (1 offer … 8 resume, 9 log).
-    public var tag: UInt8 { self.encodedHeaderTag }
+    /// A task message's tag on the wire, in one place for the encoder, the decoder and the audit log's names. The
+    /// values are part of the protocol: new kinds are only ever appended (11, the unsigned event of earlier builds,
+    /// is retired and refused).
+    public enum Kind: UInt8, CaseIterable, Sendable {
+        case offer = 1, accept, decline, result, resultAck, cancel, held, resume, log, progress
+        case unsignedEvent = 11
+        case eventAck = 12, inputRequired, input, artifactRequest, artifactChunk, artifactUnavailable, event
 
-    public static func name(ofTag tag: UInt8) -> String {
-        ["", "offer", "accept", "decline", "result", "result-ack", "cancel", "held", "resume", "log", "progress", "event", "event-ack", "input-required", "input",
-         "artifact-request", "artifact-chunk", "artifact-unavailable", "event"][Int(tag) < 19 ? Int(tag) : 0]
+        /// How the audit log names it.
+        public var name: String {
+            switch self {
+            case .offer: return "offer"
+            case .accept: return "accept"
+            case .decline: return "decline"
+            case .result: return "result"
+            case .resultAck: return "result-ack"
+            case .cancel: return "cancel"
+            case .held: return "held"
+            case .resume: return "resume"
+            case .log: return "log"
+            case .progress: return "progress"
+            case .unsignedEvent, .event: return "event"
+            case .eventAck: return "event-ack"
+            case .inputRequired: return "input-required"
+            case .input: return "input"
+            case .artifactRequest: return "artifact-request"
+            case .artifactChunk: return "artifact-chunk"
+            case .artifactUnavailable: return "artifact-unavailable"
+            }
+        }
     }
+
+    /// The message's tag on the wire.
+    public var tag: UInt8 { self.kind.rawValue }
+
+    public static func name(ofTag tag: UInt8) -> String { Kind(rawValue: tag)?.name ?? "" }
 
     public var epoch: UInt32 {
         switch self {
@@ -210,29 +239,28 @@ public enum TaskMessage: Sendable, Equatable {
     }
 
     /// ``digestCoversWholeMessage`` told only the message's tag (its first byte).
-    public static func digestCoversWholeMessage(tag: UInt8) -> Bool { tag != Self.artifactChunkTag }
+    public static func digestCoversWholeMessage(tag: UInt8) -> Bool { tag != Kind.artifactChunk.rawValue }
 
-    private static let artifactChunkTag: UInt8 = 16
-
-    private var encodedHeaderTag: UInt8 {
+    /// Which message this is, as its tag says on the wire.
+    public var kind: Kind {
         switch self {
-        case .offer: return 1
-        case .accept: return 2
-        case .decline: return 3
-        case .result: return 4
-        case .resultAck: return 5
-        case .cancel: return 6
-        case .held: return 7
-        case .resume: return 8
-        case .log: return 9
-        case .progress: return 10
-        case .event: return 18
-        case .eventAck: return 12
-        case .inputRequired: return 13
-        case .input: return 14
-        case .artifactRequest: return 15
-        case .artifactChunk: return Self.artifactChunkTag
-        case .artifactUnavailable: return 17
+        case .offer: return .offer
+        case .accept: return .accept
+        case .decline: return .decline
+        case .result: return .result
+        case .resultAck: return .resultAck
+        case .cancel: return .cancel
+        case .held: return .held
+        case .resume: return .resume
+        case .log: return .log
+        case .progress: return .progress
+        case .event: return .event
+        case .eventAck: return .eventAck
+        case .inputRequired: return .inputRequired
+        case .input: return .input
+        case .artifactRequest: return .artifactRequest
+        case .artifactChunk: return .artifactChunk
+        case .artifactUnavailable: return .artifactUnavailable
         }
     }
 
@@ -397,8 +425,9 @@ public enum TaskMessage: Sendable, Equatable {
             let tag = try reader.u8("tag")
             let id = TaskID(high: try reader.u64("task id"), low: try reader.u64("task id"))
             let epoch = try reader.u32("epoch")
-            switch tag {
-            case 1:
+            guard let kind = Kind(rawValue: tag) else { throw DecodeError(description: "unknown task message tag \(tag)") }
+            switch kind {
+            case .offer:
                 let capability = try reader.shortString("capability")
                 guard Capability.isValidName(capability) else { throw DecodeError(description: "invalid capability name") }
                 let milliseconds = try reader.u64("time remaining")
@@ -413,14 +442,14 @@ public enum TaskMessage: Sendable, Equatable {
                     options: TaskOptions(
                         context: context.isEmpty ? nil : context, inputTimeout: inputTimeout == 0 ? nil : Self.duration(inputTimeout),
                         traceparent: traceparent.isEmpty ? nil : traceparent)))
-            case 2:
+            case .accept:
                 self = .accept(id, epoch: epoch)
-            case 3:
+            case .decline:
                 guard let reason = DeclineReason(rawValue: try reader.u8("reason")) else {
                     throw DecodeError(description: "unknown decline reason")
                 }
                 self = .decline(id, epoch: epoch, reason: reason)
-            case 4:
+            case .result:
                 switch try reader.u8("outcome") {
                 case 1: self = .result(id, epoch: epoch, outcome: .success(try reader.longBytes("output", limit: Self.maximumInputLength)))
                 case 2:
@@ -435,17 +464,17 @@ public enum TaskMessage: Sendable, Equatable {
                     self = .result(id, epoch: epoch, outcome: .timedOut(String(decoding: message, as: UTF8.self)))
                 default: throw DecodeError(description: "unknown outcome")
                 }
-            case 5:
+            case .resultAck:
                 self = .resultAck(id, epoch: epoch)
-            case 6:
+            case .cancel:
                 self = .cancel(id, epoch: epoch)
-            case 7:
+            case .held:
                 self = .held(id, epoch: epoch)
-            case 8:
+            case .resume:
                 self = .resume(id, epoch: epoch)
-            case 9:
+            case .log:
                 self = .log(id, epoch: epoch, chunk: try reader.longBytes("log", limit: Self.maximumLogChunk))
-            case 10:
+            case .progress:
                 let first = try reader.u32("first event")
                 let count = Int(try reader.u16("event count"))
                 guard (1...Self.maximumProgressBatch).contains(count) else {
@@ -454,9 +483,9 @@ public enum TaskMessage: Sendable, Equatable {
                 var events: [[UInt8]] = []
                 for _ in 0..<count { events.append(try reader.longBytes("event", limit: Self.maximumProgressEvent)) }
                 self = .progress(id, epoch: epoch, first: first, events: events)
-            case 11:
+            case .unsignedEvent:
                 throw DecodeError(description: "an unsigned event (tag 11, from a build before events were signed)")
-            case 18:
+            case .event:
                 let topic = try reader.shortString("topic")
                 guard MeshEvent.isValidTopic(topic) else { throw DecodeError(description: "invalid topic") }
                 let originKey = try Ed25519PublicKey(bytes: try reader.take(Ed25519PublicKey.byteCount, "origin key"))
@@ -466,14 +495,14 @@ public enum TaskMessage: Sendable, Equatable {
                 self = .event(MeshEvent(
                     id: id, topic: topic, origin: NodeID(identityKey: originKey), time: time, data: data,
                     seal: MeshEvent.Seal(originKey: originKey, signature: signature)))
-            case 12:
+            case .eventAck:
                 self = .eventAck(id)
-            case 13:
+            case .inputRequired:
                 self = .inputRequired(id, epoch: epoch, question: try reader.longBytes("question", limit: Self.maximumExchange))
-            case 14:
+            case .input:
                 let milliseconds = try reader.u64("time remaining")
                 self = .input(id, epoch: epoch, reply: try reader.longBytes("reply", limit: Self.maximumExchange), timeRemaining: Self.duration(milliseconds))
-            case 15:
+            case .artifactRequest:
                 let digest = Array(try reader.take(SHA256.byteCount, "artifact digest"))
                 let offset = try reader.u64("offset")
                 let length = try reader.u32("length")
@@ -481,7 +510,7 @@ public enum TaskMessage: Sendable, Equatable {
                     throw DecodeError(description: "an artifact request asks for 1 to \(Self.maximumArtifactChunk) bytes, not \(length)")
                 }
                 self = .artifactRequest(id, digest: digest, offset: offset, length: length)
-            case 16:
+            case .artifactChunk:
                 let digest = Array(try reader.take(SHA256.byteCount, "artifact digest"))
                 let offset = try reader.u64("offset")
                 let chainLength = Int(try reader.u8("chaining value length"))
@@ -493,11 +522,9 @@ public enum TaskMessage: Sendable, Equatable {
                 guard count <= Self.maximumArtifactChunk else { throw DecodeError(description: "an artifact chunk of \(count) bytes") }
                 let bytes = try reader.take(count, "artifact bytes")
                 self = .artifactChunk(id, digest: digest, offset: offset, chainingValue: chainingValue, bytes: bytes)
-            case 17:
+            case .artifactUnavailable:
                 let digest = Array(try reader.take(SHA256.byteCount, "artifact digest"))
                 self = .artifactUnavailable(id, digest: digest, reason: try reader.shortString("reason"))
-            default:
-                throw DecodeError(description: "unknown task message tag \(tag)")
             }
             guard reader.isAtEnd else { throw DecodeError(description: "\(reader.remaining) trailing bytes") }
         } catch let error as DecodeError {
