@@ -112,5 +112,10 @@ import Testing
         #expect(replayed == [.send(.eventAck(honest.id), to: Self.b)], "acknowledged, not delivered again")
         let late = bus.receive(.event(honest), from: Self.b, members: members, now: .zero, time: 100_000)
         #expect(late == [.send(.eventAck(honest.id), to: Self.b)] && !bus.knows(honest.id), "too old: refused by its time")
+        // A peer's extreme times are refused, not subtracted into an overflow.
+        for extreme in [Int64.min, Int64.max] {
+            let odd = MeshEvent(id: TaskID(high: 4, low: 1), topic: "x", origin: Self.b, time: extreme, data: [], seal: nil)
+            #expect(bus.receive(.event(odd), from: Self.b, members: members, now: .zero, time: 100_000) == [.send(.eventAck(odd.id), to: Self.b)])
+        }
     }
 }

@@ -195,7 +195,9 @@ public struct EventBus: Sendable {
             self.forgetRemembered(before: time - self.settings.replayWindow)
             // Known (kept, or let go within the window), or outside the window: acknowledged, not taken again.
             guard self.index[event.id] == nil, self.remembered[event.id] == nil,
-                abs(event.time - time) <= self.settings.replayWindow
+                // Compared as a range around this node's time: the event's time is the peer's, and a difference
+                // taken with it (Int64.min) would overflow.
+                (time - self.settings.replayWindow...time + self.settings.replayWindow).contains(event.time)
             else { return directives }
             directives += self.keep(event)
             for member in Set(members).subtracting([self.local, peer, event.origin]).sorted() {
