@@ -52,7 +52,7 @@ let canMountTmpfs: Bool = {
                 }
             }
             let runningHonest = try await honest.start { $0.joins = [runningA.address] }
-            #expect(await eventually { await runningHonest.members("alive") == ["a"] }, "the trusted node joined during the attack")
+            #expect(await eventually(timeout: .seconds(30)) { await runningHonest.members("alive") == ["a"] }, "the trusted node joined during the attack")
             try await group.waitForAll()
             await runningHonest.stop()
         }

@@ -95,7 +95,7 @@ import Testing
                 signer: .ed25519(mallory.identity)))])))
             #expect(await eventually { await runningA.node.members().members.contains { $0.name == "mallory" } })
             for event in sent { try await outbound.write(OutboundMessage(TaskMessage.event(event).encoded(after: 5))) }
-            #expect(await eventually { (try? await history().last?.id) == sent.last?.id.description })
+            #expect(await eventually(timeout: .seconds(90)) { (try? await history().last?.id) == sent.last?.id.description })
         }
         let kept = try await history()
         #expect(kept.count == 255, "\(kept.count) of 300 events of 64 KiB kept")
