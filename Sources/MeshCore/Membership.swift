@@ -93,6 +93,9 @@ public enum MembershipEvent: Sendable, Equatable {
     case died(NodeID, incarnation: UInt64, accuser: NodeID)
     case left(NodeID)
     case reaped(NodeID)
+    /// The trust list no longer admits this member: it left this node's view at once, without a claim to the mesh
+    /// (members that still trust it keep it).
+    case distrusted(MemberRecord)
     /// This node heard a claim against itself and answered with a higher incarnation.
     case refuted(claim: StatusClaim.Kind, by: NodeID, newIncarnation: UInt64)
 }
@@ -303,10 +306,19 @@ public struct Membership: Sendable {
         self.connected.remove(peer)
     }
 
-    /// The trust list changed (`agentmesh trust` on a running node): records of newly trusted members are taken
-    /// from now on; members already known stay until they leave or die.
-    public mutating func updateTrust(_ policy: TrustPolicy) {
+    /// The trust list changed (`agentmesh trust` or `untrust` on a running node): records of newly trusted members
+    /// are taken from now on, and members the list refuses leave this node's view now: they are no longer probed,
+    /// counted or offered work (waiting for their probes to fail took 45 s, and the death claim it ended in would
+    /// have told the whole mesh a lie). No claim is spread: for members that still trust them they are alive.
+    public mutating func updateTrust(_ policy: TrustPolicy) -> [MembershipDirective] {
         self.trust = policy
+        var directives: [MembershipDirective] = []
+        for (id, member) in self.members.sorted(by: { $0.key < $1.key }) where !self.admits(member.record) {
+            self.store(nil, for: id)
+            self.broadcasts[id] = nil
+            directives.append(.changed(.distrusted(member.record)))
+        }
+        return directives
     }
 
     /// The address peers should dial, known once the listener is bound (its port); before any traffic.

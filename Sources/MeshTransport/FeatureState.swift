@@ -70,4 +70,7 @@ struct PeerNotes {
     var joins: [HostAndPort: (connected: Bool, error: String?, at: Date?)] = [:]
     /// Refused connections before authentication are logged at most ten a second (a flood is thousands).
     var refusedConnectionLog = LogThrottle(perSecond: 10)
+    /// Members dropped from the view because the trust list refuses them, and when: `members` lists them as
+    /// `untrusted` until they are trusted again or the node restarts.
+    var distrusted: [NodeID: (record: MemberRecord, at: Date)] = [:]
 }

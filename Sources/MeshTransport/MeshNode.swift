@@ -606,7 +606,7 @@ public actor MeshNode: Service {
             "trust": "\(peer.decision.label)",
         ])
         // The peer may be trusted only since a moment ago (its handshake read the new trust list).
-        self.membership.updateTrust(self.gate.trustStore.current())
+        self.handle(self.membership.updateTrust(self.gate.trustStore.current()))
         self.handle(self.membership.connected(to: peerID, address: peer.listenAddress, now: self.now))
         for message in pending { self.write(message, to: connection) }
         self.taskSessionStarted(with: peerID)
@@ -667,7 +667,7 @@ public actor MeshNode: Service {
         guard case .running = self.state else { return }
         let now = self.now
         let trust = self.gate.trustStore.current()
-        self.membership.updateTrust(trust)
+        self.handle(self.membership.updateTrust(trust))
         if self.gate.trustStore.generation != self.peerNotes.trustGeneration {
             self.peerNotes.trustGeneration = self.gate.trustStore.generation
             self.closeSessions(refusedBy: trust)
@@ -785,6 +785,7 @@ public actor MeshNode: Service {
     private func log(_ event: MembershipEvent) {
         switch event {
         case .joined(let record):
+            self.peerNotes.distrusted[record.nodeID] = nil
             self.logger.info("member joined", metadata: [
                 "member": "\(record.name) \(record.nodeID.short)", "address": "\(record.address)",
                 "capabilities": "\(record.capabilities.map(\.description).joined(separator: ","))",
@@ -814,6 +815,13 @@ public actor MeshNode: Service {
             // What it was running (it stopped without draining) is offered elsewhere at once.
             self.executorDied(id)
             self.logger.info("member left", metadata: ["member": "\(self.memberName(id))"])
+        case .distrusted(let record):
+            // What it was running here is offered elsewhere at once, as when a member leaves.
+            self.executorDied(record.nodeID)
+            self.peerNotes.distrusted[record.nodeID] = (record, Date())
+            self.logger.notice("member no longer trusted: left this node's view", metadata: [
+                "member": "\(record.name) \(record.nodeID.short)",
+            ])
         case .reaped(let id):
             self.peerNotes.lastHeardFrom[id] = nil
             self.logger.debug("member forgotten", metadata: ["member": "\(id.short)"])
@@ -866,6 +874,16 @@ public actor MeshNode: Service {
                 remoteAddress: connection.map { $0.channel.remoteAddress.display },
                 connection: connection.map { $0.origin.isAccepted ? "inbound" : "outbound" } ?? "none", trust: trust,
                 since: connection?.since))
+        }
+        let trustList = self.gate.trustStore.current()
+        for (record, at) in self.peerNotes.distrusted.values.sorted(by: { $0.record.name < $1.record.name })
+        where self.membership.member(record.nodeID) == nil {
+            guard case .refused = trustList.decision(for: record.identity) else { continue }
+            members.append(ControlAPI.Member(
+                id: record.nodeID.description, name: record.name, address: record.address, status: "untrusted",
+                incarnation: record.incarnation, capabilities: [], load: 0,
+                lastHeard: self.peerNotes.lastHeardFrom[record.nodeID] ?? at, accuser: nil, remoteAddress: nil,
+                connection: "none", trust: "refused", since: nil))
         }
         return ControlAPI.Members(members: members)
     }

@@ -147,6 +147,44 @@ import Testing
         #expect(Self.misbehaviour(directives).isEmpty)
     }
 
+    /// `untrust` on a running node: the member leaves this node's view at once (no probes, no live count, no work)
+    /// without a death claim for the mesh, the gossip of others cannot bring it back, and trusting it again can.
+    @Test func aMemberTheTrustListNoLongerAdmitsLeavesTheViewAtOnceWithoutAClaim() {
+        let b = Node("b")
+        let c = Node("c")
+        let both = TrustPolicy(trusted: [b.identity, c.identity].map { PeerDescriptor(identity: $0.publicIdentity) })
+        let onlyB = TrustPolicy(trusted: [PeerDescriptor(identity: b.identity.publicIdentity)])
+        var a = Node("a", trust: both)
+        _ = a.machine.receive(.gossip(updates: [.alive(b.record()), .alive(c.record())]), from: b.id, now: .zero)
+        #expect(a.machine.liveCount == 3)
+        #expect(a.machine.updateTrust(both).isEmpty, "an unchanged list drops no one")
+
+        let directives = a.machine.updateTrust(onlyB)
+        #expect(directives == [.changed(.distrusted(c.record()))])
+        #expect(a.machine.member(c.id) == nil && a.machine.liveCount == 2)
+        #expect(a.machine.member(b.id)?.status == .alive)
+        let gossip = a.machine.receive(.gossip(updates: [.alive(c.record(incarnation: 5))]), from: b.id, now: .seconds(1))
+        #expect(a.machine.member(c.id) == nil, "b still trusts c, and its gossip of c changes nothing here")
+        #expect(!gossip.contains { if case .changed = $0 { return true } else { return false } })
+        for second in 1...30 {
+            for directive in a.machine.tick(now: .seconds(second)) {
+                guard case .send(let message, let peer, _) = directive else { continue }
+                #expect(peer != c.id, "c is not probed: \(message)")
+                let updates: [MembershipUpdate]
+                switch message {
+                case .gossip(let carried), .ping(_, let carried), .pingRequest(_, _, let carried), .pushPull(_, let carried):
+                    updates = carried
+                default: updates = []
+                }
+                #expect(!updates.contains { $0.subject == c.id }, "no claim about c is spread")
+            }
+        }
+
+        _ = a.machine.updateTrust(both)
+        _ = a.machine.receive(.gossip(updates: [.alive(c.record(incarnation: 5))]), from: c.id, now: .seconds(31))
+        #expect(a.machine.member(c.id)?.status == .alive, "trusted again, its record is taken")
+    }
+
     /// A refused connection to a member's address is evidence, not a hint: dead at once, claimed by this node,
     /// and refuted by the member if it comes back.
     @Test func aMemberThatRefusesConnectionsIsDeadAtOnce() {

@@ -131,7 +131,7 @@ let canMountTmpfs: Bool = {
                 sent += 1
                 try await Task.sleep(until: start + .milliseconds(5 * sent))
             }
-            (declinedRateLimited, closeReason) = try await reader.value
+            (declinedRateLimited, closeReason) = await reader.value
         }
         #expect(declinedRateLimited > 0, "offers over the limit are declined rate_limited")
         // The close frame says why: the node sends it, then its FIN, and reads on until the flooder closes, so the

@@ -21,8 +21,11 @@ import MeshCore
         }
 
         /// `environment`: `NAME=VALUE` settings for the node process (the in-process fault switches).
-        func start(join: String?, capabilities: [String] = [], extra: [String] = [], environment: [String] = []) throws {
-            let arguments = ["run", "--home", self.home, "--listen", "127.0.0.1:0", "--open", "--timers", self.timers,
+        /// `open: false`: only peers in the node's trust list (`agentmesh trust`) are admitted.
+        func start(
+            join: String?, capabilities: [String] = [], extra: [String] = [], environment: [String] = [], open: Bool = true
+        ) throws {
+            let arguments = ["run", "--home", self.home, "--listen", "127.0.0.1:0"] + (open ? ["--open"] : []) + ["--timers", self.timers,
                              "--durability", self.durability]
                 + (join.map { ["--join", $0] } ?? []) + capabilities.flatMap { ["--capability", $0] } + extra
             let process = environment.isEmpty

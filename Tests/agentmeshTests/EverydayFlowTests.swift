@@ -1,0 +1,53 @@
+import Foundation
+import MeshControl
+import MeshTestKit
+import Testing
+
+/// Everyday flows a new user tried on the binary, each once broken: what they see now.
+@Suite(.serialized) struct EverydayFlowTests {
+    typealias Node = MeshProcessTests.Node
+
+    static func agentmesh(_ arguments: String...) throws -> CommandLineTests.Outcome {
+        try CommandLineTests.agentmesh(arguments)
+    }
+
+    static func identityLine(_ home: String) throws -> String {
+        try String(contentsOfFile: "\(home)/identity.pub", encoding: .utf8)
+    }
+
+    /// After `untrust n3`, n3 leaves the running node's live members at once: `members` says it is untrusted, a
+    /// task for what only n3 offers is refused at once (exit 5), and trusting it again brings it back.
+    @Test func anUntrustedMemberLeavesTheLiveMembersAtOnce() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "n3"])
+        let (aLine, n3Line) = (try Self.identityLine("\(root)/a"), try Self.identityLine("\(root)/n3"))
+        #expect(try Self.agentmesh("trust", "--home", "\(root)/a", n3Line).status == 0)
+        #expect(try Self.agentmesh("trust", "--home", "\(root)/n3", aLine).status == 0)
+        let a = Node(home: "\(root)/a")
+        let n3 = Node(home: "\(root)/n3")
+        defer { for node in [a, n3] { node.signal(SIGKILL) } }
+        try a.start(join: nil, open: false)
+        try n3.start(join: a.address, capabilities: ["sentiment=builtin:echo"], open: false)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "n3")?.status == "alive" })
+
+        #expect(try Self.agentmesh("untrust", "--home", "\(root)/a", "n3").status == 0)
+        #expect(MeshProcessTests.waitUntil(3) { a.status(of: "n3")?.status == "untrusted" }, "\(a.members())")
+        let shown = try Self.agentmesh("members", "--home", "\(root)/a")
+        #expect(shown.stdout.contains("untrusted"), "\(shown.stdout)")
+        let started = Date()
+        let refused = try Self.agentmesh(
+            "submit", "--home", "\(root)/a", "--capability", "sentiment", "--input", "{}", "--wait", "--timeout", "20")
+        #expect(refused.status == 5 && refused.stderr.contains("no live member offers sentiment"), "\(refused.stderr)")
+        #expect(Date().timeIntervalSince(started) < 5, "refused at once, not after offers time out")
+        Thread.sleep(forTimeInterval: 2)
+        #expect(a.status(of: "n3")?.status == "untrusted", "n3's own probes and gossip do not bring it back")
+
+        #expect(try Self.agentmesh("trust", "--home", "\(root)/a", n3Line).status == 0)
+        #expect(MeshProcessTests.waitUntil(20) { a.status(of: "n3")?.status == "alive" }, "\(a.members())")
+        let served = try Self.agentmesh(
+            "submit", "--home", "\(root)/a", "--capability", "sentiment", "--input", "{\"x\":1}", "--wait", "--timeout", "20")
+        #expect(served.status == 0 && served.stdout.contains("\"x\""), "\(served.stderr)")
+    }
+}
