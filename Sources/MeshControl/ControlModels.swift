@@ -563,12 +563,15 @@ public enum ControlAPI {
         /// Once the run aborts: compensated, compensating, compensation failed: REASON (nil if nothing to undo).
         public let compensation: String?
         public let compensationTasks: [String]
+        /// Why a running step's tasks have not been offered yet (as `task` says it), if one of them waits.
+        public let waiting: String?
 
         package init(
             name: String, capability: String, state: String, after: [String], items: Int, completed: Int, failed: Int,
             running: Int, isMap: Bool, tasks: [String], error: String?, output: JSONValue?, startedAt: Date?, endedAt: Date?,
-            seconds: Double?, compensation: String?, compensationTasks: [String]
+            seconds: Double?, compensation: String?, compensationTasks: [String], waiting: String?
         ) {
+            self.waiting = waiting
             self.seconds = seconds
             self.name = name
             self.capability = capability

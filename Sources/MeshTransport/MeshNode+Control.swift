@@ -338,7 +338,7 @@ extension MeshNode {
     }
 
     /// Why a task in `submitted` has not been offered, as `task` and `tasks` show it.
-    private func waitingSentence(_ task: TaskSubmitter.SubmittedTask) -> String? {
+    func waitingSentence(_ task: TaskSubmitter.SubmittedTask) -> String? {
         guard task.state == .submitted, let waiting = task.waiting else { return nil }
         let next = task.nextOfferAt.map { TaskSubmitter.seconds(max(.zero, $0 - self.now)) } ?? "a moment"
         switch waiting {

@@ -123,11 +123,13 @@ extension MeshNode {
         }
         // Every step of a run is in the run's trace: the trace id is the workflow id, the run's span their parent.
         let trace = self.workflowRuns.runOfTask[task.id].map { TraceContext(traceID: $0.description, parentID: TraceContext.spanID(of: $0)) }
-        // Through the one way in, like a client's task: a step waits for a member that offers its capability, and
-        // one the node cannot take (its store or audit log not writable) fails the step with why.
+        // Through the one way in, like a client's task: a capability no live member offers fails the step at once
+        // (unless it says wait_for_capability), and so does a task the node cannot take (its store or audit log not
+        // writable), with why.
         let admission = TaskAdmission(
             id: task.id, capability: task.capability, payload: task.input, timeout: .milliseconds(Int64(task.timeoutSeconds * 1000)),
-            maximumAttempts: task.attempts, options: TaskOptions(traceparent: trace?.description), waitForCapability: true)
+            maximumAttempts: task.attempts, options: TaskOptions(traceparent: trace?.description),
+            waitForCapability: task.waitForCapability)
         self.admit(admission) { result in
             guard case .failure(let refusal) = result else { return }
             // Not now: the refusal may come while the run is still handing out this change's directives.
@@ -318,7 +320,9 @@ extension MeshNode {
                 isMap: step.map != nil, tasks: state.items.compactMap { $0.task?.id.description }, error: state.error,
                 output: value(state.output), startedAt: date(state.startedAt), endedAt: date(state.endedAt),
                 seconds: seconds(state.startedAt, state.endedAt),
-                compensation: compensation, compensationTasks: undos.compactMap { $0.task?.id.description })
+                compensation: compensation, compensationTasks: undos.compactMap { $0.task?.id.description },
+                waiting: state.items.lazy.filter { $0.state == .running }
+                    .compactMap { $0.task.flatMap { self.submitter.task($0.id) }.flatMap(self.waitingSentence) }.first)
         }
         return ControlAPI.WorkflowInfo(
             id: run.id.description, name: run.definition.name, state: run.state.rawValue, version: run.version,

@@ -16,6 +16,7 @@
 ///     attempts: 3
 ///     timeout_seconds: 60
 ///     on_failure: abort               # or continue
+///     wait_for_capability: true       # queue while no live member offers it (otherwise the step fails at once)
 /// output: "{{steps.summarize.output}}"
 /// ```
 public struct WorkflowDefinition: Sendable, Equatable, Codable {
@@ -41,6 +42,9 @@ public struct WorkflowDefinition: Sendable, Equatable, Codable {
         public let timeoutSeconds: Double
         public let onFailure: FailurePolicy
         public let compensate: Compensation?
+        /// Queue the step's tasks while no live member offers its capability; otherwise such a task fails at once, as
+        /// `submit` refuses it. nil (runs stored before the setting existed) is no.
+        public let waitForCapability: Bool?
     }
 
     public let name: String
@@ -142,7 +146,8 @@ public struct WorkflowDefinition: Sendable, Equatable, Codable {
             throw DefinitionError("step \(number) needs a name of 1 to 64 characters of A-Z a-z 0-9 . _ -")
         }
         try Self.only(
-            ["name", "capability", "input", "after", "map", "concurrency", "attempts", "timeout_seconds", "on_failure", "compensate"],
+            ["name", "capability", "input", "after", "map", "concurrency", "attempts", "timeout_seconds", "on_failure", "compensate",
+             "wait_for_capability"],
             in: fields, where: "step \(name)")
         guard case .string(let capability)? = fields["capability"], Self.isName(capability) else {
             throw DefinitionError("step \(name) needs a capability name")
@@ -181,6 +186,11 @@ public struct WorkflowDefinition: Sendable, Equatable, Codable {
             }
             policy = parsed
         }
+        var waitForCapability = false
+        if let value = fields["wait_for_capability"] {
+            guard case .bool(let wait) = value else { throw DefinitionError("step \(name): wait_for_capability is true or false") }
+            waitForCapability = wait
+        }
         var compensate: Compensation?
         if let value = fields["compensate"] {
             guard case .object(let compensation) = value else { throw DefinitionError("step \(name): compensate is an object with a capability") }
@@ -218,7 +228,8 @@ public struct WorkflowDefinition: Sendable, Equatable, Codable {
         for dependency in after where !unique.contains(dependency) { unique.append(dependency) }
         return Step(
             name: name, capability: capability, input: input, after: unique, map: map, concurrency: concurrency,
-            attempts: attempts, timeoutSeconds: timeout, onFailure: policy, compensate: compensate)
+            attempts: attempts, timeoutSeconds: timeout, onFailure: policy, compensate: compensate,
+            waitForCapability: waitForCapability)
     }
 
     private static func references(in template: JSON, where place: String) throws(DefinitionError) -> [Reference] {

@@ -10,16 +10,20 @@ public struct WorkflowTask: Sendable, Equatable, Codable {
     public let input: [UInt8]
     public let timeoutSeconds: Double
     public let attempts: Int
+    /// Queued while no live member offers the capability (a compensation always is: an undo must not be skipped
+    /// because its agent is restarting); otherwise refused at once. Items stored before it existed waited.
+    public let waitForCapability: Bool
 
-    init(id: TaskID, capability: String, input: [UInt8], timeoutSeconds: Double, attempts: Int) {
+    init(id: TaskID, capability: String, input: [UInt8], timeoutSeconds: Double, attempts: Int, waitForCapability: Bool) {
         self.id = id
         self.capability = capability
         self.input = input
         self.timeoutSeconds = timeoutSeconds
         self.attempts = attempts
+        self.waitForCapability = waitForCapability
     }
 
-    private enum CodingKeys: String, CodingKey { case id, capability, input, timeoutSeconds, attempts }
+    private enum CodingKeys: String, CodingKey { case id, capability, input, timeoutSeconds, attempts, waitForCapability }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -28,6 +32,7 @@ public struct WorkflowTask: Sendable, Equatable, Codable {
         self.input = Array(try container.decode(String.self, forKey: .input).utf8)
         self.timeoutSeconds = try container.decode(Double.self, forKey: .timeoutSeconds)
         self.attempts = try container.decode(Int.self, forKey: .attempts)
+        self.waitForCapability = try container.decodeIfPresent(Bool.self, forKey: .waitForCapability) ?? true
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -37,6 +42,7 @@ public struct WorkflowTask: Sendable, Equatable, Codable {
         try container.encode(String(decoding: self.input, as: UTF8.self), forKey: .input)
         try container.encode(self.timeoutSeconds, forKey: .timeoutSeconds)
         try container.encode(self.attempts, forKey: .attempts)
+        try container.encode(self.waitForCapability, forKey: .waitForCapability)
     }
 }
 
@@ -326,7 +332,7 @@ public struct WorkflowRun: Sendable, Equatable, Codable {
             }
             let task = WorkflowTask(
                 id: Self.taskID(self.id, step.name, index, undo: false), capability: step.capability, input: input.bytes,
-                timeoutSeconds: step.timeoutSeconds, attempts: step.attempts)
+                timeoutSeconds: step.timeoutSeconds, attempts: step.attempts, waitForCapability: step.waitForCapability == true)
             run.items[index].task = task
             run.items[index].state = .running
             self.changed(step.name, index)
@@ -448,7 +454,8 @@ public struct WorkflowRun: Sendable, Equatable, Codable {
                 let input = try Template.render(compensation.input, in: scope)
                 let task = WorkflowTask(
                     id: Self.taskID(self.id, undo.step, undo.item, undo: true), capability: compensation.capability,
-                    input: input.bytes, timeoutSeconds: compensation.timeoutSeconds, attempts: compensation.attempts)
+                    input: input.bytes, timeoutSeconds: compensation.timeoutSeconds, attempts: compensation.attempts,
+                    waitForCapability: true)
                 run.compensations[undo.item] = Item(state: .running, task: task)
                 self.steps[undo.step] = run
                 self.changed(undo.step, undo.item, undo: true)

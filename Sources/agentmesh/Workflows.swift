@@ -187,6 +187,7 @@ func waitForWorkflow(_ run: ControlAPI.WorkflowInfo, client: ControlClient, foll
                 if step.isMap { line += " (\(step.completed)/\(step.items) items" + (step.failed > 0 ? ", \(step.failed) failed" : "") + ")" }
                 if let compensation = step.compensation { line += ", \(compensation)" }
                 if let error = step.error, step.state == "failed" { line += ": \(error)" }
+                if let waiting = step.waiting { line += " (\(waiting))" }
                 if shown[step.name] != line, step.state != "pending" || shown[step.name] != nil {
                     FileHandle.standardError.write(Data("\(Date().timeOfDay)  \(line)\n".utf8))
                     shown[step.name] = line
@@ -228,6 +229,7 @@ func drawWorkflow(_ run: ControlAPI.WorkflowInfo) -> String {
         let took = step.seconds.map(duration) ?? ""
         var note = step.error.map { "error: \($0)" } ?? ""
         if let compensation = step.compensation { note = "↺ \(compensation)" + (note.isEmpty ? "" : "; \(note)") }
+        if let waiting = step.waiting { note = waiting + (note.isEmpty ? "" : "; \(note)") }
         return ["\(marks[step.state] ?? "?") \(step.name)", step.capability, step.state, items,
                 step.after.isEmpty ? "" : "← " + step.after.joined(separator: ", "), took, note]
     }

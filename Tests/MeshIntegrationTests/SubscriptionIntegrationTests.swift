@@ -38,7 +38,10 @@ import Testing
     @Test func eventsOnAWorkflowSubscriptionStartAtMostEightRunsAtOnce() async throws {
         let definition = try WorkflowDefinition(parsing: JSON(foundation: [
             "name": "held",
-            "steps": [["name": "wait", "capability": "nobody-offers-this", "input": ["x": 1], "timeout_seconds": 600]],
+            "steps": [[
+                "name": "wait", "capability": "nobody-offers-this", "input": ["x": 1], "timeout_seconds": 600,
+                "wait_for_capability": true,
+            ]],
         ] as [String: Any]))
         let mesh = try TestMesh()
         let a = try mesh.node("a")
@@ -135,7 +138,8 @@ import Testing
         let a = try mesh.node("a")
         let running = try await a.start()
         let held = try JSONSerialization.data(withJSONObject: ["workflow": [
-            "name": "held", "steps": [["name": "wait", "capability": "nobody-offers-this", "input": ["x": 1]]],
+            "name": "held",
+            "steps": [["name": "wait", "capability": "nobody-offers-this", "input": ["x": 1], "wait_for_capability": true]],
         ]])
         let started = await running.node.handleControl(ControlRequest(method: "POST", path: "/v1/workflows", query: [:], body: Array(held)))
         let run = try ControlAPI.decoder().decode(ControlAPI.WorkflowInfo.self, from: Data(started.body))

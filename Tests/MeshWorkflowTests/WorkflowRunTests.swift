@@ -202,8 +202,32 @@ import Testing
         #expect(refusal(#"{"name": "x", "steps": [{"name": "a", "capability": "c", "retries": 3}]}"#).contains("unknown field 'retries'"))
         #expect(refusal(#"{"name": "x", "steps": [{"name": "a", "capability": "c", "map": "items"}]}"#).contains("map is one reference"))
         #expect(refusal(#"{"name": "x", "steps": [{"name": "a", "capability": "c", "input": "{{input.a"}]}"#).contains("opens {{ without closing"))
+        #expect(refusal(#"{"name": "x", "steps": [{"name": "a", "capability": "c", "wait_for_capability": "yes"}]}"#)
+            == "step a: wait_for_capability is true or false")
         #expect(refusal(#"{"name": "x", "steps": []}"#) == "workflow x needs a list of steps")
         #expect(refusal(#"[1]"#) == "a workflow is an object with name and steps")
+    }
+
+    /// A step's task fails at once when no live member offers its capability unless the step says to wait; an undo
+    /// always waits, and an item stored before the setting existed keeps waiting as it did.
+    @Test func aStepsTasksWaitForTheirCapabilityOnlyWhenTheStepSaysSo() throws {
+        let definition = try Self.definition(#"""
+            {"name": "w", "steps": [
+              {"name": "now", "capability": "c", "compensate": {"capability": "undo"}},
+              {"name": "later", "capability": "c", "after": "now", "wait_for_capability": true}
+            ]}
+            """#)
+        var run = WorkflowRun(id: TaskID(high: 12, low: 2), definition: definition, input: .null, time: 0)
+        let first = Self.tasks(run.start(time: 0))
+        let second = Self.tasks(run.taskEnded(first[0].id, .completed(Array("1".utf8)), time: 1))
+        let tasks = first + second
+        #expect(tasks.map(\.waitForCapability) == [false, true])
+        let undo = Self.tasks(run.taskEnded(second[0].id, .failed("no live member offers c"), time: 2))
+        #expect(undo.map(\.capability) == ["undo"] && undo.first?.waitForCapability == true)
+        let old = #"{"id": "\#(tasks[0].id)", "capability": "c", "input": "{}", "timeoutSeconds": 300, "attempts": 3}"#
+        #expect(try JSONDecoder().decode(WorkflowTask.self, from: Data(old.utf8)).waitForCapability)
+        let again = try JSONDecoder().decode(WorkflowTask.self, from: JSONEncoder().encode(tasks[0]))
+        #expect(again == tasks[0])
     }
 
     @Test func aMapOverSomethingThatIsNotAListFailsTheStepWithAReason() throws {

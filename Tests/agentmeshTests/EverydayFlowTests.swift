@@ -50,4 +50,50 @@ import Testing
             "submit", "--home", "\(root)/a", "--capability", "sentiment", "--input", "{\"x\":1}", "--wait", "--timeout", "20")
         #expect(served.status == 0 && served.stdout.contains("\"x\""), "\(served.stderr)")
     }
+
+    /// A step for a capability nobody offers fails at once, as `submit` refuses it, and its run goes on by its
+    /// `on_failure`; with `wait_for_capability` it waits and says why, and runs once a member offers it.
+    @Test func aWorkflowStepForACapabilityNobodyOffersFailsAtOnceUnlessItWaits() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a", "b"])
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try a.start(join: nil, capabilities: ["echo=builtin:echo"])
+
+        let started = Date()
+        let failing = try WorkflowTests.start(a, """
+            {"name": "nobody", "steps": [
+              {"name": "first", "capability": "echo", "input": {"n": 1}},
+              {"name": "classify", "capability": "sentiment", "after": "first", "timeout_seconds": 300}
+            ]}
+            """)
+        var run: ControlAPI.WorkflowInfo?
+        #expect(MeshProcessTests.waitUntil(20) {
+            run = try? WorkflowTests.workflow(a, failing)
+            return run?.isFinished == true
+        })
+        #expect(Date().timeIntervalSince(started) < 10, "failed at once, not after the step's 300 s")
+        #expect(run?.state == "failed" && run?.steps.last?.state == "failed", "\(String(describing: run))")
+        #expect(run?.error?.contains("no live member offers sentiment") == true, "\(run?.error ?? "")")
+
+        let waiting = try WorkflowTests.start(a, """
+            {"name": "patient", "steps": [
+              {"name": "classify", "capability": "sentiment", "input": {"x": 1}, "wait_for_capability": true}
+            ]}
+            """)
+        #expect(MeshProcessTests.waitUntil(10) {
+            run = try? WorkflowTests.workflow(a, waiting)
+            return run?.steps.first?.waiting?.contains("no live member offers sentiment") == true
+        }, "\(String(describing: run))")
+        let shown = try CommandLineTests.agentmesh("workflow", "show", "--home", a.home, String(waiting.prefix(8)))
+        #expect(shown.stdout.contains("no live member offers sentiment"), "\(shown.stdout)")
+        try b.start(join: a.address, capabilities: ["sentiment=builtin:echo"])
+        #expect(MeshProcessTests.waitUntil(30) {
+            run = try? WorkflowTests.workflow(a, waiting)
+            return run?.isFinished == true
+        })
+        #expect(run?.state == "completed" && run?.steps.first?.waiting == nil, "\(String(describing: run))")
+    }
 }
