@@ -77,27 +77,12 @@ package struct JSONWriter {
         self.bytes += "null".utf8
     }
 
-    /// `2026-11-28T02:58:39Z`, as `JSONEncoder.DateEncodingStrategy.iso8601` writes it.
+    /// RFC 3339 to the millisecond, `2026-11-28T02:58:39.125Z` (``Timestamp``).
     package mutating func date(_ date: Date) {
         self.separate()
-        var seconds = time_t(date.timeIntervalSince1970.rounded(.down))
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        func two(_ value: Int32) -> [UInt8] { [UInt8(48 + value / 10), UInt8(48 + value % 10)] }
-        let year = Int(parts.tm_year) + 1900
         self.bytes.append(UInt8(ascii: "\""))
-        self.bytes += String(year).utf8
-        self.bytes.append(UInt8(ascii: "-"))
-        self.bytes += two(parts.tm_mon + 1)
-        self.bytes.append(UInt8(ascii: "-"))
-        self.bytes += two(parts.tm_mday)
-        self.bytes.append(UInt8(ascii: "T"))
-        self.bytes += two(parts.tm_hour)
-        self.bytes.append(UInt8(ascii: ":"))
-        self.bytes += two(parts.tm_min)
-        self.bytes.append(UInt8(ascii: ":"))
-        self.bytes += two(parts.tm_sec)
-        self.bytes += "Z\"".utf8
+        Timestamp.append(date, to: &self.bytes)
+        self.bytes.append(UInt8(ascii: "\""))
     }
 
     /// A value that is already compact JSON (see ``JSONText/compacted(_:)``).

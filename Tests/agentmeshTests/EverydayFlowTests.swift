@@ -96,4 +96,27 @@ import Testing
         })
         #expect(run?.state == "completed" && run?.steps.first?.waiting == nil, "\(String(describing: run))")
     }
+
+    /// Three identical 1.4 s tasks were shown as 1.00 s, 2.00 s and 1.00 s: times were whole seconds.
+    @Test func durationsAndTimesKeepTheirMilliseconds() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a"])
+        let a = Node(home: "\(root)/a")
+        defer { a.signal(SIGKILL) }
+        try a.start(join: nil, capabilities: ["nap=exec:sleep 1.4"])
+        for _ in 0..<3 {
+            let submitted = try Self.agentmesh("submit", "--home", a.home, "--capability", "nap", "--input", "{}", "--wait")
+            #expect(submitted.status == 0, "\(submitted.stderr)")
+        }
+        let listed = try Self.agentmesh("tasks", "--home", a.home)
+        let durations = listed.stdout.split(separator: "\n").compactMap { line in
+            line.split(separator: " ").first { $0.hasSuffix("s") && Double($0.dropLast()) != nil }.flatMap { Double($0.dropLast()) }
+        }
+        #expect(durations.count == 3 && durations.allSatisfy { (1.4..<2.0).contains($0) }, "\(listed.stdout)")
+        let json = try Self.agentmesh("tasks", "--home", a.home, "--json")
+        let times = try NSRegularExpression(pattern: #""submitted_at":"[0-9-]+T[0-9:]+\.[0-9]{3}Z""#)
+        #expect(times.numberOfMatches(in: json.stdout, range: NSRange(json.stdout.startIndex..., in: json.stdout)) == 3, "\(json.stdout)")
+    }
 }
