@@ -13,7 +13,10 @@ public enum ControlAPI {
         public let id: String
         public let name: String
         public let version: String
+        /// Where the peer listener is bound, with the port it got.
         public let listen: String
+        /// The address peers dial (`--advertise`; the same as `listen` without it).
+        public let advertise: String
         public let identityLine: String
         public let open: Bool
         public let startedAt: Date
@@ -32,7 +35,7 @@ public enum ControlAPI {
         public let restoreProblems: [String]
 
         package init(
-            id: String, name: String, listen: String, identityLine: String, open: Bool, startedAt: Date,
+            id: String, name: String, listen: String, advertise: String, identityLine: String, open: Bool, startedAt: Date,
             audit: AuditCost?, joins: [JoinStatus] = [], store: String = "ok", auditLog: String = "ok",
             messagesReceived: UInt64 = 0, bytesReceived: UInt64 = 0, restoreProblems: [String] = []
         ) {
@@ -41,6 +44,7 @@ public enum ControlAPI {
             self.name = name
             self.version = AgentMeshVersion.current
             self.listen = listen
+            self.advertise = advertise
             self.identityLine = identityLine
             self.open = open
             self.startedAt = startedAt

@@ -451,7 +451,7 @@ function renderHealth() {
     el("td", { class: "wrap" }, peer.classes.map((c) => `${c.limit_class} ${c.refused}/${c.accepted + c.refused}`).join(", "))));
   $("#limits-table tbody").replaceChildren(...limits);
   const node = snapshot.node;
-  $("#node-summary").textContent = `${node.name} (${node.id.slice(0, 12)}), version ${node.version}, listening on ${node.listen}, `
+  $("#node-summary").textContent = `${node.name} (${node.id.slice(0, 12)}), version ${node.version}, listening on ${node.listen}${node.advertise !== node.listen ? ` (advertised as ${node.advertise})` : ""}, `
     + `up since ${time(node.started_at)}; ${node.messages_received} messages received`;
   const select = $("#audit-peer");
   const known = new Set([...select.options].map((option) => option.value));

@@ -43,6 +43,9 @@ public actor MeshNode: Service {
         let control: ControlServer
         /// The control API over TCP (`run --http`), if asked for.
         let httpControl: ControlServer?
+        /// Where the listener is bound (the port the kernel picked for port 0).
+        let listening: HostAndPort
+        /// The address peers dial (`--advertise`, or the bound one).
         let address: HostAndPort
         let startedAt: Date
         /// Durable task state (`DIR/node.sqlite`).
@@ -216,9 +219,15 @@ public actor MeshNode: Service {
 
     // MARK: - Start and stop
 
-    /// Opens the peer listener and the control socket; returns the address peers can dial.
+    /// Where a bound node listens, and the address peers dial (they differ with `--advertise`).
+    public struct Addresses: Sendable {
+        public let listening: HostAndPort
+        public let advertised: HostAndPort
+    }
+
+    /// Opens the peer listener and the control socket.
     @discardableResult
-    public func bind() async throws -> HostAndPort {
+    public func bind() async throws -> Addresses {
         guard case .created = self.state else { throw StartError.alreadyStarted }
         let store: TaskStore
         let stored: (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask])
@@ -259,7 +268,9 @@ public actor MeshNode: Service {
             throw StartError.cannotListen(self.settings.listen, "\(error)")
         }
         let port = listener.localAddress?.port ?? self.settings.listen.port
-        let address = self.settings.advertise ?? HostAndPort(host: self.settings.listen.host, port: port)
+        let listening = HostAndPort(host: self.settings.listen.host, port: port)
+        // An advertised port of 0 means the one just bound, as for --listen.
+        let address = self.settings.advertise.map { $0.port == 0 ? HostAndPort(host: $0.host, port: port) : $0 } ?? listening
         let control: ControlServer
         do {
             control = try await ControlServer.bind(
@@ -286,7 +297,8 @@ public actor MeshNode: Service {
         self.gate.credentials = HandshakeCredentials(
             identity: self.identity, networkKey: self.networkKey, listenAddress: address.description)
         self.state = .bound(Bound(
-            listener: listener, control: control, httpControl: httpControl, address: address, startedAt: Date(),
+            listener: listener, control: control, httpControl: httpControl, listening: listening, address: address,
+            startedAt: Date(),
             taskStore: store, auditLog: audit))
         self.membership.advertise(address.description)
         // Records the writers queued while opening (a recovered log's note) gate nothing.
@@ -304,11 +316,11 @@ public actor MeshNode: Service {
         self.restoreIdempotencyKeys()
         self.observeCommits()
         self.logger.info("listening", metadata: [
-            "address": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
+            "address": "\(listening)", "advertised": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
             "trusted-peers": "\(self.gate.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
             "http-control": "\(httpControl.map { "\(self.settings.httpControl!.host):\($0.port ?? 0) (token in \(self.home.controlTokenPath))" } ?? "off")",
         ])
-        return address
+        return Addresses(listening: listening, advertised: address)
     }
 
     public func run() async throws {
@@ -896,7 +908,8 @@ public actor MeshNode: Service {
         }
         return ControlAPI.NodeInfo(
             id: self.identity.nodeID.description, name: self.identity.name,
-            listen: bound?.address.description ?? self.settings.listen.description,
+            listen: bound?.listening.description ?? self.settings.listen.description,
+            advertise: bound?.address.description ?? (self.settings.advertise ?? self.settings.listen).description,
             identityLine: IdentityLine.render(self.identity.publicIdentity), open: self.settings.isOpen,
             startedAt: bound?.startedAt ?? Date(),
             audit: self.auditLog.map { log in

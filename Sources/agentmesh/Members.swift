@@ -64,7 +64,7 @@ struct Status: ParsableCommand {
         print("""
             node     \(node.name) \(node.id)
             version  \(node.version), up \(ago(node.startedAt, now: Date()).replacingOccurrences(of: " ago", with: ""))
-            listen   \(node.listen)\(node.open ? " (open: any holder of the network key may join)" : "")
+            listen   \(node.listen)\(node.advertise == node.listen ? "" : ", advertised as \(node.advertise)")\(node.open ? " (open: any holder of the network key may join)" : "")
             members  \(counts.isEmpty ? "none yet" : counts.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", "))
             traffic  \(node.messagesReceived) messages (\(node.bytesReceived) bytes) received from peers
             store    \(node.store)

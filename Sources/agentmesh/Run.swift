@@ -233,15 +233,17 @@ struct Run: AsyncParsableCommand {
         Self.warnAboutUnreachableAdvertise(settings, logger: logger)
 
         let node = MeshNode(home: home, identity: identity, networkKey: networkKey, settings: settings, logger: logger)
-        let address: HostAndPort
+        let addresses: MeshNode.Addresses
         do {
-            address = try await node.bind()
+            addresses = try await node.bind()
         } catch {
             throw CLIError(String(describing: error))
         }
-        // One line on stdout that scripts can wait for; everything else is the log on stderr.
+        // One line on stdout that scripts can wait for; everything else is the log on stderr. It ends with the
+        // address the listener got (its port, for port 0), which scripts take as a join address.
+        let advertised = addresses.advertised == addresses.listening ? "" : "advertised as \(addresses.advertised), "
         FileHandle.standardOutput.write(
-            Data("agentmesh \(identity.name) \(identity.nodeID) listening on \(address)\n".utf8))
+            Data("agentmesh \(identity.name) \(identity.nodeID) \(advertised)listening on \(addresses.listening)\n".utf8))
         // `agentmesh leave` ends the node's run; that is a clean stop of the whole group, not a failure.
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: node, successTerminationBehavior: .gracefullyShutdownGroup)],

@@ -72,7 +72,7 @@ struct TestNode: Sendable {
         let node = MeshNode(
             home: self.home, identity: self.identity, networkKey: self.networkKey, settings: settings,
             logger: self.logs.logger(label: self.identity.name))
-        let address = try await node.bind()
+        let address = try await node.bind().advertised
         // The same path as `agentmesh run`: a ServiceGroup, stopped by graceful shutdown (what SIGTERM triggers).
         let group = ServiceGroup(configuration: .init(services: [node], logger: self.logs.logger(label: "lifecycle")))
         let task = Task { try await group.run() }

@@ -1,6 +1,7 @@
 import Foundation
 import MeshControl
 import MeshTestKit
+import MeshTransport
 import Testing
 
 /// Everyday flows a new user tried on the binary, each once broken: what they see now.
@@ -118,5 +119,35 @@ import Testing
         let json = try Self.agentmesh("tasks", "--home", a.home, "--json")
         let times = try NSRegularExpression(pattern: #""submitted_at":"[0-9-]+T[0-9:]+\.[0-9]{3}Z""#)
         #expect(times.numberOfMatches(in: json.stdout, range: NSRange(json.stdout.startIndex..., in: json.stdout)) == 3, "\(json.stdout)")
+    }
+
+    /// `--listen 127.0.0.1:0 --advertise …` printed the advertised address everywhere and the port it got nowhere.
+    @Test func theBoundPortIsShownBesideTheAdvertisedAddress() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a"])
+        let node = try SpawnedProcess(
+            CommandLineTests.binary, ["run", "--home", "\(root)/a", "--listen", "127.0.0.1:0", "--advertise", "10.9.8.7:7946"])
+        defer { node.signal(SIGKILL) }
+        let line = try #require(node.waitForLine(containing: "listening on"))
+        let bound = try #require(line.components(separatedBy: "listening on ").last?.trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(bound.hasPrefix("127.0.0.1:") && bound != "127.0.0.1:0", "\(line)")
+        #expect(line.contains("advertised as 10.9.8.7:7946"), "\(line)")
+        let status = try Self.agentmesh("status", "--home", "\(root)/a")
+        #expect(status.stdout.contains("listen   \(bound), advertised as 10.9.8.7:7946"), "\(status.stdout)")
+        let info = try ControlClient(socketPath: "\(root)/a/control.sock").get("/v1/node", as: ControlAPI.NodeInfo.self)
+        #expect(info.listen == bound && info.advertise == "10.9.8.7:7946")
+        #expect(node.stderr.contains(bound), "the log names the bound address too")
+        node.signal(SIGKILL)
+        node.waitForExit()
+
+        // An advertised port of 0 takes the bound one.
+        let second = try SpawnedProcess(
+            CommandLineTests.binary, ["run", "--home", "\(root)/a", "--listen", "127.0.0.1:0", "--advertise", "10.9.8.7:0"])
+        defer { second.signal(SIGKILL) }
+        let secondLine = try #require(second.waitForLine(containing: "listening on"))
+        let port = try #require(secondLine.split(separator: ":").last)
+        #expect(secondLine.contains("advertised as 10.9.8.7:\(port)"), "\(secondLine)")
     }
 }
