@@ -87,7 +87,8 @@ extension MeshNode {
             return .proceed(key: key, digest: digest)
         }
         guard record.kind == kind, record.digest == digest else {
-            return .refused(.error(409, "the idempotency key '\(key)' was used for a different request (\(record.kind) \(record.target)); send a new key"))
+            // 422, as the IETF Idempotency-Key draft says: 409 already means "no live member offers it".
+            return .refused(.error(422, "the idempotency key '\(key)' was used for a different request (\(record.kind) \(record.target)); send a new key"))
         }
         return .repeated(record.target)
     }

@@ -11,6 +11,8 @@ enum ExitStatus: Int32 {
     case notRunning = 4
     /// No live member offers the capability (submit without --wait-for-capability).
     case noCapability = 5
+    /// The idempotency key was used before for a different request (nothing was submitted).
+    case keyReused = 6
     /// A usage mistake or bad input: an option, JSON that does not parse, a file that cannot be read.
     case badInput = 64
     /// Ctrl-C while waiting for a task (the task goes on).

@@ -9,7 +9,8 @@ struct Submit: ParsableCommand {
         abstract: "Submit a task; it runs on a member that offers the capability.",
         discussion: """
             Prints the task id, or with --wait the result. Exit statuses: 0 done, 1 failed, 2 timed out, \
-            3 canceled, 4 no node running here, 5 no live member offers the capability, 64 bad input, \
+            3 canceled, 4 no node running here, 5 no live member offers the capability, \
+            6 the idempotency key was used for a different request, 64 bad input, \
             130 Ctrl-C while waiting (the task goes on).
             """)
 
@@ -121,6 +122,8 @@ struct Submit: ParsableCommand {
                     client.request(method: "POST", path: "/v1/tasks", body: Array(body), headers: headers), as: ControlAPI.TaskInfo.self)
             } catch ControlClient.Error.api(409, let message) {
                 throw CLIError(message, status: .noCapability)
+            } catch ControlClient.Error.api(422, let message) {
+                throw CLIError(message, status: .keyReused)
             } catch ControlClient.Error.api(400, let message) {
                 throw CLIError(message, status: .badInput)
             }

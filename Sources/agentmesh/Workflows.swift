@@ -52,11 +52,15 @@ struct WorkflowCommand: ParsableCommand {
                 workflow: ControlAPI.JSONValue(workflow), input: input.map(ControlAPI.JSONValue.init), callback: self.callback))
             let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
             let run = try reporting {
-                try client.decode(
-                    client.request(
-                        method: "POST", path: "/v1/workflows", body: Array(body),
-                        headers: self.idempotencyKey.map { ["Idempotency-Key": $0] } ?? [:]),
-                    as: ControlAPI.WorkflowInfo.self)
+                do {
+                    return try client.decode(
+                        client.request(
+                            method: "POST", path: "/v1/workflows", body: Array(body),
+                            headers: self.idempotencyKey.map { ["Idempotency-Key": $0] } ?? [:]),
+                        as: ControlAPI.WorkflowInfo.self)
+                } catch ControlClient.Error.api(422, let message) {
+                    throw CLIError(message, status: .keyReused)
+                }
             }
             guard self.wait || self.follow else {
                 if self.json { try printJSON(run) } else { print(run.id) }

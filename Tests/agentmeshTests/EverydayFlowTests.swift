@@ -150,4 +150,26 @@ import Testing
         let port = try #require(secondLine.split(separator: ":").last)
         #expect(secondLine.contains("advertised as 10.9.8.7:\(port)"), "\(secondLine)")
     }
+
+    /// Reusing an idempotency key for a different request exited 5, the status that says no member offers the
+    /// capability; it has its own status (6) and the API answers 422, as the IETF Idempotency-Key draft says.
+    @Test func aReusedIdempotencyKeyHasItsOwnExitStatus() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try MeshProcessTests.initHomes(root, ["a"])
+        let a = Node(home: "\(root)/a")
+        defer { a.signal(SIGKILL) }
+        try a.start(join: nil, capabilities: ["echo=builtin:echo"])
+        let first = try Self.agentmesh("submit", "--home", a.home, "--capability", "echo", "--input", "1", "--idempotency-key", "k-1")
+        #expect(first.status == 0, "\(first.stderr)")
+        let reused = try Self.agentmesh("submit", "--home", a.home, "--capability", "echo", "--input", "2", "--idempotency-key", "k-1")
+        #expect(reused.status == 6 && reused.stderr.contains("was used for a different request"), "\(reused.status) \(reused.stderr)")
+        let workflow = "\(root)/flow.json"
+        try #"{"name": "w", "steps": [{"name": "s", "capability": "echo"}]}"#.write(toFile: workflow, atomically: true, encoding: .utf8)
+        let byWorkflow = try Self.agentmesh("workflow", "run", "--home", a.home, workflow, "--idempotency-key", "k-1")
+        #expect(byWorkflow.status == 6 && byWorkflow.stderr.contains("was used for a different request"), "\(byWorkflow.stderr)")
+        let noMember = try Self.agentmesh("submit", "--home", a.home, "--capability", "nobody", "--input", "1")
+        #expect(noMember.status == 5, "\(noMember.stderr)")
+    }
 }
