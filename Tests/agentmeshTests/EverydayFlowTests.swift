@@ -12,6 +12,14 @@ import Testing
         try CommandLineTests.agentmesh(arguments)
     }
 
+    /// A scratch folder with an initialised home per name (all on one network key); returns its path.
+    static func homes(_ names: String...) throws -> String {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
+        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        try MeshProcessTests.initHomes(root, names)
+        return root
+    }
+
     static func identityLine(_ home: String) throws -> String {
         try String(contentsOfFile: "\(home)/identity.pub", encoding: .utf8)
     }
@@ -19,10 +27,8 @@ import Testing
     /// After `untrust n3`, n3 leaves the running node's live members at once: `members` says it is untrusted, a
     /// task for what only n3 offers is refused at once (exit 5), and trusting it again brings it back.
     @Test func anUntrustedMemberLeavesTheLiveMembersAtOnce() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
-        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        let root = try Self.homes("a", "n3")
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try MeshProcessTests.initHomes(root, ["a", "n3"])
         let (aLine, n3Line) = (try Self.identityLine("\(root)/a"), try Self.identityLine("\(root)/n3"))
         #expect(try Self.agentmesh("trust", "--home", "\(root)/a", n3Line).status == 0)
         #expect(try Self.agentmesh("trust", "--home", "\(root)/n3", aLine).status == 0)
@@ -55,10 +61,8 @@ import Testing
     /// A step for a capability nobody offers fails at once, as `submit` refuses it, and its run goes on by its
     /// `on_failure`; with `wait_for_capability` it waits and says why, and runs once a member offers it.
     @Test func aWorkflowStepForACapabilityNobodyOffersFailsAtOnceUnlessItWaits() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
-        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        let root = try Self.homes("a", "b")
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try MeshProcessTests.initHomes(root, ["a", "b"])
         let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
         defer { for node in [a, b] { node.signal(SIGKILL) } }
         try a.start(join: nil, capabilities: ["echo=builtin:echo"])
@@ -100,10 +104,8 @@ import Testing
 
     /// Three identical 1.4 s tasks were shown as 1.00 s, 2.00 s and 1.00 s: times were whole seconds.
     @Test func durationsAndTimesKeepTheirMilliseconds() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
-        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        let root = try Self.homes("a")
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try MeshProcessTests.initHomes(root, ["a"])
         let a = Node(home: "\(root)/a")
         defer { a.signal(SIGKILL) }
         try a.start(join: nil, capabilities: ["nap=exec:sleep 1.4"])
@@ -123,10 +125,8 @@ import Testing
 
     /// `--listen 127.0.0.1:0 --advertise …` printed the advertised address everywhere and the port it got nowhere.
     @Test func theBoundPortIsShownBesideTheAdvertisedAddress() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
-        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        let root = try Self.homes("a")
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try MeshProcessTests.initHomes(root, ["a"])
         let node = try SpawnedProcess(
             CommandLineTests.binary, ["run", "--home", "\(root)/a", "--listen", "127.0.0.1:0", "--advertise", "10.9.8.7:7946"])
         defer { node.signal(SIGKILL) }
@@ -154,10 +154,8 @@ import Testing
     /// Reusing an idempotency key for a different request exited 5, the status that says no member offers the
     /// capability; it has its own status (6) and the API answers 422, as the IETF Idempotency-Key draft says.
     @Test func aReusedIdempotencyKeyHasItsOwnExitStatus() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary))
-        let root = "/tmp/am-flow-" + UUID().uuidString.prefix(8)
+        let root = try Self.homes("a")
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try MeshProcessTests.initHomes(root, ["a"])
         let a = Node(home: "\(root)/a")
         defer { a.signal(SIGKILL) }
         try a.start(join: nil, capabilities: ["echo=builtin:echo"])
