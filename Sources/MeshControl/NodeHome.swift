@@ -283,11 +283,13 @@ public struct NodeHome: Sendable {
     }
 }
 
-/// The `run` settings `DIR/config.toml` may hold (keys as `run`'s flags, with `_` for `-`).
+/// The `run` settings `DIR/config.toml` may hold (keys as `run`'s flags, with `_` for `-`; `capabilities` for the
+/// repeatable `--capability`, and `[limits]` for `--limit`). A test checks them against `run`'s options.
 public struct RunConfiguration: Sendable, Equatable {
     public static let keys = [
         "listen", "advertise", "join", "capabilities", "timers", "http", "durability", "max_connections", "open",
         "log_level", "max_input_bytes", "allow_private_callbacks", "subscribe", "log_format", "metrics", "otlp_endpoint",
+        "max_artifact_bytes", "artifact_store_bytes", "set_aside_broken_audit",
     ]
     public var listen: String?
     public var advertise: String?
@@ -305,6 +307,10 @@ public struct RunConfiguration: Sendable, Equatable {
     public var logFormat: String?
     public var metrics: String?
     public var otlpEndpoint: String?
+    /// A number of bytes with an optional K, M or G suffix, as the flag takes it.
+    public var maxArtifactBytes: String?
+    public var artifactStoreBytes: String?
+    public var setAsideBrokenAudit: Bool?
     public var limits: [LimitClass: Rate] = [:]
 
     public init() {}
@@ -368,6 +374,17 @@ public struct RunConfiguration: Sendable, Equatable {
         self.otlpEndpoint = try string("otlp_endpoint")
         self.logLevel = try string("log_level")
         self.maxInputBytes = try integer("max_input_bytes")
+        func byteCount(_ key: String) throws -> String? {
+            switch table[key] {
+            case nil: return nil
+            case .string(let text)?: return text
+            case .integer(let number)? where number >= 0: return String(number)
+            default: throw KeyError(description: "\(key) must be a number of bytes, such as 1073741824 or \"1G\"")
+            }
+        }
+        self.maxArtifactBytes = try byteCount("max_artifact_bytes")
+        self.artifactStoreBytes = try byteCount("artifact_store_bytes")
+        self.setAsideBrokenAudit = try boolean("set_aside_broken_audit")
     }
 }
 

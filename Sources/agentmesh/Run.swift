@@ -132,13 +132,14 @@ struct Run: AsyncParsableCommand {
         settings.durability = mode
         settings.maximumConnections = self.maxConnections ?? file.maxConnections ?? settings.maximumConnections
         guard settings.maximumConnections >= 1 else { throw CLIError("--max-connections must be at least 1", status: .badInput) }
-        for (flag, text, setting) in [
-            ("--max-artifact-bytes", self.maxArtifactBytes, \NodeSettings.maximumArtifact),
-            ("--artifact-store-bytes", self.artifactStoreBytes, \NodeSettings.artifactCapacity),
+        for (flag, text, key, setting) in [
+            (self.maxArtifactBytes, self.maxArtifactBytes ?? file.maxArtifactBytes, "max_artifact_bytes", \NodeSettings.maximumArtifact),
+            (self.artifactStoreBytes, self.artifactStoreBytes ?? file.artifactStoreBytes, "artifact_store_bytes", \NodeSettings.artifactCapacity),
         ] {
             guard let text else { continue }
             guard let bytes = Rate.number(Substring(text)), bytes >= 0, bytes < 1e18 else {
-                throw CLIError("\(flag): '\(text)' is not a number of bytes (K, M and G suffixes allowed)", status: .badInput)
+                throw CLIError(
+                    "\(source(flag != nil, key)): '\(text)' is not a number of bytes (K, M and G suffixes allowed)", status: .badInput)
             }
             settings[keyPath: setting] = UInt64(bytes)
         }
@@ -161,7 +162,7 @@ struct Run: AsyncParsableCommand {
                 throw CLIError("--limit: \(error)", status: .badInput)
             }
         }
-        settings.setAsideBrokenAuditLogs = self.setAsideBrokenAudit
+        settings.setAsideBrokenAuditLogs = self.setAsideBrokenAudit || file.setAsideBrokenAudit == true
         let levelText = self.logLevel ?? file.logLevel ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else {
             throw CLIError("unknown log level '\(levelText)'", status: .badInput)

@@ -22,6 +22,39 @@ import MeshControl
         #expect(run.options.home == "/tmp/x")
     }
 
+    /// config.toml takes every `run` setting: its keys are checked against `run`'s own options (read from the
+    /// parser), so an option added without a key fails here. Three were missing (max_artifact_bytes,
+    /// artifact_store_bytes, set_aside_broken_audit).
+    @Test func everyRunOptionIsAConfigKeyAndTakesEffect() throws {
+        let help = try #require(try JSONSerialization.jsonObject(with: Data(Run._dumpHelp().utf8)) as? [String: Any])
+        let arguments = try #require((help["command"] as? [String: Any])?["arguments"] as? [[String: Any]])
+        let options = arguments.compactMap { argument in
+            (argument["names"] as? [[String: Any]])?.first { $0["kind"] as? String == "long" }?["name"] as? String
+        }
+        let notSettings: Set = ["home", "help", "version", "limit"]  // --limit is the [limits] table
+        let keys = options.filter { !notSettings.contains($0) }.map { option in
+            option == "capability" ? "capabilities" : option.replacingOccurrences(of: "-", with: "_")
+        }
+        #expect(keys.count > 15, "\(options)")
+        #expect(Set(keys) == Set(RunConfiguration.keys), "options without a key: \(Set(keys).subtracting(RunConfiguration.keys).sorted()); keys without an option: \(Set(RunConfiguration.keys).subtracting(keys).sorted())")
+
+        let file = try RunConfiguration(parsing: """
+            listen = "127.0.0.1:0"
+            max_artifact_bytes = "2M"
+            artifact_store_bytes = 3000000
+            set_aside_broken_audit = true
+            """)
+        let run = try #require(try AgentMesh.parseAsRoot(["run", "--home", "/tmp/x"]) as? Run)
+        let settings = try run.effectiveSettings(file).settings
+        #expect(settings.maximumArtifact == UInt64(Rate.number("2M")!) && settings.artifactCapacity == 3_000_000)
+        #expect(settings.setAsideBrokenAuditLogs)
+        let flagWins = try #require(try AgentMesh.parseAsRoot(["run", "--home", "/tmp/x", "--max-artifact-bytes", "5K"]) as? Run)
+        #expect(try flagWins.effectiveSettings(file).settings.maximumArtifact == UInt64(Rate.number("5K")!))
+        let bad = try RunConfiguration(parsing: "listen = \"127.0.0.1:0\"\nmax_artifact_bytes = \"lots\"")
+        #expect(throws: CLIError.self) { try run.effectiveSettings(bad) }
+        #expect(throws: (any Error).self) { try RunConfiguration(parsing: "set_aside_broken_audit = \"yes\"") }
+    }
+
     @Test(arguments: [
         ["run", "--listen", "nonsense"], ["run", "--listen", "127.0.0.1:70000"], ["run", "--durability", "sometimes"],
         ["run", "--listen", "127.0.0.1:1", "--join", "host"], ["run", "--listen", "127.0.0.1:1", "--log-level", "loud"],
