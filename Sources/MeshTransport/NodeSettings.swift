@@ -43,7 +43,8 @@ public struct NodeSettings: Sendable {
     public var redialMaximumDelay: Duration = .seconds(30)
     /// Largest task input a client may submit, in bytes of JSON (`run --max-input-bytes`). Larger data goes as
     /// artifacts.
-    public var maximumTaskInput = 1024 * 1024
+    public var maximumTaskInput = Self.defaultTaskInput
+    public static let defaultTaskInput = 1024 * 1024
     /// The most `maximumTaskInput` may be: an offer is one message of at most 16 MiB, the input and its framing.
     public static let largestTaskInput = 15 * 1024 * 1024
     /// The largest artifact this node takes (`run --max-artifact-bytes`), and all of them together

@@ -55,7 +55,7 @@ struct Run: AsyncParsableCommand {
         valueName: "fsync|process"), completion: .list(["fsync", "process"]))
     var durability: String?
 
-    @Option(help: "The largest inline task input (JSON) this node accepts, in bytes (default 1048576; at most 15728640, as an offer is one message of at most 16 MiB). Larger data goes as artifacts.")
+    @Option(help: "The largest inline task input (JSON) this node accepts, in bytes (default \(NodeSettings.defaultTaskInput); at most \(NodeSettings.largestTaskInput), as an offer is one message of at most \(SecureSession.defaultMaximumMessageLength >> 20) MiB). Larger data goes as artifacts.")
     var maxInputBytes: Int?
 
     @Option(help: ArgumentHelp("The largest artifact this node stores, fetches or serves (K, M, G suffixes; default 1G).", valueName: "BYTES"))
