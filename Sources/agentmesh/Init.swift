@@ -30,7 +30,17 @@ struct Init: ParsableCommand {
     func run() throws {
         let home = self.options.nodeHome
         let identity = try reporting {
-            try home.initialize(name: self.name, networkKeyFile: self.networkKeyFile, networkKeyText: self.networkKey)
+            do {
+                return try home.initialize(name: self.name, networkKeyFile: self.networkKeyFile, networkKeyText: self.networkKey)
+            } catch let error as HomeError {
+                // What the user gave (a name, a key, a key file that cannot be read) is bad input, exit 64, as
+                // for submit --input-file; a home that cannot be written stays a failure (1).
+                switch error {
+                case .invalidName, .invalidNetworkKey: throw CLIError(error.description, status: .badInput)
+                case .unreadable(let path, _) where path == self.networkKeyFile: throw CLIError(error.description, status: .badInput)
+                default: throw error
+                }
+            }
         }
         let networkKey = try reporting { try home.loadNetworkKey() }
         print("Created node \(identity.name) (\(identity.nodeID)) in \(home.path)")

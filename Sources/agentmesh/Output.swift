@@ -70,3 +70,11 @@ extension Date {
         return formatter.string(from: self)
     }
 }
+
+/// A word as a POSIX shell reads it back: as it is when it is plain, else in single quotes.
+func shellQuoted(_ word: String) -> String {
+    let plain = !word.isEmpty && word.unicodeScalars.allSatisfy {
+        CharacterSet.alphanumerics.contains($0) || "/._-+:=@%,".unicodeScalars.contains($0)
+    }
+    return plain ? word : "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}

@@ -19,7 +19,8 @@ struct Submit: ParsableCommand {
     @Option(help: "The capability the task needs.")
     var capability: String
 
-    @Option(help: ArgumentHelp("The task input as JSON.", valueName: "JSON"))
+    // Unconditional: a value may start with '-' (the input -5, a mistaken --timeout -5), and is then judged as a value.
+    @Option(parsing: .unconditional, help: ArgumentHelp("The task input as JSON.", valueName: "JSON"))
     var input: String?
 
     @Option(help: ArgumentHelp("A file holding the task input as JSON ('-' reads stdin).", valueName: "FILE"),
@@ -36,10 +37,10 @@ struct Submit: ParsableCommand {
     @Flag(help: "Queue the task even when no live member offers the capability now (otherwise exit 5 at once).")
     var waitForCapability = false
 
-    @Option(help: "Seconds the task may take in all, retries included.")
+    @Option(parsing: .unconditional, help: "Seconds the task may take in all, retries included.")
     var timeout: Double = 60
 
-    @Option(help: "Attempts before giving up (a failure is retried after a back-off; a rejection never is).")
+    @Option(parsing: .unconditional, help: "Attempts before giving up (a failure is retried after a back-off; a rejection never is).")
     var maxAttempts: Int = 5
 
     @Option(help: ArgumentHelp(
@@ -63,7 +64,7 @@ struct Submit: ParsableCommand {
         valueName: "ID"))
     var context: String?
 
-    @Option(help: ArgumentHelp(
+    @Option(parsing: .unconditional, help: ArgumentHelp(
         "Pause the deadline while the agent waits for an answer ('agentmesh reply'), for at most this many seconds.",
         valueName: "SECONDS"))
     var inputTimeout: Double?
@@ -86,7 +87,13 @@ struct Submit: ParsableCommand {
         guard (self.input == nil) != (self.inputFile == nil) else {
             throw ValidationError("give the input with exactly one of --input or --input-file")
         }
-        guard self.timeout > 0, self.timeout <= 86_400 else { throw ValidationError("--timeout must be 0 to 86400 seconds") }
+        guard !(self.wait && self.follow) else { throw ValidationError("give --wait or --follow (--follow waits too), not both") }
+        guard self.timeout > 0, self.timeout <= 86_400 else {
+            throw ValidationError("--timeout must be more than 0 and at most 86400 seconds, not \(self.timeout.formatted())")
+        }
+        if let inputTimeout = self.inputTimeout, !(inputTimeout > 0 && inputTimeout <= 86_400) {
+            throw ValidationError("--input-timeout must be more than 0 and at most 86400 seconds")
+        }
         guard (1...100).contains(self.maxAttempts) else { throw ValidationError("--max-attempts must be 1 to 100") }
     }
 
@@ -133,7 +140,8 @@ struct Submit: ParsableCommand {
             return
         }
         FileHandle.standardError.write(Data("task \(task.id) submitted; waiting for it to end (Ctrl-C stops waiting, not the task)\n".utf8))
-        let ended = self.follow ? try followEvents(task, client: client) : try waitForEnd(task, client: client)
+        let ended = self.follow
+            ? try followEvents(task, client: client, home: self.options) : try waitForEnd(task, client: client, home: self.options)
         if let folder = self.saveArtifacts { try saveResultArtifacts(of: ended, into: folder, client: client) }
         try reportEnd(of: ended, json: self.json)
     }
@@ -167,16 +175,18 @@ func parseJSONInput(_ text: Data) throws -> Any {
     }
 }
 
-/// Polls until the task ends; Ctrl-C stops waiting and says how to wait again or cancel.
-func waitForEnd(_ task: ControlAPI.TaskInfo, client: ControlClient) throws -> ControlAPI.TaskInfo {
+/// Polls until the task ends; Ctrl-C stops waiting and says how to wait again or cancel (with the `--home` given,
+/// so the commands it prints work as they are).
+func waitForEnd(_ task: ControlAPI.TaskInfo, client: ControlClient, home: HomeOptions) throws -> ControlAPI.TaskInfo {
     signal(SIGINT, SIG_IGN)
     let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+    let homeArgument = home.home.map { " --home \(shellQuoted($0))" } ?? ""
     interrupt.setEventHandler {
         FileHandle.standardError.write(Data("""
 
             stopped waiting; task \(task.id) goes on.
-              agentmesh task \(task.id.prefix(12)) --wait   waits again
-              agentmesh cancel \(task.id.prefix(12))        cancels it
+              agentmesh task\(homeArgument) \(task.id.prefix(12)) --wait   waits again
+              agentmesh cancel\(homeArgument) \(task.id.prefix(12))        cancels it
 
             """.utf8))
         exit(ExitStatus.interrupted.rawValue)
@@ -196,7 +206,7 @@ func waitForEnd(_ task: ControlAPI.TaskInfo, client: ControlClient) throws -> Co
 
 /// Prints each progress event (its data, one line of JSON) as the node receives it, until the task ends; returns
 /// the ended task. Ctrl-C stops following, as it stops waiting.
-func followEvents(_ task: ControlAPI.TaskInfo, client: ControlClient) throws -> ControlAPI.TaskInfo {
+func followEvents(_ task: ControlAPI.TaskInfo, client: ControlClient, home: HomeOptions) throws -> ControlAPI.TaskInfo {
     var after = 0
     while true {
         let page = try reporting {
@@ -214,7 +224,7 @@ func followEvents(_ task: ControlAPI.TaskInfo, client: ControlClient) throws -> 
         after = page.next
         if page.finished && page.events.isEmpty { break }
     }
-    return try waitForEnd(task, client: client)
+    return try waitForEnd(task, client: client, home: home)
 }
 
 /// Prints a finished task's result (or the task as JSON) and exits with the status its end calls for.
@@ -335,9 +345,11 @@ func repeatEverySecond(if watching: Bool, _ render: () throws -> String?) throws
         if let text = try render() { print(text) }
         return
     }
+    // A terminal is cleared before each refresh; a pipe or file gets each one after the last, without escape codes.
+    let clear = isatty(STDOUT_FILENO) == 1 ? "\u{1B}[H\u{1B}[2J" : ""
     while true {
         let text = try render() ?? ""
-        print("\u{1B}[H\u{1B}[2J" + Date().timeOfDay + "  (every 1 s; Ctrl-C stops)\n\n" + text)
+        print(clear + Date().timeOfDay + "  (every 1 s; Ctrl-C stops)\n\n" + text)
         fflush(nil)
         Thread.sleep(forTimeInterval: 1)
     }
@@ -409,14 +421,16 @@ extension TaskCommand {
         if self.logs { return try self.printLogs(client) }
         var task = try reporting { try client.get("/v1/tasks/\(self.id)", as: ControlAPI.TaskInfo.self) }
         if self.follow {
-            task = try followEvents(task, client: client)
+            task = try followEvents(task, client: client, home: self.options)
             try self.save(task, client: client)
             return try reportEnd(of: task, json: self.json)
         }
         if self.wait {
-            task = try waitForEnd(task, client: client)
+            task = try waitForEnd(task, client: client, home: self.options)
             try self.save(task, client: client)
-            if self.json { return try reportEnd(of: task, json: true) }
+            // As submit --wait: the result alone on stdout (the summary goes to stderr), and the exit status.
+            if !self.json { FileHandle.standardError.write(Data(try self.summary(task).utf8)) }
+            return try reportEnd(of: task, json: self.json)
         } else {
             try self.save(task, client: client)
         }
@@ -424,29 +438,35 @@ extension TaskCommand {
             try printJSON(task)
             return
         }
-        print("task \(task.id)  \(task.capability)  \(task.state)")
-        if let waiting = task.waiting { print("waiting: \(waiting)") }
+        print(try self.summary(task), terminator: "")
+    }
+
+    /// What `task ID` prints: state, why it waits, timings, attempts, result or error.
+    private func summary(_ task: ControlAPI.TaskInfo) throws -> String {
+        var lines: [String] = []
+        lines.append("task \(task.id)  \(task.capability)  \(task.state)")
+        if let waiting = task.waiting { lines.append("waiting: \(waiting)") }
         if let question = task.question {
-            print("the agent asks: \(try resultText(question))")
-            print("answer with: agentmesh reply \(task.id.prefix(12)) --input JSON")
+            lines.append("the agent asks: \(try resultText(question))")
+            lines.append("answer with: agentmesh reply \(task.id.prefix(12)) --input JSON")
         }
-        if let context = task.context { print("conversation: \(context)") }
-        print("submitted \(task.submittedAt.timeOfDay), deadline \(task.deadline.timeOfDay), "
+        if let context = task.context { lines.append("conversation: \(context)") }
+        lines.append("submitted \(task.submittedAt.timeOfDay), deadline \(task.deadline.timeOfDay), "
             + (task.isFinished ? "took" : "running for") + " \(task.duration(now: Date()))"
             + (task.executedBy.map { ", ran on \($0)" } ?? ""))
         if !task.attempts.isEmpty {
-            print(renderTable(
+            lines.append(renderTable(
                 header: ["EPOCH", "PEER", "OFFERED", "ACCEPTED", "ENDED", "OUTCOME"],
                 rows: task.attempts.map { attempt in
                     ["\(attempt.epoch)", attempt.peerName, attempt.offeredAt.timeOfDay,
                      attempt.acceptedAt?.timeOfDay ?? "-", attempt.endedAt?.timeOfDay ?? "-", attempt.outcome ?? "-"]
                 }))
         }
-        if task.state == "completed" { print("result: \(try resultText(task.result))") }
-        for artifact in task.artifacts ?? [] { print("input artifact: \(describe(artifact))") }
-        for artifact in task.resultArtifacts ?? [] { print("result artifact: \(describe(artifact))") }
-        if let error = task.error { print("error: \(error)") }
-        if self.wait { try reportEnd(of: task, json: false) }
+        if task.state == "completed" { lines.append("result: \(try resultText(task.result))") }
+        for artifact in task.artifacts ?? [] { lines.append("input artifact: \(describe(artifact))") }
+        for artifact in task.resultArtifacts ?? [] { lines.append("result artifact: \(describe(artifact))") }
+        if let error = task.error { lines.append("error: \(error)") }
+        return lines.map { $0 + "\n" }.joined()
     }
 
     private func printLogs(_ client: ControlClient) throws {
@@ -477,7 +497,7 @@ struct Reply: ParsableCommand {
     @Argument(help: "The task id, or its first 4 or more hex digits.")
     var id: String
 
-    @Option(help: ArgumentHelp("The answer as JSON.", valueName: "JSON"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("The answer as JSON.", valueName: "JSON"))
     var input: String
 
     func run() throws {

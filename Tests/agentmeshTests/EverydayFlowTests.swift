@@ -170,4 +170,48 @@ import Testing
         let noMember = try Self.agentmesh("submit", "--home", a.home, "--capability", "nobody", "--input", "1")
         #expect(noMember.status == 5, "\(noMember.stderr)")
     }
+
+    /// The rough edges a new user hit: the same mistake with the same status, values that start with '-', one of
+    /// --wait and --follow, task --wait printing as submit --wait does, a Ctrl-C hint that works as printed, and
+    /// --watch without screen codes in a pipe.
+    @Test func theCLIsRoughEdges() throws {
+        let root = try Self.homes("a")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let missingKey = try Self.agentmesh("init", "--home", "\(root)/b", "--network-key-file", "\(root)/no-such.key")
+        #expect(missingKey.status == 64 && missingKey.stderr.contains("no-such.key"), "\(missingKey.status) \(missingKey.stderr)")
+        let badName = try Self.agentmesh("init", "--home", "\(root)/c", "--name", "no spaces")
+        #expect(badName.status == 64, "\(badName.stderr)")
+        let a = Node(home: "\(root)/a")
+        defer { a.signal(SIGKILL) }
+        try a.start(join: nil, capabilities: ["echo=builtin:echo", "nap=exec:sleep 30"])
+        let missingInput = try Self.agentmesh("submit", "--home", a.home, "--capability", "echo", "--input-file", "\(root)/none.json")
+        #expect(missingInput.status == 64, "\(missingInput.stderr)")
+        let both = try Self.agentmesh("submit", "--home", a.home, "--capability", "echo", "--input", "1", "--wait", "--follow")
+        #expect(both.status == 64 && both.stderr.contains("give --wait or --follow"), "\(both.stderr)")
+        let negative = try Self.agentmesh("submit", "--home", a.home, "--capability", "echo", "--input", "1", "--timeout", "-5")
+        #expect(negative.status == 64 && negative.stderr.contains("--timeout must be more than 0"), "\(negative.stderr)")
+        let minusFive = try Self.agentmesh("submit", "--home", a.home, "--capability", "echo", "--input", "-5", "--wait")
+        #expect(minusFive.status == 0 && minusFive.stdout == "-5\n", "an input may start with '-': \(minusFive.stderr)")
+
+        let id = try Self.agentmesh("submit", "--home", a.home, "--capability", "echo", "--input", "{\"x\":1}").stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let waited = try Self.agentmesh("task", "--home", a.home, String(id.prefix(8)), "--wait")
+        #expect(waited.status == 0 && waited.stdout == "{\"x\":1}\n", "stdout holds the result once: \(waited.stdout)")
+        #expect(waited.stderr.contains("task \(id)"), "the summary goes to stderr: \(waited.stderr)")
+
+        let waiting = try SpawnedProcess(
+            CommandLineTests.binary, ["submit", "--home", a.home, "--capability", "nap", "--input", "{}", "--wait"])
+        defer { waiting.signal(SIGKILL) }
+        #expect(MeshProcessTests.waitUntil(10) { waiting.stderr.contains("submitted; waiting") })
+        waiting.signal(SIGINT)
+        #expect(waiting.waitForExit() == 130)
+        #expect(waiting.stderr.contains("agentmesh task --home \(a.home) ") && waiting.stderr.contains("agentmesh cancel --home \(a.home) "),
+                "\(waiting.stderr)")
+
+        let watching = try SpawnedProcess(CommandLineTests.binary, ["members", "--home", a.home, "--watch"])
+        defer { watching.signal(SIGKILL) }
+        #expect(MeshProcessTests.waitUntil(10) { watching.stdout.components(separatedBy: "(every 1 s").count > 2 })
+        watching.signal(SIGKILL)
+        #expect(!watching.stdout.contains("\u{1B}["), "no screen codes in a pipe")
+    }
 }
