@@ -124,9 +124,39 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
             guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
                 throw ParseError(description: "'\(text)': http: needs a URL such as http://127.0.0.1:8080/run")
             }
+            if let problem = Self.authorityProblem(url) { throw ParseError(description: "'\(text)': \(problem)") }
             return .http(url: url)
         } else {
             throw ParseError(description: "'\(executor)' is not an executor: use builtin:echo, builtin:stream, exec:COMMAND or http:URL")
         }
+    }
+
+    /// What is wrong with an http(s) URL's host and port, checked at start-up rather than at the first task: a host
+    /// is needed, and a port, if the colon is there, is 1 to 65535.
+    private static func authorityProblem(_ url: String) -> String? {
+        let rest = url.drop { $0 != "/" }.dropFirst(2)
+        let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        let hostAndPort = authority.split(separator: "@", omittingEmptySubsequences: false).last ?? authority
+        let host: Substring
+        let port: Substring?
+        if hostAndPort.hasPrefix("[") {
+            guard let close = hostAndPort.firstIndex(of: "]") else { return "the IPv6 address in the URL lacks its ']'" }
+            host = hostAndPort[hostAndPort.index(after: hostAndPort.startIndex)..<close]
+            let after = hostAndPort[hostAndPort.index(after: close)...]
+            guard after.isEmpty || after.hasPrefix(":") else { return "the URL has text after its IPv6 address" }
+            port = after.isEmpty ? nil : after.dropFirst()
+        } else if let colon = hostAndPort.lastIndex(of: ":") {
+            host = hostAndPort[..<colon]
+            port = hostAndPort[hostAndPort.index(after: colon)...]
+        } else {
+            (host, port) = (hostAndPort, nil)
+        }
+        guard !host.isEmpty else { return "the URL has no host" }
+        if let port {
+            guard let number = Int(port), (1...65_535).contains(number), port.allSatisfy(\.isASCII) else {
+                return "the URL's port must be 1 to 65535" + (port.isEmpty ? " (it is empty)" : ", not '\(port)'")
+            }
+        }
+        return nil
     }
 }

@@ -108,6 +108,9 @@ import Testing
         let worker = try CapabilitySpec(parsing: "summarize*2=exec:python3 worker.py --fast")
         #expect(worker.executor == .exec(command: "python3", arguments: ["worker.py", "--fast"]) && worker.concurrency == 2)
         #expect(try CapabilitySpec(parsing: "agent=http:http://127.0.0.1:8080/run").executor == .http(url: "http://127.0.0.1:8080/run"))
+        for url in ["https://agents.example.com/run?x=1", "http://[::1]:8080/", "http://user@h:1/", "http://h"] {
+            #expect(try CapabilitySpec(parsing: "agent=http:" + url).executor == .http(url: url))
+        }
     }
 
     /// Issue 13: `exec:sh -c 'cat; echo'` was split on every space.
@@ -121,7 +124,8 @@ import Testing
     }
 
     @Test(arguments: ["echo", "echo*0=builtin:echo", "echo*=builtin:echo", "echo*x=builtin:echo", "echo*70000=builtin:echo",
-                      "bad name=builtin:echo", "echo=exec:", "echo=http:ftp://x", "echo=magic:x", "echo=exec:sh -c 'open",
+                      "bad name=builtin:echo", "echo=exec:", "echo=http:ftp://x", "a=http:http://127.0.0.1:/run", "a=http:http://:8080/run",
+                      "a=http:http://h:99999/", "a=http:http://h:8o/", "a=http:https://[::1/x", "a=http:http:///run", "echo=magic:x", "echo=exec:sh -c 'open",
                       "echo=exec:sh -c \"open", "echo=exec:trailing\\", "echo=exec:''"])
     func badCapabilitiesSayWhy(text: String) {
         #expect(throws: CapabilitySpec.ParseError.self) { try CapabilitySpec(parsing: text) }
