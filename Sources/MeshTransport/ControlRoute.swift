@@ -199,8 +199,8 @@ enum ControlRoute: Equatable {
                 guard let number = Int(text), (1...10_000).contains(number) else { return .refused(status: 400, message: "limit must be 1 to 10000") }
                 limit = number
             }
-            if let topic = request.query["topic"], !MeshEvent.isValidTopic(topic) {
-                return .refused(status: 400, message: "'\(topic)' is not a topic name")
+            if let topic = request.query["topic"], !MeshEvent.isValidPattern(topic) {
+                return .refused(status: 400, message: "'\(topic)' is not a topic name, nor a prefix ending in * (research.*)")
             }
             return .events(topic: request.query["topic"], after: after, limit: limit, wait: wait)
         default: return Self.notAllowed(request)

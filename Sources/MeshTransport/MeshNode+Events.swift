@@ -32,15 +32,10 @@ public struct EventSubscription: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    public func matches(_ topic: String) -> Bool {
-        self.topic.hasSuffix("*") ? topic.hasPrefix(self.topic.dropLast()) : topic == self.topic
-    }
+    public func matches(_ topic: String) -> Bool { MeshEvent.topic(topic, matches: self.topic) }
 
     /// A topic, or a prefix ending in `*`.
-    public static func isValidPattern(_ pattern: String) -> Bool {
-        let name = pattern.hasSuffix("*") ? String(pattern.dropLast()) : pattern
-        return MeshEvent.isValidTopic(name) || (pattern == "*")
-    }
+    public static func isValidPattern(_ pattern: String) -> Bool { MeshEvent.isValidPattern(pattern) }
 }
 
 /// Events: published here or received from peers, kept in a bounded history (stored as `event` documents), handed
@@ -167,12 +162,13 @@ extension MeshNode {
 
     // MARK: - Subscriptions
 
-    /// Each matching subscription acts on the event once: an outcome on record means it already has.
-    private func deliverToSubscribers(_ event: MeshEvent) {
+    /// Each matching subscription acts on the event once: an outcome on record means it already has. After a
+    /// restart, `startedAfter` leaves out subscriptions configured after the event came.
+    private func deliverToSubscribers(_ event: MeshEvent, startedAfter starts: [String: Int] = [:]) {
         guard let record = self.meshEvents.bus.record(event.id) else { return }
         for subscription in self.settings.subscriptions where subscription.matches(event.topic) {
             let key = subscription.description
-            guard record.outcomes[key] == nil else { continue }
+            guard record.outcomes[key] == nil, record.sequence > starts[key] ?? Int.min else { continue }
             switch subscription.action {
             case .workflow(_, let definition):
                 switch self.meshEvents.subscribers.workflows.admit((event, key, definition)) {
@@ -299,9 +295,50 @@ extension MeshNode {
         return MeshEvent.Seal(originKey: originKey, signature: signature)
     }
 
+    /// Where each configured subscription starts in the event history, kept in the store: after a restart it acts
+    /// only on events that came after it was first configured (a new `--subscribe` ran on every event the node had
+    /// kept from before it existed). A subscription no longer configured is forgotten, so adding it back starts anew.
+    private struct SubscriptionStart: Codable {
+        let subscription: String
+        /// The history's last sequence when the subscription first ran here.
+        let after: Int
+    }
+
+    static let subscriptionStartDocument = "subscription-start"
+
+    private static func subscriptionStartID(_ subscription: String) -> TaskID {
+        let digest = SHA256.hash(Array("agentmesh subscription \(subscription)".utf8))
+        return TaskID(
+            high: digest[0..<8].reduce(0) { $0 << 8 | UInt64($1) }, low: digest[8..<16].reduce(0) { $0 << 8 | UInt64($1) })
+    }
+
+    /// `acted`: subscriptions with an outcome on some stored event (they ran here before starts were stored).
+    private func subscriptionStarts(acted: Set<String>) -> [String: Int] {
+        let configured = Set(self.settings.subscriptions.map(\.description))
+        var starts: [String: Int] = [:]
+        var changes: [TaskStore.Change] = []
+        for (id, start) in self.restoredDocuments(Self.subscriptionStartDocument, as: SubscriptionStart.self, what: "subscription start") {
+            if configured.contains(start.subscription) {
+                starts[start.subscription] = start.after
+            } else {
+                changes.append(.forgetDocument(kind: Self.subscriptionStartDocument, id: id))
+            }
+        }
+        for subscription in configured.sorted() where starts[subscription] == nil {
+            let start = SubscriptionStart(subscription: subscription, after: acted.contains(subscription) ? 0 : self.meshEvents.bus.lastSequence)
+            starts[subscription] = start.after
+            if let body = try? JSONEncoder().encode(start) {
+                changes.append(.document(kind: Self.subscriptionStartDocument, id: Self.subscriptionStartID(subscription), body: Array(body)))
+            }
+        }
+        if !changes.isEmpty { self.taskStore?.enqueue(changes) }
+        return starts
+    }
+
     /// After a restart: the history comes back; a subscription that had not finished with an event acts on it again
-    /// (at least once).
+    /// (at least once), and one configured since acts only on what comes after it.
     func restoreEvents() {
+        var acted: Set<String> = []
         let records = self.restoredDocuments(Self.eventDocument, as: StoredEvent.self, what: "event").compactMap { id, stored -> EventBus.Record? in
             guard let origin = NodeID(hex: stored.origin) else {
                 self.restoreProblem("a stored event (\(id)) names no node as its origin; it was skipped")
@@ -313,12 +350,14 @@ extension MeshNode {
                     id: stored.id, topic: stored.topic, origin: origin, time: stored.time, data: Array(stored.data.utf8),
                     seal: Self.seal(key: stored.originKey, signature: stored.signature)),
                 outcomes: stored.outcomes.filter { $0.value != "running" })
+            acted.formUnion(stored.outcomes.keys)
         }
         self.meshEvents.bus.restore(records)
+        let starts = self.subscriptionStarts(acted: acted)
         for record in self.meshEvents.bus.history where self.settings.subscriptions.contains(where: {
-            $0.matches(record.event.topic) && record.outcomes[$0.description] == nil
+            $0.matches(record.event.topic) && record.outcomes[$0.description] == nil && record.sequence > starts[$0.description] ?? .max
         }) {
-            self.deliverToSubscribers(record.event)
+            self.deliverToSubscribers(record.event, startedAfter: starts)
         }
     }
 }

@@ -46,7 +46,7 @@ struct Events: ParsableCommand {
 
     @OptionGroup var options: HomeOptions
 
-    @Option(help: "Only events of this topic.")
+    @Option(help: ArgumentHelp("Only events of this topic, or of topics starting with a prefix ending in * (research.*).", valueName: "TOPIC"))
     var topic: String?
 
     @Option(help: "The newest this many.")

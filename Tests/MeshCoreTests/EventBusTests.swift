@@ -40,6 +40,24 @@ import Testing
         #expect(bus.record(Self.event(2).id)?.outcomes == ["orders=builtin:echo": "ran"])
     }
 
+    /// `events --topic research.*` took no pattern: the history's filter takes a prefix ending in `*` as a
+    /// subscription does.
+    @Test func theHistoryIsFilteredByATopicOrAPrefixPattern() {
+        var bus = EventBus(local: Self.a)
+        for (number, topic) in ["research.papers", "research.blogs", "orders", "researcher"].enumerated() {
+            _ = bus.publish(
+                MeshEvent(id: TaskID(high: 8, low: UInt64(number)), topic: topic, origin: Self.a, time: 0, data: [], seal: nil),
+                to: [], now: .zero)
+        }
+        func topics(_ filter: String?) -> [String] { bus.records(after: 0, topic: filter, limit: 10).map(\.event.topic) }
+        #expect(topics("research.*") == ["research.papers", "research.blogs"])
+        #expect(topics("research*") == ["research.papers", "research.blogs", "researcher"])
+        #expect(topics("orders") == ["orders"] && topics("order") == [])
+        #expect(topics("*").count == 4 && topics(nil).count == 4)
+        #expect(MeshEvent.isValidPattern("research.*") && MeshEvent.isValidPattern("*") && MeshEvent.isValidPattern("orders"))
+        #expect(!MeshEvent.isValidPattern("re*search") && !MeshEvent.isValidPattern("**") && !MeshEvent.isValidPattern(""))
+    }
+
     @Test func theHistoryKeepsTheNewestAndForgetsTheRest() throws {
         var settings = EventBus.Settings()
         settings.historyLimit = 3

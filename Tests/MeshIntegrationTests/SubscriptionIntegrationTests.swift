@@ -107,6 +107,41 @@ import Testing
         await runningA.stop()
     }
 
+    /// Restarting with a new `--subscribe` ran it on every event the node kept from before it existed; it now acts
+    /// only on what comes after it, while a subscription that was there all along still finishes what it had not.
+    @Test func aSubscriptionAddedAtARestartActsOnlyOnEventsThatComeAfterIt() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let log = a.home.path + "/subscriber.log"
+        let record = CapabilitySpec.Executor.exec(command: "sh", arguments: ["-c", "cat >> \(log); echo >> \(log)"])
+        func publish(_ node: MeshNode, _ number: Int) async throws {
+            let body = try JSONSerialization.data(withJSONObject: ["topic": "orders", "data": ["n": number]])
+            let answer = await node.handleControl(ControlRequest(method: "POST", path: "/v1/events", query: [:], body: Array(body)))
+            #expect(answer.status < 300)
+        }
+        func lines() -> [String] {
+            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+        let first = try await a.start()
+        for number in 1...3 { try await publish(first.node, number) }
+        await first.stop()
+
+        let subscription = EventSubscription(topic: "orders", action: .executor(record))
+        let second = try await a.start { $0.subscriptions = [subscription] }
+        try await publish(second.node, 4)
+        #expect(await eventually { lines().count == 1 })
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(lines().count == 1 && lines().first?.contains("\"n\":4") == true, "\(lines())")
+        await second.stop()
+
+        let third = try await a.start { $0.subscriptions = [subscription] }
+        try await publish(third.node, 5)
+        #expect(await eventually { lines().count == 2 })
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(lines().count == 2 && lines().last?.contains("\"n\":5") == true, "the old events stay untouched: \(lines())")
+        await third.stop()
+    }
+
     /// A stored document that cannot be read was skipped without a word on restart (`try?`): it is now logged and
     /// shown in `status`, and everything else comes back.
     @Test func aStoredDocumentThatCannotBeReadIsSkippedAndShownInStatus() async throws {

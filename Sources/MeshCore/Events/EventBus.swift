@@ -71,6 +71,16 @@ public struct MeshEvent: Sendable, Equatable {
 
     /// Topics are named like capabilities: 1 to 64 characters of A-Z a-z 0-9 . _ -
     public static func isValidTopic(_ topic: String) -> Bool { Capability.isValidName(topic) }
+
+    /// A topic, or a prefix ending in `*` (`research.*`; `*` alone is every topic).
+    public static func isValidPattern(_ pattern: String) -> Bool {
+        pattern == "*" || Self.isValidTopic(pattern.hasSuffix("*") ? String(pattern.dropLast()) : pattern)
+    }
+
+    /// Whether `topic` is `pattern`, or starts with it when the pattern ends in `*`.
+    public static func topic(_ topic: String, matches pattern: String) -> Bool {
+        pattern.hasSuffix("*") ? topic.hasPrefix(pattern.dropLast()) : topic == pattern
+    }
 }
 
 /// Events spread peer to peer, with no broker, as a pure state machine.
@@ -170,9 +180,12 @@ public struct EventBus: Sendable {
     }
 
     /// The records after `sequence`, oldest first, optionally of one topic.
+    /// `topic`: a topic or a pattern (``MeshEvent/topic(_:matches:)``); nil for every event.
     public func records(after sequence: Int, topic: String?, limit: Int) -> [Record] {
         let first = self.history.firstIndex { $0.sequence > sequence } ?? self.history.endIndex
-        return Array(self.history[first...].lazy.filter { topic == nil || $0.event.topic == topic }.prefix(limit))
+        return Array(self.history[first...].lazy.filter { record in
+            topic.map { MeshEvent.topic(record.event.topic, matches: $0) } ?? true
+        }.prefix(limit))
     }
 
     /// Publishes from this node to every member in `members` (the live ones).
