@@ -269,7 +269,7 @@ function renderMembers() {
   const self = members.find((member) => member.connection === "self");
   const others = members.filter((member) => member !== self);
   // An ellipse that fills the panel; the first member starts half a step past the top, so two sit left and right.
-  const rx = Math.max(60, width / 2 - 90), ry = height / 2 - 70;
+  const rx = Math.max(60, width / 2 - 90), ry = height / 2 - 80;
   const position = new Map();
   if (self) position.set(self.id, [cx, cy]);
   others.forEach((member, index) => {
@@ -283,13 +283,25 @@ function renderMembers() {
   }
   for (const member of members) {
     const [x, y] = position.get(member.id);
-    const capabilities = member.capabilities.map((c) => `${c.name}×${c.capacity}`).join(" ");
+    const capabilities = member.capabilities.map((c) => `${c.name}×${c.capacity}`);
     const status = member.accuser && member.status !== "alive" ? `${member.status}, by ${member.accuser}` : member.status;
+    // Capabilities wrap onto two lines of at most 24 characters (a longer name is cut with …), then "+N more" and the
+    // load: one long line ran past the panel's edge. The title holds them all.
+    const cut = (word) => (word.length > 24 ? word.slice(0, 23) + "…" : word);
+    const lines = [];
+    let shown = 0;
+    for (const word of capabilities.map(cut)) {
+      if (lines.length && lines[lines.length - 1].length + 1 + word.length <= 24) lines[lines.length - 1] += " " + word;
+      else if (lines.length < 2) lines.push(word);
+      else break;
+      shown += 1;
+    }
+    lines.push(capabilities.length ? (shown < capabilities.length ? `+${capabilities.length - shown} more · ` : "") + `load ${member.load}` : status);
     graph.append(svg("g", { class: `member ${member.status}${member === self ? " self" : ""}`, "data-name": member.name, "data-status": member.status, transform: `translate(${x},${y})` },
-      svg("title", {}, `${member.name} ${member.id}\n${status}\nlast heard ${ago(member.last_heard)}`),
+      svg("title", {}, `${member.name} ${member.id}\n${status}\n${capabilities.join(" ")}\nlast heard ${ago(member.last_heard)}`),
       svg("circle", { r: member === self ? 22 : 18 }),
       svg("text", { y: 36, "text-anchor": "middle" }, member.name),
-      svg("text", { y: 50, "text-anchor": "middle", class: "small" }, capabilities ? `${capabilities} · load ${member.load}` : status)));
+      ...lines.map((line, index) => svg("text", { y: 50 + 13 * index, "text-anchor": "middle", class: "small capabilities" }, line))));
   }
   const rows = members.map((member) => el("tr", { "data-name": member.name },
     el("td", {}, member.name, member.connection === "self" ? " (this node)" : ""),
