@@ -115,42 +115,39 @@ public struct ControlLoad: Sendable {
     public func run(progress: Progress) async throws -> Report {
         let settings = self.settings
         let body = Self.body(capability: settings.capability, payload: settings.payload)
-        let connections = try await withThrowingTaskGroup(of: Connection.self) { group in
-            for _ in 0..<settings.concurrency {
-                group.addTask { try await Connection.open(settings.socketPath) }
-            }
-            return try await group.reduce(into: []) { $0.append($1) }
-        }
-        // Warm-up, spread over the connections and not measured.
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for (index, connection) in connections.enumerated() {
-                let share = settings.warmup / connections.count + (index < settings.warmup % connections.count ? 1 : 0)
-                group.addTask { for _ in 0..<share { _ = try await connection.submit(body) } }
-            }
-            try await group.waitForAll()
-        }
-        let deadline = settings.duration.map { ContinuousClock.now + $0 }
-        let started = ContinuousClock.now
+        // Every connection opens and warms up (its share of `warmup`, not measured); the measured run starts when the
+        // last one is ready, on all of them at once.
+        let ready = StartLine(count: settings.concurrency)
         let results = try await withThrowingTaskGroup(of: ([Duration], String?).self) { group in
-            for connection in connections {
+            for index in 0..<settings.concurrency {
+                let share = settings.warmup / settings.concurrency + (index < settings.warmup % settings.concurrency ? 1 : 0)
                 group.addTask {
-                    var samples: [Duration] = []
-                    var firstFailure: String?
-                    while progress.claim(limit: settings.requests) {
-                        if let deadline, ContinuousClock.now >= deadline { break }
-                        let sent = ContinuousClock.now
-                        let failure = try await connection.submit(body)
-                        samples.append(ContinuousClock.now - sent)
-                        progress.record(failed: failure != nil)
-                        if firstFailure == nil { firstFailure = failure }
+                    var arrived = false
+                    // A connection that fails before the start line still counts there, so the others are not held.
+                    defer { if !arrived { ready.leave() } }
+                    return try await Self.connect(settings.socketPath).executeThenClose { inbound, outbound in
+                        var exchange = Exchange(responses: inbound.makeAsyncIterator(), requests: outbound)
+                        for _ in 0..<share { _ = try await exchange.submit(body) }
+                        arrived = true
+                        let start = await ready.arrive()
+                        let deadline = settings.duration.map { start + $0 }
+                        var samples: [Duration] = []
+                        var firstFailure: String?
+                        while progress.claim(limit: settings.requests) {
+                            if let deadline, ContinuousClock.now >= deadline { break }
+                            let sent = ContinuousClock.now
+                            let failure = try await exchange.submit(body)
+                            samples.append(ContinuousClock.now - sent)
+                            progress.record(failed: failure != nil)
+                            if firstFailure == nil { firstFailure = failure }
+                        }
+                        return (samples, firstFailure)
                     }
-                    return (samples, firstFailure)
                 }
             }
             return try await group.reduce(into: []) { $0.append($1) }
         }
-        let elapsed = ContinuousClock.now - started
-        for connection in connections { await connection.close() }
+        let elapsed = ContinuousClock.now - (ready.started ?? ContinuousClock.now)
         let samples = results.flatMap(\.0)
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         return Report(
@@ -165,38 +162,32 @@ public struct ControlLoad: Sendable {
         return Array("{\"capability\":\"\(capability)\",\"input\":\"\(text)\",\"timeout_seconds\":60,\"max_attempts\":5}".utf8)
     }
 
-    /// One persistent connection to the control socket, used by one task at a time.
-    final class Connection: @unchecked Sendable {
-        let channel: NIOAsyncChannel<NIOHTTPClientResponseFull, HTTPClientRequestPart>
-        private var responses: NIOAsyncChannelInboundStream<NIOHTTPClientResponseFull>.AsyncIterator
+    typealias Channel = NIOAsyncChannel<NIOHTTPClientResponseFull, HTTPClientRequestPart>
 
-        init(_ channel: NIOAsyncChannel<NIOHTTPClientResponseFull, HTTPClientRequestPart>) {
-            self.channel = channel
-            self.responses = channel.inbound.makeAsyncIterator()
-        }
-
-        static func open(_ path: String) async throws -> Connection {
-            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connect(unixDomainSocketPath: path) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                        try channel.pipeline.syncOperations.addHandler(NIOHTTPClientResponseAggregator(maxContentLength: 64 << 20))
-                        return try NIOAsyncChannel<NIOHTTPClientResponseFull, HTTPClientRequestPart>(
-                            wrappingChannelSynchronously: channel)
-                    }
+    /// One persistent connection to the control socket.
+    static func connect(_ path: String) async throws -> Channel {
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(unixDomainSocketPath: path) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(NIOHTTPClientResponseAggregator(maxContentLength: 64 << 20))
+                    return try Channel(wrappingChannelSynchronously: channel)
                 }
-            return Connection(channel)
-        }
+            }
+    }
+
+    /// Requests on one connection, one at a time.
+    struct Exchange {
+        var responses: NIOAsyncChannelInboundStream<NIOHTTPClientResponseFull>.AsyncIterator
+        let requests: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
 
         /// Submits one task and waits for its end; returns why it failed, or nil.
-        func submit(_ body: [UInt8]) async throws -> String? {
+        mutating func submit(_ body: [UInt8]) async throws -> String? {
             var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/tasks?wait=60")
             head.headers.add(name: "Host", value: "agentmesh")
             head.headers.add(name: "Content-Type", value: "application/json")
             head.headers.add(name: "Content-Length", value: "\(body.count)")
-            try await self.channel.outbound.write(contentsOf: [
-                .head(head), .body(.byteBuffer(ByteBuffer(bytes: body))), .end(nil),
-            ])
+            try await self.requests.write(contentsOf: [.head(head), .body(.byteBuffer(ByteBuffer(bytes: body))), .end(nil)])
             guard let response = try await self.responses.next() else {
                 throw Failure(description: "the node closed the control connection")
             }
@@ -206,10 +197,37 @@ public struct ControlLoad: Sendable {
             }
             return nil
         }
+    }
 
-        func close() async {
-            self.channel.outbound.finish()
-            try? await self.channel.channel.close()
+    /// Holds every connection until the last one arrives, then lets them all go at once and notes when.
+    final class StartLine: Sendable {
+        private let state: Mutex<(waiting: Int, started: ContinuousClock.Instant?, parked: [CheckedContinuation<ContinuousClock.Instant, Never>])>
+
+        init(count: Int) { self.state = Mutex((count, nil, [])) }
+
+        var started: ContinuousClock.Instant? { self.state.withLock { $0.started } }
+
+        /// Returns the start time once every connection has arrived (or left).
+        func arrive() async -> ContinuousClock.Instant {
+            await withCheckedContinuation { continuation in
+                self.count(parking: continuation)
+            }
+        }
+
+        /// A connection that will not arrive.
+        func leave() { self.count(parking: nil) }
+
+        private func count(parking continuation: CheckedContinuation<ContinuousClock.Instant, Never>?) {
+            let released: (ContinuousClock.Instant, [CheckedContinuation<ContinuousClock.Instant, Never>])? = self.state.withLock { state in
+                state.waiting -= 1
+                if let continuation { state.parked.append(continuation) }
+                guard state.waiting == 0 else { return nil }
+                let now = ContinuousClock.now
+                state.started = now
+                defer { state.parked = [] }
+                return (now, state.parked)
+            }
+            if let (start, parked) = released { for waiting in parked { waiting.resume(returning: start) } }
         }
     }
 }

@@ -1,13 +1,14 @@
 import Foundation
 
 #if canImport(Glibc)
-package import Glibc
+import Glibc
 #endif
 
 /// Durable file writes: temp file, fsync, rename, fsync of the directory, so a crash leaves either the old file or
 /// the new one, never a torn one (.github/SECURITY.md, keys and files).
 package enum FileSystem {
-    package static func writeAtomically(_ bytes: [UInt8], to path: String, mode: mode_t) throws(HomeError) {
+    /// `mode`: permission bits, such as 0o600 (UInt32, as `mode_t` is on Linux; the C type would need a package import).
+    package static func writeAtomically(_ bytes: [UInt8], to path: String, mode: UInt32) throws(HomeError) {
         let directory = (path as NSString).deletingLastPathComponent
         let temporary = directory + "/." + (path as NSString).lastPathComponent + ".tmp-\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
@@ -44,7 +45,7 @@ package enum FileSystem {
         }
     }
 
-    package static func createDirectory(_ path: String, mode: mode_t) throws(HomeError) {
+    package static func createDirectory(_ path: String, mode: UInt32) throws(HomeError) {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
             guard isDirectory.boolValue else { throw .writeFailed(path, "it exists and is not a directory") }

@@ -344,13 +344,13 @@ extension MeshNode {
                 self.restoreProblem("a stored event (\(id)) names no node as its origin; it was skipped")
                 return nil
             }
+            acted.formUnion(stored.outcomes.keys)
             return EventBus.Record(
                 sequence: stored.sequence,
                 event: MeshEvent(
                     id: stored.id, topic: stored.topic, origin: origin, time: stored.time, data: Array(stored.data.utf8),
                     seal: Self.seal(key: stored.originKey, signature: stored.signature)),
                 outcomes: stored.outcomes.filter { $0.value != "running" })
-            acted.formUnion(stored.outcomes.keys)
         }
         self.meshEvents.bus.restore(records)
         let starts = self.subscriptionStarts(acted: acted)

@@ -144,7 +144,7 @@ import Testing
         let recorder = CloseOnSecondFlush()
         try pair.initiator.pipeline.syncOperations.addHandler(recorder, position: .first)
         let message = WireMessage.task(.result(TaskID(high: 1, low: 1), epoch: 1, outcome: .success([UInt8](repeating: 7, count: 3 << 20))))
-        let written = pair.initiator.pipeline.write(NIOAny(OutboundMessage(parts: message.encodedParts())))
+        let written = pair.initiator.write(OutboundMessage(parts: message.encodedParts()))
         #expect(recorder.closed && !pair.initiator.isActive)
         #expect(recorder.writesAfterClose == 0, "no part was sealed after the session closed")
         #expect(throws: (any Error).self) { try written.wait() }
