@@ -17,10 +17,10 @@ import Testing
         ]))
     }
 
-    /// Runs `blob` on b for a, with b making `faults`; returns a's task once it ended, and its one artifact's bytes
-    /// as a serves them.
+    /// Runs `blob` on b for a, with b making `faults`; returns a's task once it ended, its one artifact's bytes as a
+    /// serves them, and how many chunks b served.
     static func fetchThroughFaults(_ faults: ArtifactFaults, mib: Int) async throws
-        -> (a: TestNode, task: ControlAPI.TaskInfo, bytes: [UInt8], digest: String)
+        -> (a: TestNode, task: ControlAPI.TaskInfo, bytes: [UInt8], digest: String, chunksServed: Int)
     {
         let mesh = try TestMesh()
         let (a, b) = try mesh.trustedPair()
@@ -42,20 +42,23 @@ import Testing
         defer { unlink(saved) }
         _ = try ControlClient(socketPath: a.home.controlSocketPath).download(artifact: artifact.sha256, to: saved)
         let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: saved)))
+        let served = await runningB.node.transfers.chunksServed
         await runningA.stop()
         await runningB.stop()
-        return (a, task, bytes, artifact.sha256)
+        return (a, task, bytes, artifact.sha256, served)
     }
 
     @Test func aLargeArtifactSurvivesASessionCutMidTransferAndResumes() async throws {
         // b cuts the session right after serving the 20th chunk, once.
-        let (a, task, bytes, digest) = try await Self.fetchThroughFaults(ArtifactFaults(cutAfterChunk: 20), mib: 50)
+        let (a, task, bytes, digest, served) = try await Self.fetchThroughFaults(ArtifactFaults(cutAfterChunk: 20), mib: 50)
         #expect(task.state == "completed" && bytes.count == 50 << 20)
         #expect(Hex.encode(SHA256.hash(bytes)) == digest)
         // The session was cut, and the transfer went on from where the cut left it, not from the start: either the
         // chunks b read after the cut reach a over the next session, or a notices the silence and asks again from
-        // its first missing chunk.
+        // its first missing chunk. Either way b serves the 50 chunks and at most a window again, never the 20 before
+        // the cut a second time (a count that holds whichever way it went).
         #expect(!a.logs.matching("peer disconnected").isEmpty)
+        #expect((50...(50 + MeshNode.artifactWindow)).contains(served), "b served \(served) chunks of 1 MiB for 50 MiB")
         for stalled in a.logs.matching("an artifact transfer stalled; asking again from the first missing chunk") {
             #expect((Int(stalled.metadata["offset"] ?? "") ?? 0) >= 8 << 20, "\(stalled)")
         }
@@ -63,7 +66,7 @@ import Testing
 
     @Test func aCorruptedChunkIsDetectedAndFetchedAgain() async throws {
         // b flips a byte of the 3rd chunk it serves, once, as a faulty disk or a lying peer would.
-        let (a, task, bytes, digest) = try await Self.fetchThroughFaults(ArtifactFaults(corruptChunk: 3), mib: 8)
+        let (a, task, bytes, digest, _) = try await Self.fetchThroughFaults(ArtifactFaults(corruptChunk: 3), mib: 8)
         #expect(task.state == "completed" && Hex.encode(SHA256.hash(bytes)) == digest)
         #expect(!a.logs.matching("an artifact chunk did not match its owner's digest; asking for it again", ["offset": "2097152"]).isEmpty)
     }

@@ -50,7 +50,9 @@ import Testing
         let parsed = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
         #expect(parsed["kinds"] as? [String] == ["Service", "StatefulSet"])
         #expect(parsed["probes"] as? [String] == ["/v1/health", "/v1/health"])
-        for command in parsed["commands"] as? [[String]] ?? [] {
+        let commands = try #require(parsed["commands"] as? [[String]])
+        #expect(commands.count >= 2, "the node's command and its preStop hook: \(commands)")
+        for command in commands {
             #expect(Self.accepts(command) == nil, "\(command): \(Self.accepts(command) ?? "")")
         }
         let initScript = try #require(parsed["init"] as? String)
