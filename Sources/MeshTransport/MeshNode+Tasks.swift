@@ -196,9 +196,10 @@ extension MeshNode {
                 "task": "\(task.id)", "state": "\(task.state)", "attempts": "\(task.attempts.count)",
                 "error": "\(task.error ?? "-")",
             ])
+            // Counted before anyone waiting hears of the end, so a client that reads /metrics next sees it.
+            self.metricsTaskFinished(task)
             self.wakeWaiters(for: task.id)
             self.followers.progress.taskFinished(task.id)
-            self.metricsTaskFinished(task)
             self.traceTaskFinished(task)
             self.workflowTaskEnded(task)
             self.webhookStateChanged(.task(task.id), state: task.state.rawValue, isFinal: true) { self.taskDocumentBytes(task.id) }

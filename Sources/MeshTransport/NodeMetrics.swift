@@ -33,7 +33,17 @@ final class NodeMetrics: Sendable {
         ]
         factory.defaultValueHistogramBuckets = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
         self.factory = factory
+        // Counters without labels are exported from the start, at 0: a series that appears only once something went
+        // wrong cannot be told apart from a node that does not count it (Prometheus's advice on missing metrics).
+        for name in Self.unlabelledCounters where enabled {
+            _ = self.handle(name) { Counter(label: name, dimensions: [], factory: self.factory) }
+        }
     }
+
+    static let unlabelledCounters = [
+        "agentmesh_bans_total", "agentmesh_messages_received_total", "agentmesh_bytes_received_total",
+        "agentmesh_subscription_events_dropped_total",
+    ]
 
     private func handle<Metric: AnyObject>(_ key: String, make: () -> Metric) -> Metric {
         self.handles.withLock { handles in

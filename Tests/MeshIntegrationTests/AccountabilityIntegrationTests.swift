@@ -152,6 +152,11 @@ let canMountTmpfs: Bool = {
         let flooderLimits = try #require(limits.peers.first { $0.name == "flooder" })
         #expect(flooderLimits.bannedUntil != nil)
         #expect(flooderLimits.bans == 1)
+        // The metrics README documents for this: the limit's refusals and the ban.
+        let metrics = String(decoding: runningA.node.metrics.exposition(), as: UTF8.self)
+        for series in [#"agentmesh_limit_refusals_total{class="offers"}"#, "agentmesh_bans_total 1"] {
+            #expect(metrics.contains(series), "\(series) in \(metrics.split(separator: "\n").filter { $0.hasPrefix("agentmesh_") })")
+        }
 
         // The honest peer's tasks all complete.
         for id in try await honestTasks.value {

@@ -486,6 +486,9 @@ import Glibc
         }
         #expect(declined > 0, "c never declined; did its store fill?")
         #expect(!c.logs.matching("cannot write the task store; refusing new tasks until it can").isEmpty)
+        let metrics = String(decoding: runningA.node.metrics.exposition(), as: UTF8.self)
+        let counted = metrics.split(separator: "\n").first { $0.hasPrefix(#"agentmesh_offers_declined_total{reason="storage_unavailable"}"#) }
+        #expect(counted.flatMap { $0.split(separator: " ").last }.flatMap { Int($0) } == declined, "README's metric for it: \(String(describing: counted))")
         await runningC.stop()
         await runningB.stop()
         await runningA.stop()
