@@ -32,6 +32,34 @@ import Testing
         return .failed(.init(description: "no commit within 60 s"))
     }
 
+    /// Group commit, as README says: what is queued while a commit runs goes into the next one together, one
+    /// transaction (and with fsync durability one sync) for the whole batch rather than one per change.
+    @Test func changesQueuedDuringACommitAreCommittedTogetherInOneTransaction() async throws {
+        let path = Self.temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let held = DispatchSemaphore(value: 0)
+        let first = Mutex(true)
+        let store = try TaskStore(path: path, timeBase: Self.timeBase, durability: .fsync, beforeCommit: {
+            // The first commit waits until the rest are queued behind it.
+            if first.withLock({ let was = $0; $0 = false; return was }) { held.wait() }
+        })
+        let commits = Mutex<[Int]>([])
+        store.onCommit { changes, _ in commits.withLock { $0.append(changes) } }
+        func document(_ number: UInt64) -> TaskStore.Change {
+            .document(kind: "note", id: TaskID(high: 3, low: number), body: Array("{\"n\":\(number)}".utf8))
+        }
+        _ = store.enqueue([document(0)])
+        for number in 1...200 { _ = store.enqueue([document(UInt64(number))]) }
+        held.signal()
+        let deadline = ContinuousClock.now + .seconds(60)
+        while commits.withLock({ $0.reduce(0, +) }) < 201, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        // The writer takes what is queued when it starts (the first few, or all if it started late), then everything
+        // that came while the first commit was held.
+        let sizes = commits.withLock { $0 }
+        #expect((1...2).contains(sizes.count) && sizes.reduce(0, +) == 201, "at most two commits for 201 changes, not one each: \(sizes)")
+        #expect(try store.documents(kind: "note").count == 201)
+    }
+
     @Test func everyFieldSurvivesAReopen() async throws {
         let path = Self.temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
