@@ -3,6 +3,8 @@ import MeshControl
 import MeshCore
 import MeshCrypto
 import MeshTestKit
+import MeshWire
+import NIOCore
 import Testing
 
 @testable import MeshTransport
@@ -69,5 +71,56 @@ import Testing
         let (a, task, bytes, digest, _) = try await Self.fetchThroughFaults(ArtifactFaults(corruptChunk: 3), mib: 8)
         #expect(task.state == "completed" && Hex.encode(SHA256.hash(bytes)) == digest)
         #expect(!a.logs.matching("an artifact chunk did not match its owner's digest; asking for it again", ["offset": "2097152"]).isEmpty)
+    }
+
+    /// An artifact is served only to a peer a task entitles: the executor a task was offered to gets its input, and
+    /// another trusted peer asking for the same bytes, under that task or under none, is told no.
+    @Test func anArtifactIsServedOnlyToThePeerATaskEntitles() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a"), b = try mesh.node("b"), mallory = try mesh.node("mallory")
+        try a.trust(b, mallory)
+        try b.trust(a)
+        let runningA = try await a.start()
+        let runningB = try await b.start {
+            $0.joins = [runningA.address]
+            $0.capabilities = [CapabilitySpec(name: "hold", executor: .exec(command: "sh", arguments: ["-c", "cat > /dev/null; sleep 20"]))]
+        }
+        #expect(await eventually { await runningA.members("alive").contains("b") })
+        let file = "/tmp/am-secret-" + UUID().uuidString.prefix(8)
+        defer { unlink(file) }
+        try Data(repeating: 0x53, count: 4096).write(to: URL(fileURLWithPath: file))
+        let secret = try ControlClient(socketPath: a.home.controlSocketPath).upload(file: file, name: "secret.bin", mediaType: "application/octet-stream")
+        let body = try ControlAPI.encoder().encode(ControlAPI.SubmitRequest(
+            capability: "hold", input: ControlAPI.JSONValue([String: Any]()), timeoutSeconds: 60, maxAttempts: 1, artifacts: [secret]))
+        let answer = await runningA.node.handleControl(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array(body)))
+        let task = try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(answer.body))
+        // b runs it only once it has pulled the artifact from a.
+        #expect(await eventually(timeout: .seconds(30)) {
+            (try? await TaskIntegrationTests.wait(runningA, task.id, seconds: 0))?.state == "running"
+        })
+
+        let session = try await mallory.openSession(to: runningA.address)
+        let digest = try #require(Hex.decode(secret.sha256))
+        let taskID = try #require(TaskID(hex: task.id))
+        let answers = try await session.executeThenClose { inbound, outbound throws -> [String] in
+            var events = inbound.makeAsyncIterator()
+            guard case .established? = try await events.next() else { return [String]() }
+            var random = SystemRandomNumberGenerator()
+            for asked in [taskID, TaskID(using: &random)] {
+                try await outbound.write(.task(.artifactRequest(asked, digest: digest, offset: 0, length: 4096)))
+            }
+            var answers: [String] = []
+            while answers.count < 2, let event = try await events.next() {
+                switch event {
+                case .message(.task(.artifactUnavailable(_, _, let reason)), _, _): answers.append("unavailable: \(reason)")
+                case .message(.task(.artifactChunk(_, _, _, _, _)), _, _): answers.append("chunk")
+                default: break
+                }
+            }
+            return answers
+        }
+        #expect(answers == Array(repeating: "unavailable: not an artifact of that task here", count: 2), "\(answers)")
+        await runningB.stop()
+        await runningA.stop()
     }
 }
