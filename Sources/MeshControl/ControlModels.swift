@@ -251,7 +251,11 @@ public enum ControlAPI {
     /// A submission as a node reads it: one pass of `JSONSerialization` (the Codable path tried every JSON type on
     /// every value of the input, a measurable share of each task's CPU). Wrong types are errors, as they are for
     /// the decoder; `null` for an optional field is its default.
-    package struct SubmitError: Error {}
+    /// Why a body is not a task, naming the field.
+    package struct SubmitError: Error, CustomStringConvertible {
+        package let description: String
+        init(_ description: String) { self.description = description }
+    }
 
     public struct SubmitRequest: Codable, Sendable {
         public let capability: String
@@ -291,15 +295,27 @@ public enum ControlAPI {
             self.callbackEvents = callbackEvents
         }
 
+        /// The fields a submission may have; any other is refused by name (a typo such as `timeout_second` would
+        /// otherwise be dropped without a word).
+        package static let fields: Set = [
+            "capability", "input", "timeout_seconds", "max_attempts", "wait_for_capability", "callback", "callback_events",
+            "context", "traceparent", "input_timeout_seconds", "artifacts",
+        ]
+
         package init(parsing body: [UInt8]) throws(SubmitError) {
-            guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-                let capability = object["capability"] as? String, let input = object["input"]
-            else { throw SubmitError() }
+            guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else {
+                throw SubmitError("the body is not a JSON object")
+            }
+            if let unknown = Set(object.keys).subtracting(Self.fields).sorted().first {
+                throw SubmitError("unknown field '\(unknown.prefix(64))' (known: \(Self.fields.sorted().joined(separator: ", ")))")
+            }
+            guard let capability = object["capability"] as? String else { throw SubmitError("capability must be a string") }
+            guard let input = object["input"] else { throw SubmitError("input is missing (any JSON value; null for none)") }
             func number(_ key: String) throws(SubmitError) -> NSNumber? {
                 guard let value = object[key], !(value is NSNull) else { return nil }
                 guard let number = value as? NSNumber, type(of: value) != Bool.self,
                     !["c", "B"].contains(String(cString: number.objCType))
-                else { throw SubmitError() }
+                else { throw SubmitError("\(key) must be a number") }
                 return number
             }
             self.capability = capability
@@ -307,7 +323,7 @@ public enum ControlAPI {
             self.timeoutSeconds = try number("timeout_seconds")?.doubleValue
             if let attempts = try number("max_attempts") {
                 let value = attempts.doubleValue
-                guard value == value.rounded(), abs(value) < 1e9 else { throw SubmitError() }
+                guard value == value.rounded(), abs(value) < 1e9 else { throw SubmitError("max_attempts must be a whole number") }
                 self.maxAttempts = Int(value)
             } else {
                 self.maxAttempts = nil
@@ -315,14 +331,14 @@ public enum ControlAPI {
             if let value = object["wait_for_capability"], !(value is NSNull) {
                 guard let flag = value as? NSNumber,
                     type(of: value) == Bool.self || ["c", "B"].contains(String(cString: flag.objCType))
-                else { throw SubmitError() }
+                else { throw SubmitError("wait_for_capability must be true or false") }
                 self.waitForCapability = flag.boolValue
             } else {
                 self.waitForCapability = nil
             }
             func text(_ key: String) throws(SubmitError) -> String? {
                 guard let value = object[key], !(value is NSNull) else { return nil }
-                guard let text = value as? String else { throw SubmitError() }
+                guard let text = value as? String else { throw SubmitError("\(key) must be a string") }
                 return text
             }
             self.callback = try text("callback")
@@ -331,9 +347,11 @@ public enum ControlAPI {
             self.traceparent = try text("traceparent")
             self.inputTimeoutSeconds = try number("input_timeout_seconds")?.doubleValue
             if let value = object["artifacts"], !(value is NSNull) {
-                guard let list = value as? [Any], list.count <= 64 else { throw SubmitError() }
+                guard let list = value as? [Any], list.count <= 64 else { throw SubmitError("artifacts must be a list of at most 64") }
                 self.artifacts = try list.map { item throws(SubmitError) in
-                    guard let fields = item as? [String: Any], let digest = fields["sha256"] as? String else { throw SubmitError() }
+                    guard let fields = item as? [String: Any], let digest = fields["sha256"] as? String else {
+                        throw SubmitError("each artifact must be an object with its sha256")
+                    }
                     return ArtifactInfo(
                         sha256: digest, size: (fields["size"] as? NSNumber)?.uint64Value ?? 0,
                         mediaType: fields["media_type"] as? String, name: fields["name"] as? String)

@@ -122,7 +122,9 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
         } else if executor.hasPrefix("http:") {
             let url = String(executor.dropFirst(5))
             guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
-                throw ParseError(description: "'\(text)': http: needs a URL such as http://127.0.0.1:8080/run")
+                // NAME=http://host/run: the executor's kind was left out, and "http:" was read as it.
+                let hint = url.hasPrefix("//") ? " (the executor is http: and then the URL: NAME=http:http\(url))" : ""
+                throw ParseError(description: "'\(text)': http: needs a URL such as http://127.0.0.1:8080/run\(hint)")
             }
             if let problem = Self.authorityProblem(url) { throw ParseError(description: "'\(text)': \(problem)") }
             return .http(url: url)
@@ -153,7 +155,7 @@ public struct CapabilitySpec: Sendable, Equatable, CustomStringConvertible {
         }
         guard !host.isEmpty else { return "the URL has no host" }
         if let port {
-            guard let number = Int(port), (1...65_535).contains(number), port.allSatisfy(\.isASCII) else {
+            guard port.allSatisfy({ ("0"..."9").contains($0) }), let number = Int(port), (1...65_535).contains(number) else {
                 return "the URL's port must be 1 to 65535" + (port.isEmpty ? " (it is empty)" : ", not '\(port)'")
             }
         }

@@ -200,7 +200,7 @@ enum ControlRoute: Equatable {
                 limit = number
             }
             if let topic = request.query["topic"], !MeshEvent.isValidPattern(topic) {
-                return .refused(status: 400, message: "'\(topic)' is not a topic name, nor a prefix ending in * (research.*)")
+                return .refused(status: 400, message: "'\(topic.prefix(80))\(topic.count > 80 ? "…" : "")' is not a topic name, nor a prefix ending in * (research.*)")
             }
             return .events(topic: request.query["topic"], after: after, limit: limit, wait: wait)
         default: return Self.notAllowed(request)

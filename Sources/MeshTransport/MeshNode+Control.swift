@@ -116,33 +116,37 @@ extension MeshNode {
 
     /// Submits a task; with `wait`, answers once it ends (200) or when `wait` runs out (202), saving a round trip.
     private func submitTask(_ control: ControlRequest, wait: Duration?, respond: @escaping Respond) {
-        let refusal = ControlResponse.error(400, "the request is not a task: send JSON like {\"capability\": \"NAME\", \"input\": {…}}")
+        let refusal = { (why: String) in
+            ControlResponse.error(400, "the request is not a task (\(why)): send JSON like {\"capability\": \"NAME\", \"input\": {…}}")
+        }
         let request: ControlAPI.SubmitRequest
         let input: [UInt8]
         if control.body.count > Self.largeSubmission {
             // A large input is taken as sent (whitespace removed): parsing it into values and writing it out again
             // cost more than everything else on its way. The rest of the request is parsed as usual.
-            guard let members = JSONText.members(of: control.body), let member = members["input"] else { return respond(refusal) }
+            guard let members = JSONText.members(of: control.body), let member = members["input"] else {
+                return respond(refusal("not a JSON object with an input"))
+            }
             let range = member.range
             if member.isCompact {
                 // Checked whole by `members`: taking it is one copy, not another two passes and a copy.
                 input = Array(control.body[range])
             } else {
-                guard let compact = JSONText.compacted(Array(control.body[range])) else { return respond(refusal) }
+                guard let compact = JSONText.compacted(Array(control.body[range])) else { return respond(refusal("its input is not JSON")) }
                 input = compact
             }
             do {
                 request = try ControlAPI.SubmitRequest(
                     parsing: Array(control.body[..<range.lowerBound]) + Array("null".utf8) + Array(control.body[range.upperBound...]))
             } catch {
-                return respond(refusal)
+                return respond(refusal(error.description))
             }
         } else {
             do {
                 request = try ControlAPI.SubmitRequest(parsing: control.body)
                 input = Array(try JSONSerialization.data(withJSONObject: request.input.value, options: [.fragmentsAllowed, .sortedKeys]))
             } catch {
-                return respond(refusal)
+                return respond(refusal((error as? ControlAPI.SubmitError)?.description ?? "its input cannot be written as JSON"))
             }
         }
         guard Capability.isValidName(request.capability) else {

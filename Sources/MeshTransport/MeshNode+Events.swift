@@ -105,7 +105,7 @@ extension MeshNode {
             let topic = object["topic"] as? String, object.keys.allSatisfy({ ["topic", "data"].contains($0) })
         else { return respond(.error(400, "the request is not an event: send JSON like {\"topic\": \"NAME\", \"data\": {…}}")) }
         guard MeshEvent.isValidTopic(topic) else {
-            return respond(.error(400, "topic '\(topic)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -"))
+            return respond(.error(400, "topic '\(topic.prefix(80))\(topic.count > 80 ? "…" : "")' must be 1 to 64 characters of A-Z a-z 0-9 . _ -"))
         }
         guard let data = try? JSONSerialization.data(withJSONObject: object["data"] ?? NSNull(), options: [.fragmentsAllowed, .sortedKeys]) else {
             return respond(.error(400, "data is not JSON"))

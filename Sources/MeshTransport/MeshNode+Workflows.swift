@@ -126,10 +126,11 @@ extension MeshNode {
         // Through the one way in, like a client's task: a capability no live member offers fails the step at once
         // (unless it says wait_for_capability), and so does a task the node cannot take (its store or audit log not
         // writable), with why.
-        let admission = TaskAdmission(
+        var admission = TaskAdmission(
             id: task.id, capability: task.capability, payload: task.input, timeout: .milliseconds(Int64(task.timeoutSeconds * 1000)),
             maximumAttempts: task.attempts, options: TaskOptions(traceparent: trace?.description),
             waitForCapability: task.waitForCapability)
+        admission.howToWait = "give the step wait_for_capability: true to wait for one"
         self.admit(admission) { result in
             guard case .failure(let refusal) = result else { return }
             // Not now: the refusal may come while the run is still handing out this change's directives.

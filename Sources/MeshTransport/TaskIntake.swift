@@ -13,6 +13,8 @@ struct TaskAdmission: Sendable {
     let options: TaskOptions
     /// Queue the task until a member offers the capability, instead of refusing it.
     let waitForCapability: Bool
+    /// How this way in asks to wait, for the refusal's sentence.
+    var howToWait = "submit with wait_for_capability (--wait-for-capability) to queue it until one does"
 }
 
 /// Why a task was not taken; nothing of it was kept.
@@ -62,7 +64,7 @@ extension MeshNode {
                 let offered = Set(candidates.flatMap(\.capabilities.keys)).sorted()
                 return then(.failure(.noMember("no live member offers \(admission.capability)"
                     + (offered.isEmpty ? " (no member offers any capability now)" : "; offered now: \(offered.joined(separator: ", "))")
-                    + "; submit with wait_for_capability (--wait-for-capability) to queue it until one does")))
+                    + "; \(admission.howToWait)")))
             }
         }
         self.runSubmitter {

@@ -64,7 +64,7 @@ struct Events: ParsableCommand {
 
     func run() throws {
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
-        let topic = self.topic.map { "&topic=\($0)" } ?? ""
+        let topic = self.topic.map { "&topic=\(urlPiece($0))" } ?? ""
         var history = try reporting { try client.get("/v1/events?limit=10000\(topic)", as: ControlAPI.EventHistory.self) }
         var events = Array(history.events.suffix(self.last))
         if self.json && !self.follow { return try printJSON(ControlAPI.EventHistory(events: events, next: history.next)) }

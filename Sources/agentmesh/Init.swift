@@ -85,7 +85,13 @@ struct Trust: ParsableCommand {
 
     func run() throws {
         let home = self.options.nodeHome
-        let identity = try reporting { try Self.identity(from: self.peer) }
+        // What the user gave is not an identity: bad input (64), as for every command.
+        let identity: PeerIdentity
+        do {
+            identity = try Self.identity(from: self.peer)
+        } catch {
+            throw CLIError((error as? CLIError)?.description ?? "not an identity line: \(error)", status: .badInput)
+        }
         let outcome = try reporting { try home.trust(identity) }
         switch outcome {
         case .added(let path): print("Trusted \(identity.name) (\(identity.nodeID)): \(path)")

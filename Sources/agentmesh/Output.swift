@@ -24,8 +24,22 @@ struct CLIError: Error, CustomStringConvertible {
     let description: String
     let status: ExitStatus
     init(_ description: String, status: ExitStatus = .failed) {
-        self.description = description
+        self.description = Self.printable(description)
         self.status = status
+    }
+
+    /// What reaches the terminal: control characters other than newlines written as escapes (a node's answer may
+    /// echo what a peer or a user sent, escape codes included), and at most 2,000 characters of it.
+    static func printable(_ text: String) -> String {
+        var result = ""
+        for scalar in text.unicodeScalars {
+            if scalar.value < 0x20 && scalar != "\n" || (0x7F...0x9F).contains(scalar.value) {
+                result += "\\u{\(String(scalar.value, radix: 16))}"
+            } else {
+                result.unicodeScalars.append(scalar)
+            }
+        }
+        return result.count > 2_000 ? result.prefix(2_000) + "… (\(result.count - 2_000) more characters)" : result
     }
 }
 
@@ -69,6 +83,14 @@ extension Date {
         formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
         return formatter.string(from: self)
     }
+}
+
+/// A value as one piece of a URL's path or query: anything but letters, digits and `-._~*` percent-encoded, so a
+/// filter such as `--topic 'a&topic=b'` stays one value and reaches the node's check intact.
+func urlPiece(_ value: String) -> String {
+    var allowed = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    allowed.insert(charactersIn: "-._~*")
+    return value.addingPercentEncoding(withAllowedCharacters: allowed) ?? value
 }
 
 /// A word as a POSIX shell reads it back: as it is when it is plain, else in single quotes.

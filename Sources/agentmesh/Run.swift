@@ -37,7 +37,7 @@ struct Run: AsyncParsableCommand {
         valueName: "lan|local"), completion: .list(["lan", "local"]))
     var timers: String?
 
-    @Option(help: "Sessions kept open at once; beyond it the least recently active are closed (default 16).")
+    @Option(parsing: .unconditional, help: "Sessions kept open at once; beyond it the least recently active are closed (default 16).")
     var maxConnections: Int?
 
     @Option(help: ArgumentHelp(
@@ -55,13 +55,13 @@ struct Run: AsyncParsableCommand {
         valueName: "fsync|process"), completion: .list(["fsync", "process"]))
     var durability: String?
 
-    @Option(help: "The largest inline task input (JSON) this node accepts, in bytes (default \(NodeSettings.defaultTaskInput); at most \(NodeSettings.largestTaskInput), as an offer is one message of at most \(SecureSession.defaultMaximumMessageLength >> 20) MiB). Larger data goes as artifacts.")
+    @Option(parsing: .unconditional, help: "The largest inline task input (JSON) this node accepts, in bytes (default \(NodeSettings.defaultTaskInput); at most \(NodeSettings.largestTaskInput), as an offer is one message of at most \(SecureSession.defaultMaximumMessageLength >> 20) MiB). Larger data goes as artifacts.")
     var maxInputBytes: Int?
 
-    @Option(help: ArgumentHelp("The largest artifact this node stores, fetches or serves (K, M, G suffixes; default 1G).", valueName: "BYTES"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("The largest artifact this node stores, fetches or serves (K, M, G suffixes; default 1G).", valueName: "BYTES"))
     var maxArtifactBytes: String?
 
-    @Option(help: ArgumentHelp("All artifacts of this node together, at most (K, M, G suffixes; default 10G); when full, new ones are refused.", valueName: "BYTES"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("All artifacts of this node together, at most (K, M, G suffixes; default 10G); when full, new ones are refused.", valueName: "BYTES"))
     var artifactStoreBytes: String?
 
     @Option(help: ArgumentHelp(
@@ -221,7 +221,14 @@ struct Run: AsyncParsableCommand {
         _ = glibcMallopt(-3, 32 << 20)  // M_MMAP_THRESHOLD (its largest value)
         _ = glibcMallopt(-1, 64 << 20)  // M_TRIM_THRESHOLD
         let home = self.options.nodeHome
-        let effective = try self.effectiveSettings(try reporting { try home.loadRunConfiguration() })
+        // A config.toml that does not parse is bad input (64), as the same mistake in a flag is.
+        let file: RunConfiguration
+        do {
+            file = try home.loadRunConfiguration()
+        } catch {
+            throw CLIError(error.description, status: .badInput)
+        }
+        let effective = try self.effectiveSettings(file)
         let settings = effective.settings
         if effective.jsonLogs {
             LoggingSystem.bootstrap { _ in JSONLogHandler(logLevel: effective.logLevel) }

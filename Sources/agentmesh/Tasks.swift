@@ -89,7 +89,7 @@ struct Submit: ParsableCommand {
         }
         guard !(self.wait && self.follow) else { throw ValidationError("give --wait or --follow (--follow waits too), not both") }
         guard self.timeout > 0, self.timeout <= 86_400 else {
-            throw ValidationError("--timeout must be more than 0 and at most 86400 seconds, not \(self.timeout.formatted())")
+            throw ValidationError("--timeout must be more than 0 and at most 86400 seconds, not \(self.timeout.formatted(.number.grouping(.never)))")
         }
         if let inputTimeout = self.inputTimeout, !(inputTimeout > 0 && inputTimeout <= 86_400) {
             throw ValidationError("--input-timeout must be more than 0 and at most 86400 seconds")
@@ -175,9 +175,9 @@ func parseJSONInput(_ text: Data) throws -> Any {
     }
 }
 
-/// Polls until the task ends; Ctrl-C stops waiting and says how to wait again or cancel (with the `--home` given,
-/// so the commands it prints work as they are).
-func waitForEnd(_ task: ControlAPI.TaskInfo, client: ControlClient, home: HomeOptions) throws -> ControlAPI.TaskInfo {
+/// Ctrl-C while waiting for or following a task stops waiting (the task goes on) and says how to wait again or
+/// cancel it, with the `--home` given, so the commands it prints work as they are. Cancel the source when done.
+func stopWaitingOnInterrupt(for task: ControlAPI.TaskInfo, home: HomeOptions) -> any DispatchSourceSignal {
     signal(SIGINT, SIG_IGN)
     let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
     let homeArgument = home.home.map { " --home \(shellQuoted($0))" } ?? ""
@@ -192,6 +192,12 @@ func waitForEnd(_ task: ControlAPI.TaskInfo, client: ControlClient, home: HomeOp
         exit(ExitStatus.interrupted.rawValue)
     }
     interrupt.resume()
+    return interrupt
+}
+
+/// Polls until the task ends; Ctrl-C stops waiting and says how to wait again or cancel.
+func waitForEnd(_ task: ControlAPI.TaskInfo, client: ControlClient, home: HomeOptions) throws -> ControlAPI.TaskInfo {
+    let interrupt = stopWaitingOnInterrupt(for: task, home: home)
     defer { interrupt.cancel() }
     var task = task
     while !task.isFinished {
@@ -207,6 +213,7 @@ func waitForEnd(_ task: ControlAPI.TaskInfo, client: ControlClient, home: HomeOp
 /// Prints each progress event (its data, one line of JSON) as the node receives it, until the task ends; returns
 /// the ended task. Ctrl-C stops following, as it stops waiting.
 func followEvents(_ task: ControlAPI.TaskInfo, client: ControlClient, home: HomeOptions) throws -> ControlAPI.TaskInfo {
+    let interrupt = stopWaitingOnInterrupt(for: task, home: home)
     var after = 0
     while true {
         let page = try reporting {
@@ -224,6 +231,7 @@ func followEvents(_ task: ControlAPI.TaskInfo, client: ControlClient, home: Home
         after = page.next
         if page.finished && page.events.isEmpty { break }
     }
+    interrupt.cancel()  // waitForEnd sets its own
     return try waitForEnd(task, client: client, home: home)
 }
 
@@ -247,10 +255,9 @@ extension ControlAPI.TaskInfo {
     var isFinished: Bool { ["completed", "failed", "canceled", "expired"].contains(self.state) }
 
     /// How long it took, or has taken so far.
+    /// As workflows show theirs (``duration(_:)``): milliseconds under a second.
     func duration(now: Date) -> String {
-        let seconds = (self.finishedAt ?? now).timeIntervalSince(self.submittedAt)
-        return seconds < 10 ? String(format: "%.2fs", seconds) : seconds < 120 ? String(format: "%.0fs", seconds)
-            : seconds < 7200 ? "\(Int(seconds) / 60)m\(Int(seconds) % 60)s" : "\(Int(seconds) / 3600)h\(Int(seconds) % 3600 / 60)m"
+        agentmesh.duration(max(0, (self.finishedAt ?? now).timeIntervalSince(self.submittedAt)))
     }
 }
 
@@ -306,9 +313,9 @@ struct Tasks: ParsableCommand {
 
     private func submittedTable(_ client: ControlClient) throws -> String? {
         var query = ["limit=\(self.limit)"]
-        if let state { query.append("state=\(state)") }
-        if let capability { query.append("capability=\(capability)") }
-        if let context { query.append("context=\(context.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? context)") }
+        if let state { query.append("state=\(urlPiece(state))") }
+        if let capability { query.append("capability=\(urlPiece(capability))") }
+        if let context { query.append("context=\(urlPiece(context))") }
         if let since, let seconds = parseDuration(since) { query.append("since=\(seconds)") }
         let list = try reporting { try client.get("/v1/tasks?" + query.joined(separator: "&"), as: ControlAPI.TaskList.self) }
         if self.json {
@@ -419,7 +426,7 @@ extension TaskCommand {
     func run() throws {
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
         if self.logs { return try self.printLogs(client) }
-        var task = try reporting { try client.get("/v1/tasks/\(self.id)", as: ControlAPI.TaskInfo.self) }
+        var task = try reporting { try client.get("/v1/tasks/\(urlPiece(self.id))", as: ControlAPI.TaskInfo.self) }
         if self.follow {
             task = try followEvents(task, client: client, home: self.options)
             try self.save(task, client: client)
@@ -475,7 +482,7 @@ extension TaskCommand {
             let wait = self.follow ? "&wait=30" : ""
             let log = try reporting {
                 try client.decode(
-                    client.request(method: "GET", path: "/v1/tasks/\(self.id)/logs?after=\(offset)\(wait)", timeout: .seconds(40)),
+                    client.request(method: "GET", path: "/v1/tasks/\(urlPiece(self.id))/logs?after=\(offset)\(wait)", timeout: .seconds(40)),
                     as: ControlAPI.TaskLog.self)
             }
             if log.dropped > 0 {
@@ -505,7 +512,7 @@ struct Reply: ParsableCommand {
         let body = try JSONSerialization.data(withJSONObject: answer, options: [.fragmentsAllowed])
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
         let task = try reporting {
-            try client.decode(client.request(method: "POST", path: "/v1/tasks/\(self.id)/input", body: Array(body)), as: ControlAPI.TaskInfo.self)
+            try client.decode(client.request(method: "POST", path: "/v1/tasks/\(urlPiece(self.id))/input", body: Array(body)), as: ControlAPI.TaskInfo.self)
         }
         print("task \(task.id) \(task.state)")
     }
@@ -522,7 +529,7 @@ struct Cancel: ParsableCommand {
     func run() throws {
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
         let task = try reporting {
-            try client.decode(client.request(method: "POST", path: "/v1/tasks/\(self.id)/cancel"), as: ControlAPI.TaskInfo.self)
+            try client.decode(client.request(method: "POST", path: "/v1/tasks/\(urlPiece(self.id))/cancel"), as: ControlAPI.TaskInfo.self)
         }
         print("task \(task.id) \(task.state)")
     }

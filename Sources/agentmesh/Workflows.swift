@@ -112,7 +112,7 @@ struct WorkflowCommand: ParsableCommand {
 
         func run() throws {
             let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
-            let run = try reporting { try client.get("/v1/workflows/\(self.id)", as: ControlAPI.WorkflowInfo.self) }
+            let run = try reporting { try client.get("/v1/workflows/\(urlPiece(self.id))", as: ControlAPI.WorkflowInfo.self) }
             if self.json { return try printJSON(run) }
             print(drawWorkflow(run))
         }
@@ -130,7 +130,7 @@ struct WorkflowCommand: ParsableCommand {
         func run() throws {
             let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
             let run = try reporting {
-                try client.decode(client.request(method: "POST", path: "/v1/workflows/\(self.id)/cancel"), as: ControlAPI.WorkflowInfo.self)
+                try client.decode(client.request(method: "POST", path: "/v1/workflows/\(urlPiece(self.id))/cancel"), as: ControlAPI.WorkflowInfo.self)
             }
             print("workflow \(run.id) \(run.state)")
         }
@@ -246,5 +246,5 @@ func drawWorkflow(_ run: ControlAPI.WorkflowInfo) -> String {
 
 func duration(_ seconds: Double) -> String {
     seconds < 1 ? String(format: "%.0fms", seconds * 1000) : seconds < 10 ? String(format: "%.2fs", seconds) : seconds < 120 ? String(format: "%.0fs", seconds)
-        : "\(Int(seconds) / 60)m\(Int(seconds) % 60)s"
+        : seconds < 7200 ? "\(Int(seconds) / 60)m\(Int(seconds) % 60)s" : "\(Int(seconds) / 3600)h\(Int(seconds) % 3600 / 60)m"
 }

@@ -29,4 +29,24 @@ import Testing
         let decoded = try? ControlAPI.decoder().decode(ControlAPI.SubmitRequest.self, from: Data(text.utf8))
         #expect(decoded == nil, "the Codable decoder refuses it too: \(text)")
     }
+
+    /// A field the node does not know was dropped without a word (a typo such as `timeout_second` left the default
+    /// timeout); it is refused by name now, and every refusal names what is wrong.
+    @Test func refusalsNameTheFieldAndUnknownFieldsAreRefused() {
+        func refusal(_ text: String) -> String {
+            do {
+                _ = try ControlAPI.SubmitRequest(parsing: Array(text.utf8))
+                return "accepted"
+            } catch {
+                return error.description
+            }
+        }
+        #expect(refusal(#"{"capability":"echo","input":1,"timeout_second":5}"#).hasPrefix("unknown field 'timeout_second' (known: "))
+        #expect(refusal(#"{"capability":"echo","input":1,"max_attempts":1.5}"#) == "max_attempts must be a whole number")
+        #expect(refusal(#"{"capability":"echo","input":1,"wait_for_capability":"yes"}"#) == "wait_for_capability must be true or false")
+        #expect(refusal(#"{"capability":"echo","input":1,"input_timeout_seconds":"x"}"#) == "input_timeout_seconds must be a number")
+        #expect(refusal(#"{"capability":"echo"}"#).hasPrefix("input is missing"))
+        #expect(refusal("[1]") == "the body is not a JSON object")
+        #expect(refusal(#"{"capability":"echo","input":1,"callback":"http://h/x","callback_events":"all","context":"c","traceparent":null,"artifacts":[]}"#) == "accepted")
+    }
 }

@@ -214,4 +214,39 @@ import Testing
         watching.signal(SIGKILL)
         #expect(!watching.stdout.contains("\u{1B}["), "no screen codes in a pipe")
     }
+
+    /// What a review from a fresh clone found: filters went into URLs unencoded (`--topic 'a&topic=b'` listed topic
+    /// b), Ctrl-C while following a task printed no hint, config.toml's and trust's bad input exited 1, an error
+    /// echoed escape codes to the terminal, and a submission's unknown field was dropped without a word.
+    @Test func whatAReviewFromAFreshCloneFound() throws {
+        let root = try Self.homes("a")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let a = Node(home: "\(root)/a")
+        defer { a.signal(SIGKILL) }
+        try a.start(join: nil, capabilities: ["echo=builtin:echo", "nap=exec:sleep 30"])
+        #expect(try Self.agentmesh("publish", "--home", a.home, "other", "--data", "1").status == 0)
+        let injected = try Self.agentmesh("events", "--home", a.home, "--topic", "research&topic=other")
+        #expect(injected.status == 64 && injected.stderr.contains("is not a topic name"), "\(injected.status) \(injected.stdout) \(injected.stderr)")
+        let cut = try Self.agentmesh("events", "--home", a.home, "--topic", "other#")
+        #expect(cut.status == 64 && !cut.stdout.contains("other"), "\(cut.stdout) \(cut.stderr)")
+        let escape = try Self.agentmesh("publish", "--home", a.home, "a\u{1B}[31mred", "--data", "1")
+        #expect(escape.status != 0 && !escape.stderr.contains("\u{1B}") && escape.stderr.contains("\\u{1b}"), "\(escape.stderr)")
+
+        let following = try SpawnedProcess(
+            CommandLineTests.binary, ["submit", "--home", a.home, "--capability", "nap", "--input", "{}", "--follow"])
+        defer { following.signal(SIGKILL) }
+        #expect(MeshProcessTests.waitUntil(10) { following.stderr.contains("submitted; waiting") })
+        following.signal(SIGINT)
+        #expect(following.waitForExit() == 130)
+        #expect(following.stderr.contains("stopped waiting") && following.stderr.contains("--home \(a.home)"), "\(following.stderr)")
+
+        let unknown = try a.client.request(method: "POST", path: "/v1/tasks", body: Array(#"{"capability":"echo","input":1,"timeout_second":5}"#.utf8))
+        #expect(unknown.status == 400 && String(decoding: unknown.body, as: UTF8.self).contains("unknown field 'timeout_second'"))
+
+        let garbage = try Self.agentmesh("trust", "--home", a.home, "garbage")
+        #expect(garbage.status == 64, "\(garbage.stderr)")
+        try "listen = \"127.0.0.1:0\"\nset_aside_broken_audit = \"yes\"\n".write(toFile: "\(root)/a/config.toml", atomically: true, encoding: .utf8)
+        let badConfig = try Self.agentmesh("run", "--home", "\(root)/a")
+        #expect(badConfig.status == 64 && badConfig.stderr.contains("set_aside_broken_audit"), "\(badConfig.stderr)")
+    }
 }

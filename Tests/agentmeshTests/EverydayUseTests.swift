@@ -167,7 +167,7 @@ import Testing
         let config = "\(root)/a/config.toml"
         try "lisen = \"127.0.0.1:0\"\n".write(toFile: config, atomically: true, encoding: .utf8)
         let typo = try Self.agentmesh("run", "--home", "\(root)/a")
-        #expect(typo.status == 1 && typo.stderr.contains("unknown key 'lisen'"), "\(typo.stderr)")
+        #expect(typo.status == 64 && typo.stderr.contains("unknown key 'lisen'"), "\(typo.stderr)")
         try """
             listen = "127.0.0.1:0"
             timers = "local"
