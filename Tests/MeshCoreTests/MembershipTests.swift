@@ -12,6 +12,22 @@ import Testing
         return MembershipSimulation(configuration)
     }
 
+    /// README: per-node traffic stays flat as the mesh grows. In a settled mesh on LAN timers each node sends about
+    /// the same number of membership messages a second with 30 members as with 10 (a probe, its ack and the
+    /// occasional push-pull; gossip rides on them), not a number that grows with the mesh.
+    @Test func perNodeTrafficStaysFlatFrom10To30Nodes() {
+        func messagesPerNodePerSecond(_ count: Int) -> Double {
+            var mesh = MembershipSimulation(MembershipSimulation.Configuration(nodeCount: count, seed: 7, settings: .lan))
+            mesh.run(for: .seconds(10))  // settle
+            let before = mesh.messagesSent
+            mesh.run(for: .seconds(60))
+            return Double(mesh.messagesSent - before) / Double(count) / 60
+        }
+        let (ten, thirty) = (messagesPerNodePerSecond(10), messagesPerNodePerSecond(30))
+        #expect(ten > 1 && ten < 6, "\(ten)")
+        #expect(thirty / ten < 1.25, "10 nodes: \(ten), 30 nodes: \(thirty) messages per node per second")
+    }
+
     @Test func aJoinReachesEveryNodeThroughOneSeed() {
         var mesh = Self.mesh(20)
         mesh.run(for: .seconds(1))
