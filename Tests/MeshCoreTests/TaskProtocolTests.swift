@@ -457,6 +457,49 @@ import Testing
         #expect(mesh.storedAccepted[Self.c]?[id] == nil)
     }
 
+    /// An executor that lost a running task (restarted without it, and the confirmation after the restart never
+    /// arrived) left the attempt open until the task's deadline: 4 of 240 tasks of the crash-sequence test stayed
+    /// running for minutes once. The submitter now confirms a running attempt 30 s after it was accepted and then at
+    /// doubling intervals: the executor that lost it takes it afresh; one that holds it only answers, never a
+    /// second run.
+    @Test func aRunningAttemptIsConfirmedAndOneTheExecutorLostRunsAgainNotTwice() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 4]])
+        let id = mesh.submit(timeout: .seconds(600))
+        #expect(mesh.executed.count == 1 && mesh.submitter.task(id)?.state == .running)
+        // Held: a check at 30 s is answered with accept and nothing else happens, then the next is 60 s later.
+        mesh.advance(.seconds(31))
+        #expect(mesh.executed.count == 1, "a check never starts a second run where the task runs")
+        mesh.advance(.seconds(58))
+        #expect(mesh.executed.count == 1 && mesh.submitter.task(id)?.state == .running)
+
+        // c loses everything (a restart with an empty store) and hears nothing after it: the next check, 60 s after
+        // the first, finds it gone and c takes it afresh, as the same attempt.
+        mesh.inFlight = []
+        mesh.storedAccepted[Self.c] = [:]
+        mesh.restartRunner(Self.c)
+        #expect(mesh.executed.count == 1)
+        mesh.advance(.seconds(5))
+        #expect(mesh.executed.count == 2, "confirmed and run again at the 90 s check")
+        mesh.completeRuns()
+        #expect(mesh.submitter.task(id)?.state == .completed)
+        #expect(mesh.submitter.task(id)?.attempts.count == 1)
+        #expect(mesh.submitter.slotAccountingError == nil)
+    }
+
+    @Test func theRunningChecksBackOffToFiveMinutes() {
+        var mesh = Mesh(runners: [Self.c: ["echo": 4]])
+        let id = mesh.submit(timeout: .seconds(3600))
+        var checks: [Duration] = []
+        let start = mesh.now
+        for _ in 0..<(1200 * 10) {
+            mesh.now += .milliseconds(100)
+            for directive in mesh.submitter.tick(now: mesh.now) {
+                if case .send(.offer(let offer), _) = directive, offer.id == id { checks.append(mesh.now - start) }
+            }
+        }
+        #expect(checks.map { Int($0.components.seconds) } == [30, 90, 210, 450, 750, 1050], "\(checks)")
+    }
+
     @Test func aRestartedExecutorDropsATaskThatMovedOnAndNeverRunsItBesideTheNewPeer() {
         var mesh = Mesh(runners: [Self.b: ["echo": 4], Self.c: ["echo": 4]])
         let id = mesh.submit()

@@ -33,6 +33,12 @@ public struct TaskSubmitter: Sendable {
         public var breakerCooldown: Duration = .seconds(30)
         /// After a restart, how long an offer in flight waits for its peer to reappear before it counts as timed out.
         public var restoreGrace: Duration = .seconds(10)
+        /// A running attempt is confirmed this long after it was accepted, then at doubling intervals up to
+        /// `runningCheckMaximum`, by offering it again with its epoch: the executor that holds it answers accept (never
+        /// a second run) or its result; one that lost it in a restart takes it afresh or declines, and the task moves
+        /// on. Without it, an attempt whose confirmation after a restart was lost waited for its deadline.
+        public var runningCheckInterval: Duration = .seconds(30)
+        public var runningCheckMaximum: Duration = .seconds(300)
         /// How long a finished task stays listed (and stored) before it is forgotten.
         public var finishedRetention: Duration = .seconds(24 * 3600)
         /// How many finished tasks stay in memory; older ones are only in the store (a busy node finishes millions
@@ -135,6 +141,9 @@ public struct TaskSubmitter: Sendable {
         var offerSentAt: Duration?
         /// Restored with an offer in flight: the offer is sent again once its peer is back among the candidates.
         var isAwaitingPeer = false
+        /// While running: when the attempt is next confirmed with its executor, and the interval after that.
+        var nextCheckAt: Duration?
+        var checkInterval: Duration?
 
         public var currentAttempt: Attempt? { self.attempts.last }
 
@@ -403,6 +412,8 @@ public struct TaskSubmitter: Sendable {
             task.state = .running
             task.isAwaitingPeer = false
             task.attempts[task.attempts.count - 1].acceptedAt = now
+            task.nextCheckAt = now + self.settings.runningCheckInterval
+            task.checkInterval = self.settings.runningCheckInterval
             self.tasks[id] = task
             directives.append(.persist(task))
             if let context = task.options.context { self.remember(context, on: peer) }
@@ -559,6 +570,7 @@ public struct TaskSubmitter: Sendable {
                 earliest = min(earliest, (task.offerSentAt ?? current.offeredAt) + wait)
             }
             if task.state == .submitted, let next = task.nextOfferAt { earliest = min(earliest, next) }
+            if task.state == .running, let check = task.nextCheckAt { earliest = min(earliest, check) }
         }
         return earliest
     }
@@ -598,6 +610,19 @@ public struct TaskSubmitter: Sendable {
             }
             if self.tasks[id]?.state == .submitted, let next = self.tasks[id]?.nextOfferAt, now >= next {
                 self.offer(id, now: now, into: &directives)
+            }
+            if let running = self.tasks[id], running.state == .running, let current = running.currentAttempt, current.outcome == nil {
+                let interval = running.checkInterval ?? self.settings.runningCheckInterval
+                if let due = running.nextCheckAt, now >= due {
+                    directives.append(self.offerMessage(running, epoch: current.epoch, now: now, to: current.peer))
+                    let next = min(interval * 2, self.settings.runningCheckMaximum)
+                    self.tasks[id]?.nextCheckAt = now + next
+                    self.tasks[id]?.checkInterval = next
+                } else if running.nextCheckAt == nil {
+                    // Restored running: the reconnection confirms it first; this is the check after that.
+                    self.tasks[id]?.nextCheckAt = now + interval
+                    self.tasks[id]?.checkInterval = interval
+                }
             }
         }
         self.offerQueuedTasks(now: now, into: &directives)
