@@ -360,6 +360,46 @@ import Glibc
         await running.stop()
     }
 
+    /// The workflow way in keeps the same promise as tasks: `POST /v1/workflows` answers only once the run is stored
+    /// (a `kill -9` right after the answer loses nothing), and a node whose store is full refuses it (507) with why.
+    @Test func aWorkflowIsAnsweredOnlyOnceStoredAndRefusedOnAFullStore() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let held = Mutex(false)
+        let running = try await a.start {
+            $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+            $0.taskStoreMaximumPages = 40
+            $0.taskStoreBeforeCommit = { while held.withLock({ $0 }) { usleep(1_000) } }
+        }
+        let workflow = try JSONSerialization.data(withJSONObject: ["workflow": [
+            "name": "one", "steps": [["name": "s", "capability": "echo", "input": ["x": 1]]],
+        ]])
+        held.withLock { $0 = true }
+        let answered = Mutex(false)
+        let starting = Task { () -> String? in
+            let answer = await running.node.handleControl(ControlRequest(method: "POST", path: "/v1/workflows", query: [:], body: Array(workflow)))
+            answered.withLock { $0 = true }
+            return (try? ControlAPI.decoder().decode(ControlAPI.WorkflowInfo.self, from: Data(answer.body)))?.id
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(!answered.withLock { $0 }, "answered while the run's commit was held back")
+        held.withLock { $0 = false }
+        let id = try #require(await starting.value.flatMap(TaskID.init(hex:)))
+        let store = try TaskStore(path: a.home.path + "/node.sqlite", timeBase: TaskStore.TimeBase(origin: Date()))
+        #expect(try store.documents(kind: MeshNode.workflowStartDocument).contains { $0.id == id }, "stored before the answer")
+
+        let padding = String(repeating: "x", count: 20_000)
+        var full = false
+        for number in 0..<100 where !full {
+            full = try await Self.post(running, "echo", ["n": number, "pad": padding]).status == 507
+        }
+        try #require(full)
+        let refused = await running.node.handleControl(ControlRequest(method: "POST", path: "/v1/workflows", query: [:], body: Array(workflow)))
+        #expect(refused.status == 507 && String(decoding: refused.body, as: UTF8.self).contains("not writable"),
+                "\(refused.status) \(String(decoding: refused.body, as: UTF8.self))")
+        await running.stop()
+    }
+
     @Test func aFullStoreRefusesNewTasksKeepsServingAndLosesNothingItAcknowledged() async throws {
         let mesh = try TestMesh()
         let a = try mesh.node("a")
