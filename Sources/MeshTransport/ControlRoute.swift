@@ -41,7 +41,7 @@ enum ControlRoute: Equatable {
     /// `GET /.well-known/agent-card.json`: the A2A agent card
     case agentCard(host: String?)
     /// `POST /a2a`: an A2A JSON-RPC request
-    case a2a(body: [UInt8])
+    case a2a(body: [UInt8], version: String?)
     /// `GET /v1/stats`: per capability and executing peer
     case stats
     /// `POST /v1/events`: publish
@@ -83,7 +83,7 @@ enum ControlRoute: Equatable {
             return
         }
         if parts == ["a2a"] {
-            self = request.method == "POST" ? .a2a(body: request.body) : Self.notAllowed(request)
+            self = request.method == "POST" ? .a2a(body: request.body, version: request.headers["a2a-version"]) : Self.notAllowed(request)
             return
         }
         guard parts.count >= 2, parts[0] == "v1" else {

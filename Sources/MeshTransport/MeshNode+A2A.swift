@@ -37,13 +37,42 @@ extension MeshNode {
         return Self.jsonObject(card)
     }
 
-    /// `POST /a2a`: one JSON-RPC request.
-    func answerA2A(_ body: [UInt8], respond: @escaping Respond) {
-        guard let request = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-            let method = request["method"] as? String
-        else { return respond(Self.rpcError(nil, -32700, "parse error: send one JSON-RPC 2.0 request object")) }
-        let id = request["id"] ?? NSNull()
+    /// `POST /a2a`: one JSON-RPC 2.0 request. The envelope is checked as JSON-RPC 2.0 says (a request object with
+    /// `"jsonrpc": "2.0"`, a string method, an id that is a string, a number or null; an invalid one gets -32600
+    /// with a null id, JSON that does not parse -32700), a notification (no id) gets no answer, and an
+    /// `A2A-Version` other than 1.x is refused with VersionNotSupportedError (-32009).
+    func answerA2A(_ body: [UInt8], version: String?, respond: @escaping Respond) {
+        guard let parsed = try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed]) else {
+            return respond(Self.rpcError(nil, -32700, "parse error: the body is not JSON"))
+        }
+        guard let request = parsed as? [String: Any] else {
+            return respond(Self.rpcError(nil, -32600, "invalid request: send one JSON-RPC 2.0 request object (batches are not served)"))
+        }
+        let rawID = request["id"]
+        let idIsValid = rawID == nil || rawID is NSNull || rawID is String
+            || (rawID as? NSNumber).map { type(of: $0) != Bool.self && !["c", "B"].contains(String(cString: $0.objCType)) } == true
+        guard request["jsonrpc"] as? String == "2.0", let method = request["method"] as? String, idIsValid else {
+            let why = request["jsonrpc"] as? String != "2.0" ? "jsonrpc must be \"2.0\""
+                : request["method"] is String ? "id must be a string, a number or null" : "method must be a string"
+            return respond(Self.rpcError(idIsValid ? rawID : nil, -32600, "invalid request: \(why)"))
+        }
+        // A notification: JSON-RPC sends no response, whatever the method did.
+        let answer = respond
+        let isNotification = rawID == nil
+        let respond: Respond = { response in answer(isNotification ? ControlResponse(status: 204, body: []) : response) }
+        let id = rawID ?? NSNull()
+        if let version, !version.isEmpty, version != "1" && !version.hasPrefix("1.") {
+            return respond(Self.rpcError(id, -32009, "version not supported: A2A-Version \(version.prefix(32)); this node serves \(Self.a2aVersion)"))
+        }
+        if let given = request["params"], !(given is [String: Any]) {
+            return respond(Self.rpcError(id, -32602, "invalid params: params must be an object"))
+        }
         let params = request["params"] as? [String: Any] ?? [:]
+        if let history = params["historyLength"] ?? (params["configuration"] as? [String: Any])?["historyLength"],
+            !((history as? NSNumber).map { $0.doubleValue >= 0 && $0.doubleValue == $0.doubleValue.rounded() } ?? false)
+        {
+            return respond(Self.rpcError(id, -32602, "invalid params: historyLength must be a whole number, 0 or more"))
+        }
         switch method {
         case "SendMessage", "SendStreamingMessage":
             let streaming = method == "SendStreamingMessage"
@@ -70,8 +99,14 @@ extension MeshNode {
             guard let taskID = (params["id"] as? String).flatMap(TaskID.init(hex:)), self.a2aTask(taskID) != nil else {
                 return respond(Self.rpcError(id, -32001, "task not found"))
             }
+            if let state = self.submittedTaskState(taskID), state.isTerminal {
+                return respond(Self.rpcError(id, -32002, "task not cancelable: it is \(state.rawValue)"))
+            }
             self.runSubmitter { $0.cancel(taskID, now: self.now) }
             respond(Self.rpcResult(id, self.a2aTask(taskID) ?? [:]))
+        case "CreateTaskPushNotificationConfig", "GetTaskPushNotificationConfig", "ListTaskPushNotificationConfigs",
+            "DeleteTaskPushNotificationConfig":
+            respond(Self.rpcError(id, -32003, "push notifications are not supported over A2A here (the card says pushNotifications: false); the control API's signed webhooks are (submit --callback)"))
         default:
             respond(Self.rpcError(id, -32601, "method not found: \(method) (this node serves A2A \(Self.a2aVersion): SendMessage, SendStreamingMessage, GetTask, CancelTask)"))
         }
@@ -111,6 +146,9 @@ extension MeshNode {
     private func a2aAdmission(_ params: [String: Any]) -> Result<A2AStart, RPCFailure> {
         guard let message = params["message"] as? [String: Any], let parts = message["parts"] as? [[String: Any]], !parts.isEmpty else {
             return .failure(RPCFailure(code: -32602, message: "params.message needs parts"))
+        }
+        guard let messageID = message["messageId"] as? String, !messageID.isEmpty else {
+            return .failure(RPCFailure(code: -32602, message: "params.message needs a messageId"))
         }
         let input: Any
         if let data = parts.first(where: { $0["data"] != nil })?["data"] {
@@ -225,7 +263,12 @@ extension MeshNode {
         case "canceled": state = "TASK_STATE_CANCELED"
         default: state = "TASK_STATE_SUBMITTED"
         }
-        var status: [String: Any] = ["state": state, "timestamp": Date().formatted(.iso8601)]
+        // When the task entered this state, not when it was asked about: its end, its latest attempt's accept (or
+        // offer) while it runs, its submission before that.
+        let attempt = (task["attempts"] as? [[String: Any]])?.last
+        let changed = task["finished_at"] as? String ?? attempt?["accepted_at"] as? String ?? attempt?["offered_at"] as? String
+            ?? task["submitted_at"] as? String ?? Timestamp.string(Date())
+        var status: [String: Any] = ["state": state, "timestamp": changed]
         if let question = task["question"] {
             status["message"] = Self.agentMessage(question, task: id, context: context)
         } else if let error = task["error"] as? String {

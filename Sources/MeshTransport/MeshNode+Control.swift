@@ -75,8 +75,8 @@ extension MeshNode {
             respond(self.metricsExposition())
         case .agentCard(let host):
             respond(self.agentCard(host: host))
-        case .a2a(let body):
-            self.answerA2A(body, respond: respond)
+        case .a2a(let body, let version):
+            self.answerA2A(body, version: version, respond: respond)
         case .stats:
             respond(.json(self.statsReport()))
         case .publish(let body):

@@ -305,6 +305,48 @@ import Glibc
         return try JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any] ?? [:]
     }
 
+    /// JSON-RPC 2.0 and A2A 1.0 as strict clients read them: envelopes that are not 2.0 requests are refused with
+    /// -32600 (a wrong version, an object id, no method), a notification gets no answer, an unknown A2A-Version is
+    /// refused, a finished task is not cancelable, push-notification configs are not supported, a message needs its
+    /// messageId, historyLength is not negative, and a status is dated when the task entered it.
+    @Test func a2aSpeaksJSONRPCAndA2AErrorsAsTheSpecsSay() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let running = try await a.start { $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)] }
+        func call(_ body: String, headers: [String: String] = [:]) async -> (status: Int, object: [String: Any]) {
+            let response = await running.node.handleControl(ControlRequest(method: "POST", path: "/a2a", query: [:], body: Array(body.utf8), headers: headers))
+            return (response.status, (try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any]) ?? [:])
+        }
+        func code(_ answer: (status: Int, object: [String: Any])) -> Int? { (answer.object["error"] as? [String: Any])?["code"] as? Int }
+        let getTask = #""method": "GetTask", "params": {"id": "00000000000000000000000000000000"}"#
+        #expect(code(await call(#"{"jsonrpc": "1.0", "id": 1, \#(getTask)}"#)) == -32600)
+        let objectID = await call(#"{"jsonrpc": "2.0", "id": {"a": 1}, \#(getTask)}"#)
+        #expect(code(objectID) == -32600 && objectID.object["id"] is NSNull)
+        #expect(code(await call(#"{"jsonrpc": "2.0", "id": 1}"#)) == -32600)
+        let garbage = await call("{nope")
+        #expect(code(garbage) == -32700 && garbage.object["id"] is NSNull)
+        #expect(code(await call("[]")) == -32600)
+        let notification = await call(#"{"jsonrpc": "2.0", \#(getTask)}"#)
+        #expect(notification.status == 204 && notification.object.isEmpty, "a notification gets no answer")
+        #expect(code(await call(#"{"jsonrpc": "2.0", "id": "x", \#(getTask)}"#, headers: ["a2a-version": "9.0"])) == -32009)
+        #expect(code(await call(#"{"jsonrpc": "2.0", "id": "x", \#(getTask)}"#, headers: ["a2a-version": "1.0"])) == -32001)
+        #expect(code(await call(#"{"jsonrpc": "2.0", "id": 2, "method": "CreateTaskPushNotificationConfig", "params": {}}"#)) == -32003)
+        let noMessageID = #"{"jsonrpc": "2.0", "id": 3, "method": "SendMessage", "params": {"message": {"role": "ROLE_USER", "parts": [{"data": 1}]}}}"#
+        #expect(code(await call(noMessageID)) == -32602)
+        #expect(code(await call(#"{"jsonrpc": "2.0", "id": 4, "method": "GetTask", "params": {"id": "x", "historyLength": -1}}"#)) == -32602)
+
+        let sent = try await Self.a2aSend(running, skill: "echo", ["n": 1], returnImmediately: false)
+        let task = try #require((sent["result"] as? [String: Any])?["task"] as? [String: Any], "\(sent)")
+        let id = try #require(task["id"] as? String)
+        let status = try #require(task["status"] as? [String: Any])
+        let document = try await Self.wait(running, id, seconds: 0)
+        #expect(status["state"] as? String == "TASK_STATE_COMPLETED")
+        #expect((status["timestamp"] as? String).flatMap(Timestamp.parse) == document.finishedAt, "dated at its end: \(status)")
+        let cancel = await call(#"{"jsonrpc": "2.0", "id": 5, "method": "CancelTask", "params": {"id": "\#(id)"}}"#)
+        #expect(code(cancel) == -32002, "\(cancel.object)")
+        await running.stop()
+    }
+
     /// A2A's `returnImmediately` used to answer before the task was stored, so a kill -9 right after the answer
     /// could lose a task the client was told about. Every way in now answers only once the task is durable.
     @Test func anA2ATaskAnsweredAtOnceIsAlreadyInTheStore() async throws {
