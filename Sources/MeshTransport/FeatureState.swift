@@ -32,6 +32,9 @@ struct ArtifactTransfers {
     var leftovers = LeftoverPartials()
     /// Chunks served to peers, counted for ``NodeSettings/artifactFaults``.
     var chunksServed = 0
+    /// With the session-cut fault (``ArtifactFaults/cutAfterChunk``) set: the offsets served after the cut, which
+    /// its test reads to tell a resumed transfer from one that started over.
+    var offsetsServedAfterCut: [UInt64] = []
     var sweptAt: Duration = .zero
 }
 

@@ -313,6 +313,9 @@ extension MeshNode {
         self.transfers.chunksServed += 1
         let corrupt = self.settings.artifactFaults.corruptChunk == self.transfers.chunksServed
         let cut = self.settings.artifactFaults.cutAfterChunk == self.transfers.chunksServed
+        if let cutAfter = self.settings.artifactFaults.cutAfterChunk, self.transfers.chunksServed > cutAfter {
+            self.transfers.offsetsServedAfterCut.append(offset)
+        }
         self.artifactQueue.async {
             let read: Result<(bytes: [UInt8], chainingValue: [UInt8]), ArtifactError> = Result { () throws(ArtifactError) in
                 try store.read(digest, offset: offset, length: Int(length))
