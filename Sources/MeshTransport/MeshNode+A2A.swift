@@ -6,7 +6,7 @@ import NIOCore
 
 /// An A2A server facade on the control listener (A2A 1.0, JSON-RPC binding): the agent card at
 /// `/.well-known/agent-card.json` lists this mesh's capabilities as skills, and `POST /a2a` takes `SendMessage`,
-/// `SendStreamingMessage` (server-sent events), `GetTask` and `CancelTask`. A message becomes a task of the skill it
+/// `SendStreamingMessage` (server-sent events), `SubscribeToTask`, `GetTask`, `ListTasks` and `CancelTask`. A message becomes a task of the skill it
 /// names (`metadata.skill`; the only one if the mesh offers one), its data part (or its text) the input, its
 /// `contextId` the conversation; a message with the `taskId` of a task in `input-required` answers its question.
 extension MeshNode {
@@ -104,11 +104,26 @@ extension MeshNode {
             }
             self.runSubmitter { $0.cancel(taskID, now: self.now) }
             respond(Self.rpcResult(id, self.a2aTask(taskID) ?? [:]))
+        case "SubscribeToTask":
+            // A stream dropped mid-task resumes here: the task as it is now first, then its updates to the end. A
+            // finished task has none (UnsupportedOperationError, as the spec says for a terminal task).
+            guard let taskID = (params["id"] as? String).flatMap(TaskID.init(hex:)), self.a2aTask(taskID) != nil else {
+                return respond(Self.rpcError(id, -32001, "task not found"))
+            }
+            if let state = self.submittedTaskState(taskID), state.isTerminal {
+                return respond(Self.rpcError(id, -32004, "unsupported operation: task \(taskID) is \(state.rawValue), so there is nothing to subscribe to"))
+            }
+            self.a2aStream(taskID, id: id, respond: respond)
+        case "ListTasks":
+            switch self.a2aListTasks(params) {
+            case .success(let page): respond(Self.rpcResult(id, page))
+            case .failure(let failure): respond(Self.rpcError(id, failure.code, failure.message))
+            }
         case "CreateTaskPushNotificationConfig", "GetTaskPushNotificationConfig", "ListTaskPushNotificationConfigs",
             "DeleteTaskPushNotificationConfig":
             respond(Self.rpcError(id, -32003, "push notifications are not supported over A2A here (the card says pushNotifications: false); the control API's signed webhooks are (submit --callback)"))
         default:
-            respond(Self.rpcError(id, -32601, "method not found: \(method) (this node serves A2A \(Self.a2aVersion): SendMessage, SendStreamingMessage, GetTask, CancelTask)"))
+            respond(Self.rpcError(id, -32601, "method not found: \(method) (this node serves A2A \(Self.a2aVersion): SendMessage, SendStreamingMessage, SubscribeToTask, GetTask, ListTasks, CancelTask)"))
         }
     }
 
@@ -190,6 +205,58 @@ extension MeshNode {
             id: id, capability: skill, payload: Array(inputBytes), timeout: .seconds(300), maximumAttempts: 5,
             options: TaskOptions(context: context, traceparent: TraceContext.new(for: id, using: &generator).description),
             waitForCapability: false)))
+    }
+
+    static let a2aStates = [
+        "TASK_STATE_SUBMITTED", "TASK_STATE_WORKING", "TASK_STATE_INPUT_REQUIRED", "TASK_STATE_COMPLETED",
+        "TASK_STATE_FAILED", "TASK_STATE_CANCELED",
+    ]
+
+    /// `ListTasks` (A2A 1.0 §3.1.4): the tasks submitted here that this node keeps in memory, newest first, filtered by
+    /// `contextId`, `status` and `statusTimestampAfter`, `pageSize` (1 to 100, default 50) at a time. The page token
+    /// is the id of the last task of the page before, so a page does not shift when new tasks arrive; a token that
+    /// names no task listed here is refused (-32602). Artifacts only with `includeArtifacts`.
+    private func a2aListTasks(_ params: [String: Any]) -> Result<[String: Any], RPCFailure> {
+        let invalid = { (why: String) in Result<[String: Any], RPCFailure>.failure(RPCFailure(code: -32602, message: "invalid params: \(why)")) }
+        var pageSize = 50
+        if let given = params["pageSize"] {
+            guard let number = given as? NSNumber, type(of: given) != Bool.self, number.doubleValue == number.doubleValue.rounded(),
+                (1...100).contains(number.doubleValue)
+            else { return invalid("pageSize must be a whole number from 1 to 100") }
+            pageSize = number.intValue
+        }
+        let context = params["contextId"] as? String
+        let status = params["status"] as? String
+        if let status, !Self.a2aStates.contains(status) {
+            return invalid("status must be one of \(Self.a2aStates.joined(separator: ", "))")
+        }
+        var after: Date?
+        if let text = params["statusTimestampAfter"] {
+            guard let stamp = (text as? String).flatMap(Timestamp.parse) else { return invalid("statusTimestampAfter must be an RFC 3339 time") }
+            after = stamp
+        }
+        let includeArtifacts = params["includeArtifacts"] as? Bool ?? false
+        if let token = params["pageToken"], !(token is String) { return invalid("pageToken must be a string") }
+        var matching: [[String: Any]] = []
+        for task in self.submitter.allTasks.reversed() where context == nil || task.options.context == context {
+            guard var shown = self.a2aTask(task.id), let state = (shown["status"] as? [String: Any])?["state"] as? String else { continue }
+            if let status, state != status { continue }
+            if let after, let stamp = ((shown["status"] as? [String: Any])?["timestamp"] as? String).flatMap(Timestamp.parse), stamp < after {
+                continue
+            }
+            if !includeArtifacts { shown["artifacts"] = nil }
+            matching.append(shown)
+        }
+        var start = 0
+        if let token = params["pageToken"] as? String, !token.isEmpty {
+            guard let position = matching.firstIndex(where: { $0["id"] as? String == token }) else {
+                return invalid("pageToken is not one this node gave for these filters")
+            }
+            start = position + 1
+        }
+        let page = Array(matching[start...].prefix(pageSize))
+        let next = start + page.count < matching.count ? (page.last?["id"] as? String ?? "") : ""
+        return .success(["tasks": page, "nextPageToken": next, "pageSize": pageSize, "totalSize": matching.count])
     }
 
     /// Calls `then` when the task ends or asks a question, or at `deadline` (checked every 20 ms).

@@ -347,6 +347,82 @@ import Glibc
         await running.stop()
     }
 
+    /// `ListTasks` answered -32601 although it is a core A2A 1.0 operation: it lists this node's tasks newest first,
+    /// by conversation and state, a page at a time with a token that does not shift, and refuses a token it never gave.
+    @Test func a2aListsTasksByContextAndStateAPageAtATime() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let running = try await a.start { $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)] }
+        func call(_ method: String, _ params: [String: Any]) async throws -> [String: Any] {
+            let body = try JSONSerialization.data(withJSONObject: ["jsonrpc": "2.0", "id": 1, "method": method, "params": params])
+            let response = await running.node.handleControl(ControlRequest(method: "POST", path: "/a2a", query: [:], body: Array(body)))
+            return try JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any] ?? [:]
+        }
+        var sent: [String] = []
+        for (number, context) in ["c1", "c1", "c2", "c1"].enumerated() {
+            let answer = try await call("SendMessage", ["message": [
+                "role": "ROLE_USER", "messageId": "m\(number)", "contextId": context, "parts": [["data": ["n": number]]],
+                "metadata": ["skill": "echo"],
+            ] as [String: Any]])
+            sent.append(try #require(((answer["result"] as? [String: Any])?["task"] as? [String: Any])?["id"] as? String, "\(answer)"))
+        }
+        let first = try #require(try await call("ListTasks", ["contextId": "c1", "pageSize": 2])["result"] as? [String: Any])
+        let firstIDs = (first["tasks"] as? [[String: Any]])?.compactMap { $0["id"] as? String }
+        #expect(firstIDs == [sent[3], sent[1]], "newest first, c1 only")
+        #expect(first["totalSize"] as? Int == 3 && first["pageSize"] as? Int == 2)
+        #expect((first["tasks"] as? [[String: Any]])?.allSatisfy { $0["artifacts"] == nil } == true, "no artifacts unless asked")
+        let token = try #require(first["nextPageToken"] as? String)
+        let second = try #require(try await call("ListTasks", ["contextId": "c1", "pageSize": 2, "pageToken": token])["result"] as? [String: Any])
+        #expect((second["tasks"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == [sent[0]])
+        #expect(second["nextPageToken"] as? String == "")
+        let completed = try #require(try await call("ListTasks", ["status": "TASK_STATE_COMPLETED", "includeArtifacts": true])["result"] as? [String: Any])
+        #expect(completed["totalSize"] as? Int == 4 && (completed["tasks"] as? [[String: Any]])?.first?["artifacts"] != nil)
+        let none = try #require(try await call("ListTasks", ["status": "TASK_STATE_FAILED"])["result"] as? [String: Any])
+        #expect(none["totalSize"] as? Int == 0 && none["nextPageToken"] as? String == "")
+        for params: [String: Any] in [["pageToken": "not-a-token"], ["pageSize": 0], ["pageSize": 101], ["status": "done"],
+                                      ["statusTimestampAfter": "yesterday"]] {
+            let refused = try await call("ListTasks", params)
+            #expect((refused["error"] as? [String: Any])?["code"] as? Int == -32602, "\(params): \(refused)")
+        }
+        await running.stop()
+    }
+
+    /// `SubscribeToTask` answered -32601 though the card declares streaming: a client whose stream dropped could
+    /// not resume. It streams the task as it is now, then its updates to its end; an unknown task is -32001 and a
+    /// finished one -32004.
+    @Test func a2aSubscribeToTaskResumesARunningTasksStream() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let running = try await a.start {
+            $0.capabilities = [CapabilitySpec(name: "nap", executor: .exec(command: "sh", arguments: ["-c", "cat > /dev/null; sleep 1; echo '{\"slept\":1}'"]))]
+        }
+        let sent = try await Self.a2aSend(running, skill: "nap", [:] as [String: String], returnImmediately: true)
+        let id = try #require(((sent["result"] as? [String: Any])?["task"] as? [String: Any])?["id"] as? String, "\(sent)")
+        let body = Array(#"{"jsonrpc": "2.0", "id": 9, "method": "SubscribeToTask", "params": {"id": "\#(id)"}}"#.utf8)
+        let response = await running.node.handleControl(ControlRequest(method: "POST", path: "/a2a", query: [:], body: body))
+        let start = try #require(response.stream, "a stream, not \(String(decoding: response.body, as: UTF8.self))")
+        let received = Mutex<[UInt8]>([])
+        let ended = Mutex(false)
+        start(ControlStreamSink(write: { bytes in received.withLock { $0 += bytes } }, end: { ended.withLock { $0 = true } }))
+        #expect(await eventually(timeout: .seconds(20)) { ended.withLock { $0 } })
+        let events = String(decoding: received.withLock { $0 }, as: UTF8.self).components(separatedBy: "\n\n")
+            .filter { $0.hasPrefix("data: ") }
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.dropFirst(6).utf8)) as? [String: Any] }
+            .compactMap { $0["result"] as? [String: Any] }
+        #expect(events.first?["task"] != nil, "the task first: \(events)")
+        let last = events.last?["statusUpdate"] as? [String: Any]
+        #expect((last?["status"] as? [String: Any])?["state"] as? String == "TASK_STATE_COMPLETED", "\(events)")
+
+        func code(_ method: String, _ taskID: String) async -> Int? {
+            let body = Array(#"{"jsonrpc": "2.0", "id": 9, "method": "\#(method)", "params": {"id": "\#(taskID)"}}"#.utf8)
+            let answer = await running.node.handleControl(ControlRequest(method: "POST", path: "/a2a", query: [:], body: body))
+            return ((try? JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any])?["error"] as? [String: Any])?["code"] as? Int
+        }
+        #expect(await code("SubscribeToTask", id) == -32004, "finished now")
+        #expect(await code("SubscribeToTask", String(repeating: "0", count: 32)) == -32001)
+        await running.stop()
+    }
+
     /// A2A's `returnImmediately` used to answer before the task was stored, so a kill -9 right after the answer
     /// could lose a task the client was told about. Every way in now answers only once the task is durable.
     @Test func anA2ATaskAnsweredAtOnceIsAlreadyInTheStore() async throws {

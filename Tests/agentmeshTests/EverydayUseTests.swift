@@ -228,7 +228,8 @@ import Testing
         let nodes = ["a", "b", "c"].map { Node(home: "\(root)/\($0)") }
         defer { for node in nodes { node.signal(SIGKILL) } }
         try nodes[0].start(join: nil)
-        for node in nodes.dropFirst() { try node.start(join: nodes[0].address, capabilities: ["work=exec:sleep 2"]) }
+        // 4 s a run: on a loaded machine a 2 s run sometimes ended before the leave reached its node.
+        for node in nodes.dropFirst() { try node.start(join: nodes[0].address, capabilities: ["work=exec:sleep 4"]) }
         #expect(MeshProcessTests.waitUntil { nodes[0].members().filter { $0.status == "alive" }.count == 3 })
 
         func runOn(_ id: String) -> String? {
@@ -245,10 +246,10 @@ import Testing
         let leaving = executor == "b" ? nodes[1] : nodes[2]
         let left = Date()
         #expect(try Self.agentmesh("leave", "--home", leaving.home).status == 0)
-        #expect(MeshProcessTests.waitUntil(10) { (try? Self.task("\(root)/a", first))?.state == "completed" })
+        #expect(MeshProcessTests.waitUntil(15) { (try? Self.task("\(root)/a", first))?.state == "completed" })
         let done = try Self.task("\(root)/a", first)
         #expect(done.attempts.count == 2 && done.executedBy != executor, "offered to the other member: \(done.attempts)")
-        #expect(Date().timeIntervalSince(left) < 6, "at once, not after a failure detector's timeout")
+        #expect(Date().timeIntervalSince(left) < 9, "at once (then its 4 s run elsewhere), not after a failure detector's timeout")
 
         let remaining = executor == "b" ? nodes[2] : nodes[1]
         let second = try nodes[0].submit("work", number: 2)
