@@ -331,6 +331,8 @@ extension MeshNode {
         if case .builtinEcho = spec.executor, timeout > .zero {
             // Nothing to wait for: answering in the same turn saves two thread hand-offs per task.
             self.metrics.increment("agentmesh_executions_total", [("capability", task.capability), ("outcome", "completed")])
+            // Observed too, so the histogram's count agrees with the counter (a run of no measurable time).
+            self.metrics.record("agentmesh_execution_seconds", [("capability", task.capability)], seconds: 0)
             self.traceExecutionFinished(task, started: self.now, outcome: .success([]))
             self.runTaskRunner { $0.finished(task.id, outcome: .success(task.input), now: self.now) }
             return

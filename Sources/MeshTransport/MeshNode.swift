@@ -156,7 +156,7 @@ public actor MeshNode: Service {
         var submitterSettings = TaskSubmitter.Settings()
         submitterSettings.finishedInMemory = settings.finishedTasksInMemory
         self.submitter = TaskSubmitter(local: identity.nodeID, settings: submitterSettings, seed: seed.next())
-        self.meshEvents = MeshEvents(bus: EventBus(local: identity.nodeID))
+        self.meshEvents = MeshEvents(bus: EventBus(local: identity.nodeID, settings: settings.events))
         self.followers = TaskFollowers(progress: TaskEventBook(budget: settings.progressBudget))
         self.metrics = NodeMetrics(enabled: settings.metricsEnabled)
         self.tracer = settings.otlpEndpoint.flatMap {

@@ -81,6 +81,8 @@ public struct NodeSettings: Sendable {
     public var progressBudget = TaskEventBook.Budget()
     /// A test seam: faults in the artifact transfers this node serves. Never set by `agentmesh run`.
     public var artifactFaults = ArtifactFaults()
+    /// The event history's bounds (tests shrink them to flood it with fewer events).
+    public var events = EventBus.Settings()
     /// Export spans over OTLP/HTTP (JSON) to this collector (`run --otlp-endpoint http://HOST:4318`).
     public var otlpEndpoint: String?
     /// Count metrics for `GET /metrics` (`run --metrics off` turns them off).
