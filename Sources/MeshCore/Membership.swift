@@ -306,12 +306,17 @@ public struct Membership: Sendable {
         self.connected.remove(peer)
     }
 
-    /// The trust list changed (`agentmesh trust` or `untrust` on a running node): records of newly trusted members
-    /// are taken from now on, and members the list refuses leave this node's view now: they are no longer probed,
-    /// counted or offered work (waiting for their probes to fail took 45 s, and the death claim it ended in would
-    /// have told the whole mesh a lie). No claim is spread: for members that still trust them they are alive.
-    public mutating func updateTrust(_ policy: TrustPolicy) -> [MembershipDirective] {
+    /// The trust list as it is now (`agentmesh trust` on a running node): records of newly trusted members are taken
+    /// from now on. Cheap: called at every tick and session start.
+    public mutating func updateTrust(_ policy: TrustPolicy) {
         self.trust = policy
+    }
+
+    /// The trust list changed (`agentmesh untrust`): members it refuses leave this node's view now: they are no
+    /// longer probed, counted or offered work (waiting for their probes to fail took 45 s, and the death claim it
+    /// ended in would have told the whole mesh a lie). No claim is spread: for members that still trust them they
+    /// are alive. It reads every member, so the shell calls it only when the list changed, not at every tick.
+    public mutating func leaveOutRefusedMembers() -> [MembershipDirective] {
         var directives: [MembershipDirective] = []
         for (id, member) in self.members.sorted(by: { $0.key < $1.key }) where !self.admits(member.record) {
             self.store(nil, for: id)

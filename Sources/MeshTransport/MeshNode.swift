@@ -618,7 +618,7 @@ public actor MeshNode: Service {
             "trust": "\(peer.decision.label)",
         ])
         // The peer may be trusted only since a moment ago (its handshake read the new trust list).
-        self.handle(self.membership.updateTrust(self.gate.trustStore.current()))
+        self.membership.updateTrust(self.gate.trustStore.current())
         self.handle(self.membership.connected(to: peerID, address: peer.listenAddress, now: self.now))
         for message in pending { self.write(message, to: connection) }
         self.taskSessionStarted(with: peerID)
@@ -679,10 +679,11 @@ public actor MeshNode: Service {
         guard case .running = self.state else { return }
         let now = self.now
         let trust = self.gate.trustStore.current()
-        self.handle(self.membership.updateTrust(trust))
+        self.membership.updateTrust(trust)
         if self.gate.trustStore.generation != self.peerNotes.trustGeneration {
             self.peerNotes.trustGeneration = self.gate.trustStore.generation
             self.closeSessions(refusedBy: trust)
+            self.handle(self.membership.leaveOutRefusedMembers())
         }
         self.handle(self.membership.tick(now: now))
         let cap = self.settings.membership.gossipInterval
