@@ -26,6 +26,7 @@ struct MeshEvents {
 struct ArtifactTransfers {
     /// Transfers to this node, by hex digest.
     var pulls: [String: ArtifactPull] = [:]
+    var nextPullID: UInt64 = 0
     /// Results held until their artifacts are here.
     var heldResults: Set<TaskID> = []
     /// Partial files of transfers that stopped, per peer.

@@ -8,35 +8,19 @@ import MeshStorage
 import NIOCore
 import Synchronization
 
-/// One artifact on its way here from a peer: chunks are asked for in order, a window at a time, and checked as they
-/// arrive. A dropped session or a silent peer costs a re-ask from the first missing chunk, never a restart.
-final class ArtifactPull: @unchecked Sendable {  // touched only on the node's loop
+/// One artifact on its way here from a peer: its machine (what to ask for, what an arriving chunk means), the
+/// partial file the shell writes to, and every task waiting for it.
+struct ArtifactPull {
+    /// Tells this pull from a later one of the same artifact, for file work that reports back after it ended.
+    let id: UInt64
     let artifact: ArtifactRef
     let task: TaskID
     let peer: NodeID
+    var machine: ArtifactPullMachine
     /// Opened on the artifact queue (it may hash a partial file); nil until then.
     var download: Unchecked<ArtifactStore.Download>?
-    /// The next offset to ask for, and the next the loop expects to receive.
-    var nextRequest: UInt64 = 0
-    var expected: UInt64 = 0
-    /// Offsets asked for and not yet answered, and chunks received but not yet checked and written: together at
-    /// most a window, so a disk slower than the network holds the transfer back instead of filling memory.
-    var outstanding: Set<UInt64> = []
-    var unwritten = 0
-    var lastProgress: Duration
-    let startedAt: Duration
-    /// Damaged chunks in a row: three means the owner's bytes are wrong, not the way here.
-    var damaged = 0
     /// Every task waiting for the artifact, with the peer it would pull from itself.
     var waiters: [(task: TaskID, peer: NodeID, done: (ArtifactError?) -> Void)] = []
-
-    init(artifact: ArtifactRef, task: TaskID, peer: NodeID, now: Duration) {
-        self.artifact = artifact
-        self.task = task
-        self.peer = peer
-        self.lastProgress = now
-        self.startedAt = now
-    }
 }
 
 /// Faults a test asks a node to make in the transfers it serves (``NodeSettings/artifactFaults``); none in normal
@@ -57,13 +41,6 @@ public struct ArtifactFaults: Sendable {
 /// them here (the executor pulls a task's inputs from the submitter, the submitter a result's from the executor),
 /// and served to peers that a task entitles to them. File work runs on the artifact queue, never on the loop.
 extension MeshNode {
-    /// Chunks in flight per pull: enough to keep loopback and a LAN busy, little enough to bound memory (8 MiB).
-    static let artifactWindow = 8
-    /// A pull with nothing arriving for this long asks again from its first missing chunk (a dropped session).
-    static let artifactStall: Duration = .seconds(2)
-    /// A pull with no progress for this long gives up.
-    static let artifactGiveUp: Duration = .seconds(120)
-
     // MARK: - Submitting
 
     /// The references a submission lists, checked against what this node has: each must have been stored here
@@ -117,143 +94,155 @@ extension MeshNode {
     }
 
     private func pull(_ artifact: ArtifactRef, of task: TaskID, from peer: NodeID, then done: @escaping (ArtifactError?) -> Void) {
-        if let pull = self.transfers.pulls[artifact.hex] {
-            pull.waiters.append((task, peer, done))
+        if self.transfers.pulls[artifact.hex] != nil {
+            self.transfers.pulls[artifact.hex]?.waiters.append((task, peer, done))
             return
         }
         guard let store = self.artifactStore else { return done(ArtifactError("this node has no artifact store")) }
-        // One peer's artifacts on their way here are at most 16 transfers and a quarter of the store (or one
-        // artifact of the largest size, if more): the bytes of each count as they arrive, and this bounds how much
-        // of the store one peer's transfers can fill at once.
-        let fromPeer = self.transfers.pulls.values.filter { $0.peer == peer }
-        let claimed = fromPeer.reduce(artifact.size) { $0 + $1.artifact.size }
-        let share = max(store.capacity / 4, store.maximumArtifact)
-        // (One too large for the node at all is refused as such when its download opens.)
-        guard artifact.size > store.maximumArtifact || (fromPeer.count < Self.maximumPullsPerPeer && claimed <= share) else {
+        let fromPeer = self.transfers.pulls.values.filter { $0.peer == peer }.map(\.artifact.size)
+        guard ArtifactPullMachine.mayStart(
+            size: artifact.size, besides: fromPeer, storeCapacity: store.capacity, maximumArtifact: store.maximumArtifact,
+            perPeer: Self.maximumPullsPerPeer)
+        else {
+            let share = ArtifactPullMachine.share(storeCapacity: store.capacity, maximumArtifact: store.maximumArtifact)
             return done(ArtifactError(
-                "\(self.displayName(peer)) already has \(fromPeer.count) artifacts (\(claimed - artifact.size) bytes) on their way here; "
+                "\(self.displayName(peer)) already has \(fromPeer.count) artifacts (\(fromPeer.reduce(0, +)) bytes) on their way here; "
                     + "one peer may hold at most \(Self.maximumPullsPerPeer) transfers and \(share) bytes (run --artifact-store-bytes)",
                 isLimit: true))
         }
-        let pull = ArtifactPull(artifact: artifact, task: task, peer: peer, now: self.now)
-        pull.waiters.append((task, peer, done))
-        self.transfers.pulls[artifact.hex] = pull
+        self.transfers.nextPullID += 1
+        let id = self.transfers.nextPullID
+        self.transfers.pulls[artifact.hex] = ArtifactPull(
+            id: id, artifact: artifact, task: task, peer: peer,
+            machine: ArtifactPullMachine(size: artifact.size, now: self.now), waiters: [(task, peer, done)])
         self.transfers.leftovers.resumed(artifact.hex)
         self.artifactQueue.async {
             let opened: Result<Unchecked<ArtifactStore.Download>, ArtifactError> = Result { () throws(ArtifactError) in
                 Unchecked(try ArtifactStore.Download(store: store, artifact: artifact))
             }
             self.onLoop { node in
+                guard node.transfers.pulls[artifact.hex]?.id == id else { return }
                 switch opened {
-                case .failure(let error): node.endPull(pull, error)
-                case .success(let opened):
-                    let download = opened.value
-                    pull.download = opened
-                    pull.nextRequest = download.received
-                    pull.expected = download.received
-                    if download.received > 0 {
+                case .failure(let error): node.endPull(artifact.hex, error)
+                case .success(let download):
+                    let received = download.value.received
+                    node.transfers.pulls[artifact.hex]?.download = download
+                    if received > 0 {
                         node.logger.info("resuming an artifact transfer", metadata: [
-                            "artifact": "\(artifact.hex.prefix(16))", "offset": "\(download.received)", "size": "\(artifact.size)"])
+                            "artifact": "\(artifact.hex.prefix(16))", "offset": "\(received)", "size": "\(artifact.size)"])
                     }
-                    if artifact.size == 0 { return node.appendChunk([], chainingValue: [], offset: 0, to: pull) }
-                    node.pump(pull)
+                    switch node.transfers.pulls[artifact.hex]?.machine.opened(received: received, now: node.now) {
+                    case .writeEmptyChunk?: node.write([], chainingValue: [], offset: 0, of: artifact.hex)
+                    case .ask?: node.askForChunks(artifact.hex)
+                    case nil: break
+                    }
                 }
             }
         }
     }
 
     /// Asks for chunks until the window is full, within what the peer's `bytes` limit lets it send here.
-    private func pump(_ pull: ArtifactPull) {
-        guard pull.download != nil, self.transfers.pulls[pull.artifact.hex] === pull else { return }
-        var allowance = self.accountability.bytesAllowance(for: pull.peer, now: self.now)
-            - Double(pull.outstanding.count * ArtifactStore.chunkLength)
-        while pull.outstanding.count + pull.unwritten < Self.artifactWindow, pull.nextRequest < pull.artifact.size {
-            let length = Int(min(UInt64(ArtifactStore.chunkLength), pull.artifact.size - pull.nextRequest))
-            guard allowance >= Double(length) else { break }
-            allowance -= Double(length)
-            pull.outstanding.insert(pull.nextRequest)
-            self.deliver(.artifactRequest(pull.task, digest: pull.artifact.digest, offset: pull.nextRequest, length: UInt32(length)), to: pull.peer)
-            pull.nextRequest += UInt64(length)
+    private func askForChunks(_ hex: String) {
+        guard let pull = self.transfers.pulls[hex] else { return }
+        let allowance = self.accountability.bytesAllowance(for: pull.peer, now: self.now)
+        for request in self.transfers.pulls[hex]?.machine.requests(allowance: allowance) ?? [] {
+            self.deliver(
+                .artifactRequest(pull.task, digest: pull.artifact.digest, offset: request.offset, length: UInt32(request.length)),
+                to: pull.peer)
         }
     }
 
     func receiveArtifactChunk(
         _ task: TaskID, digest: [UInt8], offset: UInt64, chainingValue: [UInt8], bytes: ArraySlice<UInt8>, from peer: NodeID
     ) {
-        // Only the next chunk in order counts; anything else answers a request made before a reset (a damaged chunk,
-        // a stall) and was asked for again.
-        guard let pull = self.transfers.pulls[Hex.encode(digest)], pull.peer == peer, offset == pull.expected,
-            pull.outstanding.remove(offset) != nil
+        let hex = Hex.encode(digest)
+        guard self.transfers.pulls[hex]?.peer == peer,
+            self.transfers.pulls[hex]?.machine.arrived(offset: offset, length: bytes.count) == true
         else { return }
-        pull.expected += UInt64(bytes.count)
-        self.appendChunk(bytes, chainingValue: chainingValue, offset: offset, to: pull)
-        self.pump(pull)
+        self.write(bytes, chainingValue: chainingValue, offset: offset, of: hex)
+        self.askForChunks(hex)
     }
 
-    private func appendChunk(_ bytes: ArraySlice<UInt8>, chainingValue: [UInt8], offset: UInt64, to pull: ArtifactPull) {
-        guard let download = pull.download else { return }
-        pull.unwritten += 1
+    /// Checks a chunk against the owner's chaining value and appends it to the partial file, on the artifact queue.
+    private func write(_ bytes: ArraySlice<UInt8>, chainingValue: [UInt8], offset: UInt64, of hex: String) {
+        guard let pull = self.transfers.pulls[hex], let download = pull.download else { return }
+        let id = pull.id
         self.artifactQueue.async {
             // A chunk after a damaged one was asked for before the damage was known: it is asked for again.
             guard download.value.received == offset else {
-                return self.onLoop { _ in pull.unwritten -= 1 }
+                return self.onLoop { node in
+                    if node.transfers.pulls[hex]?.id == id { node.transfers.pulls[hex]?.machine.writeSkipped() }
+                }
             }
             let verdict: Result<ArtifactStore.Download.Verdict, ArtifactError> = Result { () throws(ArtifactError) in
                 try download.value.append(bytes, chainingValue: chainingValue)
             }
-            self.onLoop { node in node.chunkChecked(pull, offset: offset, verdict: verdict) }
+            self.onLoop { node in
+                guard node.transfers.pulls[hex]?.id == id else { return }
+                node.chunkWritten(hex, offset: offset, verdict: verdict)
+            }
         }
     }
 
-    private func chunkChecked(_ pull: ArtifactPull, offset: UInt64, verdict: Result<ArtifactStore.Download.Verdict, ArtifactError>) {
-        pull.unwritten -= 1
-        guard self.transfers.pulls[pull.artifact.hex] === pull else { return }
+    private func chunkWritten(_ hex: String, offset: UInt64, verdict: Result<ArtifactStore.Download.Verdict, ArtifactError>) {
+        let machineVerdict: ArtifactPullMachine.Verdict
         switch verdict {
         case .failure(let error):
-            self.endPull(pull, error)
-        case .success(.complete):
-            self.endPull(pull, nil)
-        case .success(.accepted):
-            pull.damaged = 0
-            pull.lastProgress = self.now
-            self.pump(pull)
-        case .success(.damaged):
-            pull.damaged += 1
+            return self.endPull(hex, error)
+        case .success(.complete): machineVerdict = .complete
+        case .success(.accepted): machineVerdict = .accepted
+        case .success(.damaged): machineVerdict = .damaged
+        }
+        guard let next = self.transfers.pulls[hex]?.machine.written(offset: offset, verdict: machineVerdict, now: self.now) else { return }
+        self.follow(next, of: hex)
+    }
+
+    /// Acts on what the pull's machine decided.
+    private func follow(_ next: ArtifactPullMachine.Next, of hex: String) {
+        guard let pull = self.transfers.pulls[hex] else { return }
+        switch next {
+        case .ask:
+            self.askForChunks(hex)
+        case .askAgainAfterDamage(let offset):
             self.metrics.increment("agentmesh_artifact_chunks_damaged_total")
             self.logger.warning("an artifact chunk did not match its owner's digest; asking for it again", metadata: [
-                "artifact": "\(pull.artifact.hex.prefix(16))", "offset": "\(offset)", "peer": "\(self.displayName(pull.peer))"])
-            // An empty artifact has nothing to ask for again: its digest is simply wrong.
-            guard pull.damaged < 3, pull.artifact.size > 0 else {
-                return self.endPull(pull, ArtifactError(
-                    "\(self.displayName(pull.peer)) sent bytes of \(pull.artifact) that do not match its digest"
-                        + (pull.artifact.size > 0 ? ", three times" : "")), discarding: true)
-            }
-            pull.outstanding.removeAll()
-            pull.nextRequest = offset
-            pull.expected = offset
-            pull.lastProgress = self.now
-            self.pump(pull)
+                "artifact": "\(hex.prefix(16))", "offset": "\(offset)", "peer": "\(self.displayName(pull.peer))"])
+            self.askForChunks(hex)
+        case .askAgainAfterStall(let offset):
+            self.logger.info("an artifact transfer stalled; asking again from the first missing chunk", metadata: [
+                "artifact": "\(hex.prefix(16))", "offset": "\(offset)", "size": "\(pull.artifact.size)"])
+            self.askForChunks(hex)
+        case .complete:
+            self.endPull(hex, nil)
+        case .failed(.damaged(let times)):
+            self.metrics.increment("agentmesh_artifact_chunks_damaged_total")
+            self.endPull(hex, ArtifactError(
+                "\(self.displayName(pull.peer)) sent bytes of \(pull.artifact) that do not match its digest"
+                    + (times > 1 ? ", \(times) times" : "")), discarding: true)
+        case .failed(.silent(let time)):
+            self.endPull(hex, ArtifactError(
+                "no bytes of \(pull.artifact) came from \(self.displayName(pull.peer)) for \(Int(time.seconds)) s"))
         }
     }
 
     func receiveArtifactUnavailable(_ task: TaskID, digest: [UInt8], reason: String, from peer: NodeID) {
-        guard let pull = self.transfers.pulls[Hex.encode(digest)], pull.peer == peer else { return }
-        self.endPull(pull, ArtifactError("\(self.displayName(peer)) cannot send \(pull.artifact): \(reason)"))
+        let hex = Hex.encode(digest)
+        guard let pull = self.transfers.pulls[hex], pull.peer == peer else { return }
+        self.endPull(hex, ArtifactError("\(self.displayName(peer)) cannot send \(pull.artifact): \(reason)"))
     }
 
     /// `discarding`: the peer sent bytes that do not match the digest, so nothing it sent is worth resuming from.
-    private func endPull(_ pull: ArtifactPull, _ error: ArtifactError?, discarding: Bool = false) {
-        guard self.transfers.pulls[pull.artifact.hex] === pull else { return }
-        self.transfers.pulls[pull.artifact.hex] = nil
+    private func endPull(_ hex: String, _ error: ArtifactError?, discarding: Bool = false) {
+        guard let pull = self.transfers.pulls.removeValue(forKey: hex) else { return }
         if let error {
-            self.logger.notice("an artifact transfer failed", metadata: ["artifact": "\(pull.artifact.hex.prefix(16))", "error": "\(error)"])
+            self.logger.notice("an artifact transfer failed", metadata: ["artifact": "\(hex.prefix(16))", "error": "\(error)"])
             // Otherwise the bytes so far stay for a later try to resume from, within the peer's share of leftovers.
             if let download = pull.download, discarding {
                 self.artifactQueue.async { download.value.discard() }
             } else if let download = pull.download, let store = self.artifactStore {
                 let dropped = self.transfers.leftovers.stopped(
-                    pull.artifact.hex, bytes: download.value.received, from: pull.peer,
-                    share: max(store.capacity / 4, store.maximumArtifact))
+                    hex, bytes: download.value.received, from: pull.peer,
+                    share: ArtifactPullMachine.share(storeCapacity: store.capacity, maximumArtifact: store.maximumArtifact))
                 if !dropped.isEmpty {
                     self.logger.notice("partial artifacts let go: the peer's unfinished transfers hold their share", metadata: [
                         "peer": "\(self.displayName(pull.peer))", "artifacts": "\(dropped.count)"])
@@ -261,9 +250,9 @@ extension MeshNode {
                 }
             }
         } else {
-            let seconds = max((self.now - pull.startedAt).seconds, 1e-6)
+            let seconds = max((self.now - pull.machine.startedAt).seconds, 1e-6)
             self.logger.info("fetched an artifact", metadata: [
-                "artifact": "\(pull.artifact.hex.prefix(16))", "bytes": "\(pull.artifact.size)", "peer": "\(self.displayName(pull.peer))",
+                "artifact": "\(hex.prefix(16))", "bytes": "\(pull.artifact.size)", "peer": "\(self.displayName(pull.peer))",
                 "seconds": "\(String(format: "%.3f", seconds))", "mb_per_second": "\(Int(Double(pull.artifact.size) / seconds / 1e6))"])
             self.metrics.increment("agentmesh_artifacts_fetched_total")
             self.metrics.increment("agentmesh_artifact_bytes_fetched_total", by: Int(pull.artifact.size))
@@ -285,20 +274,9 @@ extension MeshNode {
 
     /// Re-asks stalled pulls (a session dropped with requests in it) and gives up on dead ones.
     func artifactTick(now: Duration) {
-        for pull in self.transfers.pulls.values where pull.download != nil {
-            if now - pull.lastProgress > Self.artifactGiveUp {
-                self.endPull(pull, ArtifactError("no bytes of \(pull.artifact) came from \(self.displayName(pull.peer)) for \(Int(Self.artifactGiveUp.seconds)) s"))
-            } else if now - pull.lastProgress > Self.artifactStall, pull.nextRequest > pull.expected {
-                self.logger.info("an artifact transfer stalled; asking again from the first missing chunk", metadata: [
-                    "artifact": "\(pull.artifact.hex.prefix(16))", "offset": "\(pull.expected)", "size": "\(pull.artifact.size)"])
-                pull.outstanding.removeAll()
-                pull.nextRequest = pull.expected
-                pull.lastProgress = now - Self.artifactStall / 2
-                self.pump(pull)
-            } else {
-                // The peer's byte allowance may have grown back since the last chunk.
-                self.pump(pull)
-            }
+        for hex in Array(self.transfers.pulls.keys) {
+            guard let next = self.transfers.pulls[hex]?.machine.tick(now: now) else { continue }
+            self.follow(next, of: hex)
         }
     }
 
@@ -332,6 +310,10 @@ extension MeshNode {
             }
         }
     }
+
+    /// With the session-cut fault set, the offsets served after the cut (its test tells a resumed transfer from one
+    /// that started over).
+    var offsetsServedAfterCut: [UInt64] { self.transfers.offsetsServedAfterCut }
 
     private func mayServe(_ digest: [UInt8], of task: TaskID, to peer: NodeID) -> Bool {
         if let submitted = self.submitter.task(task), submitted.attempts.contains(where: { $0.peer == peer }),

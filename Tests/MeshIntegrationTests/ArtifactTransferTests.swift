@@ -44,7 +44,7 @@ import Testing
         defer { unlink(saved) }
         _ = try ControlClient(socketPath: a.home.controlSocketPath).download(artifact: artifact.sha256, to: saved)
         let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: saved)))
-        let served = await runningB.node.transfers.offsetsServedAfterCut
+        let served = await runningB.node.offsetsServedAfterCut
         await runningA.stop()
         await runningB.stop()
         return (a, task, bytes, artifact.sha256, served)
@@ -62,7 +62,7 @@ import Testing
         // b always serves after the cut (the last 30 chunks), so this is checked on every run.
         #expect(!a.logs.matching("peer disconnected").isEmpty)
         let lowest = try #require(served.min(), "nothing served after the cut")
-        #expect(lowest >= UInt64(20 - MeshNode.artifactWindow) << 20, "served from offset \(lowest) after the cut: \(served.count) chunks")
+        #expect(lowest >= UInt64(20 - ArtifactPullMachine.Settings().window) << 20, "served from offset \(lowest) after the cut: \(served.count) chunks")
         for stalled in a.logs.matching("an artifact transfer stalled; asking again from the first missing chunk") {
             #expect((Int(stalled.metadata["offset"] ?? "") ?? 0) >= 8 << 20, "\(stalled)")
         }
