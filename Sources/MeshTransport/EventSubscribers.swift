@@ -61,6 +61,8 @@ struct EventSubscribers {
         maximumRunning: Self.maximumRuns, maximumWaiting: Self.maximumWaiting)
     var workflows = BoundedRuns<(event: MeshEvent, key: String, definition: WorkflowDefinition)>(
         maximumRunning: Self.maximumRuns, maximumWaiting: Self.maximumWaiting)
+    /// Executor runs that subscriptions started, by event and subscription, so that stopping the node stops them.
+    var executorRuns: [String: Task<Void, Never>] = [:]
     /// Workflow runs that subscriptions started, still going: each frees a place when it ends.
     var workflowRuns: Set<TaskID> = []
     /// A peer's flood dropped 8,709 events in 19 s here, one warning each: ten lines a second now, with a count.

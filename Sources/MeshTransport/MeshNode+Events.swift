@@ -222,7 +222,7 @@ extension MeshNode {
         let context = TaskExecution.Context(
             taskID: event.id, attempt: 1, deadline: Date().addingTimeInterval(Self.subscriberTimeout.seconds))
         let loop = self.loop
-        Task {
+        self.meshEvents.subscribers.executorRuns["\(event.id) \(key)"] = Task {
             let outcome = await TaskExecution.run(executor, input: input, timeout: Self.subscriberTimeout, context: context)
             loop.execute {
                 self.assumeIsolated { node in node.subscriberFinished(event.id, key: key, outcome: outcome) }
@@ -231,6 +231,7 @@ extension MeshNode {
     }
 
     private func subscriberFinished(_ id: TaskID, key: String, outcome: TaskOutcome) {
+        self.meshEvents.subscribers.executorRuns["\(id) \(key)"] = nil
         defer {
             if let next = self.meshEvents.subscribers.executors.finished() { self.startSubscriberRun(next.event, key: next.key, executor: next.executor) }
         }

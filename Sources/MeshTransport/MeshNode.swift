@@ -411,6 +411,7 @@ public actor MeshNode: Service {
         self.timer?.cancel()
         self.logger.info("shutting down", metadata: ["peers": "\(self.connections.count)"])
         for execution in self.localRuns.tasks.values { execution.cancel() }
+        for execution in self.meshEvents.subscribers.executorRuns.values { execution.cancel() }
         self.wakeAllWaiters()
         // Each peer gets this node's signature over what it sent, then the close; both are in the audit log.
         for connection in self.connections.all.values.sorted(by: { $0.number < $1.number }) {

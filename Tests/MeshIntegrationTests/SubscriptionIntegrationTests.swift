@@ -68,6 +68,34 @@ import Testing
     /// at most its share of the history: of 100 events of 64 KiB over a real session, the newest that fit in the
     /// share (4 MiB here, the default's quarter, so the test sends a third as much as it did: under the whole suite's
     /// load 300 took more than 90 s), as many as the pure machine keeps of the same events.
+    /// An executor a subscription started was a task nobody owned: stopping the node left its process running.
+    @Test func stoppingTheNodeStopsTheRunsItsSubscriptionsStarted() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let pidFile = a.home.path + "/subscriber.pid"
+        let running = try await a.start {
+            $0.subscriptions = [EventSubscription(
+                topic: "orders", action: .executor(.exec(command: "sh", arguments: ["-c", "echo $$ > \(pidFile); exec sleep 60"])))]
+        }
+        let body = try JSONSerialization.data(withJSONObject: ["topic": "orders", "data": ["n": 1]])
+        let answer = await running.node.handleControl(ControlRequest(method: "POST", path: "/v1/events", query: [:], body: Array(body)))
+        #expect(answer.status < 300)
+        var pid: pid_t?
+        for _ in 0..<200 where pid == nil {
+            pid = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            if pid == nil { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        let subscriber = try #require(pid, "the subscriber never started")
+        await running.stop()
+        var alive = true
+        for _ in 0..<100 where alive {
+            alive = kill(subscriber, 0) == 0
+            if alive { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        if alive { kill(subscriber, SIGKILL) }
+        #expect(!alive, "the subscriber's process outlived its node")
+    }
+
     @Test func aPeersEventFloodKeepsOnlyItsShareOfTheHistory() async throws {
         let mesh = try TestMesh()
         let a = try mesh.node("a")

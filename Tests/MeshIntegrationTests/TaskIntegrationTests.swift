@@ -5,6 +5,7 @@ import FoundationNetworking
 import MeshCore
 import MeshStorage
 import MeshTestKit
+import MeshWorkflows
 import Synchronization
 import Testing
 #if canImport(Glibc)
@@ -423,30 +424,72 @@ import Glibc
         await running.stop()
     }
 
-    /// A2A's `returnImmediately` used to answer before the task was stored, so a kill -9 right after the answer
-    /// could lose a task the client was told about. Every way in now answers only once the task is durable.
-    @Test func anA2ATaskAnsweredAtOnceIsAlreadyInTheStore() async throws {
+    /// The ways in that answer at once, each asked while the store's writer is held back: none may answer before
+    /// what it accepted is in the store, so a `kill -9` right after the answer loses nothing. A2A's
+    /// `returnImmediately` once answered before the task was stored; A2A streaming answers with the stream's start,
+    /// and an event published to a subscription (which starts a workflow from it) answers once the event is stored.
+    enum HeldWayIn: String, CaseIterable, Sendable {
+        case a2aReturnImmediately, a2aStreaming, eventForASubscription
+    }
+
+    @Test(arguments: HeldWayIn.allCases)
+    func aWayInAnswersOnlyOnceWhatItAcceptedIsInTheStore(_ wayIn: HeldWayIn) async throws {
         let mesh = try TestMesh()
         let a = try mesh.node("a")
         let held = Mutex(false)
+        let definition = try WorkflowDefinition(parsing: JSON(foundation: [
+            "name": "on-order", "steps": [["name": "s", "capability": "echo", "input": ["x": 1]]],
+        ] as [String: Any]))
         let running = try await a.start {
             $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+            $0.subscriptions = [EventSubscription(topic: "orders", action: .workflow(path: "on-order.yaml", definition: definition))]
             // The store's writer waits while `held` is set: nothing it was given is durable until then.
             $0.taskStoreBeforeCommit = { while held.withLock({ $0 }) { usleep(1_000) } }
         }
         held.withLock { $0 = true }
         let answered = Mutex(false)
-        let sending = Task { () -> String? in
-            let answer = try await Self.a2aSend(running, skill: "echo", ["n": 1], returnImmediately: true)
+        let asking = Task { () -> (kind: String, id: String)? in
+            let request: ControlRequest
+            switch wayIn {
+            case .a2aReturnImmediately, .a2aStreaming:
+                let body = try JSONSerialization.data(withJSONObject: [
+                    "jsonrpc": "2.0", "id": 7, "method": wayIn == .a2aStreaming ? "SendStreamingMessage" : "SendMessage",
+                    "params": [
+                        "message": ["role": "ROLE_USER", "messageId": "m1", "parts": [["data": ["n": 1]]], "metadata": ["skill": "echo"]],
+                        "configuration": ["returnImmediately": true],
+                    ] as [String: Any],
+                ])
+                request = ControlRequest(method: "POST", path: "/a2a", query: [:], body: Array(body))
+            case .eventForASubscription:
+                let body = try JSONSerialization.data(withJSONObject: ["topic": "orders", "data": ["n": 1]])
+                request = ControlRequest(method: "POST", path: "/v1/events", query: [:], body: Array(body))
+            }
+            let response = await running.node.handleControl(request)
             answered.withLock { $0 = true }
-            return ((answer["result"] as? [String: Any])?["task"] as? [String: Any])?["id"] as? String
+            switch wayIn {
+            case .a2aReturnImmediately:
+                let answer = try JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any]
+                return (((answer?["result"] as? [String: Any])?["task"] as? [String: Any])?["id"] as? String).map { ("task", $0) }
+            case .a2aStreaming:
+                // The stream's start is the answer; the task it streams is the newest in the node's list.
+                guard response.stream != nil else { return nil }
+                let list = await running.node.handleControl(ControlRequest(method: "GET", path: "/v1/tasks", query: [:], body: []))
+                return try ControlAPI.decoder().decode(ControlAPI.TaskList.self, from: Data(list.body)).tasks.first.map { ("task", $0.id) }
+            case .eventForASubscription:
+                return ("event", try ControlAPI.decoder().decode(ControlAPI.PublishedEvent.self, from: Data(response.body)).id)
+            }
         }
         try await Task.sleep(for: .milliseconds(500))
-        #expect(!answered.withLock { $0 }, "answered while the task's commit was held back")
+        #expect(!answered.withLock { $0 }, "answered while the commit was held back")
         held.withLock { $0 = false }
-        let id = try #require(try await sending.value.flatMap(TaskID.init(hex:)))
+        let accepted = try #require(try await asking.value)
+        let id = try #require(TaskID(hex: accepted.id), "\(accepted)")
         let store = try TaskStore(path: a.home.path + "/node.sqlite", timeBase: TaskStore.TimeBase(origin: Date()))
-        #expect(try store.submittedTask(id) != nil)
+        if accepted.kind == "task" {
+            #expect(try store.submittedTask(id) != nil)
+        } else {
+            #expect(try store.documents(kind: MeshNode.eventDocument).contains { $0.id == id }, "stored before the answer")
+        }
         await running.stop()
     }
 
