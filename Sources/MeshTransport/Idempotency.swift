@@ -83,7 +83,7 @@ extension MeshNode {
         guard IdempotencyBook.isValid(key) else {
             return .refused(.error(400, "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces"))
         }
-        guard let record = self.idempotency.record(key, now: AuditLog.wallClockMilliseconds()) else {
+        guard let record = self.taskPlane.idempotency.record(key, now: AuditLog.wallClockMilliseconds()) else {
             return .proceed(key: key, digest: digest)
         }
         guard record.kind == kind, record.digest == digest else {
@@ -101,14 +101,14 @@ extension MeshNode {
         if let body = try? JSONEncoder().encode(record) {
             changes.append(.document(kind: IdempotencyBook.document, id: IdempotencyBook.documentID(key), body: Array(body)))
         }
-        for dropped in self.idempotency.add(record, now: now) {
+        for dropped in self.taskPlane.idempotency.add(record, now: now) {
             changes.append(.forgetDocument(kind: IdempotencyBook.document, id: IdempotencyBook.documentID(dropped)))
         }
         self.taskStore?.enqueue(changes)
     }
 
     func forgetIdempotencyKey(_ key: String) {
-        self.idempotency.forget(key)
+        self.taskPlane.idempotency.forget(key)
         self.taskStore?.enqueue([.forgetDocument(kind: IdempotencyBook.document, id: IdempotencyBook.documentID(key))])
     }
 
@@ -117,7 +117,7 @@ extension MeshNode {
         let records = self.restoredDocuments(IdempotencyBook.document, as: IdempotencyRecord.self, what: "idempotency key")
             .map(\.value).sorted { $0.time < $1.time }
         var dropped: [String] = []
-        for record in records { dropped += self.idempotency.add(record, now: now) }
+        for record in records { dropped += self.taskPlane.idempotency.add(record, now: now) }
         self.taskStore?.enqueue(dropped.map { .forgetDocument(kind: IdempotencyBook.document, id: IdempotencyBook.documentID($0)) })
     }
 }

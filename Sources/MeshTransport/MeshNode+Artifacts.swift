@@ -144,7 +144,7 @@ extension MeshNode {
     /// Asks for chunks until the window is full, within what the peer's `bytes` limit lets it send here.
     private func askForChunks(_ hex: String) {
         guard let pull = self.transfers.pulls[hex] else { return }
-        let allowance = self.accountability.bytesAllowance(for: pull.peer, now: self.now)
+        let allowance = self.peers.accountability.bytesAllowance(for: pull.peer, now: self.now)
         for request in self.transfers.pulls[hex]?.machine.requests(allowance: allowance) ?? [] {
             self.deliver(
                 .artifactRequest(pull.task, digest: pull.artifact.digest, offset: request.offset, length: UInt32(request.length)),
@@ -305,7 +305,7 @@ extension MeshNode {
                 case .success(var chunk):
                     if corrupt, !chunk.bytes.isEmpty { chunk.bytes[chunk.bytes.count / 2] ^= 0xFF }
                     node.deliver(.artifactChunk(task, digest: digest, offset: offset, chainingValue: chunk.chainingValue, bytes: chunk.bytes[...]), to: peer)
-                    if cut { node.connections[peer]?.channel.close(promise: nil) }
+                    if cut { node.peers.connections[peer]?.channel.close(promise: nil) }
                 }
             }
         }

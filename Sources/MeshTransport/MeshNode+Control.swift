@@ -289,7 +289,7 @@ extension MeshNode {
     }
 
     private func taskLog(_ id: TaskID, after: Int) -> ControlAPI.TaskLog {
-        let log = self.followers.logs.log(id) ?? TaskLog()
+        let log = self.taskPlane.followers.logs.log(id) ?? TaskLog()
         let (bytes, dropped) = log.read(after: after)
         return ControlAPI.TaskLog(
             id: id.description, from: min(after, log.total) + dropped, to: log.total, dropped: dropped,
@@ -299,16 +299,16 @@ extension MeshNode {
     /// Calls `then` once the log has bytes after `after`, the task has ended, or `timeout` passed.
     private func whenTaskLogs(_ id: TaskID, after: Int, within timeout: Duration, then: @escaping () -> Void) {
         guard let task = self.submitter.task(id), !task.state.isTerminal, timeout > .zero,
-            (self.followers.logs.log(id)?.total ?? 0) <= after
+            (self.taskPlane.followers.logs.log(id)?.total ?? 0) <= after
         else { return then() }
         self.wait(.taskLog, for: id, timeout: timeout, wake: then)
     }
 
     private func health() -> ControlAPI.Health {
         let serving = self.isServing
-        let store = self.commitGate.isStoreWritable ? "ok" : "not writable"
-        let audit = self.commitGate.isAuditWritable ? "ok" : "not writable"
-        let alive = 1 + self.membership.view.count { $0.status == .alive }  // this node and the others
+        let store = self.taskPlane.commitGate.isStoreWritable ? "ok" : "not writable"
+        let audit = self.taskPlane.commitGate.isAuditWritable ? "ok" : "not writable"
+        let alive = 1 + self.peers.membership.view.count { $0.status == .alive }  // this node and the others
         return ControlAPI.Health(
             status: serving && store == "ok" && audit == "ok" ? "ok" : serving ? "degraded" : "stopping",
             store: store, audit: audit, members: alive)
@@ -338,7 +338,7 @@ extension MeshNode {
 
     /// A member's name as task documents show it.
     func displayName(_ id: NodeID) -> String {
-        id == self.identity.nodeID ? self.identity.name : (self.membership.member(id)?.record.name ?? id.short)
+        id == self.identity.nodeID ? self.identity.name : (self.peers.membership.member(id)?.record.name ?? id.short)
     }
 
     /// Why a task in `submitted` has not been offered, as `task` and `tasks` show it.
@@ -362,7 +362,7 @@ extension MeshNode {
 
     /// Calls `then` once store change `sequence` is durable, with the store's error if it cannot be.
     func whenStored(_ sequence: UInt64, then: @escaping (TaskStore.StoreError?) -> Void) {
-        if !self.commitGate.wait(forStore: sequence, then) { then(nil) }
+        if !self.taskPlane.commitGate.wait(forStore: sequence, then) { then(nil) }
     }
 
     /// Calls `then` when the task ends or `timeout` passes, whichever is first (at once for a task that ended).
@@ -379,7 +379,7 @@ extension MeshNode {
 
     /// The node is stopping: event streams end, and every long poll answers with what it has now.
     func wakeAllWaiters() {
-        for id in Array(self.followers.streams.keys) { self.finishEventStreams(id) }
+        for id in Array(self.taskPlane.followers.streams.keys) { self.finishEventStreams(id) }
         self.wakeEveryone()
     }
 }

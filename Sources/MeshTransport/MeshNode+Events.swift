@@ -85,7 +85,7 @@ extension MeshNode {
         // With --open, a member this node has heard of: any key could otherwise sign events, one fresh key each,
         // and fill the history with origins that do not exist.
         return trust.trusted[key] != nil || event.origin == self.identity.nodeID
-            || (trust.isOpen && self.membership.member(event.origin) != nil)
+            || (trust.isOpen && self.peers.membership.member(event.origin) != nil)
     }
 
     func eventTick(now: Duration) {
@@ -94,7 +94,7 @@ extension MeshNode {
     }
 
     private func liveMemberIDs() -> [NodeID] {
-        self.membership.view.filter { $0.status == .alive }.map(\.record.nodeID)
+        self.peers.membership.view.filter { $0.status == .alive }.map(\.record.nodeID)
     }
 
     // MARK: - Control API
@@ -113,7 +113,7 @@ extension MeshNode {
         guard data.count <= MeshEvent.maximumData else {
             return respond(.error(413, "the event's data has \(data.count) bytes; at most \(MeshEvent.maximumData)"))
         }
-        guard self.commitGate.isStoreWritable else {
+        guard self.taskPlane.commitGate.isStoreWritable else {
             return respond(.error(507, "this node cannot store events now (\(self.taskStore?.path ?? "its task store") is not writable)"))
         }
         var generator = SystemRandomNumberGenerator()
@@ -137,7 +137,7 @@ extension MeshNode {
             guard !self.meshEvents.bus.waiting(for: event.id).isEmpty else { return answer() }
             self.wait(.eventPublished, for: event.id, timeout: Self.publishAnswerWithin, wake: answer)
         }
-        if !self.commitGate.wait(forStore: sequence, stored) { stored(nil) }
+        if !self.taskPlane.commitGate.wait(forStore: sequence, stored) { stored(nil) }
     }
 
     /// `GET /v1/events?topic=T&after=N&limit=L&wait=S`

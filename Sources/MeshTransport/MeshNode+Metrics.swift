@@ -46,12 +46,12 @@ extension MeshNode {
     }
 
     func metricsExecutionStarted(_ id: TaskID, capability: String) {
-        self.localRuns.starts[id] = (capability, self.now)
+        self.taskPlane.localRuns.starts[id] = (capability, self.now)
     }
 
     /// A run this node executed for a peer ended.
     func metricsExecutionFinished(_ id: TaskID, outcome: TaskOutcome) {
-        guard let (capability, started) = self.localRuns.starts.removeValue(forKey: id) else { return }
+        guard let (capability, started) = self.taskPlane.localRuns.starts.removeValue(forKey: id) else { return }
         let name: String
         switch outcome {
         case .success: name = "completed"
@@ -108,13 +108,13 @@ extension MeshNode {
     /// `GET /metrics`: the gauges read now, then the whole registry in the Prometheus text format.
     func metricsExposition() -> ControlResponse {
         guard self.metrics.isEnabled else { return .error(404, "metrics are off on this node (run --metrics off)") }
-        self.metrics.set("agentmesh_sessions", to: Double(self.connections.count))
+        self.metrics.set("agentmesh_sessions", to: Double(self.peers.connections.count))
         var statuses: [String: Int] = ["alive": 1]  // this node
-        for view in self.membership.view { statuses["\(view.status)", default: 0] += 1 }
+        for view in self.peers.membership.view { statuses["\(view.status)", default: 0] += 1 }
         for status in ["alive", "suspect", "dead", "left"] {
             self.metrics.set("agentmesh_members", [("status", status)], to: Double(statuses[status] ?? 0))
         }
-        let received = self.accountability.received
+        let received = self.peers.accountability.received
         self.metrics.increment("agentmesh_messages_received_total", by: Int(received.messages - self.observed.metricsReported.messages))
         self.metrics.increment("agentmesh_bytes_received_total", by: Int(received.bytes - self.observed.metricsReported.bytes))
         self.observed.metricsReported = received

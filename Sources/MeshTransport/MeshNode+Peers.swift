@@ -27,7 +27,7 @@ extension MeshNode {
         case .membership(let membership): inbound = .membership(updates: membership.updates.count)
         case .ping, .pong, .welcome: inbound = .other
         }
-        let (deliver, actions) = self.accountability.received(
+        let (deliver, actions) = self.peers.accountability.received(
             inbound, bytes: bytes.count, from: peer, session: number, now: self.now, time: AuditLog.wallClockMilliseconds())
         self.perform(actions)
         guard deliver else { return }
@@ -40,13 +40,13 @@ extension MeshNode {
 
     /// A message of a kind this build does not know: not acted on, but counted against the peer's limits.
     func receiveUnknown(bytes: Int, from peer: NodeID, session number: UInt64) {
-        self.perform(self.accountability.received(
+        self.perform(self.peers.accountability.received(
             .other, bytes: bytes, from: peer, session: number, now: self.now, time: AuditLog.wallClockMilliseconds()).actions)
     }
 
     /// Something an honest peer never does (reported by membership or the session): audited, logged, counted towards a ban.
     func peerMisbehaved(_ peer: NodeID, reason: String) {
-        self.perform(self.accountability.misbehaved(peer, reason: reason, now: self.now, time: AuditLog.wallClockMilliseconds()))
+        self.perform(self.peers.accountability.misbehaved(peer, reason: reason, now: self.now, time: AuditLog.wallClockMilliseconds()))
     }
 
     /// Carries out what accounting decided, in order.
@@ -57,10 +57,10 @@ extension MeshNode {
             case .audit(let entry, let peer):
                 self.audit(entry, peer: peer)
             case .sendTranscript(let checkpoint, let session, let peer):
-                guard let connection = self.connections[peer], connection.number == session else { continue }
+                guard let connection = self.peers.connections[peer], connection.number == session else { continue }
                 connection.channel.writeAndFlush(OutboundMessage(WireMessage.transcript(checkpoint).encoded()), promise: nil)
             case .declineRateLimited(let id, let epoch, let peer):
-                guard let connection = self.connections[peer] else { continue }
+                guard let connection = self.peers.connections[peer] else { continue }
                 self.write(.task(.decline(id, epoch: epoch, reason: .rateLimited)), to: connection)
             case .misbehaved(let peer, let reason):
                 self.logger.warning("peer misbehaved", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
@@ -71,10 +71,10 @@ extension MeshNode {
             case .ban(let peer, let until, let reason):
                 self.logger.warning("peer banned", metadata: [
                     "peer": "\(self.memberName(peer))", "for": "\(Int((until - self.now).seconds.rounded())) s",
-                    "why": "\(reason)", "ban": "\(self.accountability.limiter.banCount(peer))",
+                    "why": "\(reason)", "ban": "\(self.peers.accountability.limiter.banCount(peer))",
                 ])
-                guard let connection = self.connections[peer] else { continue }
-                self.connections.closing(connection.number, because: reason)
+                guard let connection = self.peers.connections[peer] else { continue }
+                self.peers.connections.closing(connection.number, because: reason)
                 Self.close(connection.channel, .banned(reason))
             }
         }
@@ -101,7 +101,7 @@ extension MeshNode {
     /// A banned peer's new session is refused (and audited) until the ban ends.
     func admitSession(_ peer: EstablishedPeer, channel: any Channel) -> Bool {
         let overrides = self.gate.trustStore.current().trusted[peer.identity.identityKey]?.limits ?? [:]
-        let (refusal, actions) = self.accountability.admit(
+        let (refusal, actions) = self.peers.accountability.admit(
             peer.identity, overrides: overrides, from: channel.remoteAddress.display, now: self.now,
             time: AuditLog.wallClockMilliseconds())
         self.perform(actions)
@@ -112,14 +112,14 @@ extension MeshNode {
 
     func sessionStarted(_ connection: PeerConnection) {
         let peer = connection.established
-        self.perform(self.accountability.sessionStarted(
+        self.perform(self.peers.accountability.sessionStarted(
             connection.number, peer: peer.identity, handshakeHash: peer.handshakeHash,
             detail: "\(connection.origin.isAccepted ? "inbound from" : "outbound to") \(connection.channel.remoteAddress.display)",
             time: AuditLog.wallClockMilliseconds()))
     }
 
     func sessionEnded(_ number: UInt64, reason: String) {
-        self.perform(self.accountability.sessionEnded(number, reason: reason, time: AuditLog.wallClockMilliseconds()))
+        self.perform(self.peers.accountability.sessionEnded(number, reason: reason, time: AuditLog.wallClockMilliseconds()))
     }
 
     /// A handshake refused by either side names the peer when its identity was learned.
@@ -135,7 +135,7 @@ extension MeshNode {
         case .trusted, .admittedByOpenMode: trusted = true
         case .refused: trusted = false
         }
-        self.perform(self.accountability.handshakeRefused(
+        self.perform(self.peers.accountability.handshakeRefused(
             peer, detail: detail, hasLog: self.auditLog?.hasLog(for: peer.nodeID) ?? false, isTrusted: trusted,
             now: self.now, time: AuditLog.wallClockMilliseconds()))
     }
@@ -144,7 +144,7 @@ extension MeshNode {
 
     /// Audits a task message written to a peer; enough unsigned ones get this node's signature.
     func auditSent(_ task: TaskMessage, digest: [UInt8], on connection: PeerConnection) {
-        self.perform(self.accountability.sent(
+        self.perform(self.peers.accountability.sent(
             task, digest: digest, session: connection.number, now: self.now,
             time: AuditLog.wallClockMilliseconds()))
     }
@@ -153,12 +153,12 @@ extension MeshNode {
     /// source addresses whose connection buckets are full again (so a scan from many addresses leaves nothing behind)
     /// and peers that are gone and owe nothing (so a stream of fresh identities in open mode leaves nothing either).
     func accountabilityTick(now: Duration) {
-        let (actions, checkpointDue) = self.accountability.tick(now: now, time: AuditLog.wallClockMilliseconds())
+        let (actions, checkpointDue) = self.peers.accountability.tick(now: now, time: AuditLog.wallClockMilliseconds())
         self.perform(actions)
         if checkpointDue {
             self.auditLog?.requestCheckpoints()
             self.gate.addresses.withLock { $0.forgetIdle(now: now) }
-            self.accountability.forgetIdlePeers(now: now)
+            self.peers.accountability.forgetIdlePeers(now: now)
         }
     }
 
@@ -167,7 +167,7 @@ extension MeshNode {
     /// Queues an entry for a peer's log. The peer's identity comes from its session or its member record; a peer
     /// this node knows nothing about cannot have a log.
     func audit(_ entry: AuditEntry, peer: NodeID) {
-        guard let identity = self.accountability.peers[peer] ?? self.membership.member(peer)?.record.identity else { return }
+        guard let identity = self.peers.accountability.peers[peer] ?? self.peers.membership.member(peer)?.record.identity else { return }
         self.audit(entry, identity: identity)
     }
 
@@ -199,13 +199,13 @@ extension MeshNode {
     private func auditProgressed(_ progress: AuditLog.Progress) {
         switch progress {
         case .committed(let through):
-            if self.commitGate.auditCommitted(through: through).availabilityChanged {
+            if self.taskPlane.commitGate.auditCommitted(through: through).availabilityChanged {
                 self.logger.notice("the audit log is writable again; taking new tasks")
                 self.storageAvailabilityChanged()
             }
             self.releaseDeferredTaskActions()
         case .failed(let error):
-            if self.commitGate.auditFailed().availabilityChanged {
+            if self.taskPlane.commitGate.auditFailed().availabilityChanged {
                 self.logger.error("cannot write the audit log; refusing work that would go unaudited until it can", metadata: [
                     "error": "\(error.description)",
                 ])
@@ -219,15 +219,15 @@ extension MeshNode {
     /// `agentmesh limits`: every connected or counted peer, class by class.
     func limitsReport() -> ControlAPI.Limits {
         let now = self.now
-        let limiter = self.accountability.limiter
-        let peers = limiter.keys.union(self.connections.all.keys).sorted { self.memberName($0) < self.memberName($1) }
+        let limiter = self.peers.accountability.limiter
+        let peers = limiter.keys.union(self.peers.connections.all.keys).sorted { self.memberName($0) < self.memberName($1) }
         return ControlAPI.Limits(
             defaults: Dictionary(uniqueKeysWithValues: limiter.settings.rates.map { ($0.key.rawValue, $0.value.description) }),
             peers: peers.map { peer in
                 ControlAPI.PeerLimits(
                     id: peer.description,
-                    name: self.accountability.peers[peer]?.name ?? self.membership.member(peer)?.record.name ?? peer.short,
-                    connected: self.connections[peer] != nil,
+                    name: self.peers.accountability.peers[peer]?.name ?? self.peers.membership.member(peer)?.record.name ?? peer.short,
+                    connected: self.peers.connections[peer] != nil,
                     bannedUntil: limiter.bannedUntil(peer, now: now).map(self.wallClockDate(for:)),
                     bans: limiter.banCount(peer),
                     classes: limiter.usage(of: peer, now: now).filter { $0.limitClass != .connections }.map {

@@ -13,7 +13,7 @@ extension MeshNode {
         var log = self.eventLog(id)
         let kept = log.receive(
             epoch: epoch, first: first, events: events, time: AuditLog.wallClockMilliseconds(), room: self.progressRoom)
-        self.followers.progress.set(log, for: id)
+        self.taskPlane.followers.progress.set(log, for: id)
         self.publishKeptEvents(id, kept)
     }
 
@@ -21,17 +21,17 @@ extension MeshNode {
     func recordLocalEvent(_ id: TaskID, _ data: [UInt8]) {
         var log = self.eventLog(id)
         let kept = log.note(data, time: AuditLog.wallClockMilliseconds(), room: self.progressRoom)
-        self.followers.progress.set(log, for: id)
+        self.taskPlane.followers.progress.set(log, for: id)
         self.publishKeptEvents(id, kept)
     }
 
     /// Bytes of progress the node-wide budgets leave for new events.
-    private var progressRoom: Int { self.followers.progress.room(stored: self.taskStore?.storedEventBytes ?? 0) }
+    private var progressRoom: Int { self.taskPlane.followers.progress.room(stored: self.taskStore?.storedEventBytes ?? 0) }
 
     private func publishKeptEvents(_ id: TaskID, _ kept: [TaskEvent]) {
         guard !kept.isEmpty else { return }
         self.taskStore?.enqueue([.taskEvents(id, kept)])
-        for stream in self.followers.streams[id] ?? [] {
+        for stream in self.taskPlane.followers.streams[id] ?? [] {
             for event in kept { stream.write(Self.serverSentEvent(event)) }
         }
         self.wake(.taskProgress, id)
@@ -39,9 +39,9 @@ extension MeshNode {
 
     /// The task's events: in memory, or read back from the store (a restarted node, an older task).
     func eventLog(_ id: TaskID) -> TaskEventLog {
-        if let log = self.followers.progress.log(id) { return log }
+        if let log = self.taskPlane.followers.progress.log(id) { return log }
         let log = TaskEventLog(events: (try? self.taskStore?.taskEvents(id)) ?? [])
-        self.followers.progress.set(log, for: id, isFinished: self.submittedTaskState(id)?.isTerminal ?? true)
+        self.taskPlane.followers.progress.set(log, for: id, isFinished: self.submittedTaskState(id)?.isTerminal ?? true)
         return log
     }
 
@@ -83,13 +83,13 @@ extension MeshNode {
         guard let task = self.submitter.task(id), !task.state.isTerminal else {
             return self.endEventStream(sink, task: id)
         }
-        self.followers.streams[id, default: []].append(sink)
+        self.taskPlane.followers.streams[id, default: []].append(sink)
         let token = ObjectIdentifier(sink)
         sink.onClose { [weak self] in
             guard let self else { return }
             self.assumeIsolated { node in
-                node.followers.streams[id]?.removeAll { ObjectIdentifier($0) == token }
-                if node.followers.streams[id]?.isEmpty == true { node.followers.streams[id] = nil }
+                node.taskPlane.followers.streams[id]?.removeAll { ObjectIdentifier($0) == token }
+                if node.taskPlane.followers.streams[id]?.isEmpty == true { node.taskPlane.followers.streams[id] = nil }
             }
         }
         self.keepEventStreamAlive(sink)
@@ -108,7 +108,7 @@ extension MeshNode {
 
     /// The task ended: its streams get the `end` event and close.
     func finishEventStreams(_ id: TaskID) {
-        for sink in self.followers.streams.removeValue(forKey: id) ?? [] { self.endEventStream(sink, task: id) }
+        for sink in self.taskPlane.followers.streams.removeValue(forKey: id) ?? [] { self.endEventStream(sink, task: id) }
         self.wake(.taskProgress, id)
     }
 

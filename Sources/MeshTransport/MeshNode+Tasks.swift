@@ -31,7 +31,7 @@ extension MeshNode {
             self.receiveArtifactUnavailable(id, digest: digest, reason: reason, from: peer)
         case .log(let id, let epoch, let chunk):
             guard self.submitter.acceptsLog(id, epoch: epoch, from: peer) else { return }
-            self.followers.logs.append(chunk, to: id)
+            self.taskPlane.followers.logs.append(chunk, to: id)
             self.wake(.taskLog, id)
         case .progress(let id, let epoch, let first, let events):
             self.receiveProgress(id, epoch: epoch, first: first, events: events, from: peer)
@@ -94,7 +94,7 @@ extension MeshNode {
         if !self.runner.capacity.isEmpty {
             candidates.append(.init(id: self.identity.nodeID, capabilities: self.runner.capacity, load: self.runner.load))
         }
-        for view in self.membership.view where view.status == .alive && !view.record.capabilities.isEmpty {
+        for view in self.peers.membership.view where view.status == .alive && !view.record.capabilities.isEmpty {
             candidates.append(.init(
                 id: view.record.nodeID,
                 capabilities: Dictionary(
@@ -104,13 +104,16 @@ extension MeshNode {
         return candidates
     }
 
+    /// Runs of peers' tasks in progress here.
+    var runningLoad: Int { self.runner.load }
+
     /// Load travels in the signed member record; re-signing on every task would flood gossip, so at most once a second.
     private func advertiseLoadIfChanged(now: Duration) {
         let load = self.runner.load
-        guard load != self.advertisedLoad.load, now - self.advertisedLoad.at >= .seconds(1)
+        guard load != self.peers.advertisedLoad.load, now - self.peers.advertisedLoad.at >= .seconds(1)
         else { return }
-        self.advertisedLoad = (load, now)
-        self.membership.updateLocal(load: UInt32(load))
+        self.peers.advertisedLoad = (load, now)
+        self.peers.membership.updateLocal(load: UInt32(load))
     }
 
     // MARK: - Driving the machines
@@ -167,7 +170,7 @@ extension MeshNode {
             case .send(.decline(let id, let epoch, let reason), let peer):
                 self.deliver(.decline(id, epoch: epoch, reason: reason), to: peer)
             case .send, .start, .stop: actions.append(.runner(directive))
-            case .deliverInput(let id, let reply): self.localRuns.inputs[id]?.deliver(reply)
+            case .deliverInput(let id, let reply): self.taskPlane.localRuns.inputs[id]?.deliver(reply)
             }
         }
         self.afterCommit(of: changes, perform: actions)
@@ -177,7 +180,7 @@ extension MeshNode {
         guard let store = self.taskStore else { return }
         let sequence = store.enqueue(changes)
         guard !actions.isEmpty else { return }
-        self.commitGate.submit(actions, afterStore: sequence, audit: self.auditLog?.lastQueued ?? 0)
+        self.taskPlane.commitGate.submit(actions, afterStore: sequence, audit: self.auditLog?.lastQueued ?? 0)
             .forEach(self.perform)
     }
 
@@ -199,7 +202,7 @@ extension MeshNode {
             // Counted before anyone waiting hears of the end, so a client that reads /metrics next sees it.
             self.metricsTaskFinished(task)
             self.wakeWaiters(for: task.id)
-            self.followers.progress.taskFinished(task.id)
+            self.taskPlane.followers.progress.taskFinished(task.id)
             self.traceTaskFinished(task)
             self.workflowTaskEnded(task)
             self.webhookStateChanged(.task(task.id), state: task.state.rawValue, isFinal: true) { self.taskDocumentBytes(task.id) }
@@ -208,11 +211,11 @@ extension MeshNode {
             self.deliver(message, to: peer)
         case .runner(.start(let task)):
             guard let current = self.runner.task(task.id), current.outcome == nil, !current.isHeld,
-                self.localRuns.tasks[task.id] == nil
+                self.taskPlane.localRuns.tasks[task.id] == nil
             else { return }
             self.startExecution(current)
         case .runner(.stop(let id)):
-            self.localRuns.tasks[id]?.cancel()
+            self.taskPlane.localRuns.tasks[id]?.cancel()
         case .submitter(.persist), .submitter(.forget), .submitter(.forgetFinished), .runner(.persistAccepted),
             .runner(.persistResult),
             .runner(.forget), .runner(.deliverInput):
@@ -243,7 +246,7 @@ extension MeshNode {
     private func storeProgressed(_ progress: TaskStore.Progress) {
         switch progress {
         case .committed(let through):
-            let progress = self.commitGate.storeCommitted(through: through)
+            let progress = self.taskPlane.commitGate.storeCommitted(through: through)
             if progress.availabilityChanged {
                 self.logger.notice("the task store is writable again; taking new tasks")
                 self.storageAvailabilityChanged()
@@ -251,7 +254,7 @@ extension MeshNode {
             self.releaseDeferredTaskActions()
             for waiter in progress.waiters { waiter(nil) }
         case .failed(let error):
-            let progress = self.commitGate.storeFailed()
+            let progress = self.taskPlane.commitGate.storeFailed()
             if progress.availabilityChanged {
                 self.logger.error("cannot write the task store; refusing new tasks until it can", metadata: [
                     "store": "\(self.taskStore?.path ?? "-")", "error": "\(error.description)",
@@ -265,7 +268,7 @@ extension MeshNode {
     /// Performs the deferred batches whose changes and audit records are durable, oldest first. One at a time:
     /// performing a batch can queue more (a task offered to this node itself), which must line up behind it.
     func releaseDeferredTaskActions() {
-        while let actions = self.commitGate.nextReady() {
+        while let actions = self.taskPlane.commitGate.nextReady() {
             actions.forEach(self.perform)
         }
     }
@@ -273,7 +276,7 @@ extension MeshNode {
     /// The node takes peers' tasks only while both the task store and the audit log can be written: work that
     /// could not be made durable, or would go unaudited, is declined `storage_unavailable`.
     func storageAvailabilityChanged() {
-        let available = self.commitGate.isWritable
+        let available = self.taskPlane.commitGate.isWritable
         self.runner.setStorageAvailable(available)
         if !available { self.abandonUnstartedTasks() }
     }
@@ -281,7 +284,7 @@ extension MeshNode {
     /// Offers accepted in memory whose accept is still waiting for the failing disk are given back (declined), so
     /// the submitter places them elsewhere instead of waiting for this disk.
     private func abandonUnstartedTasks() {
-        let unstarted = self.commitGate.heldActions.compactMap { action -> TaskID? in
+        let unstarted = self.taskPlane.commitGate.heldActions.compactMap { action -> TaskID? in
             if case .runner(.start(let task)) = action { return task.id }
             return nil
         }
@@ -304,8 +307,8 @@ extension MeshNode {
         self.auditLog?.requestCheckpoints()
         let deadline = ContinuousClock.now + .seconds(2)
         while ContinuousClock.now < deadline,
-            (self.commitGate.isStoreWritable && (self.taskStore?.lastQueued ?? 0) > self.commitGate.storeCommitted)
-                || (self.commitGate.isAuditWritable && (self.auditLog?.lastQueued ?? 0) > self.commitGate.auditCommitted)
+            (self.taskPlane.commitGate.isStoreWritable && (self.taskStore?.lastQueued ?? 0) > self.taskPlane.commitGate.storeCommitted)
+                || (self.taskPlane.commitGate.isAuditWritable && (self.auditLog?.lastQueued ?? 0) > self.taskPlane.commitGate.auditCommitted)
         {
             try? await Task.sleep(for: .milliseconds(5))
         }
@@ -317,7 +320,7 @@ extension MeshNode {
             self.receiveTask(message, from: peer)
             return
         }
-        let address = self.membership.member(peer)?.record.address ?? ""
+        let address = self.peers.membership.member(peer)?.record.address ?? ""
         self.send(.task(message), to: peer, address: address)
     }
 
@@ -356,9 +359,9 @@ extension MeshNode {
         _ task: TaskRunner.AcceptedTask, spec: CapabilitySpec, input: [UInt8], folders: ArtifactFolders?, timeout: Duration
     ) {
         let answers = AgentInput()
-        self.localRuns.inputs[task.id] = answers
+        self.taskPlane.localRuns.inputs[task.id] = answers
         self.metricsExecutionStarted(task.id, capability: task.capability)
-        self.localRuns.tasks[task.id] = Task {
+        self.taskPlane.localRuns.tasks[task.id] = Task {
             let context = TaskExecution.Context(
                 taskID: task.id, attempt: task.epoch, deadline: self.clock.wallClockDate(for: task.deadline),
                 contextID: task.options.context, traceparent: self.executionTrace(task)?.description, artifacts: folders)
@@ -385,9 +388,9 @@ extension MeshNode {
     }
 
     private func executionFinished(_ id: TaskID, outcome: TaskOutcome) {
-        self.localRuns.tasks[id] = nil
-        self.localRuns.inputs[id] = nil
-        if let task = self.runner.task(id), let started = self.localRuns.starts[id]?.1 {
+        self.taskPlane.localRuns.tasks[id] = nil
+        self.taskPlane.localRuns.inputs[id] = nil
+        if let task = self.runner.task(id), let started = self.taskPlane.localRuns.starts[id]?.1 {
             self.traceExecutionFinished(task, started: started, outcome: outcome)
         }
         self.metricsExecutionFinished(id, outcome: outcome)

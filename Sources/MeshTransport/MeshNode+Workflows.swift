@@ -47,7 +47,7 @@ extension MeshNode {
         case .repeated(let id):
             return self.whenWorkflowChanges(id, after: nil, within: wait ?? .zero) { respond(self.workflowResponse(id, status: 200)) }
         }
-        guard self.commitGate.isStoreWritable else {
+        guard self.taskPlane.commitGate.isStoreWritable else {
             return respond(.error(507, "this node cannot store new workflows now (\(self.taskStore?.path ?? "its task store") is not writable); try another node"))
         }
         let id = self.startWorkflow(definition, input: input, callback: callback)
@@ -283,7 +283,7 @@ extension MeshNode {
 
     private func whenWorkflowStored(_ id: TaskID, then: @escaping (String?) -> Void) {
         let sequence = self.taskStore?.lastQueued ?? 0
-        if !self.commitGate.wait(forStore: sequence, { error in then(error?.description) }) { then(nil) }
+        if !self.taskPlane.commitGate.wait(forStore: sequence, { error in then(error?.description) }) { then(nil) }
     }
 
     func workflowResponse(_ id: TaskID, status: Int = 200) -> ControlResponse {

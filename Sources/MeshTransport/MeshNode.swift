@@ -16,19 +16,48 @@ public import MeshControl
 /// addresses with back-off, and serves the control API. Call ``bind()`` first (it fails fast, for example when the
 /// port is taken), then run it as a `Service`.
 public actor MeshNode: Service {
-    public nonisolated let home: NodeHome
-    public nonisolated let identity: NodeIdentity
-    public nonisolated let settings: NodeSettings
-    private nonisolated let networkKey: NetworkKey
-    nonisolated let logger: Logger
-    /// The one event loop that runs this node: its state (the actor's executor), its peer connections and its
-    /// control API. A message in, a state-machine step and a message out happen on one thread, in one turn.
-    nonisolated let loop: any EventLoop
-    /// What decides about a connection before its peer is authenticated.
-    nonisolated let gate: HandshakeGate
-    nonisolated let clock = NodeClock()
-    /// On-demand dials to start, and `agentmesh leave`.
-    private nonisolated let signals: Signals
+    // The kernel: what the node was given, its lifecycle and timer, its peers and its task plane.
+    nonisolated let context: NodeContext
+    private var state: State = .created
+    private var timer = NodeTimer()
+    var peers: PeerPlane
+    /// The two ends of the task protocol, apart from the rest of the task plane: a step of one reads the other and
+    /// the plane (a closure that reads a value while a mutating call on it runs is an exclusivity violation).
+    var submitter: TaskSubmitter
+    var runner: TaskRunner
+    var taskPlane: TaskPlane
+
+    // The features, each owning its state (FeatureState.swift and the types named there).
+    var workflowRuns = WorkflowRuns()
+    var meshEvents: MeshEvents
+    /// Webhook targets and deliveries, and the key that signs them (`DIR/webhook.secret`).
+    var webhooks = WebhookBook()
+    var transfers = ArtifactTransfers()
+    nonisolated let artifactFiles = ArtifactFiles()
+    var observed = Observations()
+    /// Open browser views' live streams, each with the snapshot it was sent last; one snapshot is built per tick for
+    /// all of them.
+    var browserStreams: [(sink: ControlStreamSink, sent: [UInt8])] = []
+    /// Sign-in codes and sessions of the browser view (`GET /ui` on the `--http` listener).
+    nonisolated let browserSessions: BrowserSessions = {
+        let origin = ContinuousClock.now
+        return BrowserSessions(now: { ContinuousClock.now - origin })
+    }()
+    nonisolated let telemetry: Telemetry
+
+    public nonisolated var home: NodeHome { self.context.home }
+    public nonisolated var identity: NodeIdentity { self.context.identity }
+    public nonisolated var settings: NodeSettings { self.context.settings }
+    nonisolated var logger: Logger { self.context.logger }
+    nonisolated var loop: any EventLoop { self.context.loop }
+    nonisolated var clock: NodeClock { self.context.clock }
+    nonisolated var gate: HandshakeGate { self.context.gate }
+    private nonisolated var signals: NodeContext.Signals { self.context.signals }
+    private nonisolated var networkKey: NetworkKey { self.context.networkKey }
+    nonisolated var metrics: NodeMetrics { self.telemetry.metrics }
+    nonisolated var tracer: SpanExporter? { self.telemetry.tracer }
+    nonisolated var artifactStore: ArtifactStore? { self.artifactFiles.store }
+    nonisolated var artifactQueue: DispatchQueue { self.artifactFiles.queue }
 
     private enum State {
         case created
@@ -54,17 +83,17 @@ public actor MeshNode: Service {
         let auditLog: AuditLog
     }
 
-    private struct Signals: Sendable {
-        let dials = AsyncStream<(NodeID, HostAndPort)>.makeStream(bufferingPolicy: .bufferingNewest(1024))
-        /// A leave, with how long to drain first (nil: leave now).
-        let leave = AsyncStream<Duration?>.makeStream()
+    /// The node's one timer, due at the earliest deadline of all its machines.
+    private struct NodeTimer {
+        var scheduled: Scheduled<Void>?
+        /// When the task machines' and accountability's timers are next due (see `timerFired`).
+        var taskTimersDue: Duration = .zero
     }
 
     typealias Connections = ConnectionTable<PeerSession, WireMessage>
     typealias Origin = Connections.Origin
     typealias PeerConnection = Connections.Connection
 
-    private var state: State = .created
     var isRunning: Bool {
         if case .running = self.state { return true }
         return false
@@ -84,89 +113,35 @@ public actor MeshNode: Service {
     }
     var taskStore: TaskStore? { self.bound?.taskStore }
     var auditLog: AuditLog? { self.bound?.auditLog }
-    /// One session per peer, bounded, with the messages waiting for on-demand dials.
-    var connections: Connections
-
-    /// The SWIM state machine (its record gets the advertised address at bind, before any traffic).
-    var membership: Membership
-    /// The two ends of the task protocol.
-    var submitter: TaskSubmitter
-    var runner: TaskRunner
-    /// Everyone long-polling: for a task to end, its log or progress, a workflow's change, events.
-    var waiters = Waiters()
-    /// Task actions and client answers held until the store and the audit log have committed what they need.
-    var commitGate = CommitGate<DeferredTaskAction, (TaskStore.StoreError?) -> Void>(
-        storeCommitted: 0, auditCommitted: 0)
-    /// The load in this node's member record, and when it was put there.
-    var advertisedLoad: (load: Int, at: Duration) = (0, .zero)
-    /// Per-peer limits, bans, audit entries and transcripts.
-    var accountability: PeerAccountability
-    var peerNotes = PeerNotes()
-    /// What the last start-up could not read back from the store (``restoredDocuments(_:as:what:)``).
-    var restoreProblems: [String] = []
-
-    // The features, each its own state (FeatureState.swift and the types named there).
-    var localRuns = LocalRuns()
-    var followers: TaskFollowers
-    var workflowRuns = WorkflowRuns()
-    var meshEvents: MeshEvents
-    /// Webhook targets and deliveries, and the key that signs them (`DIR/webhook.secret`).
-    var webhooks = WebhookBook()
-    var transfers = ArtifactTransfers()
-    /// Idempotency keys of recent submissions (`Idempotency-Key`), kept in the store too.
-    var idempotency = IdempotencyBook()
-    var observed = Observations()
-    /// Open browser views' live streams, each with the snapshot it was sent last; one snapshot is built per tick for
-    /// all of them.
-    var browserStreams: [(sink: ControlStreamSink, sent: [UInt8])] = []
-    /// Sign-in codes and sessions of the browser view (`GET /ui` on the `--http` listener).
-    nonisolated let browserSessions: BrowserSessions = {
-        let origin = ContinuousClock.now
-        return BrowserSessions(now: { ContinuousClock.now - origin })
-    }()
-    /// Artifacts by SHA-256 (`DIR/artifacts/`), opened at bind, and the queue all their file work runs on.
-    nonisolated let artifactHolder = Mutex<ArtifactStore?>(nil)
-    nonisolated let artifactQueue = DispatchQueue(label: "agentmesh.artifacts")
-    nonisolated var artifactStore: ArtifactStore? { self.artifactHolder.withLock { $0 } }
-    /// Prometheus metrics (`GET /metrics`), and spans of tasks and runs when `--otlp-endpoint` is set.
-    nonisolated let metrics: NodeMetrics
-    nonisolated let tracer: SpanExporter?
-    /// The node's one timer, due at the earliest deadline of all its machines.
-    private var timer: Scheduled<Void>?
-    /// When the task machines' and accountability's timers are next due (see `timerFired`).
-    private var taskTimersDue: Duration = .zero
 
     public init(
         home: NodeHome, identity: NodeIdentity, networkKey: NetworkKey, settings: NodeSettings, logger: Logger
     ) {
-        self.home = home
-        self.identity = identity
-        self.networkKey = networkKey
-        self.settings = settings
-        self.logger = logger
-        self.loop = MultiThreadedEventLoopGroup.singleton.next()
         let trustStore = TrustStore(home: home, isOpen: settings.isOpen, logger: logger)
-        self.gate = HandshakeGate(trustStore: trustStore, settings: settings)
-        self.signals = Signals()
+        self.context = NodeContext(
+            home: home, identity: identity, settings: settings, networkKey: networkKey, logger: logger,
+            loop: MultiThreadedEventLoopGroup.singleton.next(), gate: HandshakeGate(trustStore: trustStore, settings: settings))
         var seed = SystemRandomNumberGenerator()
-        self.membership = Membership(
-            identity: identity.publicIdentity, address: settings.listen.description,
-            capabilities: settings.capabilities.map(\.capability), trust: trustStore.current(),
-            signer: .ed25519(identity), settings: settings.membership, seed: seed.next(), now: .zero)
         var submitterSettings = TaskSubmitter.Settings()
         submitterSettings.finishedInMemory = settings.finishedTasksInMemory
+        self.peers = PeerPlane(
+            connections: Connections(maximumConnections: settings.maximumConnections),
+            membership: Membership(
+                identity: identity.publicIdentity, address: settings.listen.description,
+                capabilities: settings.capabilities.map(\.capability), trust: trustStore.current(),
+                signer: .ed25519(identity), settings: settings.membership, seed: seed.next(), now: .zero),
+            accountability: PeerAccountability(
+                limits: settings.limits, signingKey: identity.signingKey, checkpointInterval: settings.auditCheckpointInterval))
         self.submitter = TaskSubmitter(local: identity.nodeID, settings: submitterSettings, seed: seed.next())
-        self.meshEvents = MeshEvents(bus: EventBus(local: identity.nodeID, settings: settings.events))
-        self.followers = TaskFollowers(progress: TaskEventBook(budget: settings.progressBudget))
-        self.metrics = NodeMetrics(enabled: settings.metricsEnabled)
-        self.tracer = settings.otlpEndpoint.flatMap {
-            SpanExporter(endpoint: $0, serviceName: "agentmesh", instance: "\(identity.name) \(identity.nodeID.short)", logger: logger)
-        }
         self.runner = TaskRunner(capacity: Dictionary(
             settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
-        self.accountability = PeerAccountability(
-            limits: settings.limits, signingKey: identity.signingKey, checkpointInterval: settings.auditCheckpointInterval)
-        self.connections = Connections(maximumConnections: settings.maximumConnections)
+        self.taskPlane = TaskPlane(followers: TaskFollowers(progress: TaskEventBook(budget: settings.progressBudget)))
+        self.meshEvents = MeshEvents(bus: EventBus(local: identity.nodeID, settings: settings.events))
+        self.telemetry = Telemetry(
+            metrics: NodeMetrics(enabled: settings.metricsEnabled),
+            tracer: settings.otlpEndpoint.flatMap {
+                SpanExporter(endpoint: $0, serviceName: "agentmesh", instance: "\(identity.name) \(identity.nodeID.short)", logger: logger)
+            })
     }
 
     /// `.process` durability: the task store commits and the audit log appends on this node's loop, between
@@ -255,7 +230,7 @@ public actor MeshNode: Service {
             let artifacts = try ArtifactStore(
                 directory: self.home.artifactsDirectory, maximumArtifact: self.settings.maximumArtifact,
                 capacity: self.settings.artifactCapacity, durable: self.settings.durability == .fsync)
-            self.artifactHolder.withLock { $0 = artifacts }
+            self.artifactFiles.holder.withLock { $0 = artifacts }
         } catch {
             throw StartError.artifactStore(error.description)
         }
@@ -300,9 +275,9 @@ public actor MeshNode: Service {
             listener: listener, control: control, httpControl: httpControl, listening: listening, address: address,
             startedAt: Date(),
             taskStore: store, auditLog: audit))
-        self.membership.advertise(address.description)
+        self.peers.membership.advertise(address.description)
         // Records the writers queued while opening (a recovered log's note) gate nothing.
-        self.commitGate = CommitGate(storeCommitted: store.lastQueued, auditCommitted: audit.lastQueued)
+        self.taskPlane.commitGate = CommitGate(storeCommitted: store.lastQueued, auditCommitted: audit.lastQueued)
         self.openTaskStore(store, restoring: stored)
         self.openAuditLog(audit)
         do {
@@ -377,7 +352,7 @@ public actor MeshNode: Service {
         guard case .running = self.state else { return }
         self.runner.setDraining()
         // Members stop choosing this node once its record offers nothing; a late offer is declined `draining`.
-        self.membership.updateLocal(capabilities: [])
+        self.peers.membership.updateLocal(capabilities: [])
         self.logger.info("draining before leaving", metadata: [
             "tasks": "\(self.runner.allTasks.count)", "within": "\(TaskSubmitter.seconds(limit))",
         ])
@@ -396,9 +371,9 @@ public actor MeshNode: Service {
     /// it "left" at once instead of suspecting it for seconds.
     private func announceLeave() async {
         guard case .running = self.state else { return }
-        self.handle(self.membership.leave(now: self.now))
+        self.handle(self.peers.membership.leave(now: self.now))
         let deadline = ContinuousClock.now + .seconds(1)
-        while self.connections.hasPendingSends, ContinuousClock.now < deadline {
+        while self.peers.connections.hasPendingSends, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
         try? await Task.sleep(for: .milliseconds(50))
@@ -408,17 +383,17 @@ public actor MeshNode: Service {
     private func stop() async {
         guard case .running(let bound) = self.state else { return }
         self.state = .stopped(bound)
-        self.timer?.cancel()
-        self.logger.info("shutting down", metadata: ["peers": "\(self.connections.count)"])
-        for execution in self.localRuns.tasks.values { execution.cancel() }
+        self.timer.scheduled?.cancel()
+        self.logger.info("shutting down", metadata: ["peers": "\(self.peers.connections.count)"])
+        for execution in self.taskPlane.localRuns.tasks.values { execution.cancel() }
         for execution in self.meshEvents.subscribers.executorRuns.values { execution.cancel() }
         self.wakeAllWaiters()
         // Each peer gets this node's signature over what it sent, then the close; both are in the audit log.
-        for connection in self.connections.all.values.sorted(by: { $0.number < $1.number }) {
-            self.perform(self.accountability.signTranscript(connection.number))
+        for connection in self.peers.connections.all.values.sorted(by: { $0.number < $1.number }) {
+            self.perform(self.peers.accountability.signTranscript(connection.number))
             self.sessionEnded(connection.number, reason: "closed here: node is shutting down")
         }
-        let closing = self.connections.removeAll()
+        let closing = self.peers.connections.removeAll()
         for connection in closing {
             try? await connection.channel.triggerUserOutboundEvent(CloseRequest(.shuttingDown)).get()
             try? await connection.channel.close()
@@ -475,7 +450,7 @@ public actor MeshNode: Service {
         ended.assumeIsolated().whenFailure { error in
             self.assumeIsolated { node in
                 node.metricsHandshakeRefused(error)
-                if let left = node.peerNotes.refusedConnectionLog.admit(now: node.now) {
+                if let left = node.peers.notes.refusedConnectionLog.admit(now: node.now) {
                     var metadata: Logger.Metadata = ["remote": "\(remote.display)", "reason": "\(error)"]
                     if left > 0 { metadata["not-logged"] = "\(left)" }
                     node.logger.info("refused connection", metadata: metadata)
@@ -552,8 +527,8 @@ public actor MeshNode: Service {
     }
 
     private func noteJoin(_ address: HostAndPort, connected: Bool, error: String?) {
-        let previous = self.peerNotes.joins[address]
-        self.peerNotes.joins[address] = (connected, error ?? previous?.error, error != nil ? Date() : previous?.at)
+        let previous = self.peers.notes.joins[address]
+        self.peers.notes.joins[address] = (connected, error ?? previous?.error, error != nil ? Date() : previous?.at)
     }
 
     /// Dials `address` and runs the connection from handshake to close. Throws the error that ended it before a
@@ -588,7 +563,7 @@ public actor MeshNode: Service {
         let initiator = peer.role == .initiator ? self.identity.nodeID : peerID
         let number: UInt64
         let pending: [WireMessage]
-        switch self.connections.register(peer: peerID, handle: session, origin: origin, initiator: initiator, now: self.now) {
+        switch self.peers.connections.register(peer: peerID, handle: session, origin: origin, initiator: initiator, now: self.now) {
         case .wrongPeer(let expected):
             self.logger.warning("dialled member answered with another identity", metadata: [
                 "expected": "\(expected.short)", "answered": "\(peer.identity.name) \(peerID.short)",
@@ -611,7 +586,7 @@ public actor MeshNode: Service {
             }
             (number, pending) = (registered, queued)
         }
-        guard let connection = self.connections[peerID] else { return nil }
+        guard let connection = self.peers.connections[peerID] else { return nil }
         self.sessionStarted(connection)
         self.logger.info("peer authenticated", metadata: [
             "peer": "\(peer.identity.name) \(peerID.short)", "address": "\(peer.listenAddress)",
@@ -619,8 +594,8 @@ public actor MeshNode: Service {
             "trust": "\(peer.decision.label)",
         ])
         // The peer may be trusted only since a moment ago (its handshake read the new trust list).
-        self.membership.updateTrust(self.gate.trustStore.current())
-        self.handle(self.membership.connected(to: peerID, address: peer.listenAddress, now: self.now))
+        self.peers.membership.updateTrust(self.gate.trustStore.current())
+        self.handle(self.peers.membership.connected(to: peerID, address: peer.listenAddress, now: self.now))
         for message in pending { self.write(message, to: connection) }
         self.taskSessionStarted(with: peerID)
         return number
@@ -628,12 +603,12 @@ public actor MeshNode: Service {
 
     /// `agentmesh untrust` on a running node: sessions with peers the trust list no longer admits end now.
     private func closeSessions(refusedBy trust: TrustPolicy) {
-        for connection in self.connections.all.values {
+        for connection in self.peers.connections.all.values {
             guard case .refused(let why) = trust.decision(for: connection.handle.peer.identity) else { continue }
             self.logger.info("closing the session of a peer no longer trusted", metadata: [
                 "peer": "\(self.memberName(connection.peer))", "why": "\(why)",
             ])
-            self.connections.closing(connection.number, because: "no longer trusted")
+            self.peers.connections.closing(connection.number, because: "no longer trusted")
             Self.close(connection.channel, .refused("this node no longer trusts you"))
         }
     }
@@ -646,24 +621,24 @@ public actor MeshNode: Service {
 
     /// A session ended. `cut`: it ended without the peer's close frame (a reset, an end of file, an error).
     func unregister(_ number: UInt64, peer: NodeID, reason: String, cut: Bool = false) {
-        let (closedHere, wasCurrent) = self.connections.ended(number, peer: peer)
+        let (closedHere, wasCurrent) = self.peers.connections.ended(number, peer: peer)
         let reason = closedHere ?? reason
         self.sessionEnded(number, reason: reason)
         guard wasCurrent else { return }
-        self.membership.disconnected(from: peer)
+        self.peers.membership.disconnected(from: peer)
         self.logger.info("peer disconnected", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
         // A cut session is a hint; a refused dial to the member's listen address is evidence (see dialOnDemand).
-        if cut, closedHere == nil, case .running = self.state, let member = self.membership.member(peer),
+        if cut, closedHere == nil, case .running = self.state, let member = self.peers.membership.member(peer),
             member.status == .alive || member.status == .suspect,
-            let address = try? HostAndPort(parsing: member.record.address), self.connections.startDial(peer)
+            let address = try? HostAndPort(parsing: member.record.address), self.peers.connections.startDial(peer)
         {
             self.signals.dials.continuation.yield((peer, address))
         }
     }
 
-    private func liveMemberCount() -> Int { self.membership.liveCount - 1 }
+    private func liveMemberCount() -> Int { self.peers.membership.liveCount - 1 }
 
-    private func isConnected(to peer: NodeID) -> Bool { self.connections[peer] != nil }
+    private func isConnected(to peer: NodeID) -> Bool { self.peers.connections[peer] != nil }
 
     // MARK: - Membership
 
@@ -671,7 +646,7 @@ public actor MeshNode: Service {
     /// (so a deadline in the past does not spin), at most one gossip interval (news queued meanwhile waits no longer).
     /// An idle node wakes a few times a second.
     private func scheduleTimer(after delay: Duration) {
-        self.timer = self.loop.scheduleTask(in: TimeAmount(delay)) {
+        self.timer.scheduled = self.loop.scheduleTask(in: TimeAmount(delay)) {
             self.assumeIsolated { $0.timerFired() }
         }
     }
@@ -680,33 +655,33 @@ public actor MeshNode: Service {
         guard case .running = self.state else { return }
         let now = self.now
         let trust = self.gate.trustStore.current()
-        self.membership.updateTrust(trust)
-        if self.gate.trustStore.generation != self.peerNotes.trustGeneration {
-            self.peerNotes.trustGeneration = self.gate.trustStore.generation
+        self.peers.membership.updateTrust(trust)
+        if self.gate.trustStore.generation != self.peers.notes.trustGeneration {
+            self.peers.notes.trustGeneration = self.gate.trustStore.generation
             self.closeSessions(refusedBy: trust)
-            self.handle(self.membership.leaveOutRefusedMembers())
+            self.handle(self.peers.membership.leaveOutRefusedMembers())
         }
-        self.handle(self.membership.tick(now: now))
+        self.handle(self.peers.membership.tick(now: now))
         let cap = self.settings.membership.gossipInterval
-        if now >= self.taskTimersDue {
+        if now >= self.timer.taskTimersDue {
             self.taskTick(now: now)
             self.accountabilityTick(now: now)
             // Finding the task side's next deadline scans every open task: at most every 50 ms (they need no finer
             // grain), and at least every gossip interval (a deadline an event added meanwhile is not missed).
             let next = min(
-                self.submitter.nextDeadline, self.accountability.nextDeadline,
+                self.submitter.nextDeadline, self.peers.accountability.nextDeadline,
                 self.runner.nextDeadline(now: now) ?? now + cap)
-            self.taskTimersDue = min(max(next, now + .milliseconds(50)), now + cap)
+            self.timer.taskTimersDue = min(max(next, now + .milliseconds(50)), now + cap)
         }
-        let earliest = min(self.membership.nextDeadline, self.taskTimersDue)
+        let earliest = min(self.peers.membership.nextDeadline, self.timer.taskTimersDue)
         self.scheduleTimer(after: min(max(earliest - now, self.settings.membershipTick), cap))
     }
 
     func receiveMembership(_ message: MembershipMessage, from peer: NodeID) {
         guard self.isServing else { return }
-        self.connections.heard(from: peer, now: self.now)
-        self.peerNotes.lastHeardFrom[peer] = Date()
-        self.handle(self.membership.receive(message, from: peer, now: self.now))
+        self.peers.connections.heard(from: peer, now: self.now)
+        self.peers.notes.lastHeardFrom[peer] = Date()
+        self.handle(self.peers.membership.receive(message, from: peer, now: self.now))
     }
 
     /// Carries out the membership machine's directives: sends (dialling on demand), logs, misbehaviour reports.
@@ -725,11 +700,11 @@ public actor MeshNode: Service {
 
     func send(_ message: WireMessage, to peer: NodeID, address: String) {
         // A banned peer is cut off both ways until its ban ends.
-        guard !self.accountability.isBanned(peer, now: self.now) else { return }
-        guard self.connections[peer] != nil || (try? HostAndPort(parsing: address)) != nil else { return }
-        switch self.connections.route(message, to: peer, now: self.now) {
+        guard !self.peers.accountability.isBanned(peer, now: self.now) else { return }
+        guard self.peers.connections[peer] != nil || (try? HostAndPort(parsing: address)) != nil else { return }
+        switch self.peers.connections.route(message, to: peer, now: self.now) {
         case .write:
-            self.write(message, to: self.connections[peer]!)
+            self.write(message, to: self.peers.connections[peer]!)
         case .dial:
             if let target = try? HostAndPort(parsing: address) { self.signals.dials.continuation.yield((peer, target)) }
         case .queued, .dropped:
@@ -780,7 +755,7 @@ public actor MeshNode: Service {
     /// Nothing listens at the member's address: it is gone (a process that stalls still accepts connections).
     private func memberRefusedConnection(_ peer: NodeID) {
         guard case .running = self.state else { return }
-        self.handle(self.membership.refused(peer, now: self.now))
+        self.handle(self.peers.membership.refused(peer, now: self.now))
     }
 
     private static func isRefused(_ error: any Error) -> Bool {
@@ -793,13 +768,13 @@ public actor MeshNode: Service {
     }
 
     private func dialEnded(_ peer: NodeID) {
-        self.connections.dialEnded(peer)
+        self.peers.connections.dialEnded(peer)
     }
 
     private func log(_ event: MembershipEvent) {
         switch event {
         case .joined(let record):
-            self.peerNotes.distrusted[record.nodeID] = nil
+            self.peers.notes.distrusted[record.nodeID] = nil
             self.logger.info("member joined", metadata: [
                 "member": "\(record.name) \(record.nodeID.short)", "address": "\(record.address)",
                 "capabilities": "\(record.capabilities.map(\.description).joined(separator: ","))",
@@ -832,12 +807,12 @@ public actor MeshNode: Service {
         case .distrusted(let record):
             // What it was running here is offered elsewhere at once, as when a member leaves.
             self.executorDied(record.nodeID)
-            self.peerNotes.distrusted[record.nodeID] = (record, Date())
+            self.peers.notes.distrusted[record.nodeID] = (record, Date())
             self.logger.notice("member no longer trusted: left this node's view", metadata: [
                 "member": "\(record.name) \(record.nodeID.short)",
             ])
         case .reaped(let id):
-            self.peerNotes.lastHeardFrom[id] = nil
+            self.peers.notes.lastHeardFrom[id] = nil
             self.logger.debug("member forgotten", metadata: ["member": "\(id.short)"])
         case .refuted(let claim, let by, let incarnation):
             self.logger.notice("refuted a claim against this node", metadata: [
@@ -848,7 +823,7 @@ public actor MeshNode: Service {
 
     func memberName(_ id: NodeID) -> String {
         if id == self.identity.nodeID { return "\(self.identity.name) \(id.short)" }
-        guard let name = self.membership.member(id)?.record.name ?? self.accountability.peers[id]?.name else {
+        guard let name = self.peers.membership.member(id)?.record.name ?? self.peers.accountability.peers[id]?.name else {
             return id.short
         }
         return "\(name) \(id.short)"
@@ -864,15 +839,15 @@ public actor MeshNode: Service {
         case .bound(let bound), .running(let bound): startedAt = bound.startedAt
         case .created, .stopped: startedAt = Date()
         }
-        let local = self.membership.local
+        let local = self.peers.membership.local
         members.append(ControlAPI.Member(
             id: self.identity.nodeID.description, name: self.identity.name,
             address: local.address, status: "alive",
             incarnation: local.incarnation, capabilities: local.capabilities.map(ControlAPI.CapabilityInfo.init),
             load: local.load, lastHeard: Date(), accuser: nil, remoteAddress: nil, connection: "self", trust: "self",
             since: startedAt))
-        for view in self.membership.view.sorted(by: { $0.record.name < $1.record.name }) {
-            let connection = self.connections[view.record.nodeID]
+        for view in self.peers.membership.view.sorted(by: { $0.record.name < $1.record.name }) {
+            let connection = self.peers.connections[view.record.nodeID]
             let trust: String
             switch self.gate.trustStore.current().decision(for: view.record.identity) {
             case .trusted: trust = "trusted"
@@ -883,20 +858,20 @@ public actor MeshNode: Service {
                 id: view.record.nodeID.description, name: view.record.name, address: view.record.address,
                 status: view.status.rawValue, incarnation: view.incarnation,
                 capabilities: view.record.capabilities.map(ControlAPI.CapabilityInfo.init), load: view.record.load,
-                lastHeard: max(self.peerNotes.lastHeardFrom[view.record.nodeID] ?? .distantPast, self.clock.wallClockOrigin + view.lastChange.seconds),
+                lastHeard: max(self.peers.notes.lastHeardFrom[view.record.nodeID] ?? .distantPast, self.clock.wallClockOrigin + view.lastChange.seconds),
                 accuser: view.accuser?.description,
                 remoteAddress: connection.map { $0.channel.remoteAddress.display },
                 connection: connection.map { $0.origin.isAccepted ? "inbound" : "outbound" } ?? "none", trust: trust,
                 since: connection?.since))
         }
         let trustList = self.gate.trustStore.current()
-        for (record, at) in self.peerNotes.distrusted.values.sorted(by: { $0.record.name < $1.record.name })
-        where self.membership.member(record.nodeID) == nil {
+        for (record, at) in self.peers.notes.distrusted.values.sorted(by: { $0.record.name < $1.record.name })
+        where self.peers.membership.member(record.nodeID) == nil {
             guard case .refused = trustList.decision(for: record.identity) else { continue }
             members.append(ControlAPI.Member(
                 id: record.nodeID.description, name: record.name, address: record.address, status: "untrusted",
                 incarnation: record.incarnation, capabilities: [], load: 0,
-                lastHeard: self.peerNotes.lastHeardFrom[record.nodeID] ?? at, accuser: nil, remoteAddress: nil,
+                lastHeard: self.peers.notes.lastHeardFrom[record.nodeID] ?? at, accuser: nil, remoteAddress: nil,
                 connection: "none", trust: "refused", since: nil))
         }
         return ControlAPI.Members(members: members)
@@ -921,18 +896,18 @@ public actor MeshNode: Service {
                     writerBusySeconds: statistics.busy.seconds)
             },
             joins: self.settings.joins.map { address in
-                let status = self.peerNotes.joins[address]
-                let connected = self.connections.all.values.contains { connection in
+                let status = self.peers.notes.joins[address]
+                let connected = self.peers.connections.all.values.contains { connection in
                     connection.origin == .dialled(address)
-                        || self.membership.member(connection.peer)?.record.address == address.description
+                        || self.peers.membership.member(connection.peer)?.record.address == address.description
                 }
                 return ControlAPI.JoinStatus(
                     address: address.description, connected: connected, lastError: status?.error, lastErrorAt: status?.at)
             },
-            store: self.commitGate.isStoreWritable ? "ok" : "cannot write \(self.taskStore?.path ?? "the task store")",
-            auditLog: self.commitGate.isAuditWritable ? "ok" : "cannot write \(self.auditLog?.directory ?? "the audit log")",
-            messagesReceived: self.accountability.received.messages, bytesReceived: self.accountability.received.bytes,
-            restoreProblems: self.restoreProblems)
+            store: self.taskPlane.commitGate.isStoreWritable ? "ok" : "cannot write \(self.taskStore?.path ?? "the task store")",
+            auditLog: self.taskPlane.commitGate.isAuditWritable ? "ok" : "cannot write \(self.auditLog?.directory ?? "the audit log")",
+            messagesReceived: self.peers.accountability.received.messages, bytesReceived: self.peers.accountability.received.bytes,
+            restoreProblems: self.taskPlane.restoreProblems)
     }
 }
 

@@ -29,6 +29,6 @@ extension MeshNode {
 
     func restoreProblem(_ problem: String) {
         self.logger.error("\(problem)")
-        self.restoreProblems.append(problem)
+        self.taskPlane.restoreProblems.append(problem)
     }
 }

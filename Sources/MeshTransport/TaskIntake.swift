@@ -47,11 +47,11 @@ extension MeshNode {
     /// durable under the node's durability mode, so a `kill -9` right after the answer loses nothing. A task the
     /// store failed to commit is abandoned, and `then` gets why.
     func admit(_ admission: TaskAdmission, then: @escaping (Result<Void, AdmissionRefusal>) -> Void) {
-        guard self.commitGate.isStoreWritable else {
+        guard self.taskPlane.commitGate.isStoreWritable else {
             return then(.failure(.cannotStore(
                 "this node cannot store new tasks now (\(self.taskStore?.path ?? "its task store") is not writable); try another node")))
         }
-        guard self.commitGate.isAuditWritable else {
+        guard self.taskPlane.commitGate.isAuditWritable else {
             return then(.failure(.cannotStore(
                 "this node cannot audit new work now (\(self.auditLog?.directory ?? "its audit log") is not writable); try another node")))
         }

@@ -57,16 +57,16 @@ extension MeshNode {
     /// is stopping (a request that came in after shutdown woke everyone must not wait out its time).
     func wait(_ kind: Waiters.Kind, for id: TaskID, timeout: Duration, wake: @escaping () -> Void) {
         guard self.isServing else { return wake() }
-        self.waiters.add(kind, id, wake: wake) { token in
+        self.taskPlane.waiters.add(kind, id, wake: wake) { token in
             self.loop.scheduleTask(in: TimeAmount(timeout)) {
-                self.assumeIsolated { node in node.waiters.remove(kind, id, token: token)?.wake() } as Void
+                self.assumeIsolated { node in node.taskPlane.waiters.remove(kind, id, token: token)?.wake() } as Void
             }
         }
     }
 
     /// Wakes everyone waiting on `id` for `kind`.
     func wake(_ kind: Waiters.Kind, _ id: TaskID) {
-        for waiter in self.waiters.removeAll(kind, id) {
+        for waiter in self.taskPlane.waiters.removeAll(kind, id) {
             waiter.expiry.cancel()
             waiter.wake()
         }
@@ -74,7 +74,7 @@ extension MeshNode {
 
     /// Wakes every waiter of every kind (the node is stopping): each answers with what it has now.
     func wakeEveryone() {
-        for waiter in self.waiters.removeEveryone() {
+        for waiter in self.taskPlane.waiters.removeEveryone() {
             waiter.expiry.cancel()
             waiter.wake()
         }

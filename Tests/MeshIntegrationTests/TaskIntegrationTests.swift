@@ -194,7 +194,7 @@ import Glibc
         #expect(running, "slow task: \(seen.state) \(seen.error ?? "") \(seen.attempts.map { $0.outcome ?? "-" })")
         _ = await runningA.node.handleControl(ControlRequest(method: "POST", path: "/v1/tasks/\(slowID)/cancel", query: [:], body: []))
         #expect(try await Self.wait(runningA, slowID).state == "canceled")
-        #expect(await eventually { (await runningC.node.runner.load) == 0 }, "the executor stopped the run")
+        #expect(await eventually { (await runningC.node.runningLoad) == 0 }, "the executor stopped the run")
 
         let nobody = try await Self.wait(runningA, try await Self.submit(runningA, "translate", [:], timeout: 1))
         #expect(nobody.state == "expired")
