@@ -6,9 +6,10 @@ import NIOCore
 
 /// An A2A server facade on the control listener (A2A 1.0, JSON-RPC binding): the agent card at
 /// `/.well-known/agent-card.json` lists this mesh's capabilities as skills, and `POST /a2a` takes `SendMessage`,
-/// `SendStreamingMessage` (server-sent events), `SubscribeToTask`, `GetTask`, `ListTasks` and `CancelTask`. A message becomes a task of the skill it
-/// names (`metadata.skill`; the only one if the mesh offers one), its data part (or its text) the input, its
-/// `contextId` the conversation; a message with the `taskId` of a task in `input-required` answers its question.
+/// `SendStreamingMessage` (server-sent events), `SubscribeToTask`, `GetTask`, `ListTasks` and `CancelTask`, decoded
+/// into the typed requests of ``A2A``. A message becomes a task of the skill it names (`metadata.skill`; the only
+/// one if the mesh offers one), its data part (or its text) the input, its `contextId` the conversation; a message
+/// with the `taskId` of a task in `input-required` answers its question. Every task enters through ``admit(_:then:)``.
 extension MeshNode {
     static let a2aVersion = "1.0"
 
@@ -16,25 +17,17 @@ extension MeshNode {
     func agentCard(host: String?) -> ControlResponse {
         var offered: [String: Int] = [:]
         for capability in self.taskCandidates().flatMap(\.capabilities) { offered[capability.key, default: 0] += capability.value }
-        let skills: [[String: Any]] = offered.keys.sorted().map { name in
-            ["id": name, "name": name, "tags": ["agentmesh"],
-             "description": "The '\(name)' agents of this AgentMesh mesh (\(offered[name]!) at once); a data part is the task's input, text becomes {\"text\": …}.",
-             "inputModes": ["application/json", "text/plain"], "outputModes": ["application/json"]]
-        }
-        let card: [String: Any] = [
-            "name": "AgentMesh node \(self.identity.name)",
-            "description": "Every agent on this brokerless AgentMesh mesh, reached through one node; tasks run on any capable member.",
-            "version": AgentMeshVersion.current,
-            "supportedInterfaces": [["url": "http://\(host ?? "127.0.0.1")/a2a", "protocolBinding": "JSONRPC", "protocolVersion": Self.a2aVersion]],
-            "capabilities": ["streaming": true, "pushNotifications": false],
-            "securitySchemes": ["controlToken": ["httpAuthSecurityScheme": [
-                "scheme": "bearer", "description": "The token in the node's DIR/control.token."]]],
-            "securityRequirements": [["schemes": ["controlToken": ["list": [String]()]]]],
-            "defaultInputModes": ["application/json", "text/plain"],
-            "defaultOutputModes": ["application/json"],
-            "skills": skills,
-        ]
-        return Self.jsonObject(card)
+        let card = A2A.AgentCard(
+            name: "AgentMesh node \(self.identity.name)",
+            description: "Every agent on this brokerless AgentMesh mesh, reached through one node; tasks run on any capable member.",
+            version: AgentMeshVersion.current,
+            supportedInterfaces: [.init(url: "http://\(host ?? "127.0.0.1")/a2a", protocolBinding: "JSONRPC", protocolVersion: Self.a2aVersion)],
+            skills: offered.keys.sorted().map { name in
+                A2A.AgentSkill(
+                    id: name, name: name,
+                    description: "The '\(name)' agents of this AgentMesh mesh (\(offered[name]!) at once); a data part is the task's input, text becomes {\"text\": …}.")
+            })
+        return ControlResponse(status: 200, body: A2A.encoded(card) + [0x0A])
     }
 
     /// `POST /a2a`: one JSON-RPC 2.0 request. The envelope is checked as JSON-RPC 2.0 says (a request object with
@@ -42,88 +35,81 @@ extension MeshNode {
     /// with a null id, JSON that does not parse -32700), a notification (no id) gets no answer, and an
     /// `A2A-Version` other than 1.x is refused with VersionNotSupportedError (-32009).
     func answerA2A(_ body: [UInt8], version: String?, respond: @escaping Respond) {
-        guard let parsed = try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed]) else {
-            return respond(Self.rpcError(nil, -32700, "parse error: the body is not JSON"))
+        let request: A2A.Request
+        do {
+            request = try JSONDecoder().decode(A2A.Request.self, from: Data(body))
+        } catch DecodingError.dataCorrupted(let context) where context.codingPath.isEmpty {
+            return respond(Self.rpcError(.null, -32700, "parse error: the body is not JSON"))
+        } catch {
+            return respond(Self.rpcError(.null, -32600, "invalid request: send one JSON-RPC 2.0 request object (batches are not served)"))
         }
-        guard let request = parsed as? [String: Any] else {
-            return respond(Self.rpcError(nil, -32600, "invalid request: send one JSON-RPC 2.0 request object (batches are not served)"))
-        }
-        let rawID = request["id"]
-        let idIsValid = rawID == nil || rawID is NSNull || rawID is String
-            || (rawID as? NSNumber).map { type(of: $0) != Bool.self && !["c", "B"].contains(String(cString: $0.objCType)) } == true
-        guard request["jsonrpc"] as? String == "2.0", let method = request["method"] as? String, idIsValid else {
-            let why = request["jsonrpc"] as? String != "2.0" ? "jsonrpc must be \"2.0\""
-                : request["method"] is String ? "id must be a string, a number or null" : "method must be a string"
-            return respond(Self.rpcError(idIsValid ? rawID : nil, -32600, "invalid request: \(why)"))
+        if let invalid = request.invalid {
+            return respond(Self.rpcError(request.id ?? .null, -32600, "invalid request: \(invalid)"))
         }
         // A notification: JSON-RPC sends no response, whatever the method did.
         let answer = respond
-        let isNotification = rawID == nil
+        let isNotification = request.id == nil
         let respond: Respond = { response in answer(isNotification ? ControlResponse(status: 204, body: []) : response) }
-        let id = rawID ?? NSNull()
+        let id = request.id ?? .null
         if let version, !version.isEmpty, version != "1" && !version.hasPrefix("1.") {
             return respond(Self.rpcError(id, -32009, "version not supported: A2A-Version \(version.prefix(32)); this node serves \(Self.a2aVersion)"))
         }
-        if let given = request["params"], !(given is [String: Any]) {
-            return respond(Self.rpcError(id, -32602, "invalid params: params must be an object"))
+        if let badParams = request.badParams {
+            return respond(Self.rpcError(id, -32602, "invalid params: \(badParams)"))
         }
-        let params = request["params"] as? [String: Any] ?? [:]
-        if let history = params["historyLength"] ?? (params["configuration"] as? [String: Any])?["historyLength"],
-            !((history as? NSNumber).map { $0.doubleValue >= 0 && $0.doubleValue == $0.doubleValue.rounded() } ?? false)
-        {
-            return respond(Self.rpcError(id, -32602, "invalid params: historyLength must be a whole number, 0 or more"))
-        }
-        switch method {
-        case "SendMessage", "SendStreamingMessage":
-            let streaming = method == "SendStreamingMessage"
-            let rpcID = Unchecked(id)
-            let configuration = params["configuration"] as? [String: Any] ?? [:]
-            let wait: Duration = configuration["returnImmediately"] as? Bool == true ? .zero : .seconds(300)
+        switch request.call {
+        case .sendMessage(let send, let streaming):
+            let historyLength = send.configuration?.historyLength
+            guard historyLength.map({ $0 >= 0 }) ?? true else { return respond(Self.badHistoryLength(id)) }
+            let wait: Duration = send.configuration?.returnImmediately == true ? .zero : .seconds(300)
             // Answered only once the task is durable, like every way in (see `admit`).
-            self.a2aStartTask(params) { started in
+            self.a2aStartTask(send) { started in
                 switch started {
-                case .failure(let error): respond(Self.rpcError(rpcID.value, error.code, error.message))
+                case .failure(let error): respond(Self.rpcError(id, error.code, error.message))
                 case .success(let taskID):
-                    if streaming { return self.a2aStream(taskID, id: rpcID.value, respond: respond) }
-                    self.whenTaskAsksOrEnds(taskID, until: self.now + wait, then: Unchecked {
-                        respond(Self.rpcResult(rpcID.value, ["task": self.a2aTask(taskID) ?? [:]]))
-                    })
+                    if streaming { return self.a2aStream(taskID, id: id, respond: respond) }
+                    self.whenTaskAsksOrEnds(taskID, until: self.now + wait) {
+                        guard let task = self.a2aTask(taskID, historyLength: historyLength) else {
+                            return respond(Self.rpcError(id, -32001, "task not found"))
+                        }
+                        respond(Self.rpcResult(id, A2A.StreamResponse(task: task)))
+                    }
                 }
             }
-        case "GetTask":
-            guard let taskID = (params["id"] as? String).flatMap(TaskID.init(hex:)), let task = self.a2aTask(taskID) else {
+        case .getTask(let query):
+            guard query.historyLength.map({ $0 >= 0 }) ?? true else { return respond(Self.badHistoryLength(id)) }
+            guard let task = TaskID(hex: query.id).flatMap({ self.a2aTask($0, historyLength: query.historyLength) }) else {
                 return respond(Self.rpcError(id, -32001, "task not found"))
             }
             respond(Self.rpcResult(id, task))
-        case "CancelTask":
-            guard let taskID = (params["id"] as? String).flatMap(TaskID.init(hex:)), self.a2aTask(taskID) != nil else {
+        case .cancelTask(let query):
+            guard let taskID = TaskID(hex: query.id), let state = self.submittedTaskState(taskID) else {
                 return respond(Self.rpcError(id, -32001, "task not found"))
             }
-            if let state = self.submittedTaskState(taskID), state.isTerminal {
+            if state.isTerminal {
                 return respond(Self.rpcError(id, -32002, "task not cancelable: it is \(state.rawValue)"))
             }
             self.runSubmitter { $0.cancel(taskID, now: self.now) }
-            respond(Self.rpcResult(id, self.a2aTask(taskID) ?? [:]))
-        case "SubscribeToTask":
+            respond(Self.rpcResult(id, self.a2aTask(taskID, historyLength: query.historyLength)))
+        case .subscribeToTask(let query):
             // A stream dropped mid-task resumes here: the task as it is now first, then its updates to the end. A
             // finished task has none (UnsupportedOperationError, as the spec says for a terminal task).
-            guard let taskID = (params["id"] as? String).flatMap(TaskID.init(hex:)), self.a2aTask(taskID) != nil else {
+            guard let taskID = TaskID(hex: query.id), let state = self.submittedTaskState(taskID) else {
                 return respond(Self.rpcError(id, -32001, "task not found"))
             }
-            if let state = self.submittedTaskState(taskID), state.isTerminal {
+            if state.isTerminal {
                 return respond(Self.rpcError(id, -32004, "unsupported operation: task \(taskID) is \(state.rawValue), so there is nothing to subscribe to"))
             }
             self.a2aStream(taskID, id: id, respond: respond)
-        case "ListTasks":
-            switch self.a2aListTasks(params) {
+        case .listTasks(let list):
+            switch self.a2aListTasks(list) {
             case .success(let page): respond(Self.rpcResult(id, page))
             case .failure(let failure): respond(Self.rpcError(id, failure.code, failure.message))
             }
-        case "CreateTaskPushNotificationConfig", "GetTaskPushNotificationConfig", "ListTaskPushNotificationConfigs",
-            "DeleteTaskPushNotificationConfig":
+        case .pushNotificationConfig:
             respond(Self.rpcError(id, -32003, "push notifications are not supported over A2A here (the card says pushNotifications: false); the control API's signed webhooks are (submit --callback)"))
-        default:
-            respond(Self.rpcError(id, -32601, "method not found: \(method) (this node serves A2A \(Self.a2aVersion): SendMessage, SendStreamingMessage, SubscribeToTask, GetTask, ListTasks, CancelTask)"))
+        case .unknown(let method):
+            respond(Self.rpcError(id, -32601, "method not found: \(method.prefix(64)) (this node serves A2A \(Self.a2aVersion): SendMessage, SendStreamingMessage, SubscribeToTask, GetTask, ListTasks, CancelTask)"))
         }
     }
 
@@ -132,9 +118,13 @@ extension MeshNode {
         let message: String
     }
 
+    private static func badHistoryLength(_ id: A2A.RequestID) -> ControlResponse {
+        Self.rpcError(id, -32602, "invalid params: historyLength must be a whole number, 0 or more")
+    }
+
     /// A new task for the message, or the answer to a waiting task's question; `then` hears of it once it is stored.
-    private func a2aStartTask(_ params: [String: Any], then: @escaping (Result<TaskID, RPCFailure>) -> Void) {
-        switch self.a2aAdmission(params) {
+    private func a2aStartTask(_ send: A2A.SendMessageRequest, then: @escaping (Result<TaskID, RPCFailure>) -> Void) {
+        switch self.a2aAdmission(send) {
         case .failure(let failure): then(.failure(failure))
         case .success(.answered(let id)):
             self.whenStored(self.taskStore?.lastQueued ?? 0) { error in
@@ -158,22 +148,26 @@ extension MeshNode {
         case submit(TaskAdmission)
     }
 
-    private func a2aAdmission(_ params: [String: Any]) -> Result<A2AStart, RPCFailure> {
-        guard let message = params["message"] as? [String: Any], let parts = message["parts"] as? [[String: Any]], !parts.isEmpty else {
-            return .failure(RPCFailure(code: -32602, message: "params.message needs parts"))
+    private func a2aAdmission(_ send: A2A.SendMessageRequest) -> Result<A2AStart, RPCFailure> {
+        let message = send.message
+        guard !message.parts.isEmpty else {
+            return .failure(RPCFailure(code: -32602, message: "invalid params: params.message.parts must not be empty"))
         }
-        guard let messageID = message["messageId"] as? String, !messageID.isEmpty else {
-            return .failure(RPCFailure(code: -32602, message: "params.message needs a messageId"))
+        guard !message.messageId.isEmpty else {
+            return .failure(RPCFailure(code: -32602, message: "invalid params: params.message.messageId must not be empty"))
         }
         let input: Any
-        if let data = parts.first(where: { $0["data"] != nil })?["data"] {
-            input = data
+        if let data = message.parts.first(where: { $0.data != nil })?.data {
+            input = data.value
+        } else if message.parts.contains(where: { $0.text != nil }) {
+            input = ["text": message.parts.compactMap(\.text).joined(separator: "\n")]
         } else {
-            input = ["text": parts.compactMap { $0["text"] as? String }.joined(separator: "\n")]
+            return .failure(RPCFailure(
+                code: -32005, message: "content type not supported: this node takes data and text parts (artifacts go through POST /v1/artifacts)"))
         }
-        if let waiting = (message["taskId"] as? String).flatMap(TaskID.init(hex:)) {
+        if let waiting = message.taskId.flatMap(TaskID.init(hex:)) {
             guard let answer = try? JSONSerialization.data(withJSONObject: input, options: [.fragmentsAllowed, .sortedKeys]) else {
-                return .failure(RPCFailure(code: -32602, message: "the answer is not JSON"))
+                return .failure(RPCFailure(code: -32602, message: "invalid params: the answer is not JSON"))
             }
             var refused: TaskSubmitter.ReplyRefusal?
             self.runSubmitter { submitter in
@@ -187,18 +181,18 @@ extension MeshNode {
             if refused != nil { return .failure(RPCFailure(code: -32004, message: "task \(waiting) is not waiting for input")) }
             return .success(.answered(waiting))
         }
-        let metadata = (message["metadata"] as? [String: Any]) ?? (params["metadata"] as? [String: Any]) ?? [:]
         let offered = Set(self.taskCandidates().flatMap(\.capabilities.keys))
-        guard let skill = metadata["skill"] as? String ?? (offered.count == 1 ? offered.first : nil) else {
-            return .failure(RPCFailure(code: -32602, message: "name the skill in message.metadata.skill; offered: \(offered.sorted().joined(separator: ", "))"))
+        let named = message.metadata?["skill"] ?? send.metadata?["skill"]
+        guard let skill = named.map({ $0.value as? String }) ?? (offered.count == 1 ? offered.first : nil) else {
+            return .failure(RPCFailure(code: -32602, message: "invalid params: name the skill in message.metadata.skill (a string); offered: \(offered.sorted().joined(separator: ", "))"))
         }
         guard offered.contains(skill) else {
-            return .failure(RPCFailure(code: -32602, message: "no live member offers the skill '\(skill)'"))
+            return .failure(RPCFailure(code: -32602, message: "invalid params: no live member offers the skill '\(skill.prefix(64))'"))
         }
         guard let inputBytes = try? JSONSerialization.data(withJSONObject: input, options: [.fragmentsAllowed, .sortedKeys]),
             inputBytes.count <= self.settings.maximumTaskInput
-        else { return .failure(RPCFailure(code: -32602, message: "the input is not JSON or is too large")) }
-        let context = (message["contextId"] as? String).flatMap { TaskOptions.isValidContext($0) ? $0 : nil }
+        else { return .failure(RPCFailure(code: -32602, message: "invalid params: the input is not JSON or is too large")) }
+        let context = message.contextId.flatMap { TaskOptions.isValidContext($0) ? $0 : nil }
         var generator = SystemRandomNumberGenerator()
         let id = TaskID(using: &generator)
         return .success(.submit(TaskAdmission(
@@ -207,169 +201,163 @@ extension MeshNode {
             waitForCapability: false)))
     }
 
-    static let a2aStates = [
-        "TASK_STATE_SUBMITTED", "TASK_STATE_WORKING", "TASK_STATE_INPUT_REQUIRED", "TASK_STATE_COMPLETED",
-        "TASK_STATE_FAILED", "TASK_STATE_CANCELED",
-    ]
-
     /// `ListTasks` (A2A 1.0 §3.1.4): the tasks submitted here that this node keeps in memory, newest first, filtered by
     /// `contextId`, `status` and `statusTimestampAfter`, `pageSize` (1 to 100, default 50) at a time. The page token
     /// is the id of the last task of the page before, so a page does not shift when new tasks arrive; a token that
     /// names no task listed here is refused (-32602). Artifacts only with `includeArtifacts`.
-    private func a2aListTasks(_ params: [String: Any]) -> Result<[String: Any], RPCFailure> {
-        let invalid = { (why: String) in Result<[String: Any], RPCFailure>.failure(RPCFailure(code: -32602, message: "invalid params: \(why)")) }
-        var pageSize = 50
-        if let given = params["pageSize"] {
-            guard let number = given as? NSNumber, type(of: given) != Bool.self, number.doubleValue == number.doubleValue.rounded(),
-                (1...100).contains(number.doubleValue)
-            else { return invalid("pageSize must be a whole number from 1 to 100") }
-            pageSize = number.intValue
-        }
-        let context = params["contextId"] as? String
-        let status = params["status"] as? String
-        if let status, !Self.a2aStates.contains(status) {
-            return invalid("status must be one of \(Self.a2aStates.joined(separator: ", "))")
-        }
+    private func a2aListTasks(_ list: A2A.ListTasksRequest) -> Result<A2A.ListTasksResponse, RPCFailure> {
+        let invalid = { (why: String) in Result<A2A.ListTasksResponse, RPCFailure>.failure(RPCFailure(code: -32602, message: "invalid params: \(why)")) }
+        let pageSize = list.pageSize ?? 50
+        guard (1...100).contains(pageSize) else { return invalid("pageSize must be a whole number from 1 to 100") }
+        guard list.historyLength.map({ $0 >= 0 }) ?? true else { return invalid("historyLength must be a whole number, 0 or more") }
         var after: Date?
-        if let text = params["statusTimestampAfter"] {
-            guard let stamp = (text as? String).flatMap(Timestamp.parse) else { return invalid("statusTimestampAfter must be an RFC 3339 time") }
+        if let text = list.statusTimestampAfter {
+            guard let stamp = Timestamp.parse(text) else { return invalid("statusTimestampAfter must be an RFC 3339 time") }
             after = stamp
         }
-        let includeArtifacts = params["includeArtifacts"] as? Bool ?? false
-        if let token = params["pageToken"], !(token is String) { return invalid("pageToken must be a string") }
-        var matching: [[String: Any]] = []
-        for task in self.submitter.allTasks.reversed() where context == nil || task.options.context == context {
-            guard var shown = self.a2aTask(task.id), let state = (shown["status"] as? [String: Any])?["state"] as? String else { continue }
-            if let status, state != status { continue }
-            if let after, let stamp = ((shown["status"] as? [String: Any])?["timestamp"] as? String).flatMap(Timestamp.parse), stamp < after {
-                continue
-            }
-            if !includeArtifacts { shown["artifacts"] = nil }
+        var matching: [A2A.Task] = []
+        for task in self.submitter.allTasks.reversed() where list.contextId == nil || task.options.context == list.contextId {
+            guard var shown = self.a2aTask(task, historyLength: list.historyLength) else { continue }
+            if let status = list.status, shown.status.state != status { continue }
+            if let after, let stamp = Timestamp.parse(shown.status.timestamp), stamp < after { continue }
+            if list.includeArtifacts != true { shown.artifacts = nil }
             matching.append(shown)
         }
         var start = 0
-        if let token = params["pageToken"] as? String, !token.isEmpty {
-            guard let position = matching.firstIndex(where: { $0["id"] as? String == token }) else {
+        if let token = list.pageToken, !token.isEmpty {
+            guard let position = matching.firstIndex(where: { $0.id == token }) else {
                 return invalid("pageToken is not one this node gave for these filters")
             }
             start = position + 1
         }
         let page = Array(matching[start...].prefix(pageSize))
-        let next = start + page.count < matching.count ? (page.last?["id"] as? String ?? "") : ""
-        return .success(["tasks": page, "nextPageToken": next, "pageSize": pageSize, "totalSize": matching.count])
+        let next = start + page.count < matching.count ? (page.last?.id ?? "") : ""
+        return .success(A2A.ListTasksResponse(tasks: page, nextPageToken: next, pageSize: pageSize, totalSize: matching.count))
     }
 
-    /// Calls `then` when the task ends or asks a question, or at `deadline` (checked every 20 ms).
-    private func whenTaskAsksOrEnds(_ id: TaskID, until deadline: Duration, then: Unchecked<() -> Void>) {
-        let state = self.submitter.task(id)?.state
-        if state == nil || state!.isTerminal || state == .inputRequired || self.now >= deadline { return then.value() }
-        self.loop.scheduleTask(in: .milliseconds(20)) {
-            self.assumeIsolated { node in node.whenTaskAsksOrEnds(id, until: deadline, then: then) }
+    /// Calls `then` when the task ends or asks a question (both are progress of the task), or at `deadline`.
+    private func whenTaskAsksOrEnds(_ id: TaskID, until deadline: Duration, then: @escaping () -> Void) {
+        let state = self.submittedTaskState(id)
+        if state == nil || state!.isTerminal || state == .inputRequired || self.now >= deadline { return then() }
+        self.wait(.taskProgress, for: id, timeout: deadline - self.now) {
+            self.whenTaskAsksOrEnds(id, until: deadline, then: then)
         }
     }
 
-    /// `SendStreamingMessage`: the task, each progress event as a working status update, then the final status.
-    private func a2aStream(_ taskID: TaskID, id: Any, respond: Respond) {
-        let rpcID = Unchecked(id)
+    /// `SendStreamingMessage` and `SubscribeToTask`: the task, each progress event as a working status update, then
+    /// the final status.
+    private func a2aStream(_ taskID: TaskID, id: A2A.RequestID, respond: Respond) {
         respond(.eventStream { sink in
             self.loop.execute {
                 self.assumeIsolated { node in
-                    let send = { (result: [String: Any]) in
-                        let object: [String: Any] = ["jsonrpc": "2.0", "id": rpcID.value, "result": result]
-                        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
-                        sink.write(Array("data: ".utf8) + Array(data) + Array("\n\n".utf8))
-                    }
-                    send(["task": node.a2aTask(taskID) ?? [:]])
-                    node.a2aFollow(taskID, after: 0, sink: sink, send: Unchecked(send))
+                    guard let task = node.a2aTask(taskID, historyLength: nil) else { return sink.finish() }
+                    node.a2aSend(A2A.StreamResponse(task: task), id: id, to: sink)
+                    node.a2aFollow(taskID, after: 0, id: id, sink: sink)
                 }
             }
         })
     }
 
-    private func a2aFollow(_ taskID: TaskID, after: Int, sink: ControlStreamSink, send sender: Unchecked<([String: Any]) -> Void>) {
+    private func a2aSend(_ event: A2A.StreamResponse, id: A2A.RequestID, to sink: ControlStreamSink) {
+        sink.write(Array("data: ".utf8) + A2A.encoded(A2A.Response(id: id, result: event)) + Array("\n\n".utf8))
+    }
+
+    /// Sends the task's progress after `after`, then waits for more (woken by new progress and by the task's end).
+    private func a2aFollow(_ taskID: TaskID, after: Int, id: A2A.RequestID, sink: ControlStreamSink) {
         guard !sink.isClosed else { return }
-        let send = sender.value
-        let log = self.eventLog(taskID)
         var next = after
         let context = self.submitter.task(taskID)?.options.context ?? ""
-        for event in log.events(after: after) {
+        for event in self.eventLog(taskID).events(after: after) {
             next = event.sequence
-            let data = (try? JSONSerialization.jsonObject(with: Data(event.data), options: [.fragmentsAllowed])) ?? NSNull()
-            send(["statusUpdate": [
-                "taskId": taskID.description, "contextId": context,
-                "status": ["state": "TASK_STATE_WORKING", "message": Self.agentMessage(data, task: taskID, context: context)],
-            ]])
+            let status = A2A.TaskStatus(
+                state: .working, message: Self.agentMessage(event.data, id: "\(taskID)-progress-\(event.sequence)", task: taskID, context: context),
+                timestamp: Timestamp.string(Date()))
+            self.a2aSend(A2A.StreamResponse(statusUpdate: .init(taskId: taskID.description, contextId: context, status: status)), id: id, to: sink)
         }
-        let state = self.submitter.task(taskID)?.state
+        let state = self.submittedTaskState(taskID)
         if state == nil || state!.isTerminal || state == .inputRequired {
-            let task = self.a2aTask(taskID) ?? [:]
-            if let artifacts = task["artifacts"] as? [[String: Any]], let artifact = artifacts.first {
-                send(["artifactUpdate": ["taskId": taskID.description, "contextId": context, "artifact": artifact, "lastChunk": true]])
+            if let task = self.a2aTask(taskID, historyLength: 0) {
+                if let artifact = task.artifacts?.first {
+                    self.a2aSend(A2A.StreamResponse(artifactUpdate: .init(
+                        taskId: task.id, contextId: task.contextId, artifact: artifact, lastChunk: true)), id: id, to: sink)
+                }
+                self.a2aSend(A2A.StreamResponse(statusUpdate: .init(taskId: task.id, contextId: task.contextId, status: task.status)), id: id, to: sink)
             }
-            send(["statusUpdate": ["taskId": taskID.description, "contextId": context, "status": task["status"] ?? [:]]])
             return sink.finish()
         }
-        let resumeAfter = next
-        self.loop.scheduleTask(in: .milliseconds(20)) {
-            self.assumeIsolated { node in node.a2aFollow(taskID, after: resumeAfter, sink: sink, send: sender) }
+        // A client that went away is noticed within the wait's time.
+        self.wait(.taskProgress, for: taskID, timeout: .seconds(15)) {
+            self.a2aFollow(taskID, after: next, id: id, sink: sink)
         }
     }
 
-    /// A task as A2A shows it (proto3 JSON of `Task`).
-    private func a2aTask(_ id: TaskID) -> [String: Any]? {
-        guard let bytes = self.taskDocumentBytes(id),
-            let task = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any]
-        else { return nil }
-        let context = task["context"] as? String ?? ""
-        let state: String
-        switch task["state"] as? String {
-        case "running": state = "TASK_STATE_WORKING"
-        case "input_required": state = "TASK_STATE_INPUT_REQUIRED"
-        case "completed": state = "TASK_STATE_COMPLETED"
-        case "failed", "expired": state = "TASK_STATE_FAILED"
-        case "canceled": state = "TASK_STATE_CANCELED"
-        default: state = "TASK_STATE_SUBMITTED"
+    private func a2aTask(_ id: TaskID, historyLength: Int?) -> A2A.Task? {
+        self.submittedTask(id).flatMap { self.a2aTask($0, historyLength: historyLength) }
+    }
+
+    /// A task as A2A shows it. Its history is the message that started it and, while it waits for an answer, the
+    /// agent's question; `historyLength` keeps the newest that many.
+    private func a2aTask(_ task: TaskSubmitter.SubmittedTask, historyLength: Int?) -> A2A.Task? {
+        let context = task.options.context ?? ""
+        let state: A2A.TaskState
+        switch task.state {
+        case .running: state = .working
+        case .inputRequired: state = .inputRequired
+        case .completed: state = .completed
+        case .failed, .expired: state = .failed
+        case .canceled: state = .canceled
+        case .submitted, .offered: state = .submitted
         }
         // When the task entered this state, not when it was asked about: its end, its latest attempt's accept (or
         // offer) while it runs, its submission before that.
-        let attempt = (task["attempts"] as? [[String: Any]])?.last
-        let changed = task["finished_at"] as? String ?? attempt?["accepted_at"] as? String ?? attempt?["offered_at"] as? String
-            ?? task["submitted_at"] as? String ?? Timestamp.string(Date())
-        var status: [String: Any] = ["state": state, "timestamp": changed]
-        if let question = task["question"] {
-            status["message"] = Self.agentMessage(question, task: id, context: context)
-        } else if let error = task["error"] as? String {
-            status["message"] = Self.agentMessage(error, task: id, context: context)
+        let attempt = task.attempts.last
+        let changed = task.finishedAt ?? attempt?.acceptedAt ?? attempt?.offeredAt ?? task.submittedAt
+        var status = A2A.TaskStatus(state: state, message: nil, timestamp: Timestamp.string(self.wallClockDate(for: changed)))
+        var history = [A2A.Message(
+            messageId: "\(task.id)-input", role: .user, parts: [A2A.Part(data: Self.jsonValue(Array(TaskPayload.json(of: task.input))))],
+            contextId: context, taskId: task.id.description)]
+        if task.state == .inputRequired, let question = task.question {
+            let asked = Self.agentMessage(question, id: "\(task.id)-question-\(task.attempts.count)", task: task.id, context: context)
+            status.message = asked
+            history.append(asked)
+        } else if let error = task.error {
+            status.message = A2A.Message(
+                messageId: "\(task.id)-error", role: .agent, parts: [A2A.Part(text: error)], contextId: context, taskId: task.id.description)
         }
-        var answer: [String: Any] = ["id": id.description, "contextId": context, "status": status, "history": [Any]()]
-        if state == "TASK_STATE_COMPLETED" {
-            answer["artifacts"] = [["artifactId": "result", "name": "result", "parts": [["data": task["result"] ?? NSNull(), "mediaType": "application/json"]]]]
+        var shown = A2A.Task(
+            id: task.id.description, contextId: context, status: status, artifacts: nil,
+            history: historyLength.map { Array(history.suffix($0)) } ?? history)
+        if task.state == .completed, case .success(let output)? = task.outcome {
+            shown.artifacts = [A2A.Artifact(
+                artifactId: "result", name: "result",
+                parts: [A2A.Part(data: Self.jsonValue(Array(TaskPayload.json(of: output))), mediaType: "application/json")])]
         }
-        return answer
+        return shown
     }
 
-    private static func agentMessage(_ content: Any, task: TaskID, context: String) -> [String: Any] {
-        var generator = SystemRandomNumberGenerator()
-        let part: [String: Any] = (content as? String).map { ["text": $0] } ?? ["data": content]
-        return ["messageId": TaskID(using: &generator).description, "role": "ROLE_AGENT", "parts": [part],
-                "taskId": task.description, "contextId": context]
+    /// A JSON value from bytes that should hold one; anything else is shown as the text it is.
+    private static func jsonValue(_ bytes: [UInt8]) -> ControlAPI.JSONValue {
+        ControlAPI.JSONValue((try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed]))
+            ?? String(decoding: bytes, as: UTF8.self))
     }
 
-    private static func rpcResult(_ id: Any, _ result: Any) -> ControlResponse {
-        Self.jsonObject(["jsonrpc": "2.0", "id": id, "result": result])
+    /// An agent's message: a string becomes a text part, any other JSON a data part.
+    private static func agentMessage(_ content: [UInt8], id: String, task: TaskID, context: String) -> A2A.Message {
+        let value = Self.jsonValue(content)
+        let part = (value.value as? String).map { A2A.Part(text: $0) } ?? A2A.Part(data: value)
+        return A2A.Message(messageId: id, role: .agent, parts: [part], contextId: context, taskId: task.description)
     }
 
-    private static func rpcError(_ id: Any?, _ code: Int, _ message: String) -> ControlResponse {
-        Self.jsonObject(["jsonrpc": "2.0", "id": id ?? NSNull(), "error": ["code": code, "message": message]])
+    private static func rpcResult(_ id: A2A.RequestID, _ result: some Encodable & Sendable) -> ControlResponse {
+        ControlResponse(status: 200, body: A2A.encoded(A2A.Response(id: id, result: result)) + [0x0A])
     }
 
-    private static func jsonObject(_ object: Any) -> ControlResponse {
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-        return ControlResponse(status: 200, body: Array(data) + [0x0A])
+    private static func rpcError(_ id: A2A.RequestID, _ code: Int, _ message: String) -> ControlResponse {
+        ControlResponse(status: 200, body: A2A.encoded(A2A.ErrorResponse(id: id, code: code, message: message)) + [0x0A])
     }
 }
 
-/// A value handed to exactly one other thread (JSON values from `JSONSerialization`, closures kept on the loop).
+/// A value handed to exactly one other thread (closures kept on the loop, file handles used on one queue).
 package struct Unchecked<Value>: @unchecked Sendable {
     package let value: Value
     package init(_ value: Value) { self.value = value }

@@ -327,7 +327,7 @@ extension MeshNode {
     func submittedTaskState(_ id: TaskID) -> TaskState? { self.submittedTask(id)?.state }
 
     /// A task submitted here: in memory, or (finished long enough ago to have left memory) in the store.
-    private func submittedTask(_ id: TaskID) -> TaskSubmitter.SubmittedTask? {
+    func submittedTask(_ id: TaskID) -> TaskSubmitter.SubmittedTask? {
         if let task = self.submitter.task(id) { return task }
         return try? self.taskStore?.submittedTask(id)
     }
@@ -375,6 +375,8 @@ extension MeshNode {
         self.finishEventStreams(id)
         self.wake(.taskLog, id)
         self.wake(.taskEnd, id)
+        // A long poll of its progress answers now: no more will come.
+        self.wake(.taskProgress, id)
     }
 
     /// The node is stopping: event streams end, and every long poll answers with what it has now.

@@ -348,6 +348,44 @@ import Glibc
         await running.stop()
     }
 
+    /// A2A requests are decoded into typed params: a field of the wrong type is -32602 with the field's path, a
+    /// message of file parts only is ContentTypeNotSupportedError (-32005), and a task's history holds the message
+    /// that started it (its `history` was always empty), trimmed by `historyLength`.
+    @Test func a2aParamsAreTypedAndATaskKeepsItsHistory() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let running = try await a.start { $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)] }
+        func call(_ method: String, _ params: String) async -> [String: Any] {
+            let body = #"{"jsonrpc": "2.0", "id": 1, "method": "\#(method)", "params": \#(params)}"#
+            let response = await running.node.handleControl(ControlRequest(method: "POST", path: "/a2a", query: [:], body: Array(body.utf8)))
+            return (try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any]) ?? [:]
+        }
+        func error(_ answer: [String: Any]) -> (code: Int?, message: String) {
+            let error = answer["error"] as? [String: Any]
+            return (error?["code"] as? Int, error?["message"] as? String ?? "")
+        }
+        let wrongParts = error(await call("SendMessage", #"{"message": {"messageId": "m", "role": "ROLE_USER", "parts": "hi"}}"#))
+        #expect(wrongParts.code == -32602 && wrongParts.message.contains("params.message.parts"), "\(wrongParts)")
+        let noID = error(await call("GetTask", "{}"))
+        #expect(noID.code == -32602 && noID.message.contains("params.id is required"), "\(noID)")
+        let pageSize = error(await call("ListTasks", #"{"pageSize": true}"#))
+        #expect(pageSize.code == -32602 && pageSize.message.contains("params.pageSize"), "\(pageSize)")
+        let status = error(await call("ListTasks", #"{"status": "TASK_STATE_BORED"}"#))
+        #expect(status.code == -32602 && status.message.contains("params.status"), "\(status)")
+        let fileOnly = error(await call("SendMessage", #"{"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"url": "https://example.com/a.pdf"}], "metadata": {"skill": "echo"}}}"#))
+        #expect(fileOnly.code == -32005, "\(fileOnly)")
+
+        let sent = await call("SendMessage", #"{"message": {"messageId": "m1", "role": "ROLE_USER", "contextId": "c", "parts": [{"data": {"n": 7}}], "metadata": {"skill": "echo"}}}"#)
+        let task = try #require((sent["result"] as? [String: Any])?["task"] as? [String: Any], "\(sent)")
+        let history = try #require(task["history"] as? [[String: Any]])
+        #expect(history.count == 1 && history[0]["role"] as? String == "ROLE_USER" && history[0]["contextId"] as? String == "c")
+        #expect((history[0]["parts"] as? [[String: Any]])?.first?["data"] as? [String: Int] == ["n": 7], "\(history)")
+        let id = try #require(task["id"] as? String)
+        let trimmed = await call("GetTask", #"{"id": "\#(id)", "historyLength": 0}"#)
+        #expect(((trimmed["result"] as? [String: Any])?["history"] as? [Any])?.isEmpty == true, "\(trimmed)")
+        await running.stop()
+    }
+
     /// `ListTasks` answered -32601 although it is a core A2A 1.0 operation: it lists this node's tasks newest first,
     /// by conversation and state, a page at a time with a token that does not shift, and refuses a token it never gave.
     @Test func a2aListsTasksByContextAndStateAPageAtATime() async throws {
