@@ -57,11 +57,14 @@ struct LocalRuns {
     var starts: [TaskID: (String, Duration)] = [:]
 }
 
-/// What observability keeps between scrapes: the stats of the tasks submitted here (`GET /v1/stats`) and the
-/// received counters as the last scrape reported them.
-struct Observations {
-    var stats = TaskStats()
-    var metricsReported: (messages: UInt64, bytes: UInt64) = (0, 0)
+/// The browser view (`GET /ui` on the `--http` listener): its sign-in codes and sessions, and the open views' live
+/// streams, each with the snapshot it was sent last (one snapshot is built per tick for all of them).
+struct BrowserView {
+    let sessions: BrowserSessions = {
+        let origin = ContinuousClock.now
+        return BrowserSessions(now: { ContinuousClock.now - origin })
+    }()
+    var streams: [(sink: ControlStreamSink, sent: [UInt8])] = []
 }
 
 /// What the node notes about its peers beyond membership and accountability.

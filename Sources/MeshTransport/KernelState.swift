@@ -60,6 +60,8 @@ struct TaskPlane {
     var followers: TaskFollowers
     /// Idempotency keys of recent submissions (`Idempotency-Key`), kept in the store too.
     var idempotency = IdempotencyBook()
+    /// The stats of the tasks submitted here (`GET /v1/stats`).
+    var stats = TaskStats()
     /// What the last start-up could not read back from the store (``MeshNode/restoredDocuments(_:as:what:)``).
     var restoreProblems: [String] = []
 }

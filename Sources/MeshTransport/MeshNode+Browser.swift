@@ -35,7 +35,7 @@ extension MeshNode {
     /// `POST /ui/session {"code": C}`: the code from a sign-in link, once, for a session cookie and a CSRF token.
     func browserSignIn(_ body: [UInt8]) -> ControlResponse {
         guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any], let code = object["code"] as? String,
-            let session = self.browserSessions.redeem(code)
+            let session = self.browser.sessions.redeem(code)
         else {
             return .error(401, "this sign-in link was used already or has expired: run 'agentmesh ui' for a new one")
         }
@@ -53,7 +53,7 @@ extension MeshNode {
         }
         let host = ["0.0.0.0", "::", ""].contains(http.host) ? "127.0.0.1" : http.host
         let shown = host.contains(":") ? "[\(host)]" : host
-        let code = self.browserSessions.issueCode()
+        let code = self.browser.sessions.issueCode()
         return .json(["url": "http://\(shown):\(port)/ui#code=\(code)", "expires_in_seconds": "\(Int(BrowserSessions.codeLifetime.seconds))"])
     }
 
@@ -62,9 +62,9 @@ extension MeshNode {
     func browserStream() -> ControlResponse {
         .eventStream { sink in
             self.onLoop { node in
-                node.browserStreams.append((sink, []))
+                node.browser.streams.append((sink, []))
                 // The first stream starts the ticks; a new one among others gets the snapshot at once.
-                if node.browserStreams.count == 1 { node.tickBrowserStreams() } else { node.sendBrowserSnapshots() }
+                if node.browser.streams.count == 1 { node.tickBrowserStreams() } else { node.sendBrowserSnapshots() }
             }
         }
     }
@@ -72,20 +72,20 @@ extension MeshNode {
     /// Every half second while any browser view is open: one snapshot, sent to each stream it is news to.
     private func tickBrowserStreams() {
         self.sendBrowserSnapshots()
-        guard !self.browserStreams.isEmpty else { return }
+        guard !self.browser.streams.isEmpty else { return }
         _ = self.loop.scheduleTask(in: TimeAmount(Self.browserStreamInterval)) {
             self.assumeIsolated { node in node.tickBrowserStreams() }
         }
     }
 
     private func sendBrowserSnapshots() {
-        for (sink, _) in self.browserStreams where sink.isClosed || !self.isServing { sink.finish() }
-        self.browserStreams.removeAll { $0.sink.isClosed || !self.isServing }
-        guard !self.browserStreams.isEmpty else { return }
+        for (sink, _) in self.browser.streams where sink.isClosed || !self.isServing { sink.finish() }
+        self.browser.streams.removeAll { $0.sink.isClosed || !self.isServing }
+        guard !self.browser.streams.isEmpty else { return }
         let snapshot = self.browserSnapshot()
-        for index in self.browserStreams.indices where self.browserStreams[index].sent != snapshot {
-            self.browserStreams[index].sink.write(Array("event: mesh\ndata: ".utf8) + snapshot + Array("\n\n".utf8))
-            self.browserStreams[index].sent = snapshot
+        for index in self.browser.streams.indices where self.browser.streams[index].sent != snapshot {
+            self.browser.streams[index].sink.write(Array("event: mesh\ndata: ".utf8) + snapshot + Array("\n\n".utf8))
+            self.browser.streams[index].sent = snapshot
         }
     }
 

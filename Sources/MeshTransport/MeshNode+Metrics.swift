@@ -40,7 +40,7 @@ extension MeshNode {
         }
         let ran = task.attempts.last { $0.acceptedAt != nil }
         let execution = ran.flatMap { attempt in attempt.acceptedAt.map { ((attempt.endedAt ?? end) - $0).seconds } }
-        self.observed.stats.record(TaskStats.Sample(
+        self.taskPlane.stats.record(TaskStats.Sample(
             capability: capability, peer: ran?.peer, succeeded: task.state == .completed, execution: execution,
             wait: ((ran?.acceptedAt ?? end) - task.submittedAt).seconds, at: end))
     }
@@ -115,9 +115,8 @@ extension MeshNode {
             self.metrics.set("agentmesh_members", [("status", status)], to: Double(statuses[status] ?? 0))
         }
         let received = self.peers.accountability.received
-        self.metrics.increment("agentmesh_messages_received_total", by: Int(received.messages - self.observed.metricsReported.messages))
-        self.metrics.increment("agentmesh_bytes_received_total", by: Int(received.bytes - self.observed.metricsReported.bytes))
-        self.observed.metricsReported = received
+        self.metrics.increment("agentmesh_messages_received_total", toTotal: received.messages)
+        self.metrics.increment("agentmesh_bytes_received_total", toTotal: received.bytes)
         self.metrics.set("agentmesh_tasks_unfinished", to: Double(self.submitter.allTasks.count { !$0.state.isTerminal }))
         self.metrics.set("agentmesh_workflows_running", to: Double(self.workflowRuns.runs.values.count { !$0.state.isTerminal }))
         var response = ControlResponse(status: 200, body: self.metrics.exposition())
@@ -138,6 +137,6 @@ extension MeshNode {
                                      summary.wait.quantile(0.99), summary.wait.mean))
             }.sorted { ($0.capability, $0.peer ?? "") < ($1.capability, $1.peer ?? "") }
         }
-        return ControlAPI.Stats(lifetime: rows(self.observed.stats.lifetime), lastFiveMinutes: rows(self.observed.stats.lastWindow(now: self.now)))
+        return ControlAPI.Stats(lifetime: rows(self.taskPlane.stats.lifetime), lastFiveMinutes: rows(self.taskPlane.stats.lastWindow(now: self.now)))
     }
 }

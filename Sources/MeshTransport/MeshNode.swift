@@ -34,15 +34,7 @@ public actor MeshNode: Service {
     var webhooks = WebhookBook()
     var transfers = ArtifactTransfers()
     nonisolated let artifactFiles = ArtifactFiles()
-    var observed = Observations()
-    /// Open browser views' live streams, each with the snapshot it was sent last; one snapshot is built per tick for
-    /// all of them.
-    var browserStreams: [(sink: ControlStreamSink, sent: [UInt8])] = []
-    /// Sign-in codes and sessions of the browser view (`GET /ui` on the `--http` listener).
-    nonisolated let browserSessions: BrowserSessions = {
-        let origin = ContinuousClock.now
-        return BrowserSessions(now: { ContinuousClock.now - origin })
-    }()
+    var browser = BrowserView()
     nonisolated let telemetry: Telemetry
 
     public nonisolated var home: NodeHome { self.context.home }
@@ -261,7 +253,7 @@ public actor MeshNode: Service {
             do {
                 let token = try self.home.loadOrCreateControlToken()
                 httpControl = try await ControlServer.bind(
-                    http: http, token: token, browser: self.browserSessions, loop: self.loop, idleTimeout: self.settings.controlIdleTimeout,
+                    http: http, token: token, browser: self.browser.sessions, loop: self.loop, idleTimeout: self.settings.controlIdleTimeout,
                     logger: self.logger, handler: self.controlHandler, uploader: self.artifactUploader)
             } catch {
                 try? await listener.close()

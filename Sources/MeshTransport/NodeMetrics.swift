@@ -9,6 +9,8 @@ import Synchronization
 final class NodeMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
     private let handles = Mutex<[String: AnyObject]>([:])
+    /// Totals kept elsewhere, as the counters last reported them (``increment(_:toTotal:)``).
+    private let totals = Mutex<[String: UInt64]>([:])
     let isEnabled: Bool
 
     /// Buckets for task latencies and executions, from 1 ms to 10 minutes.
@@ -88,6 +90,16 @@ final class NodeMetrics: Sendable {
         guard self.isEnabled, amount > 0 else { return }
         self.handle(Self.key(name, labels)) { self.registry.makeCounter(descriptor: Self.descriptor(name), labels: labels) }
             .increment(by: Int64(amount))
+    }
+
+    /// Brings a counter up to `total`, a count kept elsewhere (the peers' received messages): it grows by what
+    /// the total grew since the last call.
+    func increment(_ name: String, toTotal total: UInt64) {
+        let grown = self.totals.withLock { totals -> UInt64 in
+            defer { totals[name] = max(totals[name] ?? 0, total) }
+            return total > (totals[name] ?? 0) ? total - (totals[name] ?? 0) : 0
+        }
+        self.increment(name, by: Int(grown))
     }
 
     func record(_ name: String, _ labels: [(String, String)] = [], seconds: Double) {

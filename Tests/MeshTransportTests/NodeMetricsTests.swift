@@ -29,6 +29,20 @@ import Testing
         }
     }
 
+    @Test func aCounterKeptElsewhereGrowsByWhatItsTotalGrewAndNeverBack() {
+        let metrics = NodeMetrics(enabled: true)
+        func value() -> String? {
+            String(decoding: metrics.exposition(), as: UTF8.self).split(separator: "\n")
+                .first { $0.hasPrefix("agentmesh_messages_received_total ") }.map { String($0.split(separator: " ")[1]) }
+        }
+        metrics.increment("agentmesh_messages_received_total", toTotal: 5)
+        #expect(value() == "5")
+        metrics.increment("agentmesh_messages_received_total", toTotal: 12)
+        #expect(value() == "12")
+        metrics.increment("agentmesh_messages_received_total", toTotal: 3)  // a smaller total (a reset) subtracts nothing
+        #expect(value() == "12")
+    }
+
     @Test func everyNameTheNodeCountsHasItsHelpText() throws {
         let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("Sources/MeshTransport")
