@@ -4,6 +4,7 @@ import MeshCore
 import MeshCrypto
 import MeshStorage
 import MeshControl
+import MeshTransport
 
 struct Limits: ParsableCommand {
     static let configuration = CommandConfiguration(
