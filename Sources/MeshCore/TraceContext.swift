@@ -38,7 +38,7 @@ public struct TraceContext: Sendable, Equatable, CustomStringConvertible {
     public var description: String { "00-\(self.traceID)-\(self.parentID)-\(self.flags)" }
 
     /// The submitting node's span for a task.
-    public static func spanID(of task: TaskID) -> String { String(task.description.suffix(16)) }
+    public static func spanID<Kind>(of id: MeshID<Kind>) -> String { String(id.description.suffix(16)) }
 
     /// The executing node's span for one attempt of a task.
     public static func executionSpanID(of task: TaskID, epoch: UInt32) -> String {

@@ -26,8 +26,9 @@ package final class TaskStore: Sendable {
         /// Progress events of a submitted task (dropped with it).
         case taskEvents(TaskID, [TaskEvent])
         /// A JSON document of one kind (`workflow`, `event`, `callback`), replacing the one with its id.
-        case document(kind: String, id: TaskID, body: [UInt8])
-        case forgetDocument(kind: String, id: TaskID)
+        /// A document the node keeps beside tasks (a workflow run, an event, an idempotency key), by kind and id.
+        case document(kind: String, id: DocumentID, body: [UInt8])
+        case forgetDocument(kind: String, id: DocumentID)
 
         fileprivate var key: Key {
             switch self {
@@ -37,10 +38,15 @@ package final class TaskStore: Sendable {
             case .forgetAccepted(let id): return Key(table: .accepted, id: id)
             case .forgetFinished: return Key(table: .retention, id: TaskID(high: 0, low: 0))
             case .taskEvents(let id, let events): return Key(table: .events, id: id, index: events.first?.sequence ?? 0)
-            case .document(let kind, let id, _), .forgetDocument(let kind, let id): return Key(table: .document(kind), id: id)
+            case .document(let kind, let id, _), .forgetDocument(let kind, let id): return Key(table: .document(kind), id: TaskID(id))
             }
         }
     }
+
+    /// A stored document's id: the id of what it holds (a workflow run's, an event's), whatever kind that is.
+    package typealias DocumentID = MeshID<DocumentIDKind>
+
+    package enum DocumentIDKind: MeshIDKind { package static let name = "a document" }
 
     package struct StoreError: Error, CustomStringConvertible {
         package let description: String
@@ -316,11 +322,11 @@ package final class TaskStore: Sendable {
     }
 
     /// Every stored document of one kind, by id.
-    package func documents(kind: String) throws(StoreError) -> [(id: TaskID, body: [UInt8])] {
+    package func documents(kind: String) throws(StoreError) -> [(id: DocumentID, body: [UInt8])] {
         do {
             return try self.database.read { db in
                 try Row.fetchAll(db, sql: "SELECT id, body FROM document WHERE kind = ? ORDER BY id", arguments: [kind])
-                    .compactMap { row in TaskID(hex: row["id"] as String).map { ($0, Array(row["body"] as Data)) } }
+                    .compactMap { row in DocumentID(hex: row["id"] as String).map { ($0, Array(row["body"] as Data)) } }
             }
         } catch {
             throw StoreError(description: "cannot read the task store \(self.path): \(Self.explain(error))")

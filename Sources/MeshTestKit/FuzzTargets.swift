@@ -49,7 +49,7 @@ public enum FuzzTargets {
     /// document as its output (then failing, to drive the compensations), until nothing is left to run.
     private static func workflow(_ data: [UInt8]) {
         guard let document = try? JSON(parsing: data), let definition = try? WorkflowDefinition(parsing: document) else { return }
-        var run = WorkflowRun(id: TaskID(high: 1, low: 2), definition: definition, input: document, time: 0)
+        var run = WorkflowRun(id: WorkflowID(high: 1, low: 2), definition: definition, input: document, time: 0)
         var pending = run.start(time: 0)
         var rounds = 0
         while let directive = pending.first, rounds < 10_000 {

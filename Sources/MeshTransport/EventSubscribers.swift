@@ -64,7 +64,7 @@ struct EventSubscribers {
     /// Executor runs that subscriptions started, by event and subscription, so that stopping the node stops them.
     var executorRuns: [String: Task<Void, Never>] = [:]
     /// Workflow runs that subscriptions started, still going: each frees a place when it ends.
-    var workflowRuns: Set<TaskID> = []
+    var workflowRuns: Set<WorkflowID> = []
     /// A peer's flood dropped 8,709 events in 19 s here, one warning each: ten lines a second now, with a count.
     var dropLog = LogThrottle(perSecond: 10)
 }

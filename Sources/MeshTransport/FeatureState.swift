@@ -11,8 +11,8 @@ import NIOCore
 
 /// The workflow runs this node owns, and which run each of their tasks belongs to.
 struct WorkflowRuns {
-    var runs: [TaskID: WorkflowRun] = [:]
-    var runOfTask: [TaskID: TaskID] = [:]
+    var runs: [WorkflowID: WorkflowRun] = [:]
+    var runOfTask: [TaskID: WorkflowID] = [:]
 }
 
 /// Events: the history and what this node still re-sends (``EventBus``), and the runs events started here.

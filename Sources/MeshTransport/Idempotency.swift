@@ -9,6 +9,7 @@ struct IdempotencyRecord: Sendable, Codable, Equatable {
     let key: String
     /// SHA-256 (hex) of the request as the node read it: a repeat must match it.
     let digest: String
+    /// The id of the task or workflow run it made (`kind` says which).
     let target: TaskID
     /// `task` or `workflow`.
     let kind: String
@@ -94,22 +95,22 @@ extension MeshNode {
     }
 
     /// Records a key for the task or workflow it created, in the store with it.
-    func rememberIdempotencyKey(_ key: String, digest: String, target: TaskID, kind: String) {
+    func rememberIdempotencyKey<Kind>(_ key: String, digest: String, target: MeshID<Kind>, kind: String) {
         let now = AuditLog.wallClockMilliseconds()
-        let record = IdempotencyRecord(key: key, digest: digest, target: target, kind: kind, time: now)
+        let record = IdempotencyRecord(key: key, digest: digest, target: TaskID(target), kind: kind, time: now)
         var changes: [TaskStore.Change] = []
         if let body = try? JSONEncoder().encode(record) {
-            changes.append(.document(kind: IdempotencyBook.document, id: IdempotencyBook.documentID(key), body: Array(body)))
+            changes.append(.document(kind: IdempotencyBook.document, id: .init(IdempotencyBook.documentID(key)), body: Array(body)))
         }
         for dropped in self.taskPlane.idempotency.add(record, now: now) {
-            changes.append(.forgetDocument(kind: IdempotencyBook.document, id: IdempotencyBook.documentID(dropped)))
+            changes.append(.forgetDocument(kind: IdempotencyBook.document, id: .init(IdempotencyBook.documentID(dropped))))
         }
         self.taskStore?.enqueue(changes)
     }
 
     func forgetIdempotencyKey(_ key: String) {
         self.taskPlane.idempotency.forget(key)
-        self.taskStore?.enqueue([.forgetDocument(kind: IdempotencyBook.document, id: IdempotencyBook.documentID(key))])
+        self.taskStore?.enqueue([.forgetDocument(kind: IdempotencyBook.document, id: .init(IdempotencyBook.documentID(key)))])
     }
 
     func restoreIdempotencyKeys() {
@@ -118,6 +119,6 @@ extension MeshNode {
             .map(\.value).sorted { $0.time < $1.time }
         var dropped: [String] = []
         for record in records { dropped += self.taskPlane.idempotency.add(record, now: now) }
-        self.taskStore?.enqueue(dropped.map { .forgetDocument(kind: IdempotencyBook.document, id: IdempotencyBook.documentID($0)) })
+        self.taskStore?.enqueue(dropped.map { .forgetDocument(kind: IdempotencyBook.document, id: .init(IdempotencyBook.documentID($0))) })
     }
 }

@@ -45,14 +45,14 @@ extension MeshNode {
     /// A publish answers once every live member has the event, or after this long (delivery goes on).
     static let publishAnswerWithin: Duration = .seconds(2)
     /// Long polls of the history wait on this key.
-    static let historyWaitKey = TaskID(high: 0, low: 0)
+    static let historyWaitKey = EventID(high: 0, low: 0)
 
     func runEventBus(_ event: (inout EventBus) -> [EventBus.Directive]) {
         for directive in event(&self.meshEvents.bus) {
             switch directive {
             case .send(let message, let peer): self.deliver(message, to: peer)
             case .store(let record): self.storeEventRecord(record)
-            case .forget(let id): self.taskStore?.enqueue([.forgetDocument(kind: Self.eventDocument, id: id)])
+            case .forget(let id): self.taskStore?.enqueue([.forgetDocument(kind: Self.eventDocument, id: .init(id))])
             case .deliver(let event): self.deliverToSubscribers(event)
             }
         }
@@ -118,7 +118,7 @@ extension MeshNode {
         }
         var generator = SystemRandomNumberGenerator()
         let event = MeshEvent(
-            id: TaskID(using: &generator), topic: topic, publishedBy: self.identity, time: AuditLog.wallClockMilliseconds(),
+            id: EventID(using: &generator), topic: topic, publishedBy: self.identity, time: AuditLog.wallClockMilliseconds(),
             data: Array(data))
         let members = self.liveMemberIDs()
         self.runEventBus { $0.publish(event, to: members, now: self.now) }
@@ -210,7 +210,7 @@ extension MeshNode {
     }
 
     /// A workflow run ended: if a subscription started it, the next event waiting for one starts its run.
-    func subscribedWorkflowEnded(_ run: TaskID) {
+    func subscribedWorkflowEnded(_ run: WorkflowID) {
         guard self.meshEvents.subscribers.workflowRuns.remove(run) != nil, let next = self.meshEvents.subscribers.workflows.finished() else { return }
         self.startSubscribedWorkflow(next.event, key: next.key, definition: next.definition)
     }
@@ -220,7 +220,7 @@ extension MeshNode {
     private func startSubscriberRun(_ event: MeshEvent, key: String, executor: CapabilitySpec.Executor) {
         let input = self.envelope(event)
         let context = TaskExecution.Context(
-            taskID: event.id, attempt: 1, deadline: Date().addingTimeInterval(Self.subscriberTimeout.seconds))
+            taskID: TaskID(event.id), attempt: 1, deadline: Date().addingTimeInterval(Self.subscriberTimeout.seconds))
         let loop = self.loop
         self.meshEvents.subscribers.executorRuns["\(event.id) \(key)"] = Task {
             let outcome = await TaskExecution.run(executor, input: input, timeout: Self.subscriberTimeout, context: context)
@@ -230,7 +230,7 @@ extension MeshNode {
         }
     }
 
-    private func subscriberFinished(_ id: TaskID, key: String, outcome: TaskOutcome) {
+    private func subscriberFinished(_ id: EventID, key: String, outcome: TaskOutcome) {
         self.meshEvents.subscribers.executorRuns["\(id) \(key)"] = nil
         defer {
             if let next = self.meshEvents.subscribers.executors.finished() { self.startSubscriberRun(next.event, key: next.key, executor: next.executor) }
@@ -269,7 +269,7 @@ extension MeshNode {
 
     private struct StoredEvent: Codable {
         let sequence: Int
-        let id: TaskID
+        let id: EventID
         let topic: String
         let origin: String
         let time: Int64
@@ -286,7 +286,7 @@ extension MeshNode {
             time: record.event.time, data: String(decoding: record.event.data, as: UTF8.self), outcomes: record.outcomes,
             originKey: record.event.seal.map { Hex.encode($0.originKey.bytes) }, signature: record.event.seal.map { Hex.encode($0.signature) })
         guard let body = try? JSONEncoder().encode(stored) else { return }
-        self.taskStore?.enqueue([.document(kind: Self.eventDocument, id: record.event.id, body: Array(body))])
+        self.taskStore?.enqueue([.document(kind: Self.eventDocument, id: .init(record.event.id), body: Array(body))])
     }
 
     private static func seal(key: String?, signature: String?) -> MeshEvent.Seal? {
@@ -322,14 +322,14 @@ extension MeshNode {
             if configured.contains(start.subscription) {
                 starts[start.subscription] = start.after
             } else {
-                changes.append(.forgetDocument(kind: Self.subscriptionStartDocument, id: id))
+                changes.append(.forgetDocument(kind: Self.subscriptionStartDocument, id: .init(id)))
             }
         }
         for subscription in configured.sorted() where starts[subscription] == nil {
             let start = SubscriptionStart(subscription: subscription, after: acted.contains(subscription) ? 0 : self.meshEvents.bus.lastSequence)
             starts[subscription] = start.after
             if let body = try? JSONEncoder().encode(start) {
-                changes.append(.document(kind: Self.subscriptionStartDocument, id: Self.subscriptionStartID(subscription), body: Array(body)))
+                changes.append(.document(kind: Self.subscriptionStartDocument, id: .init(Self.subscriptionStartID(subscription)), body: Array(body)))
             }
         }
         if !changes.isEmpty { self.taskStore?.enqueue(changes) }

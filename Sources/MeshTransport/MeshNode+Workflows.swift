@@ -44,7 +44,8 @@ extension MeshNode {
         ], kind: "workflow") {
         case .proceed(let key, let hash): (idempotencyKey, digest) = (key, hash)
         case .refused(let response): return respond(response)
-        case .repeated(let id):
+        case .repeated(let target):
+            let id = WorkflowID(target)
             return self.whenWorkflowChanges(id, after: nil, within: wait ?? .zero) { respond(self.workflowResponse(id, status: 200)) }
         }
         guard self.taskPlane.commitGate.isStoreWritable else {
@@ -63,14 +64,14 @@ extension MeshNode {
 
     /// Starts a run (a client's, or one an event started); returns its id.
     @discardableResult
-    func startWorkflow(_ definition: WorkflowDefinition, input: JSON?, callback: WebhookTarget?) -> TaskID {
+    func startWorkflow(_ definition: WorkflowDefinition, input: JSON?, callback: WebhookTarget?) -> WorkflowID {
         var generator = SystemRandomNumberGenerator()
-        let id = TaskID(using: &generator)
+        let id = WorkflowID(using: &generator)
         var run = WorkflowRun(id: id, definition: definition, input: input, time: AuditLog.wallClockMilliseconds())
         let directives = run.start(time: AuditLog.wallClockMilliseconds())
         self.workflowRuns.runs[id] = run
         if let start = try? JSONEncoder().encode(run.storedStart) {
-            self.taskStore?.enqueue([.document(kind: Self.workflowStartDocument, id: id, body: Array(start))])
+            self.taskStore?.enqueue([.document(kind: Self.workflowStartDocument, id: .init(id), body: Array(start))])
         }
         if let callback { self.registerWebhook(callback, for: .workflow(id)) }
         self.logger.info("workflow started", metadata: ["workflow": "\(id)", "name": "\(definition.name)"])
@@ -79,7 +80,7 @@ extension MeshNode {
     }
 
     /// Submits and cancels what the run asked for, stores it, and tells whoever waits.
-    private func performWorkflow(_ id: TaskID, _ directives: [WorkflowRun.Directive]) {
+    private func performWorkflow(_ id: WorkflowID, _ directives: [WorkflowRun.Directive]) {
         for directive in directives {
             switch directive {
             case .submit(let task):
@@ -170,9 +171,9 @@ extension MeshNode {
             for key in changedItems {
                 guard let item = run.storedItem(key) else { continue }
                 changes.append(.document(
-                    kind: Self.workflowItemDocument, id: WorkflowRun.documentID(of: key, in: run.id), body: Array(try encoder.encode(item))))
+                    kind: Self.workflowItemDocument, id: .init(WorkflowRun.documentID(of: key, in: run.id)), body: Array(try encoder.encode(item))))
             }
-            changes.append(.document(kind: Self.workflowDocument, id: run.id, body: Array(try encoder.encode(run.storedHeader()))))
+            changes.append(.document(kind: Self.workflowDocument, id: .init(run.id), body: Array(try encoder.encode(run.storedHeader()))))
         } catch {
             return self.logger.error("a workflow run cannot be encoded to be stored", metadata: ["workflow": "\(run.id)", "error": "\(error)"])
         }
@@ -184,9 +185,9 @@ extension MeshNode {
         for run in finished.dropLast(Self.finishedWorkflowsKept) {
             self.workflowRuns.runs[run.id] = nil
             self.taskStore?.enqueue([
-                .forgetDocument(kind: Self.workflowDocument, id: run.id), .forgetDocument(kind: Self.workflowStartDocument, id: run.id),
+                .forgetDocument(kind: Self.workflowDocument, id: .init(run.id)), .forgetDocument(kind: Self.workflowStartDocument, id: .init(run.id)),
             ] + run.itemKeys.map {
-                .forgetDocument(kind: Self.workflowItemDocument, id: WorkflowRun.documentID(of: $0, in: run.id))
+                .forgetDocument(kind: Self.workflowItemDocument, id: .init(WorkflowRun.documentID(of: $0, in: run.id)))
             })
         }
     }
@@ -196,9 +197,9 @@ extension MeshNode {
     /// submission was lost with the crash.
     func restoreWorkflows() {
         guard let store = self.taskStore else { return }
-        let documents: [(id: TaskID, body: [UInt8])]
-        var itemsByRun: [TaskID: [WorkflowRun.StoredItem]] = [:]
-        var starts: [TaskID: [UInt8]] = [:]
+        let documents: [(id: TaskStore.DocumentID, body: [UInt8])]
+        var itemsByRun: [WorkflowID: [WorkflowRun.StoredItem]] = [:]
+        var starts: [TaskStore.DocumentID: [UInt8]] = [:]
         do {
             documents = try store.documents(kind: Self.workflowDocument)
             for document in try store.documents(kind: Self.workflowStartDocument) { starts[document.id] = document.body }
@@ -208,7 +209,7 @@ extension MeshNode {
         for (_, item) in self.restoredDocuments(Self.workflowItemDocument, as: WorkflowRun.StoredItem.self, what: "workflow item") {
             itemsByRun[item.run, default: []].append(item)
         }
-        var unfinished: [TaskID] = []
+        var unfinished: [WorkflowID] = []
         for document in documents {
             let decoder = JSONDecoder()
             // A run stored whole (before runs were stored in parts) has no start document.
@@ -217,7 +218,7 @@ extension MeshNode {
                 return WorkflowRun.restored(
                     start: try decoder.decode(WorkflowRun.StoredStart.self, from: Data(start)),
                     header: try decoder.decode(WorkflowRun.StoredHeader.self, from: Data(document.body)),
-                    items: itemsByRun[document.id] ?? [])
+                    items: itemsByRun[.init(document.id)] ?? [])
             }
             let run: WorkflowRun
             switch restored {
@@ -258,10 +259,10 @@ extension MeshNode {
         respond(self.workflowResponse(id))
     }
 
-    private func resolveWorkflow(_ reference: TaskReference, respond: Respond) -> TaskID? {
-        let matches: [TaskID]
+    private func resolveWorkflow(_ reference: TaskReference, respond: Respond) -> WorkflowID? {
+        let matches: [WorkflowID]
         switch reference {
-        case .id(let id): matches = self.workflowRuns.runs[id] == nil ? [] : [id]
+        case .id(let given): matches = self.workflowRuns.runs[WorkflowID(given)] == nil ? [] : [WorkflowID(given)]
         case .prefix(let prefix): matches = self.workflowRuns.runs.keys.filter { $0.description.hasPrefix(prefix) }
         }
         switch matches.count {
@@ -272,7 +273,7 @@ extension MeshNode {
     }
 
     /// Calls `then` once the run's version passes `version` (without one: once the run ends), or `timeout` passes.
-    private func whenWorkflowChanges(_ id: TaskID, after version: Int?, within timeout: Duration, then: @escaping () -> Void) {
+    private func whenWorkflowChanges(_ id: WorkflowID, after version: Int?, within timeout: Duration, then: @escaping () -> Void) {
         guard let run = self.workflowRuns.runs[id], !run.state.isTerminal, timeout > .zero, version.map({ run.version <= $0 }) ?? true
         else { return then() }
         let deadline = self.now + timeout
@@ -281,17 +282,17 @@ extension MeshNode {
         self.wait(.workflow, for: id, timeout: timeout, wake: wake)
     }
 
-    private func whenWorkflowStored(_ id: TaskID, then: @escaping (String?) -> Void) {
+    private func whenWorkflowStored(_ id: WorkflowID, then: @escaping (String?) -> Void) {
         let sequence = self.taskStore?.lastQueued ?? 0
         if !self.taskPlane.commitGate.wait(forStore: sequence, { error in then(error?.description) }) { then(nil) }
     }
 
-    func workflowResponse(_ id: TaskID, status: Int = 200) -> ControlResponse {
+    func workflowResponse(_ id: WorkflowID, status: Int = 200) -> ControlResponse {
         guard let run = self.workflowRuns.runs[id] else { return .error(404, "no workflow \(id) on this node") }
         return .json(self.workflowInfo(run), status: status)
     }
 
-    func workflowDocumentBytes(_ id: TaskID) -> [UInt8]? {
+    func workflowDocumentBytes(_ id: WorkflowID) -> [UInt8]? {
         guard let run = self.workflowRuns.runs[id] else { return nil }
         return ControlResponse.json(self.workflowInfo(run)).body
     }

@@ -6,10 +6,10 @@ import MeshStorage
 /// What a restart reads back from the task store's documents: every document that cannot be read is logged, skipped
 /// and kept in `status` (``ControlAPI/NodeInfo/restoreProblems``), never dropped without a word.
 extension MeshNode {
-    /// Every stored document of `kind`, decoded as `T`.
-    func restoredDocuments<T: Decodable>(_ kind: String, as type: T.Type, what: String) -> [(id: TaskID, value: T)] {
+    /// Every stored document of `kind`, decoded as `T`, with its id (which the caller makes the id of its kind).
+    func restoredDocuments<T: Decodable>(_ kind: String, as type: T.Type, what: String) -> [(id: TaskStore.DocumentID, value: T)] {
         guard let store = self.taskStore else { return [] }
-        let documents: [(id: TaskID, body: [UInt8])]
+        let documents: [(id: TaskStore.DocumentID, body: [UInt8])]
         do {
             documents = try store.documents(kind: kind)
         } catch {

@@ -55,8 +55,10 @@ struct Waiters {
 extension MeshNode {
     /// Calls `wake` once `id` is woken for `kind`, or after `timeout`, whichever comes first; at once on a node that
     /// is stopping (a request that came in after shutdown woke everyone must not wait out its time).
-    func wait(_ kind: Waiters.Kind, for id: TaskID, timeout: Duration, wake: @escaping () -> Void) {
+    func wait<IDKind>(_ kind: Waiters.Kind, for waitedOn: MeshID<IDKind>, timeout: Duration, wake: @escaping () -> Void) {
         guard self.isServing else { return wake() }
+        // Each kind of waiter waits on one kind of id (a task's, an event's, a run's): the kinds keep them apart.
+        let id = TaskID(waitedOn)
         self.taskPlane.waiters.add(kind, id, wake: wake) { token in
             self.loop.scheduleTask(in: TimeAmount(timeout)) {
                 self.assumeIsolated { node in node.taskPlane.waiters.remove(kind, id, token: token)?.wake() } as Void
@@ -65,8 +67,8 @@ extension MeshNode {
     }
 
     /// Wakes everyone waiting on `id` for `kind`.
-    func wake(_ kind: Waiters.Kind, _ id: TaskID) {
-        for waiter in self.taskPlane.waiters.removeAll(kind, id) {
+    func wake<IDKind>(_ kind: Waiters.Kind, _ id: MeshID<IDKind>) {
+        for waiter in self.taskPlane.waiters.removeAll(kind, TaskID(id)) {
             waiter.expiry.cancel()
             waiter.wake()
         }

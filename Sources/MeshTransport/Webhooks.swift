@@ -17,11 +17,13 @@ struct WebhookTarget: Sendable, Equatable, Codable {
 /// What a webhook reports on.
 enum WebhookSubject: Sendable, Hashable, Codable {
     case task(TaskID)
-    case workflow(TaskID)
+    case workflow(WorkflowID)
 
-    var id: TaskID {
+    /// The id its stored target is kept under: the task's or the run's.
+    var documentID: TaskStore.DocumentID {
         switch self {
-        case .task(let id), .workflow(let id): return id
+        case .task(let id): return .init(id)
+        case .workflow(let id): return .init(id)
         }
     }
 
@@ -184,7 +186,7 @@ extension MeshNode {
     func registerWebhook(_ target: WebhookTarget, for subject: WebhookSubject) {
         self.webhooks.register(target, for: subject)
         if let body = try? JSONEncoder().encode(StoredTarget(subject: subject, target: target)) {
-            self.taskStore?.enqueue([.document(kind: WebhookBook.targetDocument, id: subject.id, body: Array(body))])
+            self.taskStore?.enqueue([.document(kind: WebhookBook.targetDocument, id: subject.documentID, body: Array(body))])
         }
     }
 
@@ -209,13 +211,13 @@ extension MeshNode {
         if isFinal {
             self.webhooks.targets[subject] = nil
             self.webhooks.lastState[subject] = nil
-            self.taskStore?.enqueue([.forgetDocument(kind: WebhookBook.targetDocument, id: subject.id)])
+            self.taskStore?.enqueue([.forgetDocument(kind: WebhookBook.targetDocument, id: subject.documentID)])
         }
     }
 
     private func storeDelivery(_ delivery: WebhookDelivery) {
         guard let body = try? JSONEncoder().encode(delivery) else { return }
-        self.taskStore?.enqueue([.document(kind: WebhookBook.deliveryDocument, id: delivery.id, body: Array(body))])
+        self.taskStore?.enqueue([.document(kind: WebhookBook.deliveryDocument, id: .init(delivery.id), body: Array(body))])
     }
 
     /// POSTs one delivery off the loop; its answer decides: done, retry later, or give up.
@@ -245,12 +247,12 @@ extension MeshNode {
         switch result {
         case .delivered:
             self.webhooks.pending[id] = nil
-            self.taskStore?.enqueue([.forgetDocument(kind: WebhookBook.deliveryDocument, id: id)])
+            self.taskStore?.enqueue([.forgetDocument(kind: WebhookBook.deliveryDocument, id: .init(id))])
             self.logger.debug("webhook delivered", metadata: ["url": "\(delivery.url)", "event": "\(delivery.event)"])
         case .refused(let why),
             .retry(let why) where delivery.attempts >= WebhookBook.maximumAttempts:
             self.webhooks.pending[id] = nil
-            self.taskStore?.enqueue([.forgetDocument(kind: WebhookBook.deliveryDocument, id: id)])
+            self.taskStore?.enqueue([.forgetDocument(kind: WebhookBook.deliveryDocument, id: .init(id))])
             self.logger.warning("webhook given up", metadata: [
                 "url": "\(delivery.url)", "event": "\(delivery.event)", "attempts": "\(delivery.attempts)", "why": "\(why)",
             ])

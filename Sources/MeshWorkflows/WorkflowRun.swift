@@ -115,7 +115,7 @@ public struct WorkflowRun: Sendable, Equatable, Codable {
         let item: Int
     }
 
-    public let id: TaskID
+    public let id: WorkflowID
     public let definition: WorkflowDefinition
     public let input: JSON
     public let submittedAt: Int64
@@ -159,7 +159,7 @@ public struct WorkflowRun: Sendable, Equatable, Codable {
         self.changedItems.insert(ItemKey(step: step, index: index, undo: undo))
     }
 
-    public init(id: TaskID, definition: WorkflowDefinition, input: JSON?, time: Int64) {
+    public init(id: WorkflowID, definition: WorkflowDefinition, input: JSON?, time: Int64) {
         self.id = id
         self.definition = definition
         self.input = input ?? definition.defaultInput ?? .object([:])
@@ -501,7 +501,7 @@ public struct WorkflowRun: Sendable, Equatable, Codable {
     }
 
     /// The id of a step item's task (or of its compensation): the same on every node restart.
-    public static func taskID(_ workflow: TaskID, _ step: String, _ item: Int, undo: Bool) -> TaskID {
+    public static func taskID(_ workflow: WorkflowID, _ step: String, _ item: Int, undo: Bool) -> TaskID {
         let digest = SHA256.hash(Array("agentmesh workflow task \(workflow) \(step) \(item) \(undo ? "undo" : "run")".utf8))
         return TaskID(
             high: digest[0..<8].reduce(0) { $0 << 8 | UInt64($1) }, low: digest[8..<16].reduce(0) { $0 << 8 | UInt64($1) })
@@ -523,7 +523,7 @@ extension WorkflowRun {
 
     /// The run's state without its items, their map elements and the outputs rebuilt from them.
     public struct StoredHeader: Sendable, Codable {
-        let id: TaskID
+        let id: WorkflowID
         let submittedAt: Int64
         let state: State
         let steps: [String: StepRun]
@@ -539,7 +539,7 @@ extension WorkflowRun {
 
     /// One item (or its compensation), as stored apart from its run.
     public struct StoredItem: Sendable, Codable {
-        public let run: TaskID
+        public let run: WorkflowID
         public let key: ItemKey
         let item: Item
         /// The element of the map's list the item is for.
@@ -547,7 +547,7 @@ extension WorkflowRun {
     }
 
     /// An item's document id: its task's id, unique across runs and steps.
-    public static func documentID(of key: ItemKey, in run: TaskID) -> TaskID {
+    public static func documentID(of key: ItemKey, in run: WorkflowID) -> TaskID {
         Self.taskID(run, key.step, key.index, undo: key.undo)
     }
 

@@ -160,7 +160,7 @@ func eventFlood(home: String, port: Int, count: Int, bytes: Int) throws {
     let started = ContinuousClock.now
     for _ in 0..<count {
         let event = MeshEvent(
-            id: TaskID(using: &generator), topic: "flood", publishedBy: identity, time: Int64(Date().timeIntervalSince1970 * 1000), data: data)
+            id: EventID(using: &generator), topic: "flood", publishedBy: identity, time: Int64(Date().timeIntervalSince1970 * 1000), data: data)
         guard let frames = try? opening.withLock({ session in try session.seal(message: TaskMessage.event(event).encoded(after: 5)) }),
             (try? frames.forEach { try connection.sendFrame($0) }) != nil
         else { break }

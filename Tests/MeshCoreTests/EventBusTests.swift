@@ -5,7 +5,7 @@ import Testing
 @Suite struct EventBusTests {
     static let (a, b, c, d) = (NodeID(high: 0, low: 1), NodeID(high: 0, low: 2), NodeID(high: 0, low: 3), NodeID(high: 0, low: 4))
     static func event(_ number: UInt64, from origin: NodeID = a) -> MeshEvent {
-        MeshEvent(id: TaskID(high: 9, low: number), topic: "orders", origin: origin, time: 0, data: Array("{}".utf8), seal: nil)
+        MeshEvent(id: EventID(high: 9, low: number), topic: "orders", origin: origin, time: 0, data: Array("{}".utf8), seal: nil)
     }
 
     static func sends(_ directives: [EventBus.Directive]) -> [String] {
@@ -46,7 +46,7 @@ import Testing
         var bus = EventBus(local: Self.a)
         for (number, topic) in ["research.papers", "research.blogs", "orders", "researcher"].enumerated() {
             _ = bus.publish(
-                MeshEvent(id: TaskID(high: 8, low: UInt64(number)), topic: topic, origin: Self.a, time: 0, data: [], seal: nil),
+                MeshEvent(id: EventID(high: 8, low: UInt64(number)), topic: topic, origin: Self.a, time: 0, data: [], seal: nil),
                 to: [], now: .zero)
         }
         func topics(_ filter: String?) -> [String] { bus.records(after: 0, topic: filter, limit: 10).map(\.event.topic) }
@@ -62,7 +62,7 @@ import Testing
         var settings = EventBus.Settings()
         settings.historyLimit = 3
         var bus = EventBus(local: Self.a, settings: settings)
-        var forgotten: [TaskID] = []
+        var forgotten: [EventID] = []
         for number in 1...5 {
             for case .forget(let id) in bus.publish(Self.event(UInt64(number)), to: [], now: .zero) { forgotten.append(id) }
         }
@@ -73,7 +73,7 @@ import Testing
         restored.restore(bus.history)
         #expect(restored.lastSequence == 5 && restored.record(Self.event(5).id) != nil)
         let message = TaskMessage.event(MeshEvent(
-            id: TaskID(high: 9, low: 7), topic: "orders", publishedBy: NodeIdentity(name: "b"), time: 0, data: Array("{}".utf8)))
+            id: EventID(high: 9, low: 7), topic: "orders", publishedBy: NodeIdentity(name: "b"), time: 0, data: Array("{}".utf8)))
         #expect(try TaskMessage(decoding: message.encoded()) == message)
         #expect(try TaskMessage(decoding: TaskMessage.eventAck(Self.event(7).id).encoded()) == .eventAck(Self.event(7).id))
     }
@@ -84,7 +84,7 @@ import Testing
         var bus = EventBus(local: Self.a)
         let data = [UInt8](repeating: 0x31, count: MeshEvent.maximumData)
         func event(_ number: UInt64, from origin: NodeID) -> MeshEvent {
-            MeshEvent(id: TaskID(high: number, low: origin.low), topic: "t", origin: origin, time: 0, data: data, seal: nil)
+            MeshEvent(id: EventID(high: number, low: origin.low), topic: "t", origin: origin, time: 0, data: data, seal: nil)
         }
         let quiet = event(1, from: Self.c)
         _ = bus.receive(.event(quiet), from: Self.c, members: [Self.a, Self.b, Self.c], now: .zero, time: 0)
@@ -112,17 +112,17 @@ import Testing
         settings.replayWindow = 60_000
         var bus = EventBus(local: Self.c, settings: settings)
         let members = [Self.a, Self.b, Self.c]
-        let honest = MeshEvent(id: TaskID(high: 1, low: 1), topic: "orders", origin: Self.a, time: 1_000, data: Array("7".utf8), seal: nil)
+        let honest = MeshEvent(id: EventID(high: 1, low: 1), topic: "orders", origin: Self.a, time: 1_000, data: Array("7".utf8), seal: nil)
         #expect(bus.receive(.event(honest), from: Self.a, members: members, now: .zero, time: 1_000).contains(.deliver(honest)))
         for number in 0..<50 {
-            let flood = MeshEvent(id: TaskID(high: 2, low: UInt64(number)), topic: "x", origin: Self.b, time: 1_000, data: [], seal: nil)
+            let flood = MeshEvent(id: EventID(high: 2, low: UInt64(number)), topic: "x", origin: Self.b, time: 1_000, data: [], seal: nil)
             _ = bus.receive(.event(flood), from: Self.b, members: members, now: .zero, time: 1_000)
         }
         #expect(bus.record(honest.id) != nil, "b's flood pushed out only b's own events")
         #expect(bus.history.count { $0.event.origin == Self.b } == 4)
         // Honest traffic lets it go; a replay within the window is known, one after it is too old.
         for number in 0..<8 {
-            let later = MeshEvent(id: TaskID(high: 3, low: UInt64(number)), topic: "x", origin: Self.d, time: 2_000, data: [], seal: nil)
+            let later = MeshEvent(id: EventID(high: 3, low: UInt64(number)), topic: "x", origin: Self.d, time: 2_000, data: [], seal: nil)
             _ = bus.receive(.event(later), from: Self.d, members: members, now: .zero, time: 2_000)
         }
         #expect(bus.record(honest.id) == nil && bus.knows(honest.id))
@@ -132,7 +132,7 @@ import Testing
         #expect(late == [.send(.eventAck(honest.id), to: Self.b)] && !bus.knows(honest.id), "too old: refused by its time")
         // A peer's extreme times are refused, not subtracted into an overflow.
         for extreme in [Int64.min, Int64.max] {
-            let odd = MeshEvent(id: TaskID(high: 4, low: 1), topic: "x", origin: Self.b, time: extreme, data: [], seal: nil)
+            let odd = MeshEvent(id: EventID(high: 4, low: 1), topic: "x", origin: Self.b, time: extreme, data: [], seal: nil)
             #expect(bus.receive(.event(odd), from: Self.b, members: members, now: .zero, time: 100_000) == [.send(.eventAck(odd.id), to: Self.b)])
         }
     }

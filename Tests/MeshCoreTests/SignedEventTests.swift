@@ -33,7 +33,7 @@ import Testing
         #expect(Hex.encode(identity.signingKey.publicKey.bytes) == file.public_key)
         for vector in file.vectors {
             let event = MeshEvent(
-                id: try #require(TaskID(hex: vector.id)), topic: vector.topic, publishedBy: identity, time: vector.time,
+                id: try #require(EventID(hex: vector.id)), topic: vector.topic, publishedBy: identity, time: vector.time,
                 data: Array(vector.data.utf8))
             #expect(event.origin.description == vector.origin)
             #expect(Hex.encode(try #require(event.seal).signature) == vector.signature)
@@ -58,7 +58,7 @@ import Testing
             #expect(!event.isAuthentic, "byte \(position) changed and the event still verified")
         }
         // Another node's name on a genuine seal: refused.
-        let genuine = MeshEvent(id: TaskID(high: 1, low: 2), topic: "t", publishedBy: identity, time: 5, data: Array("1".utf8))
+        let genuine = MeshEvent(id: EventID(high: 1, low: 2), topic: "t", publishedBy: identity, time: 5, data: Array("1".utf8))
         let forged = MeshEvent(
             id: genuine.id, topic: genuine.topic, origin: NodeIdentity(name: "other").nodeID, time: genuine.time,
             data: genuine.data, seal: genuine.seal)

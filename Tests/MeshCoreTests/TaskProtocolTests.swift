@@ -1083,7 +1083,7 @@ extension TaskProtocolTests {
         let id = TaskID(high: 1, low: 2)
         let samples: [TaskMessage] = [
             .accept(id, epoch: 1), .resultAck(id, epoch: 1), .cancel(id, epoch: 2), .held(id, epoch: 3), .resume(id, epoch: 3),
-            .eventAck(id), .log(id, epoch: 1, chunk: [1]), .inputRequired(id, epoch: 1, question: Array("1".utf8)),
+            .eventAck(EventID(id)), .log(id, epoch: 1, chunk: [1]), .inputRequired(id, epoch: 1, question: Array("1".utf8)),
         ]
         for message in samples {
             let bytes = message.encoded()

@@ -111,7 +111,7 @@ import Testing
         var generator = SystemRandomNumberGenerator()
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         let sent = (0..<100).map { _ in
-            MeshEvent(id: TaskID(using: &generator), topic: "flood", publishedBy: mallory.identity, time: now, data: data)
+            MeshEvent(id: EventID(using: &generator), topic: "flood", publishedBy: mallory.identity, time: now, data: data)
         }
         func history() async throws -> [ControlAPI.EventInfo] {
             let page = await runningA.node.handleControl(
@@ -193,7 +193,7 @@ import Testing
         let broken = TaskID(high: 7, low: 7)
         let stored = Mutex(false)
         store.onProgress { _ in stored.withLock { $0 = true } }
-        store.enqueue([.document(kind: "event", id: broken, body: Array("not an event".utf8))])
+        store.enqueue([.document(kind: "event", id: .init(broken), body: Array("not an event".utf8))])
         #expect(await eventually { stored.withLock { $0 } })
         let second = try await a.start()
         let problems = await second.node.nodeInfo().restoreProblems

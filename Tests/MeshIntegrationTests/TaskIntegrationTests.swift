@@ -526,7 +526,7 @@ import Glibc
         if accepted.kind == "task" {
             #expect(try store.submittedTask(id) != nil)
         } else {
-            #expect(try store.documents(kind: MeshNode.eventDocument).contains { $0.id == id }, "stored before the answer")
+            #expect(try store.documents(kind: MeshNode.eventDocument).contains { TaskID($0.id) == id }, "stored before the answer")
         }
         await running.stop()
     }
@@ -585,7 +585,7 @@ import Glibc
         held.withLock { $0 = false }
         let id = try #require(await starting.value.flatMap(TaskID.init(hex:)))
         let store = try TaskStore(path: a.home.path + "/node.sqlite", timeBase: TaskStore.TimeBase(origin: Date()))
-        #expect(try store.documents(kind: MeshNode.workflowStartDocument).contains { $0.id == id }, "stored before the answer")
+        #expect(try store.documents(kind: MeshNode.workflowStartDocument).contains { TaskID($0.id) == id }, "stored before the answer")
 
         let padding = String(repeating: "x", count: 20_000)
         var full = false

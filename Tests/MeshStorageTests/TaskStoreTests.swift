@@ -46,7 +46,7 @@ import Testing
         let commits = Mutex<[Int]>([])
         store.onCommit { changes, _ in commits.withLock { $0.append(changes) } }
         func document(_ number: UInt64) -> TaskStore.Change {
-            .document(kind: "note", id: TaskID(high: 3, low: number), body: Array("{\"n\":\(number)}".utf8))
+            .document(kind: "note", id: .init(TaskID(high: 3, low: number)), body: Array("{\"n\":\(number)}".utf8))
         }
         _ = store.enqueue([document(0)])
         for number in 1...200 { _ = store.enqueue([document(UInt64(number))]) }

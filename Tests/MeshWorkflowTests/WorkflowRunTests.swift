@@ -26,7 +26,7 @@ import Testing
         """
 
     @Test func aPipelinePassesEachStepsOutputToTheNext() throws {
-        let id = TaskID(high: 1, low: 2)
+        let id = WorkflowID(high: 1, low: 2)
         var run = WorkflowRun(id: id, definition: try Self.definition(Self.pipeline), input: .object(["topic": .string("bees")]), time: 0)
         let first = Self.tasks(run.start(time: 0))
         #expect(first.map(\.capability) == ["search"] && Self.input(first[0]) == #"{"topic":"bees"}"#)
@@ -42,7 +42,7 @@ import Testing
     }
 
     @Test func aFailingThirdStepCompensatesTheFirstTwoNewestFirst() throws {
-        var run = WorkflowRun(id: TaskID(high: 3, low: 4), definition: try Self.definition(Self.pipeline), input: .object(["topic": .string("x")]), time: 0)
+        var run = WorkflowRun(id: WorkflowID(high: 3, low: 4), definition: try Self.definition(Self.pipeline), input: .object(["topic": .string("x")]), time: 0)
         let research = Self.tasks(run.start(time: 0))[0]
         let analyze = Self.tasks(run.taskEnded(research.id, .completed(Array(#"{"notes":"n"}"#.utf8)), time: 1))[0]
         let write = Self.tasks(run.taskEnded(analyze.id, .completed(Array("7".utf8)), time: 2))[0]
@@ -57,7 +57,7 @@ import Testing
     }
 
     @Test func aCompensationThatFailsIsRecordedAndTheOthersStillRun() throws {
-        var run = WorkflowRun(id: TaskID(high: 5, low: 6), definition: try Self.definition(Self.pipeline), input: .object(["topic": .string("x")]), time: 0)
+        var run = WorkflowRun(id: WorkflowID(high: 5, low: 6), definition: try Self.definition(Self.pipeline), input: .object(["topic": .string("x")]), time: 0)
         let research = Self.tasks(run.start(time: 0))[0]
         let analyze = Self.tasks(run.taskEnded(research.id, .completed(Array(#"{"notes":"n"}"#.utf8)), time: 1))[0]
         let undoResearch = Self.tasks(run.taskEnded(analyze.id, .failed("no"), time: 2))
@@ -73,7 +73,7 @@ import Testing
               {"name": "sum", "capability": "sum", "input": "{{steps.each.output}}"}
             ]}
             """)
-        var run = WorkflowRun(id: TaskID(high: 7, low: 8), definition: definition, input: .object(["items": .array((0..<100).map { .int(Int64($0)) })]), time: 0)
+        var run = WorkflowRun(id: WorkflowID(high: 7, low: 8), definition: definition, input: .object(["items": .array((0..<100).map { .int(Int64($0)) })]), time: 0)
         var inFlight = Self.tasks(run.start(time: 0))
         #expect(inFlight.count == 8)
         var rng = SystemRandomNumberGenerator()
@@ -98,7 +98,7 @@ import Testing
               {"name": "after", "capability": "echo", "input": {"got": "{{steps.optional.output}}"}}
             ]}
             """)
-        var run = WorkflowRun(id: TaskID(high: 9, low: 9), definition: definition, input: nil, time: 0)
+        var run = WorkflowRun(id: WorkflowID(high: 9, low: 9), definition: definition, input: nil, time: 0)
         let optional = Self.tasks(run.start(time: 0))[0]
         let next = Self.tasks(run.taskEnded(optional.id, .failed("flaked"), time: 1))
         #expect(Self.input(next[0]) == #"{"got":null}"#)
@@ -107,7 +107,7 @@ import Testing
     }
 
     @Test func cancelStopsRunningTasksAndUndoesCompletedSteps() throws {
-        var run = WorkflowRun(id: TaskID(high: 10, low: 1), definition: try Self.definition(Self.pipeline), input: .object(["topic": .string("x")]), time: 0)
+        var run = WorkflowRun(id: WorkflowID(high: 10, low: 1), definition: try Self.definition(Self.pipeline), input: .object(["topic": .string("x")]), time: 0)
         let research = Self.tasks(run.start(time: 0))[0]
         let analyze = Self.tasks(run.taskEnded(research.id, .completed(Array(#"{"notes":"n"}"#.utf8)), time: 1))[0]
         let directives = run.cancel(time: 2)
@@ -119,7 +119,7 @@ import Testing
     }
 
     @Test func aStoredRunResumesWhereItStopped() throws {
-        var run = WorkflowRun(id: TaskID(high: 11, low: 1), definition: try Self.definition(Self.pipeline), input: .object(["topic": .string("x")]), time: 0)
+        var run = WorkflowRun(id: WorkflowID(high: 11, low: 1), definition: try Self.definition(Self.pipeline), input: .object(["topic": .string("x")]), time: 0)
         let research = Self.tasks(run.start(time: 0))[0]
         let analyze = Self.tasks(run.taskEnded(research.id, .completed(Array(#"{"notes":"n"}"#.utf8)), time: 1))[0]
         var restored = try JSONDecoder().decode(WorkflowRun.self, from: JSONEncoder().encode(run))
@@ -142,7 +142,7 @@ import Testing
             """)
         let count = 2_000
         var run = WorkflowRun(
-            id: TaskID(high: 12, low: 1), definition: definition, input: .object(["items": .array((0..<count).map { .int(Int64($0)) })]), time: 0)
+            id: WorkflowID(high: 12, low: 1), definition: definition, input: .object(["items": .array((0..<count).map { .int(Int64($0)) })]), time: 0)
         var documents: [TaskID: [UInt8]] = [:]
         var header: [UInt8] = []
         var written = 0
@@ -217,7 +217,7 @@ import Testing
               {"name": "later", "capability": "c", "after": "now", "wait_for_capability": true}
             ]}
             """#)
-        var run = WorkflowRun(id: TaskID(high: 12, low: 2), definition: definition, input: .null, time: 0)
+        var run = WorkflowRun(id: WorkflowID(high: 12, low: 2), definition: definition, input: .null, time: 0)
         let first = Self.tasks(run.start(time: 0))
         let second = Self.tasks(run.taskEnded(first[0].id, .completed(Array("1".utf8)), time: 1))
         let tasks = first + second
@@ -232,7 +232,7 @@ import Testing
 
     @Test func aMapOverSomethingThatIsNotAListFailsTheStepWithAReason() throws {
         let definition = try Self.definition(#"{"name": "m", "steps": [{"name": "each", "capability": "echo", "map": "{{input.items}}"}]}"#)
-        var run = WorkflowRun(id: TaskID(high: 12, low: 1), definition: definition, input: .object(["items": .string("no")]), time: 0)
+        var run = WorkflowRun(id: WorkflowID(high: 12, low: 1), definition: definition, input: .object(["items": .string("no")]), time: 0)
         #expect(Self.tasks(run.start(time: 0)).isEmpty)
         #expect(run.state == .failed && run.error == "step each failed: map {{input.items}} is not a list")
         #expect(run.steps["each"]?.error == "map {{input.items}} is not a list")

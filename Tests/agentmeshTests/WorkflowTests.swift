@@ -380,7 +380,7 @@ extension EventTests {
         unsigned.u64(0)
         unsigned.longBytes(data)
         // A signed event with b's key on it, signed by m.
-        let second = TaskID(using: &generator)
+        let second = EventID(using: &generator)
         let bKey = bIdentity.signingKey.publicKey
         let forged = MeshEvent(
             id: second, topic: "orders", origin: bIdentity.nodeID, time: 0, data: data,

@@ -3,7 +3,7 @@ public import MeshCrypto
 /// An event published on the mesh: a topic and JSON data, named by a random id that every node de-duplicates on,
 /// and signed by the node that published it, so no peer that passes it on can put another node's name on it.
 public struct MeshEvent: Sendable, Equatable {
-    public let id: TaskID
+    public let id: EventID
     public let topic: String
     /// The node that published it: the hash of `originKey` (see ``NodeID/init(identityKey:)``).
     public let origin: NodeID
@@ -28,7 +28,7 @@ public struct MeshEvent: Sendable, Equatable {
     public static let signatureLength = 64
     static let signatureDomain = Array("agentmesh-event-v1".utf8)
 
-    public init(id: TaskID, topic: String, origin: NodeID, time: Int64, data: [UInt8], seal: Seal?) {
+    public init(id: EventID, topic: String, origin: NodeID, time: Int64, data: [UInt8], seal: Seal?) {
         self.id = id
         self.topic = topic
         self.origin = origin
@@ -38,7 +38,7 @@ public struct MeshEvent: Sendable, Equatable {
     }
 
     /// An event published by `identity`, signed with its key.
-    public init(id: TaskID, topic: String, publishedBy identity: NodeIdentity, time: Int64, data: [UInt8]) {
+    public init(id: EventID, topic: String, publishedBy identity: NodeIdentity, time: Int64, data: [UInt8]) {
         let originKey = identity.signingKey.publicKey
         let signature = identity.signingKey.signature(
             for: Self.signedBytes(id: id, topic: topic, originKey: originKey, time: time, data: data))
@@ -48,7 +48,7 @@ public struct MeshEvent: Sendable, Equatable {
     }
 
     /// What the publisher signs: `"agentmesh-event-v1" ‖ id ‖ topic (1 + n) ‖ origin key ‖ time ‖ data (4 + n)`.
-    public static func signedBytes(id: TaskID, topic: String, originKey: Ed25519PublicKey, time: Int64, data: [UInt8]) -> [UInt8] {
+    public static func signedBytes(id: EventID, topic: String, originKey: Ed25519PublicKey, time: Int64, data: [UInt8]) -> [UInt8] {
         var writer = ByteWriter(capacity: data.count + 128)
         writer.raw(Self.signatureDomain)
         writer.u64(id.high)
@@ -130,7 +130,7 @@ public struct EventBus: Sendable {
         /// Keep (or update) the record durably.
         case store(Record)
         /// Drop a record that fell out of the history.
-        case forget(TaskID)
+        case forget(EventID)
         /// Hand the event to this node's subscribers.
         case deliver(MeshEvent)
     }
@@ -139,16 +139,16 @@ public struct EventBus: Sendable {
     public let settings: Settings
     public private(set) var history: [Record] = []
     /// Each kept event's sequence number.
-    private var index: [TaskID: Int] = [:]
+    private var index: [EventID: Int] = [:]
     /// Bytes of the history, in all and per origin (see ``bytes(of:)``).
     public private(set) var historyBytes = 0
     private var bytesByOrigin: [NodeID: Int] = [:]
     private var countByOrigin: [NodeID: Int] = [:]
     /// Ids of events that left the history, with their signed time, oldest first, until the replay window passes.
-    private var remembered: [TaskID: Int64] = [:]
-    private var rememberedOrder: [TaskID] = []
+    private var remembered: [EventID: Int64] = [:]
+    private var rememberedOrder: [EventID] = []
     /// Events this node published that some members have not acknowledged.
-    private var unacknowledged: [TaskID: (event: MeshEvent, waiting: Set<NodeID>, nextAt: Duration, until: Duration)] = [:]
+    private var unacknowledged: [EventID: (event: MeshEvent, waiting: Set<NodeID>, nextAt: Duration, until: Duration)] = [:]
 
     public init(local: NodeID, settings: Settings = Settings()) {
         self.local = local
@@ -162,12 +162,12 @@ public struct EventBus: Sendable {
 
     public var lastSequence: Int { self.history.last?.sequence ?? 0 }
 
-    public func record(_ id: TaskID) -> Record? {
+    public func record(_ id: EventID) -> Record? {
         self.position(of: id).map { self.history[$0] }
     }
 
     /// Where an event sits in the history (sequences ascend, with gaps where stored records could not be read).
-    private func position(of id: TaskID) -> Int? {
+    private func position(of id: EventID) -> Int? {
         guard let sequence = self.index[id] else { return nil }
         var low = 0, high = self.history.count - 1
         while low <= high {
@@ -227,7 +227,7 @@ public struct EventBus: Sendable {
     }
 
     /// Members still to acknowledge an event this node published (empty once all have).
-    public func waiting(for id: TaskID) -> Set<NodeID> { self.unacknowledged[id]?.waiting ?? [] }
+    public func waiting(for id: EventID) -> Set<NodeID> { self.unacknowledged[id]?.waiting ?? [] }
 
     /// Re-sends to the live members that have not acknowledged; forgets members no longer alive.
     public mutating func tick(now: Duration, alive: Set<NodeID>) -> [Directive] {
@@ -251,7 +251,7 @@ public struct EventBus: Sendable {
     public var nextDeadline: Duration? { self.unacknowledged.values.map(\.nextAt).min() }
 
     /// A subscriber's outcome for an event, kept with its record.
-    public mutating func handled(_ id: TaskID, by subscription: String, outcome: String) -> [Directive] {
+    public mutating func handled(_ id: EventID, by subscription: String, outcome: String) -> [Directive] {
         guard let position = self.position(of: id) else { return [] }
         self.history[position].outcomes[subscription] = outcome
         return [.store(self.history[position])]
@@ -273,14 +273,14 @@ public struct EventBus: Sendable {
     /// Appends, dropping the origin's own oldest events past its share, then the oldest beyond the count and byte
     /// limits; returns the ids dropped.
     @discardableResult
-    private mutating func append(_ record: Record) -> [TaskID] {
+    private mutating func append(_ record: Record) -> [EventID] {
         let origin = record.event.origin
         self.history.append(record)
         self.index[record.event.id] = record.sequence
         self.historyBytes += Self.bytes(of: record.event)
         self.bytesByOrigin[origin, default: 0] += Self.bytes(of: record.event)
         self.countByOrigin[origin, default: 0] += 1
-        var dropped: [TaskID] = []
+        var dropped: [EventID] = []
         while self.bytes(from: origin) > self.settings.originBytesLimit || (self.countByOrigin[origin] ?? 0) > self.settings.originCountLimit,
             let oldest = self.history.firstIndex(where: { $0.event.origin == origin })
         {
@@ -294,7 +294,7 @@ public struct EventBus: Sendable {
         return dropped
     }
 
-    private mutating func remove(at position: Int) -> TaskID {
+    private mutating func remove(at position: Int) -> EventID {
         let record = self.history.remove(at: position)
         self.index[record.event.id] = nil
         let size = Self.bytes(of: record.event)
@@ -326,5 +326,5 @@ public struct EventBus: Sendable {
     }
 
     /// Whether the bus knows the event: kept, or let go within the replay window.
-    public func knows(_ id: TaskID) -> Bool { self.index[id] != nil || self.remembered[id] != nil }
+    public func knows(_ id: EventID) -> Bool { self.index[id] != nil || self.remembered[id] != nil }
 }

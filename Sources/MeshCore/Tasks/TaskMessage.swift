@@ -1,14 +1,20 @@
 import MeshCrypto
 
-/// A task's id: 16 random bytes chosen by the submitting node, written as 32 hex digits. It makes every step of
-/// the task protocol idempotent: a repeated offer, result or acknowledgement for the same id and epoch is harmless.
-public struct TaskID: Hashable, Sendable, Comparable, CustomStringConvertible {
+/// A 128-bit id, written as 32 hex digits, of one kind of thing: a task, an event or a workflow run. The kinds are
+/// apart in the type system (an event's id cannot be passed where a task's is taken); where one must become
+/// another (a workflow step's task id derived from its run's), ``init(_:)`` says so.
+public struct MeshID<Kind: MeshIDKind>: Hashable, Sendable, Comparable, CustomStringConvertible {
     public let high: UInt64
     public let low: UInt64
 
     public init(high: UInt64, low: UInt64) {
         self.high = high
         self.low = low
+    }
+
+    /// The same 128 bits as an id of another kind.
+    public init<Other>(_ other: MeshID<Other>) {
+        self.init(high: other.high, low: other.low)
     }
 
     public init(using generator: inout some RandomNumberGenerator) {
@@ -26,8 +32,25 @@ public struct TaskID: Hashable, Sendable, Comparable, CustomStringConvertible {
             + (0..<8).map { UInt8(truncatingIfNeeded: self.low >> (56 - 8 * $0)) })
     }
 
-    public static func < (lhs: TaskID, rhs: TaskID) -> Bool { (lhs.high, lhs.low) < (rhs.high, rhs.low) }
+    public static func < (lhs: Self, rhs: Self) -> Bool { (lhs.high, lhs.low) < (rhs.high, rhs.low) }
 }
+
+public protocol MeshIDKind: Sendable {
+    /// What the id names, with its article, for error messages ("'x' is not an event id").
+    static var name: String { get }
+}
+
+public enum TaskIDKind: MeshIDKind { public static let name = "a task" }
+public enum EventIDKind: MeshIDKind { public static let name = "an event" }
+public enum WorkflowIDKind: MeshIDKind { public static let name = "a workflow" }
+
+/// A task's id: 16 random bytes chosen by the submitting node. It makes every step of the task protocol idempotent:
+/// a repeated offer, result or acknowledgement for the same id and epoch is harmless.
+public typealias TaskID = MeshID<TaskIDKind>
+/// An event's id, chosen by its publisher: every node acts on an event once.
+public typealias EventID = MeshID<EventIDKind>
+/// A workflow run's id, chosen by the node that owns the run.
+public typealias WorkflowID = MeshID<WorkflowIDKind>
 
 /// Why an executor would not take a task. The submitter routes the task elsewhere.
 public enum DeclineReason: UInt8, Sendable, Equatable, CustomStringConvertible {
@@ -138,7 +161,7 @@ public enum TaskMessage: Sendable, Equatable {
     /// tag 18 and its publisher's signature; tag 11, the unsigned form of earlier builds, is refused.
     case event(MeshEvent)
     /// The receiver has the event.
-    case eventAck(TaskID)
+    case eventAck(EventID)
     /// Executor → submitter: the agent asks a question (JSON) and waits for a person's answer.
     case inputRequired(TaskID, epoch: UInt32, question: [UInt8])
     /// Submitter → executor: the answer (JSON), and the time the run has left from now on.
@@ -264,16 +287,20 @@ public enum TaskMessage: Sendable, Equatable {
         }
     }
 
+    /// The id in the message's header: the task's, or an event's for event messages (the audit log's task column
+    /// holds either).
     public var taskID: TaskID {
         switch self {
         case .offer(let offer): return offer.id
         case .accept(let id, _), .decline(let id, _, _), .result(let id, _, _), .resultAck(let id, _), .cancel(let id, _),
-            .held(let id, _), .resume(let id, _), .log(let id, _, _), .progress(let id, _, _, _), .eventAck(let id),
+            .held(let id, _), .resume(let id, _), .log(let id, _, _), .progress(let id, _, _, _),
             .inputRequired(let id, _, _), .input(let id, _, _, _), .artifactRequest(let id, _, _, _),
             .artifactChunk(let id, _, _, _, _), .artifactUnavailable(let id, _, _):
             return id
         case .event(let event):
-            return event.id
+            return TaskID(event.id)
+        case .eventAck(let id):
+            return TaskID(id)
         }
     }
 
@@ -353,14 +380,14 @@ public enum TaskMessage: Sendable, Equatable {
         case .event(let event):
             // An event without a seal (kept from before events were signed) is never sent; were it, the receiver
             // would refuse the zero key.
-            header(event.id, 0)
+            header(TaskID(event.id), 0)
             writer.shortString(event.topic)
             writer.raw(event.seal?.originKey.bytes ?? [UInt8](repeating: 0, count: Ed25519PublicKey.byteCount))
             writer.u64(UInt64(bitPattern: event.time))
             writer.longBytes(event.data)
             writer.raw(event.seal?.signature ?? [UInt8](repeating: 0, count: MeshEvent.signatureLength))
         case .eventAck(let id):
-            header(id, 0)
+            header(TaskID(id), 0)
         case .inputRequired(let id, let epoch, let question):
             header(id, epoch)
             writer.longBytes(question)
@@ -493,10 +520,10 @@ public enum TaskMessage: Sendable, Equatable {
                 let data = try reader.longBytes("data", limit: MeshEvent.maximumData)
                 let signature = Array(try reader.take(MeshEvent.signatureLength, "signature"))
                 self = .event(MeshEvent(
-                    id: id, topic: topic, origin: NodeID(identityKey: originKey), time: time, data: data,
+                    id: EventID(id), topic: topic, origin: NodeID(identityKey: originKey), time: time, data: data,
                     seal: MeshEvent.Seal(originKey: originKey, signature: signature)))
             case .eventAck:
-                self = .eventAck(id)
+                self = .eventAck(EventID(id))
             case .inputRequired:
                 self = .inputRequired(id, epoch: epoch, question: try reader.longBytes("question", limit: Self.maximumExchange))
             case .input:
@@ -535,12 +562,12 @@ public enum TaskMessage: Sendable, Equatable {
     }
 }
 
-/// A task id in documents (stored workflow runs): its 32 hex digits.
-extension TaskID: Codable {
+/// An id in documents (stored workflow runs, events): its 32 hex digits.
+extension MeshID: Codable {
     public init(from decoder: any Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
-        guard let id = TaskID(hex: text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "'\(text)' is not a task id"))
+        guard let id = Self(hex: text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "'\(text)' is not \(Kind.name) id"))
         }
         self = id
     }
