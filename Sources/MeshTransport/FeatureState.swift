@@ -60,11 +60,12 @@ struct LocalRuns {
 /// The browser view (`GET /ui` on the `--http` listener): its sign-in codes and sessions, and the open views' live
 /// streams, each with the snapshot it was sent last (one snapshot is built per tick for all of them).
 struct BrowserView {
-    let sessions: BrowserSessions = {
-        let origin = ContinuousClock.now
-        return BrowserSessions(now: { ContinuousClock.now - origin })
-    }()
+    let sessions: BrowserSessions
     var streams: [(sink: ControlStreamSink, sent: [UInt8])] = []
+
+    init(clock: NodeClock) {
+        self.sessions = BrowserSessions(now: { clock.now })
+    }
 }
 
 /// What the node notes about its peers beyond membership and accountability.

@@ -305,8 +305,8 @@ extension MeshNode {
     func flushToDisk() async {
         await self.tracer?.flush()
         self.auditLog?.requestCheckpoints()
-        let deadline = ContinuousClock.now + .seconds(2)
-        while ContinuousClock.now < deadline,
+        let deadline = self.now + .seconds(2)
+        while self.now < deadline,
             (self.taskPlane.commitGate.isStoreWritable && (self.taskStore?.lastQueued ?? 0) > self.taskPlane.commitGate.storeCommitted)
                 || (self.taskPlane.commitGate.isAuditWritable && (self.auditLog?.lastQueued ?? 0) > self.taskPlane.commitGate.auditCommitted)
         {

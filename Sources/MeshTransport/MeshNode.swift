@@ -34,7 +34,7 @@ public actor MeshNode: Service {
     var webhooks = WebhookBook()
     var transfers = ArtifactTransfers()
     nonisolated let artifactFiles = ArtifactFiles()
-    var browser = BrowserView()
+    var browser: BrowserView
     nonisolated let telemetry: Telemetry
 
     public nonisolated var home: NodeHome { self.context.home }
@@ -128,6 +128,7 @@ public actor MeshNode: Service {
         self.runner = TaskRunner(capacity: Dictionary(
             settings.capabilities.map { ($0.name, Int($0.concurrency)) }, uniquingKeysWith: { first, _ in first }))
         self.taskPlane = TaskPlane(followers: TaskFollowers(progress: TaskEventBook(budget: settings.progressBudget)))
+        self.browser = BrowserView(clock: self.context.clock)
         self.meshEvents = MeshEvents(bus: EventBus(local: identity.nodeID, settings: settings.events))
         self.telemetry = Telemetry(
             metrics: NodeMetrics(enabled: settings.metricsEnabled),
@@ -348,8 +349,8 @@ public actor MeshNode: Service {
         self.logger.info("draining before leaving", metadata: [
             "tasks": "\(self.runner.allTasks.count)", "within": "\(TaskSubmitter.seconds(limit))",
         ])
-        let deadline = ContinuousClock.now + limit
-        while !self.runner.allTasks.isEmpty, ContinuousClock.now < deadline {
+        let deadline = self.now + limit
+        while !self.runner.allTasks.isEmpty, self.now < deadline {
             try? await Task.sleep(for: .milliseconds(50))
         }
         if !self.runner.allTasks.isEmpty {
@@ -364,8 +365,8 @@ public actor MeshNode: Service {
     private func announceLeave() async {
         guard case .running = self.state else { return }
         self.handle(self.peers.membership.leave(now: self.now))
-        let deadline = ContinuousClock.now + .seconds(1)
-        while self.peers.connections.hasPendingSends, ContinuousClock.now < deadline {
+        let deadline = self.now + .seconds(1)
+        while self.peers.connections.hasPendingSends, self.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
         try? await Task.sleep(for: .milliseconds(50))
