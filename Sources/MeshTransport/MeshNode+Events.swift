@@ -307,9 +307,9 @@ extension MeshNode {
 
     static let subscriptionStartDocument = "subscription-start"
 
-    private static func subscriptionStartID(_ subscription: String) -> TaskID {
+    private static func subscriptionStartID(_ subscription: String) -> TaskStore.DocumentID {
         let digest = SHA256.hash(Array("agentmesh subscription \(subscription)".utf8))
-        return TaskID(
+        return TaskStore.DocumentID(
             high: digest[0..<8].reduce(0) { $0 << 8 | UInt64($1) }, low: digest[8..<16].reduce(0) { $0 << 8 | UInt64($1) })
     }
 
@@ -322,14 +322,14 @@ extension MeshNode {
             if configured.contains(start.subscription) {
                 starts[start.subscription] = start.after
             } else {
-                changes.append(.forgetDocument(kind: Self.subscriptionStartDocument, id: .init(id)))
+                changes.append(.forgetDocument(kind: Self.subscriptionStartDocument, id: id))
             }
         }
         for subscription in configured.sorted() where starts[subscription] == nil {
             let start = SubscriptionStart(subscription: subscription, after: acted.contains(subscription) ? 0 : self.meshEvents.bus.lastSequence)
             starts[subscription] = start.after
             if let body = try? JSONEncoder().encode(start) {
-                changes.append(.document(kind: Self.subscriptionStartDocument, id: .init(Self.subscriptionStartID(subscription)), body: Array(body)))
+                changes.append(.document(kind: Self.subscriptionStartDocument, id: Self.subscriptionStartID(subscription), body: Array(body)))
             }
         }
         if !changes.isEmpty { self.taskStore?.enqueue(changes) }
