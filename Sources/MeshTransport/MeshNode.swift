@@ -37,17 +37,19 @@ public actor MeshNode: Service {
     var browser: BrowserView
     nonisolated let telemetry: Telemetry
 
-    public nonisolated var home: NodeHome { self.context.home }
-    public nonisolated var identity: NodeIdentity { self.context.identity }
-    public nonisolated var settings: NodeSettings { self.context.settings }
-    nonisolated var logger: Logger { self.context.logger }
-    nonisolated var loop: any EventLoop { self.context.loop }
-    nonisolated var clock: NodeClock { self.context.clock }
-    nonisolated var gate: HandshakeGate { self.context.gate }
-    private nonisolated var signals: NodeContext.Signals { self.context.signals }
-    private nonisolated var networkKey: NetworkKey { self.context.networkKey }
-    nonisolated var metrics: NodeMetrics { self.telemetry.metrics }
-    nonisolated var tracer: SpanExporter? { self.telemetry.tracer }
+    // Borrowed, not copied: a getter that returned the settings (or the logger) copied every reference in them on
+    // each read, several times per task.
+    public nonisolated var home: NodeHome { _read { yield self.context.home } }
+    public nonisolated var identity: NodeIdentity { _read { yield self.context.identity } }
+    public nonisolated var settings: NodeSettings { _read { yield self.context.settings } }
+    nonisolated var logger: Logger { _read { yield self.context.logger } }
+    nonisolated var loop: any EventLoop { _read { yield self.context.loop } }
+    nonisolated var clock: NodeClock { _read { yield self.context.clock } }
+    nonisolated var gate: HandshakeGate { _read { yield self.context.gate } }
+    private nonisolated var signals: NodeContext.Signals { _read { yield self.context.signals } }
+    private nonisolated var networkKey: NetworkKey { _read { yield self.context.networkKey } }
+    nonisolated var metrics: NodeMetrics { _read { yield self.telemetry.metrics } }
+    nonisolated var tracer: SpanExporter? { _read { yield self.telemetry.tracer } }
     nonisolated var artifactStore: ArtifactStore? { self.artifactFiles.store }
     nonisolated var artifactQueue: DispatchQueue { self.artifactFiles.queue }
 

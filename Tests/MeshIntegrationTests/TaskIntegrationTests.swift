@@ -559,6 +559,30 @@ import Glibc
         await running.stop()
     }
 
+    /// The event way in (what starts subscriptions' runs) refuses on a full store as tasks do: 507 with why, and
+    /// nothing of the event is kept or acted on.
+    @Test func anEventPublishedToANodeWhoseStoreIsFullIsRefusedWithTheReason() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let running = try await a.start {
+            $0.taskStoreMaximumPages = 40
+            $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
+        }
+        let padding = String(repeating: "x", count: 20_000)
+        var full = false
+        for number in 0..<100 where !full {
+            full = try await Self.post(running, "echo", ["n": number, "pad": padding]).status == 507
+        }
+        try #require(full)
+        let body = try JSONSerialization.data(withJSONObject: ["topic": "orders", "data": ["n": 1]])
+        let refused = await running.node.handleControl(ControlRequest(method: "POST", path: "/v1/events", query: [:], body: Array(body)))
+        let text = String(decoding: refused.body, as: UTF8.self)
+        #expect(refused.status == 507 && text.contains("not writable"), "\(refused.status) \(text)")
+        let history = await running.node.handleControl(ControlRequest(method: "GET", path: "/v1/events", query: [:], body: []))
+        #expect(try ControlAPI.decoder().decode(ControlAPI.EventHistory.self, from: Data(history.body)).events.isEmpty)
+        await running.stop()
+    }
+
     /// The workflow way in keeps the same promise as tasks: `POST /v1/workflows` answers only once the run is stored
     /// (a `kill -9` right after the answer loses nothing), and a node whose store is full refuses it (507) with why.
     @Test func aWorkflowIsAnsweredOnlyOnceStoredAndRefusedOnAFullStore() async throws {
