@@ -660,6 +660,33 @@ public enum ControlAPI {
 
     /// `POST /v1/events`'s answer: 200 once every live member has the event, 202 if some had not acknowledged it
     /// within 2 s (the node keeps sending it to them).
+    /// `POST /v1/events`: `{"topic": T, "data": …}`; any other field is refused by name.
+    public struct PublishRequest: Sendable {
+        public let topic: String
+        public let data: JSONValue
+
+        public init(topic: String, data: JSONValue) {
+            self.topic = topic
+            self.data = data
+        }
+
+        public var body: [UInt8] {
+            Array((try? JSONSerialization.data(withJSONObject: ["topic": self.topic, "data": self.data.value], options: [.fragmentsAllowed])) ?? Data())
+        }
+
+        package init(parsing body: [UInt8]) throws(SubmitError) {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else {
+                throw SubmitError("the request is not an event: send JSON like {\"topic\": \"NAME\", \"data\": {…}}")
+            }
+            if let unknown = Set(object.keys).subtracting(["topic", "data"]).sorted().first {
+                throw SubmitError("unknown field '\(unknown.prefix(64))' (an event has topic and data)")
+            }
+            guard let topic = object["topic"] as? String else { throw SubmitError("topic must be a string") }
+            self.topic = topic
+            self.data = JSONValue(object["data"] ?? NSNull())
+        }
+    }
+
     public struct PublishedEvent: Codable, Sendable, Equatable {
         public let id: String
         public let topic: String

@@ -34,8 +34,8 @@ extension MeshNode {
 
     /// `POST /ui/session {"code": C}`: the code from a sign-in link, once, for a session cookie and a CSRF token.
     func browserSignIn(_ body: [UInt8]) -> ControlResponse {
-        guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any], let code = object["code"] as? String,
-            let session = self.browser.sessions.redeem(code)
+        struct SignIn: Decodable { let code: String }
+        guard let code = (try? JSONDecoder().decode(SignIn.self, from: Data(body)))?.code, let session = self.browser.sessions.redeem(code)
         else {
             return .error(401, "this sign-in link was used already or has expired: run 'agentmesh ui' for a new one")
         }

@@ -101,13 +101,17 @@ extension MeshNode {
 
     /// `POST /v1/events`: `{"topic": T, "data": …}`.
     func publishEvent(_ body: [UInt8], respond: @escaping Respond) {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-            let topic = object["topic"] as? String, object.keys.allSatisfy({ ["topic", "data"].contains($0) })
-        else { return respond(.error(400, "the request is not an event: send JSON like {\"topic\": \"NAME\", \"data\": {…}}")) }
+        let request: ControlAPI.PublishRequest
+        do {
+            request = try ControlAPI.PublishRequest(parsing: body)
+        } catch {
+            return respond(.error(400, error.description))
+        }
+        let topic = request.topic
         guard MeshEvent.isValidTopic(topic) else {
             return respond(.error(400, "topic '\(topic.prefix(80))\(topic.count > 80 ? "…" : "")' must be 1 to 64 characters of A-Z a-z 0-9 . _ -"))
         }
-        guard let data = try? JSONSerialization.data(withJSONObject: object["data"] ?? NSNull(), options: [.fragmentsAllowed, .sortedKeys]) else {
+        guard let data = try? JSONSerialization.data(withJSONObject: request.data.value, options: [.fragmentsAllowed, .sortedKeys]) else {
             return respond(.error(400, "data is not JSON"))
         }
         guard data.count <= MeshEvent.maximumData else {

@@ -26,7 +26,7 @@ struct Publish: ParsableCommand {
 
     func run() throws {
         let data = try parseJSONInput(Data(self.data.utf8))
-        let body = try JSONSerialization.data(withJSONObject: ["topic": self.topic, "data": data], options: [.fragmentsAllowed])
+        let body = ControlAPI.PublishRequest(topic: self.topic, data: ControlAPI.JSONValue(data)).body
         let client = ControlClient(socketPath: self.options.nodeHome.controlSocketPath)
         let published = try reporting {
             try client.decode(client.request(method: "POST", path: "/v1/events", body: Array(body)), as: ControlAPI.PublishedEvent.self)

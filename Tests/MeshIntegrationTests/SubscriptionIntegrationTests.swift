@@ -68,6 +68,22 @@ import Testing
     /// at most its share of the history: of 100 events of 64 KiB over a real session, the newest that fit in the
     /// share (4 MiB here, the default's quarter, so the test sends a third as much as it did: under the whole suite's
     /// load 300 took more than 90 s), as many as the pure machine keeps of the same events.
+    /// A publish is read into a typed request: a field it does not know is refused by name, like a submission's.
+    @Test func aPublishWithAFieldItDoesNotKnowIsRefusedByName() async throws {
+        let mesh = try TestMesh()
+        let running = try await mesh.node("a").start()
+        for (body, expected) in [
+            (#"{"topic": "orders", "data": 1, "dta": 2}"#, "unknown field 'dta'"),
+            (#"{"topic": 7}"#, "topic must be a string"),
+            ("[1]", "the request is not an event"),
+        ] {
+            let answer = await running.node.handleControl(ControlRequest(method: "POST", path: "/v1/events", query: [:], body: Array(body.utf8)))
+            let text = String(decoding: answer.body, as: UTF8.self)
+            #expect(answer.status == 400 && text.contains(expected), "\(body): \(answer.status) \(text)")
+        }
+        await running.stop()
+    }
+
     /// An executor a subscription started was a task nobody owned: stopping the node left its process running.
     @Test func stoppingTheNodeStopsTheRunsItsSubscriptionsStarted() async throws {
         let mesh = try TestMesh()
