@@ -60,17 +60,19 @@ enum ControlRoute: Equatable {
     case audit(peer: String?, last: Int)
     /// `GET /v1/artifacts/SHA256`: an artifact's bytes (`POST /v1/artifacts` streams one in, before routing)
     case artifact(digest: [UInt8])
-    /// Answered without the node: a bad path, method or parameter.
+    /// Answered without the node: a bad path or parameter.
     case refused(status: Int, message: String)
+    /// A path served with other methods: 405 with the `Allow` header (RFC 9110 §15.5.6).
+    case methodNotAllowed(allow: [String], message: String)
 
     init(_ request: ControlRequest) {
         let parts = request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
         if parts == ["metrics"] {
-            self = request.method == "GET" ? .metrics : Self.notAllowed(request)
+            self = request.method == "GET" ? .metrics : Self.notAllowed(request, ["GET"])
             return
         }
         if parts == [".well-known", "agent-card.json"] {
-            self = request.method == "GET" ? .agentCard(host: request.headers["host"]) : Self.notAllowed(request)
+            self = request.method == "GET" ? .agentCard(host: request.headers["host"]) : Self.notAllowed(request, ["GET"])
             return
         }
         if parts.first == "ui" {
@@ -78,12 +80,14 @@ enum ControlRoute: Equatable {
             case ("GET", []), ("GET", [""]): self = .uiAsset("index.html")
             case ("GET", ["app.js"]), ("GET", ["app.css"]): self = .uiAsset(parts[1])
             case ("POST", ["session"]): self = .uiSession(body: request.body)
+            case (_, []), (_, [""]), (_, ["app.js"]), (_, ["app.css"]): self = Self.notAllowed(request, ["GET"])
+            case (_, ["session"]): self = Self.notAllowed(request, ["POST"])
             default: self = .refused(status: 404, message: "no such page: \(request.path)")
             }
             return
         }
         if parts == ["a2a"] {
-            self = request.method == "POST" ? .a2a(body: request.body, version: request.headers["a2a-version"]) : Self.notAllowed(request)
+            self = request.method == "POST" ? .a2a(body: request.body, version: request.headers["a2a-version"]) : Self.notAllowed(request, ["POST"])
             return
         }
         guard parts.count >= 2, parts[0] == "v1" else {
@@ -91,20 +95,20 @@ enum ControlRoute: Equatable {
             return
         }
         switch (parts[1], parts.count) {
-        case ("members", 2): self = request.method == "GET" ? .members : Self.notAllowed(request)
-        case ("node", 2): self = request.method == "GET" ? .node : Self.notAllowed(request)
-        case ("limits", 2): self = request.method == "GET" ? .limits : Self.notAllowed(request)
-        case ("leave", 2): self = request.method == "POST" ? Self.leaveRoute(request.query) : Self.notAllowed(request)
-        case ("health", 2): self = request.method == "GET" ? .health : Self.notAllowed(request)
-        case ("executing", 2): self = request.method == "GET" ? .executing : Self.notAllowed(request)
+        case ("members", 2): self = request.method == "GET" ? .members : Self.notAllowed(request, ["GET"])
+        case ("node", 2): self = request.method == "GET" ? .node : Self.notAllowed(request, ["GET"])
+        case ("limits", 2): self = request.method == "GET" ? .limits : Self.notAllowed(request, ["GET"])
+        case ("leave", 2): self = request.method == "POST" ? Self.leaveRoute(request.query) : Self.notAllowed(request, ["POST"])
+        case ("health", 2): self = request.method == "GET" ? .health : Self.notAllowed(request, ["GET"])
+        case ("executing", 2): self = request.method == "GET" ? .executing : Self.notAllowed(request, ["GET"])
         case ("tasks", 2...4): self = Self.taskRoute(request, parts)
         case ("workflows", 2...4): self = Self.workflowRoute(request, parts)
         case ("events", 2): self = Self.eventRoute(request)
-        case ("stats", 2): self = request.method == "GET" ? .stats : Self.notAllowed(request)
-        case ("ui", 3) where parts[2] == "login": self = request.method == "POST" ? .uiLogin : Self.notAllowed(request)
-        case ("ui", 3) where parts[2] == "stream": self = request.method == "GET" ? .uiStream : Self.notAllowed(request)
+        case ("stats", 2): self = request.method == "GET" ? .stats : Self.notAllowed(request, ["GET"])
+        case ("ui", 3) where parts[2] == "login": self = request.method == "POST" ? .uiLogin : Self.notAllowed(request, ["POST"])
+        case ("ui", 3) where parts[2] == "stream": self = request.method == "GET" ? .uiStream : Self.notAllowed(request, ["GET"])
         case ("audit", 2):
-            guard request.method == "GET" else { self = Self.notAllowed(request); return }
+            guard request.method == "GET" else { self = Self.notAllowed(request, ["GET"]); return }
             let last = request.query["last"].map { Int($0) } ?? 50
             guard let last, (1...1000).contains(last) else {
                 self = .refused(status: 400, message: "last must be 1 to 1000")
@@ -112,10 +116,11 @@ enum ControlRoute: Equatable {
             }
             self = .audit(peer: request.query["peer"], last: last)
         case ("artifacts", 2):
-            self = .refused(status: request.method == "POST" ? 411 : 405, message: request.method == "POST"
-                ? "send the artifact's bytes with a Content-Length" : "POST /v1/artifacts stores an artifact; GET /v1/artifacts/SHA256 fetches one")
+            self = request.method == "POST"
+                ? .refused(status: 411, message: "send the artifact's bytes with a Content-Length")
+                : .methodNotAllowed(allow: ["POST"], message: "POST /v1/artifacts stores an artifact; GET /v1/artifacts/SHA256 fetches one")
         case ("artifacts", 3):
-            guard request.method == "GET" else { self = Self.notAllowed(request); return }
+            guard request.method == "GET" else { self = Self.notAllowed(request, ["GET"]); return }
             guard let digest = Hex.decode(parts[2].lowercased()), digest.count == 32 else {
                 self = .refused(status: 400, message: "'\(parts[2])' is not a SHA-256 (64 hex digits)")
                 return
@@ -160,10 +165,13 @@ enum ControlRoute: Equatable {
             return .taskLog(reference, after: after, wait: wait)
         case ("GET", 4) where parts[3] == "events":
             guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
+            // Both are checked: a Last-Event-ID that is not an event number is refused beside ?after too. The
+            // header, which a reconnecting EventSource sends, says where the client is; it wins.
             var after = 0
-            if let text = request.query["after"] ?? request.headers["last-event-id"] {
+            for (name, text) in [("after", request.query["after"]), ("Last-Event-ID", request.headers["last-event-id"])] {
+                guard let text else { continue }
                 guard let number = Int(text), number >= 0 else {
-                    return .refused(status: 400, message: "after (or Last-Event-ID) must be an event number, 0 or more")
+                    return .refused(status: 400, message: "\(name) must be an event number, 0 or more")
                 }
                 after = number
             }
@@ -175,6 +183,10 @@ enum ControlRoute: Equatable {
         case ("POST", 4) where parts[3] == "input":
             guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: TaskReference.mistake(parts[2])) }
             return .reply(reference, body: request.body)
+        case (_, 2): return Self.notAllowed(request, ["GET", "POST"])
+        case (_, 3): return Self.notAllowed(request, ["GET"])
+        case (_, 4) where ["logs", "events"].contains(parts[3]): return Self.notAllowed(request, ["GET"])
+        case (_, 4) where ["cancel", "input"].contains(parts[3]): return Self.notAllowed(request, ["POST"])
         default:
             return .refused(status: 404, message: "no such endpoint: \(request.method) \(request.path)")
         }
@@ -203,7 +215,7 @@ enum ControlRoute: Equatable {
                 return .refused(status: 400, message: "'\(topic.prefix(80))\(topic.count > 80 ? "…" : "")' is not a topic name, nor a prefix ending in * (research.*)")
             }
             return .events(topic: request.query["topic"], after: after, limit: limit, wait: wait)
-        default: return Self.notAllowed(request)
+        default: return Self.notAllowed(request, ["GET", "POST"])
         }
     }
 
@@ -228,6 +240,9 @@ enum ControlRoute: Equatable {
         case ("POST", 4) where parts[3] == "cancel":
             guard let reference = TaskReference(parts[2]) else { return .refused(status: 400, message: mistake(parts[2])) }
             return .cancelWorkflow(reference)
+        case (_, 2): return Self.notAllowed(request, ["GET", "POST"])
+        case (_, 3): return Self.notAllowed(request, ["GET"])
+        case (_, 4) where parts[3] == "cancel": return Self.notAllowed(request, ["POST"])
         default:
             return .refused(status: 404, message: "no such endpoint: \(request.method) \(request.path)")
         }
@@ -278,8 +293,8 @@ enum ControlRoute: Equatable {
         return .leave(drain: .milliseconds(Int64(seconds * 1000)))
     }
 
-    private static func notAllowed(_ request: ControlRequest) -> ControlRoute {
-        .refused(status: 405, message: "\(request.method) is not allowed on \(request.path)")
+    private static func notAllowed(_ request: ControlRequest, _ allow: [String]) -> ControlRoute {
+        .methodNotAllowed(allow: allow, message: "\(request.method) is not allowed on \(request.path); it takes \(allow.joined(separator: ", "))")
     }
 }
 

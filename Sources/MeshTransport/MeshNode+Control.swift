@@ -105,6 +105,10 @@ extension MeshNode {
             self.answerAudit(peer: peer, last: last, respond: respond)
         case .refused(let status, let message):
             respond(.error(status, message))
+        case .methodNotAllowed(let allow, let message):
+            var response = ControlResponse.error(405, message)
+            response.headers.append(("Allow", allow.joined(separator: ", ")))
+            respond(response)
         }
     }
 

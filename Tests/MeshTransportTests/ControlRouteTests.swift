@@ -19,13 +19,43 @@ import Testing
             == .refused(status: 400, message: "context must be 1 to 128 printable ASCII characters without spaces"))
         #expect(Self.route("GET", "/v1/events", ["topic": "orders", "after": "5", "wait": "1"])
             == .events(topic: "orders", after: 5, limit: 1_000, wait: .seconds(1)))
-        #expect(Self.route("DELETE", "/v1/events") == .refused(status: 405, message: "DELETE is not allowed on /v1/events"))
+        #expect(Self.route("DELETE", "/v1/events")
+            == .methodNotAllowed(allow: ["GET", "POST"], message: "DELETE is not allowed on /v1/events; it takes GET, POST"))
         #expect(Self.route("GET", "/v1/workflows/\(Self.id)", ["version": "3", "wait": "10"])
             == .workflow(.id(Self.id), version: 3, wait: .seconds(10)))
         #expect(Self.route("POST", "/v1/workflows/\(Self.id)/cancel") == .cancelWorkflow(.id(Self.id)))
         #expect(Self.route("GET", "/metrics") == .metrics)
         #expect(Self.route("GET", "/v1/stats") == .stats)
-        #expect(Self.route("POST", "/metrics") == .refused(status: 405, message: "POST is not allowed on /metrics"))
+        #expect(Self.route("POST", "/metrics") == .methodNotAllowed(allow: ["GET"], message: "POST is not allowed on /metrics; it takes GET"))
+    }
+
+    /// A known path asked with a method it does not take is 405 with the methods it does take in `Allow` (RFC 9110
+    /// §15.5.6); `/v1/tasks` and `/v1/workflows` answered 404, and no 405 had the header.
+    @Test func aMethodAPathDoesNotTakeIsRefusedWithTheMethodsItDoes() {
+        func allowed(_ method: String, _ path: String) -> [String]? {
+            if case .methodNotAllowed(let allow, _) = Self.route(method, path) { return allow }
+            return nil
+        }
+        #expect(allowed("DELETE", "/v1/tasks") == ["GET", "POST"])
+        #expect(allowed("PUT", "/v1/workflows") == ["GET", "POST"])
+        #expect(allowed("DELETE", "/v1/tasks/\(Self.id)") == ["GET"])
+        #expect(allowed("GET", "/v1/tasks/\(Self.id)/cancel") == ["POST"])
+        #expect(allowed("POST", "/v1/tasks/\(Self.id)/events") == ["GET"])
+        #expect(allowed("GET", "/v1/workflows/\(Self.id)/cancel") == ["POST"])
+        #expect(allowed("GET", "/a2a") == ["POST"])
+        #expect(allowed("GET", "/v1/artifacts") == ["POST"])
+        #expect(allowed("POST", "/ui") == ["GET"])
+        #expect(allowed("GET", "/ui/session") == ["POST"])
+        #expect(Self.route("GET", "/v1/tasks/\(Self.id)/nothing") == .refused(status: 404, message: "no such endpoint: GET /v1/tasks/\(Self.id)/nothing"))
+    }
+
+    /// `Last-Event-ID: banana` was refused alone but taken beside `?after=0`; both are checked, and the header wins.
+    @Test func aLastEventIDIsCheckedBesideAfterAndWins() {
+        let path = "/v1/tasks/\(Self.id)/events"
+        #expect(Self.route("GET", path, ["after": "0"], headers: ["last-event-id": "banana"])
+            == .refused(status: 400, message: "Last-Event-ID must be an event number, 0 or more"))
+        #expect(Self.route("GET", path, ["after": "2"], headers: ["last-event-id": "5"])
+            == .taskEvents(.id(Self.id), after: 5, wait: nil, stream: false))
     }
 
     @Test func artifactsTheBrowserViewAndTheAuditAreRouted() {
@@ -34,13 +64,13 @@ import Testing
         #expect(Self.route("GET", "/v1/artifacts/abc") == .refused(status: 400, message: "'abc' is not a SHA-256 (64 hex digits)"))
         #expect(Self.route("POST", "/v1/artifacts") == .refused(status: 411, message: "send the artifact's bytes with a Content-Length"))
         #expect(Self.route("DELETE", "/v1/artifacts/" + String(repeating: "ab", count: 32))
-            == .refused(status: 405, message: "DELETE is not allowed on /v1/artifacts/" + String(repeating: "ab", count: 32)))
+            == .methodNotAllowed(allow: ["GET"], message: "DELETE is not allowed on /v1/artifacts/" + String(repeating: "ab", count: 32) + "; it takes GET"))
         #expect(Self.route("GET", "/ui") == .uiAsset("index.html"))
         #expect(Self.route("GET", "/ui/app.js") == .uiAsset("app.js"))
         #expect(Self.route("GET", "/ui/secrets") == .refused(status: 404, message: "no such page: /ui/secrets"))
         #expect(Self.route("POST", "/ui/session", body: [1]) == .uiSession(body: [1]))
         #expect(Self.route("POST", "/v1/ui/login") == .uiLogin)
-        #expect(Self.route("GET", "/v1/ui/login") == .refused(status: 405, message: "GET is not allowed on /v1/ui/login"))
+        #expect(Self.route("GET", "/v1/ui/login") == .methodNotAllowed(allow: ["POST"], message: "GET is not allowed on /v1/ui/login; it takes POST"))
         #expect(Self.route("GET", "/v1/ui/stream") == .uiStream)
         #expect(Self.route("GET", "/v1/audit", ["peer": "beta", "last": "5"]) == .audit(peer: "beta", last: 5))
         #expect(Self.route("GET", "/v1/audit", ["last": "0"]) == .refused(status: 400, message: "last must be 1 to 1000"))
@@ -52,7 +82,7 @@ import Testing
         #expect(Self.route("GET", "/v1/tasks/\(Self.id)/events", headers: ["accept": "text/event-stream", "last-event-id": "12"])
             == .taskEvents(.id(Self.id), after: 12, wait: nil, stream: true))
         #expect(Self.route("GET", "/v1/tasks/\(Self.id)/events", headers: ["last-event-id": "x"])
-            == .refused(status: 400, message: "after (or Last-Event-ID) must be an event number, 0 or more"))
+            == .refused(status: 400, message: "Last-Event-ID must be an event number, 0 or more"))
     }
 
     static let id = TaskID(high: 0xABCD, low: 0x1234)
@@ -83,8 +113,8 @@ import Testing
         #expect(Self.route("GET", "/v1/nothing") == .refused(status: 404, message: "no such endpoint: /v1/nothing"))
         #expect(Self.route("GET", "/") == .refused(status: 404, message: "no such endpoint: /"))
         #expect(Self.route("GET", "/v2/members") == .refused(status: 404, message: "no such endpoint: /v2/members"))
-        #expect(Self.route("DELETE", "/v1/members") == .refused(status: 405, message: "DELETE is not allowed on /v1/members"))
-        #expect(Self.route("GET", "/v1/leave") == .refused(status: 405, message: "GET is not allowed on /v1/leave"))
+        #expect(Self.route("DELETE", "/v1/members") == .methodNotAllowed(allow: ["GET"], message: "DELETE is not allowed on /v1/members; it takes GET"))
+        #expect(Self.route("GET", "/v1/leave") == .methodNotAllowed(allow: ["POST"], message: "GET is not allowed on /v1/leave; it takes POST"))
         #expect(Self.route("GET", "/v1/tasks/xyz") == .refused(status: 400, message: TaskReference.mistake("xyz")))
         #expect(Self.route("GET", "/v1/tasks/abc") == .refused(status: 400, message: TaskReference.mistake("abc")), "too short")
         #expect(Self.route("POST", "/v1/tasks/xyz/cancel") == .refused(status: 400, message: TaskReference.mistake("xyz")))
@@ -94,7 +124,7 @@ import Testing
                 continue
             }
         }
-        #expect(Self.route("PUT", "/v1/tasks/\(Self.id)") == .refused(status: 404, message: "no such endpoint: PUT /v1/tasks/\(Self.id)"))
+        #expect(Self.route("PUT", "/v1/tasks/\(Self.id)") == .methodNotAllowed(allow: ["GET"], message: "PUT is not allowed on /v1/tasks/\(Self.id); it takes GET"))
         for wait in ["-1", "3601", "soon", "nan"] {
             #expect(Self.route("POST", "/v1/tasks", ["wait": wait])
                 == .refused(status: 400, message: "wait must be a number of seconds from 0 to 3600"), "\(wait)")
