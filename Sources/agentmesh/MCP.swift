@@ -9,7 +9,8 @@ import Synchronization
 /// local node, so an LLM client can call any agent on the mesh. Every capability a live member offers is a tool;
 /// a call submits a task with the tool's arguments as its input and answers with the result, sending the agent's
 /// progress events as MCP progress notifications while it runs. Written against the MCP specification (2025-06-18)
-/// with JSON-RPC handled here, as the whole protocol this needs is four methods and two notifications.
+/// with JSON-RPC handled here, as the whole protocol this needs is four methods and three notifications (a client's
+/// `notifications/cancelled` cancels the call's task).
 struct MCP: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mcp",
@@ -43,6 +44,9 @@ final class MCPServer: Sendable {
     private let output = Mutex(())
     private let calls = DispatchGroup()
     private let knownTools = Mutex<[String]?>(nil)
+    /// Calls in flight by request id, with their task once it is submitted, and the ones the client cancelled
+    /// (`notifications/cancelled`): their task is cancelled, and they get no answer, as MCP says.
+    private let inFlight = Mutex<[String: (task: String?, cancelled: Bool)]>([:])
 
     init(client: ControlClient, timeout: Double) {
         self.client = client
@@ -57,21 +61,43 @@ final class MCPServer: Sendable {
         guard let method = message["method"] as? String else { return }  // a response to us: we send no requests
         let id = message["id"]
         let params = message["params"] as? [String: Any] ?? [:]
-        guard let id else { return }  // notifications (initialized, cancelled) need no answer
+        guard let id else {
+            // Notifications need no answer; a cancellation stops the call's task.
+            if method == "notifications/cancelled", let cancelled = params["requestId"] { self.cancel(Self.key(cancelled)) }
+            return
+        }
+        let key = Self.key(id)
+        self.inFlight.withLock { $0[key] = (nil, false) }
         self.calls.enter()
         // JSON values from JSONSerialization, handed to one thread and not touched here again.
         let request = Unchecked((id: id, params: params))
         DispatchQueue.global().async {
             defer { self.calls.leave() }
             let (id, params) = request.value
+            let answer: [String: Any]
             do {
-                self.send(["jsonrpc": "2.0", "id": id, "result": try self.answer(method, params)])
+                answer = ["jsonrpc": "2.0", "id": id, "result": try self.answer(method, params, key: key)]
             } catch let error as RPCError {
-                self.send(["jsonrpc": "2.0", "id": id, "error": ["code": error.code, "message": error.message]])
+                answer = ["jsonrpc": "2.0", "id": id, "error": ["code": error.code, "message": error.message]]
             } catch {
-                self.send(["jsonrpc": "2.0", "id": id, "error": ["code": -32603, "message": "\(error)"]])
+                answer = ["jsonrpc": "2.0", "id": id, "error": ["code": -32603, "message": "\(error)"]]
             }
+            let cancelled = self.inFlight.withLock { $0.removeValue(forKey: key)?.cancelled ?? false }
+            if !cancelled { self.send(answer) }
         }
+    }
+
+    /// A request id as a key: a string and a number that print alike stay apart.
+    private static func key(_ id: Any) -> String { (id is String ? "s:" : "n:") + "\(id)" }
+
+    /// The client cancelled a request: its task (if one was submitted) is cancelled, and it gets no answer.
+    private func cancel(_ key: String) {
+        let task = self.inFlight.withLock { calls -> String? in
+            guard calls[key] != nil else { return nil }
+            calls[key]?.cancelled = true
+            return calls[key]?.task
+        }
+        if let task { _ = try? self.client.request(method: "POST", path: "/v1/tasks/\(task)/cancel") }
     }
 
     /// Waits for calls in flight once stdin closes.
@@ -82,7 +108,7 @@ final class MCPServer: Sendable {
         let message: String
     }
 
-    private func answer(_ method: String, _ params: [String: Any]) throws -> Any {
+    private func answer(_ method: String, _ params: [String: Any], key: String) throws -> Any {
         switch method {
         case "initialize":
             let asked = params["protocolVersion"] as? String ?? MCP.protocolVersions[0]
@@ -97,7 +123,7 @@ final class MCPServer: Sendable {
         case "tools/list":
             return ["tools": try self.tools()]
         case "tools/call":
-            return try self.call(params)
+            return try self.call(params, key: key)
         default:
             throw RPCError(code: -32601, message: "method not found: \(method)")
         }
@@ -125,9 +151,13 @@ final class MCPServer: Sendable {
     }
 
     /// Submits the task, relays its progress events, and answers with its result.
-    private func call(_ params: [String: Any]) throws -> [String: Any] {
+    private func call(_ params: [String: Any], key: String) throws -> [String: Any] {
         guard let name = params["name"] as? String else { throw RPCError(code: -32602, message: "tools/call needs a name") }
         let arguments = params["arguments"] ?? [String: Any]()
+        // A tool's input schema is an object: a string or a list is not arguments (it ran as a task's input).
+        guard arguments is [String: Any] else {
+            throw RPCError(code: -32602, message: "invalid params: arguments must be an object of the tool's arguments")
+        }
         let progressToken = (params["_meta"] as? [String: Any])?["progressToken"]
         let body = try JSONSerialization.data(withJSONObject: ["capability": name, "input": arguments, "timeout_seconds": self.timeout])
         let task: ControlAPI.TaskInfo
@@ -138,6 +168,12 @@ final class MCPServer: Sendable {
         } catch {
             return Self.toolError("\(error)")
         }
+        // Cancelled while it was being submitted: the task goes now.
+        let cancelledAlready = self.inFlight.withLock { calls -> Bool in
+            calls[key]?.task = task.id
+            return calls[key]?.cancelled == true
+        }
+        if cancelledAlready { _ = try? self.client.request(method: "POST", path: "/v1/tasks/\(task.id)/cancel") }
         var after = 0
         var ended = task
         while true {

@@ -122,6 +122,56 @@ import Testing
         let broken = try #require(out["broken"] as? [Any])
         #expect(broken[0] as? Bool == true && (broken[1] as? String)?.contains("sh rejected the input (exit status 65): no") == true)
     }
+
+    /// Spoken raw, as a strict client may: `tools/call` with arguments that are not an object is -32602 (it ran a task
+    /// with a string as input), and `notifications/cancelled` cancels the call's task and leaves it unanswered (the
+    /// task ran on and the cancelled request was answered later).
+    @Test func argumentsMustBeAnObjectAndACancelledCallCancelsItsTask() throws {
+        let (root, _, _) = try MeshProcessTests.scratch("mcp-raw", ["a", "b"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let a = Node(home: "\(root)/a"), b = Node(home: "\(root)/b")
+        defer { for node in [a, b] { node.signal(SIGKILL) } }
+        try b.start(join: nil, capabilities: ["echo=builtin:echo", "nap=exec:sh -c 'cat >/dev/null; sleep 30; echo {}'"])
+        try a.start(join: b.address)
+        #expect(MeshProcessTests.waitUntil { a.status(of: "b")?.capabilities.count == 2 })
+        let client = """
+            import json, subprocess, sys, time
+            server = subprocess.Popen([sys.argv[1], "mcp", "--home", sys.argv[2]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            def send(message):
+                server.stdin.write(json.dumps(message) + "\\n"); server.stdin.flush()
+            def receive():
+                return json.loads(server.stdout.readline())
+            send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
+            receive()
+            send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            out = {}
+            send({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": "not an object"}})
+            out["string"] = receive()
+            send({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": [1, 2]}})
+            out["array"] = receive()
+            send({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "nap", "arguments": {}}})
+            time.sleep(2)
+            send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 4, "reason": "changed my mind"}})
+            time.sleep(2)
+            send({"jsonrpc": "2.0", "id": 5, "method": "ping"})
+            out["next"] = receive()
+            server.stdin.close()
+            server.wait(timeout=60)
+            out["rest"] = server.stdout.read()
+            print(json.dumps(out))
+            """
+        let run = try SpawnedProcess.run("/usr/bin/env", ["python3", "-c", client, CommandLineTests.binary, a.home])
+        #expect(run.status == 0, "\(run.stderr.suffix(1500))")
+        let out = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any], "\(run.stdout)")
+        for key in ["string", "array"] {
+            let error = (out[key] as? [String: Any])?["error"] as? [String: Any]
+            #expect(error?["code"] as? Int == -32602, "\(key): \(out[key] ?? "")")
+        }
+        #expect((out["next"] as? [String: Any])?["id"] as? Int == 5, "the cancelled call is not answered: \(out["next"] ?? "")")
+        #expect((out["rest"] as? String)?.isEmpty == true, "nothing more came: \(out["rest"] ?? "")")
+        let states = try a.tasks().map { "\($0.capability) \($0.state)" }
+        #expect(states == ["nap canceled"], "only the nap ran, and it was cancelled: \(states)")
+    }
 }
 
 /// The A2A facade, driven by the `a2a-sdk` Python package from PyPI (installed by scripts/test) as the client.
