@@ -183,13 +183,16 @@ public struct NodeHome: Sendable {
 
     public var webhookSecretPath: String { self.path + "/webhook.secret" }
 
-    /// The key webhook deliveries are signed with (HMAC-SHA256): read from `webhook.secret`, or created there (32
-    /// random bytes as hex, mode 0600) on first use. A receiver checks signatures with the same text.
+    /// The secret webhook deliveries are signed with, as Standard Webhooks writes one (`whsec_` and the key in
+    /// base64): read from `webhook.secret`, or created there (a 32-byte key, mode 0600) on first use. A receiver
+    /// verifies deliveries with the same text and any Standard Webhooks library.
     public func loadOrCreateWebhookSecret() throws(HomeError) -> String {
-        try self.loadOrCreateSecret(self.webhookSecretPath, "a webhook secret")
+        try self.loadOrCreateSecret(self.webhookSecretPath, "a webhook secret") { key in "whsec_" + Data(key).base64EncodedString() }
     }
 
-    private func loadOrCreateSecret(_ path: String, _ what: String) throws(HomeError) -> String {
+    private func loadOrCreateSecret(
+        _ path: String, _ what: String, written: ([UInt8]) -> String = { Hex.encode($0) }
+    ) throws(HomeError) -> String {
         if FileManager.default.fileExists(atPath: path) {
             let secret = String(decoding: try FileSystem.readBytes(path), as: UTF8.self)
                 .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -199,7 +202,7 @@ public struct NodeHome: Sendable {
             return secret
         }
         var generator = SystemRandomNumberGenerator()
-        let secret = Hex.encode((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+        let secret = written((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
         try FileSystem.writeAtomically(Array((secret + "\n").utf8), to: path, mode: 0o600)
         return secret
     }

@@ -276,7 +276,13 @@ public actor MeshNode: Service {
         self.openTaskStore(store, restoring: stored)
         self.openAuditLog(audit)
         do {
-            self.webhooks.secret = SecretBytes(copying: Array(try self.home.loadOrCreateWebhookSecret().utf8))
+            let secret = try self.home.loadOrCreateWebhookSecret()
+            if let key = Self.webhookKey(fromSecret: secret) {
+                self.webhooks.secret = SecretBytes(copying: key)
+            } else {
+                self.logger.error("webhooks cannot be signed, so none will be sent", metadata: [
+                    "error": "\(self.home.webhookSecretPath) starts with whsec_ but the rest is not base64"])
+            }
         } catch {
             self.logger.error("webhooks cannot be signed, so none will be sent", metadata: ["error": "\(error)"])
         }

@@ -235,6 +235,17 @@ extension MeshNode {
         }
     }
 
+    /// The HMAC key of a `webhook.secret`: a Standard Webhooks secret (`whsec_` and base64) is the key it encodes;
+    /// a secret written before nodes wrote that form (64 hex digits) is used as the text it is, so a receiver
+    /// verifies it as `whsec_` followed by that text in base64. nil for a `whsec_` secret that is not base64.
+    static func webhookKey(fromSecret secret: String) -> [UInt8]? {
+        guard secret.hasPrefix("whsec_") else { return Array(secret.utf8) }
+        var encoded = String(secret.dropFirst("whsec_".count))
+        while encoded.utf8.count % 4 != 0 { encoded += "=" }
+        guard let key = Data(base64Encoded: encoded), !key.isEmpty else { return nil }
+        return Array(key)
+    }
+
     enum DeliveryResult: Sendable {
         case delivered
         case retry(String)
@@ -284,9 +295,9 @@ extension MeshNode {
         }
     }
 
-    /// Headers: `X-AgentMesh-Event`, `X-AgentMesh-Delivery` (the same on every retry), `X-AgentMesh-Timestamp`
-    /// (Unix seconds) and `X-AgentMesh-Signature: sha256=HEX`, the HMAC-SHA256 of `TIMESTAMP.BODY` keyed by the
-    /// node's `webhook.secret`.
+    /// Signed as Standard Webhooks says: `webhook-id` (the same on every retry), `webhook-timestamp` (Unix seconds)
+    /// and `webhook-signature: v1,BASE64`, the HMAC-SHA256 of `ID.TIMESTAMP.BODY` keyed by the node's
+    /// `webhook.secret`; `X-AgentMesh-Event` names the event (`task.completed`, …).
     private static func post(_ delivery: WebhookDelivery, secret: SecretBytes?, allowPrivate: Bool) async -> DeliveryResult {
         let destination: CallbackAddress.Destination
         switch CallbackAddress.resolve(delivery.url, allowPrivate: allowPrivate) {
@@ -295,15 +306,16 @@ extension MeshNode {
         }
         guard let secret else { return .refused("no secret") }
         let timestamp = String(Int(Date().timeIntervalSince1970))
-        let signature = HMACSHA256.authenticate(key: secret, Array(timestamp.utf8), Array(".".utf8), delivery.body).exportedCopy()
+        let id = delivery.id.description
+        let signature = HMACSHA256.authenticate(key: secret, Array("\(id).\(timestamp).".utf8), delivery.body).exportedCopy()
         var request = HTTPClientRequest(url: destination.url)
         request.method = .POST
         if let host = destination.host { request.headers.replaceOrAdd(name: "Host", value: host) }
         request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "webhook-id", value: id)
+        request.headers.add(name: "webhook-timestamp", value: timestamp)
+        request.headers.add(name: "webhook-signature", value: "v1," + Data(signature).base64EncodedString())
         request.headers.add(name: "X-AgentMesh-Event", value: delivery.event)
-        request.headers.add(name: "X-AgentMesh-Delivery", value: delivery.id.description)
-        request.headers.add(name: "X-AgentMesh-Timestamp", value: timestamp)
-        request.headers.add(name: "X-AgentMesh-Signature", value: "sha256=" + Hex.encode(signature))
         request.body = .bytes(delivery.body)
         do {
             // Only the status counts: the answer's body is never read (dropping it ends the connection), so a

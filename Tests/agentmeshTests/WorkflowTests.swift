@@ -185,11 +185,14 @@ import Testing
         #expect(refused.status == 64)
         #expect(refused.stderr.contains("points into a private, loopback or link-local network"), "\(refused.stderr)")
         try b.start(join: a.address, capabilities: ["echo=builtin:echo"], extra: ["--allow-private-callbacks"])
-        // A receiver that answers 503 once, then checks the signature with the node's secret and records the body.
+        // A receiver that answers 503 once, then verifies the delivery with the Standard Webhooks library (from
+        // PyPI, installed by scripts/test) and the node's secret, and records the body.
         let secret = try String(contentsOfFile: b.home + "/webhook.secret", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(secret.hasPrefix("whsec_"), "a Standard Webhooks secret: \(secret.prefix(6))")
         let receiver = """
-            import hashlib, hmac, json, sys
+            import json, sys
             from http.server import BaseHTTPRequestHandler, HTTPServer
+            from standardwebhooks import Webhook
             calls = []
             class Hook(BaseHTTPRequestHandler):
                 def do_POST(self):
@@ -197,8 +200,11 @@ import Testing
                     calls.append(1)
                     if len(calls) == 1:
                         self.send_response(503); self.end_headers(); return
-                    mac = hmac.new(b"\(secret)", self.headers["X-AgentMesh-Timestamp"].encode() + b"." + body, hashlib.sha256).hexdigest()
-                    ok = self.headers["X-AgentMesh-Signature"] == "sha256=" + mac
+                    try:
+                        Webhook("\(secret)").verify(body, dict(self.headers.items()))
+                        ok = True
+                    except Exception:
+                        ok = False
                     print(self.headers["X-AgentMesh-Event"], "signed" if ok else "FORGED", json.loads(body).get("result"), flush=True)
                     self.send_response(204); self.end_headers()
                 def log_message(self, *args): pass
@@ -206,7 +212,7 @@ import Testing
             print(server.server_address[1], flush=True)
             server.serve_forever()
             """
-        let hook = try SpawnedProcess("/usr/bin/python3", ["-c", receiver])
+        let hook = try SpawnedProcess("/usr/bin/env", ["python3", "-c", receiver])
         defer { hook.signal(SIGKILL) }
         let port = try #require(hook.waitForLine { !$0.isEmpty }).trimmingCharacters(in: .whitespacesAndNewlines)
         let submitted = try CommandLineTests.agentmesh(
@@ -261,7 +267,7 @@ extension WorkflowTests {
             print(server.server_address[1], flush=True)
             server.serve_forever()
             """
-        let hook = try SpawnedProcess("/usr/bin/python3", ["-c", receiver])
+        let hook = try SpawnedProcess("/usr/bin/env", ["python3", "-c", receiver])
         defer { hook.signal(SIGKILL) }
         let port = try #require(hook.waitForLine { !$0.isEmpty }).trimmingCharacters(in: .whitespacesAndNewlines)
         let pid = try #require(a.process?.pid)
