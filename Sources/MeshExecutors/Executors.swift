@@ -11,6 +11,12 @@ import NIOHTTP1
 package enum TaskExecution {
     /// How much of stderr a failure carries.
     static let stderrTailLength = 2048
+
+    /// SIGTERM to the agent's process group now, SIGKILL 200 ms later unless it has exited by then.
+    private static func stop(_ process: ChildProcess) {
+        process.send(SIGTERM)
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) { process.send(SIGKILL) }
+    }
     /// The `exec:` exit status that rejects the input for good (`EX_DATAERR` in sysexits.h): no retry.
     package static let rejectingExitStatus: Int32 = 65
 
@@ -204,17 +210,14 @@ package enum TaskExecution {
                     return .timedOut
                 }
                 let first = await group.next() ?? .exited
+                // The group ends only when the process has: one that ignores SIGTERM is killed 200 ms later (it
+                // kept running, and its slot busy, after a cancel, its deadline or the node's stop).
+                if first != .exited { Self.stop(process) }
                 group.cancelAll()
                 return first
             }
         } onCancel: {
-            process.send(SIGTERM)
-        }
-        if ending != .exited {
-            process.send(SIGTERM)
-            for _ in 0..<40 where !process.hasExited { try? await Task.sleep(for: .milliseconds(5)) }
-            process.send(SIGKILL)
-            await process.waitForExit()
+            Self.stop(process)
         }
         let termination = process.reap()
         let (stdout, stderrTail) = await output
