@@ -236,6 +236,9 @@ extension MeshNode {
 
     private func subscriberFinished(_ id: EventID, key: String, outcome: TaskOutcome) {
         self.meshEvents.subscribers.executorRuns["\(id) \(key)"] = nil
+        // Stopped with its node: the event stays "running" in the store, so the next start acts on it again (at
+        // least once, as after a crash), instead of recording a cancel nobody asked for.
+        if case .canceled = outcome, !self.isRunning { return }
         defer {
             if let next = self.meshEvents.subscribers.executors.finished() { self.startSubscriberRun(next.event, key: next.key, executor: next.executor) }
         }

@@ -110,6 +110,20 @@ import Testing
         }
         if alive { kill(subscriber, SIGKILL) }
         #expect(!alive, "the subscriber's process outlived its node")
+
+        // Stopped, not failed: the next start acts on the event again (it was recorded as canceled, never to run).
+        try FileManager.default.removeItem(atPath: pidFile)
+        let again = try await a.start {
+            $0.subscriptions = [EventSubscription(
+                topic: "orders", action: .executor(.exec(command: "sh", arguments: ["-c", "echo $$ > \(pidFile); exec sleep 60"])))]
+        }
+        var rerun = false
+        for _ in 0..<200 where !rerun {
+            rerun = FileManager.default.fileExists(atPath: pidFile)
+            if !rerun { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(rerun, "the event's subscriber ran again after the restart")
+        await again.stop()
     }
 
     @Test func aPeersEventFloodKeepsOnlyItsShareOfTheHistory() async throws {
