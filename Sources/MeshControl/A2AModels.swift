@@ -78,7 +78,7 @@ public enum A2A {
             // Params must be an object when given (JSON-RPC 2.0 §4.2); each method then decodes its own.
             var badParams: String?
             let given = container.contains(.params)
-            if given, (try? container.decode([String: ControlAPI.JSONValue].self, forKey: .params)) == nil {
+            if given, (try? container.nestedContainer(keyedBy: AnyKey.self, forKey: .params)) == nil {
                 badParams = "params must be an object"
             }
             func params<Params: Decodable>(_ type: Params.Type) -> Params? {
@@ -90,7 +90,13 @@ public enum A2A {
                 } catch let error as DecodingError {
                     badParams = Self.describe(error)
                 } catch {
-                    badParams = "\(error)"
+                    // Foundation's decoder throws its own error, without a path, for 2.5 or 1e30 where an Int goes.
+                    let text = "\(error)"
+                    if text.contains("numberIsNotRepresentable"), let start = text.firstIndex(of: "\""), let end = text.lastIndex(of: "\""), start < end {
+                        badParams = "params hold \(text[text.index(after: start)..<end].prefix(32)) where a whole number goes"
+                    } else {
+                        badParams = "params cannot be read: \(text.prefix(200))"
+                    }
                 }
                 return nil
             }
@@ -120,11 +126,18 @@ public enum A2A {
             self.badParams = badParams
         }
 
-        /// "params.message.parts: expected an array", from what the decoder says.
+        private struct AnyKey: CodingKey {
+            let stringValue: String
+            let intValue: Int? = nil
+            init(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { return nil }
+        }
+
+        /// "params.message.parts must be an array", from what the decoder says, in the client's terms.
         static func describe(_ error: DecodingError) -> String {
             func path(_ context: DecodingError.Context) -> String {
-                (["params"] + context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue })
-                    .joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
+                let keys = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
+                return ((keys.first == "params" ? [] : ["params"]) + keys).joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
             }
             switch error {
             case .keyNotFound(let key, let context):
@@ -132,7 +145,16 @@ public enum A2A {
             case .typeMismatch(let type, let context), .valueNotFound(let type, let context):
                 return "\(path(context)) must be \(Self.name(of: type))"
             case .dataCorrupted(let context):
-                return "\(path(context)): \(context.debugDescription)"
+                // The decoder's own words name Swift types; say what the field takes instead.
+                switch context.codingPath.last?.stringValue {
+                case "role"?: return "\(path(context)) must be one of \(Role.allCases.map(\.rawValue).joined(separator: ", "))"
+                case "status"?: return "\(path(context)) must be one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))"
+                default: break
+                }
+                if context.debugDescription.contains("Representable") || context.debugDescription.contains("fit") {
+                    return "\(path(context)) must be a whole number"
+                }
+                return "\(path(context)) is not valid JSON of its type"
             @unknown default:
                 return "\(error)"
             }
@@ -185,7 +207,7 @@ public enum A2A {
 
     // MARK: - Objects
 
-    public enum Role: String, Codable, Sendable {
+    public enum Role: String, Codable, Sendable, CaseIterable {
         case user = "ROLE_USER"
         case agent = "ROLE_AGENT"
         case unspecified = "ROLE_UNSPECIFIED"

@@ -12,6 +12,9 @@ import NIOCore
 /// with the `taskId` of a task in `input-required` answers its question. Every task enters through ``admit(_:then:)``.
 extension MeshNode {
     static let a2aVersion = "1.0"
+    /// How deep a JSON value A2A takes in and shows as data: deeper ones are refused coming in and shown as their
+    /// JSON text going out (a task submitted over the control API may hold one).
+    static let a2aMaximumDepth = 32
 
     /// The card, pointing its JSON-RPC interface at the address the client reached (the request's Host).
     func agentCard(host: String?) -> ControlResponse {
@@ -35,6 +38,11 @@ extension MeshNode {
     /// with a null id, JSON that does not parse -32700), a notification (no id) gets no answer, and an
     /// `A2A-Version` other than 1.x is refused with VersionNotSupportedError (-32009).
     func answerA2A(_ body: [UInt8], version: String?, respond: @escaping Respond) {
+        // Decoding and encoding nested JSON as Codable trees costs far more than linear time in the depth (3 KB
+        // nested 500 deep held the loop for 1.8 s): a request nested deeper than the A2A limit is refused unread.
+        if !JSONText.isValue(body, maximumDepth: Self.a2aMaximumDepth + 8), JSONText.isValue(body, maximumDepth: 512) {
+            return respond(Self.rpcError(.null, -32602, "invalid params: the request nests JSON more than \(Self.a2aMaximumDepth) levels deep"))
+        }
         let request: A2A.Request
         do {
             request = try JSONDecoder().decode(A2A.Request.self, from: Data(body))
@@ -165,7 +173,12 @@ extension MeshNode {
             return .failure(RPCFailure(
                 code: -32005, message: "content type not supported: this node takes data and text parts (artifacts go through POST /v1/artifacts)"))
         }
-        if let waiting = message.taskId.flatMap(TaskID.init(hex:)) {
+        if let taskId = message.taskId, !taskId.isEmpty {
+            // A message for a task answers its question; a task this node does not know is not found (it started a
+            // new task).
+            guard let waiting = TaskID(hex: taskId), self.submittedTaskState(waiting) != nil else {
+                return .failure(RPCFailure(code: -32001, message: "task not found: \(taskId.prefix(64))"))
+            }
             guard let answer = try? JSONSerialization.data(withJSONObject: input, options: [.fragmentsAllowed, .sortedKeys]) else {
                 return .failure(RPCFailure(code: -32602, message: "invalid params: the answer is not JSON"))
             }
@@ -189,12 +202,17 @@ extension MeshNode {
         guard offered.contains(skill) else {
             return .failure(RPCFailure(code: -32602, message: "invalid params: no live member offers the skill '\(skill.prefix(64))'"))
         }
-        guard let inputBytes = try? JSONSerialization.data(withJSONObject: input, options: [.fragmentsAllowed, .sortedKeys]),
-            inputBytes.count <= self.settings.maximumTaskInput
-        else { return .failure(RPCFailure(code: -32602, message: "invalid params: the input is not JSON or is too large")) }
-        let context = message.contextId.flatMap { TaskOptions.isValidContext($0) ? $0 : nil }
+        guard let inputBytes = try? JSONSerialization.data(withJSONObject: input, options: [.fragmentsAllowed, .sortedKeys]) else {
+            return .failure(RPCFailure(code: -32602, message: "invalid params: the message's data is not JSON"))
+        }
+        guard inputBytes.count <= self.settings.maximumTaskInput else {
+            return .failure(RPCFailure(code: -32602, message:
+                "invalid params: the task's input has \(inputBytes.count) bytes; this node takes at most \(self.settings.maximumTaskInput) (run --max-input-bytes)"))
+        }
         var generator = SystemRandomNumberGenerator()
         let id = TaskID(using: &generator)
+        // Every A2A task is in a conversation: the client's, or a new one named after the task.
+        let context = message.contextId.flatMap { TaskOptions.isValidContext($0) ? $0 : nil } ?? id.description
         return .success(.submit(TaskAdmission(
             id: id, capability: skill, payload: Array(inputBytes), timeout: .seconds(300), maximumAttempts: 5,
             options: TaskOptions(context: context, traceparent: TraceContext.new(for: id, using: &generator).description),
@@ -335,10 +353,13 @@ extension MeshNode {
         return shown
     }
 
-    /// A JSON value from bytes that should hold one; anything else is shown as the text it is.
+    /// A JSON value from bytes that should hold one; anything else, or one nested deeper than A2A shows, is shown
+    /// as the text it is.
     private static func jsonValue(_ bytes: [UInt8]) -> ControlAPI.JSONValue {
-        ControlAPI.JSONValue((try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed]))
-            ?? String(decoding: bytes, as: UTF8.self))
+        guard JSONText.isValue(bytes, maximumDepth: Self.a2aMaximumDepth),
+            let value = try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])
+        else { return ControlAPI.JSONValue(String(decoding: bytes, as: UTF8.self)) }
+        return ControlAPI.JSONValue(value)
     }
 
     /// An agent's message: a string becomes a text part, any other JSON a data part.

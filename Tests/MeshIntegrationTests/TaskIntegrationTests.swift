@@ -374,15 +374,53 @@ import Glibc
         #expect(status.code == -32602 && status.message.contains("params.status"), "\(status)")
         let fileOnly = error(await call("SendMessage", #"{"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"url": "https://example.com/a.pdf"}], "metadata": {"skill": "echo"}}}"#))
         #expect(fileOnly.code == -32005, "\(fileOnly)")
+        // Said in the client's terms: no doubled path, no Swift type names.
+        #expect(wrongParts.message == "invalid params: params.message.parts must be an array", "\(wrongParts)")
+        let half = error(await call("GetTask", #"{"id": "x", "historyLength": 2.5}"#))
+        #expect(half.message == "invalid params: params hold 2.5 where a whole number goes", "\(half)")
+        let role = error(await call("SendMessage", #"{"message": {"messageId": "m", "role": "ROLE_FOO", "parts": [{"text": "hi"}]}}"#))
+        #expect(role.message.contains("params.message.role must be one of ROLE_USER"), "\(role)")
+        let surrogate = error(await call("SendMessage", #"{"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"text": "\ud800"}]}}"#))
+        #expect(surrogate.code == -32602 && !surrogate.message.contains("must be an object"), "\(surrogate)")
+        // A message for a task this node does not know is TaskNotFoundError; it started a new task.
+        let unknownTask = error(await call("SendMessage", #"{"message": {"messageId": "m", "role": "ROLE_USER", "taskId": "deadbeef", "parts": [{"text": "hi"}], "metadata": {"skill": "echo"}}}"#))
+        #expect(unknownTask.code == -32001, "\(unknownTask)")
 
         let sent = await call("SendMessage", #"{"message": {"messageId": "m1", "role": "ROLE_USER", "contextId": "c", "parts": [{"data": {"n": 7}}], "metadata": {"skill": "echo"}}}"#)
         let task = try #require((sent["result"] as? [String: Any])?["task"] as? [String: Any], "\(sent)")
+        let untitled = await call("SendMessage", #"{"message": {"messageId": "m2", "role": "ROLE_USER", "parts": [{"text": "hi"}], "metadata": {"skill": "echo"}}}"#)
+        let untitledTask = (untitled["result"] as? [String: Any])?["task"] as? [String: Any]
+        #expect((untitledTask?["contextId"] as? String)?.isEmpty == false, "a task without a conversation gets one: \(untitled)")
         let history = try #require(task["history"] as? [[String: Any]])
         #expect(history.count == 1 && history[0]["role"] as? String == "ROLE_USER" && history[0]["contextId"] as? String == "c")
         #expect((history[0]["parts"] as? [[String: Any]])?.first?["data"] as? [String: Int] == ["n": 7], "\(history)")
         let id = try #require(task["id"] as? String)
         let trimmed = await call("GetTask", #"{"id": "\#(id)", "historyLength": 0}"#)
         #expect(((trimmed["result"] as? [String: Any])?["history"] as? [Any])?.isEmpty == true, "\(trimmed)")
+        await running.stop()
+    }
+
+    /// JSON nested 500 deep (3 KB) held the node's loop for 1.8 s through A2A's Codable trees, and a task submitted
+    /// over the control API with such an input froze every ListTasks. A2A now refuses a request nested deeper than
+    /// its limit unread, and shows a stored value nested deeper as its JSON text.
+    @Test func a2aRefusesDeeplyNestedRequestsAndShowsDeepValuesAsText() async throws {
+        let mesh = try TestMesh()
+        let a = try mesh.node("a")
+        let running = try await a.start { $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)] }
+        let deep = String(repeating: #"{"a":"#, count: 200) + "1" + String(repeating: "}", count: 200)
+        let body = #"{"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"data": \#(deep)}], "metadata": {"skill": "echo"}}}}"#
+        let refused = await running.node.handleControl(ControlRequest(method: "POST", path: "/a2a", query: [:], body: Array(body.utf8)))
+        let error = (try JSONSerialization.jsonObject(with: Data(refused.body)) as? [String: Any])?["error"] as? [String: Any]
+        #expect(error?["code"] as? Int == -32602 && (error?["message"] as? String)?.contains("levels deep") == true, "\(error ?? [:])")
+
+        let submitted = await running.node.handleControl(ControlRequest(
+            method: "POST", path: "/v1/tasks", query: ["wait": "10"], body: Array(#"{"capability": "echo", "input": \#(deep)}"#.utf8)))
+        let id = try ControlAPI.decoder().decode(ControlAPI.TaskInfo.self, from: Data(submitted.body)).id
+        let get = #"{"jsonrpc": "2.0", "id": 2, "method": "GetTask", "params": {"id": "\#(id)"}}"#
+        let got = await running.node.handleControl(ControlRequest(method: "POST", path: "/a2a", query: [:], body: Array(get.utf8)))
+        let task = (try JSONSerialization.jsonObject(with: Data(got.body)) as? [String: Any])?["result"] as? [String: Any]
+        let shown = (((task?["history"] as? [[String: Any]])?.first?["parts"] as? [[String: Any]])?.first)?["data"]
+        #expect((shown as? String)?.hasPrefix(#"{"a":{"a":"#) == true, "shown as its JSON text: \(String(describing: shown).prefix(80))")
         await running.stop()
     }
 
