@@ -33,13 +33,16 @@ public enum ControlAPI {
         public let bytesReceived: UInt64
         /// What the node could not read back from its store when it started (each skipped, and logged).
         public let restoreProblems: [String]
+        /// Where the control API listens over TCP (`run --http`), with the port it got (for `--http HOST:0`).
+        public let http: String?
 
         package init(
             id: String, name: String, listen: String, advertise: String, identityLine: String, open: Bool, startedAt: Date,
             audit: AuditCost?, joins: [JoinStatus] = [], store: String = "ok", auditLog: String = "ok",
-            messagesReceived: UInt64 = 0, bytesReceived: UInt64 = 0, restoreProblems: [String] = []
+            messagesReceived: UInt64 = 0, bytesReceived: UInt64 = 0, restoreProblems: [String] = [], http: String? = nil
         ) {
             self.restoreProblems = restoreProblems
+            self.http = http
             self.id = id
             self.name = name
             self.version = AgentMeshVersion.current

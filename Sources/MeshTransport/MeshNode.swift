@@ -908,7 +908,8 @@ public actor MeshNode: Service {
             store: self.taskPlane.commitGate.isStoreWritable ? "ok" : "cannot write \(self.taskStore?.path ?? "the task store")",
             auditLog: self.taskPlane.commitGate.isAuditWritable ? "ok" : "cannot write \(self.auditLog?.directory ?? "the audit log")",
             messagesReceived: self.peers.accountability.received.messages, bytesReceived: self.peers.accountability.received.bytes,
-            restoreProblems: self.taskPlane.restoreProblems)
+            restoreProblems: self.taskPlane.restoreProblems,
+            http: self.settings.httpControl.flatMap { http in bound?.httpControl?.port.map { HostAndPort(host: http.host, port: $0).description } })
     }
 }
 

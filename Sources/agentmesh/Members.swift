@@ -60,12 +60,14 @@ struct Status: ParsableCommand {
             try printJSON(node)
             return
         }
-        let counts = Dictionary(grouping: members.filter { $0.connection != "self" }, by: \.status).mapValues(\.count)
+        // Counted as `members` lists them: this node is one of the alive.
+        let counts = Dictionary(grouping: members, by: \.status).mapValues(\.count)
         print("""
             node     \(node.name) \(node.id)
             version  \(node.version), up \(ago(node.startedAt, now: Date()).replacingOccurrences(of: " ago", with: ""))
             listen   \(node.listen)\(node.advertise == node.listen ? "" : ", advertised as \(node.advertise)")\(node.open ? " (open: any holder of the network key may join)" : "")
-            members  \(counts.isEmpty ? "none yet" : counts.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", "))
+            members  \(members.count <= 1 ? "only this node so far" : counts.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", "))
+            http     \(node.http.map { "control API and A2A on http://\($0)" } ?? "off (run --http HOST:PORT)")
             traffic  \(node.messagesReceived) messages (\(node.bytesReceived) bytes) received from peers
             store    \(node.store)
             audit    \(node.auditLog)

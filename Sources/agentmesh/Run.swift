@@ -252,6 +252,10 @@ struct Run: AsyncParsableCommand {
         let advertised = addresses.advertised == addresses.listening ? "" : "advertised as \(addresses.advertised), "
         FileHandle.standardOutput.write(
             Data("agentmesh \(identity.name) \(identity.nodeID) \(advertised)listening on \(addresses.listening)\n".utf8))
+        // The HTTP listener's port on a line of its own (it got one for --http HOST:0, which the log alone said).
+        if let http = await node.nodeInfo().http {
+            FileHandle.standardOutput.write(Data("control API and A2A on http://\(http)\n".utf8))
+        }
         // `agentmesh leave` ends the node's run; that is a clean stop of the whole group, not a failure.
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: node, successTerminationBehavior: .gracefullyShutdownGroup)],

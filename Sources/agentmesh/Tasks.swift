@@ -416,7 +416,8 @@ func saveResultArtifacts(of task: ControlAPI.TaskInfo, into folder: String, clie
     }
     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     for artifact in artifacts {
-        let path = folder + "/" + (artifact.name ?? artifact.sha256)
+        // `--save-artifacts out/` and `out` name the same folder (it printed out//summary.md).
+        let path = (folder.hasSuffix("/") && folder.count > 1 ? String(folder.dropLast()) : folder) + "/" + (artifact.name ?? artifact.sha256)
         let size = try reporting { try client.download(artifact: artifact.sha256, to: path) }
         FileHandle.standardError.write(Data("saved \(path) (\(size) bytes)\n".utf8))
     }

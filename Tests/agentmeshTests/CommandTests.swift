@@ -293,12 +293,17 @@ import MeshControl
         #expect(try Self.agentmesh("init", "--home", root + "/a").status == 0)
         #expect(try Self.agentmesh("init", "--home", root + "/b").status == 0)
 
-        let node = try SpawnedProcess(Self.binary, ["run", "--home", root + "/a", "--listen", "127.0.0.1:0"])
+        let node = try SpawnedProcess(Self.binary, ["run", "--home", root + "/a", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         // The first stdout line names the port it picked.
         let firstLine = try #require(node.waitForLine(containing: "listening on"))
         let address = try #require(firstLine.components(separatedBy: "listening on ").last?
             .trimmingCharacters(in: .whitespacesAndNewlines))
         #expect(address.hasPrefix("127.0.0.1:") && !address.hasSuffix(":0"))
+        // So does the next for the HTTP listener, and `status` (only the log said it).
+        let httpLine = try #require(node.waitForLine(containing: "control API and A2A on"))
+        let http = try #require(httpLine.components(separatedBy: "http://").last?.trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(http.hasPrefix("127.0.0.1:") && !http.hasSuffix(":0"))
+        #expect(try Self.agentmesh("status", "--home", root + "/a").stdout.contains("http     control API and A2A on http://\(http)"))
 
         let taken = try Self.agentmesh("run", "--home", root + "/b", "--listen", address)
         #expect(taken.status != 0)
