@@ -223,6 +223,21 @@ import Testing
         #expect(mesh.submitter.task(id)?.state == .completed)
     }
 
+    /// Declared dead while no other member could take the task, its executor's result came after all: the task
+    /// completed with its only attempt still saying "peer died", never accepted, and nobody shown as having run it.
+    @Test func aResultFromAnExecutorDeclaredDeadTooSoonEndsItsAttemptAsWhatHappened() {
+        var mesh = Mesh(runners: [Self.b: ["echo": 4]])
+        let id = mesh.submit()
+        let first = mesh.submitter.task(id)!.currentAttempt!
+        mesh.apply(mesh.submitter.peerDied(first.peer, now: mesh.now))
+        #expect(mesh.submitter.task(id)!.attempts.count == 1, "nobody else could take it")
+        mesh.advance(.seconds(1))
+        _ = mesh.submitter.receive(.result(id, epoch: first.epoch, outcome: .success([1])), from: first.peer, now: mesh.now)
+        let task = mesh.submitter.task(id)!
+        #expect(task.state == .completed)
+        #expect(task.attempts.count == 1 && task.attempts[0].outcome == .completed && task.attempts[0].acceptedAt != nil)
+    }
+
     @Test func aResultFromASupersededEpochIsIgnoredButAcknowledged() {
         var mesh = Mesh(runners: [Self.b: ["echo": 4], Self.c: ["echo": 4]])
         let id = mesh.submit()

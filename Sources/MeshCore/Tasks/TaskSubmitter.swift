@@ -432,6 +432,7 @@ public struct TaskSubmitter: Sendable {
                 directives.append(.send(.resultAck(id, epoch: epoch), to: peer))
                 break
             }
+            if attempt.outcome == .peerDied { self.revive(id, attempt: attempt, now: now) }
             switch outcome {
             case .success:
                 self.endAttempt(id, .completed, now: now)
@@ -786,6 +787,19 @@ public struct TaskSubmitter: Sendable {
         self.tasks[id] = task
         self.unsaved.append(id)
         self.releaseSlot(of: task.attempts[task.attempts.count - 1].peer, task.capability)
+    }
+
+    /// The current attempt's peer was declared dead too soon (no other member could take the task meanwhile), and
+    /// its result came: the attempt ran after all. Its outcome is the result's, not "peer died" beside a completed
+    /// task, and it shows as accepted (at the latest when its result came); its slot, freed at the death, is held
+    /// again for the result to free.
+    private mutating func revive(_ id: TaskID, attempt: Attempt, now: Duration) {
+        guard var task = self.tasks[id], let index = task.attempts.lastIndex(where: { $0.epoch == attempt.epoch }) else { return }
+        task.attempts[index].outcome = nil
+        task.attempts[index].endedAt = nil
+        if task.attempts[index].acceptedAt == nil { task.attempts[index].acceptedAt = now }
+        self.tasks[id] = task
+        self.inFlight[attempt.peer, default: [:]][task.capability, default: 0] += 1
     }
 
     private mutating func releaseSlot(of peer: NodeID, _ capability: String) {
