@@ -12,10 +12,15 @@ package enum TaskExecution {
     /// How much of stderr a failure carries.
     static let stderrTailLength = 2048
 
-    /// SIGTERM to the agent's process group now, SIGKILL 200 ms later unless it has exited by then.
+    /// SIGTERM to the agent's process group now, SIGKILL 200 ms later unless it has exited by then. The wait is a
+    /// thread of its own: on a loaded node the global queues' threads are all blocked reading agents' pipes, and a
+    /// kill queued there waited 30 s.
     private static func stop(_ process: ChildProcess) {
         process.send(SIGTERM)
-        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) { process.send(SIGKILL) }
+        Thread.detachNewThread {
+            usleep(200_000)
+            process.send(SIGKILL)
+        }
     }
     /// The `exec:` exit status that rejects the input for good (`EX_DATAERR` in sysexits.h): no retry.
     package static let rejectingExitStatus: Int32 = 65

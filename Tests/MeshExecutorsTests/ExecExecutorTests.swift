@@ -25,7 +25,8 @@ import Testing
         let started = ContinuousClock.now
         let outcome = await Self.run(pidFile: pidFile, timeout: .seconds(1))
         #expect(outcome == .timedOut("timed out after 1.0 s; sh was killed"))
-        #expect(ContinuousClock.now - started < .seconds(20), "ended at its deadline, not when the agent chose")
+        // Bounded only to tell "ended" from "never" on a loaded machine: the old code never ended it.
+        #expect(ContinuousClock.now - started < .seconds(60), "ended at its deadline, not when the agent chose")
         #expect(!Self.isRunning(pidFile))
     }
 
@@ -38,7 +39,7 @@ import Testing
         let started = ContinuousClock.now
         run.cancel()
         #expect(await run.value == .canceled)
-        #expect(ContinuousClock.now - started < .seconds(20), "canceled, not waited out")
+        #expect(ContinuousClock.now - started < .seconds(60), "canceled, not waited out (120 s)")
         #expect(!Self.isRunning(pidFile))
     }
 }

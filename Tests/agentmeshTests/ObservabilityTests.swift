@@ -240,4 +240,64 @@ import Testing
         #expect(working.count == 3, "each progress event streamed as a working status update")
         #expect((stream.last?["statusUpdate"] as? [String: Any]).flatMap { ($0["status"] as? [String: Any])?["state"] as? String } == "TASK_STATE_COMPLETED")
     }
+
+    /// The rest of A2A 1.0's core operations with the official client: ListTasks a page at a time with its token,
+    /// SubscribeToTask to a running task's end, and the errors the client raises as types (TaskNotCancelableError
+    /// for a finished task, TaskNotFoundError).
+    @Test func anA2AClientListsPagesSubscribesAndGetsTypedErrors() throws {
+        let probe = try SpawnedProcess.run("/usr/bin/env", ["python3", "-c", "import a2a.client"])
+        try #require(probe.status == 0, "the a2a-sdk package is missing: scripts/test installs it")
+        let (root, _, _) = try MeshProcessTests.scratch("a2a-ops", ["a"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let port = try MeshProcessTests.freePort()
+        let a = Node(home: "\(root)/a")
+        defer { a.signal(SIGKILL) }
+        try a.start(join: nil, capabilities: ["echo=builtin:echo", "nap=exec:sh -c 'cat >/dev/null; sleep 2; echo {}'"],
+                    extra: ["--http", "127.0.0.1:\(port)"])
+        let client = """
+            import asyncio, httpx, json, sys, uuid
+            from google.protobuf import json_format, struct_pb2
+            from a2a.client import ClientConfig, ClientFactory
+            from a2a.types import a2a_pb2 as p
+            def message(skill, data, context="conv-9"):
+                meta = struct_pb2.Struct(); meta.update({"skill": skill})
+                value = struct_pb2.Value(); json_format.ParseDict(data, value)
+                return p.Message(message_id=str(uuid.uuid4()), role=p.ROLE_USER, parts=[p.Part(data=value)], metadata=meta, context_id=context)
+            async def main():
+                token = open(sys.argv[2]).read().strip()
+                out = {}
+                async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+                    blocking = await ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create_from_url(f"http://127.0.0.1:{sys.argv[1]}")
+                    for n in range(3):
+                        [e async for e in blocking.send_message(p.SendMessageRequest(message=message("echo", {"n": n})))]
+                    first = await blocking.list_tasks(p.ListTasksRequest(context_id="conv-9", page_size=2))
+                    second = await blocking.list_tasks(p.ListTasksRequest(context_id="conv-9", page_size=2, page_token=first.next_page_token))
+                    out["pages"] = [len(first.tasks), len(second.tasks), first.total_size, second.next_page_token]
+                    napping = [json_format.MessageToDict(e) async for e in blocking.send_message(p.SendMessageRequest(
+                        message=message("nap", {}), configuration=p.SendMessageConfiguration(return_immediately=True)))]
+                    task_id = napping[0]["task"]["id"]
+                    streaming = await ClientFactory(ClientConfig(httpx_client=http, streaming=True)).create_from_url(f"http://127.0.0.1:{sys.argv[1]}")
+                    events = [json_format.MessageToDict(e) async for e in streaming.subscribe(p.SubscribeToTaskRequest(id=task_id))]
+                    out["subscribed"] = [list(e.keys())[0] for e in events] + [events[-1].get("statusUpdate", {}).get("status", {}).get("state")]
+                    try:
+                        await blocking.cancel_task(p.CancelTaskRequest(id=task_id))
+                        out["cancel"] = "no error"
+                    except Exception as error:
+                        out["cancel"] = type(error).__name__
+                    try:
+                        await blocking.get_task(p.GetTaskRequest(id="0" * 32))
+                    except Exception as error:
+                        out["missing"] = type(error).__name__
+                print(json.dumps(out))
+            asyncio.run(main())
+            """
+        let run = try SpawnedProcess.run("/usr/bin/env", ["python3", "-c", client, "\(port)", a.home + "/control.token"])
+        #expect(run.status == 0, "\(run.stderr.suffix(1500))")
+        let out = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any], "\(run.stdout)")
+        let pages = try #require(out["pages"] as? [Any])
+        #expect(pages[0] as? Int == 2 && pages[1] as? Int == 1 && pages[2] as? Int == 3 && pages[3] as? String == "", "\(pages)")
+        #expect(out["subscribed"] as? [String] == ["task", "artifactUpdate", "statusUpdate", "TASK_STATE_COMPLETED"], "\(out)")
+        #expect(out["cancel"] as? String == "TaskNotCancelableError")
+        #expect(out["missing"] as? String == "TaskNotFoundError")
+    }
 }
