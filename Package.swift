@@ -96,7 +96,9 @@ let package = Package(
                 // Webhook deliveries: no redirects, the checked address, a bounded answer.
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
-            exclude: ["openapi.yaml"],  // the control API's description, checked by scripts/check-openapi
+            // The control API's description, served at GET /openapi.yaml from inside the binary, checked by
+            // scripts/check-openapi.
+            resources: [.embedInCode("openapi.yaml")],
             swiftSettings: strictSettings
         ),
         .executableTarget(

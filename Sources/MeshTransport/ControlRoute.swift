@@ -60,6 +60,8 @@ enum ControlRoute: Equatable {
     case audit(peer: String?, last: Int)
     /// `GET /v1/artifacts/SHA256`: an artifact's bytes (`POST /v1/artifacts` streams one in, before routing)
     case artifact(digest: [UInt8])
+    /// `GET /openapi.yaml`: the control API's OpenAPI document.
+    case openAPIDocument
     /// Answered without the node: a bad path or parameter.
     case refused(status: Int, message: String)
     /// A path served with other methods: 405 with the `Allow` header (RFC 9110 §15.5.6).
@@ -84,6 +86,10 @@ enum ControlRoute: Equatable {
             case (_, ["session"]): self = Self.notAllowed(request, ["POST"])
             default: self = .refused(status: 404, message: "no such page: \(request.path)")
             }
+            return
+        }
+        if parts == ["openapi.yaml"] {
+            self = request.method == "GET" ? .openAPIDocument : Self.notAllowed(request, ["GET"])
             return
         }
         if parts == ["a2a"] {

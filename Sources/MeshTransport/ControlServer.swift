@@ -285,9 +285,10 @@ private final class ControlHTTPHandler: ChannelInboundHandler {
                 channel.close(promise: nil)
             }
             // The health check answers without the token (a liveness probe carries none); it says only ok or not.
-            // So is the A2A agent card: clients read it to learn how to authenticate.
+            // So are the A2A agent card and the OpenAPI document: clients read them to learn how to authenticate.
             let path = head.uri.split(separator: "?").first
-            let isPublic = head.method == .GET && (path == "/v1/health" || path == "/.well-known/agent-card.json")
+            let isPublic = head.method == .GET
+                && (path == "/v1/health" || path == "/.well-known/agent-card.json" || path == "/openapi.yaml")
             self.fromBrowser = false
             self.bodyLimit = ControlServer.maximumBodyLength
             if let browser = self.browser, let path, path == "/ui" || path.hasPrefix("/ui/") {

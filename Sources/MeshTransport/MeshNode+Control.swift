@@ -75,6 +75,10 @@ extension MeshNode {
             respond(self.metricsExposition())
         case .agentCard(let host):
             respond(self.agentCard(host: host))
+        case .openAPIDocument:
+            var response = ControlResponse(status: 200, body: PackageResources.openapi_yaml)
+            response.contentType = "application/yaml"
+            respond(response)
         case .a2a(let body, let version):
             self.answerA2A(body, version: version, respond: respond)
         case .stats:

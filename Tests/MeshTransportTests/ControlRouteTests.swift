@@ -46,6 +46,8 @@ import Testing
         #expect(allowed("GET", "/v1/artifacts") == ["POST"])
         #expect(allowed("POST", "/ui") == ["GET"])
         #expect(allowed("GET", "/ui/session") == ["POST"])
+        #expect(allowed("POST", "/openapi.yaml") == ["GET"])
+        #expect(Self.route("GET", "/openapi.yaml") == .openAPIDocument)
         #expect(Self.route("GET", "/v1/tasks/\(Self.id)/nothing") == .refused(status: 404, message: "no such endpoint: GET /v1/tasks/\(Self.id)/nothing"))
     }
 
