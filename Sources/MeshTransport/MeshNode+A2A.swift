@@ -266,7 +266,7 @@ extension MeshNode {
     /// the final status.
     private func a2aStream(_ taskID: TaskID, id: A2A.RequestID, respond: Respond) {
         respond(.eventStream { sink in
-            self.loop.execute {
+            self.context.loop.execute {
                 self.assumeIsolated { node in
                     guard let task = node.a2aTask(taskID, historyLength: nil) else { return sink.finish() }
                     node.a2aSend(A2A.StreamResponse(task: task), id: id, to: sink)

@@ -50,7 +50,7 @@ extension MeshNode {
             return .failure(ArtifactError("a task takes at most \(ArtifactRef.maximumPerTask) artifacts, not \(listed.count)"))
         }
         guard !listed.isEmpty else { return .success([]) }
-        guard let store = self.artifactStore else { return .failure(ArtifactError("this node has no artifact store")) }
+        guard let store = self.artifactFiles.store else { return .failure(ArtifactError("this node has no artifact store")) }
         var artifacts: [ArtifactRef] = []
         for info in listed {
             guard let digest = Hex.decode(info.sha256.lowercased()), digest.count == SHA256.byteCount else {
@@ -79,7 +79,7 @@ extension MeshNode {
     /// Brings every artifact in `artifacts` here from `peer` (once each, however many ask), then calls `done` with
     /// nil, or with the first artifact's failure.
     func fetchArtifacts(_ artifacts: [ArtifactRef], of task: TaskID, from peer: NodeID, then done: @escaping (ArtifactError?) -> Void) {
-        guard let store = self.artifactStore else { return done(ArtifactError("this node has no artifact store")) }
+        guard let store = self.artifactFiles.store else { return done(ArtifactError("this node has no artifact store")) }
         let missing = artifacts.filter { store.size(of: $0.digest) != $0.size }
         guard !missing.isEmpty else { return done(nil) }
         var remaining = missing.count
@@ -98,7 +98,7 @@ extension MeshNode {
             self.transfers.pulls[artifact.hex]?.waiters.append((task, peer, done))
             return
         }
-        guard let store = self.artifactStore else { return done(ArtifactError("this node has no artifact store")) }
+        guard let store = self.artifactFiles.store else { return done(ArtifactError("this node has no artifact store")) }
         let fromPeer = self.transfers.pulls.values.filter { $0.peer == peer }.map(\.artifact.size)
         guard ArtifactPullMachine.mayStart(
             size: artifact.size, besides: fromPeer, storeCapacity: store.capacity, maximumArtifact: store.maximumArtifact,
@@ -116,7 +116,7 @@ extension MeshNode {
             id: id, artifact: artifact, task: task, peer: peer,
             machine: ArtifactPullMachine(size: artifact.size, now: self.now), waiters: [(task, peer, done)])
         self.transfers.leftovers.resumed(artifact.hex)
-        self.artifactQueue.async {
+        self.artifactFiles.queue.async {
             let opened: Result<Unchecked<ArtifactStore.Download>, ArtifactError> = Result { () throws(ArtifactError) in
                 Unchecked(try ArtifactStore.Download(store: store, artifact: artifact))
             }
@@ -128,7 +128,7 @@ extension MeshNode {
                     let received = download.value.received
                     node.transfers.pulls[artifact.hex]?.download = download
                     if received > 0 {
-                        node.logger.info("resuming an artifact transfer", metadata: [
+                        node.context.logger.info("resuming an artifact transfer", metadata: [
                             "artifact": "\(artifact.hex.prefix(16))", "offset": "\(received)", "size": "\(artifact.size)"])
                     }
                     switch node.transfers.pulls[artifact.hex]?.machine.opened(received: received, now: node.now) {
@@ -167,7 +167,7 @@ extension MeshNode {
     private func write(_ bytes: ArraySlice<UInt8>, chainingValue: [UInt8], offset: UInt64, of hex: String) {
         guard let pull = self.transfers.pulls[hex], let download = pull.download else { return }
         let id = pull.id
-        self.artifactQueue.async {
+        self.artifactFiles.queue.async {
             // A chunk after a damaged one was asked for before the damage was known: it is asked for again.
             guard download.value.received == offset else {
                 return self.onLoop { node in
@@ -204,18 +204,18 @@ extension MeshNode {
         case .ask:
             self.askForChunks(hex)
         case .askAgainAfterDamage(let offset):
-            self.metrics.increment("agentmesh_artifact_chunks_damaged_total")
-            self.logger.warning("an artifact chunk did not match its owner's digest; asking for it again", metadata: [
+            self.telemetry.metrics.increment("agentmesh_artifact_chunks_damaged_total")
+            self.context.logger.warning("an artifact chunk did not match its owner's digest; asking for it again", metadata: [
                 "artifact": "\(hex.prefix(16))", "offset": "\(offset)", "peer": "\(self.displayName(pull.peer))"])
             self.askForChunks(hex)
         case .askAgainAfterStall(let offset):
-            self.logger.info("an artifact transfer stalled; asking again from the first missing chunk", metadata: [
+            self.context.logger.info("an artifact transfer stalled; asking again from the first missing chunk", metadata: [
                 "artifact": "\(hex.prefix(16))", "offset": "\(offset)", "size": "\(pull.artifact.size)"])
             self.askForChunks(hex)
         case .complete:
             self.endPull(hex, nil)
         case .failed(.damaged(let times)):
-            self.metrics.increment("agentmesh_artifact_chunks_damaged_total")
+            self.telemetry.metrics.increment("agentmesh_artifact_chunks_damaged_total")
             self.endPull(hex, ArtifactError(
                 "\(self.displayName(pull.peer)) sent bytes of \(pull.artifact) that do not match its digest"
                     + (times > 1 ? ", \(times) times" : "")), discarding: true)
@@ -235,27 +235,27 @@ extension MeshNode {
     private func endPull(_ hex: String, _ error: ArtifactError?, discarding: Bool = false) {
         guard let pull = self.transfers.pulls.removeValue(forKey: hex) else { return }
         if let error {
-            self.logger.notice("an artifact transfer failed", metadata: ["artifact": "\(hex.prefix(16))", "error": "\(error)"])
+            self.context.logger.notice("an artifact transfer failed", metadata: ["artifact": "\(hex.prefix(16))", "error": "\(error)"])
             // Otherwise the bytes so far stay for a later try to resume from, within the peer's share of leftovers.
             if let download = pull.download, discarding {
-                self.artifactQueue.async { download.value.discard() }
-            } else if let download = pull.download, let store = self.artifactStore {
+                self.artifactFiles.queue.async { download.value.discard() }
+            } else if let download = pull.download, let store = self.artifactFiles.store {
                 let dropped = self.transfers.leftovers.stopped(
                     hex, bytes: download.value.received, from: pull.peer,
                     share: ArtifactPullMachine.share(storeCapacity: store.capacity, maximumArtifact: store.maximumArtifact))
                 if !dropped.isEmpty {
-                    self.logger.notice("partial artifacts let go: the peer's unfinished transfers hold their share", metadata: [
+                    self.context.logger.notice("partial artifacts let go: the peer's unfinished transfers hold their share", metadata: [
                         "peer": "\(self.displayName(pull.peer))", "artifacts": "\(dropped.count)"])
-                    self.artifactQueue.async { for hex in dropped { store.discardPartial(hex) } }
+                    self.artifactFiles.queue.async { for hex in dropped { store.discardPartial(hex) } }
                 }
             }
         } else {
             let seconds = max((self.now - pull.machine.startedAt).seconds, 1e-6)
-            self.logger.info("fetched an artifact", metadata: [
+            self.context.logger.info("fetched an artifact", metadata: [
                 "artifact": "\(hex.prefix(16))", "bytes": "\(pull.artifact.size)", "peer": "\(self.displayName(pull.peer))",
                 "seconds": "\(String(format: "%.3f", seconds))", "mb_per_second": "\(Int(Double(pull.artifact.size) / seconds / 1e6))"])
-            self.metrics.increment("agentmesh_artifacts_fetched_total")
-            self.metrics.increment("agentmesh_artifact_bytes_fetched_total", by: Int(pull.artifact.size))
+            self.telemetry.metrics.increment("agentmesh_artifacts_fetched_total")
+            self.telemetry.metrics.increment("agentmesh_artifact_bytes_fetched_total", by: Int(pull.artifact.size))
         }
         // A task that joined this pull from another peer's task tries its own peer before failing: the first peer's
         // failure (it left, its copy is damaged) says nothing about the second's. The bytes so far are kept.
@@ -285,7 +285,7 @@ extension MeshNode {
     /// A peer asks for bytes of an artifact: served only when a task between the two entitles it (the input of a
     /// task offered to it, the result of a task it submitted here).
     func serveArtifact(_ task: TaskID, digest: [UInt8], offset: UInt64, length: UInt32, to peer: NodeID) {
-        guard let store = self.artifactStore, self.mayServe(digest, of: task, to: peer) else {
+        guard let store = self.artifactFiles.store, self.mayServe(digest, of: task, to: peer) else {
             return self.deliver(.artifactUnavailable(task, digest: digest, reason: "not an artifact of that task here"), to: peer)
         }
         self.transfers.chunksServed += 1
@@ -294,7 +294,7 @@ extension MeshNode {
         if let cutAfter = self.settings.artifactFaults.cutAfterChunk, self.transfers.chunksServed > cutAfter {
             self.transfers.offsetsServedAfterCut.append(offset)
         }
-        self.artifactQueue.async {
+        self.artifactFiles.queue.async {
             let read: Result<(bytes: [UInt8], chainingValue: [UInt8]), ArtifactError> = Result { () throws(ArtifactError) in
                 try store.read(digest, offset: offset, length: Int(length))
             }
@@ -345,7 +345,7 @@ extension MeshNode {
             self.runSubmitter { $0.receive(.result(id, epoch: epoch, outcome: .failure("the result's artifact list is malformed: \(error)")), from: peer, now: self.now) }
             return true
         }
-        guard let store = self.artifactStore, artifacts.contains(where: { store.size(of: $0.digest) != $0.size }) else { return false }
+        guard let store = self.artifactFiles.store, artifacts.contains(where: { store.size(of: $0.digest) != $0.size }) else { return false }
         guard !self.transfers.heldResults.contains(id) else { return true }
         self.transfers.heldResults.insert(id)
         self.fetchArtifacts(artifacts, of: id, from: peer) { error in
@@ -381,11 +381,11 @@ extension MeshNode {
         case .builtinEcho, .builtinStream: return done(.success((payload.json, nil)))
         case .exec, .http: break
         }
-        guard let store = self.artifactStore else { return done(.success((payload.json, nil))) }
+        guard let store = self.artifactFiles.store else { return done(.success((payload.json, nil))) }
         let done = Unchecked(done)
         self.fetchArtifacts(payload.artifacts, of: task.id, from: task.submitter) { error in
             if let error { return done.value(.failure(error)) }
-            self.artifactQueue.async {
+            self.artifactFiles.queue.async {
                 let run = store.directory + "/runs/\(task.id)-\(task.epoch)"
                 let folders = ArtifactFolders(
                     input: run + "/in", output: run + "/out", scratch: run,
@@ -418,9 +418,9 @@ extension MeshNode {
     /// After a run: a successful one's output files become the result's artifacts. The run's folder goes either way.
     nonisolated func collectArtifacts(_ folders: ArtifactFolders?, outcome: TaskOutcome) async -> TaskOutcome {
         guard let folders else { return outcome }
-        let store = self.artifactStore
+        let store = self.artifactFiles.store
         return await withCheckedContinuation { continuation in
-            self.artifactQueue.async {
+            self.artifactFiles.queue.async {
                 defer { Self.removeTree(folders.scratch) }
                 guard case .success(let json) = outcome, let store else { return continuation.resume(returning: outcome) }
                 let names = ((try? FileManager.default.contentsOfDirectory(atPath: folders.output)) ?? []).sorted()
@@ -457,7 +457,7 @@ extension MeshNode {
     static let partialLife: Duration = .seconds(3600)
 
     func sweepArtifacts() {
-        guard let store = self.artifactStore else { return }
+        guard let store = self.artifactFiles.store else { return }
         var keep = Set(self.transfers.pulls.keys)
         for task in self.submitter.allTasks {
             for artifact in TaskPayload.artifacts(of: task.input) { keep.insert(artifact.hex) }
@@ -470,16 +470,16 @@ extension MeshNode {
         let cutoff = Date().addingTimeInterval(-self.submitter.settings.finishedRetention.seconds)
         let partialsCutoff = Date().addingTimeInterval(-Self.partialLife.seconds)
         let keeping = keep
-        self.artifactQueue.async {
+        self.artifactFiles.queue.async {
             let freed = store.sweep(keeping: keeping, storedBefore: cutoff, partialsBefore: partialsCutoff)
-            if freed > 0 { self.logger.info("removed artifacts past retention", metadata: ["bytes": "\(freed)"]) }
+            if freed > 0 { self.context.logger.info("removed artifacts past retention", metadata: ["bytes": "\(freed)"]) }
         }
     }
 
     /// Marks artifacts as just used, so retention counts from their last task, not their arrival.
     func touchArtifacts(_ artifacts: [ArtifactRef]) {
-        guard let store = self.artifactStore, !artifacts.isEmpty else { return }
-        self.artifactQueue.async { for artifact in artifacts { store.touch(artifact.digest) } }
+        guard let store = self.artifactFiles.store, !artifacts.isEmpty else { return }
+        self.artifactFiles.queue.async { for artifact in artifacts { store.touch(artifact.digest) } }
     }
 }
 
@@ -490,7 +490,7 @@ extension MeshNode {
     /// artifact is too large or the store is full, otherwise written to disk as it arrives.
     nonisolated var artifactUploader: ControlServer.Uploader {
         { [weak self] request, length in
-            guard let self, let store = self.artifactStore else { return .refused(.error(503, "this node has no artifact store")) }
+            guard let self, let store = self.artifactFiles.store else { return .refused(.error(503, "this node has no artifact store")) }
             let name = request.query["name"] ?? "artifact"
             guard ArtifactRef.isValidName(name) else {
                 return .refused(.error(400, "name must be 1 to 128 bytes, without '/', '\\' or a leading '.'"))
@@ -499,7 +499,7 @@ extension MeshNode {
             guard ArtifactRef.isValidMediaType(mediaType) else { return .refused(.error(400, "'\(mediaType)' is not a media type")) }
             do {
                 let writer = try ArtifactStore.Writer(store: store, size: length)
-                return .accepted(ArtifactUpload(writer: writer, queue: self.artifactQueue, name: name, mediaType: mediaType))
+                return .accepted(ArtifactUpload(writer: writer, queue: self.artifactFiles.queue, name: name, mediaType: mediaType))
             } catch {
                 return .refused(.error(413, "\(error)"))
             }
@@ -509,10 +509,10 @@ extension MeshNode {
     /// `GET /v1/artifacts/SHA256`: the bytes, with the media type they were stored with, once they are verified
     /// against their digest (on the artifact queue: hashing a large file would hold the event loop).
     func answerArtifact(_ digest: [UInt8], respond: @escaping Respond) {
-        guard let store = self.artifactStore, store.size(of: digest) != nil else {
+        guard let store = self.artifactFiles.store, store.size(of: digest) != nil else {
             return respond(.error(404, "no artifact \(Hex.encode(digest)) on this node"))
         }
-        self.artifactQueue.async {
+        self.artifactFiles.queue.async {
             let response: ControlResponse
             do throws(ArtifactError) {
                 try store.verify(digest)

@@ -39,7 +39,7 @@ extension MeshNode {
         else {
             return .error(401, "this sign-in link was used already or has expired: run 'agentmesh ui' for a new one")
         }
-        self.logger.info("browser signed in")
+        self.context.logger.info("browser signed in")
         var response = ControlResponse.json(["csrf": session.csrf])
         response.headers = Self.securityHeaders + [("Set-Cookie", BrowserSessions.cookie(for: session))]
         return response
@@ -73,7 +73,7 @@ extension MeshNode {
     private func tickBrowserStreams() {
         self.sendBrowserSnapshots()
         guard !self.browser.streams.isEmpty else { return }
-        _ = self.loop.scheduleTask(in: TimeAmount(Self.browserStreamInterval)) {
+        _ = self.context.loop.scheduleTask(in: TimeAmount(Self.browserStreamInterval)) {
             self.assumeIsolated { node in node.tickBrowserStreams() }
         }
     }

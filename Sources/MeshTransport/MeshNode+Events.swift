@@ -81,7 +81,7 @@ extension MeshNode {
 
     private func admitsEvents(from event: MeshEvent) -> Bool {
         guard let key = event.seal?.originKey else { return false }
-        let trust = self.gate.trustStore.current()
+        let trust = self.context.gate.trustStore.current()
         // With --open, a member this node has heard of: any key could otherwise sign events, one fresh key each,
         // and fill the history with origins that do not exist.
         return trust.trusted[key] != nil || event.origin == self.identity.nodeID
@@ -193,9 +193,9 @@ extension MeshNode {
     }
 
     private func dropForSubscriber(_ event: MeshEvent, key: String, waiting: Int) {
-        self.metrics.increment("agentmesh_subscription_events_dropped_total")
+        self.telemetry.metrics.increment("agentmesh_subscription_events_dropped_total")
         if let leftOut = self.meshEvents.subscribers.dropLog.admit(now: self.now) {
-            self.logger.warning("an event was not acted on: too many wait for this node's subscribers", metadata: [
+            self.context.logger.warning("an event was not acted on: too many wait for this node's subscribers", metadata: [
                 "event": "\(event.id)", "subscription": "\(key)", "waiting": "\(waiting)", "not_logged_since": "\(leftOut)",
             ])
         }
@@ -225,7 +225,7 @@ extension MeshNode {
         let input = self.envelope(event)
         let context = TaskExecution.Context(
             taskID: TaskID(event.id), attempt: 1, deadline: Date().addingTimeInterval(Self.subscriberTimeout.seconds))
-        let loop = self.loop
+        let loop = self.context.loop
         self.meshEvents.subscribers.executorRuns["\(event.id) \(key)"] = Task {
             let outcome = await TaskExecution.run(executor, input: input, timeout: Self.subscriberTimeout, context: context)
             loop.execute {
@@ -249,7 +249,7 @@ extension MeshNode {
         case .canceled: text = "canceled"
         }
         if text != "ran" {
-            self.logger.warning("an event subscriber failed", metadata: ["event": "\(id)", "subscription": "\(key)", "why": "\(text)"])
+            self.context.logger.warning("an event subscriber failed", metadata: ["event": "\(id)", "subscription": "\(key)", "why": "\(text)"])
         }
         self.runEventBus { $0.handled(id, by: key, outcome: text) }
     }

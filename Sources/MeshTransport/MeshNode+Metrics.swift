@@ -9,22 +9,22 @@ import MeshWorkflows
 /// tasks end, runs finish, peers are refused and commits complete.
 extension MeshNode {
     func metricsTaskSubmitted(_ capability: String) {
-        self.metrics.increment("agentmesh_tasks_submitted_total", [("capability", capability)])
+        self.telemetry.metrics.increment("agentmesh_tasks_submitted_total", [("capability", capability)])
     }
 
     /// A task submitted here ended: its outcome, its latency, each attempt, and a stats sample.
     func metricsTaskFinished(_ task: TaskSubmitter.SubmittedTask) {
         let capability = task.capability
         let end = task.finishedAt ?? self.now
-        self.metrics.increment("agentmesh_tasks_total", [("capability", capability), ("outcome", task.state.rawValue)])
-        self.metrics.record("agentmesh_task_duration_seconds", [("capability", capability)], seconds: (end - task.submittedAt).seconds)
+        self.telemetry.metrics.increment("agentmesh_tasks_total", [("capability", capability), ("outcome", task.state.rawValue)])
+        self.telemetry.metrics.record("agentmesh_task_duration_seconds", [("capability", capability)], seconds: (end - task.submittedAt).seconds)
         let tried = task.triedAttempts
-        self.metrics.increment("agentmesh_tasks_retried_total", [("capability", capability)], by: max(0, tried - 1))
+        self.telemetry.metrics.increment("agentmesh_tasks_retried_total", [("capability", capability)], by: max(0, tried - 1))
         for attempt in task.attempts {
             let outcome: String
             switch attempt.outcome {
             case .declined(let reason)?:
-                self.metrics.increment("agentmesh_offers_declined_total", [("reason", reason.description)])
+                self.telemetry.metrics.increment("agentmesh_offers_declined_total", [("reason", reason.description)])
                 outcome = "declined"
             case .timedOut?: outcome = "timed_out"
             case .peerDied?: outcome = "peer_died"
@@ -34,7 +34,7 @@ extension MeshNode {
             case .superseded?: outcome = "superseded"
             case nil: outcome = "unfinished"
             }
-            self.metrics.increment(
+            self.telemetry.metrics.increment(
                 "agentmesh_task_attempts_total",
                 [("capability", capability), ("peer", self.displayName(attempt.peer)), ("outcome", outcome)])
         }
@@ -60,8 +60,8 @@ extension MeshNode {
         case .timedOut: name = "timed_out"
         case .canceled: name = "canceled"
         }
-        self.metrics.increment("agentmesh_executions_total", [("capability", capability), ("outcome", name)])
-        self.metrics.record("agentmesh_execution_seconds", [("capability", capability)], seconds: (self.now - started).seconds)
+        self.telemetry.metrics.increment("agentmesh_executions_total", [("capability", capability), ("outcome", name)])
+        self.telemetry.metrics.record("agentmesh_execution_seconds", [("capability", capability)], seconds: (self.now - started).seconds)
     }
 
     func metricsHandshakeRefused(_ error: any Error) {
@@ -75,7 +75,7 @@ extension MeshNode {
         case .frame?, .session?, .malformedMessage?, .protocolViolation?: reason = "protocol"
         default: reason = "other"
         }
-        self.metrics.increment("agentmesh_handshakes_refused_total", [("reason", reason)])
+        self.telemetry.metrics.increment("agentmesh_handshakes_refused_total", [("reason", reason)])
     }
 
     /// What accounting decided, as counters: refusals over a limit (by class) and bans.
@@ -83,9 +83,9 @@ extension MeshNode {
         switch action {
         case .audit(let entry, _) where entry.event == .rateLimited:
             let limitClass = entry.detail.split(separator: " ").first.map(String.init) ?? "unknown"
-            self.metrics.increment("agentmesh_limit_refusals_total", [("class", limitClass)])
+            self.telemetry.metrics.increment("agentmesh_limit_refusals_total", [("class", limitClass)])
         case .ban:
-            self.metrics.increment("agentmesh_bans_total")
+            self.telemetry.metrics.increment("agentmesh_bans_total")
         default:
             break
         }
@@ -93,7 +93,7 @@ extension MeshNode {
 
     /// The store's and the audit log's commits: how long each took and how many changes it carried.
     func observeCommits() {
-        let metrics = self.metrics
+        let metrics = self.telemetry.metrics
         guard metrics.isEnabled else { return }
         self.taskStore?.onCommit { changes, took in
             metrics.record("agentmesh_store_commit_seconds", seconds: took.seconds)
@@ -107,19 +107,19 @@ extension MeshNode {
 
     /// `GET /metrics`: the gauges read now, then the whole registry in the Prometheus text format.
     func metricsExposition() -> ControlResponse {
-        guard self.metrics.isEnabled else { return .error(404, "metrics are off on this node (run --metrics off)") }
-        self.metrics.set("agentmesh_sessions", to: Double(self.peers.connections.count))
+        guard self.telemetry.metrics.isEnabled else { return .error(404, "metrics are off on this node (run --metrics off)") }
+        self.telemetry.metrics.set("agentmesh_sessions", to: Double(self.peers.connections.count))
         var statuses: [String: Int] = ["alive": 1]  // this node
         for view in self.peers.membership.view { statuses["\(view.status)", default: 0] += 1 }
         for status in ["alive", "suspect", "dead", "left"] {
-            self.metrics.set("agentmesh_members", [("status", status)], to: Double(statuses[status] ?? 0))
+            self.telemetry.metrics.set("agentmesh_members", [("status", status)], to: Double(statuses[status] ?? 0))
         }
         let received = self.peers.accountability.received
-        self.metrics.increment("agentmesh_messages_received_total", toTotal: received.messages)
-        self.metrics.increment("agentmesh_bytes_received_total", toTotal: received.bytes)
-        self.metrics.set("agentmesh_tasks_unfinished", to: Double(self.submitter.allTasks.count { !$0.state.isTerminal }))
-        self.metrics.set("agentmesh_workflows_running", to: Double(self.workflowRuns.runs.values.count { !$0.state.isTerminal }))
-        var response = ControlResponse(status: 200, body: self.metrics.exposition())
+        self.telemetry.metrics.increment("agentmesh_messages_received_total", toTotal: received.messages)
+        self.telemetry.metrics.increment("agentmesh_bytes_received_total", toTotal: received.bytes)
+        self.telemetry.metrics.set("agentmesh_tasks_unfinished", to: Double(self.submitter.allTasks.count { !$0.state.isTerminal }))
+        self.telemetry.metrics.set("agentmesh_workflows_running", to: Double(self.workflowRuns.runs.values.count { !$0.state.isTerminal }))
+        var response = ControlResponse(status: 200, body: self.telemetry.metrics.exposition())
         response.contentType = "text/plain; version=0.0.4; charset=utf-8"
         return response
     }

@@ -63,13 +63,13 @@ extension MeshNode {
                 guard let connection = self.peers.connections[peer] else { continue }
                 self.write(.task(.decline(id, epoch: epoch, reason: .rateLimited)), to: connection)
             case .misbehaved(let peer, let reason):
-                self.logger.warning("peer misbehaved", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
+                self.context.logger.warning("peer misbehaved", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
             case .auditRefusal(let entry):
                 // This node's own log (its file is named by this node's id) holds the refusals of strangers.
                 self.auditLog?.append(entry, peer: PeerIdentity(
                     name: "refused handshakes", identityKey: self.identity.signingKey.publicKey, staticKey: []))
             case .ban(let peer, let until, let reason):
-                self.logger.warning("peer banned", metadata: [
+                self.context.logger.warning("peer banned", metadata: [
                     "peer": "\(self.memberName(peer))", "for": "\(Int((until - self.now).seconds.rounded())) s",
                     "why": "\(reason)", "ban": "\(self.peers.accountability.limiter.banCount(peer))",
                 ])
@@ -90,9 +90,9 @@ extension MeshNode {
             return true
         }
         let now = self.now
-        let verdict = self.gate.addresses.withLock { $0.admit(ip, .connections, now: now) }
+        let verdict = self.context.gate.addresses.withLock { $0.admit(ip, .connections, now: now) }
         guard verdict == .accepted else {
-            self.logger.debug("refused connection over the per-address limit", metadata: ["remote": "\(ip)"])
+            self.context.logger.debug("refused connection over the per-address limit", metadata: ["remote": "\(ip)"])
             return false
         }
         return true
@@ -100,7 +100,7 @@ extension MeshNode {
 
     /// A banned peer's new session is refused (and audited) until the ban ends.
     func admitSession(_ peer: EstablishedPeer, channel: any Channel) -> Bool {
-        let overrides = self.gate.trustStore.current().trusted[peer.identity.identityKey]?.limits ?? [:]
+        let overrides = self.context.gate.trustStore.current().trusted[peer.identity.identityKey]?.limits ?? [:]
         let (refusal, actions) = self.peers.accountability.admit(
             peer.identity, overrides: overrides, from: channel.remoteAddress.display, now: self.now,
             time: AuditLog.wallClockMilliseconds())
@@ -131,7 +131,7 @@ extension MeshNode {
         default: return
         }
         let trusted: Bool
-        switch self.gate.trustStore.current().decision(for: peer) {
+        switch self.context.gate.trustStore.current().decision(for: peer) {
         case .trusted, .admittedByOpenMode: trusted = true
         case .refused: trusted = false
         }
@@ -157,7 +157,7 @@ extension MeshNode {
         self.perform(actions)
         if checkpointDue {
             self.auditLog?.requestCheckpoints()
-            self.gate.addresses.withLock { $0.forgetIdle(now: now) }
+            self.context.gate.addresses.withLock { $0.forgetIdle(now: now) }
             self.peers.accountability.forgetIdlePeers(now: now)
         }
     }
@@ -182,16 +182,16 @@ extension MeshNode {
         }
         let recovery = log.recovery
         for (file, bytes) in recovery.truncatedTails {
-            self.logger.notice("cut an incomplete record off the end of an audit log (a crash mid-append)", metadata: [
+            self.context.logger.notice("cut an incomplete record off the end of an audit log (a crash mid-append)", metadata: [
                 "file": "\(file)", "bytes": "\(bytes)",
             ])
         }
         for (file, movedTo, why) in recovery.setAside {
-            self.logger.error("set a broken audit log aside and began a new one", metadata: [
+            self.context.logger.error("set a broken audit log aside and began a new one", metadata: [
                 "file": "\(file)", "moved-to": "\(movedTo)", "why": "\(why)",
             ])
         }
-        self.logger.info("audit logs verified", metadata: [
+        self.context.logger.info("audit logs verified", metadata: [
             "folder": "\(log.directory)", "logs": "\(recovery.logs)", "records": "\(recovery.records)",
         ])
     }
@@ -200,13 +200,13 @@ extension MeshNode {
         switch progress {
         case .committed(let through):
             if self.taskPlane.commitGate.auditCommitted(through: through).availabilityChanged {
-                self.logger.notice("the audit log is writable again; taking new tasks")
+                self.context.logger.notice("the audit log is writable again; taking new tasks")
                 self.storageAvailabilityChanged()
             }
             self.releaseDeferredTaskActions()
         case .failed(let error):
             if self.taskPlane.commitGate.auditFailed().availabilityChanged {
-                self.logger.error("cannot write the audit log; refusing work that would go unaudited until it can", metadata: [
+                self.context.logger.error("cannot write the audit log; refusing work that would go unaudited until it can", metadata: [
                     "error": "\(error.description)",
                 ])
                 self.storageAvailabilityChanged()

@@ -71,7 +71,7 @@ extension MeshNode {
     /// arrives, then an `end` event carrying the task document, and the stream closes.
     func streamEvents(_ id: TaskID, after: Int, respond: @escaping Respond) {
         respond(.eventStream { sink in
-            self.loop.execute {
+            self.context.loop.execute {
                 self.assumeIsolated { node in node.startEventStream(id, after: after, sink: sink) }
             }
         })
@@ -97,7 +97,7 @@ extension MeshNode {
 
     /// A comment every 15 s, so proxies and clients see the stream is alive while an agent thinks.
     private func keepEventStreamAlive(_ sink: ControlStreamSink) {
-        self.loop.scheduleTask(in: .seconds(15)) {
+        self.context.loop.scheduleTask(in: .seconds(15)) {
             self.assumeIsolated { node in
                 guard !sink.isClosed else { return }
                 sink.write(Array(": keep-alive\n\n".utf8))

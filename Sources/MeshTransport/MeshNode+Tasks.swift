@@ -195,7 +195,7 @@ extension MeshNode {
             }
             self.deliver(message, to: peer)
         case .submitter(.finished(let task)):
-            self.logger.debug("task finished", metadata: [
+            self.context.logger.debug("task finished", metadata: [
                 "task": "\(task.id)", "state": "\(task.state)", "attempts": "\(task.attempts.count)",
                 "error": "\(task.error ?? "-")",
             ])
@@ -235,7 +235,7 @@ extension MeshNode {
         self.submitter.restore(stored.submitted, now: self.now)
         self.runTaskRunner { $0.restore(stored.accepted, now: self.now) }
         if !stored.submitted.isEmpty || !stored.accepted.isEmpty {
-            self.logger.info("restored tasks", metadata: [
+            self.context.logger.info("restored tasks", metadata: [
                 "submitted": "\(stored.submitted.count)",
                 "unfinished": "\(stored.submitted.filter { !$0.state.isTerminal }.count)",
                 "accepted": "\(stored.accepted.count)",
@@ -248,7 +248,7 @@ extension MeshNode {
         case .committed(let through):
             let progress = self.taskPlane.commitGate.storeCommitted(through: through)
             if progress.availabilityChanged {
-                self.logger.notice("the task store is writable again; taking new tasks")
+                self.context.logger.notice("the task store is writable again; taking new tasks")
                 self.storageAvailabilityChanged()
             }
             self.releaseDeferredTaskActions()
@@ -256,7 +256,7 @@ extension MeshNode {
         case .failed(let error):
             let progress = self.taskPlane.commitGate.storeFailed()
             if progress.availabilityChanged {
-                self.logger.error("cannot write the task store; refusing new tasks until it can", metadata: [
+                self.context.logger.error("cannot write the task store; refusing new tasks until it can", metadata: [
                     "store": "\(self.taskStore?.path ?? "-")", "error": "\(error.description)",
                 ])
                 self.storageAvailabilityChanged()
@@ -303,7 +303,7 @@ extension MeshNode {
     /// At shutdown: signs what the audit logs have unsigned, and gives queued store changes and audit records up to
     /// 2 s to reach the disk.
     func flushToDisk() async {
-        await self.tracer?.flush()
+        await self.telemetry.tracer?.flush()
         self.auditLog?.requestCheckpoints()
         let deadline = self.now + .seconds(2)
         while self.now < deadline,
@@ -333,9 +333,9 @@ extension MeshNode {
         let timeout = task.options.inputTimeout == nil ? task.deadline - self.now : .seconds(366 * 86_400)
         if case .builtinEcho = spec.executor, timeout > .zero {
             // Nothing to wait for: answering in the same turn saves two thread hand-offs per task.
-            self.metrics.increment("agentmesh_executions_total", [("capability", task.capability), ("outcome", "completed")])
+            self.telemetry.metrics.increment("agentmesh_executions_total", [("capability", task.capability), ("outcome", "completed")])
             // Observed too, so the histogram's count agrees with the counter (a run of no measurable time).
-            self.metrics.record("agentmesh_execution_seconds", [("capability", task.capability)], seconds: 0)
+            self.telemetry.metrics.record("agentmesh_execution_seconds", [("capability", task.capability)], seconds: 0)
             self.traceExecutionFinished(task, started: self.now, outcome: .success([]))
             self.runTaskRunner { $0.finished(task.id, outcome: .success(task.input), now: self.now) }
             return
@@ -363,9 +363,9 @@ extension MeshNode {
         self.metricsExecutionStarted(task.id, capability: task.capability)
         self.taskPlane.localRuns.tasks[task.id] = Task {
             let context = TaskExecution.Context(
-                taskID: task.id, attempt: task.epoch, deadline: self.clock.wallClockDate(for: task.deadline),
+                taskID: task.id, attempt: task.epoch, deadline: self.context.clock.wallClockDate(for: task.deadline),
                 contextID: task.options.context, traceparent: self.executionTrace(task)?.description, artifacts: folders)
-            let loop = self.loop
+            let loop = self.context.loop
             // Read on a GCD thread; one `execute` per chunk keeps them in order on the node's loop.
             let stderr: @Sendable ([UInt8]) -> Void = { chunk in
                 loop.execute { self.assumeIsolated { node in node.runTaskRunner { $0.logged(task.id, chunk) } } }

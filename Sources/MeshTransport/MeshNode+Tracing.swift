@@ -7,7 +7,7 @@ import MeshCore
 extension MeshNode {
     /// The submitting node's span, when the task ends.
     func traceTaskFinished(_ task: TaskSubmitter.SubmittedTask) {
-        guard let tracer = self.tracer, let context = task.options.traceparent.flatMap(TraceContext.init) else { return }
+        guard let tracer = self.telemetry.tracer, let context = task.options.traceparent.flatMap(TraceContext.init) else { return }
         let span = TraceContext.spanID(of: task.id)
         var attributes = [("agentmesh.task.id", task.id.description), ("agentmesh.capability", task.capability),
                           ("agentmesh.outcome", task.state.rawValue), ("agentmesh.attempts", "\(task.attempts.count)")]
@@ -27,7 +27,7 @@ extension MeshNode {
 
     /// The executing node's span for one run.
     func traceExecutionFinished(_ task: TaskRunner.AcceptedTask, started: Duration, outcome: TaskOutcome) {
-        guard let tracer = self.tracer, let offered = task.options.traceparent.flatMap(TraceContext.init) else { return }
+        guard let tracer = self.telemetry.tracer, let offered = task.options.traceparent.flatMap(TraceContext.init) else { return }
         let error: String?
         switch outcome {
         case .success: error = nil

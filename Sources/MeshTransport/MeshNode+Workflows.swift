@@ -74,7 +74,7 @@ extension MeshNode {
             self.taskStore?.enqueue([.document(kind: Self.workflowStartDocument, id: .init(id), body: Array(start))])
         }
         if let callback { self.registerWebhook(callback, for: .workflow(id)) }
-        self.logger.info("workflow started", metadata: ["workflow": "\(id)", "name": "\(definition.name)"])
+        self.context.logger.info("workflow started", metadata: ["workflow": "\(id)", "name": "\(definition.name)"])
         self.performWorkflow(id, directives)
         return id
     }
@@ -102,8 +102,8 @@ extension MeshNode {
             for task in run.steps.values.flatMap({ ($0.items + $0.compensations.values).compactMap(\.task?.id) }) {
                 self.workflowRuns.runOfTask[task] = nil
             }
-            self.logger.info("workflow ended", metadata: ["workflow": "\(id)", "state": "\(run.state.rawValue)"])
-            self.tracer?.export(Span(
+            self.context.logger.info("workflow ended", metadata: ["workflow": "\(id)", "state": "\(run.state.rawValue)"])
+            self.telemetry.tracer?.export(Span(
                 traceID: id.description, spanID: TraceContext.spanID(of: id), parentID: nil, name: "workflow \(run.definition.name)",
                 kind: .internal, start: Date(timeIntervalSince1970: Double(run.submittedAt) / 1000),
                 end: Date(timeIntervalSince1970: Double(run.finishedAt ?? run.submittedAt) / 1000),
@@ -135,7 +135,7 @@ extension MeshNode {
         self.admit(admission) { result in
             guard case .failure(let refusal) = result else { return }
             // Not now: the refusal may come while the run is still handing out this change's directives.
-            self.loop.execute {
+            self.context.loop.execute {
                 self.assumeIsolated { node in node.workflowTaskRefused(task.id, refusal.message) }
             }
         }
@@ -175,7 +175,7 @@ extension MeshNode {
             }
             changes.append(.document(kind: Self.workflowDocument, id: .init(run.id), body: Array(try encoder.encode(run.storedHeader()))))
         } catch {
-            return self.logger.error("a workflow run cannot be encoded to be stored", metadata: ["workflow": "\(run.id)", "error": "\(error)"])
+            return self.context.logger.error("a workflow run cannot be encoded to be stored", metadata: ["workflow": "\(run.id)", "error": "\(error)"])
         }
         self.taskStore?.enqueue(changes)
     }
@@ -230,7 +230,7 @@ extension MeshNode {
             self.workflowRuns.runs[run.id] = run
             if !run.state.isTerminal { unfinished.append(run.id) }
         }
-        if !unfinished.isEmpty { self.logger.info("resuming workflows", metadata: ["count": "\(unfinished.count)"]) }
+        if !unfinished.isEmpty { self.context.logger.info("resuming workflows", metadata: ["count": "\(unfinished.count)"]) }
         for id in unfinished {
             for task in self.workflowRuns.runs[id]?.tasksInFlight ?? [] where self.workflowRuns.runs[id]?.isWaiting(for: task.id) == true {
                 self.workflowRuns.runOfTask[task.id] = id

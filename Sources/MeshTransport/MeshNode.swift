@@ -37,21 +37,10 @@ public actor MeshNode: Service {
     var browser: BrowserView
     nonisolated let telemetry: Telemetry
 
-    // Borrowed, not copied: a getter that returned the settings (or the logger) copied every reference in them on
-    // each read, several times per task.
+    // Borrowed, not copied: a getter that returned the settings copied every reference in them on each read.
     public nonisolated var home: NodeHome { _read { yield self.context.home } }
     public nonisolated var identity: NodeIdentity { _read { yield self.context.identity } }
     public nonisolated var settings: NodeSettings { _read { yield self.context.settings } }
-    nonisolated var logger: Logger { _read { yield self.context.logger } }
-    nonisolated var loop: any EventLoop { _read { yield self.context.loop } }
-    nonisolated var clock: NodeClock { _read { yield self.context.clock } }
-    nonisolated var gate: HandshakeGate { _read { yield self.context.gate } }
-    private nonisolated var signals: NodeContext.Signals { _read { yield self.context.signals } }
-    private nonisolated var networkKey: NetworkKey { _read { yield self.context.networkKey } }
-    nonisolated var metrics: NodeMetrics { _read { yield self.telemetry.metrics } }
-    nonisolated var tracer: SpanExporter? { _read { yield self.telemetry.tracer } }
-    nonisolated var artifactStore: ArtifactStore? { self.artifactFiles.store }
-    nonisolated var artifactQueue: DispatchQueue { self.artifactFiles.queue }
 
     private enum State {
         case created
@@ -143,26 +132,26 @@ public actor MeshNode: Service {
     /// events (no fsync waits there); with `.fsync` each has a thread of its own, so the loop never waits on a disk.
     private nonisolated var commitExecutor: CommitExecutor? {
         guard self.settings.durability == .process else { return nil }
-        let loop = self.loop
+        let loop = self.context.loop
         return { work in loop.execute(work) }
     }
 
     /// Runs `work` on this node now if this is its loop (a writer reporting from a commit it ran here), else soon.
     nonisolated func onLoop(_ work: @escaping @Sendable (isolated MeshNode) -> Void) {
-        if self.loop.inEventLoop {
+        if self.context.loop.inEventLoop {
             self.assumeIsolated(work)
         } else {
-            self.loop.execute { self.assumeIsolated(work) }
+            self.context.loop.execute { self.assumeIsolated(work) }
         }
     }
 
-    public nonisolated var unownedExecutor: UnownedSerialExecutor { self.loop.executor.asUnownedSerialExecutor() }
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { self.context.loop.executor.asUnownedSerialExecutor() }
 
     /// Core time: a monotonic duration since this node started, immune to wall-clock jumps.
-    nonisolated var now: Duration { self.clock.now }
+    nonisolated var now: Duration { self.context.clock.now }
 
     /// Core time as a wall-clock date, for display only.
-    nonisolated func wallClockDate(for time: Duration) -> Date { self.clock.wallClockDate(for: time) }
+    nonisolated func wallClockDate(for time: Duration) -> Date { self.context.clock.wallClockDate(for: time) }
 
     /// The TCP port of the control API when it listens over HTTP (`run --http`).
     public var httpControlPort: Int? {
@@ -203,7 +192,7 @@ public actor MeshNode: Service {
         let stored: (submitted: [TaskSubmitter.SubmittedTask], accepted: [TaskRunner.AcceptedTask])
         do {
             store = try TaskStore(
-                path: self.home.taskStorePath, timeBase: TaskStore.TimeBase(origin: self.clock.wallClockOrigin), durability: self.settings.durability,
+                path: self.home.taskStorePath, timeBase: TaskStore.TimeBase(origin: self.context.clock.wallClockOrigin), durability: self.settings.durability,
                 commitOn: self.commitExecutor,
                 maximumPages: self.settings.taskStoreMaximumPages, beforeCommit: self.settings.taskStoreBeforeCommit)
             stored = try store.load(
@@ -244,8 +233,8 @@ public actor MeshNode: Service {
         let control: ControlServer
         do {
             control = try await ControlServer.bind(
-                socketPath: self.home.controlSocketPath, loop: self.loop, idleTimeout: self.settings.controlIdleTimeout,
-                logger: self.logger,
+                socketPath: self.home.controlSocketPath, loop: self.context.loop, idleTimeout: self.settings.controlIdleTimeout,
+                logger: self.context.logger,
                 handler: self.controlHandler, uploader: self.artifactUploader)
         } catch {
             try? await listener.close()
@@ -256,16 +245,16 @@ public actor MeshNode: Service {
             do {
                 let token = try self.home.loadOrCreateControlToken()
                 httpControl = try await ControlServer.bind(
-                    http: http, token: token, browser: self.browser.sessions, loop: self.loop, idleTimeout: self.settings.controlIdleTimeout,
-                    logger: self.logger, handler: self.controlHandler, uploader: self.artifactUploader)
+                    http: http, token: token, browser: self.browser.sessions, loop: self.context.loop, idleTimeout: self.settings.controlIdleTimeout,
+                    logger: self.context.logger, handler: self.controlHandler, uploader: self.artifactUploader)
             } catch {
                 try? await listener.close()
                 await control.close()
                 throw error
             }
         }
-        self.gate.credentials = HandshakeCredentials(
-            identity: self.identity, networkKey: self.networkKey, listenAddress: address.description)
+        self.context.gate.credentials = HandshakeCredentials(
+            identity: self.identity, networkKey: self.context.networkKey, listenAddress: address.description)
         self.state = .bound(Bound(
             listener: listener, control: control, httpControl: httpControl, listening: listening, address: address,
             startedAt: Date(),
@@ -280,20 +269,20 @@ public actor MeshNode: Service {
             if let key = Self.webhookKey(fromSecret: secret) {
                 self.webhooks.secret = SecretBytes(copying: key)
             } else {
-                self.logger.error("webhooks cannot be signed, so none will be sent", metadata: [
+                self.context.logger.error("webhooks cannot be signed, so none will be sent", metadata: [
                     "error": "\(self.home.webhookSecretPath) starts with whsec_ but the rest is not base64"])
             }
         } catch {
-            self.logger.error("webhooks cannot be signed, so none will be sent", metadata: ["error": "\(error)"])
+            self.context.logger.error("webhooks cannot be signed, so none will be sent", metadata: ["error": "\(error)"])
         }
         self.restoreWorkflows()
         self.restoreWebhooks()
         self.restoreEvents()
         self.restoreIdempotencyKeys()
         self.observeCommits()
-        self.logger.info("listening", metadata: [
+        self.context.logger.info("listening", metadata: [
             "address": "\(listening)", "advertised": "\(address)", "node": "\(self.identity.name) \(self.identity.nodeID.short)",
-            "trusted-peers": "\(self.gate.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
+            "trusted-peers": "\(self.context.gate.trustStore.trustedCount)", "open": "\(self.settings.isOpen)",
             "http-control": "\(httpControl.map { "\(self.settings.httpControl!.host):\($0.port ?? 0) (token in \(self.home.controlTokenPath))" } ?? "off")",
         ])
         return Addresses(listening: listening, advertised: address)
@@ -315,7 +304,7 @@ public actor MeshNode: Service {
             }
             group.addTask {
                 await withDiscardingTaskGroup { dialling in
-                    for await (peer, address) in self.signals.dials.stream {
+                    for await (peer, address) in self.context.signals.dials.stream {
                         dialling.addTask { await self.dialOnDemand(peer, at: address) }
                     }
                 }
@@ -327,7 +316,7 @@ public actor MeshNode: Service {
                     return nil
                 }
                 waiters.addTask {
-                    for await drain in self.signals.leave.stream { return drain }
+                    for await drain in self.context.signals.leave.stream { return drain }
                     return nil
                 }
                 let drain = await waiters.next() ?? nil
@@ -337,16 +326,16 @@ public actor MeshNode: Service {
             if let drain { await self.drain(within: drain) }
             await self.announceLeave()
             await self.stop()
-            self.signals.dials.continuation.finish()
+            self.context.signals.dials.continuation.finish()
             group.cancelAll()
         }
-        self.logger.info("stopped")
+        self.context.logger.info("stopped")
     }
 
     /// `agentmesh leave`: announce the leave, then stop as on SIGTERM. With `drain`, first stop taking tasks and
     /// finish the runs in progress, their results delivered and acknowledged, for at most that long.
     public nonisolated func requestLeave(drain: Duration? = nil) {
-        self.signals.leave.continuation.yield(drain)
+        self.context.signals.leave.continuation.yield(drain)
     }
 
     private func drain(within limit: Duration) async {
@@ -354,7 +343,7 @@ public actor MeshNode: Service {
         self.runner.setDraining()
         // Members stop choosing this node once its record offers nothing; a late offer is declined `draining`.
         self.peers.membership.updateLocal(capabilities: [])
-        self.logger.info("draining before leaving", metadata: [
+        self.context.logger.info("draining before leaving", metadata: [
             "tasks": "\(self.runner.allTasks.count)", "within": "\(TaskSubmitter.seconds(limit))",
         ])
         let deadline = self.now + limit
@@ -362,7 +351,7 @@ public actor MeshNode: Service {
             try? await Task.sleep(for: .milliseconds(50))
         }
         if !self.runner.allTasks.isEmpty {
-            self.logger.warning("leaving with tasks not finished; their submitters offer them elsewhere", metadata: [
+            self.context.logger.warning("leaving with tasks not finished; their submitters offer them elsewhere", metadata: [
                 "tasks": "\(self.runner.allTasks.count)",
             ])
         }
@@ -385,7 +374,7 @@ public actor MeshNode: Service {
         guard case .running(let bound) = self.state else { return }
         self.state = .stopped(bound)
         self.timer.scheduled?.cancel()
-        self.logger.info("shutting down", metadata: ["peers": "\(self.peers.connections.count)"])
+        self.context.logger.info("shutting down", metadata: ["peers": "\(self.peers.connections.count)"])
         for execution in self.taskPlane.localRuns.tasks.values { execution.cancel() }
         for execution in self.meshEvents.subscribers.executorRuns.values { execution.cancel() }
         self.wakeAllWaiters()
@@ -408,8 +397,8 @@ public actor MeshNode: Service {
     // MARK: - Connections
 
     private func makeListener() async throws -> any Channel {
-        let logger = self.logger
-        return try await ServerBootstrap(group: self.loop, childGroup: self.loop)
+        let logger = self.context.logger
+        return try await ServerBootstrap(group: self.context.loop, childGroup: self.context.loop)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
@@ -427,8 +416,8 @@ public actor MeshNode: Service {
     }
 
     private nonisolated func prepareAcceptedChannel(_ channel: any Channel) throws {
-        let pending = self.gate.pending
-        guard let credentials = self.gate.credentials else {
+        let pending = self.context.gate.pending
+        guard let credentials = self.context.gate.credentials else {
             channel.close(promise: nil)
             return
         }
@@ -441,7 +430,7 @@ public actor MeshNode: Service {
         let ended: EventLoopFuture<SessionOutcome>
         do {
             ended = try self.addSessionHandlers(
-                to: channel, role: .responder(ResponderHandshake(credentials: credentials), self.gate.replayGuard),
+                to: channel, role: .responder(ResponderHandshake(credentials: credentials), self.context.gate.replayGuard),
                 origin: .accepted, releaseSlot: { pending.end(ticket, from: source) })
         } catch {
             pending.end(ticket, from: source)
@@ -454,7 +443,7 @@ public actor MeshNode: Service {
                 if let left = node.peers.notes.refusedConnectionLog.admit(now: node.now) {
                     var metadata: Logger.Metadata = ["remote": "\(remote.display)", "reason": "\(error)"]
                     if left > 0 { metadata["not-logged"] = "\(left)" }
-                    node.logger.info("refused connection", metadata: metadata)
+                    node.context.logger.info("refused connection", metadata: metadata)
                 }
                 node.auditConnectionFailure(error)
             }
@@ -465,7 +454,7 @@ public actor MeshNode: Service {
     private nonisolated func addSessionHandlers(
         to channel: any Channel, role: SecureChannelHandler.Role, origin: Origin, releaseSlot: (@Sendable () -> Void)?
     ) throws -> EventLoopFuture<SessionOutcome> {
-        let trustStore = self.gate.trustStore
+        let trustStore = self.context.gate.trustStore
         let configuration = SecureChannelHandler.Configuration(
             helloTimeout: TimeAmount(self.settings.helloTimeout),
             handshakeTimeout: TimeAmount(self.settings.handshakeTimeout),
@@ -517,7 +506,7 @@ public actor MeshNode: Service {
                     // The fix is one command on the other node: say exactly which.
                     metadata["fix"] = "on \(peer.name), run: agentmesh trust '\(IdentityLine.render(self.identity.publicIdentity))'"
                 }
-                self.logger.notice("cannot reach join address", metadata: metadata)
+                self.context.logger.notice("cannot reach join address", metadata: metadata)
             }
             do {
                 try await Task.sleep(for: backoff.nextDelay(using: &random))
@@ -535,8 +524,8 @@ public actor MeshNode: Service {
     /// Dials `address` and runs the connection from handshake to close. Throws the error that ended it before a
     /// session was established.
     private nonisolated func dial(_ address: HostAndPort, origin: Origin) async throws -> SessionOutcome {
-        guard let credentials = self.gate.credentials else { throw CancellationError() }
-        let ended = try await ClientBootstrap(group: self.loop)
+        guard let credentials = self.context.gate.credentials else { throw CancellationError() }
+        let ended = try await ClientBootstrap(group: self.context.loop)
             .connectTimeout(TimeAmount(self.settings.connectTimeout))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.writeBufferWaterMark, value: Self.sessionWaterMark)
@@ -560,27 +549,27 @@ public actor MeshNode: Service {
         guard self.admitSession(peer, channel: channel) else { return nil }
         let session = PeerSession(channel: channel, peer: peer, since: Date())
         // An address that completed a handshake may use the reserved handshake slots from now on.
-        if origin.isAccepted, let source = channel.remoteAddress?.ipAddress { self.gate.pending.remember(source) }
+        if origin.isAccepted, let source = channel.remoteAddress?.ipAddress { self.context.gate.pending.remember(source) }
         let initiator = peer.role == .initiator ? self.identity.nodeID : peerID
         let number: UInt64
         let pending: [WireMessage]
         switch self.peers.connections.register(peer: peerID, handle: session, origin: origin, initiator: initiator, now: self.now) {
         case .wrongPeer(let expected):
-            self.logger.warning("dialled member answered with another identity", metadata: [
+            self.context.logger.warning("dialled member answered with another identity", metadata: [
                 "expected": "\(expected.short)", "answered": "\(peer.identity.name) \(peerID.short)",
             ])
             channel.close(promise: nil)
             return nil
         case .duplicate:
             Self.close(channel, .duplicateConnection)
-            self.logger.debug("closed duplicate connection", metadata: ["peer": "\(peerID.short)"])
+            self.context.logger.debug("closed duplicate connection", metadata: ["peer": "\(peerID.short)"])
             return nil
         case .registered(let registered, let close, let queued):
             for (handle, cause) in close {
                 switch cause {
                 case .duplicate:
                     Self.close(handle.channel, .duplicateConnection)
-                    self.logger.debug("closed duplicate connection", metadata: ["peer": "\(peerID.short)"])
+                    self.context.logger.debug("closed duplicate connection", metadata: ["peer": "\(peerID.short)"])
                 case .pruned:
                     Self.close(handle.channel, .pruned)
                 }
@@ -589,13 +578,13 @@ public actor MeshNode: Service {
         }
         guard let connection = self.peers.connections[peerID] else { return nil }
         self.sessionStarted(connection)
-        self.logger.info("peer authenticated", metadata: [
+        self.context.logger.info("peer authenticated", metadata: [
             "peer": "\(peer.identity.name) \(peerID.short)", "address": "\(peer.listenAddress)",
             "remote": "\(channel.remoteAddress.display)", "direction": "\(origin.isAccepted ? "inbound" : "outbound")",
             "trust": "\(peer.decision.label)",
         ])
         // The peer may be trusted only since a moment ago (its handshake read the new trust list).
-        self.peers.membership.updateTrust(self.gate.trustStore.current())
+        self.peers.membership.updateTrust(self.context.gate.trustStore.current())
         self.handle(self.peers.membership.connected(to: peerID, address: peer.listenAddress, now: self.now))
         for message in pending { self.write(message, to: connection) }
         self.taskSessionStarted(with: peerID)
@@ -606,7 +595,7 @@ public actor MeshNode: Service {
     private func closeSessions(refusedBy trust: TrustPolicy) {
         for connection in self.peers.connections.all.values {
             guard case .refused(let why) = trust.decision(for: connection.handle.peer.identity) else { continue }
-            self.logger.info("closing the session of a peer no longer trusted", metadata: [
+            self.context.logger.info("closing the session of a peer no longer trusted", metadata: [
                 "peer": "\(self.memberName(connection.peer))", "why": "\(why)",
             ])
             self.peers.connections.closing(connection.number, because: "no longer trusted")
@@ -627,13 +616,13 @@ public actor MeshNode: Service {
         self.sessionEnded(number, reason: reason)
         guard wasCurrent else { return }
         self.peers.membership.disconnected(from: peer)
-        self.logger.info("peer disconnected", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
+        self.context.logger.info("peer disconnected", metadata: ["peer": "\(self.memberName(peer))", "reason": "\(reason)"])
         // A cut session is a hint; a refused dial to the member's listen address is evidence (see dialOnDemand).
         if cut, closedHere == nil, case .running = self.state, let member = self.peers.membership.member(peer),
             member.status == .alive || member.status == .suspect,
             let address = try? HostAndPort(parsing: member.record.address), self.peers.connections.startDial(peer)
         {
-            self.signals.dials.continuation.yield((peer, address))
+            self.context.signals.dials.continuation.yield((peer, address))
         }
     }
 
@@ -647,7 +636,7 @@ public actor MeshNode: Service {
     /// (so a deadline in the past does not spin), at most one gossip interval (news queued meanwhile waits no longer).
     /// An idle node wakes a few times a second.
     private func scheduleTimer(after delay: Duration) {
-        self.timer.scheduled = self.loop.scheduleTask(in: TimeAmount(delay)) {
+        self.timer.scheduled = self.context.loop.scheduleTask(in: TimeAmount(delay)) {
             self.assumeIsolated { $0.timerFired() }
         }
     }
@@ -655,10 +644,10 @@ public actor MeshNode: Service {
     private func timerFired() {
         guard case .running = self.state else { return }
         let now = self.now
-        let trust = self.gate.trustStore.current()
+        let trust = self.context.gate.trustStore.current()
         self.peers.membership.updateTrust(trust)
-        if self.gate.trustStore.generation != self.peers.notes.trustGeneration {
-            self.peers.notes.trustGeneration = self.gate.trustStore.generation
+        if self.context.gate.trustStore.generation != self.peers.notes.trustGeneration {
+            self.peers.notes.trustGeneration = self.context.gate.trustStore.generation
             self.closeSessions(refusedBy: trust)
             self.handle(self.peers.membership.leaveOutRefusedMembers())
         }
@@ -707,7 +696,7 @@ public actor MeshNode: Service {
         case .write:
             self.write(message, to: self.peers.connections[peer]!)
         case .dial:
-            if let target = try? HostAndPort(parsing: address) { self.signals.dials.continuation.yield((peer, target)) }
+            if let target = try? HostAndPort(parsing: address) { self.context.signals.dials.continuation.yield((peer, target)) }
         case .queued, .dropped:
             break
         }
@@ -722,7 +711,7 @@ public actor MeshNode: Service {
     func write(_ message: WireMessage, to connection: PeerConnection) {
         let channel = connection.channel
         guard channel.isWritable else {
-            self.logger.debug("dropped a message to a slow peer", metadata: [
+            self.context.logger.debug("dropped a message to a slow peer", metadata: [
                 "peer": "\(connection.peer.short)", "kind": "\(message.kind)",
             ])
             return
@@ -746,7 +735,7 @@ public actor MeshNode: Service {
         } catch {
             if Self.isRefused(error) { await self.memberRefusedConnection(peer) }
             await self.auditConnectionFailure(error)
-            self.logger.debug("cannot reach member", metadata: [
+            self.context.logger.debug("cannot reach member", metadata: [
                 "peer": "\(peer.short)", "address": "\(address)", "reason": "\(error)",
             ])
         }
@@ -776,47 +765,47 @@ public actor MeshNode: Service {
         switch event {
         case .joined(let record):
             self.peers.notes.distrusted[record.nodeID] = nil
-            self.logger.info("member joined", metadata: [
+            self.context.logger.info("member joined", metadata: [
                 "member": "\(record.name) \(record.nodeID.short)", "address": "\(record.address)",
                 "capabilities": "\(record.capabilities.map(\.description).joined(separator: ","))",
             ])
         case .updated(let record):
-            self.logger.debug("member updated", metadata: [
+            self.context.logger.debug("member updated", metadata: [
                 "member": "\(record.name) \(record.nodeID.short)", "incarnation": "\(record.incarnation)",
             ])
         case .suspected(let id, let incarnation, let accuser):
-            self.logger.notice("member suspected", metadata: [
+            self.context.logger.notice("member suspected", metadata: [
                 "member": "\(self.memberName(id))", "incarnation": "\(incarnation)", "accuser": "\(self.memberName(accuser))",
             ])
         case .confirmed(let id, let by, let confirmations):
-            self.logger.debug("suspicion confirmed", metadata: [
+            self.context.logger.debug("suspicion confirmed", metadata: [
                 "member": "\(self.memberName(id))", "by": "\(self.memberName(by))", "confirmations": "\(confirmations)",
             ])
         case .recovered(let id, let incarnation):
-            self.logger.info("member alive again", metadata: [
+            self.context.logger.info("member alive again", metadata: [
                 "member": "\(self.memberName(id))", "incarnation": "\(incarnation)",
             ])
         case .died(let id, let incarnation, let accuser):
             self.executorDied(id)
-            self.logger.notice("member declared dead", metadata: [
+            self.context.logger.notice("member declared dead", metadata: [
                 "member": "\(self.memberName(id))", "incarnation": "\(incarnation)", "accuser": "\(self.memberName(accuser))",
             ])
         case .left(let id):
             // What it was running (it stopped without draining) is offered elsewhere at once.
             self.executorDied(id)
-            self.logger.info("member left", metadata: ["member": "\(self.memberName(id))"])
+            self.context.logger.info("member left", metadata: ["member": "\(self.memberName(id))"])
         case .distrusted(let record):
             // What it was running here is offered elsewhere at once, as when a member leaves.
             self.executorDied(record.nodeID)
             self.peers.notes.distrusted[record.nodeID] = (record, Date())
-            self.logger.notice("member no longer trusted: left this node's view", metadata: [
+            self.context.logger.notice("member no longer trusted: left this node's view", metadata: [
                 "member": "\(record.name) \(record.nodeID.short)",
             ])
         case .reaped(let id):
             self.peers.notes.lastHeardFrom[id] = nil
-            self.logger.debug("member forgotten", metadata: ["member": "\(id.short)"])
+            self.context.logger.debug("member forgotten", metadata: ["member": "\(id.short)"])
         case .refuted(let claim, let by, let incarnation):
-            self.logger.notice("refuted a claim against this node", metadata: [
+            self.context.logger.notice("refuted a claim against this node", metadata: [
                 "claim": "\(claim)", "by": "\(self.memberName(by))", "incarnation": "\(incarnation)",
             ])
         }
@@ -850,7 +839,7 @@ public actor MeshNode: Service {
         for view in self.peers.membership.view.sorted(by: { $0.record.name < $1.record.name }) {
             let connection = self.peers.connections[view.record.nodeID]
             let trust: String
-            switch self.gate.trustStore.current().decision(for: view.record.identity) {
+            switch self.context.gate.trustStore.current().decision(for: view.record.identity) {
             case .trusted: trust = "trusted"
             case .admittedByOpenMode: trust = "open"
             case .refused: trust = "refused"
@@ -859,13 +848,13 @@ public actor MeshNode: Service {
                 id: view.record.nodeID.description, name: view.record.name, address: view.record.address,
                 status: view.status.rawValue, incarnation: view.incarnation,
                 capabilities: view.record.capabilities.map(ControlAPI.CapabilityInfo.init), load: view.record.load,
-                lastHeard: max(self.peers.notes.lastHeardFrom[view.record.nodeID] ?? .distantPast, self.clock.wallClockOrigin + view.lastChange.seconds),
+                lastHeard: max(self.peers.notes.lastHeardFrom[view.record.nodeID] ?? .distantPast, self.context.clock.wallClockOrigin + view.lastChange.seconds),
                 accuser: view.accuser?.description,
                 remoteAddress: connection.map { $0.channel.remoteAddress.display },
                 connection: connection.map { $0.origin.isAccepted ? "inbound" : "outbound" } ?? "none", trust: trust,
                 since: connection?.since))
         }
-        let trustList = self.gate.trustStore.current()
+        let trustList = self.context.gate.trustStore.current()
         for (record, at) in self.peers.notes.distrusted.values.sorted(by: { $0.record.name < $1.record.name })
         where self.peers.membership.member(record.nodeID) == nil {
             guard case .refused = trustList.decision(for: record.identity) else { continue }

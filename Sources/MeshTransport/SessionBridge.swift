@@ -44,7 +44,7 @@ final class SessionBridge: ChannelInboundHandler {
             self.node.assumeIsolated { $0.receive(message, bytes: bytes, digest: digest, from: peer, session: session) }
         case .unknownMessage(let kind, let bytes):
             guard let session = self.session, let peer = self.peer else { return }
-            self.node.logger.debug("ignored message of unknown kind", metadata: ["peer": "\(peer.short)", "kind": "\(kind)"])
+            self.node.context.logger.debug("ignored message of unknown kind", metadata: ["peer": "\(peer.short)", "kind": "\(kind)"])
             self.node.assumeIsolated { $0.receiveUnknown(bytes: bytes, from: peer, session: session) }
         case .closed(let reason):
             self.closeReason = reason

@@ -28,7 +28,7 @@ extension MeshNode {
     }
 
     func restoreProblem(_ problem: String) {
-        self.logger.error("\(problem)")
+        self.context.logger.error("\(problem)")
         self.taskPlane.restoreProblems.append(problem)
     }
 }

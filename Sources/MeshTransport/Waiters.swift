@@ -60,7 +60,7 @@ extension MeshNode {
         // Each kind of waiter waits on one kind of id (a task's, an event's, a run's): the kinds keep them apart.
         let id = TaskID(waitedOn)
         self.taskPlane.waiters.add(kind, id, wake: wake) { token in
-            self.loop.scheduleTask(in: TimeAmount(timeout)) {
+            self.context.loop.scheduleTask(in: TimeAmount(timeout)) {
                 self.assumeIsolated { node in node.taskPlane.waiters.remove(kind, id, token: token)?.wake() } as Void
             }
         }

@@ -228,7 +228,7 @@ extension MeshNode {
         self.webhooks.pending[id] = delivery
         let secret = self.webhooks.secret
         let allowPrivate = self.settings.allowPrivateCallbacks
-        let loop = self.loop
+        let loop = self.context.loop
         Task.detached {
             let result = await Self.post(delivery, secret: secret, allowPrivate: allowPrivate)
             loop.execute { self.assumeIsolated { $0.deliveryEnded(id, result) } }
@@ -259,12 +259,12 @@ extension MeshNode {
         case .delivered:
             self.webhooks.pending[id] = nil
             self.taskStore?.enqueue([.forgetDocument(kind: WebhookBook.deliveryDocument, id: .init(id))])
-            self.logger.debug("webhook delivered", metadata: ["url": "\(delivery.url)", "event": "\(delivery.event)"])
+            self.context.logger.debug("webhook delivered", metadata: ["url": "\(delivery.url)", "event": "\(delivery.event)"])
         case .refused(let why),
             .retry(let why) where delivery.attempts >= WebhookBook.maximumAttempts:
             self.webhooks.pending[id] = nil
             self.taskStore?.enqueue([.forgetDocument(kind: WebhookBook.deliveryDocument, id: .init(id))])
-            self.logger.warning("webhook given up", metadata: [
+            self.context.logger.warning("webhook given up", metadata: [
                 "url": "\(delivery.url)", "event": "\(delivery.event)", "attempts": "\(delivery.attempts)", "why": "\(why)",
             ])
         case .retry(let why):
@@ -272,7 +272,7 @@ extension MeshNode {
             delivery.nextAt = AuditLog.wallClockMilliseconds() + delay
             self.webhooks.pending[id] = delivery
             self.storeDelivery(delivery)
-            self.logger.info("webhook will be retried", metadata: [
+            self.context.logger.info("webhook will be retried", metadata: [
                 "url": "\(delivery.url)", "attempt": "\(delivery.attempts)", "in": "\(delay) ms", "why": "\(why)",
             ])
             self.scheduleDelivery(id, in: .milliseconds(delay))
@@ -280,7 +280,7 @@ extension MeshNode {
     }
 
     private func scheduleDelivery(_ id: TaskID, in delay: Duration) {
-        self.loop.scheduleTask(in: TimeAmount(delay)) { self.assumeIsolated { $0.attemptDelivery(id) } }
+        self.context.loop.scheduleTask(in: TimeAmount(delay)) { self.assumeIsolated { $0.attemptDelivery(id) } }
     }
 
     /// After a restart: targets and undelivered deliveries come back from the store.

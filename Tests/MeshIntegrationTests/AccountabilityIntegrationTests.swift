@@ -153,7 +153,7 @@ let canMountTmpfs: Bool = {
         #expect(flooderLimits.bannedUntil != nil)
         #expect(flooderLimits.bans == 1)
         // The metrics README documents for this: the limit's refusals and the ban.
-        let metrics = String(decoding: runningA.node.metrics.exposition(), as: UTF8.self)
+        let metrics = String(decoding: runningA.node.telemetry.metrics.exposition(), as: UTF8.self)
         for series in [#"agentmesh_limit_refusals_total{class="offers"}"#, "agentmesh_bans_total 1"] {
             #expect(metrics.contains(series), "\(series) in \(metrics.split(separator: "\n").filter { $0.hasPrefix("agentmesh_") })")
         }

@@ -294,6 +294,15 @@ import Glibc
         return await node.node.handleControl(ControlRequest(method: "POST", path: "/v1/tasks", query: [:], body: Array(body)))
     }
 
+    /// Submits 20 KB tasks until a small store refuses one (507): true once it has.
+    static func fillStore(_ running: RunningNode) async throws -> Bool {
+        let padding = String(repeating: "x", count: 20_000)
+        for number in 0..<100 where try await Self.post(running, "echo", ["n": number, "pad": padding]).status == 507 {
+            return true
+        }
+        return false
+    }
+
     static func a2aSend(_ node: RunningNode, skill: String, _ data: Any, returnImmediately: Bool) async throws -> [String: Any] {
         let body = try JSONSerialization.data(withJSONObject: [
             "jsonrpc": "2.0", "id": 7, "method": "SendMessage",
@@ -576,12 +585,7 @@ import Glibc
             $0.taskStoreMaximumPages = 40
             $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
         }
-        let padding = String(repeating: "x", count: 20_000)
-        var full = false
-        for number in 0..<100 where !full {
-            full = try await Self.post(running, "echo", ["n": number, "pad": padding]).status == 507
-        }
-        try #require(full)
+        try #require(try await Self.fillStore(running))
         let listed = { () async throws -> Int in
             let list = await running.node.handleControl(ControlRequest(method: "GET", path: "/v1/tasks", query: [:], body: []))
             return try ControlAPI.decoder().decode(ControlAPI.TaskList.self, from: Data(list.body)).tasks.count
@@ -606,12 +610,7 @@ import Glibc
             $0.taskStoreMaximumPages = 40
             $0.capabilities = [CapabilitySpec(name: "echo", executor: .builtinEcho)]
         }
-        let padding = String(repeating: "x", count: 20_000)
-        var full = false
-        for number in 0..<100 where !full {
-            full = try await Self.post(running, "echo", ["n": number, "pad": padding]).status == 507
-        }
-        try #require(full)
+        try #require(try await Self.fillStore(running))
         let body = try JSONSerialization.data(withJSONObject: ["topic": "orders", "data": ["n": 1]])
         let refused = await running.node.handleControl(ControlRequest(method: "POST", path: "/v1/events", query: [:], body: Array(body)))
         let text = String(decoding: refused.body, as: UTF8.self)
@@ -649,12 +648,7 @@ import Glibc
         let store = try TaskStore(path: a.home.path + "/node.sqlite", timeBase: TaskStore.TimeBase(origin: Date()))
         #expect(try store.documents(kind: MeshNode.workflowStartDocument).contains { TaskID($0.id) == id }, "stored before the answer")
 
-        let padding = String(repeating: "x", count: 20_000)
-        var full = false
-        for number in 0..<100 where !full {
-            full = try await Self.post(running, "echo", ["n": number, "pad": padding]).status == 507
-        }
-        try #require(full)
+        try #require(try await Self.fillStore(running))
         let refused = await running.node.handleControl(ControlRequest(method: "POST", path: "/v1/workflows", query: [:], body: Array(workflow)))
         #expect(refused.status == 507 && String(decoding: refused.body, as: UTF8.self).contains("not writable"),
                 "\(refused.status) \(String(decoding: refused.body, as: UTF8.self))")
@@ -787,7 +781,7 @@ import Glibc
         }
         #expect(declined > 0, "c never declined; did its store fill?")
         #expect(!c.logs.matching("cannot write the task store; refusing new tasks until it can").isEmpty)
-        let metrics = String(decoding: runningA.node.metrics.exposition(), as: UTF8.self)
+        let metrics = String(decoding: runningA.node.telemetry.metrics.exposition(), as: UTF8.self)
         let counted = metrics.split(separator: "\n").first { $0.hasPrefix(#"agentmesh_offers_declined_total{reason="storage_unavailable"}"#) }
         // Counted when each task ends, from its attempts; the documents read here may already hold a later attempt.
         let value = counted.flatMap { $0.split(separator: " ").last }.flatMap { Int($0) } ?? 0
